@@ -1,0 +1,187 @@
+"""Rules that look at a whole definition, beyond what the model's types say.
+
+Each finding carries the path of the field it is about, so the loader can point
+at the line and column where that field is written.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import os
+import re
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass
+from typing import Any, Literal
+from urllib.parse import urlsplit
+
+from reconciler import templates
+from reconciler.model import METHODS_WITH_BODY, WebhookSpec
+from reconciler.secrets import is_sensitive_header, secret_bearing_url
+
+Loc = tuple[str | int, ...]
+
+_HEADER_NAME = re.compile(r"^[!#$%&'*+\-.^_`|~0-9A-Za-z]+$")
+_RESERVED_HEADERS = frozenset({"webhook-id", "webhook-timestamp", "webhook-signature", "host"})
+
+
+@dataclass(frozen=True)
+class Finding:
+    loc: Loc
+    message: str
+    severity: Literal["error", "warning"] = "error"
+    at_key: bool = False
+
+
+def check_spec(spec: WebhookSpec, *, check_env: bool = False) -> list[Finding]:
+    findings: list[Finding] = []
+    findings += _check_body(spec)
+    findings += _check_url(spec.url)
+    findings += _check_headers(spec.headers)
+    for key, value in spec.query.items():
+        findings += _check_template(("query", key), value, placeholders=True, env=True)
+    if spec.signing_secret is not None:
+        findings += _check_signing_secret(spec.signing_secret)
+    if check_env:
+        findings += _check_env_set(spec)
+    return findings
+
+
+def _check_body(spec: WebhookSpec) -> Iterator[Finding]:
+    if spec.body is None:
+        return
+    if spec.method not in METHODS_WITH_BODY:
+        yield Finding(
+            ("body",),
+            f"body is not allowed with {spec.method.value}: {spec.method.value} carries "
+            "data in query (a body is for POST, PUT and PATCH)",
+            at_key=True,
+        )
+        return
+    for loc, text, is_key in _strings(spec.body, ("body",)):
+        if is_key and templates.placeholder_names(text):
+            yield Finding(loc, "placeholders are substituted into values only, not keys")
+            continue
+        yield from _check_template(loc, text, placeholders=True, env=False)
+
+
+def _strings(value: Any, loc: Loc) -> Iterator[tuple[Loc, str, bool]]:
+    if isinstance(value, str):
+        yield loc, value, False
+    elif isinstance(value, dict):
+        for key, item in value.items():
+            yield loc + (key,), key, True
+            yield from _strings(item, loc + (key,))
+    elif isinstance(value, list):
+        for index, item in enumerate(value):
+            yield from _strings(item, loc + (index,))
+
+
+def _check_template(loc: Loc, text: str, *, placeholders: bool, env: bool) -> Iterator[Finding]:
+    field = dotted(loc)
+    unknown = templates.unknown_placeholders(text)
+    if unknown and placeholders:
+        names = ", ".join("{{%s}}" % name for name in unknown)
+        yield Finding(
+            loc,
+            f"{field}: unknown placeholder {names}; valid: {templates.PLACEHOLDER_HELP}",
+        )
+    elif templates.placeholder_names(text) and not placeholders:
+        yield Finding(loc, f"{field}: placeholders are not substituted here")
+    bad = templates.malformed_env_ref(text)
+    if bad is not None:
+        yield Finding(loc, f"{field}: malformed secret reference {bad!r}; write ${{env:NAME}}")
+    elif templates.env_names(text) and not env:
+        yield Finding(
+            loc,
+            f"{field}: ${{env:...}} references are resolved only in url, header values, "
+            "query values and signing_secret",
+        )
+
+
+def _check_url(url: str) -> Iterator[Finding]:
+    yield from _check_template(("url",), url, placeholders=True, env=True)
+    if templates.env_names(url):
+        return
+    if secret_bearing_url(url):
+        yield Finding(
+            ("url",),
+            "url: this endpoint's URL is itself a secret; keep it out of git with ${env:NAME}",
+            "warning",
+        )
+    host = urlsplit(templates.substitute(url, lambda _n: "x", None)).hostname or ""
+    try:
+        address = ipaddress.ip_address(host)
+    except ValueError:
+        if host == "localhost" or host.endswith(".localhost"):
+            yield Finding(("url",), f"url: {host} is a loopback host", "warning")
+        return
+    if not address.is_global:
+        yield Finding(
+            ("url",),
+            f"url: {host} is not a public address; the dispatcher refuses it unless the "
+            "deployment allows private networks",
+            "warning",
+        )
+
+
+def _check_headers(headers: Mapping[str, str]) -> Iterator[Finding]:
+    seen: dict[str, str] = {}
+    for name, value in headers.items():
+        loc: Loc = ("headers", name)
+        if not _HEADER_NAME.match(name):
+            yield Finding(loc, f"headers: {name!r} is not a valid header name", at_key=True)
+        lowered = name.lower()
+        if lowered in seen:
+            yield Finding(
+                loc,
+                f"headers: {name!r} repeats {seen[lowered]!r} (header names ignore case)",
+                at_key=True,
+            )
+        seen[lowered] = name
+        if lowered in _RESERVED_HEADERS:
+            yield Finding(
+                loc, f"headers: {name} is set by the dispatcher and cannot be given", at_key=True
+            )
+        if "\r" in value or "\n" in value:
+            yield Finding(loc, f"headers.{name}: value must not contain a line break")
+            continue
+        yield from _check_template(loc, value, placeholders=False, env=True)
+        if is_sensitive_header(name) and value and not templates.env_names(value):
+            yield Finding(
+                loc,
+                f"headers.{name}: a credential written in git; use ${{env:NAME}}",
+                "warning",
+            )
+
+
+def _check_signing_secret(secret: str) -> Iterator[Finding]:
+    loc: Loc = ("signing_secret",)
+    parts = secret.split()
+    if not parts or not all(templates.is_env_ref(part) for part in parts):
+        yield Finding(
+            loc,
+            "signing_secret: must be ${env:NAME} (several, space-separated, during a "
+            "rotation); a secret never sits in git",
+        )
+
+
+def _check_env_set(spec: WebhookSpec) -> Iterator[Finding]:
+    fields: list[tuple[Loc, str]] = [(("url",), spec.url)]
+    fields += [(("headers", k), v) for k, v in spec.headers.items()]
+    fields += [(("query", k), v) for k, v in spec.query.items()]
+    if spec.signing_secret:
+        fields.append((("signing_secret",), spec.signing_secret))
+    for loc, text in fields:
+        for name in templates.env_names(text):
+            if name not in os.environ:
+                yield Finding(loc, f"{dotted(loc)}: environment variable {name} is not set")
+
+
+def dotted(loc: Loc) -> str:
+    out = ""
+    for part in loc:
+        if isinstance(part, int):
+            out += f"[{part}]"
+        else:
+            out += ("." if out else "") + str(part)
+    return out

@@ -1,0 +1,47 @@
+"""Expected failures, each printed by the CLI as one line.
+
+    ReconcilerError            exit 1, message shown as is
+     ├── DefinitionsInvalid    the definitions have problems (listed separately)
+     ├── StateError            the live state cannot be read or written
+     │    ├── StaleState        a saved plan no longer matches the live state
+     │    └── LockTimeout       another apply holds the lock
+     ├── PlanRefused           a safety guard stops the apply (deletes, mass delete)
+     ├── ApprovalRefused       nobody approved the changes
+     └── PlanFileError         a saved plan cannot be read
+
+Anything else is a bug and keeps its traceback.
+"""
+
+from __future__ import annotations
+
+
+class ReconcilerError(Exception):
+    """Root of every failure the user can act on."""
+
+
+class DefinitionsInvalid(ReconcilerError):
+    """The definitions have problems; they were already reported one per line."""
+
+
+class StateError(ReconcilerError):
+    """The live state cannot be opened, read or written."""
+
+
+class StaleState(StateError):
+    """The live state changed since a saved plan was made."""
+
+
+class LockTimeout(StateError):
+    """Another process holds the apply lock."""
+
+
+class PlanRefused(ReconcilerError):
+    """A safety guard refuses the plan as it stands."""
+
+
+class ApprovalRefused(ReconcilerError):
+    """The changes were not approved."""
+
+
+class PlanFileError(ReconcilerError):
+    """A saved plan file cannot be used."""

@@ -1,0 +1,219 @@
+"""Read one YAML document safely, keeping where each value came from.
+
+libyaml (PyYAML's C parser) builds the node tree; this module turns nodes into
+plain Python data itself, so that it can refuse what PyYAML would accept
+silently: duplicate keys, alias bombs, non-string keys, exotic tags. The node
+tree is kept, so an error found later (by pydantic) can be traced back to the
+line and column of the offending key or value.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import yaml
+from yaml.nodes import MappingNode, Node, ScalarNode, SequenceNode
+
+from reconciler.problems import Location, Problem
+
+try:  # libyaml is bundled with PyYAML's wheels; the pure-Python parser is the fallback
+    from yaml import CSafeLoader as _Loader
+except ImportError:  # pragma: no cover - depends on how PyYAML was built
+    from yaml import SafeLoader as _Loader  # type: ignore[assignment]
+
+MAX_FILE_BYTES = 1024 * 1024
+MAX_NODES = 100_000  # values built, counting every expansion of an alias
+MAX_DEPTH = 64
+
+_STR = "tag:yaml.org,2002:str"
+_INT = "tag:yaml.org,2002:int"
+_FLOAT = "tag:yaml.org,2002:float"
+_BOOL = "tag:yaml.org,2002:bool"
+_NULL = "tag:yaml.org,2002:null"
+_TIMESTAMP = "tag:yaml.org,2002:timestamp"
+_MERGE = "tag:yaml.org,2002:merge"
+_MAP = "tag:yaml.org,2002:map"
+_SEQ = "tag:yaml.org,2002:seq"
+
+
+class _Refused(Exception):
+    def __init__(self, node: Node, message: str) -> None:
+        super().__init__(message)
+        self.node = node
+        self.message = message
+
+
+@dataclass
+class YamlDocument:
+    """The data of one file and the node tree it came from."""
+
+    path: str
+    data: Any
+    root: Node
+
+    def locate(self, loc: Sequence[str | int], *, key: bool = False) -> Location:
+        """Where the value at `loc` is written; with key=True, where its key is.
+
+        A path that does not exist (a missing field) resolves to the nearest
+        mapping that exists, which is where the field should have been.
+        """
+        node: Node = self.root
+        key_node: Node | None = None
+        for part in loc:
+            child = _child(node, part)
+            if child is None:
+                return self._at(node)
+            key_node, node = child
+        if key and key_node is not None:
+            return self._at(key_node)
+        return self._at(node)
+
+    def _at(self, node: Node) -> Location:
+        return Location(self.path, node.start_mark.line + 1, node.start_mark.column + 1)
+
+
+def _child(node: Node, part: str | int) -> tuple[Node | None, Node] | None:
+    if isinstance(node, MappingNode):
+        for k, v in node.value:
+            if isinstance(k, ScalarNode) and k.value == str(part):
+                return k, v
+    elif isinstance(node, SequenceNode) and isinstance(part, int) and 0 <= part < len(node.value):
+        return None, node.value[part]
+    return None
+
+
+def load_document(path: str, raw: bytes) -> YamlDocument | Problem:
+    """Parse one file's bytes into a YamlDocument, or return the first problem."""
+    if len(raw) > MAX_FILE_BYTES:
+        return Problem(
+            Location(path, 1, 1),
+            f"file is too large ({len(raw):,} bytes; a definition may have at most "
+            f"{MAX_FILE_BYTES:,})",
+        )
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        line = raw.count(b"\n", 0, exc.start) + 1
+        col = exc.start - (raw.rfind(b"\n", 0, exc.start) + 1) + 1
+        return Problem(
+            Location(path, line, col),
+            f"file is not valid UTF-8 (byte 0x{raw[exc.start]:02x} cannot be decoded)",
+        )
+    if text.startswith("\ufeff"):
+        text = text[1:]
+    loader = _Loader(text)
+    try:
+        root = loader.get_single_node()
+    except yaml.MarkedYAMLError as exc:
+        return _syntax_problem(path, text, exc)
+    except yaml.YAMLError as exc:  # errors without a mark
+        return Problem(Location(path, 1, 1), f"YAML syntax error: {exc}")
+    finally:
+        loader.dispose()
+    if root is None:
+        return Problem(Location(path, 1, 1), "file is empty: expected a webhook definition")
+    builder = _Builder()
+    try:
+        data = builder.build(root, 0)
+    except _Refused as exc:
+        mark = exc.node.start_mark
+        return Problem(Location(path, mark.line + 1, mark.column + 1), exc.message)
+    return YamlDocument(path, data, root)
+
+
+def _syntax_problem(path: str, text: str, exc: yaml.MarkedYAMLError) -> Problem:
+    mark = exc.problem_mark or exc.context_mark
+    line, col = (mark.line + 1, mark.column + 1) if mark else (1, 1)
+    problem = exc.problem or "YAML syntax error"
+    if mark is not None and text[mark.index : mark.index + 1] == "\t":
+        message = "tab character in indentation: YAML indents with spaces only"
+    elif "expected a single document" in (exc.context or "") + problem:
+        message = "more than one YAML document: a file holds one webhook definition"
+    else:
+        context = f" ({exc.context})" if exc.context else ""
+        message = f"YAML syntax error: {problem}{context}"
+    return Problem(Location(path, line, col), message)
+
+
+class _Builder:
+    """Nodes to plain data; counts every value it builds, so aliases cannot explode."""
+
+    def __init__(self) -> None:
+        self.budget = MAX_NODES
+        self._scalar = yaml.SafeLoader("")  # for its scalar constructors only
+
+    def build(self, node: Node, depth: int) -> Any:
+        self.budget -= 1
+        if self.budget < 0:
+            raise _Refused(
+                node,
+                f"document expands to more than {MAX_NODES:,} values "
+                "(an alias bomb or a runaway anchor); refused",
+            )
+        if depth > MAX_DEPTH:
+            raise _Refused(node, f"nested more than {MAX_DEPTH} levels deep; refused")
+        if isinstance(node, ScalarNode):
+            return self._scalar_value(node)
+        if isinstance(node, SequenceNode):
+            if node.tag != _SEQ:
+                raise _Refused(node, f"unsupported YAML tag {_short(node.tag)}")
+            return [self.build(item, depth + 1) for item in node.value]
+        if isinstance(node, MappingNode):
+            if node.tag != _MAP:
+                raise _Refused(node, f"unsupported YAML tag {_short(node.tag)}")
+            return self._mapping(node, depth)
+        raise _Refused(node, "unsupported YAML node")  # pragma: no cover
+
+    def _mapping(self, node: MappingNode, depth: int) -> dict[str, Any]:
+        result: dict[str, Any] = {}
+        seen: dict[str, Node] = {}
+        merged: dict[str, Any] = {}
+        for key_node, value_node in node.value:
+            if key_node.tag == _MERGE:
+                merged.update(self._merge(value_node, depth))
+                continue
+            if not isinstance(key_node, ScalarNode):
+                raise _Refused(key_node, "mapping keys must be plain text")
+            key = key_node.value
+            if key in seen:
+                first = seen[key].start_mark
+                raise _Refused(
+                    key_node,
+                    f"duplicate key '{key}' (first defined at line {first.line + 1}); "
+                    "each key may appear once",
+                )
+            seen[key] = key_node
+            result[key] = self.build(value_node, depth + 1)
+        if merged:
+            return {**merged, **result}
+        return result
+
+    def _merge(self, node: Node, depth: int) -> dict[str, Any]:
+        sources = node.value if isinstance(node, SequenceNode) else [node]
+        merged: dict[str, Any] = {}
+        for source in reversed(sources):
+            if not isinstance(source, MappingNode):
+                raise _Refused(source, "a merge key (<<) takes a mapping or a list of mappings")
+            merged.update(self.build(source, depth + 1))
+        return merged
+
+    def _scalar_value(self, node: ScalarNode) -> Any:
+        tag = node.tag
+        if tag in (_STR, _TIMESTAMP):
+            # Dates stay text: definitions are JSON-shaped and must round-trip.
+            return node.value
+        if tag == _BOOL:
+            return self._scalar.construct_yaml_bool(node)
+        if tag == _INT:
+            return self._scalar.construct_yaml_int(node)
+        if tag == _NULL:
+            return None
+        if tag == _FLOAT:
+            return self._scalar.construct_yaml_float(node)
+        raise _Refused(node, f"unsupported YAML tag {_short(tag)}")
+
+
+def _short(tag: str) -> str:
+    return tag.replace("tag:yaml.org,2002:", "!!")
