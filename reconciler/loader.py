@@ -127,9 +127,7 @@ def load_one(
     except ValidationError as exc:
         return None, [_problem(doc, *describe(error, data)) for error in exc.errors()]
     findings = check_spec(spec, check_env=check_env)
-    problems = [
-        Problem(doc.locate(f.loc, key=f.at_key), f.message, f.severity) for f in findings
-    ]
+    problems = [Problem(doc.locate(f.loc, key=f.at_key), f.message, f.severity) for f in findings]
     if any(p.severity == "error" for p in problems):
         return None, problems
     return Definition(spec, path, doc.locate(("name",))), problems
