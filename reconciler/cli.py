@@ -8,16 +8,24 @@ turns usage errors into exit 2.
 from __future__ import annotations
 
 import json
+import os
 import sys
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import click
 
-from reconciler import __version__
-from reconciler.errors import DefinitionsInvalid, ReconcilerError
+from reconciler import __version__, history_report, plan_report
+from reconciler.apply import ApplyOptions
+from reconciler.apply import apply as apply_changes
+from reconciler.errors import DefinitionsInvalid, PlanFileError, ReconcilerError
+from reconciler.export import export as export_state
 from reconciler.loader import LoadResult, load_definitions
+from reconciler.plan import DEFAULT_DELETE_SHARE, Plan, make_plan
+from reconciler.provenance import detect_actor, git_commit
 from reconciler.schema import webhook_schema_text
+from reconciler.store import DEFAULT_STATE, Store, open_store
 
 DEFAULT_PATH = "webhooks.d"
 FORMATS = click.Choice(["text", "json"])
@@ -122,3 +130,271 @@ def schema() -> None:
       reconciler schema > schemas/webhook.schema.json
     """
     click.echo(webhook_schema_text(), nl=False)
+
+
+# -- the live state -------------------------------------------------------------
+
+state_option = click.option(
+    "--state",
+    "state",
+    envvar="RECONCILER_STATE",
+    default=DEFAULT_STATE,
+    show_default=True,
+    help="Where the live state is: sqlite:///PATH (relative) or sqlite:////ABS/PATH. "
+    "Also RECONCILER_STATE.",
+)
+org_option = click.option("--org", "organization", help="Only this organization.")
+
+
+def _color() -> bool | None:
+    return False if os.environ.get("NO_COLOR") else None
+
+
+def _plan_from_files(path: Path, store: Store, organization: str | None) -> Plan:
+    result = load_or_fail(path)
+    return make_plan(
+        (d.spec for d in result.definitions),
+        store.webhooks(organization),
+        store.state(),
+        organization=organization,
+    )
+
+
+@cli.command()
+@click.argument("path", type=click.Path(path_type=Path), default=DEFAULT_PATH)
+@state_option
+@org_option
+@click.option(
+    "--format",
+    "fmt",
+    type=click.Choice(["text", "json", "markdown"]),
+    default="text",
+    help="text (coloured on a terminal; NO_COLOR turns colour off), json, or markdown "
+    "for a pull-request comment.",
+)
+@click.option("--out", type=click.Path(path_type=Path), help="Save the plan for apply --plan.")
+@click.option(
+    "--detailed-exitcode",
+    is_flag=True,
+    help="Exit 0 with no changes, 1 on error, 2 when there are changes.",
+)
+@click.option(
+    "--delete-share",
+    type=click.FloatRange(0, 1),
+    default=DEFAULT_DELETE_SHARE,
+    show_default=True,
+    help="Deleting more than this share of an organization's webhooks needs --force.",
+)
+def plan(
+    path: Path,
+    state: str,
+    organization: str | None,
+    fmt: str,
+    out: Path | None,
+    detailed_exitcode: bool,
+    delete_share: float,
+) -> None:
+    """Show what apply would change: + create, ~ update, - delete, and drift.
+
+    Compares the definitions under PATH (default: webhooks.d) with the live
+    state. Secret references are shown as written; credentials are masked.
+    Deletes are marked unrecoverable, and the guards apply would enforce are
+    listed.
+
+    \b
+    Example:
+      reconciler plan --format markdown --out plan.json --detailed-exitcode
+    """
+    store = open_store(state)
+    try:
+        the_plan = _plan_from_files(path, store, organization)
+    finally:
+        store.close()
+    refusals = the_plan.refusals(allow_delete=False, force=False, delete_share=delete_share)
+    if fmt == "text":
+        click.echo(plan_report.text(the_plan, refusals, color=True), color=_color())
+    else:
+        click.echo(plan_report.REPORTERS[fmt](the_plan, refusals))
+    if out is not None:
+        out.write_text(json.dumps(the_plan.as_json(full=True), indent=2) + "\n", encoding="utf-8")
+    if detailed_exitcode and the_plan.has_changes:
+        sys.exit(2)
+
+
+class _TerminalApprover:
+    def __init__(self) -> None:
+        self.interactive = sys.stdin.isatty()
+
+    def confirm_deletes(self, the_plan: Plan) -> bool:
+        count = len(the_plan.deletes())
+        answer = click.prompt(
+            f"This deletes {count} webhook{'s' if count != 1 else ''}, which cannot be "
+            "recovered. Type 'delete' to allow it",
+            default="",
+            show_default=False,
+        )
+        return bool(answer.strip() == "delete")
+
+    def approve(self, the_plan: Plan) -> bool:
+        answer = click.prompt(
+            "Apply these changes? Only 'yes' is accepted", default="", show_default=False
+        )
+        return bool(answer.strip() == "yes")
+
+
+@cli.command()
+@click.argument("path", type=click.Path(path_type=Path), default=DEFAULT_PATH)
+@state_option
+@org_option
+@click.option(
+    "--plan",
+    "plan_file",
+    type=click.Path(path_type=Path, dir_okay=False),
+    help="Apply a plan saved by plan --out; refused when the live state changed since.",
+)
+@click.option("--auto-approve", is_flag=True, help="Do not ask before changing anything.")
+@click.option("--allow-delete", is_flag=True, help="Allow deletes (they are unrecoverable).")
+@click.option(
+    "--force", is_flag=True, help="Allow deleting all, or a large share, of an organization."
+)
+@click.option(
+    "--delete-share",
+    type=click.FloatRange(0, 1),
+    default=DEFAULT_DELETE_SHARE,
+    show_default=True,
+    help="Deleting more than this share of an organization's webhooks needs --force.",
+)
+@click.option(
+    "--lock-timeout",
+    type=click.FloatRange(0),
+    default=60.0,
+    show_default=True,
+    help="Seconds to wait for another apply to finish.",
+)
+@click.option("--actor", help="Who applies, for the audit log (default: CI's or git's user).")
+def apply(
+    path: Path,
+    state: str,
+    organization: str | None,
+    plan_file: Path | None,
+    auto_approve: bool,
+    allow_delete: bool,
+    force: bool,
+    delete_share: float,
+    lock_timeout: float,
+    actor: str | None,
+) -> None:
+    """Apply the definitions (or a saved plan) to the live state.
+
+    Plans first and shows the plan, then applies every change in one
+    transaction under a lock. Deletes need --allow-delete (or typing 'delete'
+    on a terminal); protected webhooks are never deleted; deleting all of an
+    organization or more than --delete-share of it needs --force. On a terminal
+    it asks before changing anything unless --auto-approve; elsewhere it needs
+    --auto-approve.
+
+    \b
+    Example:
+      reconciler apply --auto-approve --allow-delete --actor alice
+    """
+    who = detect_actor(actor)
+    options = ApplyOptions(
+        actor=who,
+        git_commit=git_commit(path),
+        allow_delete=allow_delete,
+        force=force,
+        delete_share=delete_share,
+        auto_approve=auto_approve,
+        lock_timeout=lock_timeout,
+    )
+    if plan_file is not None:
+        saved = _read_plan_file(plan_file)
+        make: Callable[[], Plan] = lambda: saved  # noqa: E731
+    else:
+        load_or_fail(path)  # report invalid definitions before taking the lock
+    store = open_store(state)
+    try:
+        if plan_file is None:
+            make = lambda: _plan_from_files(path, store, organization)  # noqa: E731
+
+        def show(the_plan: Plan, refusals: list[str]) -> None:
+            click.echo(plan_report.text(the_plan, refusals, color=True), color=_color())
+
+        outcome = apply_changes(
+            store, make, options, _TerminalApprover(), show, saved=plan_file is not None
+        )
+    finally:
+        store.close()
+    if outcome.applied:
+        counts = outcome.plan.counts()
+        click.echo(
+            f"Applied: {counts['create']} created, {counts['update']} updated, "
+            f"{counts['delete']} deleted (state serial {outcome.serial}, actor {who})."
+        )
+    else:
+        click.echo("Nothing to apply.")
+
+
+def _read_plan_file(path: Path) -> Plan:
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except OSError as exc:
+        raise PlanFileError(f"{path}: {exc.strerror}") from None
+    except ValueError:
+        raise PlanFileError(f"{path}: not a saved plan (not JSON)") from None
+    if not isinstance(data, dict):
+        raise PlanFileError(f"{path}: not a saved plan")
+    return Plan.from_json(data)
+
+
+@cli.command()
+@click.argument("name", required=False)
+@state_option
+@org_option
+@click.option("--limit", type=click.IntRange(1), help="Show at most this many entries.")
+@click.option("--format", "fmt", type=FORMATS, default="text", help="Output format.")
+def history(
+    name: str | None, state: str, organization: str | None, limit: int | None, fmt: str
+) -> None:
+    """Show the audit log: who changed which webhook, when, from which commit.
+
+    Newest first. Values are shown as stored: secret references, never secrets.
+
+    \b
+    Example:
+      reconciler history slack-new-rule-violation --org acme
+    """
+    store = open_store(state)
+    try:
+        entries = list(store.history(organization, name, limit))
+    finally:
+        store.close()
+    if fmt == "json":
+        click.echo(json.dumps([e.as_json() for e in entries], indent=2))
+        return
+    if not entries:
+        click.echo("No history.")
+    for entry in entries:
+        click.echo(history_report.entry_text(entry))
+
+
+@cli.command()
+@click.argument("folder", type=click.Path(path_type=Path, file_okay=False))
+@state_option
+@org_option
+def export(folder: Path, state: str, organization: str | None) -> None:
+    """Write the live state as definition files, one per webhook.
+
+    Files go to FOLDER/<organization>/<name>.yaml; planning FOLDER against the
+    same state shows no change.
+
+    \b
+    Example:
+      reconciler export recovered.d && reconciler plan recovered.d
+    """
+    store = open_store(state)
+    try:
+        written = export_state(store.webhooks(organization), folder)
+    finally:
+        store.close()
+    click.echo(f"Exported {len(written)} webhooks to {folder}.")

@@ -90,3 +90,16 @@ def mask_spec(spec: dict[str, Any]) -> dict[str, Any]:
     if "signing_secret" in shown:
         shown["signing_secret"] = mask_value(shown["signing_secret"])
     return shown
+
+
+def mask_at(path: tuple[str | int, ...], value: Any) -> Any:
+    """Mask a value found at `path` inside a definition, as mask_spec would."""
+    if not path or not isinstance(path[0], str):
+        return value
+    wrapped: Any = value
+    for part in reversed(path[1:]):
+        wrapped = {part: wrapped} if isinstance(part, str) else [wrapped]
+    masked: Any = mask_spec({path[0]: wrapped})[path[0]]
+    for part in path[1:]:
+        masked = masked[part] if isinstance(part, str) else masked[0]
+    return masked

@@ -1,0 +1,148 @@
+"""Apply a plan: under the lock, guarded, in one transaction, into the audit log."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Protocol
+
+from reconciler.errors import ApprovalRefused, PlanRefused, StaleState
+from reconciler.model import canonical_json
+from reconciler.plan import DEFAULT_DELETE_SHARE, Change, Plan
+from reconciler.secrets import mask_spec
+from reconciler.store.base import AuditRecord, Store, Write
+
+
+class Approver(Protocol):
+    """Asks a person; on no terminal, `interactive` is False and nothing is asked."""
+
+    interactive: bool
+
+    def confirm_deletes(self, plan: Plan) -> bool: ...
+
+    def approve(self, plan: Plan) -> bool: ...
+
+
+@dataclass(frozen=True)
+class ApplyOptions:
+    actor: str
+    git_commit: str | None = None
+    allow_delete: bool = False
+    force: bool = False
+    delete_share: float = DEFAULT_DELETE_SHARE
+    auto_approve: bool = False
+    lock_timeout: float = 0.0
+
+
+@dataclass(frozen=True)
+class ApplyOutcome:
+    plan: Plan
+    serial: int  # the state's serial after the apply (unchanged when nothing applied)
+    applied: bool
+
+
+def apply(
+    store: Store,
+    make: Callable[[], Plan],
+    options: ApplyOptions,
+    approver: Approver,
+    show: Callable[[Plan, list[str]], None],
+    *,
+    saved: bool = False,
+) -> ApplyOutcome:
+    """Plan (or load a saved plan) under the lock, check it, ask, then commit.
+
+    `make` is called once the lock is held, so the plan shown is the plan applied.
+    """
+    holder = f"{options.actor} (apply)"
+    with store.lock(holder, options.lock_timeout):
+        plan = make()
+        if saved:
+            _check_not_stale(store, plan)
+        allow_delete = options.allow_delete
+        refusals = plan.refusals(
+            allow_delete=allow_delete, force=options.force, delete_share=options.delete_share
+        )
+        show(plan, refusals)
+        if not plan.has_changes:
+            return ApplyOutcome(plan, plan.serial, applied=False)
+        if _only_delete_permission_missing(plan, options, refusals) and approver.interactive:
+            if not approver.confirm_deletes(plan):
+                raise ApprovalRefused("deletes were not confirmed; nothing was changed")
+            refusals = plan.refusals(
+                allow_delete=True, force=options.force, delete_share=options.delete_share
+            )
+        if refusals:
+            raise PlanRefused(refusals[0] + ("" if len(refusals) == 1 else " (and more, above)"))
+        if not options.auto_approve:
+            if not approver.interactive:
+                raise ApprovalRefused(
+                    "not on a terminal and --auto-approve not given; nothing was changed"
+                )
+            if not approver.approve(plan):
+                raise ApprovalRefused("apply cancelled; nothing was changed")
+        writes, audit = changes_to_writes(plan, options)
+        serial = store.commit(writes, audit, expected_serial=plan.serial)
+        return ApplyOutcome(plan, serial, applied=True)
+
+
+def _only_delete_permission_missing(plan: Plan, options: ApplyOptions, refusals: list[str]) -> bool:
+    if options.allow_delete or not plan.deletes():
+        return False
+    with_permission = plan.refusals(
+        allow_delete=True, force=options.force, delete_share=options.delete_share
+    )
+    return len(refusals) == len(with_permission) + 1
+
+
+def _check_not_stale(store: Store, plan: Plan) -> None:
+    state = store.state()
+    if state.lineage != plan.lineage:
+        raise StaleState(
+            "the saved plan was made against another state (lineage differs); plan again"
+        )
+    if state.serial != plan.serial:
+        raise StaleState(
+            f"the live state changed since the plan was made (serial {plan.serial}, "
+            f"now {state.serial}); plan again"
+        )
+
+
+def changes_to_writes(plan: Plan, options: ApplyOptions) -> tuple[list[Write], list[AuditRecord]]:
+    checksum = plan.checksum()
+    writes: list[Write] = []
+    audit: list[AuditRecord] = []
+    for change in plan.changes:
+        if change.action == "delete":
+            writes.append(Write("delete", change.organization, change.name))
+        else:
+            assert change.after is not None
+            writes.append(
+                Write("put", change.organization, change.name, canonical_json(change.after))
+            )
+        audit.append(
+            AuditRecord(
+                action=change.action,
+                organization=change.organization,
+                name=change.name,
+                before=mask_spec(change.before) if change.before is not None else None,
+                after=mask_spec(change.after) if change.after is not None else None,
+                actor=options.actor,
+                git_commit=options.git_commit,
+                plan_checksum=checksum,
+                note=_note(change, plan),
+            )
+        )
+    return writes, audit
+
+
+def _note(change: Change, plan: Plan) -> str | None:
+    notes = []
+    if change.resumes:
+        notes.append(f"resumed a webhook paused outside apply ({change.resumes})")
+    drifted = any(
+        d.organization == change.organization and d.name == change.name for d in plan.drift
+    )
+    if drifted and change.action != "delete":
+        notes.append("restored the definition over drift")
+    return "; ".join(notes) or None

@@ -1,0 +1,48 @@
+"""Write the live state back out as definition files that plan as unchanged."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from reconciler.model import WebhookSpec
+from reconciler.store.base import LiveWebhook
+
+_FIELD_ORDER = list(WebhookSpec.model_fields)
+MODELINE = "# yaml-language-server: $schema=https://reconciler.dev/schemas/webhook.schema.json\n"
+
+
+class _Dumper(yaml.SafeDumper):
+    pass
+
+
+def _str_representer(dumper: yaml.SafeDumper, value: str) -> yaml.Node:
+    style = "|" if "\n" in value else None
+    return dumper.represent_scalar("tag:yaml.org,2002:str", value, style=style)
+
+
+_Dumper.add_representer(str, _str_representer)
+
+
+def definition_yaml(spec: dict[str, Any]) -> str:
+    ordered = {key: spec[key] for key in _FIELD_ORDER if key in spec}
+    if isinstance(ordered.get("body"), str):
+        # A string body reads back as JSON text, so write it as JSON text.
+        ordered["body"] = json.dumps(ordered["body"], ensure_ascii=False)
+    text = yaml.dump(ordered, Dumper=_Dumper, sort_keys=False, allow_unicode=True, width=100)
+    return MODELINE + text
+
+
+def export(webhooks: Iterable[LiveWebhook], folder: Path) -> list[Path]:
+    """One file per webhook, at folder/<organization>/<name>.yaml; returns the paths."""
+    written = []
+    for webhook in webhooks:
+        target = folder / webhook.organization / f"{webhook.name}.yaml"
+        target.parent.mkdir(parents=True, exist_ok=True)
+        target.write_text(definition_yaml(webhook.spec_dict()), encoding="utf-8")
+        written.append(target)
+    return written

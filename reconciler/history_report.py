@@ -1,0 +1,22 @@
+"""How audit log entries are shown."""
+
+from __future__ import annotations
+
+from reconciler.diff import field_changes
+from reconciler.plan_report import field_line
+from reconciler.store.base import AuditEntry
+
+
+def entry_text(entry: AuditEntry) -> str:
+    r = entry.record
+    commit = (
+        f" commit {r.git_commit[:12]}{'+dirty' if r.git_commit.endswith('+dirty') else ''}"
+        if r.git_commit
+        else ""
+    )
+    lines = [f"{entry.at}  {r.action:<6}  {r.organization}/{r.name}  by {r.actor}{commit}"]
+    if r.action == "update" and r.before is not None and r.after is not None:
+        lines.extend(f"    {field_line(c)}" for c in field_changes(r.before, r.after))
+    if r.note:
+        lines.append(f"    note: {r.note}")
+    return "\n".join(lines)

@@ -1,0 +1,304 @@
+"""The plan: what apply would change, as a value.
+
+Desired definitions (files) are compared with the live state. Canonical JSON is
+compared as text first, so only definitions that really differ are diffed field
+by field. Safety checks are methods of the plan; how it is shown lives in
+plan_report.py.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections import Counter
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any, Literal
+
+from reconciler.diff import MISSING, FieldChange, field_changes
+from reconciler.errors import PlanFileError
+from reconciler.model import WebhookSpec
+from reconciler.secrets import mask_at, mask_spec
+from reconciler.store.base import LiveWebhook, StateInfo
+
+FORMAT_VERSION = 1
+DEFAULT_DELETE_SHARE = 0.3
+DELETE_SHARE_MIN_WEBHOOKS = 4
+
+Action = Literal["create", "update", "delete"]
+
+
+@dataclass(frozen=True)
+class Change:
+    action: Action
+    organization: str
+    name: str
+    before: dict[str, Any] | None  # canonical live definition
+    after: dict[str, Any] | None  # canonical desired definition
+    fields: tuple[FieldChange, ...] = ()
+    resumes: str | None = None  # the pause reason an update lifts
+
+    @property
+    def key(self) -> tuple[str, str]:
+        return (self.organization, self.name)
+
+    @property
+    def protected(self) -> bool:
+        return self.action == "delete" and bool((self.before or {}).get("protect"))
+
+
+@dataclass(frozen=True)
+class Drift:
+    """A live webhook that changed outside apply."""
+
+    organization: str
+    name: str
+    fields: tuple[FieldChange, ...]  # last applied -> live now
+    paused_reason: str | None
+
+
+@dataclass
+class Plan:
+    lineage: str
+    serial: int
+    changes: list[Change]
+    drift: list[Drift]
+    unchanged: int
+    organization: str | None = None  # the --org scope, if any
+    live_counts: dict[str, int] = field(default_factory=dict)
+    desired_empty: bool = False  # no definitions at all were found
+    created_at: str = field(default_factory=lambda: datetime.now(UTC).isoformat(timespec="seconds"))
+
+    @property
+    def has_changes(self) -> bool:
+        return bool(self.changes)
+
+    def counts(self) -> Counter[str]:
+        return Counter(change.action for change in self.changes)
+
+    def deletes(self) -> list[Change]:
+        return [c for c in self.changes if c.action == "delete"]
+
+    def checksum(self) -> str:
+        body = json.dumps(
+            [
+                [c.action, c.organization, c.name, c.before, c.after, c.resumes]
+                for c in self.changes
+            ],
+            sort_keys=True,
+        )
+        return "sha256:" + hashlib.sha256(body.encode()).hexdigest()
+
+    # -- safety checks --------------------------------------------------------
+
+    def refusals(
+        self,
+        *,
+        allow_delete: bool,
+        force: bool,
+        delete_share: float = DEFAULT_DELETE_SHARE,
+    ) -> list[str]:
+        """Why apply must not go ahead with the flags given; empty when it may."""
+        reasons = []
+        deletes = self.deletes()
+        protected = [c for c in deletes if c.protected]
+        if protected:
+            names = ", ".join(f"{c.organization}/{c.name}" for c in protected)
+            reasons.append(
+                f"{names} {'is' if len(protected) == 1 else 'are'} protected and never "
+                "deleted: restore the definition, apply it with protect: false, then delete it"
+            )
+        if deletes and not allow_delete:
+            reasons.append(
+                f"the plan deletes {len(deletes)} webhook{'s' if len(deletes) != 1 else ''}, "
+                "which cannot be recovered: re-run with --allow-delete"
+            )
+        if deletes and not force:
+            reasons.extend(self._mass_delete_reasons(delete_share))
+        return reasons
+
+    def _mass_delete_reasons(self, delete_share: float) -> list[str]:
+        if self.desired_empty:
+            return [
+                "no definitions were found, so the plan deletes every live webhook in scope: "
+                "re-run with --force if that is intended"
+            ]
+        reasons = []
+        per_org = Counter(c.organization for c in self.deletes())
+        for org, count in sorted(per_org.items()):
+            live = self.live_counts.get(org, 0)
+            if count >= live:
+                reasons.append(
+                    f"the plan deletes every webhook of organization '{org}' ({count}): "
+                    "re-run with --force if that is intended"
+                )
+            elif live >= DELETE_SHARE_MIN_WEBHOOKS and count / live > delete_share:
+                reasons.append(
+                    f"the plan deletes {count} of {live} webhooks of organization '{org}', more "
+                    f"than {delete_share:.0%}: re-run with --force if that is intended"
+                )
+        return reasons
+
+    # -- saved plans ------------------------------------------------------------
+
+    def as_json(self, *, full: bool = False) -> dict[str, Any]:
+        """The documented JSON shape (format_version 1); masked unless `full`."""
+        show = (lambda spec: spec) if full else mask_spec
+        counts = self.counts()
+        return {
+            "format_version": FORMAT_VERSION,
+            "full": full,
+            "lineage": self.lineage,
+            "serial": self.serial,
+            "created_at": self.created_at,
+            "organization": self.organization,
+            "checksum": self.checksum(),
+            "summary": {
+                "create": counts["create"],
+                "update": counts["update"],
+                "delete": counts["delete"],
+                "unchanged": self.unchanged,
+                "drift": len(self.drift),
+            },
+            "changes": [_change_json(c, show, full) for c in self.changes],
+            "drift": [
+                {
+                    "organization": d.organization,
+                    "name": d.name,
+                    "paused_reason": d.paused_reason,
+                    "fields": [_field_json(f, full) for f in d.fields],
+                }
+                for d in self.drift
+            ],
+            "live_counts": self.live_counts,
+            "desired_empty": self.desired_empty,
+        }
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> Plan:
+        if data.get("format_version") != FORMAT_VERSION:
+            raise PlanFileError(
+                f"saved plan has format_version {data.get('format_version')!r}; "
+                f"this reconciler reads {FORMAT_VERSION}"
+            )
+        if not data.get("full"):
+            raise PlanFileError("this plan was not saved with --out, so it cannot be applied")
+        try:
+            changes = [
+                Change(
+                    c["action"],
+                    c["organization"],
+                    c["name"],
+                    c.get("before"),
+                    c.get("after"),
+                    resumes=c.get("resumes"),
+                )
+                for c in data["changes"]
+            ]
+            plan = cls(
+                lineage=data["lineage"],
+                serial=data["serial"],
+                changes=changes,
+                drift=[],
+                unchanged=data["summary"]["unchanged"],
+                organization=data.get("organization"),
+                live_counts=data.get("live_counts", {}),
+                desired_empty=data.get("desired_empty", False),
+                created_at=data["created_at"],
+            )
+        except (KeyError, TypeError) as exc:
+            raise PlanFileError(f"saved plan is incomplete: {exc}") from None
+        if plan.checksum() != data.get("checksum"):
+            raise PlanFileError("saved plan does not match its checksum: it was edited")
+        return plan
+
+
+def _field_json(change: FieldChange, full: bool) -> dict[str, Any]:
+    def shown(value: Any) -> Any:
+        if value is MISSING:
+            return None
+        return value if full else mask_at(change.path, value)
+
+    return {
+        "path": change.dotted,
+        "old": shown(change.old),
+        "new": shown(change.new),
+        "added": change.old is MISSING,
+        "removed": change.new is MISSING,
+    }
+
+
+def _change_json(change: Change, show: Any, full: bool) -> dict[str, Any]:
+    out: dict[str, Any] = {
+        "action": change.action,
+        "organization": change.organization,
+        "name": change.name,
+    }
+    if change.before is not None:
+        out["before"] = show(change.before)
+    if change.after is not None:
+        out["after"] = show(change.after)
+    if change.action == "update":
+        out["fields"] = [_field_json(f, full) for f in change.fields]
+        out["resumes"] = change.resumes
+    if change.action == "delete":
+        out["unrecoverable"] = True
+        out["protected"] = change.protected
+    return out
+
+
+def make_plan(
+    desired: Iterable[WebhookSpec],
+    live: Iterable[LiveWebhook],
+    state: StateInfo,
+    *,
+    organization: str | None = None,
+) -> Plan:
+    wanted = {spec.key: spec.canonical_json() for spec in desired}
+    if organization is not None:
+        wanted = {k: v for k, v in wanted.items() if k[0] == organization}
+    current = {w.key: w for w in live if organization is None or w.organization == organization}
+
+    changes: list[Change] = []
+    drift: list[Drift] = []
+    unchanged = 0
+    for key in sorted(wanted.keys() | current.keys()):
+        spec, row = wanted.get(key), current.get(key)
+        if row is not None and row.drifted:
+            drift.append(_drift(row))
+        if row is None:
+            changes.append(Change("create", *key, None, json.loads(spec)))  # type: ignore[arg-type]
+        elif spec is None:
+            changes.append(Change("delete", *key, row.spec_dict(), None))
+        elif spec == row.spec and not row.drifted:
+            unchanged += 1
+        else:
+            before, after = row.spec_dict(), json.loads(spec)
+            changes.append(
+                Change(
+                    "update",
+                    *key,
+                    before,
+                    after,
+                    tuple(field_changes(before, after)),
+                    resumes=row.paused_reason,
+                )
+            )
+    return Plan(
+        lineage=state.lineage,
+        serial=state.serial,
+        changes=changes,
+        drift=drift,
+        unchanged=unchanged,
+        organization=organization,
+        live_counts=dict(Counter(w.organization for w in current.values())),
+        desired_empty=not wanted,
+    )
+
+
+def _drift(row: LiveWebhook) -> Drift:
+    fields: tuple[FieldChange, ...] = ()
+    if row.spec != row.applied:
+        fields = tuple(field_changes(json.loads(row.applied), row.spec_dict()))
+    return Drift(row.organization, row.name, fields, row.paused_reason)

@@ -1,0 +1,153 @@
+"""How a plan is shown: text (coloured on a terminal), JSON, or Markdown for a
+pull-request comment. Every value shown passes through the secret masks."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable, Iterator
+from itertools import groupby
+from typing import Any
+
+import click
+
+from reconciler.diff import MISSING, FieldChange
+from reconciler.model import WebhookSpec
+from reconciler.plan import Change, Plan
+from reconciler.secrets import mask_at, mask_spec
+
+_FIELD_ORDER = list(WebhookSpec.model_fields)
+MARKDOWN_MARKER = "<!-- reconciler-plan -->"
+UNRECOVERABLE = "unrecoverable: its definition and delivery history are gone for good"
+
+
+def summary_line(plan: Plan) -> str:
+    counts = plan.counts()
+    parts = [
+        f"{counts['create']} to create",
+        f"{counts['update']} to update",
+        f"{counts['delete']} to delete",
+        f"{plan.unchanged} unchanged",
+    ]
+    if plan.drift:
+        parts.append(f"{len(plan.drift)} drifted")
+    return "Plan: " + ", ".join(parts) + "."
+
+
+def _value(value: Any) -> str:
+    if value is MISSING:
+        return "(unset)"
+    return json.dumps(value, ensure_ascii=False)
+
+
+def field_line(change: FieldChange) -> str:
+    old, new = mask_at(change.path, change.old), mask_at(change.path, change.new)
+    if change.old is not MISSING and change.new is not MISSING and old == new:
+        return f"{change.dotted}: {_value(old)} (changed)"
+    return f"{change.dotted}: {_value(old)} -> {_value(new)}"
+
+
+def _change_lines(change: Change) -> Iterator[tuple[str, str]]:
+    """(style, line) pairs for one change, indented under its organization."""
+    if change.action == "create":
+        yield "create", f"  + {change.name}"
+        shown = mask_spec(change.after or {})
+        for key in _FIELD_ORDER:
+            if key in shown and key not in ("name", "organization"):
+                yield "", f"      {key}: {_value(shown[key])}"
+    elif change.action == "update":
+        note = f"  (resumes: paused: {change.resumes})" if change.resumes else ""
+        yield "update", f"  ~ {change.name}{note}"
+        for field_change in change.fields:
+            yield "", f"      {field_line(field_change)}"
+    else:
+        protected = "; PROTECTED: will not be deleted" if change.protected else ""
+        yield "delete", f"  - {change.name}  ({UNRECOVERABLE}{protected})"
+
+
+def _drift_lines(plan: Plan) -> Iterator[tuple[str, str]]:
+    if not plan.drift:
+        return
+    yield "", ""
+    yield "drift", "Drift (live state changed outside apply; apply restores the definitions):"
+    for drift in plan.drift:
+        yield "drift", f"  ! {drift.organization}/{drift.name}"
+        if drift.paused_reason:
+            yield "", f"      paused: {drift.paused_reason}"
+        for field_change in drift.fields:
+            yield "", f"      {field_line(field_change)} (last applied -> live)"
+
+
+_STYLES: dict[str, dict[str, Any]] = {
+    "create": {"fg": "green"},
+    "update": {"fg": "yellow"},
+    "delete": {"fg": "red", "bold": True},
+    "drift": {"fg": "magenta"},
+    "refusal": {"fg": "red"},
+}
+
+
+def text(plan: Plan, refusals: list[str], *, color: bool = False) -> str:
+    paint: Callable[[str, str], str] = (
+        (lambda style, line: click.style(line, **_STYLES[style]) if style else line)
+        if color
+        else (lambda _style, line: line)
+    )
+    lines: list[str] = []
+    for org, changes in groupby(plan.changes, key=lambda c: c.organization):
+        lines.append(f"Organization {org}")
+        for change in changes:
+            lines.extend(paint(style, line) for style, line in _change_lines(change))
+    if not plan.changes:
+        lines.append("No changes: the live state matches the definitions.")
+    lines.extend(paint(style, line) for style, line in _drift_lines(plan))
+    lines.append("")
+    lines.append(summary_line(plan))
+    if refusals:
+        lines.append(paint("refusal", "Apply will refuse this plan unless:"))
+        lines.extend(paint("refusal", f"  - {reason}") for reason in refusals)
+    return "\n".join(lines)
+
+
+def as_json(plan: Plan, refusals: list[str]) -> str:
+    data = plan.as_json()
+    data["refusals"] = refusals
+    return json.dumps(data, indent=2, ensure_ascii=False)
+
+
+def markdown(plan: Plan, refusals: list[str]) -> str:
+    scope = f" (organization `{plan.organization}`)" if plan.organization else ""
+    out = [MARKDOWN_MARKER, f"### reconciler plan{scope}", "", f"**{summary_line(plan)}**", ""]
+    if refusals:
+        out.append("> [!WARNING]")
+        out.append("> Apply will refuse this plan unless:")
+        out.extend(f"> - {reason}" for reason in refusals)
+        out.append("")
+    for org, changes in groupby(plan.changes, key=lambda c: c.organization):
+        out.append(f"#### Organization `{org}`")
+        out.append("")
+        out.append("```diff")
+        for change in changes:
+            for style, line in _change_lines(change):
+                out.append(_DIFF_PREFIX.get(style, " ") + line[1:])
+        out.append("```")
+        out.append("")
+    if plan.drift:
+        out.append("#### Drift")
+        out.append("")
+        out.append("```")
+        out.extend(line for _style, line in list(_drift_lines(plan))[2:])
+        out.append("```")
+        out.append("")
+    out.append(
+        f"<sub>state serial {plan.serial} · checksum `{plan.checksum()[:19]}` · "
+        "deletes are unrecoverable</sub>"
+    )
+    return "\n".join(out)
+
+
+_DIFF_PREFIX = {"create": "+", "update": "!", "delete": "-"}
+
+REPORTERS: dict[str, Callable[[Plan, list[str]], str]] = {
+    "json": as_json,
+    "markdown": markdown,
+}

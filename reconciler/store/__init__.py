@@ -1,0 +1,47 @@
+"""Open the live state named by a URL: sqlite:///path (the default) or postgresql://."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from reconciler.errors import StateError
+from reconciler.store.base import (
+    AuditEntry,
+    AuditRecord,
+    LiveWebhook,
+    StateInfo,
+    Store,
+    Write,
+)
+
+DEFAULT_STATE = "sqlite:///.reconciler/state.db"
+
+__all__ = [
+    "DEFAULT_STATE",
+    "AuditEntry",
+    "AuditRecord",
+    "LiveWebhook",
+    "StateInfo",
+    "Store",
+    "Write",
+    "open_store",
+    "state_url",
+]
+
+
+def state_url(explicit: str | None) -> str:
+    return explicit or os.environ.get("RECONCILER_STATE") or DEFAULT_STATE
+
+
+def open_store(url: str) -> Store:
+    if url.startswith("sqlite:///"):
+        from reconciler.store.sqlite import SqliteStore
+
+        return SqliteStore(Path(url.removeprefix("sqlite:///")))
+    if url.startswith(("postgresql://", "postgres://")):
+        raise StateError(
+            "the PostgreSQL backend is not available in this version; use sqlite:///PATH"
+        )
+    scheme = url.split("://", 1)[0] if "://" in url else url
+    raise StateError(f"unknown state URL scheme {scheme!r}: use sqlite:///PATH")

@@ -1,0 +1,122 @@
+"""The Store interface: the live state every backend keeps.
+
+A backend holds the applied webhooks (with the state's lineage and serial, for
+stale-plan detection), the append-only audit log and the apply lock. Every
+backend passes the same contract suite (tests/store_contract.py).
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator, Sequence
+from contextlib import AbstractContextManager
+from dataclasses import dataclass
+from typing import Any, Literal, Protocol
+
+
+@dataclass(frozen=True)
+class StateInfo:
+    lineage: str  # a random id given to the state when it was created
+    serial: int  # grows with every change to the live webhooks
+
+
+@dataclass(frozen=True)
+class LiveWebhook:
+    organization: str
+    name: str
+    spec: str  # canonical JSON of the definition as it is live now
+    applied: str  # canonical JSON as the last apply wrote it
+    paused_reason: str | None  # set by the dispatcher, e.g. after HTTP 410
+    updated_at: str
+
+    @property
+    def key(self) -> tuple[str, str]:
+        return (self.organization, self.name)
+
+    def spec_dict(self) -> dict[str, Any]:
+        return json.loads(self.spec)
+
+    @property
+    def drifted(self) -> bool:
+        return self.spec != self.applied or self.paused_reason is not None
+
+
+@dataclass(frozen=True)
+class Write:
+    """One change to a live webhook: put (create or replace) or delete."""
+
+    kind: Literal["put", "delete"]
+    organization: str
+    name: str
+    spec: str | None = None  # canonical JSON, for put
+
+
+@dataclass(frozen=True)
+class AuditRecord:
+    """One line of the audit log; before/after hold references, never secret values."""
+
+    action: str  # create | update | delete | pause
+    organization: str
+    name: str
+    before: dict[str, Any] | None
+    after: dict[str, Any] | None
+    actor: str
+    git_commit: str | None = None
+    plan_checksum: str | None = None
+    note: str | None = None
+
+
+@dataclass(frozen=True)
+class AuditEntry:
+    id: int
+    at: str
+    serial: int
+    record: AuditRecord
+
+    def as_json(self) -> dict[str, Any]:
+        r = self.record
+        return {
+            "id": self.id,
+            "at": self.at,
+            "serial": self.serial,
+            "action": r.action,
+            "organization": r.organization,
+            "name": r.name,
+            "actor": r.actor,
+            "git_commit": r.git_commit,
+            "plan_checksum": r.plan_checksum,
+            "note": r.note,
+            "before": r.before,
+            "after": r.after,
+        }
+
+
+class Store(Protocol):
+    url: str  # where the state lives, without credentials
+
+    def state(self) -> StateInfo: ...
+
+    def webhooks(self, organization: str | None = None) -> list[LiveWebhook]: ...
+
+    def lock(self, holder: str, timeout: float) -> AbstractContextManager[None]:
+        """Hold the apply lock; wait up to `timeout` seconds, then raise LockTimeout."""
+        ...
+
+    def commit(
+        self, writes: Sequence[Write], audit: Sequence[AuditRecord], expected_serial: int
+    ) -> int:
+        """Apply writes and audit records in one transaction; return the new serial.
+
+        Raises StaleState when the serial is no longer `expected_serial`.
+        """
+        ...
+
+    def pause(self, organization: str, name: str, reason: str, actor: str) -> None:
+        """Pause a webhook from outside apply (the dispatcher, after HTTP 410)."""
+        ...
+
+    def history(
+        self, organization: str | None = None, name: str | None = None, limit: int | None = None
+    ) -> Iterator[AuditEntry]: ...
+
+    def close(self) -> None: ...

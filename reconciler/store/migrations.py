@@ -1,0 +1,54 @@
+"""Named schema migrations, applied in order and recorded in schema_migrations.
+
+A migration is never edited once released: a change to the schema is a new
+entry at the end.
+"""
+
+from __future__ import annotations
+
+MIGRATIONS: list[tuple[str, list[str]]] = [
+    (
+        "0001_live_state_and_audit_log",
+        [
+            "CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL)",
+            """CREATE TABLE webhooks (
+                organization TEXT NOT NULL,
+                name TEXT NOT NULL,
+                spec TEXT NOT NULL,
+                applied_spec TEXT NOT NULL,
+                paused_reason TEXT,
+                created_at TEXT NOT NULL,
+                updated_at TEXT NOT NULL,
+                PRIMARY KEY (organization, name)
+            )""",
+            """CREATE TABLE audit_log (
+                id INTEGER PRIMARY KEY AUTOINCREMENT,
+                at TEXT NOT NULL,
+                serial INTEGER NOT NULL,
+                action TEXT NOT NULL,
+                organization TEXT NOT NULL,
+                name TEXT NOT NULL,
+                before TEXT,
+                after TEXT,
+                actor TEXT NOT NULL,
+                git_commit TEXT,
+                plan_checksum TEXT,
+                note TEXT
+            )""",
+            "CREATE INDEX audit_log_by_webhook ON audit_log (organization, name)",
+            """CREATE TRIGGER audit_log_no_update BEFORE UPDATE ON audit_log
+               BEGIN SELECT RAISE(ABORT, 'the audit log is append-only'); END""",
+            """CREATE TRIGGER audit_log_no_delete BEFORE DELETE ON audit_log
+               BEGIN SELECT RAISE(ABORT, 'the audit log is append-only'); END""",
+            """CREATE TABLE locks (
+                name TEXT PRIMARY KEY,
+                holder TEXT NOT NULL,
+                pid INTEGER NOT NULL,
+                host TEXT NOT NULL,
+                token TEXT NOT NULL,
+                acquired_at TEXT NOT NULL,
+                expires_at REAL NOT NULL
+            )""",
+        ],
+    ),
+]

@@ -1,0 +1,270 @@
+"""The embedded default: one SQLite file, in WAL mode.
+
+Every unit of work is one transaction. Writers take SQLite's write lock with
+BEGIN IMMEDIATE, so an apply and a running dispatcher can share the file; the
+apply lock is a row in `locks` naming its holder, so a waiting apply can say
+who it waits for.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import sqlite3
+import time
+import uuid
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
+from datetime import UTC, datetime
+from pathlib import Path
+
+from reconciler.errors import LockTimeout, StaleState, StateError
+from reconciler.store.base import AuditEntry, AuditRecord, LiveWebhook, StateInfo, Write
+from reconciler.store.migrations import MIGRATIONS
+
+LOCK_LEASE_SECONDS = 3600.0
+_POLL_SECONDS = 0.1
+
+
+def _now() -> str:
+    return datetime.now(UTC).isoformat(timespec="microseconds").replace("+00:00", "Z")
+
+
+class SqliteStore:
+    def __init__(
+        self,
+        path: Path,
+        *,
+        clock: Callable[[], float] = time.monotonic,
+        sleep: Callable[[float], None] = time.sleep,
+    ) -> None:
+        self.path = path
+        self.url = f"sqlite:///{path}"
+        self._clock = clock
+        self._sleep = sleep
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            self._db = sqlite3.connect(path, isolation_level=None, timeout=30.0)
+            self._db.execute("PRAGMA journal_mode=WAL")
+            self._db.execute("PRAGMA synchronous=FULL")
+            self._db.execute("PRAGMA foreign_keys=ON")
+            self._migrate()
+        except sqlite3.DatabaseError as exc:
+            raise StateError(f"cannot open the state at {path}: {exc}") from None
+
+    # -- transactions -------------------------------------------------------
+
+    @contextmanager
+    def _write(self) -> Iterator[sqlite3.Connection]:
+        self._db.execute("BEGIN IMMEDIATE")
+        try:
+            yield self._db
+        except BaseException:
+            self._db.execute("ROLLBACK")
+            raise
+        self._db.execute("COMMIT")
+
+    def _migrate(self) -> None:
+        with self._write() as db:
+            db.execute(
+                "CREATE TABLE IF NOT EXISTS schema_migrations "
+                "(name TEXT PRIMARY KEY, applied_at TEXT NOT NULL)"
+            )
+            done = {row[0] for row in db.execute("SELECT name FROM schema_migrations")}
+            for name, statements in MIGRATIONS:
+                if name in done:
+                    continue
+                for statement in statements:
+                    db.execute(statement)
+                db.execute("INSERT INTO schema_migrations VALUES (?, ?)", (name, _now()))
+            if db.execute("SELECT 1 FROM meta WHERE key = 'lineage'").fetchone() is None:
+                db.execute("INSERT INTO meta VALUES ('lineage', ?)", (str(uuid.uuid4()),))
+                db.execute("INSERT INTO meta VALUES ('serial', '0')")
+
+    def migrations(self) -> list[str]:
+        return [row[0] for row in self._db.execute("SELECT name FROM schema_migrations")]
+
+    # -- reading ------------------------------------------------------------
+
+    def state(self) -> StateInfo:
+        rows = dict(self._db.execute("SELECT key, value FROM meta"))
+        return StateInfo(rows["lineage"], int(rows["serial"]))
+
+    def webhooks(self, organization: str | None = None) -> list[LiveWebhook]:
+        query = (
+            "SELECT organization, name, spec, applied_spec, paused_reason, updated_at FROM webhooks"
+        )
+        args: tuple[str, ...] = ()
+        if organization is not None:
+            query += " WHERE organization = ?"
+            args = (organization,)
+        query += " ORDER BY organization, name"
+        return [LiveWebhook(*row) for row in self._db.execute(query, args)]
+
+    def history(
+        self, organization: str | None = None, name: str | None = None, limit: int | None = None
+    ) -> Iterator[AuditEntry]:
+        query = "SELECT * FROM audit_log WHERE 1=1"
+        args: list[object] = []
+        if organization is not None:
+            query += " AND organization = ?"
+            args.append(organization)
+        if name is not None:
+            query += " AND name = ?"
+            args.append(name)
+        query += " ORDER BY id DESC"
+        if limit is not None:
+            query += " LIMIT ?"
+            args.append(limit)
+        for row in self._db.execute(query, args).fetchall():
+            (id_, at, serial, action, org, nm, before, after, actor, commit, checksum, note) = row
+            record = AuditRecord(
+                action,
+                org,
+                nm,
+                json.loads(before) if before else None,
+                json.loads(after) if after else None,
+                actor,
+                commit,
+                checksum,
+                note,
+            )
+            yield AuditEntry(id_, at, serial, record)
+
+    # -- writing ------------------------------------------------------------
+
+    def commit(
+        self, writes: Sequence[Write], audit: Sequence[AuditRecord], expected_serial: int
+    ) -> int:
+        now = _now()
+        with self._write() as db:
+            serial = int(db.execute("SELECT value FROM meta WHERE key = 'serial'").fetchone()[0])
+            if serial != expected_serial:
+                raise StaleState(
+                    f"the live state changed since the plan was made (serial {expected_serial}, "
+                    f"now {serial}); plan again"
+                )
+            serial += 1
+            puts = [
+                (w.organization, w.name, w.spec, w.spec, now, now)
+                for w in writes
+                if w.kind == "put"
+            ]
+            deletes = [(w.organization, w.name) for w in writes if w.kind == "delete"]
+            self._apply_puts(db, puts)
+            self._apply_deletes(db, deletes)
+            self._append_audit(db, audit, serial, now)
+            db.execute("UPDATE meta SET value = ? WHERE key = 'serial'", (str(serial),))
+        return serial
+
+    def _apply_puts(self, db: sqlite3.Connection, rows: list[tuple[object, ...]]) -> None:
+        db.executemany(
+            "INSERT INTO webhooks (organization, name, spec, applied_spec, paused_reason, "
+            "created_at, updated_at) VALUES (?, ?, ?, ?, NULL, ?, ?) "
+            "ON CONFLICT (organization, name) DO UPDATE SET spec = excluded.spec, "
+            "applied_spec = excluded.applied_spec, paused_reason = NULL, "
+            "updated_at = excluded.updated_at",
+            rows,
+        )
+
+    def _apply_deletes(self, db: sqlite3.Connection, rows: list[tuple[str, str]]) -> None:
+        db.executemany("DELETE FROM webhooks WHERE organization = ? AND name = ?", rows)
+
+    def _append_audit(
+        self, db: sqlite3.Connection, audit: Sequence[AuditRecord], serial: int, now: str
+    ) -> None:
+        db.executemany(
+            "INSERT INTO audit_log (at, serial, action, organization, name, before, after, "
+            "actor, git_commit, plan_checksum, note) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            [
+                (
+                    now,
+                    serial,
+                    r.action,
+                    r.organization,
+                    r.name,
+                    json.dumps(r.before, sort_keys=True) if r.before is not None else None,
+                    json.dumps(r.after, sort_keys=True) if r.after is not None else None,
+                    r.actor,
+                    r.git_commit,
+                    r.plan_checksum,
+                    r.note,
+                )
+                for r in audit
+            ],
+        )
+
+    def pause(self, organization: str, name: str, reason: str, actor: str) -> None:
+        now = _now()
+        with self._write() as db:
+            changed = db.execute(
+                "UPDATE webhooks SET paused_reason = ?, updated_at = ? "
+                "WHERE organization = ? AND name = ? AND paused_reason IS NULL",
+                (reason, now, organization, name),
+            ).rowcount
+            if not changed:
+                return
+            serial = int(db.execute("SELECT value FROM meta WHERE key = 'serial'").fetchone()[0])
+            serial += 1
+            db.execute("UPDATE meta SET value = ? WHERE key = 'serial'", (str(serial),))
+            record = AuditRecord("pause", organization, name, None, None, actor, note=reason)
+            self._append_audit(db, [record], serial, now)
+
+    # -- the apply lock -----------------------------------------------------
+
+    @contextmanager
+    def lock(self, holder: str, timeout: float) -> Iterator[None]:
+        token = str(uuid.uuid4())
+        deadline = self._clock() + timeout
+        while True:
+            current = self._try_lock(holder, token)
+            if current is None:
+                break
+            if self._clock() >= deadline:
+                who, pid, host, since = current
+                raise LockTimeout(
+                    f"the state is locked by {who} (pid {pid} on {host}, since {since}); "
+                    f"waited {timeout:g}s"
+                )
+            self._sleep(_POLL_SECONDS)
+        try:
+            yield
+        finally:
+            with self._write() as db:
+                db.execute("DELETE FROM locks WHERE name = 'apply' AND token = ?", (token,))
+
+    def _try_lock(self, holder: str, token: str) -> tuple[str, int, str, str] | None:
+        """Take the lock and return None, or return who holds it."""
+        host = socket.gethostname()
+        with self._write() as db:
+            row = db.execute(
+                "SELECT holder, pid, host, acquired_at, expires_at FROM locks WHERE name = 'apply'"
+            ).fetchone()
+            if row is not None and not _abandoned(row, host):
+                return row[0], row[1], row[2], row[3]
+            db.execute(
+                "INSERT OR REPLACE INTO locks (name, holder, pid, host, token, acquired_at, "
+                "expires_at) VALUES ('apply', ?, ?, ?, ?, ?, ?)",
+                (holder, os.getpid(), host, token, _now(), time.time() + LOCK_LEASE_SECONDS),
+            )
+        return None
+
+    def close(self) -> None:
+        self._db.close()
+
+
+def _abandoned(row: tuple[str, int, str, str, float], host: str) -> bool:
+    """A lock whose lease ran out, or whose holder process on this host is gone."""
+    _, pid, lock_host, _, expires_at = row
+    if expires_at < time.time():
+        return True
+    if lock_host != host:
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return True
+    except PermissionError:
+        return False
+    return False
