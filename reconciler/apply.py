@@ -92,7 +92,7 @@ def _only_delete_permission_missing(plan: Plan, options: ApplyOptions, refusals:
     with_permission = plan.refusals(
         allow_delete=True, force=options.force, delete_share=options.delete_share
     )
-    return len(refusals) == len(with_permission) + 1
+    return bool(refusals) and not with_permission
 
 
 def _check_not_stale(store: Store, plan: Plan) -> None:
@@ -117,9 +117,8 @@ def changes_to_writes(plan: Plan, options: ApplyOptions) -> tuple[list[Write], l
             writes.append(Write("delete", change.organization, change.name))
         else:
             assert change.after is not None
-            writes.append(
-                Write("put", change.organization, change.name, canonical_json(change.after))
-            )
+            text = change.after_json or canonical_json(change.after)
+            writes.append(Write("put", change.organization, change.name, text))
         audit.append(
             AuditRecord(
                 action=change.action,

@@ -6,6 +6,7 @@ at the line and column where that field is written.
 
 from __future__ import annotations
 
+import contextlib
 import ipaddress
 import os
 import re
@@ -38,6 +39,14 @@ def check_spec(spec: WebhookSpec, *, check_env: bool = False) -> list[Finding]:
     findings += _check_url(spec.url)
     findings += _check_headers(spec.headers)
     for key, value in spec.query.items():
+        if "{{" in key and templates.placeholder_names(key):
+            findings.append(
+                Finding(
+                    ("query", key),
+                    f"query: placeholders are substituted into values only, not the key {key!r}",
+                    at_key=True,
+                )
+            )
         findings += _check_template(("query", key), value, placeholders=True, env=True)
     if spec.signing_secret is not None:
         findings += _check_signing_secret(spec.signing_secret)
@@ -57,50 +66,70 @@ def _check_body(spec: WebhookSpec) -> Iterator[Finding]:
             at_key=True,
         )
         return
-    for loc, text, is_key in _strings(spec.body, ("body",)):
+    strings: list[tuple[Loc, str, bool]] = []
+    _templated_strings(spec.body, ("body",), strings)
+    for loc, text, is_key in strings:
         if is_key and templates.placeholder_names(text):
-            yield Finding(loc, "placeholders are substituted into values only, not keys")
+            yield Finding(
+                loc,
+                f"{dotted(loc)}: placeholders are substituted into values only, not keys",
+                at_key=True,
+            )
             continue
         yield from _check_template(loc, text, placeholders=True, env=False)
 
 
-def _strings(value: Any, loc: Loc) -> Iterator[tuple[Loc, str, bool]]:
+def _templated_strings(value: Any, loc: Loc, out: list[tuple[Loc, str, bool]]) -> None:
+    """Every key and string value (loc, text, is_key) in `value`, depth first, that holds
+    "{{" or "${": the only text in which _check_template can find anything."""
     if isinstance(value, str):
-        yield loc, value, False
+        if "{{" in value or "${" in value:
+            out.append((loc, value, False))
     elif isinstance(value, dict):
         for key, item in value.items():
-            yield loc + (key,), key, True
-            yield from _strings(item, loc + (key,))
+            if "{{" in key or "${" in key:
+                out.append((loc + (key,), key, True))
+            if isinstance(item, str):
+                if "{{" in item or "${" in item:
+                    out.append((loc + (key,), item, False))
+            elif isinstance(item, dict | list):
+                _templated_strings(item, loc + (key,), out)
     elif isinstance(value, list):
         for index, item in enumerate(value):
-            yield from _strings(item, loc + (index,))
+            _templated_strings(item, loc + (index,), out)
 
 
 def _check_template(loc: Loc, text: str, *, placeholders: bool, env: bool) -> Iterator[Finding]:
-    field = dotted(loc)
-    unknown = templates.unknown_placeholders(text)
-    if unknown and placeholders:
-        names = ", ".join("{{%s}}" % name for name in unknown)
-        yield Finding(
-            loc,
-            f"{field}: unknown placeholder {names}; valid: {templates.PLACEHOLDER_HELP}",
-        )
-    elif templates.placeholder_names(text) and not placeholders:
-        yield Finding(loc, f"{field}: placeholders are not substituted here")
-    bad = templates.malformed_env_ref(text)
-    if bad is not None:
-        yield Finding(loc, f"{field}: malformed secret reference {bad!r}; write ${{env:NAME}}")
-    elif templates.env_names(text) and not env:
-        yield Finding(
-            loc,
-            f"{field}: ${{env:...}} references are resolved only in url, header values, "
-            "query values and signing_secret",
-        )
+    # Placeholders need "{{", references (and malformed ones) "${": most text has neither.
+    if "{{" in text:
+        if placeholders:
+            unknown = templates.unknown_placeholders(text)
+            if unknown:
+                names = ", ".join("{{%s}}" % name for name in unknown)
+                yield Finding(
+                    loc,
+                    f"{dotted(loc)}: unknown placeholder {names}; valid: "
+                    f"{templates.PLACEHOLDER_HELP}",
+                )
+        elif templates.placeholder_names(text):
+            yield Finding(loc, f"{dotted(loc)}: placeholders are not substituted here")
+    if "${" in text:
+        bad = templates.malformed_env_ref(text)
+        if bad is not None:
+            yield Finding(
+                loc, f"{dotted(loc)}: malformed secret reference {bad!r}; write ${{env:NAME}}"
+            )
+        elif not env and templates.env_names(text):
+            yield Finding(
+                loc,
+                f"{dotted(loc)}: ${{env:...}} references are resolved only in url, header "
+                "values, query values and signing_secret",
+            )
 
 
 def _check_url(url: str) -> Iterator[Finding]:
     yield from _check_template(("url",), url, placeholders=True, env=True)
-    if templates.env_names(url):
+    if "${" in url and templates.env_names(url):
         return
     if secret_bearing_url(url):
         yield Finding(
@@ -108,10 +137,16 @@ def _check_url(url: str) -> Iterator[Finding]:
             "url: this endpoint's URL is itself a secret; keep it out of git with ${env:NAME}",
             "warning",
         )
-    host = urlsplit(templates.substitute(url, lambda _n: "x", None)).hostname or ""
-    try:
-        address = ipaddress.ip_address(host)
-    except ValueError:
+    if "{{" in url:  # else substitute() would return it unchanged
+        url = templates.substitute(url, lambda _n: "x", None)
+    host = urlsplit(url).hostname or ""
+    address = None
+    # Only these can parse as an address: an IPv6 one has colons, an IPv4 one ends in
+    # a digit. Anything else would raise ValueError, which costs more than this test.
+    if ":" in host or host[-1:].isdigit():
+        with contextlib.suppress(ValueError):
+            address = ipaddress.ip_address(host)
+    if address is None:
         if host == "localhost" or host.endswith(".localhost"):
             yield Finding(("url",), f"url: {host} is a loopback host", "warning")
         return
@@ -127,31 +162,37 @@ def _check_url(url: str) -> Iterator[Finding]:
 def _check_headers(headers: Mapping[str, str]) -> Iterator[Finding]:
     seen: dict[str, str] = {}
     for name, value in headers.items():
-        loc: Loc = ("headers", name)
-        if not _HEADER_NAME.match(name):
-            yield Finding(loc, f"headers: {name!r} is not a valid header name", at_key=True)
-        lowered = name.lower()
-        if lowered in seen:
+        found = list(_check_header(name, value, seen))
+        yield from found
+        # A credential warning only matters once the header itself is right.
+        if not found and is_sensitive_header(name) and value and not templates.env_names(value):
             yield Finding(
-                loc,
-                f"headers: {name!r} repeats {seen[lowered]!r} (header names ignore case)",
-                at_key=True,
-            )
-        seen[lowered] = name
-        if lowered in _RESERVED_HEADERS:
-            yield Finding(
-                loc, f"headers: {name} is set by the dispatcher and cannot be given", at_key=True
-            )
-        if "\r" in value or "\n" in value:
-            yield Finding(loc, f"headers.{name}: value must not contain a line break")
-            continue
-        yield from _check_template(loc, value, placeholders=False, env=True)
-        if is_sensitive_header(name) and value and not templates.env_names(value):
-            yield Finding(
-                loc,
+                ("headers", name),
                 f"headers.{name}: a credential written in git; use ${{env:NAME}}",
                 "warning",
             )
+
+
+def _check_header(name: str, value: str, seen: dict[str, str]) -> Iterator[Finding]:
+    loc: Loc = ("headers", name)
+    if not _HEADER_NAME.match(name):
+        yield Finding(loc, f"headers: {name!r} is not a valid header name", at_key=True)
+    lowered = name.lower()
+    if lowered in seen:
+        yield Finding(
+            loc,
+            f"headers: {name!r} repeats {seen[lowered]!r} (header names ignore case)",
+            at_key=True,
+        )
+    seen[lowered] = name
+    if lowered in _RESERVED_HEADERS:
+        yield Finding(
+            loc, f"headers: {name} is set by the dispatcher and cannot be given", at_key=True
+        )
+    if "\r" in value or "\n" in value:
+        yield Finding(loc, f"headers.{name}: value must not contain a line break")
+        return
+    yield from _check_template(loc, value, placeholders=False, env=True)
 
 
 def _check_signing_secret(secret: str) -> Iterator[Finding]:

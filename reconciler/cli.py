@@ -106,16 +106,23 @@ def validate(path: Path, fmt: str, check_env: bool) -> None:
         for problem in result.problems:
             click.echo(str(problem))
         organizations = {d.spec.key[0] for d in result.definitions}
-        errors, warnings = len(result.errors), len(result.warnings)
+        warnings = _count(len(result.warnings), "warning")
         if result.ok:
             click.echo(
-                f"{len(result.definitions)} definitions in {len(organizations)} "
-                f"organizations are valid ({warnings} warnings)."
+                f"valid: {_count(len(result.definitions), 'definition')} in "
+                f"{_count(len(organizations), 'organization')}, {warnings}."
             )
         else:
-            click.echo(f"{errors} errors, {warnings} warnings in {result.files} files.")
+            click.echo(
+                f"invalid: {_count(len(result.errors), 'error')}, {warnings} in "
+                f"{_count(result.files, 'file')}."
+            )
     if not result.ok:
         sys.exit(1)
+
+
+def _count(n: int, word: str) -> str:
+    return f"{n} {word}{'' if n == 1 else 's'}"
 
 
 @cli.command()
@@ -216,7 +223,10 @@ def plan(
     else:
         click.echo(plan_report.REPORTERS[fmt](the_plan, refusals))
     if out is not None:
-        out.write_text(json.dumps(the_plan.as_json(full=True), indent=2) + "\n", encoding="utf-8")
+        try:
+            out.write_text(json.dumps(the_plan.as_json(full=True), indent=2) + "\n", "utf-8")
+        except OSError as exc:
+            raise ReconcilerError(f"{out}: cannot write the plan: {exc.strerror}") from None
     if detailed_exitcode and the_plan.has_changes:
         sys.exit(2)
 

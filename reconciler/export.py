@@ -9,6 +9,7 @@ from typing import Any
 
 import yaml
 
+from reconciler.errors import ReconcilerError
 from reconciler.model import WebhookSpec
 from reconciler.store.base import LiveWebhook
 
@@ -20,8 +21,17 @@ class _Dumper(yaml.SafeDumper):
     pass
 
 
+_YAML_LINE_BREAKS = ("\x85", "\u2028", "\u2029")
+
+
 def _str_representer(dumper: yaml.SafeDumper, value: str) -> yaml.Node:
-    style = "|" if "\n" in value else None
+    # Characters YAML reads as line breaks survive only in double quotes.
+    if any(c in value for c in _YAML_LINE_BREAKS):
+        style: str | None = '"'
+    elif "\n" in value:
+        style = "|"
+    else:
+        style = None
     return dumper.represent_scalar("tag:yaml.org,2002:str", value, style=style)
 
 
@@ -42,7 +52,10 @@ def export(webhooks: Iterable[LiveWebhook], folder: Path) -> list[Path]:
     written = []
     for webhook in webhooks:
         target = folder / webhook.organization / f"{webhook.name}.yaml"
-        target.parent.mkdir(parents=True, exist_ok=True)
-        target.write_text(definition_yaml(webhook.spec_dict()), encoding="utf-8")
+        try:
+            target.parent.mkdir(parents=True, exist_ok=True)
+            target.write_text(definition_yaml(webhook.spec_dict()), encoding="utf-8")
+        except OSError as exc:
+            raise ReconcilerError(f"cannot write {target}: {exc.strerror}") from None
         written.append(target)
     return written

@@ -14,9 +14,13 @@ def entry_text(entry: AuditEntry) -> str:
         if r.git_commit
         else ""
     )
-    lines = [f"{entry.at}  {r.action:<6}  {r.organization}/{r.name}  by {r.actor}{commit}"]
+    plan = f" plan {r.plan_checksum[:19]}" if r.plan_checksum else ""
+    lines = [f"{entry.at}  {r.action:<6}  {r.organization}/{r.name}  by {r.actor}{commit}{plan}"]
     if r.action == "update" and r.before is not None and r.after is not None:
         lines.extend(f"    {field_line(c)}" for c in field_changes(r.before, r.after))
+    elif r.action == "create" and r.after is not None:
+        after = r.after
+        lines.append(f"    {after.get('event')} {after.get('method')} {after.get('url')}")
     if r.note:
         lines.append(f"    note: {r.note}")
     return "\n".join(lines)

@@ -29,16 +29,50 @@ class BodyError(ValueError):
 
 
 def parse_json_text(text: str) -> Any:
-    """Strict JSON first (fast, and exact errors), then the relaxed JSON5 form."""
+    """Strict JSON first, then the common relaxed forms translated to strict JSON,
+    then the full JSON5 parser (slow, but it decides and explains every other case)."""
     try:
         value = json.loads(text, object_pairs_hook=_no_duplicates)
     except json.JSONDecodeError as strict_error:
         try:
-            value = json5.loads(text, allow_duplicate_keys=False)
-        except ValueError as exc:
-            raise _relaxed_error(str(exc), strict_error) from None
+            value = json.loads(_relaxed_to_strict(text), object_pairs_hook=_no_duplicates)
+        except json.JSONDecodeError:
+            try:
+                value = json5.loads(text, allow_duplicate_keys=False)
+            except ValueError as exc:
+                raise _relaxed_error(str(exc), strict_error) from None
     check_json_value(value)
     return value
+
+
+# The relaxed forms people write by hand: single-quoted strings, unquoted keys,
+# trailing commas. Strings are matched first, so nothing inside one is touched.
+_RELAXED_TOKEN = re.compile(
+    r"""(?P<dq>"(?:[^"\\\n]|\\.)*")
+    |(?P<sq>'(?:[^'\\\n]|\\.)*')
+    |(?P<key>[A-Za-z_$][A-Za-z0-9_$]*)(?=\s*:)
+    |(?P<comma>,)(?=\s*[}\]])""",
+    re.VERBOSE,
+)
+_UNESCAPED_DQ = re.compile(r'(?<!\\)((?:\\\\)*)"')
+
+
+def _relaxed_to_strict(text: str) -> str:
+    def translate(match: re.Match[str]) -> str:
+        kind = match.lastgroup
+        token = match.group(0)
+        if kind == "sq":
+            inner = token[1:-1].replace("\\'", "'")
+            return '"' + _UNESCAPED_DQ.sub(r'\1\\"', inner) + '"'
+        if kind == "key":
+            return f'"{token}"'
+        if kind == "comma":
+            # A trailing comma follows a value; "[,]" and "{,}" are not JSON5 either.
+            before = match.string[: match.start()].rstrip()
+            return "" if before[-1:] not in ("[", "{", ",") else token
+        return token
+
+    return _RELAXED_TOKEN.sub(translate, text)
 
 
 def _no_duplicates(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
@@ -52,28 +86,47 @@ def _no_duplicates(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
 
 def _relaxed_error(message: str, strict: json.JSONDecodeError) -> BodyError:
     if message.startswith("Duplicate key"):
-        return BodyError(message.replace("found in object", "in the JSON body"))
+        key = message.split('"')[1] if '"' in message else "?"
+        return BodyError(f'duplicate key "{key}" in the JSON body')
     match = _JSON5_POSITION.search(message)
     if match:
         line, what, col = int(match.group(1)), match.group(2), int(match.group(3))
-        return BodyError(f"body is not valid JSON: {what}", line, col)
-    return BodyError(f"body is not valid JSON: {strict.msg}", strict.lineno, strict.colno)
+    else:
+        line, what, col = strict.lineno, strict.msg, strict.colno
+    return BodyError(
+        f"not valid JSON: {what} (line {line}, column {col} of the body){_hint(strict.doc)}",
+        line,
+        col,
+    )
 
 
-def check_json_value(value: Any, where: str = "body") -> None:
+_BARE_PLACEHOLDER = re.compile(r"[:\[,]\s*\{\{")
+
+
+def _hint(text: str) -> str:
+    stripped = text.strip()
+    if _BARE_PLACEHOLDER.search(text):
+        return '; a placeholder must sit inside a string, e.g. "{{time}}"'
+    if stripped and stripped[0] not in "{[\"'-0123456789tfn/":
+        return "; body text must be JSON: write plain text as YAML data (body: {text: ...})"
+    return ""
+
+
+def check_json_value(value: Any, where: str = "") -> None:
     """Refuse what JSON cannot carry: non-finite numbers, non-string keys."""
     if isinstance(value, float) and not math.isfinite(value):
-        raise BodyError(f"{where}: {value} is not a JSON number")
+        shown = "NaN" if math.isnan(value) else ("Infinity" if value > 0 else "-Infinity")
+        raise BodyError(f"{where or 'the value'} is {shown}, which JSON cannot carry")
     if isinstance(value, dict):
         for key, item in value.items():
             if not isinstance(key, str):
-                raise BodyError(f"{where}: object keys must be strings, not {key!r}")
-            check_json_value(item, f"{where}.{key}")
+                raise BodyError(f"{where or 'the value'}: object keys must be text, not {key!r}")
+            check_json_value(item, f"{where}.{key}" if where else key)
     elif isinstance(value, list):
         for index, item in enumerate(value):
             check_json_value(item, f"{where}[{index}]")
     elif value is not None and not isinstance(value, str | int | float | bool):
-        raise BodyError(f"{where}: {type(value).__name__} is not a JSON value")
+        raise BodyError(f"{where or 'the value'}: {type(value).__name__} is not a JSON value")
 
 
 def dumps(value: Any) -> str:

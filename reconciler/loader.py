@@ -53,12 +53,15 @@ class LoadResult:
 def find_files(path: Path) -> list[Path]:
     if path.is_file():
         return [path]
+    # rglob yields path's own parts followed by the relative ones: slicing them off is
+    # p.relative_to(path).parts without its cost.
+    skip = len(path.parts)
     return sorted(
         p
         for p in path.rglob("*")
         if p.suffix in SUFFIXES
         and p.is_file()
-        and not any(part.startswith(".") for part in p.relative_to(path).parts)
+        and not any(part.startswith(".") for part in p.parts[skip:])
     )
 
 
@@ -78,16 +81,29 @@ def load_definitions(path: Path, *, check_env: bool = False) -> LoadResult:
     if not path.exists():
         return result
     root = definitions_root(path)
+    cwd: Path | None = None
+    # What _display and _folder_organization give depends on a file's folder only:
+    # worked out for the first file of each folder, then reused.
+    folders: dict[str, tuple[str, int, str | None]] = {}
     for file in find_files(path):
         result.files += 1
-        shown = _display(file)
+        name = file.name
+        text = str(file)
+        folder = text[: len(text) - len(name)]  # the same for every file of a folder
+        known = folders.get(folder)
+        if known is None:
+            if cwd is None:
+                cwd = Path.cwd()
+            shown = _display(file, cwd)
+            known = folders[folder] = (shown, len(name), _folder_organization(file, root))
+        else:
+            shown = known[0][: len(known[0]) - known[1]] + name
         try:
             raw = file.read_bytes()
         except OSError as exc:
             result.problems.append(Problem(Location(shown, 1, 1), f"cannot read: {exc.strerror}"))
             continue
-        folder = _folder_organization(file, root)
-        definition, problems = load_one(shown, raw, folder, check_env=check_env)
+        definition, problems = load_one(shown, raw, known[2], check_env=check_env)
         result.problems.extend(problems)
         if definition is not None:
             result.definitions.append(definition)
@@ -104,33 +120,71 @@ def load_one(
         return None, [doc]
     data = doc.data
     if not isinstance(data, dict):
-        kind = "a list" if isinstance(data, list) else f"{type(data).__name__} {data!r}"
+        kind = _kind(data)
         return None, [
             Problem(
                 doc.locate(()),
                 f"expected a mapping of fields (name, event, method, url, ...), got {kind}",
             )
         ]
+    problems: list[Problem] = []
     declared = data.get("organization")
     if folder_org and isinstance(declared, str) and declared != folder_org:
-        return None, [
+        problems.append(
             Problem(
                 doc.locate(("organization",)),
                 f"organization: '{declared}' contradicts its folder '{folder_org}'; "
                 "move the file or drop the key",
             )
-        ]
+        )
     if declared is None:
         data = {**data, "organization": folder_org or DEFAULT_ORGANIZATION}
     try:
         spec = WebhookSpec.model_validate(data)
     except ValidationError as exc:
-        return None, [_problem(doc, *describe(error, data)) for error in exc.errors()]
-    findings = check_spec(spec, check_env=check_env)
-    problems = [Problem(doc.locate(f.loc, key=f.at_key), f.message, f.severity) for f in findings]
+        errors = exc.errors()
+        problems += [_problem(doc, *describe(error, data)) for error in errors]
+        problems += _rule_problems_despite(doc, data, errors, check_env)
+        return None, problems
+    problems += _rule_problems(doc, spec, check_env, skip=())
     if any(p.severity == "error" for p in problems):
         return None, problems
     return Definition(spec, path, doc.locate(("name",))), problems
+
+
+# Harmless values for required fields that are missing or wrong, so the rules can
+# still look at the fields that are right.
+_STAND_INS: dict[str, str] = {
+    "name": "stand-in",
+    "event": "new_rule_violation",
+    "method": "POST",
+    "url": "https://stand-in.invalid/",
+}
+
+
+def _rule_problems_despite(
+    doc: YamlDocument, data: dict[str, Any], errors: list[ErrorDetails], check_env: bool
+) -> list[Problem]:
+    """The whole-definition rules, run on the fields that passed the model, so a
+    wrong type in one field does not hide a rule broken in another."""
+    broken = {error["loc"][0] for error in errors if error["loc"]}
+    partial = {key: value for key, value in data.items() if key not in broken}
+    stand_ins = {key: value for key, value in _STAND_INS.items() if key not in partial}
+    try:
+        spec = WebhookSpec.model_validate({**partial, **stand_ins})
+    except ValidationError:
+        return []
+    return _rule_problems(doc, spec, check_env, skip=tuple(stand_ins))
+
+
+def _rule_problems(
+    doc: YamlDocument, spec: WebhookSpec, check_env: bool, skip: tuple[str, ...]
+) -> list[Problem]:
+    return [
+        Problem(doc.locate(f.loc, key=f.at_key), f.message, f.severity)
+        for f in check_spec(spec, check_env=check_env)
+        if f.loc[0] not in skip
+    ]
 
 
 def _problem(doc: YamlDocument, loc: Loc, message: str, at_key: bool) -> Problem:
@@ -159,16 +213,34 @@ def describe(error: ErrorDetails, data: dict[str, Any]) -> tuple[Loc, str, bool]
             return loc, f"{where}: {value!r} is not a rate (use e.g. 1/s, 20/m, 100/h)", False
         return loc, f"{where}: {value!r} is not a duration (use e.g. 500ms, 15s, 5m, 2h)", False
     if kind in ("string_type", "str_type"):
-        return loc, f"{where}: expected text, got {_kind(value)} (quote it in YAML)", False
+        if "timeout" in loc or "schedule" in loc:
+            return loc, f"{where}: expected a duration such as 15s, got {_kind(value)}", False
+        hint = " (quote it in YAML)" if isinstance(value, int | float | bool) else ""
+        return loc, f"{where}: expected text, got {_kind(value)}{hint}", False
     if kind == "bool_type":
         return loc, f"{where}: expected true or false, got {_kind(value)}", False
     if kind in ("dict_type", "model_type", "model_attributes_type"):
         return loc, f"{where}: expected a mapping, got {_kind(value)}", False
     if kind == "list_type":
         return loc, f"{where}: expected a list, got {_kind(value)}", False
+    if kind in _BOUNDS:
+        words, key = _BOUNDS[kind]
+        bound = ctx.get(key)
+        shown = f"{bound:g}" if isinstance(bound, int | float) else bound
+        return loc, f"{where}: must be {words} {shown}, got {_kind(value)}", False
+    if kind == "too_long":
+        return loc, f"{where}: at most {ctx.get('max_length')} items", False
     if kind == "value_error":
         return loc, f"{where}: {ctx.get('error', error['msg'])}", False
     return loc, f"{where}: {error['msg']}", False
+
+
+_BOUNDS = {
+    "less_than_equal": ("at most", "le"),
+    "less_than": ("less than", "lt"),
+    "greater_than_equal": ("at least", "ge"),
+    "greater_than": ("more than", "gt"),
+}
 
 
 def _kind(value: Any) -> str:
@@ -221,8 +293,8 @@ def _folder_organization(file: Path, root: Path) -> str | None:
     return parts[0] if len(parts) > 1 else None
 
 
-def _display(file: Path) -> str:
+def _display(file: Path, cwd: Path | None = None) -> str:
     try:
-        return str(file.relative_to(Path.cwd()))
+        return str(file.relative_to(Path.cwd() if cwd is None else cwd))
     except ValueError:
         return str(file)

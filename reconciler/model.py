@@ -8,6 +8,7 @@ is generated from this model.
 from __future__ import annotations
 
 import json
+import re
 from enum import StrEnum
 from typing import Annotated, Any
 from urllib.parse import urlsplit
@@ -172,7 +173,7 @@ class WebhookSpec(BaseModel):
     @classmethod
     def _timeout_range(cls, timeout: str | None) -> str | None:
         if timeout is not None and not 0 < parse_duration(timeout) <= 60:
-            raise ValueError(f"timeout {timeout} is out of range: more than 0s, at most 60s")
+            raise ValueError(f"{timeout} is out of range: more than 0s, at most 60s")
         return timeout
 
     def canonical(self) -> dict[str, Any]:
@@ -199,21 +200,30 @@ def canonical_json(value: dict[str, Any]) -> str:
     return json.dumps(value, sort_keys=True, ensure_ascii=False, separators=(",", ":"))
 
 
+_WHITESPACE = re.compile(r"\s")  # the characters str.isspace() accepts, every one
+
+
 def url_problem(url: str) -> str | None:
     """Why `url` is not an absolute http(s) URL, or None when it is (or may be)."""
-    if url.strip() != url or any(c.isspace() for c in url):
-        return "url must not contain spaces or line breaks"
+    if url.strip() != url or _WHITESPACE.search(url):
+        return "must not contain spaces or line breaks"
+    if "${" in url:
+        bad = templates.malformed_env_ref(url)
+        if bad is not None:
+            return f"malformed secret reference {bad!r}; write ${{env:NAME}}"
     if templates.ENV_REF_FULL.match(url):
         return None  # starts with a secret reference: checked when resolved at send time
-    probe = templates.substitute(url, lambda _name: "x", lambda _name: "x")
+    probe = url
+    if "{{" in url or "${" in url:  # else there is nothing to substitute
+        probe = templates.substitute(url, lambda _name: "x", lambda _name: "x")
     parts = urlsplit(probe)
     if parts.scheme not in ("http", "https"):
         shown = parts.scheme or "none"
-        return f"url must be an absolute http:// or https:// URL (scheme: {shown})"
+        return f"must be an absolute http:// or https:// URL (scheme: {shown})"
     if not parts.hostname:
-        return "url has no host"
+        return "has no host"
     try:
         parts.port  # noqa: B018 - raises on a malformed port
     except ValueError:
-        return "url has an invalid port"
+        return "has an invalid port"
     return None

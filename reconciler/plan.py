@@ -16,9 +16,11 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any, Literal
 
+from pydantic import ValidationError
+
 from reconciler.diff import MISSING, FieldChange, field_changes
 from reconciler.errors import PlanFileError
-from reconciler.model import WebhookSpec
+from reconciler.model import WebhookSpec, canonical_json
 from reconciler.secrets import mask_at, mask_spec
 from reconciler.store.base import LiveWebhook, StateInfo
 
@@ -38,6 +40,7 @@ class Change:
     after: dict[str, Any] | None  # canonical desired definition
     fields: tuple[FieldChange, ...] = ()
     resumes: str | None = None  # the pause reason an update lifts
+    after_json: str | None = field(default=None, compare=False, repr=False)  # canonical text
 
     @property
     def key(self) -> tuple[str, str]:
@@ -83,8 +86,12 @@ class Plan:
     def checksum(self) -> str:
         body = json.dumps(
             [
-                [c.action, c.organization, c.name, c.before, c.after, c.resumes]
-                for c in self.changes
+                self.lineage,
+                self.serial,
+                [
+                    [c.action, c.organization, c.name, c.before, c.after, c.resumes]
+                    for c in self.changes
+                ],
             ],
             sort_keys=True,
         )
@@ -126,9 +133,10 @@ class Plan:
             ]
         reasons = []
         per_org = Counter(c.organization for c in self.deletes())
+        creates = Counter(c.organization for c in self.changes if c.action == "create")
         for org, count in sorted(per_org.items()):
             live = self.live_counts.get(org, 0)
-            if count >= live:
+            if count >= live and not creates[org]:
                 reasons.append(
                     f"the plan deletes every webhook of organization '{org}' ({count}): "
                     "re-run with --force if that is intended"
@@ -185,33 +193,68 @@ class Plan:
         if not data.get("full"):
             raise PlanFileError("this plan was not saved with --out, so it cannot be applied")
         try:
-            changes = [
-                Change(
-                    c["action"],
-                    c["organization"],
-                    c["name"],
-                    c.get("before"),
-                    c.get("after"),
-                    resumes=c.get("resumes"),
-                )
-                for c in data["changes"]
-            ]
+            changes = [_change_from_json(c) for c in data["changes"]]
             plan = cls(
                 lineage=data["lineage"],
                 serial=data["serial"],
                 changes=changes,
-                drift=[],
+                drift=[
+                    Drift(
+                        d["organization"],
+                        d["name"],
+                        tuple(_field_from_json(f) for f in d["fields"]),
+                        d.get("paused_reason"),
+                    )
+                    for d in data.get("drift", [])
+                ],
                 unchanged=data["summary"]["unchanged"],
                 organization=data.get("organization"),
                 live_counts=data.get("live_counts", {}),
                 desired_empty=data.get("desired_empty", False),
                 created_at=data["created_at"],
             )
-        except (KeyError, TypeError) as exc:
+        except (KeyError, TypeError, ValueError) as exc:
             raise PlanFileError(f"saved plan is incomplete: {exc}") from None
         if plan.checksum() != data.get("checksum"):
             raise PlanFileError("saved plan does not match its checksum: it was edited")
         return plan
+
+
+def _change_from_json(data: dict[str, Any]) -> Change:
+    before, after = data.get("before"), data.get("after")
+    if data["action"] not in ("create", "update", "delete"):
+        raise ValueError(f"unknown action {data['action']!r}")
+    if after is not None:
+        # A saved plan is applied as written: it must hold valid definitions.
+        try:
+            spec = WebhookSpec.model_validate(after)
+        except ValidationError as exc:
+            raise PlanFileError(
+                f"saved plan holds an invalid definition for {data['name']}: "
+                f"{exc.errors()[0]['msg']}"
+            ) from None
+        if spec.canonical() != after or spec.key != (data["organization"], data["name"]):
+            raise PlanFileError(f"saved plan's definition of {data['name']} is not canonical")
+    fields: tuple[FieldChange, ...] = ()
+    if data["action"] == "update" and before is not None and after is not None:
+        fields = tuple(field_changes(before, after))
+    return Change(
+        data["action"],
+        data["organization"],
+        data["name"],
+        before,
+        after,
+        fields,
+        resumes=data.get("resumes"),
+    )
+
+
+def _field_from_json(data: dict[str, Any]) -> FieldChange:
+    return FieldChange(
+        tuple(data["path_parts"]),
+        MISSING if data["added"] else data["old"],
+        MISSING if data["removed"] else data["new"],
+    )
 
 
 def _field_json(change: FieldChange, full: bool) -> dict[str, Any]:
@@ -222,6 +265,7 @@ def _field_json(change: FieldChange, full: bool) -> dict[str, Any]:
 
     return {
         "path": change.dotted,
+        "path_parts": list(change.path),
         "old": shown(change.old),
         "new": shown(change.new),
         "added": change.old is MISSING,
@@ -255,26 +299,31 @@ def make_plan(
     *,
     organization: str | None = None,
 ) -> Plan:
-    wanted = {spec.key: spec.canonical_json() for spec in desired}
-    if organization is not None:
-        wanted = {k: v for k, v in wanted.items() if k[0] == organization}
+    wanted: dict[tuple[str, str], tuple[str, dict[str, Any]]] = {}
+    for spec in desired:
+        if organization is None or spec.key[0] == organization:
+            canonical = spec.canonical()
+            wanted[spec.key] = (canonical_json(canonical), canonical)
     current = {w.key: w for w in live if organization is None or w.organization == organization}
 
     changes: list[Change] = []
     drift: list[Drift] = []
     unchanged = 0
     for key in sorted(wanted.keys() | current.keys()):
-        spec, row = wanted.get(key), current.get(key)
+        desired_pair, row = wanted.get(key), current.get(key)
         if row is not None and row.drifted:
             drift.append(_drift(row))
-        if row is None:
-            changes.append(Change("create", *key, None, json.loads(spec)))  # type: ignore[arg-type]
-        elif spec is None:
+        if desired_pair is None:
+            assert row is not None
             changes.append(Change("delete", *key, row.spec_dict(), None))
-        elif spec == row.spec and not row.drifted:
+            continue
+        text, after = desired_pair
+        if row is None:
+            changes.append(Change("create", *key, None, after, after_json=text))
+        elif text == row.spec and not row.drifted:
             unchanged += 1
         else:
-            before, after = row.spec_dict(), json.loads(spec)
+            before = row.spec_dict()
             changes.append(
                 Change(
                     "update",
@@ -283,6 +332,7 @@ def make_plan(
                     after,
                     tuple(field_changes(before, after)),
                     resumes=row.paused_reason,
+                    after_json=text,
                 )
             )
     return Plan(

@@ -64,14 +64,26 @@ def format_time(moment: datetime) -> str:
 
 
 def render(spec: WebhookSpec, event: EventData, env: Mapping[str, str] | None) -> RenderedRequest:
+    try:
+        return _render(spec, event, env)
+    except UnicodeEncodeError:
+        raise RenderError("an event value is not valid Unicode (a lone surrogate)") from None
+
+
+def _url_component(value: str) -> str:
+    # Dots too, so that a value of ".." cannot climb out of its path segment.
+    return quote(value, safe="").replace(".", "%2E")
+
+
+def _render(spec: WebhookSpec, event: EventData, env: Mapping[str, str] | None) -> RenderedRequest:
     values = event.placeholder_values(spec.name)
     resolve = _resolver(env)
 
-    url = templates.substitute(spec.url, lambda n: quote(values[n], safe=""), resolve)
+    url = templates.substitute(spec.url, lambda n: _url_component(values[n]), resolve)
     if env is not None:
         problem = url_problem(url)
         if problem:
-            raise RenderError(f"the resolved url is not usable: {problem.removeprefix('url ')}")
+            raise RenderError(f"the resolved url is not usable: it {problem}")
     if spec.query:
         pairs = [
             (key, templates.substitute(value, values.__getitem__, resolve))

@@ -38,6 +38,42 @@ _MAP = "tag:yaml.org,2002:map"
 _SEQ = "tag:yaml.org,2002:seq"
 
 
+class _Composer(_Loader):
+    """The loader, with the tags of short plain scalars remembered.
+
+    libyaml asks `resolve` for the tag of every scalar it composes; PyYAML's answer
+    for a plain one tries the implicit resolvers' patterns for its first character,
+    and definitions repeat the same keys and words file after file. The answer
+    depends on the text alone (and the resolver table, which is checked), so it is
+    kept, for texts up to _TAG_TEXT_MAX characters and at most _TAGS_MAX of them.
+    """
+
+    def resolve(self, kind: Any, value: Any, implicit: Any) -> Any:
+        if (
+            kind is ScalarNode
+            and implicit[0]
+            and len(value) <= _TAG_TEXT_MAX
+            and not self.yaml_path_resolvers
+        ):
+            table = self.yaml_implicit_resolvers
+            if _tags_for[0] is not table:
+                _tags.clear()
+                _tags_for[0] = table
+            tag = _tags.get(value)
+            if tag is None:
+                if len(_tags) >= _TAGS_MAX:
+                    _tags.clear()
+                tag = _tags[value] = super().resolve(kind, value, implicit)
+            return tag
+        return super().resolve(kind, value, implicit)
+
+
+_TAG_TEXT_MAX = 64
+_TAGS_MAX = 10_000
+_tags: dict[str, str] = {}
+_tags_for: list[object] = [None]  # the resolver table _tags was filled from
+
+
 class _Refused(Exception):
     def __init__(self, node: Node, message: str) -> None:
         super().__init__(message)
@@ -76,8 +112,9 @@ class YamlDocument:
 
 def _child(node: Node, part: str | int) -> tuple[Node | None, Node] | None:
     if isinstance(node, MappingNode):
+        text = str(part)
         for k, v in node.value:
-            if isinstance(k, ScalarNode) and k.value == str(part):
+            if isinstance(k, ScalarNode) and k.value == text:
                 return k, v
     elif isinstance(node, SequenceNode) and isinstance(part, int) and 0 <= part < len(node.value):
         return None, node.value[part]
@@ -103,7 +140,7 @@ def load_document(path: str, raw: bytes) -> YamlDocument | Problem:
         )
     if text.startswith("\ufeff"):
         text = text[1:]
-    loader = _Loader(text)
+    loader = _Composer(text)
     try:
         root = loader.get_single_node()
     except yaml.MarkedYAMLError as exc:
@@ -137,12 +174,17 @@ def _syntax_problem(path: str, text: str, exc: yaml.MarkedYAMLError) -> Problem:
     return Problem(Location(path, line, col), message)
 
 
+# PyYAML's constructors for bool, int and float scalars: they keep no state, so one
+# serves every document.
+_SCALARS = yaml.constructor.SafeConstructor()
+
+
 class _Builder:
     """Nodes to plain data; counts every value it builds, so aliases cannot explode."""
 
     def __init__(self) -> None:
         self.budget = MAX_NODES
-        self._scalar = yaml.SafeLoader("")  # for its scalar constructors only
+        self._scalar = _SCALARS
 
     def build(self, node: Node, depth: int) -> Any:
         self.budget -= 1
@@ -185,7 +227,17 @@ class _Builder:
                     "each key may appear once",
                 )
             seen[key] = key_node
-            result[key] = self.build(value_node, depth + 1)
+            if (
+                type(value_node) is ScalarNode
+                and value_node.tag == _STR
+                and self.budget > 0
+                and depth < MAX_DEPTH
+            ):
+                # What build() would do for it, without the call: most values are text.
+                self.budget -= 1
+                result[key] = value_node.value
+            else:
+                result[key] = self.build(value_node, depth + 1)
         if merged:
             return {**merged, **result}
         return result
@@ -204,15 +256,23 @@ class _Builder:
         if tag in (_STR, _TIMESTAMP):
             # Dates stay text: definitions are JSON-shaped and must round-trip.
             return node.value
-        if tag == _BOOL:
-            return self._scalar.construct_yaml_bool(node)
-        if tag == _INT:
-            return self._scalar.construct_yaml_int(node)
         if tag == _NULL:
             return None
-        if tag == _FLOAT:
-            return self._scalar.construct_yaml_float(node)
-        raise _Refused(node, f"unsupported YAML tag {_short(tag)}")
+        construct = _CONSTRUCTORS.get(tag)
+        if construct is None:
+            raise _Refused(node, f"unsupported YAML tag {_short(tag)}")
+        try:
+            return construct(self._scalar, node)
+        except (ValueError, KeyError, yaml.YAMLError):
+            # Only an explicit tag (!!int abc) can get here: implicit ones matched already.
+            raise _Refused(node, f"{node.value!r} is not a valid {_short(tag)}") from None
+
+
+_CONSTRUCTORS = {
+    _BOOL: yaml.constructor.SafeConstructor.construct_yaml_bool,
+    _INT: yaml.constructor.SafeConstructor.construct_yaml_int,
+    _FLOAT: yaml.constructor.SafeConstructor.construct_yaml_float,
+}
 
 
 def _short(tag: str) -> str:

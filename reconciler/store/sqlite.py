@@ -45,12 +45,19 @@ class SqliteStore:
         self._sleep = sleep
         try:
             path.parent.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise StateError(f"cannot open the state at {path}: {exc.strerror}") from None
+        try:
             self._db = sqlite3.connect(path, isolation_level=None, timeout=30.0)
+        except sqlite3.Error as exc:
+            raise StateError(f"cannot open the state at {path}: {exc}") from None
+        try:
             self._db.execute("PRAGMA journal_mode=WAL")
             self._db.execute("PRAGMA synchronous=FULL")
             self._db.execute("PRAGMA foreign_keys=ON")
             self._migrate()
         except sqlite3.DatabaseError as exc:
+            self._db.close()
             raise StateError(f"cannot open the state at {path}: {exc}") from None
 
     # -- transactions -------------------------------------------------------
