@@ -153,8 +153,8 @@ def _check_url(url: str) -> Iterator[Finding]:
     if not address.is_global:
         yield Finding(
             ("url",),
-            f"url: {host} is not a public address; the dispatcher refuses it unless the "
-            "deployment allows private networks",
+            f"url: {host} is not a public address: only a dispatcher inside that network "
+            "can reach it",
             "warning",
         )
 

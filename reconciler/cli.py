@@ -106,23 +106,23 @@ def validate(path: Path, fmt: str, check_env: bool) -> None:
         for problem in result.problems:
             click.echo(str(problem))
         organizations = {d.spec.key[0] for d in result.definitions}
-        warnings = _count(len(result.warnings), "warning")
+        warnings = count(len(result.warnings), "warning")
         if result.ok:
             click.echo(
-                f"valid: {_count(len(result.definitions), 'definition')} in "
-                f"{_count(len(organizations), 'organization')}, {warnings}."
+                f"valid: {count(len(result.definitions), 'definition')} in "
+                f"{count(len(organizations), 'organization')}, {warnings}."
             )
         else:
             click.echo(
-                f"invalid: {_count(len(result.errors), 'error')}, {warnings} in "
-                f"{_count(result.files, 'file')}."
+                f"invalid: {count(len(result.errors), 'error')}, {warnings} in "
+                f"{count(result.files, 'file')}."
             )
     if not result.ok:
         sys.exit(1)
 
 
-def _count(n: int, word: str) -> str:
-    return f"{n} {word}{'' if n == 1 else 's'}"
+def count(n: int, word: str, plural: str | None = None) -> str:
+    return f"{n} {word if n == 1 else plural or word + 's'}"
 
 
 @cli.command()
@@ -408,3 +408,7 @@ def export(folder: Path, state: str, organization: str | None) -> None:
     finally:
         store.close()
     click.echo(f"Exported {len(written)} webhooks to {folder}.")
+
+
+# The dispatcher's commands register themselves on the same group.
+from reconciler import cli_dispatch  # noqa: E402, F401

@@ -52,3 +52,53 @@ MIGRATIONS: list[tuple[str, list[str]]] = [
         ],
     ),
 ]
+
+MIGRATIONS.append(
+    (
+        "0002_events_and_deliveries",
+        [
+            """CREATE TABLE events (
+                id TEXT PRIMARY KEY,
+                type TEXT NOT NULL,
+                organization TEXT NOT NULL,
+                name TEXT NOT NULL,
+                description TEXT NOT NULL,
+                time TEXT NOT NULL,
+                received_at REAL NOT NULL,
+                deliveries INTEGER NOT NULL
+            )""",
+            """CREATE TABLE deliveries (
+                id TEXT PRIMARY KEY,
+                event_id TEXT NOT NULL REFERENCES events (id),
+                organization TEXT NOT NULL,
+                webhook TEXT NOT NULL,
+                status TEXT NOT NULL,
+                attempts INTEGER NOT NULL DEFAULT 0,
+                due_at REAL,
+                lease_owner TEXT,
+                lease_expires REAL,
+                created_at REAL NOT NULL,
+                updated_at REAL NOT NULL,
+                last_status INTEGER,
+                last_error TEXT
+            )""",
+            "CREATE INDEX deliveries_due ON deliveries (status, due_at)",
+            "CREATE INDEX deliveries_lease ON deliveries (status, lease_expires)",
+            "CREATE INDEX deliveries_by_webhook ON deliveries (organization, webhook)",
+            "CREATE INDEX deliveries_by_event ON deliveries (event_id)",
+            """CREATE TABLE attempts (
+                id INTEGER PRIMARY KEY AUTOINCREMENT,
+                delivery_id TEXT NOT NULL REFERENCES deliveries (id),
+                number INTEGER NOT NULL,
+                started_at REAL NOT NULL,
+                duration_ms REAL NOT NULL,
+                status INTEGER,
+                response_headers TEXT,
+                response_excerpt TEXT,
+                error TEXT,
+                outcome TEXT NOT NULL
+            )""",
+            "CREATE INDEX attempts_by_delivery ON attempts (delivery_id)",
+        ],
+    )
+)

@@ -22,6 +22,7 @@ from pathlib import Path
 from reconciler.errors import LockTimeout, StaleState, StateError
 from reconciler.store.base import AuditEntry, AuditRecord, LiveWebhook, StateInfo, Write
 from reconciler.store.migrations import MIGRATIONS
+from reconciler.store.sqlite_queue import SqliteQueue
 
 LOCK_LEASE_SECONDS = 3600.0
 _POLL_SECONDS = 0.1
@@ -31,7 +32,7 @@ def _now() -> str:
     return datetime.now(UTC).isoformat(timespec="microseconds").replace("+00:00", "Z")
 
 
-class SqliteStore:
+class SqliteStore(SqliteQueue):
     def __init__(
         self,
         path: Path,
@@ -48,7 +49,9 @@ class SqliteStore:
         except OSError as exc:
             raise StateError(f"cannot open the state at {path}: {exc.strerror}") from None
         try:
-            self._db = sqlite3.connect(path, isolation_level=None, timeout=30.0)
+            self._db = sqlite3.connect(
+                path, isolation_level=None, timeout=30.0, check_same_thread=False
+            )
         except sqlite3.Error as exc:
             raise StateError(f"cannot open the state at {path}: {exc}") from None
         try:
@@ -177,6 +180,7 @@ class SqliteStore:
 
     def _apply_deletes(self, db: sqlite3.Connection, rows: list[tuple[str, str]]) -> None:
         db.executemany("DELETE FROM webhooks WHERE organization = ? AND name = ?", rows)
+        self._cancel_in(db, rows, "cancelled: the webhook was deleted by apply", time.time())
 
     def _append_audit(
         self, db: sqlite3.Connection, audit: Sequence[AuditRecord], serial: int, now: str
@@ -203,20 +207,25 @@ class SqliteStore:
         )
 
     def pause(self, organization: str, name: str, reason: str, actor: str) -> None:
-        now = _now()
         with self._write() as db:
-            changed = db.execute(
-                "UPDATE webhooks SET paused_reason = ?, updated_at = ? "
-                "WHERE organization = ? AND name = ? AND paused_reason IS NULL",
-                (reason, now, organization, name),
-            ).rowcount
-            if not changed:
-                return
-            serial = int(db.execute("SELECT value FROM meta WHERE key = 'serial'").fetchone()[0])
-            serial += 1
-            db.execute("UPDATE meta SET value = ? WHERE key = 'serial'", (str(serial),))
-            record = AuditRecord("pause", organization, name, None, None, actor, note=reason)
-            self._append_audit(db, [record], serial, now)
+            self._pause(db, organization, name, reason, actor)
+
+    def _pause(
+        self, db: sqlite3.Connection, organization: str, name: str, reason: str, actor: str
+    ) -> None:
+        now = _now()
+        changed = db.execute(
+            "UPDATE webhooks SET paused_reason = ?, updated_at = ? "
+            "WHERE organization = ? AND name = ? AND paused_reason IS NULL",
+            (reason, now, organization, name),
+        ).rowcount
+        if not changed:
+            return
+        serial = int(db.execute("SELECT value FROM meta WHERE key = 'serial'").fetchone()[0])
+        serial += 1
+        db.execute("UPDATE meta SET value = ? WHERE key = 'serial'", (str(serial),))
+        record = AuditRecord("pause", organization, name, None, None, actor, note=reason)
+        self._append_audit(db, [record], serial, now)
 
     # -- the apply lock -----------------------------------------------------
 

@@ -1,0 +1,305 @@
+"""Commands of the runtime dispatcher: serve, fire, deliveries."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import sys
+import time
+from typing import Any
+
+import click
+from pydantic import ValidationError
+
+from reconciler.cli import FORMATS, cli, count, state_option
+from reconciler.dispatch.events import EventIn
+from reconciler.dispatch.views import delivery_json, delivery_line, delivery_text
+from reconciler.durations import parse_duration
+from reconciler.errors import ReconcilerError, StateError
+from reconciler.model import Event
+from reconciler.store import open_store
+from reconciler.store.queue import DeliveryRecord
+from reconciler.store.sqlite import SqliteStore
+
+
+def _queue_store(state: str) -> SqliteStore:
+    store = open_store(state)
+    if not isinstance(store, SqliteStore):  # pragma: no cover - one backend today
+        raise StateError("this state backend has no delivery queue")
+    return store
+
+
+@cli.command("serve")
+@state_option
+@click.option("--host", default="127.0.0.1", show_default=True, help="Address to listen on.")
+@click.option("--port", type=click.IntRange(0, 65535), default=8080, show_default=True)
+@click.option(
+    "--concurrency",
+    type=click.IntRange(1, 10_000),
+    default=200,
+    show_default=True,
+    help="Requests in flight at once.",
+)
+@click.option(
+    "--grace",
+    type=click.FloatRange(0),
+    default=20.0,
+    show_default=True,
+    help="Seconds in-flight requests may take to finish on SIGTERM.",
+)
+def serve_command(state: str, host: str, port: int, concurrency: int, grace: float) -> None:
+    """Run the dispatcher: the HTTP API and the delivery workers.
+
+    POST /v1/events queues an event; workers send one request per matching
+    webhook, retry on 429/5xx/timeouts with backoff, and record every attempt.
+    Changes applied while it runs take effect without a restart. SIGTERM stops
+    claiming, lets in-flight requests finish within --grace and releases the rest.
+    OpenAPI: GET /openapi.json.
+
+    \b
+    Example:
+      reconciler serve --port 8080 --concurrency 200
+    """
+    from reconciler.dispatch.service import serve
+    from reconciler.dispatch.worker import WorkerSettings
+
+    logging.basicConfig(
+        level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s", stream=sys.stderr
+    )
+    store = _queue_store(state)
+    settings = WorkerSettings(batch=max(concurrency, 1), concurrency=concurrency)
+
+    def ready(bound: int) -> None:
+        click.echo(f"serving on http://{host}:{bound} (state {store.url})")
+        sys.stdout.flush()
+
+    try:
+        asyncio.run(serve(store, host, port, settings=settings, grace=grace, ready=ready))
+    except OSError as exc:
+        raise ReconcilerError(f"cannot listen on {host}:{port}: {exc.strerror}") from None
+    finally:
+        store.close()
+
+
+@cli.command()
+@click.argument("event", type=click.Choice([e.value for e in Event]))
+@click.option("--org", "organization", required=True, help="The organization it happened in.")
+@click.option("--name", required=True, help="The rule or event name ({{name}}).")
+@click.option("--description", default="", help="Details ({{description}}).")
+@click.option("--time", "when", help="When it was detected, ISO 8601 (default: now).")
+@click.option("--id", "event_id", help="Your event id; the same id twice is queued once.")
+@click.option("--wait", is_flag=True, help="Deliver it now and print each outcome.")
+@click.option("--format", "fmt", type=FORMATS, default="text", help="Output format.")
+@state_option
+def fire(
+    event: str,
+    organization: str,
+    name: str,
+    description: str,
+    when: str | None,
+    event_id: str | None,
+    wait: bool,
+    fmt: str,
+    state: str,
+) -> None:
+    """Queue an event from the command line, as POST /v1/events does.
+
+    One delivery is queued per matching enabled webhook of the organization.
+    With --wait the deliveries are attempted before the command returns; a
+    delivery that must be retried later stays queued for `reconciler serve`.
+    Exit 1 when a delivery failed.
+
+    \b
+    Example:
+      reconciler fire new_rule_violation --org acme --name no-public-s3 \\
+        --description "bucket logs is public" --wait
+    """
+    data: dict[str, Any] = {
+        "type": event,
+        "organization": organization,
+        "name": name,
+        "description": description,
+        "time": when,
+        "id": event_id,
+    }
+    try:
+        incoming = EventIn.model_validate({k: v for k, v in data.items() if v is not None})
+    except ValidationError as exc:
+        error = exc.errors()[0]
+        field = ".".join(str(p) for p in error["loc"])
+        raise ReconcilerError(f"{field}: {error['msg'].removeprefix('Value error, ')}") from None
+    store = _queue_store(state)
+    try:
+        result = store.add_event(incoming.record(), time.time())
+        records: list[DeliveryRecord] = []
+        if wait and result.deliveries:
+            records = asyncio.run(_deliver_now(store, result.event_id))
+        elif wait or fmt == "json":
+            records = store.deliveries(event_id=result.event_id, limit=10_000)
+    finally:
+        store.close()
+    if fmt == "json":
+        out = {**result.as_json(), "deliveries_log": [r.as_json() for r in records]}
+        click.echo(json.dumps(out, indent=2))
+    else:
+        again = " (already queued: nothing new)" if result.duplicate else ""
+        click.echo(
+            f"event {result.event_id}: {count(result.deliveries, 'delivery', 'deliveries')} "
+            f"queued{again}"
+        )
+        for record in records:
+            click.echo(delivery_line(record))
+    if any(r.status in ("failed", "cancelled") for r in records):
+        sys.exit(1)
+
+
+async def _deliver_now(store: SqliteStore, event_id: str) -> list[DeliveryRecord]:
+    from reconciler.dispatch.service import make_client
+    from reconciler.dispatch.worker import Database, Worker, WorkerSettings
+
+    db = Database(store)
+    client = make_client(50)
+    try:
+        worker = Worker(db, client, settings=WorkerSettings(batch=500, concurrency=50))
+        while await worker.run_once(event_id):
+            pass
+    finally:
+        await client.aclose()
+        db.close()
+    return store.deliveries(event_id=event_id, limit=10_000)
+
+
+def _since_seconds(text: str) -> float:
+    try:
+        return parse_duration(text)
+    except ValueError as exc:
+        raise click.BadParameter(str(exc), param_hint="--since") from None
+
+
+@cli.group()
+def deliveries() -> None:
+    """Read and replay the delivery log.
+
+    \b
+    Example:
+      reconciler deliveries list --status failed --org acme
+    """
+
+
+@deliveries.command("list")
+@state_option
+@click.option(
+    "--status",
+    type=click.Choice(["pending", "in_flight", "delivered", "failed", "cancelled"]),
+    help="Only deliveries in this state.",
+)
+@click.option("--org", "organization", help="Only this organization.")
+@click.option("--webhook", help="Only this webhook.")
+@click.option("--event", "event_id", help="Only this event's deliveries.")
+@click.option("--limit", type=click.IntRange(1), default=50, show_default=True)
+@click.option("--format", "fmt", type=FORMATS, default="text", help="Output format.")
+def list_command(
+    state: str,
+    status: str | None,
+    organization: str | None,
+    webhook: str | None,
+    event_id: str | None,
+    limit: int,
+    fmt: str,
+) -> None:
+    """List deliveries, newest first.
+
+    \b
+    Example:
+      reconciler deliveries list --status failed
+    """
+    store = _queue_store(state)
+    try:
+        records = store.deliveries(
+            status=status,
+            organization=organization,
+            webhook=webhook,
+            event_id=event_id,
+            limit=limit,
+        )
+    finally:
+        store.close()
+    if fmt == "json":
+        click.echo(json.dumps([r.as_json() for r in records], indent=2))
+        return
+    if not records:
+        click.echo("No deliveries.")
+    for record in records:
+        click.echo(delivery_line(record))
+
+
+@deliveries.command("show")
+@click.argument("delivery_id")
+@state_option
+@click.option("--format", "fmt", type=FORMATS, default="text", help="Output format.")
+def show_command(delivery_id: str, state: str, fmt: str) -> None:
+    """Show one delivery and every attempt: status, duration, response, error.
+
+    \b
+    Example:
+      reconciler deliveries show msg_0f4c...
+    """
+    store = _queue_store(state)
+    try:
+        found = store.delivery(delivery_id)
+    finally:
+        store.close()
+    if found is None:
+        raise ReconcilerError(f"no delivery {delivery_id}")
+    if fmt == "json":
+        click.echo(json.dumps(delivery_json(*found), indent=2))
+    else:
+        click.echo(delivery_text(*found))
+
+
+@deliveries.command("replay")
+@click.argument("delivery_ids", nargs=-1)
+@state_option
+@click.option("--failed", "all_failed", is_flag=True, help="Replay every failed delivery.")
+@click.option("--since", help="With --failed: only those that failed within this (e.g. 2h).")
+@click.option("--org", "organization", help="With --failed: only this organization.")
+def replay_command(
+    delivery_ids: tuple[str, ...],
+    state: str,
+    all_failed: bool,
+    since: str | None,
+    organization: str | None,
+) -> None:
+    """Queue finished deliveries again, due at once, with the same webhook-id.
+
+    \b
+    Example:
+      reconciler deliveries replay --failed --since 2h
+    """
+    if bool(delivery_ids) == all_failed:
+        raise click.UsageError("give delivery ids or --failed, not both and not neither")
+    if since is not None and not all_failed:
+        raise click.UsageError("--since goes with --failed")
+    store = _queue_store(state)
+    try:
+        ids = list(delivery_ids)
+        if all_failed:
+            cutoff = time.time() - _since_seconds(since) if since else None
+            ids = [
+                r.id
+                for r in store.deliveries(
+                    status="failed", organization=organization, since=cutoff, limit=1_000_000
+                )
+            ]
+        replayed = store.replay(ids, time.time())
+    finally:
+        store.close()
+    for delivery_id in ids:
+        if delivery_id not in replayed:
+            click.echo(f"{delivery_id}: not replayed (unknown, or still queued)", err=True)
+    click.echo(
+        f"replayed {count(len(replayed), 'delivery', 'deliveries')}; `reconciler serve` sends them."
+    )
+    if len(replayed) != len(ids):
+        sys.exit(1)

@@ -1,0 +1,1 @@
+"""The runtime dispatcher: event intake, the durable queue's workers, delivery."""

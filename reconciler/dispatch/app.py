@@ -1,0 +1,164 @@
+"""The HTTP API: event intake, deliveries, replay, health. OpenAPI at /openapi.json."""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from fastapi import FastAPI, Query, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from pydantic import BaseModel
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from reconciler import __version__
+from reconciler.dispatch.events import MAX_EVENT_BYTES, EventIn
+from reconciler.dispatch.service import Dispatcher
+from reconciler.dispatch.views import delivery_json
+
+StatusFilter = Literal["pending", "in_flight", "delivered", "failed", "cancelled"]
+
+
+class IntakeOut(BaseModel):
+    event_id: str
+    deliveries: int
+    duplicate: bool
+
+
+class ErrorOut(BaseModel):
+    error: str
+    problems: list[dict[str, Any]] = []
+
+
+def create_app(dispatcher: Dispatcher) -> FastAPI:
+    app = FastAPI(
+        title="reconciler dispatcher",
+        version=__version__,
+        description="Event intake and delivery log of the reconciler webhook dispatcher.",
+    )
+    app.add_middleware(_BodyLimit, limit=MAX_EVENT_BYTES)
+
+    @app.exception_handler(RequestValidationError)
+    async def _invalid(_request: Request, exc: RequestValidationError) -> JSONResponse:
+        problems = [
+            {
+                "field": ".".join(str(p) for p in error["loc"] if p != "body"),
+                "message": error["msg"].removeprefix("Value error, "),
+            }
+            for error in exc.errors()
+        ]
+        return JSONResponse({"error": "invalid request", "problems": problems}, status_code=422)
+
+    @app.post(
+        "/v1/events",
+        status_code=202,
+        response_model=IntakeOut,
+        responses={413: {"model": ErrorOut}, 422: {"model": ErrorOut}},
+        summary="Queue an event: one delivery per matching enabled webhook",
+    )
+    async def post_event(event: EventIn) -> dict[str, Any]:
+        result = await dispatcher.accept(event)
+        return result.as_json()
+
+    @app.get("/v1/deliveries", summary="List deliveries, newest first")
+    async def list_deliveries(
+        status: StatusFilter | None = None,
+        org: str | None = None,
+        webhook: str | None = None,
+        event_id: str | None = None,
+        limit: int = Query(100, ge=1, le=1000),
+    ) -> dict[str, Any]:
+        records = await dispatcher.db.run(
+            dispatcher.db.store.deliveries,
+            status=status,
+            organization=org,
+            webhook=webhook,
+            event_id=event_id,
+            limit=limit,
+        )
+        return {"deliveries": [record.as_json() for record in records]}
+
+    @app.get(
+        "/v1/deliveries/{delivery_id}",
+        responses={404: {"model": ErrorOut}},
+        summary="One delivery with every attempt",
+    )
+    async def get_delivery(delivery_id: str) -> Any:
+        found = await dispatcher.db.run(dispatcher.db.store.delivery, delivery_id)
+        if found is None:
+            return _error(404, f"no delivery {delivery_id}")
+        return delivery_json(*found)
+
+    @app.post(
+        "/v1/deliveries/{delivery_id}/replay",
+        status_code=202,
+        responses={404: {"model": ErrorOut}, 409: {"model": ErrorOut}},
+        summary="Send a finished delivery again, with the same webhook-id",
+    )
+    async def replay(delivery_id: str) -> Any:
+        found = await dispatcher.db.run(dispatcher.db.store.delivery, delivery_id)
+        if found is None:
+            return _error(404, f"no delivery {delivery_id}")
+        replayed = await dispatcher.db.run(
+            dispatcher.db.store.replay, [delivery_id], dispatcher.clock()
+        )
+        if not replayed:
+            return _error(409, f"delivery {delivery_id} is {found[0].status}: not replayable yet")
+        dispatcher.wake()
+        return {"replayed": replayed}
+
+    @app.get("/healthz", summary="Liveness")
+    async def healthz() -> dict[str, str]:
+        return {"status": "ok"}
+
+    return app
+
+
+def _error(status: int, message: str) -> JSONResponse:
+    return JSONResponse({"error": message, "problems": []}, status_code=status)
+
+
+class _BodyLimit:
+    """Refuse request bodies over `limit` bytes with 413, before they are read whole."""
+
+    def __init__(self, app: ASGIApp, limit: int) -> None:
+        self.app = app
+        self.limit = limit
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        declared = dict(scope.get("headers", [])).get(b"content-length")
+        if declared is not None and declared.isdigit() and int(declared) > self.limit:
+            await _too_large(self.limit, send)
+            return
+        seen = 0
+
+        async def limited() -> Message:
+            nonlocal seen
+            message = await receive()
+            if message["type"] == "http.request":
+                seen += len(message.get("body", b""))
+                if seen > self.limit:
+                    raise _TooLarge
+            return message
+
+        try:
+            await self.app(scope, limited, send)
+        except _TooLarge:
+            await _too_large(self.limit, send)
+
+
+class _TooLarge(Exception):
+    pass
+
+
+async def _too_large(limit: int, send: Send) -> None:
+    response = JSONResponse(
+        {"error": f"request body over {limit} bytes", "problems": []}, status_code=413
+    )
+    await response({"type": "http"}, _nothing, send)
+
+
+async def _nothing() -> Message:
+    return {"type": "http.disconnect"}

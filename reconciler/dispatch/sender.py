@@ -1,0 +1,114 @@
+"""Send one request and say what happened; httpx errors never leave this module.
+
+`send` -> `_send_once`: every transport error, timeout and status becomes an
+Outcome that the worker turns into delivered, retry, failed or paused.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from dataclasses import dataclass, field
+from typing import Literal
+
+import httpx
+
+from reconciler.render import RenderedRequest
+from reconciler.secrets import mask_url
+from reconciler.store.queue import EXCERPT_LIMIT
+
+Kind = Literal["delivered", "retry", "failed", "gone"]
+RETRYABLE_STATUSES = frozenset({408, 425, 429, 500, 502, 503, 504}) | frozenset(range(500, 600))
+CONNECT_TIMEOUT = 10.0
+_KEPT_HEADERS = ("content-type", "retry-after", "location", "content-length", "server", "date")
+
+
+@dataclass(frozen=True)
+class Outcome:
+    kind: Kind
+    duration_ms: float
+    status: int | None = None
+    response_headers: dict[str, str] = field(default_factory=dict)
+    excerpt: str = ""
+    error: str | None = None
+    retry_after: str | None = None  # the raw header, on 429 and 503
+
+
+async def send(client: httpx.AsyncClient, request: RenderedRequest, timeout: float) -> Outcome:
+    started = time.perf_counter()
+    try:
+        async with asyncio.timeout(timeout):
+            status, headers, excerpt = await _send_once(client, request, timeout)
+    except TimeoutError:
+        return _failure("retry", started, f"timed out after {timeout:g}s")
+    except httpx.TimeoutException:
+        return _failure("retry", started, f"timed out after {timeout:g}s")
+    except httpx.ConnectError as exc:
+        return _failure("retry", started, _scrub(f"connection failed: {exc}", request.url))
+    except httpx.UnsupportedProtocol:
+        return _failure("failed", started, "unsupported URL scheme")
+    except httpx.HTTPError as exc:
+        detail = str(exc) or type(exc).__name__
+        return _failure("retry", started, _scrub(f"transport error: {detail}", request.url))
+    duration = (time.perf_counter() - started) * 1000
+    return _classify(status, headers, excerpt, duration)
+
+
+async def _send_once(
+    client: httpx.AsyncClient, request: RenderedRequest, timeout: float
+) -> tuple[int, dict[str, str], str]:
+    """Send, then read at most EXCERPT_LIMIT bytes of the answer: an endless or huge
+    response costs one excerpt, not the process's memory."""
+    async with client.stream(
+        request.method,
+        request.url,
+        headers=request.headers,
+        content=request.body,
+        timeout=httpx.Timeout(timeout, connect=min(timeout, CONNECT_TIMEOUT)),
+        follow_redirects=False,
+    ) as response:
+        chunks: list[bytes] = []
+        size = 0
+        async for chunk in response.aiter_raw():
+            chunks.append(chunk)
+            size += len(chunk)
+            if size >= EXCERPT_LIMIT:
+                break
+        body = b"".join(chunks)[:EXCERPT_LIMIT]
+        headers = {k: v for k, v in response.headers.items() if k.lower() in _KEPT_HEADERS}
+        return response.status_code, headers, body.decode("utf-8", errors="replace")
+
+
+def _classify(status: int, headers: dict[str, str], excerpt: str, duration: float) -> Outcome:
+    retry_after = headers.get("retry-after") if status in (429, 503) else None
+    if 200 <= status < 300:
+        return Outcome("delivered", duration, status, headers, excerpt)
+    if status == 410:
+        return Outcome("gone", duration, status, headers, excerpt, "HTTP 410 Gone")
+    if status in RETRYABLE_STATUSES:
+        return Outcome("retry", duration, status, headers, excerpt, f"HTTP {status}", retry_after)
+    if 300 <= status < 400:
+        return Outcome(
+            "failed",
+            duration,
+            status,
+            headers,
+            excerpt,
+            f"HTTP {status}: redirects are not followed",
+        )
+    return Outcome("failed", duration, status, headers, excerpt, f"HTTP {status}")
+
+
+def _failure(kind: Kind, started: float, error: str) -> Outcome:
+    return Outcome(kind, (time.perf_counter() - started) * 1000, error=error)
+
+
+def _scrub(message: str, url: str) -> str:
+    """Transport errors may quote the URL; its secret parts never reach the log."""
+    masked = mask_url(url)
+    if url in message:
+        message = message.replace(url, masked)
+    path = httpx.URL(url).raw_path.decode("ascii", errors="replace")
+    if len(path) > 1 and path in message:
+        message = message.replace(path, "/****")
+    return message

@@ -1,0 +1,239 @@
+"""Workers: claim due deliveries under a lease, render, send, record.
+
+Store calls run on one database thread (the store's connection is not shared
+between threads at once); HTTP requests run on the event loop, never inside a
+transaction. Time comes from an injected clock, so tests move it instead of
+sleeping.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import random
+import socket
+import time
+import uuid
+from collections.abc import Callable, Mapping
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any, TypeVar
+
+import httpx
+
+from reconciler import templates
+from reconciler.dispatch.retry import Backoff, parse_retry_after
+from reconciler.dispatch.sender import Outcome, send
+from reconciler.dispatch.signing import SigningSecretError, signature_header
+from reconciler.durations import parse_duration
+from reconciler.model import WebhookSpec
+from reconciler.render import EventData, RenderError, render
+from reconciler.store.queue import AttemptResult, Claim, EventRecord
+from reconciler.store.sqlite import SqliteStore
+
+log = logging.getLogger("reconciler.dispatch")
+
+DEFAULT_TIMEOUT = 15.0
+LEASE_MARGIN = 30.0  # a lease outlives the longest request by this much
+T = TypeVar("T")
+
+
+def owner_id() -> str:
+    """host:pid:random, so a restarted process on this host can spot its dead self."""
+    return f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
+
+
+def owner_alive(owner: str) -> bool:
+    host, _, rest = owner.partition(":")
+    if host != socket.gethostname():
+        return True  # another machine's: its lease expires on its own
+    pid = int(rest.partition(":")[0] or 0)
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+class Database:
+    """Runs store calls one at a time on a dedicated thread."""
+
+    def __init__(self, store: SqliteStore) -> None:
+        self.store = store
+        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="reconciler-db")
+
+    async def run(self, call: Callable[..., T], *args: Any, **kwargs: Any) -> T:
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(self._executor, lambda: call(*args, **kwargs))
+
+    def close(self) -> None:
+        self._executor.shutdown(wait=True)
+
+
+@dataclass
+class WorkerSettings:
+    batch: int = 200
+    concurrency: int = 200
+    poll_interval: float = 0.5
+
+
+class Worker:
+    def __init__(
+        self,
+        db: Database,
+        client: httpx.AsyncClient,
+        *,
+        env: Mapping[str, str] | None = None,
+        clock: Callable[[], float] = time.time,
+        rng: random.Random | None = None,
+        settings: WorkerSettings | None = None,
+        owner: str | None = None,
+    ) -> None:
+        self.db = db
+        self.client = client
+        self.env = os.environ if env is None else env
+        self.clock = clock
+        self.rng = rng or random.Random()
+        self.settings = settings or WorkerSettings()
+        self.owner = owner or owner_id()
+        self._specs: dict[str, WebhookSpec] = {}
+        self._limit = asyncio.Semaphore(self.settings.concurrency)
+
+    async def run_once(self, event_id: str | None = None) -> int:
+        """Claim what is due (of one event, if given), deliver it, record the outcomes;
+        returns how many."""
+        now = self.clock()
+        claims = await self.db.run(
+            self.db.store.claim, self.owner, self.settings.batch, now, self._lease(), event_id
+        )
+        if not claims:
+            return 0
+        results = await asyncio.gather(*(self._deliver(claim) for claim in claims))
+        await self.db.run(self.db.store.finish, results, self.owner, self.clock())
+        return len(claims)
+
+    def _lease(self) -> float:
+        return 60.0 + LEASE_MARGIN  # definitions cap timeout at 60s
+
+    async def _deliver(self, claim: Claim) -> AttemptResult:
+        async with self._limit:
+            started = self.clock()
+            result = await self._attempt(claim, started)
+        log.info(
+            "attempt delivery=%s webhook=%s/%s attempt=%d outcome=%s status=%s duration_ms=%.1f%s",
+            claim.delivery_id,
+            claim.organization,
+            claim.webhook,
+            claim.attempt,
+            result.outcome,
+            result.status,
+            result.duration_ms,
+            f" error={result.error!r}" if result.error else "",
+        )
+        return result
+
+    async def _attempt(self, claim: Claim, started: float) -> AttemptResult:
+        def unsent(outcome: str, error: str) -> AttemptResult:
+            return AttemptResult(
+                claim.delivery_id,
+                claim.attempt,
+                started,
+                0.0,
+                outcome,
+                error=error,
+                sent=False,  # type: ignore[arg-type]
+            )
+
+        if claim.spec is None:
+            return unsent("cancelled", "cancelled: the webhook was deleted by apply")
+        spec = self._spec(claim.spec)
+        if not spec.enabled:
+            return unsent("cancelled", "cancelled: the webhook is disabled")
+        if claim.paused_reason:
+            return unsent("failed", f"the webhook is paused ({claim.paused_reason})")
+        try:
+            request = render(spec, _event_data(claim.event), self.env)
+            secrets = _signing_secrets(spec, self.env)
+        except (RenderError, SigningSecretError) as exc:
+            return unsent("failed", str(exc))
+        timestamp = int(started)
+        headers = {**request.headers, "webhook-id": claim.delivery_id}
+        headers["webhook-timestamp"] = str(timestamp)
+        if secrets:
+            body = request.body or b""
+            headers["webhook-signature"] = signature_header(
+                secrets, claim.delivery_id, timestamp, body
+            )
+        timeout = parse_duration(spec.timeout) if spec.timeout else DEFAULT_TIMEOUT
+        outcome = await send(
+            self.client,
+            type(request)(request.method, request.url, headers, request.body),
+            timeout,
+        )
+        return self._result(claim, spec, started, outcome)
+
+    def _result(
+        self, claim: Claim, spec: WebhookSpec, started: float, outcome: Outcome
+    ) -> AttemptResult:
+        common: dict[str, Any] = {
+            "delivery_id": claim.delivery_id,
+            "number": claim.attempt,
+            "started_at": started,
+            "duration_ms": outcome.duration_ms,
+            "status": outcome.status,
+            "response_headers": outcome.response_headers,
+            "response_excerpt": outcome.excerpt,
+            "error": outcome.error,
+        }
+        if outcome.kind == "delivered":
+            return AttemptResult(outcome="delivered", **common)
+        if outcome.kind == "gone":
+            return AttemptResult(
+                outcome="failed",
+                pause_webhook=f"paused by the dispatcher after HTTP 410 on {claim.delivery_id}",
+                **common,
+            )
+        if outcome.kind == "retry":
+            now = self.clock()
+            retry_after = parse_retry_after(outcome.retry_after, now)
+            delay = Backoff.from_policy(spec.retry).delay_after(
+                claim.attempt, self.rng, retry_after
+            )
+            if delay is not None:
+                return AttemptResult(outcome="retry", next_due=now + delay, **common)
+            common["error"] = f"{outcome.error}; retries exhausted after {claim.attempt} attempts"
+        return AttemptResult(outcome="failed", **common)
+
+    def _spec(self, text: str) -> WebhookSpec:
+        spec = self._specs.get(text)
+        if spec is None:
+            if len(self._specs) > 10_000:
+                self._specs.clear()
+            spec = self._specs[text] = WebhookSpec.model_validate_json(text)
+        return spec
+
+
+def _event_data(event: EventRecord) -> EventData:
+    return EventData(
+        event=event.type,
+        organization=event.organization,
+        name=event.name,
+        description=event.description,
+        time=datetime.fromisoformat(event.time.replace("Z", "+00:00")),
+        id=event.id,
+    )
+
+
+def _signing_secrets(spec: WebhookSpec, env: Mapping[str, str]) -> list[str]:
+    if not spec.signing_secret:
+        return []
+    secrets = []
+    for name in templates.env_names(spec.signing_secret):
+        if name not in env:
+            raise RenderError(f"environment variable {name} is not set")
+        secrets.append(env[name])
+    return secrets

@@ -1,0 +1,130 @@
+"""The delivery queue's records: events, deliveries and their attempts.
+
+Times here are seconds since the epoch (floats), taken from the dispatcher's
+injected clock, so tests move time instead of sleeping.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+Status = Literal["pending", "in_flight", "delivered", "failed", "cancelled"]
+FINAL_STATUSES = ("delivered", "failed", "cancelled")
+EXCERPT_LIMIT = 4096
+
+
+@dataclass(frozen=True)
+class EventRecord:
+    id: str
+    type: str
+    organization: str
+    name: str
+    description: str
+    time: str  # ISO 8601, UTC
+
+
+@dataclass(frozen=True)
+class IntakeResult:
+    event_id: str
+    deliveries: int
+    duplicate: bool
+
+    def as_json(self) -> dict[str, Any]:
+        return {
+            "event_id": self.event_id,
+            "deliveries": self.deliveries,
+            "duplicate": self.duplicate,
+        }
+
+
+@dataclass(frozen=True)
+class Claim:
+    """A delivery a worker holds under a lease, with what it needs to send it."""
+
+    delivery_id: str
+    attempt: int  # the number of the attempt about to be made, from 1
+    event: EventRecord
+    organization: str
+    webhook: str
+    spec: str | None  # the webhook's live definition now; None when it was deleted
+    paused_reason: str | None
+
+
+@dataclass(frozen=True)
+class AttemptResult:
+    """What one attempt did, and what becomes of its delivery."""
+
+    delivery_id: str
+    number: int
+    started_at: float
+    duration_ms: float
+    outcome: Literal["delivered", "retry", "failed", "cancelled"]
+    status: int | None = None
+    response_headers: dict[str, str] = field(default_factory=dict)
+    response_excerpt: str = ""
+    error: str | None = None
+    next_due: float | None = None  # for outcome == "retry"
+    pause_webhook: str | None = None  # a reason to pause the webhook (HTTP 410)
+    sent: bool = True  # False when nothing went out (cancelled, render error)
+
+
+@dataclass(frozen=True)
+class AttemptRecord:
+    number: int
+    started_at: float
+    duration_ms: float
+    outcome: str
+    status: int | None
+    response_headers: dict[str, str]
+    response_excerpt: str
+    error: str | None
+
+    def as_json(self) -> dict[str, Any]:
+        return {
+            "number": self.number,
+            "started_at": self.started_at,
+            "duration_ms": round(self.duration_ms, 3),
+            "outcome": self.outcome,
+            "status": self.status,
+            "response_headers": self.response_headers,
+            "response_excerpt": self.response_excerpt,
+            "error": self.error,
+        }
+
+
+@dataclass(frozen=True)
+class DeliveryRecord:
+    id: str
+    event_id: str
+    event_type: str
+    organization: str
+    webhook: str
+    status: str
+    attempts: int
+    due_at: float | None
+    created_at: float
+    updated_at: float
+    last_status: int | None
+    last_error: str | None
+
+    def as_json(self) -> dict[str, Any]:
+        return {
+            "id": self.id,
+            "event_id": self.event_id,
+            "event_type": self.event_type,
+            "organization": self.organization,
+            "webhook": self.webhook,
+            "status": self.status,
+            "attempts": self.attempts,
+            "due_at": self.due_at,
+            "created_at": self.created_at,
+            "updated_at": self.updated_at,
+            "last_status": self.last_status,
+            "last_error": self.last_error,
+        }
+
+
+def headers_json(headers: dict[str, str]) -> str:
+    return json.dumps(headers, sort_keys=True)

@@ -1,0 +1,340 @@
+"""The delivery queue on SQLite: intake, claims under a lease, outcomes, replay.
+
+Each method is one transaction. No transaction stays open while a request is
+being sent: a worker claims (one short transaction), sends, then records the
+outcomes (another).
+"""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+import uuid
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import AbstractContextManager
+from typing import Any
+
+from reconciler.store.queue import (
+    AttemptRecord,
+    AttemptResult,
+    Claim,
+    DeliveryRecord,
+    EventRecord,
+    IntakeResult,
+    headers_json,
+)
+
+_DELIVERY_COLUMNS = (
+    "d.id, d.event_id, e.type, d.organization, d.webhook, d.status, d.attempts, d.due_at, "
+    "d.created_at, d.updated_at, d.last_status, d.last_error"
+)
+
+
+def new_delivery_id() -> str:
+    return "msg_" + uuid.uuid4().hex
+
+
+class SqliteQueue:
+    _db: sqlite3.Connection
+    _write: Callable[[], AbstractContextManager[sqlite3.Connection]]
+    _pause: Callable[[sqlite3.Connection, str, str, str, str], None]  # from SqliteStore
+
+    # -- intake ---------------------------------------------------------------
+
+    def add_event(self, event: EventRecord, now: float) -> IntakeResult:
+        """Store the event and one delivery per matching enabled webhook, at once."""
+        with self._write() as db:
+            row = db.execute("SELECT deliveries FROM events WHERE id = ?", (event.id,)).fetchone()
+            if row is not None:
+                return IntakeResult(event.id, row[0], duplicate=True)
+            names = [
+                name
+                for (name,) in db.execute(
+                    "SELECT name FROM webhooks WHERE organization = ? AND paused_reason IS NULL "
+                    "AND json_extract(spec, '$.event') = ? "
+                    "AND coalesce(json_extract(spec, '$.enabled'), 1) = 1 ORDER BY name",
+                    (event.organization, event.type),
+                )
+            ]
+            db.execute(
+                "INSERT INTO events VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                (
+                    event.id,
+                    event.type,
+                    event.organization,
+                    event.name,
+                    event.description,
+                    event.time,
+                    now,
+                    len(names),
+                ),
+            )
+            db.executemany(
+                "INSERT INTO deliveries (id, event_id, organization, webhook, status, attempts, "
+                "due_at, created_at, updated_at) VALUES (?, ?, ?, ?, 'pending', 0, ?, ?, ?)",
+                [
+                    (new_delivery_id(), event.id, event.organization, name, now, now, now)
+                    for name in names
+                ],
+            )
+        return IntakeResult(event.id, len(names), duplicate=False)
+
+    # -- claims -----------------------------------------------------------------
+
+    def claim(
+        self, owner: str, limit: int, now: float, lease: float, event_id: str | None = None
+    ) -> list[Claim]:
+        """Take up to `limit` due deliveries (or ones whose lease ran out) for `owner`;
+        with `event_id`, only that event's."""
+        with self._write() as db:
+            if event_id is not None:
+                ids = [
+                    row[0]
+                    for row in db.execute(
+                        "SELECT id FROM deliveries WHERE event_id = ? AND ((status = 'pending' "
+                        "AND due_at <= ?) OR (status = 'in_flight' AND lease_expires <= ?)) "
+                        "LIMIT ?",
+                        (event_id, now, now, limit),
+                    )
+                ]
+            else:
+                ids = [
+                    row[0]
+                    for row in db.execute(
+                        "SELECT id FROM deliveries WHERE status = 'pending' AND due_at <= ? "
+                        "ORDER BY due_at LIMIT ?",
+                        (now, limit),
+                    )
+                ]
+            if len(ids) < limit and event_id is None:
+                ids += [
+                    row[0]
+                    for row in db.execute(
+                        "SELECT id FROM deliveries WHERE status = 'in_flight' "
+                        "AND lease_expires <= ? ORDER BY lease_expires LIMIT ?",
+                        (now, limit - len(ids)),
+                    )
+                ]
+            if not ids:
+                return []
+            db.executemany(
+                "UPDATE deliveries SET status = 'in_flight', lease_owner = ?, "
+                "lease_expires = ?, updated_at = ? WHERE id = ?",
+                [(owner, now + lease, now, delivery_id) for delivery_id in ids],
+            )
+            marks = ",".join("?" * len(ids))
+            rows = db.execute(
+                "SELECT d.id, d.attempts, e.id, e.type, e.organization, e.name, e.description, "
+                "e.time, d.organization, d.webhook, w.spec, w.paused_reason "
+                "FROM deliveries d JOIN events e ON e.id = d.event_id "
+                "LEFT JOIN webhooks w ON w.organization = d.organization AND w.name = d.webhook "
+                f"WHERE d.id IN ({marks})",
+                ids,
+            ).fetchall()
+        return [
+            Claim(
+                delivery_id=r[0],
+                attempt=r[1] + 1,
+                event=EventRecord(r[2], r[3], r[4], r[5], r[6], r[7]),
+                organization=r[8],
+                webhook=r[9],
+                spec=r[10],
+                paused_reason=r[11],
+            )
+            for r in rows
+        ]
+
+    def finish(self, results: Sequence[AttemptResult], owner: str, now: float) -> int:
+        """Record attempts and move each delivery on; ignores deliveries no longer ours.
+
+        Returns how many were recorded.
+        """
+        recorded = 0
+        with self._write() as db:
+            for r in results:
+                status = {"retry": "pending"}.get(r.outcome, r.outcome)
+                attempts_delta = 1 if r.sent else 0
+                changed = db.execute(
+                    "UPDATE deliveries SET status = ?, attempts = attempts + ?, due_at = ?, "
+                    "lease_owner = NULL, lease_expires = NULL, updated_at = ?, "
+                    "last_status = ?, last_error = ? "
+                    "WHERE id = ? AND status = 'in_flight' AND lease_owner = ?",
+                    (
+                        status,
+                        attempts_delta,
+                        r.next_due,
+                        now,
+                        r.status,
+                        r.error,
+                        r.delivery_id,
+                        owner,
+                    ),
+                ).rowcount
+                if not changed:
+                    continue
+                recorded += 1
+                db.execute(
+                    "INSERT INTO attempts (delivery_id, number, started_at, duration_ms, status, "
+                    "response_headers, response_excerpt, error, outcome) "
+                    "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                    (
+                        r.delivery_id,
+                        r.number,
+                        r.started_at,
+                        r.duration_ms,
+                        r.status,
+                        headers_json(r.response_headers),
+                        r.response_excerpt,
+                        r.error,
+                        r.outcome,
+                    ),
+                )
+                if r.pause_webhook:
+                    self._pause_in(db, r.delivery_id, r.pause_webhook)
+        return recorded
+
+    def _pause_in(self, db: sqlite3.Connection, delivery_id: str, reason: str) -> None:
+        org, name = db.execute(
+            "SELECT organization, webhook FROM deliveries WHERE id = ?", (delivery_id,)
+        ).fetchone()
+        self._pause(db, org, name, reason, "dispatcher")
+
+    def release(self, owner: str, now: float) -> int:
+        """Give back every delivery `owner` holds, due at once (a clean shutdown)."""
+        with self._write() as db:
+            return db.execute(
+                "UPDATE deliveries SET status = 'pending', due_at = ?, lease_owner = NULL, "
+                "lease_expires = NULL, updated_at = ? "
+                "WHERE status = 'in_flight' AND lease_owner = ?",
+                (now, now, owner),
+            ).rowcount
+
+    def release_dead(self, alive: Callable[[str], bool], now: float) -> int:
+        """Give back deliveries held by owners that `alive` says are gone."""
+        with self._write() as db:
+            owners = [
+                owner
+                for (owner,) in db.execute(
+                    "SELECT DISTINCT lease_owner FROM deliveries WHERE status = 'in_flight'"
+                )
+                if owner is not None and not alive(owner)
+            ]
+            released = 0
+            for owner in owners:
+                released += db.execute(
+                    "UPDATE deliveries SET status = 'pending', due_at = ?, lease_owner = NULL, "
+                    "lease_expires = NULL, updated_at = ? "
+                    "WHERE status = 'in_flight' AND lease_owner = ?",
+                    (now, now, owner),
+                ).rowcount
+        return released
+
+    def cancel_deliveries(self, organization: str, webhook: str, reason: str, now: float) -> int:
+        with self._write() as db:
+            return self._cancel_in(db, [(organization, webhook)], reason, now)
+
+    def _cancel_in(
+        self, db: sqlite3.Connection, webhooks: list[tuple[str, str]], reason: str, now: float
+    ) -> int:
+        cancelled = 0
+        for organization, webhook in webhooks:
+            cancelled += db.execute(
+                "UPDATE deliveries SET status = 'cancelled', due_at = NULL, lease_owner = NULL, "
+                "lease_expires = NULL, last_error = ?, updated_at = ? "
+                "WHERE organization = ? AND webhook = ? AND status IN ('pending', 'in_flight')",
+                (reason, now, organization, webhook),
+            ).rowcount
+        return cancelled
+
+    # -- operations -----------------------------------------------------------
+
+    def deliveries(
+        self,
+        *,
+        status: str | None = None,
+        organization: str | None = None,
+        webhook: str | None = None,
+        event_id: str | None = None,
+        since: float | None = None,
+        limit: int = 100,
+    ) -> list[DeliveryRecord]:
+        query = (
+            f"SELECT {_DELIVERY_COLUMNS} FROM deliveries d JOIN events e ON e.id = d.event_id "
+            "WHERE 1=1"
+        )
+        args: list[Any] = []
+        for column, value in (
+            ("d.status", status),
+            ("d.organization", organization),
+            ("d.webhook", webhook),
+            ("d.event_id", event_id),
+        ):
+            if value is not None:
+                query += f" AND {column} = ?"
+                args.append(value)
+        if since is not None:
+            query += " AND d.updated_at >= ?"
+            args.append(since)
+        query += " ORDER BY d.created_at DESC, d.id LIMIT ?"
+        args.append(limit)
+        return [DeliveryRecord(*row) for row in self._db.execute(query, args)]
+
+    def delivery(self, delivery_id: str) -> tuple[DeliveryRecord, list[AttemptRecord]] | None:
+        row = self._db.execute(
+            f"SELECT {_DELIVERY_COLUMNS} FROM deliveries d JOIN events e ON e.id = d.event_id "
+            "WHERE d.id = ?",
+            (delivery_id,),
+        ).fetchone()
+        if row is None:
+            return None
+        attempts = [
+            AttemptRecord(
+                number,
+                started,
+                duration,
+                outcome,
+                status,
+                json.loads(headers or "{}"),
+                excerpt or "",
+                error,
+            )
+            for number, started, duration, outcome, status, headers, excerpt, error in (
+                self._db.execute(
+                    "SELECT number, started_at, duration_ms, outcome, status, response_headers, "
+                    "response_excerpt, error FROM attempts WHERE delivery_id = ? ORDER BY id",
+                    (delivery_id,),
+                )
+            )
+        ]
+        return DeliveryRecord(*row), attempts
+
+    def event(self, event_id: str) -> EventRecord | None:
+        row = self._db.execute(
+            "SELECT id, type, organization, name, description, time FROM events WHERE id = ?",
+            (event_id,),
+        ).fetchone()
+        return EventRecord(*row) if row else None
+
+    def replay(self, delivery_ids: Sequence[str], now: float) -> list[str]:
+        """Queue finished deliveries again, due at once, keeping their id (webhook-id)."""
+        replayed = []
+        with self._write() as db:
+            for delivery_id in delivery_ids:
+                changed = db.execute(
+                    "UPDATE deliveries SET status = 'pending', due_at = ?, updated_at = ?, "
+                    "last_error = NULL WHERE id = ? AND status IN ('failed', 'cancelled', "
+                    "'delivered')",
+                    (now, now, delivery_id),
+                ).rowcount
+                if changed:
+                    replayed.append(delivery_id)
+        return replayed
+
+    def queue_counts(self) -> dict[str, int]:
+        return dict(
+            self._db.execute("SELECT status, count(*) FROM deliveries GROUP BY status").fetchall()
+        )
+
+    def iter_event_ids(self) -> Iterator[str]:
+        for (event_id,) in self._db.execute("SELECT id FROM events ORDER BY received_at"):
+            yield event_id
