@@ -67,6 +67,8 @@ def serve_command(state: str, host: str, port: int, concurrency: int, grace: flo
     logging.basicConfig(
         level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s", stream=sys.stderr
     )
+    # httpx logs every request's full URL, and a webhook URL can be a secret.
+    logging.getLogger("httpx").setLevel(logging.WARNING)
     store = _queue_store(state)
     settings = WorkerSettings(batch=max(concurrency, 1), concurrency=concurrency)
 

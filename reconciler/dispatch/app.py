@@ -41,7 +41,7 @@ def create_app(dispatcher: Dispatcher) -> FastAPI:
     async def _invalid(_request: Request, exc: RequestValidationError) -> JSONResponse:
         problems = [
             {
-                "field": ".".join(str(p) for p in error["loc"] if p != "body"),
+                "field": ".".join(str(p) for p in error["loc"] if p != "body") or "body",
                 "message": error["msg"].removeprefix("Value error, "),
             }
             for error in exc.errors()

@@ -15,12 +15,13 @@ from httpx_aiohttp import AiohttpTransport
 from reconciler import __version__
 from reconciler.dispatch.events import EventIn
 from reconciler.dispatch.worker import Database, Worker, WorkerSettings, owner_alive
-from reconciler.store.queue import IntakeResult
+from reconciler.store.queue import EventRecord, IntakeResult
 from reconciler.store.sqlite import SqliteStore
 
 log = logging.getLogger("reconciler.dispatch")
 
 DEFAULT_GRACE = 20.0
+INTAKE_BATCH = 500
 USER_AGENT = f"reconciler/{__version__} (webhook dispatcher)"
 
 
@@ -55,14 +56,41 @@ class Dispatcher:
         self.worker = Worker(self.db, client, env=env, clock=clock, settings=settings)
         self.settings = self.worker.settings
         self._wake = asyncio.Event()
+        self._intake: list[tuple[EventRecord, asyncio.Future[IntakeResult]]] = []
+        self._flushing: asyncio.Task[None] | None = None
         self._stopping = False
         self._task: asyncio.Task[None] | None = None
 
     async def accept(self, event: EventIn) -> IntakeResult:
-        result = await self.db.run(self.db.store.add_event, event.record(), self.clock())
+        """Store the event and its deliveries; returns once they are durable.
+
+        Events arriving together are committed in one transaction (group commit), so
+        the disk's flush is paid once per batch, not once per event.
+        """
+        future: asyncio.Future[IntakeResult] = asyncio.get_running_loop().create_future()
+        self._intake.append((event.record(), future))
+        if self._flushing is None or self._flushing.done():
+            self._flushing = asyncio.create_task(self._flush_intake())
+        result = await future
         if result.deliveries and not result.duplicate:
             self.wake()
         return result
+
+    async def _flush_intake(self) -> None:
+        while self._intake:
+            batch, self._intake = self._intake[:INTAKE_BATCH], self._intake[INTAKE_BATCH:]
+            try:
+                results = await self.db.run(
+                    self.db.store.add_events, [record for record, _ in batch], self.clock()
+                )
+            except Exception as exc:  # every waiter hears of it; none is left hanging
+                for _, future in batch:
+                    if not future.done():
+                        future.set_exception(exc)
+                continue
+            for (_, future), result in zip(batch, results, strict=True):
+                if not future.done():
+                    future.set_result(result)
 
     def wake(self) -> None:
         """New work is due: workers look now rather than at their next poll."""
@@ -75,12 +103,7 @@ class Dispatcher:
         released = await self.db.run(self.db.store.release_dead, owner_alive, self.clock())
         if released:
             log.info("took back %d deliveries from a dispatcher that died", released)
-        while not self._stopping:
-            handled = await self.worker.run_once()
-            if handled < self.settings.batch and not self._stopping:
-                self._wake.clear()
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(self._wake.wait(), self.settings.poll_interval)
+        await self.worker.run_forever(lambda: self._stopping, self._wake)
 
     def stop_claiming(self) -> None:
         self._stopping = True

@@ -116,6 +116,47 @@ class Worker:
         await self.db.run(self.db.store.finish, results, self.owner, self.clock())
         return len(claims)
 
+    async def run_forever(self, stopping: Callable[[], bool], wake: asyncio.Event) -> None:
+        """Keep up to `concurrency` requests in flight; claim as slots free up and
+        record outcomes as they come, so one slow receiver holds one slot, not a batch.
+
+        Returns once `stopping()` is true and nothing is in flight.
+        """
+        in_flight: set[asyncio.Task[AttemptResult]] = set()
+        try:
+            while True:
+                wake.clear()  # before claiming: a wake during the claim is not lost
+                free = self.settings.concurrency - len(in_flight)
+                if free > 0 and not stopping():
+                    claims = await self.db.run(
+                        self.db.store.claim,
+                        self.owner,
+                        min(free, self.settings.batch),
+                        self.clock(),
+                        self._lease(),
+                    )
+                    in_flight.update(asyncio.create_task(self._deliver(c)) for c in claims)
+                if not in_flight and stopping():
+                    return
+                waiter = asyncio.create_task(wake.wait())
+                done, _ = await asyncio.wait(
+                    {*in_flight, waiter},
+                    timeout=self.settings.poll_interval,
+                    return_when=asyncio.FIRST_COMPLETED,
+                )
+                waiter.cancel()
+                finished = [task for task in done if task is not waiter]
+                if finished:
+                    in_flight.difference_update(finished)
+                    results = [task.result() for task in finished]
+                    await self.db.run(self.db.store.finish, results, self.owner, self.clock())
+        except asyncio.CancelledError:
+            # Out of grace: abandon the requests; their deliveries are released.
+            for task in in_flight:
+                task.cancel()
+            await asyncio.gather(*in_flight, return_exceptions=True)
+            raise
+
     def _lease(self) -> float:
         return 60.0 + LEASE_MARGIN  # definitions cap timeout at 60s
 

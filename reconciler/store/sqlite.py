@@ -57,6 +57,7 @@ class SqliteStore(SqliteQueue):
         try:
             self._db.execute("PRAGMA journal_mode=WAL")
             self._db.execute("PRAGMA synchronous=FULL")
+            self._synchronous = "FULL"
             self._db.execute("PRAGMA foreign_keys=ON")
             self._migrate()
         except sqlite3.DatabaseError as exc:
@@ -66,7 +67,15 @@ class SqliteStore(SqliteQueue):
     # -- transactions -------------------------------------------------------
 
     @contextmanager
-    def _write(self) -> Iterator[sqlite3.Connection]:
+    def _write(self, durable: bool = True) -> Iterator[sqlite3.Connection]:
+        """One write transaction. durable=False skips the flush to disk at commit:
+        still safe when the process is killed (the WAL is in the OS's hands), and
+        used only where losing the write to a power cut costs a duplicate delivery,
+        never an accepted event: claims and attempt records."""
+        level = "FULL" if durable else "NORMAL"
+        if level != self._synchronous:
+            self._db.execute(f"PRAGMA synchronous={level}")
+            self._synchronous = level
         self._db.execute("BEGIN IMMEDIATE")
         try:
             yield self._db

@@ -36,47 +36,57 @@ def new_delivery_id() -> str:
 
 class SqliteQueue:
     _db: sqlite3.Connection
-    _write: Callable[[], AbstractContextManager[sqlite3.Connection]]
+    _write: Callable[..., AbstractContextManager[sqlite3.Connection]]
     _pause: Callable[[sqlite3.Connection, str, str, str, str], None]  # from SqliteStore
 
     # -- intake ---------------------------------------------------------------
 
     def add_event(self, event: EventRecord, now: float) -> IntakeResult:
         """Store the event and one delivery per matching enabled webhook, at once."""
+        return self.add_events([event], now)[0]
+
+    def add_events(self, events: Sequence[EventRecord], now: float) -> list[IntakeResult]:
+        """add_event for many events in one transaction (the intake's group commit)."""
+        results: list[IntakeResult] = []
         with self._write() as db:
-            row = db.execute("SELECT deliveries FROM events WHERE id = ?", (event.id,)).fetchone()
-            if row is not None:
-                return IntakeResult(event.id, row[0], duplicate=True)
-            names = [
-                name
-                for (name,) in db.execute(
-                    "SELECT name FROM webhooks WHERE organization = ? AND paused_reason IS NULL "
-                    "AND json_extract(spec, '$.event') = ? "
-                    "AND coalesce(json_extract(spec, '$.enabled'), 1) = 1 ORDER BY name",
-                    (event.organization, event.type),
-                )
-            ]
-            db.execute(
-                "INSERT INTO events VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
-                (
-                    event.id,
-                    event.type,
-                    event.organization,
-                    event.name,
-                    event.description,
-                    event.time,
-                    now,
-                    len(names),
-                ),
+            for event in events:
+                results.append(self._add_event_in(db, event, now))
+        return results
+
+    def _add_event_in(self, db: sqlite3.Connection, event: EventRecord, now: float) -> IntakeResult:
+        row = db.execute("SELECT deliveries FROM events WHERE id = ?", (event.id,)).fetchone()
+        if row is not None:
+            return IntakeResult(event.id, row[0], duplicate=True)
+        names = [
+            name
+            for (name,) in db.execute(
+                "SELECT name FROM webhooks WHERE organization = ? AND paused_reason IS NULL "
+                "AND json_extract(spec, '$.event') = ? "
+                "AND coalesce(json_extract(spec, '$.enabled'), 1) = 1 ORDER BY name",
+                (event.organization, event.type),
             )
-            db.executemany(
-                "INSERT INTO deliveries (id, event_id, organization, webhook, status, attempts, "
-                "due_at, created_at, updated_at) VALUES (?, ?, ?, ?, 'pending', 0, ?, ?, ?)",
-                [
-                    (new_delivery_id(), event.id, event.organization, name, now, now, now)
-                    for name in names
-                ],
-            )
+        ]
+        db.execute(
+            "INSERT INTO events VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+            (
+                event.id,
+                event.type,
+                event.organization,
+                event.name,
+                event.description,
+                event.time,
+                now,
+                len(names),
+            ),
+        )
+        db.executemany(
+            "INSERT INTO deliveries (id, event_id, organization, webhook, status, attempts, "
+            "due_at, created_at, updated_at) VALUES (?, ?, ?, ?, 'pending', 0, ?, ?, ?)",
+            [
+                (new_delivery_id(), event.id, event.organization, name, now, now, now)
+                for name in names
+            ],
+        )
         return IntakeResult(event.id, len(names), duplicate=False)
 
     # -- claims -----------------------------------------------------------------
@@ -86,7 +96,7 @@ class SqliteQueue:
     ) -> list[Claim]:
         """Take up to `limit` due deliveries (or ones whose lease ran out) for `owner`;
         with `event_id`, only that event's."""
-        with self._write() as db:
+        with self._write(durable=False) as db:
             if event_id is not None:
                 ids = [
                     row[0]
@@ -150,7 +160,7 @@ class SqliteQueue:
         Returns how many were recorded.
         """
         recorded = 0
-        with self._write() as db:
+        with self._write(durable=False) as db:
             for r in results:
                 status = {"retry": "pending"}.get(r.outcome, r.outcome)
                 attempts_delta = 1 if r.sent else 0
