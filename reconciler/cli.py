@@ -410,5 +410,28 @@ def export(folder: Path, state: str, organization: str | None) -> None:
     click.echo(f"Exported {len(written)} webhooks to {folder}.")
 
 
+@cli.command()
+@state_option
+def migrate(state: str) -> None:
+    """Bring the state's database schema up to date, and list its migrations.
+
+    Every command migrates when it opens the state; this does it explicitly,
+    e.g. before starting several dispatchers. Concurrent runs are safe: one
+    migrates, the others wait.
+
+    \b
+    Example:
+      RECONCILER_STATE=postgresql://reconciler@db/reconciler reconciler migrate
+    """
+    store = open_store(state)
+    try:
+        names = store.migrations()
+    finally:
+        store.close()
+    for name in names:
+        click.echo(f"applied  {name}")
+    click.echo(f"{store.url}: schema up to date ({count(len(names), 'migration')}).")
+
+
 # The dispatcher's commands register themselves on the same group.
 from reconciler import cli_dispatch  # noqa: E402, F401

@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import os
+import uuid
+from collections.abc import Callable, Iterator
 from pathlib import Path
+from urllib.parse import urlsplit, urlunsplit
 
 import pytest
 
@@ -25,3 +28,40 @@ def problem_lines(monkeypatch: pytest.MonkeyPatch) -> Callable[[Path], list[str]
         return [str(problem) for problem in load_definitions(folder).problems]
 
     return load
+
+
+# -- PostgreSQL -------------------------------------------------------------------
+# Tests of the PostgreSQL backend run against a real server: RECONCILER_TEST_POSTGRES
+# (default: the local server, user postgres, database test). Each test run makes its
+# own database and drops it afterwards, and each test its own schema in it, so two
+# runs never see each other's rows. An unreachable server fails those tests loudly.
+
+POSTGRES = os.environ.get("RECONCILER_TEST_POSTGRES", "postgresql://postgres@127.0.0.1:5432/test")
+
+
+@pytest.fixture(scope="session")
+def postgres_database() -> Iterator[str]:
+    import psycopg
+
+    name = f"reconciler_test_{uuid.uuid4().hex[:12]}"
+    try:
+        admin = psycopg.connect(POSTGRES, autocommit=True, connect_timeout=5)
+    except psycopg.OperationalError as exc:
+        pytest.fail(
+            f"PostgreSQL is not reachable at {POSTGRES} ({exc}); start it or set "
+            "RECONCILER_TEST_POSTGRES, or deselect with -m 'not postgres'",
+            pytrace=False,
+        )
+    with admin:
+        admin.execute(f'CREATE DATABASE "{name}"')
+        try:
+            parts = urlsplit(POSTGRES)
+            yield urlunsplit(parts._replace(path="/" + name))
+        finally:
+            admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+@pytest.fixture
+def postgres_url(postgres_database: str) -> str:
+    """A state URL of its own: a fresh schema in this run's database."""
+    return f"{postgres_database}?schema=t_{uuid.uuid4().hex[:12]}"

@@ -15,8 +15,7 @@ from httpx_aiohttp import AiohttpTransport
 from reconciler import __version__
 from reconciler.dispatch.events import EventIn
 from reconciler.dispatch.worker import Database, Worker, WorkerSettings, owner_alive
-from reconciler.store.queue import EventRecord, IntakeResult
-from reconciler.store.sqlite import SqliteStore
+from reconciler.store.queue import EventRecord, IntakeResult, QueueStore
 
 log = logging.getLogger("reconciler.dispatch")
 
@@ -43,7 +42,7 @@ class Dispatcher:
 
     def __init__(
         self,
-        store: SqliteStore,
+        store: QueueStore,
         client: httpx.AsyncClient,
         *,
         settings: WorkerSettings | None = None,
@@ -132,7 +131,7 @@ def _no_signal_capture() -> Iterator[None]:
 
 
 async def serve(
-    store: SqliteStore,
+    store: QueueStore,
     host: str,
     port: int,
     *,

@@ -30,8 +30,7 @@ from reconciler.dispatch.signing import SigningSecretError, signature_header
 from reconciler.durations import parse_duration
 from reconciler.model import WebhookSpec
 from reconciler.render import EventData, RenderError, render
-from reconciler.store.queue import AttemptResult, Claim, EventRecord
-from reconciler.store.sqlite import SqliteStore
+from reconciler.store.queue import AttemptResult, Claim, EventRecord, QueueStore
 
 log = logging.getLogger("reconciler.dispatch")
 
@@ -62,7 +61,7 @@ def owner_alive(owner: str) -> bool:
 class Database:
     """Runs store calls one at a time on a dedicated thread."""
 
-    def __init__(self, store: SqliteStore) -> None:
+    def __init__(self, store: QueueStore) -> None:
         self.store = store
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="reconciler-db")
 

@@ -40,8 +40,15 @@ def open_store(url: str) -> Store:
 
         return SqliteStore(Path(url.removeprefix("sqlite:///")))
     if url.startswith(("postgresql://", "postgres://")):
-        raise StateError(
-            "the PostgreSQL backend is not available in this version; use sqlite:///PATH"
-        )
+        try:
+            import psycopg  # noqa: F401
+            import psycopg_pool  # noqa: F401
+        except ImportError:
+            raise StateError(
+                "the PostgreSQL backend needs psycopg: pip install 'reconciler[postgres]'"
+            ) from None
+        from reconciler.store.postgres import PostgresStore
+
+        return PostgresStore(url)
     scheme = url.split("://", 1)[0] if "://" in url else url
-    raise StateError(f"unknown state URL scheme {scheme!r}: use sqlite:///PATH")
+    raise StateError(f"unknown state URL scheme {scheme!r}: use sqlite:///PATH or postgresql://...")

@@ -7,8 +7,9 @@ injected clock, so tests move time instead of sleeping.
 from __future__ import annotations
 
 import json
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import Any, Literal, Protocol
 
 Status = Literal["pending", "in_flight", "delivered", "failed", "cancelled"]
 FINAL_STATUSES = ("delivered", "failed", "cancelled")
@@ -128,3 +129,42 @@ class DeliveryRecord:
 
 def headers_json(headers: dict[str, str]) -> str:
     return json.dumps(headers, sort_keys=True)
+
+
+class QueueStore(Protocol):
+    """What the dispatcher needs of a store; SqliteStore and PostgresStore have it."""
+
+    url: str
+
+    def add_event(self, event: EventRecord, now: float) -> IntakeResult: ...
+
+    def add_events(self, events: Sequence[EventRecord], now: float) -> list[IntakeResult]: ...
+
+    def claim(
+        self, owner: str, limit: int, now: float, lease: float, event_id: str | None = None
+    ) -> list[Claim]: ...
+
+    def finish(self, results: Sequence[AttemptResult], owner: str, now: float) -> int: ...
+
+    def release(self, owner: str, now: float) -> int: ...
+
+    def release_dead(self, alive: Callable[[str], bool], now: float) -> int: ...
+
+    def deliveries(
+        self,
+        *,
+        status: str | None = None,
+        organization: str | None = None,
+        webhook: str | None = None,
+        event_id: str | None = None,
+        since: float | None = None,
+        limit: int = 100,
+    ) -> list[DeliveryRecord]: ...
+
+    def delivery(self, delivery_id: str) -> tuple[DeliveryRecord, list[AttemptRecord]] | None: ...
+
+    def replay(self, delivery_ids: Sequence[str], now: float) -> list[str]: ...
+
+    def queue_counts(self) -> dict[str, int]: ...
+
+    def close(self) -> None: ...

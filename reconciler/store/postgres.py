@@ -1,0 +1,326 @@
+"""The PostgreSQL backend: one state for CI and for dispatchers on many machines.
+
+Selected by a state URL `postgresql://user@host:port/db` (optionally
+`?schema=NAME`, to keep several states in one database, and `&pool_size=N`).
+psycopg 3 with a connection pool; applies serialize on an advisory lock, and
+migrations run under another, so processes starting at once migrate once.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import time
+import uuid
+import zlib
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
+from datetime import UTC, datetime
+from typing import Any
+from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
+
+from reconciler.errors import LockTimeout, StaleState, StateError
+from reconciler.store.base import AuditEntry, AuditRecord, LiveWebhook, StateInfo, Write
+from reconciler.store.postgres_migrations import MIGRATIONS
+from reconciler.store.postgres_queue import PostgresQueue
+
+try:
+    import psycopg
+    from psycopg_pool import ConnectionPool
+except ImportError as exc:  # pragma: no cover - depends on the install
+    raise StateError(
+        "the PostgreSQL backend needs psycopg: pip install 'reconciler[postgres]'"
+    ) from exc
+
+_POLL_SECONDS = 0.1
+DEFAULT_POOL_SIZE = 5
+
+
+def _now() -> str:
+    return datetime.now(UTC).isoformat(timespec="microseconds").replace("+00:00", "Z")
+
+
+def split_url(url: str) -> tuple[str, str, int]:
+    """(conninfo without our parameters, schema, pool size)."""
+    parts = urlsplit(url)
+    params = dict(parse_qsl(parts.query))
+    schema = params.pop("schema", "public")
+    pool_size = int(params.pop("pool_size", DEFAULT_POOL_SIZE))
+    if not schema.replace("_", "").isalnum():
+        raise StateError(f"schema {schema!r}: use letters, digits and _")
+    conninfo = urlunsplit(parts._replace(query=urlencode(params)))
+    return conninfo, schema, pool_size
+
+
+def shown_url(url: str) -> str:
+    """The URL without its user and password, fit for messages and logs."""
+    parts = urlsplit(url)
+    netloc = parts.netloc.rpartition("@")[2]
+    return urlunsplit(parts._replace(netloc=netloc))
+
+
+class PostgresStore(PostgresQueue):
+    def __init__(
+        self,
+        url: str,
+        *,
+        clock: Callable[[], float] = time.monotonic,
+        sleep: Callable[[float], None] = time.sleep,
+    ) -> None:
+        self.url = shown_url(url)
+        self._clock = clock
+        self._sleep = sleep
+        conninfo, self.schema, pool_size = split_url(url)
+        self._keys = {
+            name: zlib.crc32(f"reconciler:{self.schema}:{name}".encode())
+            for name in ("apply", "migrate")
+        }
+        try:
+            with psycopg.connect(conninfo, autocommit=True, connect_timeout=10) as conn:
+                conn.execute(f'CREATE SCHEMA IF NOT EXISTS "{self.schema}"')
+        except psycopg.Error as exc:
+            raise StateError(f"cannot open the state at {self.url}: {_reason(exc)}") from None
+        self._pool = ConnectionPool(
+            conninfo,
+            min_size=1,
+            max_size=max(pool_size, 2),
+            kwargs={"options": f"-c search_path={self.schema}", "connect_timeout": 10},
+            open=True,
+            name="reconciler",
+        )
+        try:
+            self._migrate()
+        except BaseException:
+            self._pool.close()
+            raise
+
+    # -- transactions -------------------------------------------------------
+
+    @contextmanager
+    def _tx(self, durable: bool = True) -> Iterator[psycopg.Cursor[Any]]:
+        """One transaction. durable=False: commit without waiting for the flush to
+        disk; only for claims and attempt records (a lost one costs a duplicate)."""
+        try:
+            with self._pool.connection() as conn, conn.transaction(), conn.cursor() as cur:
+                if not durable:
+                    cur.execute("SET LOCAL synchronous_commit = off")
+                yield cur
+        except psycopg.OperationalError as exc:
+            raise StateError(f"the state at {self.url} failed: {_reason(exc)}") from None
+
+    def _migrate(self) -> None:
+        with self._tx() as cur:
+            cur.execute("SELECT pg_advisory_xact_lock(%s)", (self._keys["migrate"],))
+            cur.execute(
+                "CREATE TABLE IF NOT EXISTS schema_migrations "
+                "(name TEXT PRIMARY KEY, applied_at TEXT NOT NULL)"
+            )
+            cur.execute("SELECT name FROM schema_migrations")
+            done = {row[0] for row in cur.fetchall()}
+            for name, statements in MIGRATIONS:
+                if name in done:
+                    continue
+                for statement in statements:
+                    cur.execute(statement)  # type: ignore[arg-type]
+                cur.execute("INSERT INTO schema_migrations VALUES (%s, %s)", (name, _now()))
+            cur.execute("SELECT 1 FROM meta WHERE key = 'lineage'")
+            if cur.fetchone() is None:
+                cur.execute("INSERT INTO meta VALUES ('lineage', %s)", (str(uuid.uuid4()),))
+                cur.execute("INSERT INTO meta VALUES ('serial', '0')")
+
+    def migrations(self) -> list[str]:
+        with self._tx() as cur:
+            cur.execute("SELECT name FROM schema_migrations ORDER BY name")
+            return [row[0] for row in cur.fetchall()]
+
+    # -- reading ------------------------------------------------------------
+
+    def state(self) -> StateInfo:
+        with self._tx() as cur:
+            cur.execute("SELECT key, value FROM meta")
+            rows = dict(cur.fetchall())
+        return StateInfo(rows["lineage"], int(rows["serial"]))
+
+    def webhooks(self, organization: str | None = None) -> list[LiveWebhook]:
+        query = (
+            "SELECT organization, name, spec, applied_spec, paused_reason, updated_at FROM webhooks"
+        )
+        args: tuple[str, ...] = ()
+        if organization is not None:
+            query += " WHERE organization = %s"
+            args = (organization,)
+        query += " ORDER BY organization, name"
+        with self._tx() as cur:
+            cur.execute(query, args)  # type: ignore[arg-type]
+            return [LiveWebhook(*row) for row in cur.fetchall()]
+
+    def history(
+        self, organization: str | None = None, name: str | None = None, limit: int | None = None
+    ) -> Iterator[AuditEntry]:
+        query = (
+            "SELECT id, at, serial, action, organization, name, before, after, actor, "
+            "git_commit, plan_checksum, note FROM audit_log WHERE true"
+        )
+        args: list[object] = []
+        if organization is not None:
+            query += " AND organization = %s"
+            args.append(organization)
+        if name is not None:
+            query += " AND name = %s"
+            args.append(name)
+        query += " ORDER BY id DESC"
+        if limit is not None:
+            query += " LIMIT %s"
+            args.append(limit)
+        with self._tx() as cur:
+            cur.execute(query, args)  # type: ignore[arg-type]
+            rows = cur.fetchall()
+        for id_, at, serial, action, org, nm, before, after, actor, commit, checksum, note in rows:
+            record = AuditRecord(
+                action,
+                org,
+                nm,
+                json.loads(before) if before else None,
+                json.loads(after) if after else None,
+                actor,
+                commit,
+                checksum,
+                note,
+            )
+            yield AuditEntry(id_, at, serial, record)
+
+    # -- writing ------------------------------------------------------------
+
+    def commit(
+        self, writes: Sequence[Write], audit: Sequence[AuditRecord], expected_serial: int
+    ) -> int:
+        now = _now()
+        with self._tx() as cur:
+            cur.execute("SELECT value FROM meta WHERE key = 'serial' FOR UPDATE")
+            serial = int(cur.fetchone()[0])  # type: ignore[index]
+            if serial != expected_serial:
+                raise StaleState(
+                    f"the live state changed since the plan was made (serial {expected_serial}, "
+                    f"now {serial}); plan again"
+                )
+            serial += 1
+            puts = [
+                (w.organization, w.name, w.spec, w.spec, now, now)
+                for w in writes
+                if w.kind == "put"
+            ]
+            deletes = [(w.organization, w.name) for w in writes if w.kind == "delete"]
+            if puts:
+                cur.executemany(
+                    "INSERT INTO webhooks (organization, name, spec, applied_spec, paused_reason, "
+                    "created_at, updated_at) VALUES (%s, %s, %s, %s, NULL, %s, %s) "
+                    "ON CONFLICT (organization, name) DO UPDATE SET spec = excluded.spec, "
+                    "applied_spec = excluded.applied_spec, paused_reason = NULL, "
+                    "updated_at = excluded.updated_at",
+                    puts,
+                )
+            if deletes:
+                cur.executemany(
+                    "DELETE FROM webhooks WHERE organization = %s AND name = %s", deletes
+                )
+                self._cancel_in(
+                    cur, deletes, "cancelled: the webhook was deleted by apply", time.time()
+                )
+            self._append_audit(cur, audit, serial, now)
+            cur.execute("UPDATE meta SET value = %s WHERE key = 'serial'", (str(serial),))
+        return serial
+
+    def _append_audit(
+        self, cur: psycopg.Cursor[Any], audit: Sequence[AuditRecord], serial: int, now: str
+    ) -> None:
+        if not audit:
+            return
+        cur.executemany(
+            "INSERT INTO audit_log (at, serial, action, organization, name, before, after, "
+            "actor, git_commit, plan_checksum, note) "
+            "VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s)",
+            [
+                (
+                    now,
+                    serial,
+                    r.action,
+                    r.organization,
+                    r.name,
+                    json.dumps(r.before, sort_keys=True) if r.before is not None else None,
+                    json.dumps(r.after, sort_keys=True) if r.after is not None else None,
+                    r.actor,
+                    r.git_commit,
+                    r.plan_checksum,
+                    r.note,
+                )
+                for r in audit
+            ],
+        )
+
+    def pause(self, organization: str, name: str, reason: str, actor: str) -> None:
+        with self._tx() as cur:
+            self._pause(cur, organization, name, reason, actor)
+
+    def _pause(
+        self, cur: psycopg.Cursor[Any], organization: str, name: str, reason: str, actor: str
+    ) -> None:
+        now = _now()
+        cur.execute(
+            "UPDATE webhooks SET paused_reason = %s, updated_at = %s "
+            "WHERE organization = %s AND name = %s AND paused_reason IS NULL",
+            (reason, now, organization, name),
+        )
+        if not cur.rowcount:
+            return
+        cur.execute("SELECT value FROM meta WHERE key = 'serial' FOR UPDATE")
+        serial = int(cur.fetchone()[0]) + 1  # type: ignore[index]
+        cur.execute("UPDATE meta SET value = %s WHERE key = 'serial'", (str(serial),))
+        record = AuditRecord("pause", organization, name, None, None, actor, note=reason)
+        self._append_audit(cur, [record], serial, now)
+
+    # -- the apply lock -----------------------------------------------------
+
+    @contextmanager
+    def lock(self, holder: str, timeout: float) -> Iterator[None]:
+        """A session advisory lock: released by PostgreSQL itself if the holder dies."""
+        token = str(uuid.uuid4())
+        deadline = self._clock() + timeout
+        with self._pool.connection() as conn:
+            conn.autocommit = True
+            try:
+                while not conn.execute(
+                    "SELECT pg_try_advisory_lock(%s)", (self._keys["apply"],)
+                ).fetchone()[0]:  # type: ignore[index]
+                    if self._clock() >= deadline:
+                        row = conn.execute(
+                            "SELECT holder, pid, host, acquired_at FROM locks WHERE name = 'apply'"
+                        ).fetchone()
+                        who, pid, host, since = row or ("another process", "?", "?", "?")
+                        raise LockTimeout(
+                            f"the state is locked by {who} (pid {pid} on {host}, since {since}); "
+                            f"waited {timeout:g}s"
+                        )
+                    self._sleep(_POLL_SECONDS)
+                conn.execute(
+                    "INSERT INTO locks (name, holder, pid, host, token, acquired_at, expires_at) "
+                    "VALUES ('apply', %s, %s, %s, %s, %s, %s) ON CONFLICT (name) DO UPDATE SET "
+                    "holder = excluded.holder, pid = excluded.pid, host = excluded.host, "
+                    "token = excluded.token, acquired_at = excluded.acquired_at, "
+                    "expires_at = excluded.expires_at",
+                    (holder, os.getpid(), socket.gethostname(), token, _now(), time.time()),
+                )
+                try:
+                    yield
+                finally:
+                    conn.execute("DELETE FROM locks WHERE name = 'apply' AND token = %s", (token,))
+                    conn.execute("SELECT pg_advisory_unlock(%s)", (self._keys["apply"],))
+            finally:
+                conn.autocommit = False
+
+    def close(self) -> None:
+        self._pool.close()
+
+
+def _reason(exc: Exception) -> str:
+    return str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__

@@ -1,0 +1,100 @@
+"""Named schema migrations for PostgreSQL, applied in order, recorded by name.
+
+The same tables as SQLite's (store/migrations.py), in PostgreSQL's types.
+"""
+
+from __future__ import annotations
+
+MIGRATIONS: list[tuple[str, list[str]]] = [
+    (
+        "0001_live_state_and_audit_log",
+        [
+            "CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL)",
+            """CREATE TABLE webhooks (
+                organization TEXT NOT NULL,
+                name TEXT NOT NULL,
+                spec TEXT NOT NULL,
+                applied_spec TEXT NOT NULL,
+                paused_reason TEXT,
+                created_at TEXT NOT NULL,
+                updated_at TEXT NOT NULL,
+                PRIMARY KEY (organization, name)
+            )""",
+            """CREATE TABLE audit_log (
+                id BIGSERIAL PRIMARY KEY,
+                at TEXT NOT NULL,
+                serial BIGINT NOT NULL,
+                action TEXT NOT NULL,
+                organization TEXT NOT NULL,
+                name TEXT NOT NULL,
+                before TEXT,
+                after TEXT,
+                actor TEXT NOT NULL,
+                git_commit TEXT,
+                plan_checksum TEXT,
+                note TEXT
+            )""",
+            "CREATE INDEX audit_log_by_webhook ON audit_log (organization, name)",
+            """CREATE FUNCTION audit_log_append_only() RETURNS trigger LANGUAGE plpgsql AS $$
+               BEGIN RAISE EXCEPTION 'the audit log is append-only'; END $$""",
+            """CREATE TRIGGER audit_log_no_change BEFORE UPDATE OR DELETE ON audit_log
+               FOR EACH ROW EXECUTE FUNCTION audit_log_append_only()""",
+            """CREATE TABLE locks (
+                name TEXT PRIMARY KEY,
+                holder TEXT NOT NULL,
+                pid INTEGER NOT NULL,
+                host TEXT NOT NULL,
+                token TEXT NOT NULL,
+                acquired_at TEXT NOT NULL,
+                expires_at DOUBLE PRECISION NOT NULL
+            )""",
+        ],
+    ),
+    (
+        "0002_events_and_deliveries",
+        [
+            """CREATE TABLE events (
+                id TEXT PRIMARY KEY,
+                type TEXT NOT NULL,
+                organization TEXT NOT NULL,
+                name TEXT NOT NULL,
+                description TEXT NOT NULL,
+                time TEXT NOT NULL,
+                received_at DOUBLE PRECISION NOT NULL,
+                deliveries INTEGER NOT NULL
+            )""",
+            """CREATE TABLE deliveries (
+                id TEXT PRIMARY KEY,
+                event_id TEXT NOT NULL REFERENCES events (id),
+                organization TEXT NOT NULL,
+                webhook TEXT NOT NULL,
+                status TEXT NOT NULL,
+                attempts INTEGER NOT NULL DEFAULT 0,
+                due_at DOUBLE PRECISION,
+                lease_owner TEXT,
+                lease_expires DOUBLE PRECISION,
+                created_at DOUBLE PRECISION NOT NULL,
+                updated_at DOUBLE PRECISION NOT NULL,
+                last_status INTEGER,
+                last_error TEXT
+            )""",
+            "CREATE INDEX deliveries_due ON deliveries (status, due_at)",
+            "CREATE INDEX deliveries_lease ON deliveries (status, lease_expires)",
+            "CREATE INDEX deliveries_by_webhook ON deliveries (organization, webhook)",
+            "CREATE INDEX deliveries_by_event ON deliveries (event_id)",
+            """CREATE TABLE attempts (
+                id BIGSERIAL PRIMARY KEY,
+                delivery_id TEXT NOT NULL REFERENCES deliveries (id),
+                number INTEGER NOT NULL,
+                started_at DOUBLE PRECISION NOT NULL,
+                duration_ms DOUBLE PRECISION NOT NULL,
+                status INTEGER,
+                response_headers TEXT,
+                response_excerpt TEXT,
+                error TEXT,
+                outcome TEXT NOT NULL
+            )""",
+            "CREATE INDEX attempts_by_delivery ON attempts (delivery_id)",
+        ],
+    ),
+]

@@ -1,0 +1,366 @@
+"""The delivery queue on PostgreSQL: dispatchers on several machines share it.
+
+Claims use FOR UPDATE SKIP LOCKED, so workers never wait on each other's rows;
+half of each claim goes to fresh deliveries, so a backlog of retries cannot
+starve new events.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import AbstractContextManager
+from typing import Any
+
+from reconciler.store.queue import (
+    AttemptRecord,
+    AttemptResult,
+    Claim,
+    DeliveryRecord,
+    EventRecord,
+    IntakeResult,
+    headers_json,
+)
+from reconciler.store.sqlite_queue import new_delivery_id
+
+_DELIVERY_COLUMNS = (
+    "d.id, d.event_id, e.type, d.organization, d.webhook, d.status, d.attempts, d.due_at, "
+    "d.created_at, d.updated_at, d.last_status, d.last_error"
+)
+
+
+class PostgresQueue:
+    _tx: Callable[..., AbstractContextManager[Any]]
+    _pause: Callable[[Any, str, str, str, str], None]  # from PostgresStore
+
+    # -- intake -------------------------------------------------------------
+
+    def add_event(self, event: EventRecord, now: float) -> IntakeResult:
+        return self.add_events([event], now)[0]
+
+    def add_events(self, events: Sequence[EventRecord], now: float) -> list[IntakeResult]:
+        results = []
+        with self._tx() as cur:
+            for event in events:
+                results.append(self._add_event_in(cur, event, now))
+        return results
+
+    def _add_event_in(self, cur: Any, event: EventRecord, now: float) -> IntakeResult:
+        cur.execute(
+            "INSERT INTO events VALUES (%s, %s, %s, %s, %s, %s, %s, 0) ON CONFLICT (id) DO NOTHING",
+            (
+                event.id,
+                event.type,
+                event.organization,
+                event.name,
+                event.description,
+                event.time,
+                now,
+            ),
+        )
+        if not cur.rowcount:
+            cur.execute("SELECT deliveries FROM events WHERE id = %s", (event.id,))
+            return IntakeResult(event.id, cur.fetchone()[0], duplicate=True)
+        cur.execute(
+            "SELECT name FROM webhooks WHERE organization = %s AND paused_reason IS NULL "
+            "AND spec::jsonb ->> 'event' = %s "
+            "AND coalesce((spec::jsonb ->> 'enabled')::boolean, true) ORDER BY name",
+            (event.organization, event.type),
+        )
+        names = [row[0] for row in cur.fetchall()]
+        if names:
+            cur.executemany(
+                "INSERT INTO deliveries (id, event_id, organization, webhook, status, attempts, "
+                "due_at, created_at, updated_at) VALUES (%s, %s, %s, %s, 'pending', 0, %s, %s, %s)",
+                [
+                    (new_delivery_id(), event.id, event.organization, n, now, now, now)
+                    for n in names
+                ],
+            )
+            cur.execute("UPDATE events SET deliveries = %s WHERE id = %s", (len(names), event.id))
+        return IntakeResult(event.id, len(names), duplicate=False)
+
+    # -- claims ---------------------------------------------------------------
+
+    def claim(
+        self, owner: str, limit: int, now: float, lease: float, event_id: str | None = None
+    ) -> list[Claim]:
+        with self._tx(durable=False) as cur:
+            if event_id is not None:
+                ids = self._pick(
+                    cur,
+                    "event_id = %s AND ((status = 'pending' AND due_at <= %s) OR "
+                    "(status = 'in_flight' AND lease_expires <= %s))",
+                    (event_id, now, now),
+                    "due_at",
+                    limit,
+                )
+            else:
+                fresh = self._pick(
+                    cur,
+                    "status = 'pending' AND attempts = 0 AND due_at <= %s",
+                    (now,),
+                    "due_at",
+                    (limit + 1) // 2,
+                )
+                retries = self._pick(
+                    cur,
+                    "status = 'pending' AND attempts > 0 AND due_at <= %s",
+                    (now,),
+                    "due_at",
+                    limit - len(fresh),
+                )
+                ids = fresh + retries
+                if len(ids) < limit:
+                    ids += self._pick(
+                        cur,
+                        "status = 'pending' AND due_at <= %s AND NOT (id = ANY(%s))",
+                        (now, ids),
+                        "due_at",
+                        limit - len(ids),
+                    )
+                if len(ids) < limit:
+                    ids += self._pick(
+                        cur,
+                        "status = 'in_flight' AND lease_expires <= %s",
+                        (now,),
+                        "lease_expires",
+                        limit - len(ids),
+                    )
+            if not ids:
+                return []
+            cur.execute(
+                "UPDATE deliveries SET status = 'in_flight', lease_owner = %s, "
+                "lease_expires = %s, updated_at = %s WHERE id = ANY(%s)",
+                (owner, now + lease, now, ids),
+            )
+            cur.execute(
+                "SELECT d.id, d.attempts, e.id, e.type, e.organization, e.name, e.description, "
+                "e.time, d.organization, d.webhook, w.spec, w.paused_reason "
+                "FROM deliveries d JOIN events e ON e.id = d.event_id "
+                "LEFT JOIN webhooks w ON w.organization = d.organization AND w.name = d.webhook "
+                "WHERE d.id = ANY(%s)",
+                (ids,),
+            )
+            rows = cur.fetchall()
+        return [
+            Claim(
+                delivery_id=r[0],
+                attempt=r[1] + 1,
+                event=EventRecord(r[2], r[3], r[4], r[5], r[6], r[7]),
+                organization=r[8],
+                webhook=r[9],
+                spec=r[10],
+                paused_reason=r[11],
+            )
+            for r in rows
+        ]
+
+    def _pick(
+        self, cur: Any, where: str, args: tuple[Any, ...], order: str, limit: int
+    ) -> list[str]:
+        if limit <= 0:
+            return []
+        cur.execute(
+            f"SELECT id FROM deliveries WHERE {where} ORDER BY {order} LIMIT %s "
+            "FOR UPDATE SKIP LOCKED",
+            (*args, limit),
+        )
+        return [row[0] for row in cur.fetchall()]
+
+    def finish(self, results: Sequence[AttemptResult], owner: str, now: float) -> int:
+        if not results:
+            return 0
+        with self._tx(durable=False) as cur:
+            cur.execute(
+                "UPDATE deliveries d SET status = v.status, attempts = d.attempts + v.delta, "
+                "due_at = v.due, lease_owner = NULL, lease_expires = NULL, updated_at = %s, "
+                "last_status = v.code, last_error = v.err "
+                "FROM unnest(%s::text[], %s::text[], %s::int[], %s::float8[], %s::int[], "
+                "%s::text[]) AS v(id, status, delta, due, code, err) "
+                "WHERE d.id = v.id AND d.status = 'in_flight' AND d.lease_owner = %s "
+                "RETURNING d.id",
+                (
+                    now,
+                    [r.delivery_id for r in results],
+                    [{"retry": "pending"}.get(r.outcome, r.outcome) for r in results],
+                    [1 if r.sent else 0 for r in results],
+                    [r.next_due for r in results],
+                    [r.status for r in results],
+                    [r.error for r in results],
+                    owner,
+                ),
+            )
+            ours = {row[0] for row in cur.fetchall()}
+            recorded = [r for r in results if r.delivery_id in ours]
+            if recorded:
+                cur.executemany(
+                    "INSERT INTO attempts (delivery_id, number, started_at, duration_ms, status, "
+                    "response_headers, response_excerpt, error, outcome) "
+                    "VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s)",
+                    [
+                        (
+                            r.delivery_id,
+                            r.number,
+                            r.started_at,
+                            r.duration_ms,
+                            r.status,
+                            headers_json(r.response_headers),
+                            r.response_excerpt,
+                            r.error,
+                            r.outcome,
+                        )
+                        for r in recorded
+                    ],
+                )
+            for r in recorded:
+                if r.pause_webhook:
+                    cur.execute(
+                        "SELECT organization, webhook FROM deliveries WHERE id = %s",
+                        (r.delivery_id,),
+                    )
+                    org, name = cur.fetchone()
+                    self._pause(cur, org, name, r.pause_webhook, "dispatcher")
+        return len(recorded)
+
+    def release(self, owner: str, now: float) -> int:
+        with self._tx() as cur:
+            cur.execute(
+                "UPDATE deliveries SET status = 'pending', due_at = %s, lease_owner = NULL, "
+                "lease_expires = NULL, updated_at = %s "
+                "WHERE status = 'in_flight' AND lease_owner = %s",
+                (now, now, owner),
+            )
+            return int(cur.rowcount)
+
+    def release_dead(self, alive: Callable[[str], bool], now: float) -> int:
+        with self._tx() as cur:
+            cur.execute(
+                "SELECT DISTINCT lease_owner FROM deliveries WHERE status = 'in_flight' "
+                "AND lease_owner IS NOT NULL"
+            )
+            dead = [owner for (owner,) in cur.fetchall() if not alive(owner)]
+            if not dead:
+                return 0
+            cur.execute(
+                "UPDATE deliveries SET status = 'pending', due_at = %s, lease_owner = NULL, "
+                "lease_expires = NULL, updated_at = %s "
+                "WHERE status = 'in_flight' AND lease_owner = ANY(%s)",
+                (now, now, dead),
+            )
+            return int(cur.rowcount)
+
+    def cancel_deliveries(self, organization: str, webhook: str, reason: str, now: float) -> int:
+        with self._tx() as cur:
+            return self._cancel_in(cur, [(organization, webhook)], reason, now)
+
+    def _cancel_in(self, cur: Any, webhooks: list[tuple[str, str]], reason: str, now: float) -> int:
+        cancelled = 0
+        for organization, webhook in webhooks:
+            cur.execute(
+                "UPDATE deliveries SET status = 'cancelled', due_at = NULL, lease_owner = NULL, "
+                "lease_expires = NULL, last_error = %s, updated_at = %s "
+                "WHERE organization = %s AND webhook = %s AND status IN ('pending', 'in_flight')",
+                (reason, now, organization, webhook),
+            )
+            cancelled += cur.rowcount
+        return cancelled
+
+    # -- operations -----------------------------------------------------------
+
+    def deliveries(
+        self,
+        *,
+        status: str | None = None,
+        organization: str | None = None,
+        webhook: str | None = None,
+        event_id: str | None = None,
+        since: float | None = None,
+        limit: int = 100,
+    ) -> list[DeliveryRecord]:
+        query = (
+            f"SELECT {_DELIVERY_COLUMNS} FROM deliveries d JOIN events e ON e.id = d.event_id "
+            "WHERE true"
+        )
+        args: list[Any] = []
+        for column, value in (
+            ("d.status", status),
+            ("d.organization", organization),
+            ("d.webhook", webhook),
+            ("d.event_id", event_id),
+        ):
+            if value is not None:
+                query += f" AND {column} = %s"
+                args.append(value)
+        if since is not None:
+            query += " AND d.updated_at >= %s"
+            args.append(since)
+        query += " ORDER BY d.created_at DESC, d.id LIMIT %s"
+        args.append(limit)
+        with self._tx() as cur:
+            cur.execute(query, args)
+            return [DeliveryRecord(*row) for row in cur.fetchall()]
+
+    def delivery(self, delivery_id: str) -> tuple[DeliveryRecord, list[AttemptRecord]] | None:
+        with self._tx() as cur:
+            cur.execute(
+                f"SELECT {_DELIVERY_COLUMNS} FROM deliveries d "
+                "JOIN events e ON e.id = d.event_id WHERE d.id = %s",
+                (delivery_id,),
+            )
+            row = cur.fetchone()
+            if row is None:
+                return None
+            cur.execute(
+                "SELECT number, started_at, duration_ms, outcome, status, response_headers, "
+                "response_excerpt, error FROM attempts WHERE delivery_id = %s ORDER BY id",
+                (delivery_id,),
+            )
+            attempts = [
+                AttemptRecord(
+                    number,
+                    started,
+                    duration,
+                    outcome,
+                    code,
+                    json.loads(headers or "{}"),
+                    excerpt or "",
+                    error,
+                )
+                for number, started, duration, outcome, code, headers, excerpt, error in (
+                    cur.fetchall()
+                )
+            ]
+        return DeliveryRecord(*row), attempts
+
+    def event(self, event_id: str) -> EventRecord | None:
+        with self._tx() as cur:
+            cur.execute(
+                "SELECT id, type, organization, name, description, time FROM events WHERE id = %s",
+                (event_id,),
+            )
+            row = cur.fetchone()
+        return EventRecord(*row) if row else None
+
+    def replay(self, delivery_ids: Sequence[str], now: float) -> list[str]:
+        with self._tx() as cur:
+            cur.execute(
+                "UPDATE deliveries SET status = 'pending', due_at = %s, updated_at = %s, "
+                "last_error = NULL WHERE id = ANY(%s) AND status IN ('failed', 'cancelled', "
+                "'delivered') RETURNING id",
+                (now, now, list(delivery_ids)),
+            )
+            done = {row[0] for row in cur.fetchall()}
+        return [d for d in delivery_ids if d in done]
+
+    def queue_counts(self) -> dict[str, int]:
+        with self._tx() as cur:
+            cur.execute("SELECT status, count(*) FROM deliveries GROUP BY status")
+            return dict(cur.fetchall())
+
+    def iter_event_ids(self) -> Iterator[str]:
+        with self._tx() as cur:
+            cur.execute("SELECT id FROM events ORDER BY received_at")
+            rows = cur.fetchall()
+        for (event_id,) in rows:
+            yield event_id

@@ -1,0 +1,141 @@
+"""PostgresStore: the store contract against the real server, plus what only
+PostgreSQL has (advisory locks, concurrent migrations, SKIP LOCKED claims)."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator
+
+import psycopg
+import pytest
+from helpers_state import REPO, SUBPROCESS_TIMEOUT
+from store_contract import StoreContract, put, record
+
+from reconciler.errors import StateError
+from reconciler.store import open_store
+from reconciler.store.postgres import PostgresStore, shown_url, split_url
+from reconciler.store.queue import EventRecord
+
+pytestmark = pytest.mark.postgres
+
+
+class PostgresFactory:
+    """Opens connections to one state (a schema of its own); closes them at teardown."""
+
+    def __init__(self, url: str) -> None:
+        self.url = url
+        self.opened: list[PostgresStore] = []
+
+    def __call__(
+        self,
+        *,
+        clock: Callable[[], float] | None = None,
+        sleep: Callable[[float], None] | None = None,
+    ) -> PostgresStore:
+        kwargs: dict[str, object] = {}
+        if clock is not None:
+            kwargs["clock"] = clock
+        if sleep is not None:
+            kwargs["sleep"] = sleep
+        store = PostgresStore(self.url, **kwargs)  # type: ignore[arg-type]
+        self.opened.append(store)
+        return store
+
+    def close(self) -> None:
+        for store in self.opened:
+            store.close()
+
+
+@pytest.fixture
+def factory(postgres_url: str) -> Iterator[PostgresFactory]:
+    made = PostgresFactory(postgres_url)
+    yield made
+    made.close()
+
+
+class TestPostgresStoreContract(StoreContract):
+    @pytest.fixture
+    def store_factory(self, factory: PostgresFactory) -> PostgresFactory:
+        return factory
+
+
+def _raw(url: str) -> psycopg.Connection:
+    conninfo, schema, _ = split_url(url)
+    return psycopg.connect(conninfo, autocommit=True, options=f"-c search_path={schema}")
+
+
+def test_the_audit_log_refuses_update_and_delete(factory: PostgresFactory) -> None:
+    store = factory()
+    store.commit([put("acme", "a")], [record("create", "acme", "a")], 0)
+    with _raw(factory.url) as conn:
+        for statement in ("UPDATE audit_log SET actor = 'mallory'", "DELETE FROM audit_log"):
+            with pytest.raises(psycopg.errors.RaiseException, match="append-only"):
+                conn.execute(statement)
+    assert [e.record.actor for e in store.history()] == ["alice"]
+
+
+def test_open_store_selects_postgres_and_hides_the_password(postgres_url: str) -> None:
+    store = open_store(postgres_url)
+    try:
+        assert isinstance(store, PostgresStore)
+        assert store.migrations() == [
+            "0001_live_state_and_audit_log",
+            "0002_events_and_deliveries",
+        ]
+    finally:
+        store.close()
+    assert shown_url("postgresql://u:secret@h:5432/db?x=1") == "postgresql://h:5432/db?x=1"
+
+
+def test_an_unreachable_server_is_one_clear_state_error() -> None:
+    with pytest.raises(StateError, match=r"cannot open the state at postgresql://127\.0\.0\.1:1/"):
+        PostgresStore("postgresql://postgres@127.0.0.1:1/test?connect_timeout=2")
+
+
+def test_processes_starting_at_once_migrate_once(postgres_url: str) -> None:
+    code = "import sys; from reconciler.store import open_store; open_store(sys.argv[1]).close()"
+    children = [
+        subprocess.Popen([sys.executable, "-c", code, postgres_url], cwd=REPO) for _ in range(4)
+    ]
+    assert [c.wait(timeout=SUBPROCESS_TIMEOUT) for c in children] == [0, 0, 0, 0]
+    with _raw(postgres_url) as conn:
+        names = [row[0] for row in conn.execute("SELECT name FROM schema_migrations")]
+    assert sorted(names) == ["0001_live_state_and_audit_log", "0002_events_and_deliveries"]
+
+
+def test_two_workers_never_claim_the_same_delivery(factory: PostgresFactory) -> None:
+    store = factory()
+    store.commit([put("acme", "a")], [], 0)
+    now = time.time()
+    store.add_events(
+        [EventRecord(f"e{i}", "new_rule_violation", "acme", "n", "d", "t") for i in range(50)], now
+    )
+    first, second = factory(), factory()
+    a = first.claim("one", 30, now, 60)
+    b = second.claim("two", 30, now, 60)
+    assert len(a) == 30 and len(b) == 20
+    assert not {c.delivery_id for c in a} & {c.delivery_id for c in b}
+
+
+def test_retries_do_not_starve_fresh_deliveries(factory: PostgresFactory) -> None:
+    from reconciler.store.queue import AttemptResult
+
+    store = factory()
+    store.commit([put("acme", "a")], [], 0)
+    now = time.time()
+    old = [EventRecord(f"old{i}", "new_rule_violation", "acme", "n", "d", "t") for i in range(20)]
+    store.add_events(old, now - 100)
+    claims = store.claim("w", 20, now - 100, 60)
+    store.finish(
+        [
+            AttemptResult(c.delivery_id, 1, now - 100, 1.0, "retry", status=500, next_due=now - 50)
+            for c in claims
+        ],
+        "w",
+        now - 99,
+    )
+    store.add_events([EventRecord("fresh", "new_rule_violation", "acme", "n", "d", "t")], now)
+    picked = store.claim("w", 4, now, 60)
+    assert "fresh" in {c.event.id for c in picked}
