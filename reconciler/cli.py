@@ -21,7 +21,7 @@ from reconciler.apply import ApplyOptions
 from reconciler.apply import apply as apply_changes
 from reconciler.errors import DefinitionsInvalid, PlanFileError, ReconcilerError
 from reconciler.export import export as export_state
-from reconciler.loader import LoadResult, load_definitions
+from reconciler.loader import LoadResult, definitions_root, load_definitions
 from reconciler.plan import DEFAULT_DELETE_SHARE, Plan, make_plan
 from reconciler.provenance import detect_actor, git_commit
 from reconciler.schema import webhook_schema_text
@@ -157,8 +157,31 @@ def _color() -> bool | None:
     return False if os.environ.get("NO_COLOR") else None
 
 
-def _plan_from_files(path: Path, store: Store, organization: str | None) -> Plan:
-    result = load_or_fail(path)
+def definitions_scope(path: Path, organization: str | None) -> str | None:
+    """The organization a plan covers: --org, or the organization folder given as PATH.
+
+    A plan of one file, or of a folder below an organization's, would plan the
+    deletion of every definition it does not see: refused.
+    """
+    if not path.exists():
+        raise ReconcilerError(f"{path}: no such file or folder")
+    if path.is_file():
+        raise ReconcilerError(
+            f"{path}: plan and apply take the definitions folder (or one organization's "
+            "folder), not a single file"
+        )
+    root = definitions_root(path)
+    if root == path:
+        return organization
+    parts = path.absolute().relative_to(root.absolute()).parts
+    if len(parts) != 1:
+        raise ReconcilerError(f"{path}: give the definitions folder or an organization's folder")
+    if organization is not None and organization != parts[0]:
+        raise ReconcilerError(f"--org {organization} contradicts the folder {path}")
+    return parts[0]
+
+
+def _plan_from_files(result: LoadResult, store: Store, organization: str | None) -> Plan:
     return make_plan(
         (d.spec for d in result.definitions),
         store.webhooks(organization),
@@ -212,9 +235,11 @@ def plan(
     Example:
       reconciler plan --format markdown --out plan.json --detailed-exitcode
     """
+    organization = definitions_scope(path, organization)
+    result = load_or_fail(path)
     store = open_store(state)
     try:
-        the_plan = _plan_from_files(path, store, organization)
+        the_plan = _plan_from_files(result, store, organization)
     finally:
         store.close()
     refusals = the_plan.refusals(allow_delete=False, force=False, delete_share=delete_share)
@@ -321,11 +346,12 @@ def apply(
         saved = _read_plan_file(plan_file)
         make: Callable[[], Plan] = lambda: saved  # noqa: E731
     else:
-        load_or_fail(path)  # report invalid definitions before taking the lock
+        organization = definitions_scope(path, organization)
+        result = load_or_fail(path)  # files are read once, before the lock is taken
     store = open_store(state)
     try:
         if plan_file is None:
-            make = lambda: _plan_from_files(path, store, organization)  # noqa: E731
+            make = lambda: _plan_from_files(result, store, organization)  # noqa: E731
 
         def show(the_plan: Plan, refusals: list[str]) -> None:
             click.echo(plan_report.text(the_plan, refusals, color=True), color=_color())
@@ -374,7 +400,7 @@ def history(
     Example:
       reconciler history slack-new-rule-violation --org acme
     """
-    store = open_store(state)
+    store = open_store(state, must_exist=True)
     try:
         entries = list(store.history(organization, name, limit))
     finally:
@@ -402,7 +428,7 @@ def export(folder: Path, state: str, organization: str | None) -> None:
     Example:
       reconciler export recovered.d && reconciler plan recovered.d
     """
-    store = open_store(state)
+    store = open_store(state, must_exist=True)
     try:
         written = export_state(store.webhooks(organization), folder)
     finally:

@@ -22,8 +22,8 @@ from reconciler.store import open_store
 from reconciler.store.queue import DeliveryRecord, QueueStore
 
 
-def _queue_store(state: str) -> QueueStore:
-    return open_store(state)  # type: ignore[return-value]
+def _queue_store(state: str, *, must_exist: bool = False) -> QueueStore:
+    return open_store(state, must_exist=must_exist)  # type: ignore[return-value]
 
 
 @cli.command("serve")
@@ -212,7 +212,7 @@ def list_command(
     Example:
       reconciler deliveries list --status failed
     """
-    store = _queue_store(state)
+    store = _queue_store(state, must_exist=True)
     try:
         records = store.deliveries(
             status=status,
@@ -243,7 +243,7 @@ def show_command(delivery_id: str, state: str, fmt: str) -> None:
     Example:
       reconciler deliveries show msg_0f4c...
     """
-    store = _queue_store(state)
+    store = _queue_store(state, must_exist=True)
     try:
         found = store.delivery(delivery_id)
     finally:
@@ -279,7 +279,7 @@ def replay_command(
         raise click.UsageError("give delivery ids or --failed, not both and not neither")
     if since is not None and not all_failed:
         raise click.UsageError("--since goes with --failed")
-    store = _queue_store(state)
+    store = _queue_store(state, must_exist=True)
     try:
         ids = list(delivery_ids)
         if all_failed:

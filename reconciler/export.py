@@ -14,7 +14,6 @@ from reconciler.model import WebhookSpec
 from reconciler.store.base import LiveWebhook
 
 _FIELD_ORDER = list(WebhookSpec.model_fields)
-MODELINE = "# yaml-language-server: $schema=https://reconciler.dev/schemas/webhook.schema.json\n"
 
 
 class _Dumper(yaml.SafeDumper):
@@ -44,7 +43,7 @@ def definition_yaml(spec: dict[str, Any]) -> str:
         # A string body reads back as JSON text, so write it as JSON text.
         ordered["body"] = json.dumps(ordered["body"], ensure_ascii=False)
     text = yaml.dump(ordered, Dumper=_Dumper, sort_keys=False, allow_unicode=True, width=100)
-    return MODELINE + text
+    return text
 
 
 def export(webhooks: Iterable[LiveWebhook], folder: Path) -> list[Path]:

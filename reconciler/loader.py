@@ -66,14 +66,13 @@ def find_files(path: Path) -> list[Path]:
 
 
 def definitions_root(path: Path) -> Path:
-    """The folder organizations are named under: PATH itself, or for a file the
-    nearest `webhooks.d` above it (else its folder)."""
-    if path.is_dir():
-        return path
-    for parent in path.parents:
-        if parent.name == "webhooks.d":
-            return parent
-    return path.parent
+    """The folder organizations are named under: the nearest `webhooks.d` at or above
+    PATH; else PATH itself when it is a folder, or a file's folder."""
+    absolute = path.absolute()
+    for candidate in (absolute, *absolute.parents):
+        if candidate.name == "webhooks.d":
+            return path if candidate == absolute else candidate
+    return path if path.is_dir() else path.parent
 
 
 def load_definitions(path: Path, *, check_env: bool = False) -> LoadResult:
@@ -289,7 +288,7 @@ def _duplicate_names(definitions: Iterable[Definition]) -> list[Problem]:
 
 
 def _folder_organization(file: Path, root: Path) -> str | None:
-    parts = file.relative_to(root).parts
+    parts = file.absolute().relative_to(root.absolute()).parts
     return parts[0] if len(parts) > 1 else None
 
 

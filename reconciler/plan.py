@@ -119,7 +119,8 @@ class Plan:
         if deletes and not allow_delete:
             reasons.append(
                 f"the plan deletes {len(deletes)} webhook{'s' if len(deletes) != 1 else ''}, "
-                "which cannot be recovered: re-run with --allow-delete"
+                "which cannot be recovered: re-run with --allow-delete (on a terminal, "
+                "typing 'delete' when asked also allows it)"
             )
         if deletes and not force:
             reasons.extend(self._mass_delete_reasons(delete_share))

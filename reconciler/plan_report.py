@@ -55,7 +55,7 @@ def _change_lines(change: Change) -> Iterator[tuple[str, str]]:
             if key in shown and key not in ("name", "organization"):
                 yield "", f"      {key}: {_value(shown[key])}"
     elif change.action == "update":
-        note = f"  (resumes: paused: {change.resumes})" if change.resumes else ""
+        note = f"  (resumes it; it was {change.resumes})" if change.resumes else ""
         yield "update", f"  ~ {change.name}{note}"
         for field_change in change.fields:
             yield "", f"      {field_line(field_change)}"
@@ -127,8 +127,14 @@ def markdown(plan: Plan, refusals: list[str]) -> str:
         out.append("")
         out.append("```diff")
         for change in changes:
+            # GitHub colours a diff block by each line's first character.
+            prefix = _DIFF_PREFIX[change.action]
             for style, line in _change_lines(change):
-                out.append(_DIFF_PREFIX.get(style, " ") + line[1:])
+                text_ = line.strip()
+                if style:
+                    out.append(f"{prefix} {text_[2:]}")
+                else:
+                    out.append(f"{prefix if change.action != 'update' else ' '}     {text_}")
         out.append("```")
         out.append("")
     if plan.drift:

@@ -708,12 +708,15 @@ def test_cli_empty_and_missing_folders_never_delete_without_force(project: Path)
     assert cli(project, "apply", "--auto-approve", "--actor", "a").returncode == 0
     before = state_snapshot(project)
     (project / "empty.d").mkdir()
-    for path in ("empty.d", "no-such.d"):
-        result = cli(project, "apply", path, "--auto-approve", "--allow-delete")
-        assert result.returncode == 1
-        assert "no definitions were found" in result.stdout  # among the refusals listed
-        assert result.stderr.startswith("error: ")
-        assert state_snapshot(project) == before
+    result = cli(project, "apply", "empty.d", "--auto-approve", "--allow-delete")
+    assert result.returncode == 1
+    assert "no definitions were found" in result.stdout  # among the refusals listed
+    assert result.stderr.startswith("error: ")
+    assert state_snapshot(project) == before
+    missing = cli(project, "apply", "no-such.d", "--auto-approve", "--allow-delete")
+    assert missing.returncode == 1
+    assert missing.stderr == "error: no-such.d: no such file or folder\n"
+    assert state_snapshot(project) == before
 
 
 # -- exit codes ----------------------------------------------------------------------------

@@ -171,7 +171,7 @@ def test_open_store_opens_sqlite_urls(tmp_path: Path) -> None:
 @pytest.mark.parametrize(
     ("url", "message"),
     [
-        ("postgresql://user:pw@db.example.com/reconciler", "PostgreSQL backend"),
+        ("postgresql://user:pw@127.0.0.1:1/reconciler", "cannot open the state"),
         ("mysql://db.example.com/x", "unknown state URL scheme 'mysql'"),
         ("state.db", "unknown state URL scheme"),
     ],

@@ -34,11 +34,19 @@ def state_url(explicit: str | None) -> str:
     return explicit or os.environ.get("RECONCILER_STATE") or DEFAULT_STATE
 
 
-def open_store(url: str) -> Store:
+def open_store(url: str, *, must_exist: bool = False) -> Store:
+    """Open the state; with must_exist, a missing SQLite file is an error rather than
+    a new empty state (for commands that only read)."""
     if url.startswith("sqlite:///"):
         from reconciler.store.sqlite import SqliteStore
 
-        return SqliteStore(Path(url.removeprefix("sqlite:///")))
+        path = Path(url.removeprefix("sqlite:///"))
+        if must_exist and not path.exists():
+            raise StateError(
+                f"no state at {path}: nothing was applied there yet (check --state or "
+                "RECONCILER_STATE)"
+            )
+        return SqliteStore(path)
     if url.startswith(("postgresql://", "postgres://")):
         try:
             import psycopg  # noqa: F401

@@ -289,9 +289,7 @@ class PostgresStore(PostgresQueue):
         with self._pool.connection() as conn:
             conn.autocommit = True
             try:
-                while not conn.execute(
-                    "SELECT pg_try_advisory_lock(%s)", (self._keys["apply"],)
-                ).fetchone()[0]:  # type: ignore[index]
+                while not self._try_lock(conn):
                     if self._clock() >= deadline:
                         row = conn.execute(
                             "SELECT holder, pid, host, acquired_at FROM locks WHERE name = 'apply'"
@@ -318,8 +316,46 @@ class PostgresStore(PostgresQueue):
             finally:
                 conn.autocommit = False
 
+    def _try_lock(self, conn: psycopg.Connection[Any]) -> bool:
+        key = self._keys["apply"]
+        if conn.execute("SELECT pg_try_advisory_lock(%s)", (key,)).fetchone()[0]:  # type: ignore[index]
+            return True
+        row = conn.execute("SELECT pid, host FROM locks WHERE name = 'apply'").fetchone()
+        if row is None or not _dead_here(*row):
+            return False
+        # The holder died on this host; its session is going or gone. Wait for the
+        # server to drop it, and end it if it lingers.
+        conn.execute("SET lock_timeout = '5s'")
+        try:
+            try:
+                conn.execute("SELECT pg_advisory_lock(%s)", (key,))
+            except psycopg.errors.LockNotAvailable:
+                conn.execute(
+                    "SELECT pg_terminate_backend(pid) FROM pg_locks "
+                    "WHERE locktype = 'advisory' AND objid = %s AND granted",
+                    (key,),
+                )
+                conn.execute("SELECT pg_advisory_lock(%s)", (key,))
+        except psycopg.errors.LockNotAvailable:
+            return False
+        finally:
+            conn.execute("RESET lock_timeout")
+        return True
+
     def close(self) -> None:
         self._pool.close()
+
+
+def _dead_here(pid: int, host: str) -> bool:
+    if host != socket.gethostname():
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return True
+    except PermissionError:
+        return False
+    return False
 
 
 def _reason(exc: Exception) -> str:
