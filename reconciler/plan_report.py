@@ -55,7 +55,7 @@ def _change_lines(change: Change) -> Iterator[tuple[str, str]]:
             if key in shown and key not in ("name", "organization"):
                 yield "", f"      {key}: {_value(shown[key])}"
     elif change.action == "update":
-        note = f"  (resumes it; it was {change.resumes})" if change.resumes else ""
+        note = f"  (resumes it; paused: {change.resumes})" if change.resumes else ""
         yield "update", f"  ~ {change.name}{note}"
         for field_change in change.fields:
             yield "", f"      {field_line(field_change)}"

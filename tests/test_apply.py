@@ -684,7 +684,7 @@ def test_cli_a_paused_webhook_shows_as_drift_and_apply_resumes_it(project: Path)
     planned = cli(project, "plan")
     assert "! acme/status-board-get" in planned.stdout
     assert "paused: HTTP 410 from the receiver" in planned.stdout
-    assert "~ status-board-get  (resumes: paused: HTTP 410 from the receiver)" in planned.stdout
+    assert "~ status-board-get  (resumes it; paused: HTTP 410 from the receiver)" in planned.stdout
     applied = cli(project, "apply", "--auto-approve", "--actor", "a")
     assert applied.returncode == 0, applied.stderr
     store = open_state(project)

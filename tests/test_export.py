@@ -354,10 +354,11 @@ def test_export_one_organization(applied: Path) -> None:
     assert "No changes" in planned.stdout
 
 
-def test_export_of_an_empty_state(tmp_path: Path) -> None:
+def test_export_of_a_state_that_does_not_exist_is_an_error(tmp_path: Path) -> None:
     result = run_cli(["export", "out.d"], tmp_path, env(tmp_path))
-    assert result.returncode == 0, result.stderr
-    assert result.stdout.strip() == "Exported 0 webhooks to out.d."
+    assert result.returncode == 1
+    assert result.stderr.startswith("error: no state at ")
+    assert not (tmp_path / "out.d").exists()
 
 
 @pytest.mark.parametrize("blocked", ["below-a-file", "organization-is-a-file"])

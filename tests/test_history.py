@@ -314,5 +314,16 @@ def test_the_actor_option_wins_over_ci_variables(tmp_path: Path) -> None:
 
 def test_history_of_a_new_state_is_empty(tmp_path: Path) -> None:
     env = cli_env(RECONCILER_STATE=sqlite_url(tmp_path / "s.db"))
+    assert run_cli(["migrate"], tmp_path, env).returncode == 0
     assert run_cli(["history"], tmp_path, env).stdout.strip() == "No history."
     assert json.loads(run_cli(["history", "--format", "json"], tmp_path, env).stdout) == []
+
+
+def test_history_of_a_state_that_does_not_exist_is_an_error_and_creates_nothing(
+    tmp_path: Path,
+) -> None:
+    env = cli_env(RECONCILER_STATE=sqlite_url(tmp_path / "typo" / "s.db"))
+    result = run_cli(["history"], tmp_path, env)
+    assert result.returncode == 1
+    assert result.stderr.startswith("error: no state at ")
+    assert not (tmp_path / "typo").exists()

@@ -205,7 +205,7 @@ def test_a_paused_webhook_is_drift_and_apply_resumes_it(store: SqliteStore) -> N
     (change,) = plan.changes
     assert (change.action, change.resumes, change.fields) == ("update", "HTTP 410 Gone", ())
     assert plan.unchanged == 0
-    assert "resumes: paused: HTTP 410 Gone" in plan_report.text(plan, [])
+    assert "resumes it; paused: HTTP 410 Gone" in plan_report.text(plan, [])
 
 
 def test_a_drifted_webhook_whose_file_was_removed_is_deleted(store: SqliteStore, db: Path) -> None:

@@ -16,6 +16,7 @@ from store_contract import StoreContract, put, record
 from reconciler.errors import StateError
 from reconciler.store import open_store
 from reconciler.store.postgres import PostgresStore, shown_url, split_url
+from reconciler.store.postgres_migrations import MIGRATIONS
 from reconciler.store.queue import EventRecord
 
 pytestmark = pytest.mark.postgres
@@ -83,6 +84,7 @@ def test_open_store_selects_postgres_and_hides_the_password(postgres_url: str) -
         assert store.migrations() == [
             "0001_live_state_and_audit_log",
             "0002_events_and_deliveries",
+            "0003_retry_schedule_restarts_on_replay",
         ]
     finally:
         store.close()
@@ -102,7 +104,7 @@ def test_processes_starting_at_once_migrate_once(postgres_url: str) -> None:
     assert [c.wait(timeout=SUBPROCESS_TIMEOUT) for c in children] == [0, 0, 0, 0]
     with _raw(postgres_url) as conn:
         names = [row[0] for row in conn.execute("SELECT name FROM schema_migrations")]
-    assert sorted(names) == ["0001_live_state_and_audit_log", "0002_events_and_deliveries"]
+    assert sorted(names) == [name for name, _ in MIGRATIONS]
 
 
 def test_two_workers_never_claim_the_same_delivery(factory: PostgresFactory) -> None:

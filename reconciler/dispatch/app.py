@@ -118,7 +118,10 @@ def _error(status: int, message: str) -> JSONResponse:
 
 
 class _BodyLimit:
-    """Refuse request bodies over `limit` bytes with 413, before they are read whole."""
+    """Refuse request bodies over `limit` bytes with 413, before the app reads them.
+
+    The body is read here (it is small, by the limit) and handed on as it came.
+    """
 
     def __init__(self, app: ASGIApp, limit: int) -> None:
         self.app = app
@@ -132,25 +135,24 @@ class _BodyLimit:
         if declared is not None and declared.isdigit() and int(declared) > self.limit:
             await _too_large(self.limit, send)
             return
-        seen = 0
-
-        async def limited() -> Message:
-            nonlocal seen
+        messages: list[Message] = []
+        size = 0
+        while True:
             message = await receive()
-            if message["type"] == "http.request":
-                seen += len(message.get("body", b""))
-                if seen > self.limit:
-                    raise _TooLarge
-            return message
+            messages.append(message)
+            if message["type"] != "http.request":
+                break
+            size += len(message.get("body", b""))
+            if size > self.limit:
+                await _too_large(self.limit, send)
+                return
+            if not message.get("more_body", False):
+                break
 
-        try:
-            await self.app(scope, limited, send)
-        except _TooLarge:
-            await _too_large(self.limit, send)
+        async def replay() -> Message:
+            return messages.pop(0) if messages else await receive()
 
-
-class _TooLarge(Exception):
-    pass
+        await self.app(scope, replay, send)
 
 
 async def _too_large(limit: int, send: Send) -> None:

@@ -41,18 +41,26 @@ class EventIn(BaseModel):
     @field_validator("time")
     @classmethod
     def _aware(cls, value: datetime | None) -> datetime | None:
-        if value is not None and value.tzinfo is None:
+        if value is None:
+            return value
+        if value.tzinfo is None:
             raise ValueError("time needs a time zone, e.g. 2026-11-29T21:22:42Z")
-        return value
+        try:
+            return value.astimezone(UTC)
+        except OverflowError:
+            raise ValueError("time is out of range once in UTC") from None
 
     @field_validator("name", "description")
     @classmethod
     def _unicode(cls, value: str) -> str:
-        # A lone surrogate (JSON's \\ud800) cannot be sent on; refuse it at the door.
+        # A lone surrogate (JSON's \\ud800) cannot be sent on, and NUL cannot be
+        # stored everywhere; refuse both at the door.
         try:
             value.encode("utf-8")
         except UnicodeEncodeError:
             raise ValueError("must be valid Unicode text") from None
+        if "\x00" in value:
+            raise ValueError("must not contain NUL characters")
         return value
 
     def record(self, now: datetime | None = None) -> EventRecord:

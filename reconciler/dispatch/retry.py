@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import random
+import re
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from email.utils import parsedate_to_datetime
@@ -14,6 +15,7 @@ from reconciler.model import RetryPolicy
 DEFAULT_SCHEDULE: tuple[float, ...] = (5, 300, 1800, 7200, 18000, 36000, 36000)
 DEFAULT_JITTER = 0.2
 RETRY_AFTER_CAP = 3600.0  # a receiver cannot push a retry further out than this
+_DELTA_SECONDS = re.compile(r"[0-9]{1,10}")
 
 
 @dataclass(frozen=True)
@@ -45,7 +47,7 @@ def parse_retry_after(value: str | None, now: float) -> float | None:
     if not value:
         return None
     value = value.strip()
-    if value.isdigit():
+    if _DELTA_SECONDS.fullmatch(value):
         return float(value)
     try:
         moment = parsedate_to_datetime(value)

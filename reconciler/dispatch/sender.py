@@ -47,6 +47,11 @@ async def send(client: httpx.AsyncClient, request: RenderedRequest, timeout: flo
         return _failure("retry", started, _scrub(f"connection failed: {exc}", request.url))
     except httpx.UnsupportedProtocol:
         return _failure("failed", started, "unsupported URL scheme")
+    except (httpx.InvalidURL, UnicodeError, ValueError) as exc:
+        # The request cannot be built (a control character in the URL, a header value
+        # outside Latin-1, a bad host label): no retry will change that.
+        kind = type(exc).__name__
+        return _failure("failed", started, f"the request cannot be sent as written ({kind})")
     except httpx.HTTPError as exc:
         detail = str(exc) or type(exc).__name__
         return _failure("retry", started, _scrub(f"transport error: {detail}", request.url))

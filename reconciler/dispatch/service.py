@@ -82,12 +82,25 @@ class Dispatcher:
                 results = await self.db.run(
                     self.db.store.add_events, [record for record, _ in batch], self.clock()
                 )
-            except Exception as exc:  # every waiter hears of it; none is left hanging
-                for _, future in batch:
-                    if not future.done():
-                        future.set_exception(exc)
+            except Exception:
+                # One bad event must not fail its neighbours: store them one by one,
+                # and let only the failing ones hear of it.
+                await self._store_one_by_one(batch)
                 continue
             for (_, future), result in zip(batch, results, strict=True):
+                if not future.done():
+                    future.set_result(result)
+
+    async def _store_one_by_one(
+        self, batch: list[tuple[EventRecord, asyncio.Future[IntakeResult]]]
+    ) -> None:
+        for record, future in batch:
+            try:
+                result = await self.db.run(self.db.store.add_event, record, self.clock())
+            except Exception as exc:
+                if not future.done():
+                    future.set_exception(exc)
+            else:
                 if not future.done():
                     future.set_result(result)
 

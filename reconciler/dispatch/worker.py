@@ -106,8 +106,11 @@ class Worker:
         """Claim what is due (of one event, if given), deliver it, record the outcomes;
         returns how many."""
         now = self.clock()
+        # No more than can be in flight at once: a claimed delivery waiting for a
+        # free slot would see its lease run out.
+        limit = min(self.settings.batch, self.settings.concurrency)
         claims = await self.db.run(
-            self.db.store.claim, self.owner, self.settings.batch, now, self._lease(), event_id
+            self.db.store.claim, self.owner, limit, now, self._lease(), event_id
         )
         if not claims:
             return 0
@@ -162,7 +165,19 @@ class Worker:
     async def _deliver(self, claim: Claim) -> AttemptResult:
         async with self._limit:
             started = self.clock()
-            result = await self._attempt(claim, started)
+            try:
+                result = await self._attempt(claim, started)
+            except Exception:  # a bug must fail one delivery, not stop the worker
+                log.exception("delivery %s failed unexpectedly", claim.delivery_id)
+                result = AttemptResult(
+                    claim.delivery_id,
+                    claim.attempt,
+                    started,
+                    0.0,
+                    "failed",
+                    error="internal error while sending; see the dispatcher's log",
+                    sent=False,
+                )
         log.info(
             "attempt delivery=%s webhook=%s/%s attempt=%d outcome=%s status=%s duration_ms=%.1f%s",
             claim.delivery_id,
@@ -195,19 +210,22 @@ class Worker:
             return unsent("cancelled", "cancelled: the webhook is disabled")
         if claim.paused_reason:
             return unsent("failed", f"the webhook is paused ({claim.paused_reason})")
+        if spec.event.value != claim.event.type:
+            return unsent(
+                "cancelled", f"cancelled: the webhook now fires on {spec.event.value} events"
+            )
+        timestamp = int(started)
         try:
             request = render(spec, _event_data(claim.event), self.env)
+            headers = {**request.headers, "webhook-id": claim.delivery_id}
+            headers["webhook-timestamp"] = str(timestamp)
             secrets = _signing_secrets(spec, self.env)
+            if secrets:
+                headers["webhook-signature"] = signature_header(
+                    secrets, claim.delivery_id, timestamp, request.body or b""
+                )
         except (RenderError, SigningSecretError) as exc:
             return unsent("failed", str(exc))
-        timestamp = int(started)
-        headers = {**request.headers, "webhook-id": claim.delivery_id}
-        headers["webhook-timestamp"] = str(timestamp)
-        if secrets:
-            body = request.body or b""
-            headers["webhook-signature"] = signature_header(
-                secrets, claim.delivery_id, timestamp, body
-            )
         timeout = parse_duration(spec.timeout) if spec.timeout else DEFAULT_TIMEOUT
         outcome = await send(
             self.client,
@@ -240,12 +258,13 @@ class Worker:
         if outcome.kind == "retry":
             now = self.clock()
             retry_after = parse_retry_after(outcome.retry_after, now)
-            delay = Backoff.from_policy(spec.retry).delay_after(
-                claim.attempt, self.rng, retry_after
-            )
+            backoff = Backoff.from_policy(spec.retry)
+            delay = backoff.delay_after(claim.retry_number, self.rng, retry_after)
             if delay is not None:
                 return AttemptResult(outcome="retry", next_due=now + delay, **common)
-            common["error"] = f"{outcome.error}; retries exhausted after {claim.attempt} attempts"
+            common["error"] = (
+                f"{outcome.error}; retries exhausted after {claim.retry_number} attempts"
+            )
         return AttemptResult(outcome="failed", **common)
 
     def _spec(self, text: str) -> WebhookSpec:

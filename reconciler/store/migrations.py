@@ -102,3 +102,10 @@ MIGRATIONS.append(
         ],
     )
 )
+
+MIGRATIONS.append(
+    (
+        "0003_retry_schedule_restarts_on_replay",
+        ["ALTER TABLE deliveries ADD COLUMN retry_base INTEGER NOT NULL DEFAULT 0"],
+    )
+)

@@ -97,4 +97,8 @@ MIGRATIONS: list[tuple[str, list[str]]] = [
             "CREATE INDEX attempts_by_delivery ON attempts (delivery_id)",
         ],
     ),
+    (
+        "0003_retry_schedule_restarts_on_replay",
+        ["ALTER TABLE deliveries ADD COLUMN retry_base INTEGER NOT NULL DEFAULT 0"],
+    ),
 ]

@@ -136,7 +136,7 @@ class PostgresQueue:
             )
             cur.execute(
                 "SELECT d.id, d.attempts, e.id, e.type, e.organization, e.name, e.description, "
-                "e.time, d.organization, d.webhook, w.spec, w.paused_reason "
+                "e.time, d.organization, d.webhook, w.spec, w.paused_reason, d.retry_base "
                 "FROM deliveries d JOIN events e ON e.id = d.event_id "
                 "LEFT JOIN webhooks w ON w.organization = d.organization AND w.name = d.webhook "
                 "WHERE d.id = ANY(%s)",
@@ -152,6 +152,7 @@ class PostgresQueue:
                 webhook=r[9],
                 spec=r[10],
                 paused_reason=r[11],
+                retry_number=r[1] - r[12] + 1,
             )
             for r in rows
         ]
@@ -346,8 +347,8 @@ class PostgresQueue:
         with self._tx() as cur:
             cur.execute(
                 "UPDATE deliveries SET status = 'pending', due_at = %s, updated_at = %s, "
-                "last_error = NULL WHERE id = ANY(%s) AND status IN ('failed', 'cancelled', "
-                "'delivered') RETURNING id",
+                "last_error = NULL, retry_base = attempts WHERE id = ANY(%s) AND status IN "
+                "('failed', 'cancelled', 'delivered') RETURNING id",
                 (now, now, list(delivery_ids)),
             )
             done = {row[0] for row in cur.fetchall()}

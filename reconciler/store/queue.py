@@ -51,6 +51,11 @@ class Claim:
     webhook: str
     spec: str | None  # the webhook's live definition now; None when it was deleted
     paused_reason: str | None
+    retry_number: int = 0  # this attempt's place in the retry schedule (from 1)
+
+    def __post_init__(self) -> None:
+        if not self.retry_number:
+            object.__setattr__(self, "retry_number", self.attempt)
 
 
 @dataclass(frozen=True)

@@ -135,7 +135,7 @@ class SqliteQueue:
             marks = ",".join("?" * len(ids))
             rows = db.execute(
                 "SELECT d.id, d.attempts, e.id, e.type, e.organization, e.name, e.description, "
-                "e.time, d.organization, d.webhook, w.spec, w.paused_reason "
+                "e.time, d.organization, d.webhook, w.spec, w.paused_reason, d.retry_base "
                 "FROM deliveries d JOIN events e ON e.id = d.event_id "
                 "LEFT JOIN webhooks w ON w.organization = d.organization AND w.name = d.webhook "
                 f"WHERE d.id IN ({marks})",
@@ -150,6 +150,7 @@ class SqliteQueue:
                 webhook=r[9],
                 spec=r[10],
                 paused_reason=r[11],
+                retry_number=r[1] - r[12] + 1,
             )
             for r in rows
         ]
@@ -332,8 +333,8 @@ class SqliteQueue:
             for delivery_id in delivery_ids:
                 changed = db.execute(
                     "UPDATE deliveries SET status = 'pending', due_at = ?, updated_at = ?, "
-                    "last_error = NULL WHERE id = ? AND status IN ('failed', 'cancelled', "
-                    "'delivered')",
+                    "last_error = NULL, retry_base = attempts WHERE id = ? AND status IN "
+                    "('failed', 'cancelled', 'delivered')",
                     (now, now, delivery_id),
                 ).rowcount
                 if changed:

@@ -1,0 +1,629 @@
+"""The delivery queue's contract: intake, claims under a lease, outcomes, replay.
+
+`QueueContract` uses only the queue's methods and the Store protocol (commit,
+webhooks, history), so every backend runs these very tests: SQLite on a file,
+PostgreSQL on the real server (marker `postgres`). Times are injected (`now`), never
+read from a clock: a lease expires because a test says so.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from store_contract import StoreFactory, put
+
+from reconciler.store.base import Write
+from reconciler.store.queue import (
+    AttemptResult,
+    Claim,
+    DeliveryRecord,
+    EventRecord,
+    IntakeResult,
+)
+from reconciler.store.sqlite import SqliteStore
+
+NOW = 1_000.0
+LEASE = 90.0
+DELETED = "cancelled: the webhook was deleted by apply"
+
+
+def event(event_id: str, organization: str = "acme", **fields: str) -> EventRecord:
+    values = {
+        "type": "new_rule_violation",
+        "name": "no-public-s3",
+        "description": "bucket logs is public",
+        "time": "2026-11-29T21:22:42Z",
+    }
+    values.update(fields)
+    return EventRecord(id=event_id, organization=organization, **values)
+
+
+def result(claim: Claim | str, outcome: str, **fields: Any) -> AttemptResult:
+    delivery_id = claim if isinstance(claim, str) else claim.delivery_id
+    number = 1 if isinstance(claim, str) else claim.attempt
+    values: dict[str, Any] = {"started_at": NOW, "duration_ms": 12.5}
+    values.update(fields)
+    return AttemptResult(delivery_id, number, outcome=outcome, **values)  # type: ignore[arg-type]
+
+
+def commit(store: Any, *writes: Write) -> int:
+    return store.commit(list(writes), [], expected_serial=store.state().serial)
+
+
+def by_webhook(records: list[DeliveryRecord]) -> dict[str, DeliveryRecord]:
+    return {r.webhook: r for r in records}
+
+
+class QueueContract:
+    """Subclass as `Test<Backend>QueueContract` and override `store_factory`."""
+
+    @pytest.fixture
+    def store_factory(self) -> StoreFactory:
+        raise NotImplementedError("a backend's test module provides store_factory")
+
+    @pytest.fixture
+    def store(self, store_factory: StoreFactory) -> Any:
+        made = store_factory()
+        commit(made, put("acme", "a"), put("acme", "b"))
+        return made
+
+    def one(self, store: Any, event_id: str = "evt-1", now: float = NOW) -> DeliveryRecord:
+        """Queue an event for acme/a alone (b is taken away) and return its delivery."""
+        if any(w.name == "b" for w in store.webhooks("acme")):
+            commit(store, Write("delete", "acme", "b"))
+        store.add_event(event(event_id), now)
+        (record,) = store.deliveries(event_id=event_id)
+        return record
+
+    # -- intake -------------------------------------------------------------------
+
+    def test_an_event_queues_one_pending_delivery_per_matching_enabled_webhook(
+        self, store: Any
+    ) -> None:
+        commit(
+            store,
+            put("acme", "off", enabled=False),
+            put("acme", "surplus", event="reserved_instance_surplus"),
+            put("acme", "paused"),
+            put("globex", "a"),
+        )
+        store.pause("acme", "paused", "HTTP 410", actor="dispatcher")
+
+        got = store.add_event(event("evt-1"), NOW)
+
+        assert got == IntakeResult("evt-1", 2, duplicate=False)
+        assert got.as_json() == {"event_id": "evt-1", "deliveries": 2, "duplicate": False}
+        records = store.deliveries(event_id="evt-1")
+        assert sorted(r.webhook for r in records) == ["a", "b"]
+        for r in records:
+            assert r.id.startswith("msg_")
+            assert (r.event_id, r.event_type, r.organization) == (
+                "evt-1",
+                "new_rule_violation",
+                "acme",
+            )
+            assert (r.status, r.attempts, r.due_at) == ("pending", 0, NOW)
+            assert (r.created_at, r.updated_at) == (NOW, NOW)
+            assert (r.last_status, r.last_error) == (None, None)
+        assert len({r.id for r in records}) == 2
+        assert store.event("evt-1") == event("evt-1")
+
+    def test_other_event_types_and_organizations_do_not_match(self, store: Any) -> None:
+        commit(store, put("globex", "g", event="reserved_instance_deficit"))
+        assert store.add_event(event("e1", type="reserved_instance_surplus"), NOW).deliveries == 0
+        assert store.add_event(event("e2", "initech"), NOW).deliveries == 0
+        assert store.add_event(event("e3", "globex"), NOW).deliveries == 0
+        got = store.add_event(event("e4", "globex", type="reserved_instance_deficit"), NOW)
+        assert got.deliveries == 1
+        assert [r.webhook for r in store.deliveries(event_id="e4")] == ["g"]
+        # an event that matched nothing is still stored (and so still deduplicated)
+        assert store.event("e2") == event("e2", "initech")
+        assert store.deliveries(event_id="e2") == []
+
+    def test_the_same_event_id_twice_queues_nothing_new(self, store: Any) -> None:
+        first = store.add_event(event("evt-1"), NOW)
+        commit(store, put("acme", "c"))  # would match now, but the event was seen
+        again = store.add_event(event("evt-1", name="something else"), NOW + 5)
+        assert first == IntakeResult("evt-1", 2, duplicate=False)
+        assert again == IntakeResult("evt-1", 2, duplicate=True)
+        assert len(store.deliveries(event_id="evt-1")) == 2
+        assert store.event("evt-1") == event("evt-1")  # the first one is kept
+
+    def test_add_events_takes_many_events_in_one_go(self, store: Any) -> None:
+        store.add_event(event("seen"), NOW)
+        results = store.add_events(
+            [
+                event("e1"),
+                event("seen"),  # stored before
+                event("g1", "globex"),
+                event("e1", name="again"),  # twice in one batch
+                event("s1", type="reserved_instance_surplus"),
+            ],
+            NOW + 1,
+        )
+        assert results == [
+            IntakeResult("e1", 2, duplicate=False),
+            IntakeResult("seen", 2, duplicate=True),
+            IntakeResult("g1", 0, duplicate=False),
+            IntakeResult("e1", 2, duplicate=True),
+            IntakeResult("s1", 0, duplicate=False),
+        ]
+        assert len(store.deliveries(event_id="e1")) == 2
+        assert len(store.deliveries(event_id="seen")) == 2
+        assert store.event("e1") == event("e1")
+        assert {r.due_at for r in store.deliveries(event_id="e1")} == {NOW + 1}
+        assert store.add_events([], NOW) == []
+
+    def test_event_values_are_stored_verbatim(self, store: Any) -> None:
+        hostile = 'say "hi" \\ back\nslash {{time}} ${env:SECRET} é 🚀 \u2028 \t'
+        sent = event("evt-odd", name=hostile, description=hostile)
+        store.add_event(sent, NOW)
+        assert store.event("evt-odd") == sent
+        assert store.event("unknown") is None
+
+    # -- claims -------------------------------------------------------------------
+
+    def test_claim_takes_due_deliveries_with_what_is_needed_to_send_them(self, store: Any) -> None:
+        store.add_event(event("now"), NOW)
+        store.add_event(event("later"), NOW + 60)
+
+        claims = store.claim("w1", 10, NOW + 1, LEASE)
+
+        assert sorted((c.event.id, c.webhook) for c in claims) == [("now", "a"), ("now", "b")]
+        live = {w.name: w for w in store.webhooks("acme")}
+        for c in claims:
+            assert c.attempt == 1
+            assert c.event == event("now")
+            assert c.organization == "acme"
+            assert c.spec == live[c.webhook].spec
+            assert c.paused_reason is None
+        states = {r.id: r.status for r in store.deliveries()}
+        assert sorted(states.values()) == ["in_flight", "in_flight", "pending", "pending"]
+        assert {states[c.delivery_id] for c in claims} == {"in_flight"}
+        assert store.claim("w2", 10, NOW + 1, LEASE) == []
+        assert len(store.claim("w2", 10, NOW + 60, LEASE)) == 2
+
+    def test_claim_takes_at_most_limit(self, store: Any) -> None:
+        for n in range(3):
+            store.add_event(event(f"e{n}"), NOW + n)
+        first = store.claim("w1", 4, NOW + 10, LEASE)
+        second = store.claim("w2", 4, NOW + 10, LEASE)
+        assert (len(first), len(second)) == (4, 2)
+        assert not {c.delivery_id for c in first} & {c.delivery_id for c in second}
+        assert store.claim("w3", 4, NOW + 10, LEASE) == []
+
+    def test_a_leased_delivery_goes_to_no_one_else_until_the_lease_expires(
+        self, store: Any, store_factory: StoreFactory
+    ) -> None:
+        record = self.one(store)
+        other = store_factory()  # another process sharing the queue
+        (mine,) = store.claim("w1", 10, NOW, LEASE)
+        assert mine.delivery_id == record.id
+
+        assert other.claim("w2", 10, NOW + LEASE - 1, LEASE) == []
+        assert store.claim("w1", 10, NOW + LEASE - 1, LEASE) == []  # not twice to one owner
+        assert other.claim("w2", 10, NOW + LEASE - 1, LEASE, event_id="evt-1") == []
+
+        (theirs,) = other.claim("w2", 10, NOW + LEASE, LEASE)
+        assert theirs.delivery_id == record.id
+        assert theirs.attempt == 1  # no attempt was recorded by the first owner
+
+        # the first owner's late result is ignored; the new owner's counts
+        assert store.finish([result(mine, "delivered", status=200)], "w1", NOW + 100) == 0
+        assert other.finish([result(theirs, "delivered", status=200)], "w2", NOW + 101) == 1
+        found, attempts = store.delivery(record.id)
+        assert found.status == "delivered"
+        assert found.attempts == 1
+        assert len(attempts) == 1
+
+    def test_two_connections_never_claim_the_same_delivery(
+        self, store: Any, store_factory: StoreFactory
+    ) -> None:
+        for n in range(5):
+            store.add_event(event(f"e{n}"), NOW)
+        other = store_factory()
+        taken: list[str] = []
+        for turn in range(12):
+            claimer = (store, other)[turn % 2]
+            taken += [c.delivery_id for c in claimer.claim(f"w{turn % 2}", 1, NOW, LEASE)]
+        assert len(taken) == 10
+        assert len(set(taken)) == 10
+
+    def test_workers_claiming_at_once_never_share_a_delivery(
+        self, store: Any, store_factory: StoreFactory
+    ) -> None:
+        for n in range(20):
+            store.add_event(event(f"e{n}"), NOW)
+        connections = [store_factory() for _ in range(4)]
+        taken: list[list[str]] = [[] for _ in connections]
+
+        def work(index: int) -> None:
+            while claims := connections[index].claim(f"w{index}", 3, NOW, LEASE):
+                taken[index] += [c.delivery_id for c in claims]
+
+        threads = [threading.Thread(target=work, args=(i,)) for i in range(len(connections))]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join(timeout=60)
+        every = [delivery for mine in taken for delivery in mine]
+        assert len(every) == 40
+        assert len(set(every)) == 40
+
+    def test_claim_with_an_event_id_takes_only_that_events_deliveries(self, store: Any) -> None:
+        store.add_event(event("mine"), NOW)
+        store.add_event(event("other"), NOW)
+        claims = store.claim("cli", 10, NOW, LEASE, event_id="mine")
+        assert sorted(c.webhook for c in claims) == ["a", "b"]
+        assert {c.event.id for c in claims} == {"mine"}
+        assert store.claim("cli", 10, NOW, LEASE, event_id="mine") == []
+        # ...and its deliveries whose lease ran out
+        again = store.claim("cli-2", 10, NOW + LEASE, LEASE, event_id="mine")
+        assert sorted(c.delivery_id for c in again) == sorted(c.delivery_id for c in claims)
+        assert {r.status for r in store.deliveries(event_id="other")} == {"pending"}
+
+    def test_claim_with_an_event_id_leaves_a_retry_that_is_not_due(self, store: Any) -> None:
+        self.one(store)
+        (claim,) = store.claim("w1", 10, NOW, LEASE)
+        store.finish([result(claim, "retry", status=500, next_due=NOW + 300)], "w1", NOW)
+        assert store.claim("cli", 10, NOW + 1, LEASE, event_id="evt-1") == []
+        assert len(store.claim("cli", 10, NOW + 300, LEASE, event_id="evt-1")) == 1
+
+    def test_a_claim_sees_the_live_definition_as_it_is_now(self, store: Any) -> None:
+        self.one(store)
+        commit(store, put("acme", "a", url="https://new.example.com/a"))
+        (claim,) = store.claim("w1", 10, NOW, LEASE)
+        assert claim.spec is not None
+        assert '"url":"https://new.example.com/a"' in claim.spec
+
+    # -- outcomes -----------------------------------------------------------------
+
+    def test_delivered(self, store: Any) -> None:
+        record = self.one(store)
+        (claim,) = store.claim("w1", 10, NOW, LEASE)
+        done = result(
+            claim,
+            "delivered",
+            status=204,
+            response_headers={"server": "x"},
+            response_excerpt="ok",
+        )
+        assert store.finish([done], "w1", NOW + 2) == 1
+        found, attempts = store.delivery(record.id)
+        assert (found.status, found.attempts, found.due_at) == ("delivered", 1, None)
+        assert (found.last_status, found.last_error, found.updated_at) == (204, None, NOW + 2)
+        (attempt,) = attempts
+        assert attempt.as_json() == {
+            "number": 1,
+            "started_at": NOW,
+            "duration_ms": 12.5,
+            "outcome": "delivered",
+            "status": 204,
+            "response_headers": {"server": "x"},
+            "response_excerpt": "ok",
+            "error": None,
+        }
+        assert store.claim("w1", 10, NOW + 10_000, LEASE) == []
+
+    def test_retry_makes_it_pending_until_its_next_due_time(self, store: Any) -> None:
+        record = self.one(store)
+        (claim,) = store.claim("w1", 10, NOW, LEASE)
+        retry = result(claim, "retry", status=503, error="HTTP 503", next_due=NOW + 300)
+        store.finish([retry], "w1", NOW + 1)
+        found, _ = store.delivery(record.id)
+        assert (found.status, found.attempts, found.due_at) == ("pending", 1, NOW + 300)
+        assert (found.last_status, found.last_error) == (503, "HTTP 503")
+        assert store.claim("w1", 10, NOW + 299, LEASE) == []
+        (again,) = store.claim("w2", 10, NOW + 300, LEASE)
+        assert again.delivery_id == record.id
+        assert again.attempt == 2
+
+    def test_failed(self, store: Any) -> None:
+        record = self.one(store)
+        (claim,) = store.claim("w1", 10, NOW, LEASE)
+        store.finish([result(claim, "failed", status=404, error="HTTP 404")], "w1", NOW)
+        found, attempts = store.delivery(record.id)
+        assert (found.status, found.attempts, found.due_at) == ("failed", 1, None)
+        assert (found.last_status, found.last_error) == (404, "HTTP 404")
+        assert [a.outcome for a in attempts] == ["failed"]
+        assert store.claim("w1", 10, NOW + 10_000, LEASE) == []
+
+    def test_an_unsent_outcome_records_an_attempt_without_counting_it(self, store: Any) -> None:
+        record = self.one(store)
+        (claim,) = store.claim("w1", 10, NOW, LEASE)
+        unsent = result(
+            claim, "cancelled", duration_ms=0.0, error="cancelled: disabled", sent=False
+        )
+        store.finish([unsent], "w1", NOW)
+        found, attempts = store.delivery(record.id)
+        assert (found.status, found.attempts, found.last_error) == (
+            "cancelled",
+            0,
+            "cancelled: disabled",
+        )
+        assert [(a.outcome, a.status, a.error) for a in attempts] == [
+            ("cancelled", None, "cancelled: disabled")
+        ]
+
+    def test_results_for_deliveries_not_leased_by_the_owner_are_ignored(self, store: Any) -> None:
+        store.add_event(event("evt-1"), NOW)
+        a, b = sorted(store.claim("w1", 10, NOW, LEASE), key=lambda c: c.webhook)
+        # another owner's result, and one for a delivery nobody holds
+        assert store.finish([result(a, "delivered", status=200)], "intruder", NOW) == 0
+        assert store.finish([result("msg_unknown", "delivered", status=200)], "w1", NOW) == 0
+        assert store.finish([result(b, "failed", status=400)], "w1", NOW) == 1
+        # a finished delivery takes no second result, even from its owner
+        assert store.finish([result(b, "delivered", status=200)], "w1", NOW) == 0
+        found_a, attempts_a = store.delivery(a.delivery_id)
+        found_b, attempts_b = store.delivery(b.delivery_id)
+        assert (found_a.status, attempts_a) == ("in_flight", [])
+        assert (found_b.status, [x.outcome for x in attempts_b]) == ("failed", ["failed"])
+
+    def test_finish_records_several_results_at_once(self, store: Any) -> None:
+        store.add_event(event("evt-1"), NOW)
+        claims = store.claim("w1", 10, NOW, LEASE)
+        outcomes = {"a": "delivered", "b": "failed"}
+        done = [result(c, outcomes[c.webhook], status=200) for c in claims]
+        assert store.finish(done, "w1", NOW) == 2
+        assert {w: r.status for w, r in by_webhook(store.deliveries()).items()} == outcomes
+
+    def test_a_pause_with_the_result_pauses_the_webhook_as_drift(self, store: Any) -> None:
+        store.add_event(event("evt-1"), NOW)
+        serial = store.state().serial
+        a = next(c for c in store.claim("w1", 10, NOW, LEASE) if c.webhook == "a")
+        gone = result(
+            a, "failed", status=410, error="HTTP 410 Gone", pause_webhook="HTTP 410 on msg_x"
+        )
+        store.finish([gone], "w1", NOW)
+
+        live = {w.name: w for w in store.webhooks("acme")}
+        assert live["a"].paused_reason == "HTTP 410 on msg_x"
+        assert live["a"].drifted
+        assert live["b"].paused_reason is None
+        assert store.state().serial == serial + 1  # a saved plan is now stale
+        (entry,) = list(store.history(name="a"))
+        assert (entry.record.action, entry.record.organization) == ("pause", "acme")
+        assert (entry.record.actor, entry.record.note) == ("dispatcher", "HTTP 410 on msg_x")
+        # a paused webhook takes no new deliveries; claims show the pause
+        assert store.add_event(event("evt-2"), NOW).deliveries == 1
+        assert [r.webhook for r in store.deliveries(event_id="evt-2")] == ["b"]
+
+    def test_a_claim_of_a_paused_webhooks_delivery_carries_the_reason(self, store: Any) -> None:
+        self.one(store)
+        store.pause("acme", "a", "HTTP 410", actor="dispatcher")
+        (claim,) = store.claim("w1", 10, NOW, LEASE)
+        assert claim.paused_reason == "HTTP 410"
+
+    # -- giving deliveries back ----------------------------------------------------
+
+    def test_release_gives_back_what_the_owner_holds_due_at_once(self, store: Any) -> None:
+        store.add_event(event("mine"), NOW)
+        store.add_event(event("theirs"), NOW)
+        store.claim("w1", 10, NOW, LEASE, event_id="mine")
+        store.claim("w2", 10, NOW, LEASE, event_id="theirs")
+
+        assert store.release("w1", NOW + 5) == 2
+        mine = store.deliveries(event_id="mine")
+        assert {(r.status, r.due_at, r.attempts) for r in mine} == {("pending", NOW + 5, 0)}
+        assert {r.status for r in store.deliveries(event_id="theirs")} == {"in_flight"}
+        assert store.release("w1", NOW + 5) == 0
+        # due at once, for anyone, long before w1's lease would have run out
+        assert len(store.claim("w3", 10, NOW + 5, LEASE)) == 2
+
+    def test_release_dead_gives_back_only_dead_owners_deliveries(self, store: Any) -> None:
+        for owner in ("dead", "alive"):
+            store.add_event(event(owner), NOW)
+            store.claim(owner, 10, NOW, LEASE, event_id=owner)
+        asked: list[str] = []
+
+        def alive(owner: str) -> bool:
+            asked.append(owner)
+            return owner == "alive"
+
+        assert store.release_dead(alive, NOW + 1) == 2
+        assert sorted(set(asked)) == ["alive", "dead"]
+        assert {(r.status, r.due_at) for r in store.deliveries(event_id="dead")} == {
+            ("pending", NOW + 1)
+        }
+        assert {r.status for r in store.deliveries(event_id="alive")} == {"in_flight"}
+        assert store.release_dead(lambda _owner: True, NOW + 2) == 0
+
+    # -- replay -------------------------------------------------------------------
+
+    @pytest.mark.parametrize("outcome", ["failed", "cancelled", "delivered"])
+    def test_replay_of_a_finished_delivery_keeps_its_id_and_makes_it_due(
+        self, store: Any, outcome: str
+    ) -> None:
+        record = self.one(store)
+        (claim,) = store.claim("w1", 10, NOW, LEASE)
+        store.finish([result(claim, outcome, status=500, error="boom")], "w1", NOW)
+
+        assert store.replay([record.id], NOW + 50) == [record.id]
+
+        found, attempts = store.delivery(record.id)
+        assert (found.id, found.status, found.due_at) == (record.id, "pending", NOW + 50)
+        assert found.last_error is None
+        assert len(attempts) == 1  # the log of what happened before is kept
+        (again,) = store.claim("w1", 10, NOW + 50, LEASE)
+        assert again.delivery_id == record.id
+        assert again.attempt == 2
+
+    def test_replay_refuses_queued_deliveries_and_unknown_ids(self, store: Any) -> None:
+        store.add_event(event("evt-1"), NOW)
+        a, b = sorted(store.deliveries(event_id="evt-1"), key=lambda r: r.webhook)
+        store.claim("w1", 1, NOW, LEASE)
+        statuses = {r.status for r in store.deliveries(event_id="evt-1")}
+        assert statuses == {"pending", "in_flight"}
+        assert store.replay([a.id, b.id, "msg_unknown"], NOW) == []
+        after = {r.id: (r.status, r.due_at) for r in store.deliveries(event_id="evt-1")}
+        assert sorted(s for s, _ in after.values()) == ["in_flight", "pending"]
+
+    def test_replay_of_several_returns_those_replayed(self, store: Any) -> None:
+        store.add_event(event("evt-1"), NOW)
+        claims = sorted(store.claim("w1", 10, NOW, LEASE), key=lambda c: c.webhook)
+        store.finish([result(claims[0], "failed", status=400)], "w1", NOW)
+        ids = [c.delivery_id for c in claims]
+        assert store.replay(ids, NOW) == [ids[0]]
+
+    # -- deletes through apply -----------------------------------------------------
+
+    def test_deleting_a_webhook_cancels_its_queued_deliveries(self, store: Any) -> None:
+        commit(store, put("acme", "c"))
+        store.add_event(event("e1"), NOW)
+        store.add_event(event("e2"), NOW + 1)
+        done = next(c for c in store.claim("w1", 10, NOW, LEASE, "e1") if c.webhook == "a")
+        store.finish([result(done, "delivered", status=200)], "w1", NOW)
+        held = next(c for c in store.claim("w1", 10, NOW + 1, LEASE, "e2") if c.webhook == "a")
+
+        commit(store, Write("delete", "acme", "a"))
+
+        rows = {(r.event_id, r.webhook): r for r in store.deliveries()}
+        assert rows["e1", "a"].status == "delivered"  # history stays as it was
+        cancelled = rows["e2", "a"]
+        assert (cancelled.status, cancelled.due_at) == ("cancelled", None)
+        assert cancelled.last_error is not None
+        assert "deleted" in cancelled.last_error
+        for key in (("e1", "b"), ("e1", "c"), ("e2", "b"), ("e2", "c")):
+            assert rows[key].status in ("pending", "in_flight"), key
+        # the worker that held it is too late to record anything
+        assert store.finish([result(held, "delivered", status=200)], "w1", NOW + 2) == 0
+        assert store.delivery(held.delivery_id)[0].status == "cancelled"
+
+    def test_a_pending_delivery_of_a_deleted_webhook_is_cancelled_with_the_reason(
+        self, store: Any
+    ) -> None:
+        record = self.one(store)
+        commit(store, Write("delete", "acme", "a"))
+        found, attempts = store.delivery(record.id)
+        assert (found.status, found.last_error, attempts) == ("cancelled", DELETED, [])
+        assert store.claim("w1", 10, NOW + 10_000, LEASE) == []
+
+    # -- reading the log -------------------------------------------------------------
+
+    def test_deliveries_filter_and_limit_newest_first(self, store: Any) -> None:
+        commit(store, put("globex", "a"))
+        store.add_event(event("e1"), NOW)
+        store.add_event(event("e2"), NOW + 10)
+        store.add_event(event("g1", "globex"), NOW + 20)
+        (claim,) = store.claim("w1", 1, NOW, LEASE, event_id="e1")
+        store.finish([result(claim, "failed", status=404)], "w1", NOW + 30)
+
+        everything = store.deliveries()
+        assert len(everything) == 5
+        created = [r.created_at for r in everything]
+        assert created == sorted(created, reverse=True)
+
+        assert [r.id for r in store.deliveries(status="failed")] == [claim.delivery_id]
+        assert {r.organization for r in store.deliveries(organization="globex")} == {"globex"}
+        assert len(store.deliveries(organization="acme")) == 4
+        assert len(store.deliveries(webhook="a")) == 3
+        assert len(store.deliveries(organization="acme", webhook="a")) == 2
+        assert {r.event_id for r in store.deliveries(event_id="e2")} == {"e2"}
+        assert len(store.deliveries(event_id="e2")) == 2
+        assert store.deliveries(status="delivered") == []
+        assert store.deliveries(organization="initech") == []
+        # since: changed at or after that time
+        assert {r.event_id for r in store.deliveries(since=NOW + 20)} == {"g1", "e1"}
+        assert [r.id for r in store.deliveries(since=NOW + 30)] == [claim.delivery_id]
+        assert len(store.deliveries(limit=2)) == 2
+        assert [r.event_id for r in store.deliveries(limit=1)] == ["g1"]
+        assert store.deliveries(status="failed", organization="globex") == []
+
+    def test_queue_counts_by_status(self, store: Any) -> None:
+        assert store.queue_counts() == {}
+        store.add_event(event("e1"), NOW)
+        store.add_event(event("e2"), NOW)
+        (claim,) = store.claim("w1", 1, NOW, LEASE, event_id="e1")
+        store.finish([result(claim, "delivered", status=200)], "w1", NOW)
+        store.claim("w1", 1, NOW, LEASE, event_id="e2")
+        assert store.queue_counts() == {"delivered": 1, "in_flight": 1, "pending": 2}
+
+    def test_delivery_returns_every_attempt_in_order(self, store: Any) -> None:
+        record = self.one(store)
+        now = NOW
+        for number, (outcome, status) in enumerate(
+            [("retry", 500), ("retry", 429), ("delivered", 200)], start=1
+        ):
+            (claim,) = store.claim("w1", 10, now, LEASE)
+            assert claim.attempt == number
+            store.finish(
+                [
+                    result(
+                        claim,
+                        outcome,
+                        started_at=now,
+                        status=status,
+                        error=None if status == 200 else f"HTTP {status}",
+                        next_due=now + 10 if outcome == "retry" else None,
+                    )
+                ],
+                "w1",
+                now,
+            )
+            now += 10
+        found, attempts = store.delivery(record.id)
+        assert found.attempts == 3
+        assert found.status == "delivered"
+        assert [(a.number, a.outcome, a.status) for a in attempts] == [
+            (1, "retry", 500),
+            (2, "retry", 429),
+            (3, "delivered", 200),
+        ]
+        assert [a.started_at for a in attempts] == [NOW, NOW + 10, NOW + 20]
+        assert [a.error for a in attempts] == ["HTTP 500", "HTTP 429", None]
+        assert found.as_json()["attempts"] == 3
+        assert store.delivery("msg_unknown") is None
+
+
+class SqliteFactory:
+    """Opens connections to one state file; closes them all at teardown."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self.url = f"sqlite:///{path}"
+        self.opened: list[SqliteStore] = []
+
+    def __call__(self, **kwargs: Any) -> SqliteStore:
+        store = SqliteStore(self.path, **kwargs)
+        self.opened.append(store)
+        return store
+
+    def close(self) -> None:
+        for store in self.opened:
+            store.close()
+
+
+class TestSqliteQueueContract(QueueContract):
+    @pytest.fixture
+    def store_factory(self, tmp_path: Path) -> Iterator[SqliteFactory]:
+        made = SqliteFactory(tmp_path / "state.db")
+        yield made
+        made.close()
+
+
+class PostgresFactory(SqliteFactory):
+    """Opens connections to one PostgreSQL state (a schema of its own)."""
+
+    def __init__(self, url: str) -> None:
+        self.url = url
+        self.opened: list[Any] = []
+
+    def __call__(self, **kwargs: Any) -> Any:
+        from reconciler.store.postgres import PostgresStore
+
+        store = PostgresStore(self.url, **kwargs)
+        self.opened.append(store)
+        return store
+
+
+@pytest.mark.postgres
+class TestPostgresQueueContract(QueueContract):
+    @pytest.fixture
+    def store_factory(self, postgres_url: str) -> Iterator[PostgresFactory]:
+        made = PostgresFactory(postgres_url)
+        yield made
+        made.close()
