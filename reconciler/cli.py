@@ -10,18 +10,21 @@ from __future__ import annotations
 import json
 import os
 import sys
+import time
 from collections.abc import Callable
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 import click
 
-from reconciler import __version__, history_report, plan_report
+from reconciler import __version__, history_report, plan_report, preview
 from reconciler.apply import ApplyOptions
 from reconciler.apply import apply as apply_changes
 from reconciler.errors import DefinitionsInvalid, PlanFileError, ReconcilerError
 from reconciler.export import export as export_state
 from reconciler.loader import LoadResult, definitions_root, load_definitions
+from reconciler.model import Event
 from reconciler.plan import DEFAULT_DELETE_SHARE, Plan, make_plan
 from reconciler.provenance import detect_actor, git_commit
 from reconciler.schema import webhook_schema_text
@@ -137,6 +140,96 @@ def schema() -> None:
       reconciler schema > schemas/webhook.schema.json
     """
     click.echo(webhook_schema_text(), nl=False)
+
+
+@cli.command()
+@click.argument("name")
+@click.argument("path", type=click.Path(path_type=Path), default=DEFAULT_PATH)
+@click.option(
+    "--org",
+    "organization",
+    help="The webhook's organization (needed when several "
+    "organizations have a webhook of that name).",
+)
+@click.option(
+    "--event-type",
+    type=click.Choice([e.value for e in Event]),
+    help="The event type ({{event}}; default: the webhook's own).",
+)
+@click.option(
+    "--name",
+    "event_name",
+    default=preview.SAMPLE_NAME,
+    show_default=True,
+    help="The rule or event name ({{name}}).",
+)
+@click.option(
+    "--description",
+    default=preview.SAMPLE_DESCRIPTION,
+    show_default=True,
+    help="Details ({{description}}).",
+)
+@click.option("--time", "when", help="When it happened, ISO 8601 with a zone (default: now).")
+@click.option(
+    "--event-id",
+    default=preview.PREVIEW_EVENT_ID,
+    show_default=True,
+    help="The event id ({{event_id}}).",
+)
+@click.option("--format", "fmt", type=FORMATS, default="text", help="Output format.")
+def render(
+    name: str,
+    path: Path,
+    organization: str | None,
+    event_type: str | None,
+    event_name: str,
+    description: str,
+    when: str | None,
+    event_id: str,
+    fmt: str,
+) -> None:
+    """Show the exact request webhook NAME would send for a sample event.
+
+    Loads the definitions under PATH (default: webhooks.d) and prints the method,
+    URL, headers (webhook-id, webhook-timestamp and, with a signing secret, a
+    placeholder for webhook-signature) and body. Secret references are shown as
+    written and never resolved; literal credentials are masked. Nothing is sent
+    and the live state is not read.
+
+    \b
+    Example:
+      reconciler render slack-new-rule-violation --org acme --name no-public-s3 \\
+        --description "bucket logs is public"
+    """
+    if not path.exists():
+        raise ReconcilerError(f"{path}: no such file or folder")
+    result = load_or_fail(path)
+    spec = preview.find_webhook((d.spec for d in result.definitions), name, organization)
+    webhook_organization = spec.key[0]
+    record = preview.checked_event(
+        {
+            "type": event_type or spec.event.value,
+            "organization": webhook_organization,
+            "name": event_name,
+            "description": description,
+            "time": when,
+            "id": event_id,
+        },
+        now=datetime.now(UTC).replace(microsecond=0),
+    )
+    if record.type != spec.event.value:
+        click.echo(
+            f"warning: {name} fires on {spec.event.value} events, not {record.type}", err=True
+        )
+    if not spec.enabled:
+        click.echo(f"warning: {name} is disabled: it never fires", err=True)
+    request = preview.preview(
+        spec, preview.event_data(record), preview.PREVIEW_DELIVERY_ID, int(time.time())
+    )
+    if fmt == "json":
+        click.echo(json.dumps(request.as_json(), indent=2, ensure_ascii=False))
+    else:
+        click.echo(preview.request_text(request))
 
 
 # -- the live state -------------------------------------------------------------

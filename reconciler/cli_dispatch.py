@@ -7,7 +7,8 @@ import json
 import logging
 import sys
 import time
-from typing import Any
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
 
 import click
 from pydantic import ValidationError
@@ -21,9 +22,38 @@ from reconciler.model import Event
 from reconciler.store import open_store
 from reconciler.store.queue import DeliveryRecord, QueueStore
 
+if TYPE_CHECKING:
+    from reconciler.dispatch.ssrf import NetworkPolicy
+
 
 def _queue_store(state: str, *, must_exist: bool = False) -> QueueStore:
     return open_store(state, must_exist=must_exist)  # type: ignore[return-value]
+
+
+def network_options(command: Callable[..., None]) -> Callable[..., None]:
+    command = click.option(
+        "--allow-cidr",
+        "allow_cidrs",
+        multiple=True,
+        envvar="RECONCILER_ALLOW_CIDRS",
+        help="Also send to addresses in this network, e.g. 10.20.0.0/16 (repeatable).",
+    )(command)
+    return click.option(
+        "--allow-private-networks",
+        "allow_private",
+        is_flag=True,
+        envvar="RECONCILER_ALLOW_PRIVATE_NETWORKS",
+        help="Send to private, loopback and link-local addresses too (refused by default).",
+    )(command)
+
+
+def _policy(allow_private: bool, cidrs: tuple[str, ...]) -> NetworkPolicy:
+    from reconciler.dispatch.ssrf import NetworkPolicy
+
+    try:
+        return NetworkPolicy.from_options(allow_private, [c for cs in cidrs for c in cs.split()])
+    except ValueError as exc:
+        raise click.BadParameter(str(exc), param_hint="--allow-cidr") from None
 
 
 @cli.command("serve")
@@ -44,7 +74,16 @@ def _queue_store(state: str, *, must_exist: bool = False) -> QueueStore:
     show_default=True,
     help="Seconds in-flight requests may take to finish on SIGTERM.",
 )
-def serve_command(state: str, host: str, port: int, concurrency: int, grace: float) -> None:
+@network_options
+def serve_command(
+    state: str,
+    host: str,
+    port: int,
+    concurrency: int,
+    grace: float,
+    allow_private: bool,
+    allow_cidrs: tuple[str, ...],
+) -> None:
     """Run the dispatcher: the HTTP API and the delivery workers.
 
     POST /v1/events queues an event; workers send one request per matching
@@ -73,7 +112,17 @@ def serve_command(state: str, host: str, port: int, concurrency: int, grace: flo
         sys.stdout.flush()
 
     try:
-        asyncio.run(serve(store, host, port, settings=settings, grace=grace, ready=ready))
+        asyncio.run(
+            serve(
+                store,
+                host,
+                port,
+                settings=settings,
+                policy=_policy(allow_private, allow_cidrs),
+                grace=grace,
+                ready=ready,
+            )
+        )
     except OSError as exc:
         raise ReconcilerError(f"cannot listen on {host}:{port}: {exc.strerror}") from None
     finally:
@@ -90,6 +139,7 @@ def serve_command(state: str, host: str, port: int, concurrency: int, grace: flo
 @click.option("--wait", is_flag=True, help="Deliver it now and print each outcome.")
 @click.option("--format", "fmt", type=FORMATS, default="text", help="Output format.")
 @state_option
+@network_options
 def fire(
     event: str,
     organization: str,
@@ -100,6 +150,8 @@ def fire(
     wait: bool,
     fmt: str,
     state: str,
+    allow_private: bool,
+    allow_cidrs: tuple[str, ...],
 ) -> None:
     """Queue an event from the command line, as POST /v1/events does.
 
@@ -132,7 +184,8 @@ def fire(
         result = store.add_event(incoming.record(), time.time())
         records: list[DeliveryRecord] = []
         if wait and result.deliveries:
-            records = asyncio.run(_deliver_now(store, result.event_id))
+            policy = _policy(allow_private, allow_cidrs)
+            records = asyncio.run(_deliver_now(store, result.event_id, policy))
         elif wait or fmt == "json":
             records = store.deliveries(event_id=result.event_id, limit=10_000)
     finally:
@@ -152,14 +205,17 @@ def fire(
         sys.exit(1)
 
 
-async def _deliver_now(store: QueueStore, event_id: str) -> list[DeliveryRecord]:
+async def _deliver_now(
+    store: QueueStore, event_id: str, policy: NetworkPolicy
+) -> list[DeliveryRecord]:
     from reconciler.dispatch.service import make_client
     from reconciler.dispatch.worker import Database, Worker, WorkerSettings
 
     db = Database(store)
-    client = make_client(50)
+    client = make_client(50, policy)
     try:
-        worker = Worker(db, client, settings=WorkerSettings(batch=500, concurrency=50))
+        settings = WorkerSettings(batch=50, concurrency=50)
+        worker = Worker(db, client, settings=settings, policy=policy)
         while await worker.run_once(event_id):
             pass
     finally:

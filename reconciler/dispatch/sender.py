@@ -13,6 +13,7 @@ from typing import Literal
 
 import httpx
 
+from reconciler.dispatch.ssrf import refused_in
 from reconciler.render import RenderedRequest
 from reconciler.secrets import mask_url
 from reconciler.store.queue import EXCERPT_LIMIT
@@ -39,22 +40,13 @@ async def send(client: httpx.AsyncClient, request: RenderedRequest, timeout: flo
     try:
         async with asyncio.timeout(timeout):
             status, headers, excerpt = await _send_once(client, request, timeout)
-    except TimeoutError:
-        return _failure("retry", started, f"timed out after {timeout:g}s")
-    except httpx.TimeoutException:
-        return _failure("retry", started, f"timed out after {timeout:g}s")
-    except httpx.ConnectError as exc:
-        return _failure("retry", started, _scrub(f"connection failed: {exc}", request.url))
-    except httpx.UnsupportedProtocol:
-        return _failure("failed", started, "unsupported URL scheme")
-    except (httpx.InvalidURL, UnicodeError, ValueError) as exc:
-        # The request cannot be built (a control character in the URL, a header value
-        # outside Latin-1, a bad host label): no retry will change that.
+    except (TimeoutError, httpx.HTTPError, httpx.InvalidURL) as exc:
+        return _transport_failure(exc, started, timeout, request.url)
+    except (UnicodeError, ValueError) as exc:
+        # The request cannot be built (a header value outside Latin-1, a bad host
+        # label): no retry will change that.
         kind = type(exc).__name__
         return _failure("failed", started, f"the request cannot be sent as written ({kind})")
-    except httpx.HTTPError as exc:
-        detail = str(exc) or type(exc).__name__
-        return _failure("retry", started, _scrub(f"transport error: {detail}", request.url))
     duration = (time.perf_counter() - started) * 1000
     return _classify(status, headers, excerpt, duration)
 
@@ -82,6 +74,41 @@ async def _send_once(
         body = b"".join(chunks)[:EXCERPT_LIMIT]
         headers = {k: v for k, v in response.headers.items() if k.lower() in _KEPT_HEADERS}
         return response.status_code, headers, body.decode("utf-8", errors="replace")
+
+
+def _transport_failure(exc: BaseException, started: float, timeout: float, url: str) -> Outcome:
+    """What a transport error means for the delivery. Transports label errors
+    loosely (a refused connection can arrive as a connect timeout), so the chain of
+    causes decides."""
+    refused = refused_in(exc)
+    if refused is not None:
+        return _failure("failed", started, str(refused))
+    if isinstance(exc, httpx.InvalidURL | httpx.UnsupportedProtocol):
+        return _failure("failed", started, _scrub(f"the URL cannot be used: {exc}", url))
+    connection = _connection_error_in(exc)
+    if connection is not None:
+        reason = connection.strerror or type(connection).__name__
+        return _failure("retry", started, f"connection failed: {reason}")
+    if isinstance(exc, TimeoutError | httpx.TimeoutException):
+        return _failure("retry", started, f"timed out after {timeout:g}s")
+    if isinstance(exc, httpx.ConnectError):
+        return _failure("retry", started, _scrub(f"connection failed: {exc}", url))
+    detail = str(exc) or type(exc).__name__
+    return _failure("retry", started, _scrub(f"transport error: {detail}", url))
+
+
+def _connection_error_in(exc: BaseException) -> OSError | None:
+    """A refused or reset connection somewhere behind `exc`, if any."""
+    current: BaseException | None = exc
+    for _ in range(10):
+        if current is None:
+            return None
+        nested = getattr(current, "os_error", None)
+        for candidate in (current, nested):
+            if isinstance(candidate, ConnectionError):
+                return candidate
+        current = current.__cause__ or current.__context__
+    return None
 
 
 def _classify(status: int, headers: dict[str, str], excerpt: str, duration: float) -> Outcome:

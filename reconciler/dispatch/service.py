@@ -6,14 +6,17 @@ import asyncio
 import contextlib
 import logging
 import signal
+import ssl
 import time
 from collections.abc import Callable, Iterator, Mapping
 
+import aiohttp
 import httpx
 from httpx_aiohttp import AiohttpTransport
 
 from reconciler import __version__
 from reconciler.dispatch.events import EventIn
+from reconciler.dispatch.ssrf import GuardedResolver, NetworkPolicy
 from reconciler.dispatch.worker import Database, Worker, WorkerSettings, owner_alive
 from reconciler.store.queue import EventRecord, IntakeResult, QueueStore
 
@@ -24,11 +27,20 @@ INTAKE_BATCH = 500
 USER_AGENT = f"reconciler/{__version__} (webhook dispatcher)"
 
 
-def make_client(concurrency: int) -> httpx.AsyncClient:
+def make_client(concurrency: int, policy: NetworkPolicy | None = None) -> httpx.AsyncClient:
     """httpx as the interface, aiohttp underneath: several times the requests per
-    second of httpx's own transport on the same CPU (docs/benchmarks.md)."""
+    second of httpx's own transport on the same CPU (docs/benchmarks.md). Host names
+    resolve through the network policy, so the address checked is the one used."""
+    resolver = GuardedResolver(policy or NetworkPolicy())
+
+    def session() -> aiohttp.ClientSession:
+        connector = aiohttp.TCPConnector(
+            limit=concurrency, resolver=resolver, ssl=ssl.create_default_context()
+        )
+        return aiohttp.ClientSession(connector=connector)
+
     limits = httpx.Limits(max_connections=concurrency, max_keepalive_connections=concurrency)
-    transport = AiohttpTransport(limits=limits, trust_env=False)
+    transport = AiohttpTransport(limits=limits, trust_env=False, client=session)
     return httpx.AsyncClient(
         transport=transport,
         trust_env=False,
@@ -48,11 +60,14 @@ class Dispatcher:
         settings: WorkerSettings | None = None,
         clock: Callable[[], float] = time.time,
         env: Mapping[str, str] | None = None,
+        policy: NetworkPolicy | None = None,
     ) -> None:
         self.db = Database(store)
         self.client = client
         self.clock = clock
-        self.worker = Worker(self.db, client, env=env, clock=clock, settings=settings)
+        self.worker = Worker(
+            self.db, client, env=env, clock=clock, settings=settings, policy=policy
+        )
         self.settings = self.worker.settings
         self._wake = asyncio.Event()
         self._intake: list[tuple[EventRecord, asyncio.Future[IntakeResult]]] = []
@@ -149,6 +164,7 @@ async def serve(
     port: int,
     *,
     settings: WorkerSettings,
+    policy: NetworkPolicy,
     grace: float = DEFAULT_GRACE,
     ready: Callable[[int], None] | None = None,
 ) -> None:
@@ -157,7 +173,8 @@ async def serve(
 
     from reconciler.dispatch.app import create_app
 
-    dispatcher = Dispatcher(store, make_client(settings.concurrency), settings=settings)
+    client = make_client(settings.concurrency, policy)
+    dispatcher = Dispatcher(store, client, settings=settings, policy=policy)
     app = create_app(dispatcher)
     config = uvicorn.Config(
         app, host=host, port=port, log_level="warning", access_log=False, lifespan="off"

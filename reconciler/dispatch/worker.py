@@ -24,10 +24,12 @@ from typing import Any, TypeVar
 import httpx
 
 from reconciler import templates
-from reconciler.dispatch.retry import Backoff, parse_retry_after
+from reconciler.dispatch.ratelimit import RateLimiter
+from reconciler.dispatch.retry import RETRY_AFTER_CAP, Backoff, parse_retry_after
 from reconciler.dispatch.sender import Outcome, send
 from reconciler.dispatch.signing import SigningSecretError, signature_header
-from reconciler.durations import parse_duration
+from reconciler.dispatch.ssrf import NetworkPolicy, TargetRefused
+from reconciler.durations import parse_duration, parse_rate
 from reconciler.model import WebhookSpec
 from reconciler.render import EventData, RenderError, render
 from reconciler.store.queue import AttemptResult, Claim, EventRecord, QueueStore
@@ -91,6 +93,8 @@ class Worker:
         rng: random.Random | None = None,
         settings: WorkerSettings | None = None,
         owner: str | None = None,
+        policy: NetworkPolicy | None = None,
+        limiter: RateLimiter | None = None,
     ) -> None:
         self.db = db
         self.client = client
@@ -99,6 +103,8 @@ class Worker:
         self.rng = rng or random.Random()
         self.settings = settings or WorkerSettings()
         self.owner = owner or owner_id()
+        self.policy = policy or NetworkPolicy()
+        self.limiter = limiter or RateLimiter()
         self._specs: dict[str, WebhookSpec] = {}
         self._limit = asyncio.Semaphore(self.settings.concurrency)
 
@@ -214,9 +220,23 @@ class Worker:
             return unsent(
                 "cancelled", f"cancelled: the webhook now fires on {spec.event.value} events"
             )
+        rate = parse_rate(spec.rate_limit) if spec.rate_limit else None
+        key = (claim.organization, claim.webhook)
+        wait_until = self.limiter.admit(key, claim.delivery_id, rate, started)
+        if wait_until is not None:
+            return AttemptResult(
+                claim.delivery_id,
+                claim.attempt,
+                started,
+                0.0,
+                "deferred",
+                next_due=wait_until,
+                sent=False,
+            )
         timestamp = int(started)
         try:
             request = render(spec, _event_data(claim.event), self.env)
+            self.policy.check_url(request.url)
             headers = {**request.headers, "webhook-id": claim.delivery_id}
             headers["webhook-timestamp"] = str(timestamp)
             secrets = _signing_secrets(spec, self.env)
@@ -224,7 +244,7 @@ class Worker:
                 headers["webhook-signature"] = signature_header(
                     secrets, claim.delivery_id, timestamp, request.body or b""
                 )
-        except (RenderError, SigningSecretError) as exc:
+        except (RenderError, SigningSecretError, TargetRefused) as exc:
             return unsent("failed", str(exc))
         timeout = parse_duration(spec.timeout) if spec.timeout else DEFAULT_TIMEOUT
         outcome = await send(
@@ -258,6 +278,9 @@ class Worker:
         if outcome.kind == "retry":
             now = self.clock()
             retry_after = parse_retry_after(outcome.retry_after, now)
+            if retry_after is not None:
+                hold = min(retry_after, RETRY_AFTER_CAP)
+                self.limiter.hold((claim.organization, claim.webhook), now + hold)
             backoff = Backoff.from_policy(spec.retry)
             delay = backoff.delay_after(claim.retry_number, self.rng, retry_after)
             if delay is not None:

@@ -170,9 +170,19 @@ class PostgresQueue:
         return [row[0] for row in cur.fetchall()]
 
     def finish(self, results: Sequence[AttemptResult], owner: str, now: float) -> int:
-        if not results:
-            return 0
+        deferred = [r for r in results if r.outcome == "deferred"]
+        results = [r for r in results if r.outcome != "deferred"]
         with self._tx(durable=False) as cur:
+            if deferred:
+                cur.execute(
+                    "UPDATE deliveries d SET status = 'pending', due_at = v.due, "
+                    "lease_owner = NULL, lease_expires = NULL, updated_at = %s "
+                    "FROM unnest(%s::text[], %s::float8[]) AS v(id, due) "
+                    "WHERE d.id = v.id AND d.status = 'in_flight' AND d.lease_owner = %s",
+                    (now, [r.delivery_id for r in deferred], [r.next_due for r in deferred], owner),
+                )
+            if not results:
+                return 0
             cur.execute(
                 "UPDATE deliveries d SET status = v.status, attempts = d.attempts + v.delta, "
                 "due_at = v.due, lease_owner = NULL, lease_expires = NULL, updated_at = %s, "

@@ -66,7 +66,8 @@ class AttemptResult:
     number: int
     started_at: float
     duration_ms: float
-    outcome: Literal["delivered", "retry", "failed", "cancelled"]
+    # deferred: not sent, by the webhook's rate limit or a receiver's Retry-After
+    outcome: Literal["delivered", "retry", "failed", "cancelled", "deferred"]
     status: int | None = None
     response_headers: dict[str, str] = field(default_factory=dict)
     response_excerpt: str = ""

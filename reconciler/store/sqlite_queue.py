@@ -163,6 +163,14 @@ class SqliteQueue:
         recorded = 0
         with self._write(durable=False) as db:
             for r in results:
+                if r.outcome == "deferred":
+                    db.execute(
+                        "UPDATE deliveries SET status = 'pending', due_at = ?, "
+                        "lease_owner = NULL, lease_expires = NULL, updated_at = ? "
+                        "WHERE id = ? AND status = 'in_flight' AND lease_owner = ?",
+                        (r.next_due, now, r.delivery_id, owner),
+                    )
+                    continue
                 status = {"retry": "pending"}.get(r.outcome, r.outcome)
                 attempts_delta = 1 if r.sent else 0
                 changed = db.execute(
