@@ -227,7 +227,7 @@ def render(
         spec, preview.event_data(record), preview.PREVIEW_DELIVERY_ID, int(time.time())
     )
     if fmt == "json":
-        click.echo(json.dumps(request.as_json(), indent=2, ensure_ascii=False))
+        click.echo(json.dumps(request.as_json(), indent=2))
     else:
         click.echo(preview.request_text(request))
 

@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING, Any
 import click
 from pydantic import ValidationError
 
+from reconciler import preview
 from reconciler.cli import FORMATS, cli, count, state_option
 from reconciler.dispatch.events import EventIn
 from reconciler.dispatch.views import delivery_json, delivery_line, delivery_text
@@ -20,7 +21,7 @@ from reconciler.durations import parse_duration
 from reconciler.errors import ReconcilerError
 from reconciler.model import Event
 from reconciler.store import open_store
-from reconciler.store.queue import DeliveryRecord, QueueStore
+from reconciler.store.queue import DeliveryRecord, EventRecord, QueueStore
 
 if TYPE_CHECKING:
     from reconciler.dispatch.ssrf import NetworkPolicy
@@ -137,6 +138,12 @@ def serve_command(
 @click.option("--time", "when", help="When it was detected, ISO 8601 (default: now).")
 @click.option("--id", "event_id", help="Your event id; the same id twice is queued once.")
 @click.option("--wait", is_flag=True, help="Deliver it now and print each outcome.")
+@click.option(
+    "--dry-run",
+    is_flag=True,
+    help="Queue nothing: print the request each matching webhook would receive "
+    "(secrets masked or shown as ${env:NAME}).",
+)
 @click.option("--format", "fmt", type=FORMATS, default="text", help="Output format.")
 @state_option
 @network_options
@@ -148,6 +155,7 @@ def fire(
     when: str | None,
     event_id: str | None,
     wait: bool,
+    dry_run: bool,
     fmt: str,
     state: str,
     allow_private: bool,
@@ -160,11 +168,21 @@ def fire(
     delivery that must be retried later stays queued for `reconciler serve`.
     Exit 1 when a delivery failed.
 
+    With --dry-run nothing is queued or sent: the request each matching live
+    webhook would receive is printed instead, secret references as written,
+    literal credentials masked, the signature a placeholder (--format json: a
+    list of {webhook, method, url, headers, body}).
+
     \b
-    Example:
+    Examples:
       reconciler fire new_rule_violation --org acme --name no-public-s3 \\
         --description "bucket logs is public" --wait
+      reconciler fire new_rule_violation --org acme --name no-public-s3 --dry-run
     """
+    if dry_run and wait:
+        raise click.UsageError("--dry-run sends nothing: it does not go with --wait")
+    if dry_run and event_id is None:
+        event_id = preview.PREVIEW_EVENT_ID
     data: dict[str, Any] = {
         "type": event,
         "organization": organization,
@@ -179,6 +197,9 @@ def fire(
         error = exc.errors()[0]
         field = ".".join(str(p) for p in error["loc"])
         raise ReconcilerError(f"{field}: {error['msg'].removeprefix('Value error, ')}") from None
+    if dry_run:
+        _dry_run(incoming.record(), state, fmt)
+        return
     store = _queue_store(state)
     try:
         result = store.add_event(incoming.record(), time.time())
@@ -203,6 +224,36 @@ def fire(
             click.echo(delivery_line(record))
     if any(r.status in ("failed", "cancelled") for r in records):
         sys.exit(1)
+
+
+def _dry_run(record: EventRecord, state: str, fmt: str) -> None:
+    """Print what fire would make the dispatcher send for `record`; store nothing."""
+    store = open_store(state, must_exist=True)
+    try:
+        webhooks = store.webhooks(record.organization)
+        queued = store.event(record.id) is not None  # type: ignore[attr-defined]
+    finally:
+        store.close()
+    requests = preview.preview_all(
+        preview.matching_live(webhooks, record.type),
+        preview.event_data(record),
+        preview.PREVIEW_DELIVERY_ID,
+        int(time.time()),
+    )
+    if queued:
+        click.echo(
+            f"note: event {record.id} is already queued: fire would queue nothing new", err=True
+        )
+    if fmt == "json":
+        click.echo(json.dumps([r.as_json() for r in requests], indent=2))
+        return
+    for request in requests:
+        click.echo(preview.request_text(request, title=True))
+        click.echo()
+    click.echo(
+        f"dry run: event {record.id} would queue "
+        f"{count(len(requests), 'delivery', 'deliveries')}; nothing was queued."
+    )
 
 
 async def _deliver_now(

@@ -66,7 +66,13 @@ class PreviewRequest:
 def preview(
     spec: WebhookSpec, event: EventData, delivery_id: str, timestamp: int
 ) -> PreviewRequest:
-    """The request `spec` would send for `event`, as the dispatcher builds it, masked."""
+    """The request `spec` would send for `event`, as the dispatcher builds it, masked.
+
+    The definition goes through its canonical form first, as apply stores it and
+    the dispatcher reads it back: that is what fixes the order of the headers, of
+    the query parameters and of the body's keys on the wire.
+    """
+    spec = as_applied(spec)
     request = render(spec, event, None)
     headers = {
         name: mask_value(value) if is_sensitive_header(name) else value
@@ -80,6 +86,11 @@ def preview(
     return PreviewRequest(
         organization, name, request.method, _shown_url(request.url), headers, request.body
     )
+
+
+def as_applied(spec: WebhookSpec) -> WebhookSpec:
+    """The definition as the dispatcher sees it once applied: its canonical JSON."""
+    return WebhookSpec.model_validate_json(spec.canonical_json())
 
 
 def signature_placeholder(signing_secret: str) -> str:

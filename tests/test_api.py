@@ -698,6 +698,7 @@ def test_the_openapi_document_lists_every_path(store: SqliteStore, clock: FakeCl
         "/v1/deliveries": {"get"},
         "/v1/deliveries/{delivery_id}": {"get"},
         "/v1/deliveries/{delivery_id}/replay": {"post"},
+        "/metrics": {"get"},
         "/healthz": {"get"},
     }
     intake = document["paths"]["/v1/events"]["post"]
@@ -720,3 +721,29 @@ def test_other_routes_are_4xx(store: SqliteStore, clock: FakeClock, method: str,
         return await api.http.request(method, path)
 
     assert call(store, clock, scenario).status_code in (404, 405)
+
+
+def test_metrics_count_events_and_outcomes_in_prometheus_text(
+    store: SqliteStore, clock: FakeClock, httpx_mock: HTTPXMock
+) -> None:
+    httpx_mock.add_response(url="https://hooks.example.com/a", status_code=200)
+    httpx_mock.add_response(url="https://hooks.example.com/b", status_code=503)
+
+    async def scenario(api: Api) -> httpx.Response:
+        posted = await api.http.post("/v1/events", json=EVENT)
+        assert posted.status_code == 202
+        await api.dispatcher.worker.run_once()
+        return await api.http.get("/metrics")
+
+    response = call(store, clock, scenario)
+    assert response.status_code == 200
+    assert response.headers["content-type"].startswith("text/plain")
+    text = response.text
+    assert (
+        'reconciler_events_received_total{organization="acme",event="new_rule_violation"} 1' in text
+    )
+    assert 'outcome="delivered",organization="acme",event="new_rule_violation"} 1' in text
+    assert 'outcome="retried",organization="acme",event="new_rule_violation"} 1' in text
+    assert 'reconciler_queue_deliveries{status="pending"} 1' in text
+    assert "reconciler_attempt_duration_seconds_count 2" in text
+    assert "hooks" not in text  # no URL, nothing that could hold a secret

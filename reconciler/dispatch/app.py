@@ -6,7 +6,7 @@ from typing import Any, Literal
 
 from fastapi import FastAPI, Query, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse
+from fastapi.responses import JSONResponse, PlainTextResponse
 from pydantic import BaseModel
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
@@ -105,6 +105,16 @@ def create_app(dispatcher: Dispatcher) -> FastAPI:
             return _error(409, f"delivery {delivery_id} is {found[0].status}: not replayable yet")
         dispatcher.wake()
         return {"replayed": replayed}
+
+    @app.get(
+        "/metrics",
+        summary="Prometheus metrics",
+        response_class=PlainTextResponse,
+    )
+    async def metrics() -> PlainTextResponse:
+        return PlainTextResponse(
+            await dispatcher.metrics_text(), media_type="text/plain; version=0.0.4"
+        )
 
     @app.get("/healthz", summary="Liveness")
     async def healthz() -> dict[str, str]:

@@ -16,6 +16,7 @@ from httpx_aiohttp import AiohttpTransport
 
 from reconciler import __version__
 from reconciler.dispatch.events import EventIn
+from reconciler.dispatch.metrics import Metrics
 from reconciler.dispatch.ssrf import GuardedResolver, NetworkPolicy
 from reconciler.dispatch.worker import Database, Worker, WorkerSettings, owner_alive
 from reconciler.store.queue import EventRecord, IntakeResult, QueueStore
@@ -65,8 +66,15 @@ class Dispatcher:
         self.db = Database(store)
         self.client = client
         self.clock = clock
+        self.metrics = Metrics()
         self.worker = Worker(
-            self.db, client, env=env, clock=clock, settings=settings, policy=policy
+            self.db,
+            client,
+            env=env,
+            clock=clock,
+            settings=settings,
+            policy=policy,
+            metrics=self.metrics,
         )
         self.settings = self.worker.settings
         self._wake = asyncio.Event()
@@ -86,9 +94,17 @@ class Dispatcher:
         if self._flushing is None or self._flushing.done():
             self._flushing = asyncio.create_task(self._flush_intake())
         result = await future
-        if result.deliveries and not result.duplicate:
-            self.wake()
+        if not result.duplicate:
+            self.metrics.event_received(event.organization, event.type.value)
+            if result.deliveries:
+                self.wake()
         return result
+
+    async def metrics_text(self) -> str:
+        now = self.clock()
+        counts = await self.db.run(self.db.store.queue_counts)
+        oldest = await self.db.run(self.db.store.oldest_due, now)
+        return self.metrics.render(counts, max(0.0, now - oldest) if oldest else 0.0)
 
     async def _flush_intake(self) -> None:
         while self._intake:

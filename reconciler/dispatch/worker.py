@@ -24,6 +24,7 @@ from typing import Any, TypeVar
 import httpx
 
 from reconciler import templates
+from reconciler.dispatch.metrics import Metrics
 from reconciler.dispatch.ratelimit import RateLimiter
 from reconciler.dispatch.retry import RETRY_AFTER_CAP, Backoff, parse_retry_after
 from reconciler.dispatch.sender import Outcome, send
@@ -95,6 +96,7 @@ class Worker:
         owner: str | None = None,
         policy: NetworkPolicy | None = None,
         limiter: RateLimiter | None = None,
+        metrics: Metrics | None = None,
     ) -> None:
         self.db = db
         self.client = client
@@ -105,6 +107,7 @@ class Worker:
         self.owner = owner or owner_id()
         self.policy = policy or NetworkPolicy()
         self.limiter = limiter or RateLimiter()
+        self.metrics = metrics or Metrics()
         self._specs: dict[str, WebhookSpec] = {}
         self._limit = asyncio.Semaphore(self.settings.concurrency)
 
@@ -184,6 +187,7 @@ class Worker:
                     error="internal error while sending; see the dispatcher's log",
                     sent=False,
                 )
+        self.metrics.attempt(claim, result)
         log.info(
             "attempt delivery=%s webhook=%s/%s attempt=%d outcome=%s status=%s duration_ms=%.1f%s",
             claim.delivery_id,

@@ -364,6 +364,16 @@ class PostgresQueue:
             done = {row[0] for row in cur.fetchall()}
         return [d for d in delivery_ids if d in done]
 
+    def oldest_due(self, now: float) -> float | None:
+        """The due time of the longest-waiting due delivery, if any is due."""
+        with self._tx() as cur:
+            cur.execute(
+                "SELECT min(due_at) FROM deliveries WHERE status = 'pending' AND due_at <= %s",
+                (now,),
+            )
+            row = cur.fetchone()
+        return row[0] if row else None
+
     def queue_counts(self) -> dict[str, int]:
         with self._tx() as cur:
             cur.execute("SELECT status, count(*) FROM deliveries GROUP BY status")

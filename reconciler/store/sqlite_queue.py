@@ -349,6 +349,14 @@ class SqliteQueue:
                     replayed.append(delivery_id)
         return replayed
 
+    def oldest_due(self, now: float) -> float | None:
+        """The due time of the longest-waiting due delivery, if any is due."""
+        row = self._db.execute(
+            "SELECT min(due_at) FROM deliveries WHERE status = 'pending' AND due_at <= ?",
+            (now,),
+        ).fetchone()
+        return row[0] if row else None
+
     def queue_counts(self) -> dict[str, int]:
         return dict(
             self._db.execute("SELECT status, count(*) FROM deliveries GROUP BY status").fetchall()
