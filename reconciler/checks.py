@@ -148,13 +148,18 @@ def _check_url(url: str) -> Iterator[Finding]:
             address = ipaddress.ip_address(host)
     if address is None:
         if host == "localhost" or host.endswith(".localhost"):
-            yield Finding(("url",), f"url: {host} is a loopback host", "warning")
+            yield Finding(
+                ("url",),
+                f"url: {host} is a loopback host; the dispatcher refuses it unless the "
+                "deployment allows private networks (--allow-private-networks)",
+                "warning",
+            )
         return
     if not address.is_global:
         yield Finding(
             ("url",),
-            f"url: {host} is not a public address: only a dispatcher inside that network "
-            "can reach it",
+            f"url: {host} is not a public address; the dispatcher refuses it unless the "
+            "deployment allows it (--allow-private-networks or --allow-cidr)",
             "warning",
         )
 
