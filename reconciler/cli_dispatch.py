@@ -174,7 +174,7 @@ def fire(
     list of {webhook, method, url, headers, body}).
 
     \b
-    Examples:
+    Example:
       reconciler fire new_rule_violation --org acme --name no-public-s3 \\
         --description "bucket logs is public" --wait
       reconciler fire new_rule_violation --org acme --name no-public-s3 --dry-run

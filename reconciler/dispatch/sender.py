@@ -10,6 +10,7 @@ import asyncio
 import time
 from dataclasses import dataclass, field
 from typing import Literal
+from urllib.parse import urlsplit
 
 import httpx
 
@@ -140,7 +141,7 @@ def _scrub(message: str, url: str) -> str:
     masked = mask_url(url)
     if url in message:
         message = message.replace(url, masked)
-    path = httpx.URL(url).raw_path.decode("ascii", errors="replace")
+    path = urlsplit(url).path
     if len(path) > 1 and path in message:
         message = message.replace(path, "/****")
     return message

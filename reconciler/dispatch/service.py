@@ -12,12 +12,12 @@ from collections.abc import Callable, Iterator, Mapping
 
 import aiohttp
 import httpx
-from httpx_aiohttp import AiohttpTransport
 
 from reconciler import __version__
 from reconciler.dispatch.events import EventIn
 from reconciler.dispatch.metrics import Metrics
 from reconciler.dispatch.ssrf import GuardedResolver, NetworkPolicy
+from reconciler.dispatch.transport import ExactUrlTransport
 from reconciler.dispatch.worker import Database, Worker, WorkerSettings, owner_alive
 from reconciler.store.queue import EventRecord, IntakeResult, QueueStore
 
@@ -41,7 +41,7 @@ def make_client(concurrency: int, policy: NetworkPolicy | None = None) -> httpx.
         return aiohttp.ClientSession(connector=connector)
 
     limits = httpx.Limits(max_connections=concurrency, max_keepalive_connections=concurrency)
-    transport = AiohttpTransport(limits=limits, trust_env=False, client=session)
+    transport = ExactUrlTransport(limits=limits, trust_env=False, client=session)
     return httpx.AsyncClient(
         transport=transport,
         trust_env=False,
