@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import sys
 import time
 from collections.abc import Callable
@@ -18,13 +19,20 @@ from typing import Any
 
 import click
 
-from reconciler import __version__, history_report, plan_report, preview
+from reconciler import (
+    __version__,
+    history_report,
+    plan_report,
+    preview,
+    scaffold,
+    validate_report,
+)
 from reconciler.apply import ApplyOptions
 from reconciler.apply import apply as apply_changes
 from reconciler.errors import DefinitionsInvalid, PlanFileError, ReconcilerError
 from reconciler.export import export as export_state
-from reconciler.loader import LoadResult, definitions_root, load_definitions
-from reconciler.model import Event
+from reconciler.loader import LoadResult, definitions_root, load_definitions, load_paths
+from reconciler.model import NAME_PATTERN, NAME_RULE, Event
 from reconciler.plan import DEFAULT_DELETE_SHARE, Plan, make_plan
 from reconciler.provenance import detect_actor, git_commit
 from reconciler.schema import webhook_schema_text
@@ -74,58 +82,44 @@ def load_or_fail(path: Path, *, fmt: str = "text", check_env: bool = False) -> L
 
 
 @cli.command()
-@click.argument("path", type=click.Path(path_type=Path), default=DEFAULT_PATH)
-@click.option("--format", "fmt", type=FORMATS, default="text", help="Output format.")
+@click.argument("paths", nargs=-1, type=click.Path(path_type=Path))
+@click.option(
+    "--format",
+    "fmt",
+    type=click.Choice(list(validate_report.REPORTERS)),
+    default="text",
+    help="text, json, or github: one GitHub Actions annotation per problem "
+    "(::error file=...,line=...,col=...::message), nothing else.",
+)
 @click.option(
     "--check-env", is_flag=True, help="Also fail when a ${env:NAME} reference is not set."
 )
-def validate(path: Path, fmt: str, check_env: bool) -> None:
+def validate(paths: tuple[Path, ...], fmt: str, check_env: bool) -> None:
     """Check definitions against the schema and every rule.
 
-    PATH is a definitions folder (default: webhooks.d) or a single file. Every
-    problem of every file is printed as path:line:col: message. Exit 0 when all
-    is valid, 1 when anything is not.
+    PATHS are definitions folders or files (default: webhooks.d), checked
+    together: a name used twice among them is an error. Every problem of every
+    file is printed as path:line:col: message. Exit 0 when all is valid, 1 when
+    anything is not. As a pre-commit hook it gets the files being committed.
 
     \b
     Example:
       reconciler validate webhooks.d --check-env
+      reconciler validate webhooks.d/acme/slack.yaml webhooks.d/acme/pager.yaml
+      reconciler validate --format github   # in a GitHub Actions step
     """
-    if not path.exists():
-        raise ReconcilerError(f"{path}: no such file or folder")
-    result = load_definitions(path, check_env=check_env)
-    if fmt == "json":
-        click.echo(
-            json.dumps(
-                {
-                    "valid": result.ok,
-                    "files": result.files,
-                    "definitions": len(result.definitions),
-                    "problems": [p.as_json() for p in result.problems],
-                },
-                indent=2,
-            )
-        )
-    else:
-        for problem in result.problems:
-            click.echo(str(problem))
-        organizations = {d.spec.key[0] for d in result.definitions}
-        warnings = count(len(result.warnings), "warning")
-        if result.ok:
-            click.echo(
-                f"valid: {count(len(result.definitions), 'definition')} in "
-                f"{count(len(organizations), 'organization')}, {warnings}."
-            )
-        else:
-            click.echo(
-                f"invalid: {count(len(result.errors), 'error')}, {warnings} in "
-                f"{count(result.files, 'file')}."
-            )
+    paths = paths or (Path(DEFAULT_PATH),)
+    for path in paths:
+        if not path.exists():
+            raise ReconcilerError(f"{path}: no such file or folder")
+    result = load_paths(paths, check_env=check_env)
+    for line in validate_report.REPORTERS[fmt](result):
+        click.echo(line)
     if not result.ok:
         sys.exit(1)
 
 
-def count(n: int, word: str, plural: str | None = None) -> str:
-    return f"{n} {word if n == 1 else plural or word + 's'}"
+count = validate_report.count
 
 
 @cli.command()
@@ -530,6 +524,54 @@ def export(folder: Path, state: str, organization: str | None) -> None:
 
 
 @cli.command()
+@click.argument(
+    "folder", type=click.Path(path_type=Path, file_okay=False), default=".", required=False
+)
+@click.option(
+    "--org",
+    "organization",
+    default=scaffold.DEFAULT_ORGANIZATION,
+    show_default=True,
+    help="The first organization: webhooks.d/ORG/example.yaml.",
+)
+@click.option(
+    "--admins",
+    default=scaffold.DEFAULT_ADMINS,
+    show_default=True,
+    help="The GitHub team (or user) that owns webhooks.d/ in CODEOWNERS.",
+)
+@click.option("--force", is_flag=True, help="Overwrite files that exist.")
+def init(folder: Path, organization: str, admins: str, force: bool) -> None:
+    """Start a definitions repository in FOLDER (default: here).
+
+    Writes webhooks.d/ORG/example.yaml (valid, its URL a ${env:...} reference,
+    with an editor modeline to schemas/webhook.schema.json, copied beside it),
+    the GitHub workflows webhooks-plan.yml and webhooks-apply.yml, CODEOWNERS,
+    .pre-commit-config.yaml using reconciler's hook, and a .gitignore for
+    .reconciler/. Existing files are listed and left alone (exit 1) unless
+    --force.
+
+    \b
+    Example:
+      reconciler init webhooks-repo --org acme --admins @acme-corp/webhook-admins
+      cd webhooks-repo && reconciler validate && reconciler plan
+    """
+    if not re.match(NAME_PATTERN, organization):
+        raise click.BadParameter(f"{organization!r}: {NAME_RULE}", param_hint="--org")
+    if not re.fullmatch(r"@[A-Za-z0-9-]+(/[A-Za-z0-9._-]+)?", admins):
+        raise click.BadParameter(
+            f"{admins!r}: a GitHub team (@org/team) or user (@name)", param_hint="--admins"
+        )
+    written = scaffold.scaffold(organization, admins).write(folder, force=force)
+    for relative in written:
+        click.echo(f"wrote {folder / relative}")
+    click.echo(
+        "Next: set the repository secret RECONCILER_STATE (the live state's URL), protect "
+        "main with required reviews from code owners, and `pre-commit install`."
+    )
+
+
+@cli.command()
 @state_option
 def migrate(state: str) -> None:
     """Bring the state's database schema up to date, and list its migrations.
@@ -552,5 +594,5 @@ def migrate(state: str) -> None:
     click.echo(f"{store.url}: schema up to date ({count(len(names), 'migration')}).")
 
 
-# The dispatcher's commands register themselves on the same group.
-from reconciler import cli_dispatch  # noqa: E402, F401
+# The dispatcher's and the tokens' commands register themselves on the same group.
+from reconciler import cli_dispatch, cli_tokens  # noqa: E402, F401

@@ -7,7 +7,9 @@
      │    └── LockTimeout       another apply holds the lock
      ├── PlanRefused           a safety guard stops the apply (deletes, mass delete)
      ├── ApprovalRefused       nobody approved the changes
-     └── PlanFileError         a saved plan cannot be read
+     ├── PlanFileError         a saved plan cannot be read
+     ├── TokenError            an API token cannot be made or found
+     └── ScaffoldError         `init` would overwrite files
 
 Anything else is a bug and keeps its traceback.
 """
@@ -45,3 +47,11 @@ class ApprovalRefused(ReconcilerError):
 
 class PlanFileError(ReconcilerError):
     """A saved plan file cannot be used."""
+
+
+class TokenError(ReconcilerError):
+    """An API token cannot be made as asked, or is not there to revoke."""
+
+
+class ScaffoldError(ReconcilerError):
+    """`reconciler init` found files it would overwrite."""

@@ -76,15 +76,37 @@ def definitions_root(path: Path) -> Path:
 
 
 def load_definitions(path: Path, *, check_env: bool = False) -> LoadResult:
+    return load_paths([path], check_env=check_env)
+
+
+def load_paths(paths: Iterable[Path], *, check_env: bool = False) -> LoadResult:
+    """Load several folders or files as one set of definitions (as pre-commit passes
+    the files it checks): a file named twice is read once, and names must be unique
+    across all of them."""
     result = LoadResult()
-    if not path.exists():
-        return result
+    given = list(paths)
+    # One folder holds each file once; only several paths can name a file twice.
+    seen: set[Path] | None = set() if len(given) > 1 else None
+    for path in given:
+        if path.exists():
+            _load_path(result, path, seen, check_env)
+    result.problems.extend(_duplicate_names(result.definitions))
+    result.problems.sort(key=lambda p: (p.location.path, p.location.line, p.location.col))
+    return result
+
+
+def _load_path(result: LoadResult, path: Path, seen: set[Path] | None, check_env: bool) -> None:
     root = definitions_root(path)
     cwd: Path | None = None
     # What _display and _folder_organization give depends on a file's folder only:
     # worked out for the first file of each folder, then reused.
     folders: dict[str, tuple[str, int, str | None]] = {}
     for file in find_files(path):
+        if seen is not None:
+            key = file.resolve()
+            if key in seen:
+                continue
+            seen.add(key)
         result.files += 1
         name = file.name
         text = str(file)
@@ -106,9 +128,6 @@ def load_definitions(path: Path, *, check_env: bool = False) -> LoadResult:
         result.problems.extend(problems)
         if definition is not None:
             result.definitions.append(definition)
-    result.problems.extend(_duplicate_names(result.definitions))
-    result.problems.sort(key=lambda p: (p.location.path, p.location.line, p.location.col))
-    return result
 
 
 def load_one(

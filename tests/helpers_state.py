@@ -13,6 +13,7 @@ import os
 import sqlite3
 import subprocess
 import sys
+import time
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -25,6 +26,8 @@ from reconciler.model import WebhookSpec, canonical_json
 from reconciler.plan import Plan, make_plan
 from reconciler.provenance import CI_ACTOR_VARIABLES
 from reconciler.store.base import AuditEntry, LiveWebhook, StateInfo, Store, Write
+from reconciler.store.tokens import TokenStore
+from reconciler.tokens import create_token
 
 REPO = Path(__file__).resolve().parent.parent
 EXAMPLES = REPO / "webhooks.d"
@@ -86,6 +89,42 @@ def put_specs(store: Store, specs: Iterable[WebhookSpec]) -> int:
     """Make these definitions live directly, without apply (and without audit records)."""
     writes = [Write("put", *s.key, s.canonical_json()) for s in specs]
     return store.commit(writes, [], expected_serial=store.state().serial)
+
+
+# -- API tokens ---------------------------------------------------------------------
+
+
+def bearer(
+    store: Any,
+    *organizations: str,
+    role: str = "admin",
+    all_organizations: bool = False,
+    now: float | None = None,
+    expires_in: float | None = None,
+) -> dict[str, str]:
+    """Make an API token in `store` and return the header that sends it."""
+    tokens: TokenStore = store
+    _, secret = create_token(
+        tokens,
+        role=role,
+        organizations=organizations,
+        all_organizations=all_organizations,
+        name="tests",
+        expires_in=expires_in,
+        now=time.time() if now is None else now,
+    )
+    return {"Authorization": f"Bearer {secret}"}
+
+
+def bearer_at(url: str, *organizations: str, role: str = "admin") -> dict[str, str]:
+    """bearer() for the state at `url`, opened and closed around it."""
+    from reconciler.store import open_store
+
+    store = open_store(url)
+    try:
+        return bearer(store, *organizations, role=role)
+    finally:
+        store.close()
 
 
 # -- the live state ---------------------------------------------------------------

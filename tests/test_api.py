@@ -19,7 +19,7 @@ from typing import Any, TypeVar
 
 import httpx
 import pytest
-from helpers_state import FakeClock, put_specs, spec
+from helpers_state import FakeClock, bearer, put_specs, spec
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from pytest_httpx import HTTPXMock
@@ -38,6 +38,8 @@ EVENT = {
     "description": "bucket logs is public",
     "time": "2026-11-29T21:22:42Z",
 }
+# The organizations these tests send events for: their admin token's scope.
+ORGANIZATIONS = ("acme", "globex", "initech")
 
 
 @pytest.fixture
@@ -70,13 +72,20 @@ def call(
     clock: FakeClock,
     scenario: Callable[[Api], Awaitable[T]],
     env: dict[str, str] | None = None,
+    *,
+    all_organizations: bool = False,
 ) -> T:
+    scope = () if all_organizations else ORGANIZATIONS
+    headers = bearer(store, *scope, all_organizations=all_organizations)
+
     async def go() -> T:
         client = httpx.AsyncClient()  # the receivers' side: mocked by pytest-httpx
         dispatcher = Dispatcher(store, client, clock=clock, env=env or {})
         transport = httpx.ASGITransport(app=create_app(dispatcher), raise_app_exceptions=False)
         try:
-            async with httpx.AsyncClient(transport=transport, base_url="http://test") as http:
+            async with httpx.AsyncClient(
+                transport=transport, base_url="http://test", headers=headers
+            ) as http:
                 return await scenario(Api(http, dispatcher))
         finally:
             await client.aclose()
@@ -351,7 +360,8 @@ def test_no_event_body_gives_a_500(body: dict[str, Any]) -> None:
             async def scenario(api: Api) -> httpx.Response:
                 return await api.http.post("/v1/events", json=body)
 
-            response = call(store, FakeClock(START), scenario)
+            # Any organization may come up: the token is scoped to all of them.
+            response = call(store, FakeClock(START), scenario, all_organizations=True)
         finally:
             store.close()
     assert response.status_code in (202, 422), (body, response.text)

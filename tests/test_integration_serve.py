@@ -23,7 +23,7 @@ from typing import IO, Any, TypeVar
 
 import httpx
 import pytest
-from helpers_state import RECONCILER, cli_env, definition, run_cli, write_definition
+from helpers_state import RECONCILER, bearer_at, cli_env, definition, run_cli, write_definition
 from receiver import DEADLINE, Receiver, hang, hold, ok, status
 
 from reconciler.apply import ApplyOptions, changes_to_writes
@@ -146,6 +146,14 @@ class Project:
         self.db = root / "state.db"
         self.state = f"sqlite:///{self.db}"
         self.servers: list[Server] = []
+        self._headers: dict[str, str] | None = None
+
+    @property
+    def headers(self) -> dict[str, str]:
+        """An admin token for ORG, made once in this project's state."""
+        if self._headers is None:
+            self._headers = bearer_at(self.state, ORG)
+        return self._headers
 
     def define(self, name: str, organization: str = ORG, **fields: Any) -> Path:
         return write_definition(self.folder, organization, definition(name, **fields))
@@ -247,7 +255,7 @@ def test_serve_fans_out_events_and_answers_its_api(project: Project, receiver: R
     project.apply_library()
     server = project.serve("--concurrency", "4")
 
-    with httpx.Client(timeout=DEADLINE) as client:
+    with httpx.Client(timeout=DEADLINE, headers=project.headers) as client:
         assert client.get(f"{server.url}/healthz").json() == {"status": "ok"}
         paths = client.get(f"{server.url}/openapi.json").json()["paths"]
         assert {
@@ -303,7 +311,7 @@ def test_an_applied_change_reaches_the_running_dispatcher(
     project.apply_cli()
     server = project.serve()
 
-    with httpx.Client(timeout=DEADLINE) as client:
+    with httpx.Client(timeout=DEADLINE, headers=project.headers) as client:
         accepted(client, server, "before", deliveries=1)
         (first,) = receiver.wait_for(1, "/old")
         assert first.json()["event_id"] == "before"
@@ -332,7 +340,7 @@ def test_deleting_a_webhook_cancels_its_deliveries_waiting_for_a_retry(
     project.apply_cli()
     server = project.serve()
 
-    with httpx.Client(timeout=DEADLINE) as client:
+    with httpx.Client(timeout=DEADLINE, headers=project.headers) as client:
         accepted(client, server, "evt-1", deliveries=2)
 
         def waiting() -> list[dict[str, Any]]:
@@ -376,7 +384,7 @@ def test_a_failed_delivery_replayed_over_http_is_sent_again_with_its_webhook_id(
     project.apply_library()
     server = project.serve()
 
-    with httpx.Client(timeout=DEADLINE) as client:
+    with httpx.Client(timeout=DEADLINE, headers=project.headers) as client:
         accepted(client, server, "evt-1", deliveries=1)
 
         def failed() -> list[dict[str, Any]]:
@@ -463,7 +471,7 @@ def test_sigterm_lets_in_flight_requests_finish_and_leaves_the_rest_queued(
     project.apply_library()
     server = project.serve("--concurrency", "2")
 
-    with httpx.Client(timeout=DEADLINE) as client:
+    with httpx.Client(timeout=DEADLINE, headers=project.headers) as client:
         for i in range(5):
             accepted(client, server, f"evt-{i}", deliveries=1)
     in_flight = receiver.wait_for(2)  # both slots taken, held by the receiver
@@ -496,7 +504,7 @@ def test_sigterm_past_the_grace_releases_unfinished_deliveries_for_the_next_proc
     project.apply_library()
     server = project.serve("--concurrency", "2", "--grace", "0.5")
 
-    with httpx.Client(timeout=DEADLINE) as client:
+    with httpx.Client(timeout=DEADLINE, headers=project.headers) as client:
         for i in range(3):
             accepted(client, server, f"evt-{i}", deliveries=1)
     cut_short = receiver.wait_for(2)
@@ -556,7 +564,7 @@ def test_sigkill_mid_run_loses_no_accepted_event(
 
     receiver.on_request(kill_mid_run)
     accepted_ids = []
-    with httpx.Client(timeout=DEADLINE) as client:
+    with httpx.Client(timeout=DEADLINE, headers=project.headers) as client:
         for i in range(events):
             event_id = f"evt-{i:04d}"
             try:

@@ -533,6 +533,23 @@ class QueueContract:
         assert [r.event_id for r in store.deliveries(limit=1)] == ["g1"]
         assert store.deliveries(status="failed", organization="globex") == []
 
+    def test_deliveries_of_several_organizations_at_once(self, store: Any) -> None:
+        # An API token's scope: a partner admin sees all of their clients, no one else.
+        commit(store, put("globex", "a"), put("initech", "a"))
+        store.add_event(event("e1"), NOW)
+        store.add_event(event("g1", "globex"), NOW + 10)
+        store.add_event(event("i1", "initech"), NOW + 20)
+
+        def orgs(**filters: Any) -> list[str]:
+            return [r.organization for r in store.deliveries(**filters)]
+
+        assert orgs(organizations=["acme", "globex"]) == ["globex", "acme", "acme"]
+        assert orgs(organizations=["initech"]) == ["initech"]
+        assert orgs(organizations=[]) == []
+        assert orgs(organizations=["acme", "globex"], limit=2) == ["globex", "acme"]
+        assert orgs(organizations=["acme", "globex"], webhook="b") == ["acme"]
+        assert orgs(organizations=["nobody"]) == []
+
     def test_queue_counts_by_status(self, store: Any) -> None:
         assert store.queue_counts() == {}
         store.add_event(event("e1"), NOW)

@@ -161,6 +161,9 @@ def test_serve_logs_metrics_and_api_never_show_a_secret(tmp_path: Path, receiver
     env = {**os.environ, **_secrets(receiver), "NO_COLOR": "1"}
     env.pop("RECONCILER_STATE", None)
     assert _run(project, env, "apply", "--auto-approve").returncode == 0
+    made = _run(project, env, "tokens", "create", "--role", "admin", "--org", "acme")
+    assert made.returncode == 0, made.stderr
+    api_token = made.stdout.strip()
     server = subprocess.Popen(
         [sys.executable, "-m", "reconciler", "serve", "--port", "0", "--allow-private-networks"],
         cwd=project,
@@ -174,7 +177,8 @@ def test_serve_logs_metrics_and_api_never_show_a_secret(tmp_path: Path, receiver
         line = server.stdout.readline()
         assert line.startswith("serving on http://"), line
         base = line.split()[2]
-        with httpx.Client(base_url=base, timeout=TIMEOUT) as http:
+        headers = {"Authorization": f"Bearer {api_token}"}
+        with httpx.Client(base_url=base, timeout=TIMEOUT, headers=headers) as http:
             posted = http.post(
                 "/v1/events",
                 json={"type": "new_rule_violation", "organization": "acme", "name": "r1"},
@@ -204,3 +208,4 @@ def test_serve_logs_metrics_and_api_never_show_a_secret(tmp_path: Path, receiver
     texts["log"] = out + err
     for where, text in texts.items():
         _assert_clean(where, text)
+        assert api_token not in text, f"the API token leaked into {where}"

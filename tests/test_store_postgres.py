@@ -85,6 +85,7 @@ def test_open_store_selects_postgres_and_hides_the_password(postgres_url: str) -
             "0001_live_state_and_audit_log",
             "0002_events_and_deliveries",
             "0003_retry_schedule_restarts_on_replay",
+            "0004_api_tokens",
         ]
     finally:
         store.close()

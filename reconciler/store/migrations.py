@@ -109,3 +109,24 @@ MIGRATIONS.append(
         ["ALTER TABLE deliveries ADD COLUMN retry_base INTEGER NOT NULL DEFAULT 0"],
     )
 )
+
+MIGRATIONS.append(
+    (
+        "0004_api_tokens",
+        [
+            # organizations: a JSON list. token_hash: hex SHA-256 of the secret, which
+            # is never stored (reconciler/tokens.py says why SHA-256 is enough).
+            """CREATE TABLE api_tokens (
+                id TEXT PRIMARY KEY,
+                name TEXT NOT NULL,
+                role TEXT NOT NULL,
+                organizations TEXT NOT NULL,
+                all_organizations INTEGER NOT NULL DEFAULT 0,
+                token_hash TEXT NOT NULL UNIQUE,
+                created_at REAL NOT NULL,
+                expires_at REAL,
+                revoked_at REAL
+            )""",
+        ],
+    )
+)

@@ -8,6 +8,7 @@ migrations run under another, so processes starting at once migrate once.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import socket
@@ -24,6 +25,7 @@ from reconciler.errors import LockTimeout, StaleState, StateError
 from reconciler.store.base import AuditEntry, AuditRecord, LiveWebhook, StateInfo, Write
 from reconciler.store.postgres_migrations import MIGRATIONS
 from reconciler.store.postgres_queue import PostgresQueue
+from reconciler.store.tokens import TOKEN_COLUMNS, TokenRecord, token_from_row
 
 try:
     import psycopg
@@ -78,7 +80,7 @@ class PostgresStore(PostgresQueue):
         }
         try:
             with psycopg.connect(conninfo, autocommit=True, connect_timeout=10) as conn:
-                conn.execute(f'CREATE SCHEMA IF NOT EXISTS "{self.schema}"')
+                _create_schema(conn, self.schema)
         except psycopg.Error as exc:
             raise StateError(f"cannot open the state at {self.url}: {_reason(exc)}") from None
         self._pool = ConnectionPool(
@@ -342,8 +344,61 @@ class PostgresStore(PostgresQueue):
             conn.execute("RESET lock_timeout")
         return True
 
+    # -- API tokens -----------------------------------------------------------
+
+    def add_token(self, token: TokenRecord) -> None:
+        with self._tx() as cur:
+            cur.execute(
+                f"INSERT INTO api_tokens ({TOKEN_COLUMNS}) "  # type: ignore[arg-type]
+                "VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s)",
+                (
+                    token.id,
+                    token.name,
+                    token.role,
+                    json.dumps(list(token.organizations)),
+                    token.all_organizations,
+                    token.token_hash,
+                    token.created_at,
+                    token.expires_at,
+                    token.revoked_at,
+                ),
+            )
+
+    def tokens(self) -> list[TokenRecord]:
+        with self._tx() as cur:
+            cur.execute(
+                f"SELECT {TOKEN_COLUMNS} FROM api_tokens ORDER BY created_at, id"  # type: ignore[arg-type]
+            )
+            return [token_from_row(row) for row in cur.fetchall()]
+
+    def revoke_token(self, token_id: str, now: float) -> bool:
+        with self._tx() as cur:
+            cur.execute(
+                "UPDATE api_tokens SET revoked_at = %s WHERE id = %s AND revoked_at IS NULL",
+                (now, token_id),
+            )
+            return bool(cur.rowcount)
+
+    def token_by_hash(self, token_hash: str) -> TokenRecord | None:
+        with self._tx() as cur:
+            cur.execute(
+                f"SELECT {TOKEN_COLUMNS} FROM api_tokens WHERE token_hash = %s",  # type: ignore[arg-type]
+                (token_hash,),
+            )
+            row = cur.fetchone()
+        return token_from_row(row) if row is not None else None
+
     def close(self) -> None:
         self._pool.close()
+
+
+def _create_schema(conn: psycopg.Connection[Any], schema: str) -> None:
+    """CREATE SCHEMA IF NOT EXISTS, safe when another session creates it at the same
+    moment: PostgreSQL's IF NOT EXISTS sees only committed schemas, so the loser of
+    that race fails on the catalog's unique index although the schema now exists."""
+    # Made by the other session: it exists, which is all that is needed.
+    with contextlib.suppress(psycopg.errors.UniqueViolation, psycopg.errors.DuplicateSchema):
+        conn.execute(f'CREATE SCHEMA IF NOT EXISTS "{schema}"')
 
 
 def _dead_here(pid: int, host: str) -> bool:

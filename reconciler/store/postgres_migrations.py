@@ -101,4 +101,20 @@ MIGRATIONS: list[tuple[str, list[str]]] = [
         "0003_retry_schedule_restarts_on_replay",
         ["ALTER TABLE deliveries ADD COLUMN retry_base INTEGER NOT NULL DEFAULT 0"],
     ),
+    (
+        "0004_api_tokens",
+        [
+            """CREATE TABLE api_tokens (
+                id TEXT PRIMARY KEY,
+                name TEXT NOT NULL,
+                role TEXT NOT NULL,
+                organizations TEXT NOT NULL,
+                all_organizations BOOLEAN NOT NULL DEFAULT false,
+                token_hash TEXT NOT NULL UNIQUE,
+                created_at DOUBLE PRECISION NOT NULL,
+                expires_at DOUBLE PRECISION,
+                revoked_at DOUBLE PRECISION
+            )""",
+        ],
+    ),
 ]

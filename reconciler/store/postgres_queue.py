@@ -288,7 +288,9 @@ class PostgresQueue:
         event_id: str | None = None,
         since: float | None = None,
         limit: int = 100,
+        organizations: Sequence[str] | None = None,
     ) -> list[DeliveryRecord]:
+        """Newest first. `organizations`: only these (an API token's scope)."""
         query = (
             f"SELECT {_DELIVERY_COLUMNS} FROM deliveries d JOIN events e ON e.id = d.event_id "
             "WHERE true"
@@ -306,6 +308,9 @@ class PostgresQueue:
         if since is not None:
             query += " AND d.updated_at >= %s"
             args.append(since)
+        if organizations is not None:
+            query += " AND d.organization = ANY(%s)"
+            args.append(list(organizations))
         query += " ORDER BY d.created_at DESC, d.id LIMIT %s"
         args.append(limit)
         with self._tx() as cur:

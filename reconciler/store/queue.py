@@ -165,6 +165,7 @@ class QueueStore(Protocol):
         event_id: str | None = None,
         since: float | None = None,
         limit: int = 100,
+        organizations: Sequence[str] | None = None,
     ) -> list[DeliveryRecord]: ...
 
     def delivery(self, delivery_id: str) -> tuple[DeliveryRecord, list[AttemptRecord]] | None: ...

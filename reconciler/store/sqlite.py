@@ -23,6 +23,7 @@ from reconciler.errors import LockTimeout, StaleState, StateError
 from reconciler.store.base import AuditEntry, AuditRecord, LiveWebhook, StateInfo, Write
 from reconciler.store.migrations import MIGRATIONS
 from reconciler.store.sqlite_queue import SqliteQueue
+from reconciler.store.tokens import TOKEN_COLUMNS, TokenRecord, token_from_row
 
 LOCK_LEASE_SECONDS = 3600.0
 _POLL_SECONDS = 0.1
@@ -274,6 +275,45 @@ class SqliteStore(SqliteQueue):
                 (holder, os.getpid(), host, token, _now(), time.time() + LOCK_LEASE_SECONDS),
             )
         return None
+
+    # -- API tokens -----------------------------------------------------------
+
+    def add_token(self, token: TokenRecord) -> None:
+        with self._write() as db:
+            db.execute(
+                f"INSERT INTO api_tokens ({TOKEN_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                (
+                    token.id,
+                    token.name,
+                    token.role,
+                    json.dumps(list(token.organizations)),
+                    int(token.all_organizations),
+                    token.token_hash,
+                    token.created_at,
+                    token.expires_at,
+                    token.revoked_at,
+                ),
+            )
+
+    def tokens(self) -> list[TokenRecord]:
+        rows = self._db.execute(
+            f"SELECT {TOKEN_COLUMNS} FROM api_tokens ORDER BY created_at, id"
+        ).fetchall()
+        return [token_from_row(row) for row in rows]
+
+    def revoke_token(self, token_id: str, now: float) -> bool:
+        with self._write() as db:
+            changed = db.execute(
+                "UPDATE api_tokens SET revoked_at = ? WHERE id = ? AND revoked_at IS NULL",
+                (now, token_id),
+            ).rowcount
+        return bool(changed)
+
+    def token_by_hash(self, token_hash: str) -> TokenRecord | None:
+        row = self._db.execute(
+            f"SELECT {TOKEN_COLUMNS} FROM api_tokens WHERE token_hash = ?", (token_hash,)
+        ).fetchone()
+        return token_from_row(row) if row is not None else None
 
     def close(self) -> None:
         self._db.close()

@@ -276,7 +276,9 @@ class SqliteQueue:
         event_id: str | None = None,
         since: float | None = None,
         limit: int = 100,
+        organizations: Sequence[str] | None = None,
     ) -> list[DeliveryRecord]:
+        """Newest first. `organizations`: only these (an API token's scope)."""
         query = (
             f"SELECT {_DELIVERY_COLUMNS} FROM deliveries d JOIN events e ON e.id = d.event_id "
             "WHERE 1=1"
@@ -294,6 +296,9 @@ class SqliteQueue:
         if since is not None:
             query += " AND d.updated_at >= ?"
             args.append(since)
+        if organizations is not None:
+            query += f" AND d.organization IN ({', '.join('?' * len(organizations))})"
+            args.extend(organizations)
         query += " ORDER BY d.created_at DESC, d.id LIMIT ?"
         args.append(limit)
         return [DeliveryRecord(*row) for row in self._db.execute(query, args)]

@@ -1,0 +1,144 @@
+"""Bearer tokens on the HTTP API, as FastAPI dependencies.
+
+Each route but /healthz declares `Depends(guard.require(permission))`: the
+dependency reads `Authorization: Bearer <token>`, verifies the token against the
+store, checks the role, and hands the route an `Access` for the organization
+checks that need the request's data (an event's organization, a delivery's).
+
+    401 {"error": "missing or invalid bearer token"}  + WWW-Authenticate: Bearer
+        no header, another scheme, an unknown, revoked or expired token
+    403 {"error": "the role auditor may not send events"}
+        {"error": "organization globex is out of this token's scope"}
+
+Verified tokens are kept for CACHE_SECONDS (by the dispatcher's clock), so a
+burst of events costs one lookup; expiry is checked on every request, and a
+revocation reaches every running dispatcher within CACHE_SECONDS.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Annotated, Any, cast
+
+from fastapi import Depends, FastAPI, Request
+from fastapi.responses import JSONResponse
+from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+from pydantic import BaseModel
+
+from reconciler import tokens
+from reconciler.store.tokens import TokenRecord, TokenStore
+from reconciler.tokens import Access, Permission
+
+if TYPE_CHECKING:
+    from reconciler.dispatch.service import Dispatcher
+
+UNAUTHORIZED = "missing or invalid bearer token"
+CACHE_SECONDS = 1.0
+_CACHE_LIMIT = 1024
+
+_bearer = HTTPBearer(
+    auto_error=False,
+    description="An API token made by `reconciler tokens create`: `Authorization: Bearer rcn_...`",
+)
+
+
+class AuthErrorOut(BaseModel):
+    error: str
+
+
+# For each guarded route's `responses=`, so the OpenAPI document lists them.
+RESPONSES: dict[int | str, dict[str, Any]] = {
+    401: {"model": AuthErrorOut, "description": "Missing or invalid bearer token"},
+    403: {"model": AuthErrorOut, "description": "Role or organization not allowed"},
+}
+
+
+class AuthError(Exception):
+    """A request refused for who sent it: 401 or 403."""
+
+    def __init__(self, status: int, message: str) -> None:
+        super().__init__(message)
+        self.status = status
+        self.message = message
+
+    def response(self) -> JSONResponse:
+        headers = {"WWW-Authenticate": "Bearer"} if self.status == 401 else None
+        return JSONResponse({"error": self.message}, status_code=self.status, headers=headers)
+
+
+def forbidden(message: str) -> AuthError:
+    return AuthError(403, message)
+
+
+class Require:
+    """The dependency of one route: a valid token whose role has `permission`
+    (None: any valid token)."""
+
+    def __init__(self, guard: Guard, permission: Permission | None) -> None:
+        self.guard = guard
+        self.permission = permission
+
+    async def __call__(
+        self, credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)]
+    ) -> Access:
+        access = await self.guard.authenticate(credentials.credentials if credentials else None)
+        if self.permission is not None and not access.may(self.permission):
+            raise forbidden(access.refusal(self.permission))
+        return access
+
+
+class Guard:
+    """Verifies tokens for one app, against its dispatcher's store and clock."""
+
+    def __init__(self, dispatcher: Dispatcher) -> None:
+        self._dispatcher = dispatcher
+        self._cache: dict[str, tuple[TokenRecord, float]] = {}
+
+    def require(self, permission: Permission | None = None) -> Any:
+        return Depends(Require(self, permission))
+
+    async def authenticate(self, presented: str | None) -> Access:
+        if not presented or not presented.startswith(tokens.PREFIX):
+            raise AuthError(401, UNAUTHORIZED)
+        now = self._dispatcher.clock()
+        record = await self._lookup(tokens.token_hash(presented), now)
+        if record is None or not record.usable(now):
+            raise AuthError(401, UNAUTHORIZED)
+        return Access.of(record)
+
+    async def _lookup(self, digest: str, now: float) -> TokenRecord | None:
+        cached = self._cache.get(digest)
+        if cached is not None and now - cached[1] < CACHE_SECONDS:
+            return cached[0]
+        db = self._dispatcher.db
+        store = cast(TokenStore, db.store)
+        record = await db.run(tokens.find_by_hash, store, digest)
+        if record is None:
+            self._cache.pop(digest, None)  # unknown secrets are never kept
+            return None
+        if len(self._cache) >= _CACHE_LIMIT:
+            self._cache.clear()
+        self._cache[digest] = (record, now)
+        return record
+
+    async def check(self, request: Request) -> AuthError | None:
+        """The refusal the route's own dependency would give, for a request FastAPI
+        rejected before running it (a body that is not JSON is read first)."""
+        route = request.scope.get("route")
+        for dependency in getattr(getattr(route, "dependant", None), "dependencies", ()):
+            call = getattr(dependency, "call", None)
+            if isinstance(call, Require):
+                try:
+                    await call(await _bearer(request))
+                except AuthError as refusal:
+                    return refusal
+        return None
+
+
+def install(app: FastAPI, dispatcher: Dispatcher) -> Guard:
+    """Answer AuthError as JSON; return the app's guard."""
+
+    async def _refused(_request: Request, exc: Exception) -> JSONResponse:
+        return cast(AuthError, exc).response()
+
+    app.add_exception_handler(AuthError, _refused)
+    return Guard(dispatcher)
