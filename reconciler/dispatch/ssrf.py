@@ -76,10 +76,10 @@ def address_kind(ip: Address) -> str | None:
         return "shared (carrier-grade NAT)"
     if isinstance(ip, ipaddress.IPv6Address) and ip in ipaddress.ip_network("fc00::/7"):
         return "unique-local"
-    if ip.is_private:
-        return "private"
     if ip.is_reserved:
         return "reserved"
+    if ip.is_private:
+        return "private"
     if not ip.is_global:
         return "non-public"
     return None
@@ -90,11 +90,13 @@ class GuardedResolver(AbstractResolver):
 
     def __init__(self, policy: NetworkPolicy, inner: AbstractResolver | None = None) -> None:
         self.policy = policy
-        self.inner = inner or ThreadedResolver()
+        self.inner = inner  # the system's, made on first use: it binds to the running loop
 
     async def resolve(
         self, host: str, port: int = 0, family: socket.AddressFamily = socket.AF_INET
     ) -> list[ResolveResult]:
+        if self.inner is None:
+            self.inner = ThreadedResolver()
         results = await self.inner.resolve(host, port, family)
         allowed = [r for r in results if self.policy.refusal(r["host"]) is None]
         if not allowed:
@@ -106,7 +108,8 @@ class GuardedResolver(AbstractResolver):
         return allowed
 
     async def close(self) -> None:
-        await self.inner.close()
+        if self.inner is not None:
+            await self.inner.close()
 
 
 def refused_in(exc: BaseException) -> TargetRefused | None:
