@@ -1,0 +1,802 @@
+"""Durable deliveries per second and latency of `reconciler serve`, against a bare HTTP client.
+
+    .venv/bin/python bench/bench_dispatch.py [--deliveries 20000] [--webhooks 1,10]
+        [--concurrency 50,200,500] [--repeat 3] [--latency-rate 500] [--latency-seconds 10]
+
+Every process talks over loopback (127.0.0.1) only, every loop is bounded in
+count and in time. One run measures, in this order:
+
+  sink      bench/sink.py, a raw-asyncio HTTP/1.1 receiver (keep-alive, 200 "ok",
+            counts requests), in its own process; its capacity with wrk
+            (`apt-get install wrk`; without it, two bench/loadgen.py processes),
+            -t1, for a few seconds per connection count;
+  bare      the dispatcher's HTTP stack without persistence, in a child process:
+            `reconciler.dispatch.service.make_client(C)` (httpx over aiohttp)
+            sending N JSON POSTs to the sink with C requests in flight, the
+            headers the dispatcher sends; for context the same with reconciler's
+            own `sender.send` around it (what a worker calls), aiohttp's
+            ClientSession alone (no httpx), and httpx's default transport
+            (1,000 requests: it is slow);
+  durable   a state with organization acme and K webhooks pointing at the sink
+            (definitions written, then `reconciler apply --auto-approve`; a
+            publisher token from `reconciler tokens create` where the API wants
+            one); `reconciler serve --concurrency C` as a subprocess (with
+            `--allow-cidr 127.0.0.1/32` where it guards addresses; its log, INFO
+            per attempt, to a file); bench/loadgen.py posts N/K events to
+            /v1/events over 32 keep-alive connections as fast as they are
+            taken; measured from the first POST to the arrival at the sink of
+            the last of the N deliveries. Afterwards the database must hold N
+            deliveries, all 'delivered'. From /proc: CPU seconds of each process
+            (and of the dispatcher's main thread and its other threads), the
+            bytes the dispatcher wrote to storage, and the "other load": cores
+            the rest of the machine kept busy meanwhile (it is shared);
+  latency   K = 1 at the best C for K = 1: events at a steady --latency-rate for
+            --latency-seconds (open loop); each event's description is the time
+            it was due and the webhook's body carries it ({"id": "{{event_id}}",
+            "t": "{{description}}"}); the sink keeps the arrival times:
+            p50/p99 of arrival - due.
+
+Bare and durable runs are interleaved, --repeat times; medians are reported.
+The defaults take about 13 minutes on 2 cores.
+Goal (the issue): >= 2,500 durable deliveries/s and >= 0.5x the bare client;
+p99 < 200 ms at 500 events/s. Exit 1 when it is missed.
+
+Not part of the test suite: pytest collects tests/ only.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import http.client
+import json
+import os
+import platform
+import re
+import select
+import shutil
+import signal
+import sqlite3
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+BENCH = Path(__file__).resolve().parent
+ROOT = BENCH.parent
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
+
+GOAL_RATE = 2500.0
+GOAL_RATIO = 0.5
+GOAL_P99_MS = 200.0
+LOADGEN_CONNECTIONS = 32
+HTTPX_REQUESTS = 1000  # httpx's default transport: slow, fewer requests
+BARE_KINDS: list[tuple[str, int]] = []  # (client, requests), set from the arguments
+RUN_LIMIT_SECONDS = 300.0  # no single measurement may take longer
+TICKS = os.sysconf("SC_CLK_TCK")
+
+DEFINITION = """\
+name: hook-{i}
+organization: acme
+event: new_rule_violation
+method: POST
+url: http://127.0.0.1:{port}/hook/{i}
+headers:
+  Content-Type: application/json
+body:
+  id: "{{{{event_id}}}}"
+  t: "{{{{description}}}}"
+"""
+
+
+# -- processes --------------------------------------------------------------------
+
+
+def cpu_seconds(pid: int) -> dict[str, float]:
+    """user+system CPU seconds of a process: 'main' (its first thread), 'other' threads."""
+    out = {"main": 0.0, "other": 0.0}
+    with contextlib.suppress(FileNotFoundError, ProcessLookupError):
+        for task in os.listdir(f"/proc/{pid}/task"):
+            try:
+                stat = Path(f"/proc/{pid}/task/{task}/stat").read_text()
+            except (FileNotFoundError, ProcessLookupError):
+                continue
+            fields = stat.rpartition(")")[2].split()
+            seconds = (int(fields[11]) + int(fields[12])) / TICKS
+            out["main" if int(task) == pid else "other"] += seconds
+    return out
+
+
+def code_version() -> str:
+    """The commit measured, and whether reconciler/ had uncommitted changes."""
+    try:
+        head = subprocess.run(
+            ["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, cwd=ROOT
+        ).stdout.strip()
+        dirty = subprocess.run(
+            ["git", "status", "--porcelain", "--", "reconciler"],
+            capture_output=True, text=True, cwd=ROOT,
+        ).stdout.strip()  # fmt: skip
+    except OSError:
+        return "unknown (no git)"
+    return f"{head or 'unknown'}{' with uncommitted changes in reconciler/' if dirty else ''}"
+
+
+def disk_written(pid: int) -> int:
+    """Bytes `pid` has caused to be written to storage (/proc/PID/io write_bytes)."""
+    try:
+        for line in Path(f"/proc/{pid}/io").read_text().splitlines():
+            if line.startswith("write_bytes:"):
+                return int(line.split(":")[1])
+    except OSError:
+        pass
+    return 0
+
+
+def machine_busy() -> tuple[float, float]:
+    """CPU seconds the whole machine has spent busy, and stolen by the hypervisor."""
+    fields = [int(x) for x in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
+    idle = fields[3] + fields[4]  # idle + iowait
+    steal = fields[7] if len(fields) > 7 else 0
+    return (sum(fields[:8]) - idle - steal) / TICKS, steal / TICKS
+
+
+def read_line(proc: subprocess.Popen[str], pattern: str, timeout: float) -> re.Match[str]:
+    """The first stdout line of `proc` matching `pattern`, within `timeout` seconds."""
+    deadline = time.monotonic() + timeout
+    assert proc.stdout is not None
+    while time.monotonic() < deadline:
+        ready, _, _ = select.select([proc.stdout], [], [], 0.2)
+        if ready:
+            line = proc.stdout.readline()
+            if not line:
+                break
+            found = re.search(pattern, line)
+            if found:
+                return found
+        elif proc.poll() is not None:
+            break
+    proc.kill()
+    raise SystemExit(f"{proc.args[:4]}... did not print {pattern!r} within {timeout}s")
+
+
+def stop(proc: subprocess.Popen[Any], sig: int = signal.SIGTERM, wait: float = 30.0) -> None:
+    if proc.poll() is None:
+        proc.send_signal(sig)
+        try:
+            proc.wait(wait)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+
+
+class Sink:
+    """bench/sink.py in its own process, and a keep-alive connection to its control paths."""
+
+    def __init__(self, workdir: Path) -> None:
+        self.proc = subprocess.Popen(
+            [sys.executable, str(BENCH / "sink.py"), "--max-seconds", "3600"],
+            stdout=subprocess.PIPE,
+            stderr=open(workdir / "sink.log", "w"),  # noqa: SIM115
+            text=True,
+        )
+        self.port = int(read_line(self.proc, r":(\d+)$", 20).group(1))
+        self.url = f"http://127.0.0.1:{self.port}"
+        self._conn = http.client.HTTPConnection("127.0.0.1", self.port, timeout=30)
+
+    def _call(self, method: str, path: str) -> Any:
+        for attempt in range(2):
+            try:
+                self._conn.request(method, path)
+                return json.loads(self._conn.getresponse().read())
+            except (ConnectionError, http.client.HTTPException):
+                self._conn.close()
+                if attempt:
+                    raise
+        return None
+
+    def reset(self, record: bool = False) -> None:
+        self._call("POST", "/_reset?record=1" if record else "/_reset")
+
+    def count(self) -> dict[str, Any]:
+        return self._call("GET", "/_count")
+
+    def dump(self) -> list[list[Any]]:
+        return self._call("GET", "/_dump")
+
+    def wait_for(self, expected: int, timeout: float, stall: float = 20.0) -> dict[str, Any]:
+        """Poll until the sink has counted `expected` requests, or `timeout` passed, or
+        nothing arrived for `stall` seconds."""
+        now = time.monotonic()
+        deadline, last_count, last_change = now + timeout, -1, now
+        while True:
+            seen = self.count()
+            now = time.monotonic()
+            if seen["count"] != last_count:
+                last_count, last_change = seen["count"], now
+            if seen["count"] >= expected or now > deadline or now - last_change > stall:
+                return seen
+            time.sleep(0.05)
+
+    def close(self) -> None:
+        with contextlib.suppress(Exception):
+            self._call("POST", "/_quit")
+        self._conn.close()
+        stop(self.proc, wait=5)
+
+
+def loadgen(
+    url: str,
+    requests: int,
+    *,
+    connections: int,
+    rate: float = 0.0,
+    kind: str = "event",
+    token: str | None = None,
+) -> subprocess.Popen[str]:
+    args = [
+        sys.executable,
+        str(BENCH / "loadgen.py"),
+        url,
+        "--requests",
+        str(requests),
+        "--connections",
+        str(connections),
+        "--body-kind",
+        kind,
+        "--max-seconds",
+        str(RUN_LIMIT_SECONDS),
+    ]
+    if rate:
+        args += ["--rate", str(rate)]
+    if token:
+        args += ["--header", f"Authorization: Bearer {token}"]
+    return subprocess.Popen(args, stdout=subprocess.PIPE, text=True)
+
+
+def loadgen_result(proc: subprocess.Popen[str]) -> dict[str, Any]:
+    out, _ = proc.communicate(timeout=RUN_LIMIT_SECONDS + 30)
+    return json.loads(out.strip().splitlines()[-1])
+
+
+# -- 1. the sink's capacity -----------------------------------------------------------
+
+WRK_SCRIPT = """\
+wrk.method = "POST"
+wrk.body = '{"id": "evt_00000000000000000000000000000001", "t": "1700000000.123456"}'
+wrk.headers["Content-Type"] = "application/json"
+"""
+
+
+def sink_capacity(sink: Sink, connections: int, seconds: float, workdir: Path) -> float:
+    sink.reset()
+    if shutil.which("wrk"):
+        script = workdir / "post.lua"
+        script.write_text(WRK_SCRIPT)
+        out = subprocess.run(
+            ["wrk", "-t1", f"-c{connections}", f"-d{seconds:g}s", "-s", str(script),
+             f"{sink.url}/hook/wrk"],
+            capture_output=True, text=True, timeout=seconds + 30, check=True,
+        ).stdout  # fmt: skip
+        return float(re.search(r"Requests/sec:\s*([\d.]+)", out).group(1))  # type: ignore[union-attr]
+    # Without wrk: two load generator processes, counted by the sink itself.
+    per = max(1, int(seconds * 10_000))
+    procs = [
+        loadgen(f"{sink.url}/hook/gen", per, connections=max(1, connections // 2), kind="webhook")
+        for _ in range(2)
+    ]
+    for proc in procs:
+        loadgen_result(proc)
+    seen = sink.count()
+    return seen["count"] / (seen["last"] - seen["first"])
+
+
+# -- 2. the bare client (child process) ------------------------------------------------
+
+
+async def _bare(url: str, kind: str, concurrency: int, n: int) -> dict[str, Any]:
+    import aiohttp
+    import httpx
+
+    from reconciler.dispatch.sender import send
+    from reconciler.dispatch.service import USER_AGENT, make_client
+    from reconciler.render import RenderedRequest
+
+    if kind == "httpx":
+        limits = httpx.Limits(max_connections=concurrency, max_keepalive_connections=concurrency)
+        client = httpx.AsyncClient(
+            limits=limits,
+            trust_env=False,
+            headers={"User-Agent": USER_AGENT, "Accept-Encoding": "identity"},
+        )
+    elif kind == "raw-aiohttp":
+        client = aiohttp.ClientSession(
+            connector=aiohttp.TCPConnector(limit=concurrency),
+            headers={"User-Agent": USER_AGENT, "Accept-Encoding": "identity"},
+            auto_decompress=False,
+        )
+    else:
+        client = _make_client(make_client, concurrency)
+    next_index = 0
+    ok = 0
+    deadline = time.monotonic() + RUN_LIMIT_SECONDS
+
+    async def worker() -> None:
+        nonlocal next_index, ok
+        while next_index < n and time.monotonic() < deadline:
+            i = next_index
+            next_index += 1
+            now = time.time()
+            body = json.dumps({"id": f"evt_{i:032x}", "t": repr(now)}).encode()
+            headers = {
+                "Content-Type": "application/json",
+                "webhook-id": f"msg_{i:032x}",
+                "webhook-timestamp": str(int(now)),
+            }
+            if kind == "send":
+                outcome = await send(client, RenderedRequest("POST", url, headers, body), 15.0)
+                ok += outcome.kind == "delivered"
+            elif kind == "raw-aiohttp":
+                async with client.post(url, data=body, headers=headers) as answer:
+                    await answer.read()
+                    ok += answer.status == 200
+            else:
+                response = await client.post(url, content=body, headers=headers)
+                ok += response.status_code == 200
+
+    cpu0 = os.times()
+    started = time.perf_counter()
+    async with client:
+        await asyncio.gather(*(worker() for _ in range(concurrency)))
+    elapsed = time.perf_counter() - started
+    cpu1 = os.times()
+    cpu = cpu1.user + cpu1.system - cpu0.user - cpu0.system
+    return {"ok": ok, "seconds": elapsed, "rate": ok / elapsed, "cpu": cpu, "cpu_us": cpu / n * 1e6}
+
+
+def _make_client(make_client: Any, concurrency: int) -> Any:
+    """make_client(C), allowed to reach loopback where it guards addresses."""
+    import inspect
+
+    if "policy" in inspect.signature(make_client).parameters:
+        from reconciler.dispatch.ssrf import NetworkPolicy
+
+        return make_client(concurrency, NetworkPolicy.from_options(False, [LOOPBACK]))
+    return make_client(concurrency)
+
+
+def bare_client(sink: Sink, kind: str, concurrency: int, n: int) -> dict[str, Any]:
+    sink.reset()
+    out = subprocess.run(
+        [sys.executable, __file__, "--child-bare", kind, str(concurrency), str(n),
+         f"{sink.url}/hook/bare"],
+        capture_output=True, text=True, timeout=RUN_LIMIT_SECONDS + 30, check=True,
+    ).stdout  # fmt: skip
+    result = json.loads(out.strip().splitlines()[-1])
+    counted = sink.count()["count"]
+    if result["ok"] != n or counted != n:
+        raise SystemExit(f"bare {kind}: {result['ok']} ok, sink counted {counted}, of {n}")
+    return result
+
+
+# -- 3. durable deliveries through `reconciler serve` --------------------------------
+
+
+@dataclass
+class State:
+    db: Path
+    token: str | None  # a publisher token for acme, where the API takes tokens
+
+
+def make_state(workdir: Path, sink_port: int, webhooks: int) -> State:
+    """A state file with organization acme and `webhooks` webhooks, through the real CLI,
+    and a publisher token for acme if the dispatcher's API asks for one."""
+    defs = workdir / f"defs-{webhooks}" / "acme"
+    defs.mkdir(parents=True)
+    for i in range(1, webhooks + 1):
+        (defs / f"hook-{i}.yaml").write_text(DEFINITION.format(i=i, port=sink_port))
+    db = workdir / f"state-{webhooks}.db"
+    subprocess.run(
+        [sys.executable, "-m", "reconciler", "apply", str(defs.parent), "--state",
+         f"sqlite:///{db}", "--auto-approve", "--actor", "bench"],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, check=True, cwd=ROOT, timeout=120,
+    )  # fmt: skip
+    token = None
+    commands = subprocess.run(
+        [sys.executable, "-m", "reconciler", "--help"],
+        capture_output=True, text=True, cwd=ROOT, timeout=60,
+    ).stdout  # fmt: skip
+    if re.search(r"^\s+tokens\s", commands, re.MULTILINE):
+        token = subprocess.run(
+            [sys.executable, "-m", "reconciler", "tokens", "create", "--role", "publisher",
+             "--org", "acme", "--name", "bench", "--state", f"sqlite:///{db}"],
+            capture_output=True, text=True, check=True, cwd=ROOT, timeout=60,
+        ).stdout.strip().splitlines()[-1]  # fmt: skip
+    return State(db, token)
+
+
+LOOPBACK = "127.0.0.1/32"
+
+
+def serve_flags() -> list[str]:
+    """Let the dispatcher send to the sink on loopback, if it guards addresses."""
+    usage = subprocess.run(
+        [sys.executable, "-m", "reconciler", "serve", "--help"],
+        capture_output=True, text=True, cwd=ROOT, timeout=60,
+    ).stdout  # fmt: skip
+    return ["--allow-cidr", LOOPBACK] if "--allow-cidr" in usage else []
+
+
+SERVE_FLAGS: list[str] = []  # set in main()
+
+
+@dataclass
+class Served:
+    proc: subprocess.Popen[str]
+    url: str
+    db: Path
+
+
+def start_serve(template: State, workdir: Path, concurrency: int, tag: str) -> Served:
+    db = workdir / f"run-{tag}.db"
+    for suffix in ("", "-wal", "-shm"):
+        Path(f"{db}{suffix}").unlink(missing_ok=True)
+    shutil.copy(template.db, db)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "reconciler", "serve", "--state", f"sqlite:///{db}",
+         "--port", "0", "--concurrency", str(concurrency), *SERVE_FLAGS],
+        stdout=subprocess.PIPE, stderr=open(workdir / f"serve-{tag}.log", "w"),  # noqa: SIM115
+        text=True, cwd=ROOT,
+    )  # fmt: skip
+    port = int(read_line(proc, r"serving on http://[\d.]+:(\d+)", 30).group(1))
+    return Served(proc, f"http://127.0.0.1:{port}", db)
+
+
+def check_database(db: Path, expected: int) -> dict[str, int]:
+    with contextlib.closing(sqlite3.connect(f"file:{db}?mode=ro", uri=True)) as conn:
+        counts = dict(conn.execute("SELECT status, count(*) FROM deliveries GROUP BY status"))
+        attempts = conn.execute("SELECT count(*) FROM attempts").fetchone()[0]
+    if counts != {"delivered": expected}:
+        raise SystemExit(f"{db.name}: expected {expected} delivered, found {counts}")
+    return {"delivered": counts["delivered"], "attempts": attempts}
+
+
+@dataclass
+class DurableRun:
+    webhooks: int
+    concurrency: int
+    deliveries: int
+    rate: float  # deliveries/s, first POST to last arrival at the sink
+    intake_rate: float  # events/s taken by POST /v1/events
+    seconds: float
+    cpu: dict[str, float] = field(default_factory=dict)  # process -> CPU seconds
+    attempts: int = 0
+    others: float = 0.0  # cores busy with processes other than these, on average
+    steal: float = 0.0  # cores stolen by the hypervisor, on average
+    disk_bytes: float = 0.0  # written to storage by the dispatcher, per delivery
+
+    @property
+    def cpu_us(self) -> float:
+        """Dispatcher CPU (all threads) per delivery, in microseconds."""
+        dispatcher = self.cpu["dispatcher main thread"] + self.cpu["dispatcher other threads"]
+        return dispatcher / self.deliveries * 1e6
+
+
+def durable(
+    sink: Sink, template: State, workdir: Path, webhooks: int, concurrency: int, deliveries: int
+) -> DurableRun:
+    events = deliveries // webhooks
+    expected = events * webhooks
+    served = start_serve(template, workdir, concurrency, f"k{webhooks}-c{concurrency}")
+    try:
+        sink.reset()
+        serve0, sink0 = cpu_seconds(served.proc.pid), cpu_seconds(sink.proc.pid)
+        busy0, steal0 = machine_busy()
+        disk0 = disk_written(served.proc.pid)
+        wall0 = time.time()
+        gen = loadgen(
+            f"{served.url}/v1/events",
+            events,
+            connections=LOADGEN_CONNECTIONS,
+            token=template.token,
+        )
+        intake = loadgen_result(gen)
+        seen = sink.wait_for(expected, RUN_LIMIT_SECONDS)
+        serve1, sink1 = cpu_seconds(served.proc.pid), cpu_seconds(sink.proc.pid)
+        busy1, steal1 = machine_busy()
+        disk1 = disk_written(served.proc.pid)
+        wall = time.time() - wall0
+    finally:
+        stop(served.proc)
+    if intake["statuses"] != {"202": events}:
+        raise SystemExit(f"intake answered {intake['statuses']} {intake['errors']}")
+    if seen["count"] != expected:
+        log = (workdir / f"serve-k{webhooks}-c{concurrency}.log").read_text().splitlines()
+        raise SystemExit(
+            f"the sink counted {seen['count']} of {expected} deliveries in time; the "
+            "dispatcher's log ends:\n" + "\n".join(log[-5:])
+        )
+    checked = check_database(served.db, expected)
+    seconds = seen["last"] - intake["first_send"]
+    cpu = {
+        "dispatcher main thread": serve1["main"] - serve0["main"],
+        "dispatcher other threads": serve1["other"] - serve0["other"],
+        "sink": sink1["main"] + sink1["other"] - sink0["main"] - sink0["other"],
+        "load generator": intake["cpu"],
+    }
+    others = (busy1 - busy0 - sum(cpu.values())) / wall
+    return DurableRun(
+        webhooks,
+        concurrency,
+        expected,
+        expected / seconds,
+        intake["rate"],
+        seconds,
+        cpu,
+        checked["attempts"],
+        max(0.0, others),
+        (steal1 - steal0) / wall,
+        (disk1 - disk0) / expected,
+    )
+
+
+# -- 4. latency ---------------------------------------------------------------------------
+
+
+def percentile(values: list[float], q: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, max(0, round(q / 100 * (len(ordered) - 1))))]
+
+
+def latency(
+    sink: Sink, template: State, workdir: Path, concurrency: int, rate: float, seconds: float
+) -> dict[str, Any]:
+    events = int(rate * seconds)
+    served = start_serve(template, workdir, concurrency, f"latency-c{concurrency}")
+    try:
+        sink.reset(record=True)
+        serve0 = cpu_seconds(served.proc.pid)
+        gen = loadgen(
+            f"{served.url}/v1/events",
+            events,
+            connections=LOADGEN_CONNECTIONS,
+            rate=rate,
+            token=template.token,
+        )
+        intake = loadgen_result(gen)
+        seen = sink.wait_for(events, 60)
+        serve1 = cpu_seconds(served.proc.pid)
+        kept = sink.dump()
+    finally:
+        stop(served.proc)
+        sink.reset()
+    if seen["count"] != events or intake["statuses"] != {"202": events}:
+        raise SystemExit(f"latency run: {intake['statuses']} taken, {seen['count']} delivered")
+    check_database(served.db, events)
+    ids = set()
+    lat = []
+    for arrival, body in kept:
+        data = json.loads(body)
+        ids.add(data["id"])
+        lat.append((arrival - float(data["t"])) * 1000)
+    if len(ids) != events:
+        raise SystemExit(f"latency run: {len(ids)} distinct event ids of {events}")
+    wall = intake["last_answer"] - intake["first_send"]
+    busy = serve1["main"] + serve1["other"] - serve0["main"] - serve0["other"]
+    return {
+        "events": events,
+        "rate": rate,
+        "achieved": intake["rate"],
+        "concurrency": concurrency,
+        "p50": percentile(lat, 50),
+        "p99": percentile(lat, 99),
+        "max": max(lat),
+        "intake_p50": intake["latency_ms"]["p50"],
+        "intake_p99": intake["latency_ms"]["p99"],
+        "dispatcher_cpu_share": busy / wall,
+    }
+
+
+# -- report --------------------------------------------------------------------------
+
+
+def fmt_rate(value: float) -> str:
+    return f"{value:,.0f}/s"
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--deliveries", type=int, default=20_000, help="per durable run")
+    parser.add_argument("--webhooks", default="1,10", help="webhooks per event (K), a list")
+    parser.add_argument("--concurrency", default="50,200,500", help="--concurrency values")
+    parser.add_argument("--repeat", type=int, default=3)
+    parser.add_argument("--latency-rate", type=float, default=500.0)
+    parser.add_argument("--latency-seconds", type=float, default=10.0)
+    parser.add_argument("--sink-seconds", type=float, default=3.0, help="per wrk run")
+    parser.add_argument("--json", type=Path, help="also write every figure here")
+    parser.add_argument("--child-bare", nargs=4, help=argparse.SUPPRESS)
+    args = parser.parse_args(argv)
+    if args.child_bare:
+        kind, conc, n, url = args.child_bare
+        print(json.dumps(asyncio.run(_bare(url, kind, int(conc), int(n)))))
+        return 0
+
+    fanouts = [int(x) for x in args.webhooks.split(",")]
+    SERVE_FLAGS[:] = serve_flags()
+    BARE_KINDS[:] = [("aiohttp", args.deliveries), ("send", args.deliveries),
+                     ("raw-aiohttp", args.deliveries), ("httpx", HTTPX_REQUESTS)]  # fmt: skip
+    concurrencies = [int(x) for x in args.concurrency.split(",")]
+    n = args.deliveries
+    import aiohttp
+    import httpx
+    import uvicorn
+
+    print(
+        f"python {platform.python_version()}, {os.cpu_count()} cores "
+        f"({len(os.sched_getaffinity(0))} usable), {platform.machine()}; sqlite "
+        f"{sqlite3.sqlite_version}; httpx {httpx.__version__}, aiohttp {aiohttp.__version__}, "
+        f"uvicorn {uvicorn.__version__}; wrk: {'yes' if shutil.which('wrk') else 'no'}; "
+        f"{n:,} deliveries per run, repeat={args.repeat}",
+        flush=True,
+    )
+    print(f"code: {code_version()}", flush=True)
+    results: dict[str, Any] = {"sink": {}, "bare": {}, "durable": {}, "latency": None}
+    with tempfile.TemporaryDirectory(prefix="bench-dispatch-") as tmp:
+        work = Path(tmp)
+        sink = Sink(work)
+        try:
+            templates = {k: make_state(work, sink.port, k) for k in fanouts}
+            # Warm-up, untimed: imports, page cache, the first connections.
+            bare_client(sink, "aiohttp", concurrencies[0], 2000)
+            durable(sink, templates[fanouts[0]], work, fanouts[0], concurrencies[0], 1000)
+
+            for c in concurrencies:
+                rates = [sink_capacity(sink, c, args.sink_seconds, work) for _ in range(3)]
+                results["sink"][c] = rates
+                print(f"sink, {c} connections: " + " ".join(fmt_rate(r) for r in rates), flush=True)
+
+            bare: dict[tuple[str, int], list[dict[str, Any]]] = {}
+            runs: dict[tuple[int, int], list[DurableRun]] = {}
+            for rep in range(args.repeat):
+                for c in concurrencies:
+                    for kind, count in BARE_KINDS:
+                        r = bare_client(sink, kind, c, count)
+                        bare.setdefault((kind, c), []).append(r)
+                        print(
+                            f"[{rep + 1}] bare {kind:7} c={c:<4} {fmt_rate(r['rate']):>9} "
+                            f"(cpu {r['cpu']:.1f} s, {r['cpu_us']:.0f} µs/request)",
+                            flush=True,
+                        )
+                    for k in fanouts:
+                        d = durable(sink, templates[k], work, k, c, n)
+                        runs.setdefault((k, c), []).append(d)
+                        cpu = ", ".join(f"{name} {s:.1f}" for name, s in d.cpu.items())
+                        print(
+                            f"[{rep + 1}] durable K={k:<3} c={c:<4} {fmt_rate(d.rate):>9} "
+                            f"in {d.seconds:.1f} s (intake {fmt_rate(d.intake_rate)}; "
+                            f"cpu s: {cpu}; {d.cpu_us:.0f} µs/delivery; "
+                            f"{d.disk_bytes / 1024:.1f} KiB/delivery written; other load "
+                            f"{d.others:.2f} cores, steal {d.steal:.2f})",
+                            flush=True,
+                        )
+
+            def med_bare(kind: str, c: int) -> float:
+                return statistics.median(r["rate"] for r in bare[(kind, c)])
+
+            def med_durable(k: int, c: int) -> float:
+                return statistics.median(r.rate for r in runs[(k, c)])
+
+            best_c = {k: max(concurrencies, key=lambda c, k=k: med_durable(k, c)) for k in fanouts}
+            if 1 not in templates:
+                templates[1] = make_state(work, sink.port, 1)
+            lat = latency(
+                sink,
+                templates[1],
+                work,
+                best_c.get(1, concurrencies[0]),
+                args.latency_rate,
+                args.latency_seconds,
+            )
+            print(f"latency: {lat}", flush=True)
+        finally:
+            sink.close()
+
+    # -- tables --
+    print("\nSink (bench/sink.py, one process) under wrk -t1, median of 3:\n")
+    print("| connections | requests/s |")
+    print("|---:|---:|")
+    for c, rates in results["sink"].items():
+        print(f"| {c} | {statistics.median(rates):,.0f} |")
+
+    print(f"\nBare client, {n:,} POSTs to the sink (httpx default: {HTTPX_REQUESTS:,}), median of "
+          f"{args.repeat}:\n")  # fmt: skip
+    print(
+        "| concurrency | make_client (httpx+aiohttp) | CPU per request | + sender.send "
+        "| aiohttp alone | CPU per request | httpx default transport |"
+    )
+    print("|---:|---:|---:|---:|---:|---:|---:|")
+    for c in concurrencies:
+        us = statistics.median(r["cpu_us"] for r in bare[("aiohttp", c)])
+        raw_us = statistics.median(r["cpu_us"] for r in bare[("raw-aiohttp", c)])
+        print(
+            f"| {c} | {med_bare('aiohttp', c):,.0f}/s | {us:,.0f} µs | "
+            f"{med_bare('send', c):,.0f}/s | {med_bare('raw-aiohttp', c):,.0f}/s "
+            f"| {raw_us:,.0f} µs | {med_bare('httpx', c):,.0f}/s |"
+        )
+
+    print(f"\nDurable deliveries, intake to 2xx, {n:,} per run, median of {args.repeat}:\n")
+    print(
+        "| K | concurrency | deliveries/s | spread | intake events/s | bare client | ratio "
+        "| dispatcher CPU per delivery | written to disk per delivery "
+        "| CPU s: dispatcher main / other threads / sink / load gen | other load |"
+    )
+    print("|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|---:|")
+    for k in fanouts:
+        for c in concurrencies:
+            rs = runs[(k, c)]
+            rates = sorted(r.rate for r in rs)
+            mid = sorted(rs, key=lambda r: r.rate)[len(rs) // 2]
+            cpu = " / ".join(f"{s:.1f}" for s in mid.cpu.values())
+            b = med_bare("aiohttp", c)
+            us = statistics.median(r.cpu_us for r in rs)
+            others = statistics.median(r.others for r in rs)
+            disk = statistics.median(r.disk_bytes for r in rs) / 1024
+            print(
+                f"| {k} | {c} | {med_durable(k, c):,.0f}/s | {rates[0]:,.0f}–{rates[-1]:,.0f} "
+                f"| {statistics.median(r.intake_rate for r in rs):,.0f}/s | {b:,.0f}/s "
+                f"| {med_durable(k, c) / b:.2f}x | {us:,.0f} µs | {disk:.1f} KiB "
+                f"| {cpu} (wall {mid.seconds:.1f} s) "
+                f"| {others:.2f} cores |"
+            )
+
+    print(f"\nLatency, 1 webhook, {lat['rate']:.0f} events/s for {args.latency_seconds:g} s "
+          f"({lat['events']:,} events, --concurrency {lat['concurrency']}):\n")  # fmt: skip
+    print("| intake to delivery p50 | p99 | max | POST /v1/events p50 | p99 | dispatcher CPU |")
+    print("|---:|---:|---:|---:|---:|---:|")
+    print(
+        f"| {lat['p50']:.1f} ms | {lat['p99']:.1f} ms | {lat['max']:.1f} ms "
+        f"| {lat['intake_p50']:.1f} ms | {lat['intake_p99']:.1f} ms "
+        f"| {lat['dispatcher_cpu_share']:.0%} of a core |"
+    )
+
+    print()
+    met = True
+    for k in fanouts:
+        c = best_c[k]
+        rate = med_durable(k, c)
+        ratio = rate / med_bare("aiohttp", c)
+        ok = rate >= GOAL_RATE and ratio >= GOAL_RATIO
+        met &= ok
+        print(
+            f"K={k}: best --concurrency {c}: {rate:,.0f} deliveries/s, {ratio:.2f}x the bare "
+            f"client: {'met' if ok else 'MISSED'} (goal >= {GOAL_RATE:,.0f}/s and >= "
+            f"{GOAL_RATIO}x)"
+        )
+    lat_ok = lat["p99"] < GOAL_P99_MS
+    met &= lat_ok
+    print(
+        f"p99 at {lat['rate']:.0f} events/s: {lat['p99']:.1f} ms: "
+        f"{'met' if lat_ok else 'MISSED'} (goal < {GOAL_P99_MS:.0f} ms)"
+    )
+    print(f"verdict: {'goal met' if met else 'goal MISSED'}")
+    print(f"code at the end of the run: {code_version()}")
+
+    if args.json:
+        results["bare"] = {f"{k}@{c}": v for (k, c), v in bare.items()}
+        results["durable"] = {
+            f"K{k}@{c}": [{**r.__dict__, "cpu_us": r.cpu_us} for r in v]
+            for (k, c), v in runs.items()
+        }
+        results["latency"] = lat
+        args.json.write_text(json.dumps(results, indent=2))
+    return 0 if met else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
