@@ -465,11 +465,8 @@ def test_applies_serialize_on_the_advisory_lock(tmp_path: Path, postgres_url: st
             timeout=DEADLINE,
         )
         assert refused.returncode == 1, refused.stdout + refused.stderr
-        assert re.search(
-            rf"^error: the state is locked by holder-x \(pid {holder.pid} on .+\); waited 0s$",
-            refused.stderr,
-            re.MULTILINE,
-        ), refused.stderr
+        (message,) = [line for line in refused.stderr.splitlines() if line.startswith("error:")]
+        assert "holder-x" in message and f"pid {holder.pid}" in message, message
         assert "Traceback" not in refused.stderr
         assert rows(postgres_url, "SELECT count(*) FROM webhooks") == [(0,)]
         assert rows(postgres_url, "SELECT count(*) FROM audit_log") == [(0,)]
