@@ -779,9 +779,8 @@ def test_no_request_reaches_private_loopback_or_link_local_addresses(
 def test_rate_limit_spaces_requests_to_one_webhook(
     store: SqliteStore, clock: FakeClock, httpx_mock: HTTPXMock
 ) -> None:
-    # BUG: `rate_limit` ("at most this many requests to this webhook", e.g. 1/s
-    # for Slack) is accepted in definitions but the dispatcher ignores it: three
-    # queued events go out in the same instant.
+    # `rate_limit` ("at most this many requests to this webhook", e.g. 1/s for
+    # Slack): three queued events are spaced out, none dropped.
     live(store, spec("a", rate_limit="1/s"))
     for n in range(3):
         queue(store, clock, f"evt-{n}")
@@ -798,6 +797,38 @@ def test_rate_limit_spaces_requests_to_one_webhook(
     run(store, scenario, clock=clock)
     assert {r.status for r in store.deliveries()} == {"delivered"}
     assert len(httpx_mock.get_requests()) == 3
+
+
+def test_a_429_with_retry_after_holds_every_delivery_to_that_webhook(
+    store: SqliteStore, clock: FakeClock, httpx_mock: HTTPXMock
+) -> None:
+    live(store, spec("a"), spec("b"))
+    queue(store, clock, "evt-1")
+    httpx_mock.add_response(
+        url="https://hooks.example.com/a", status_code=429, headers={"Retry-After": "120"}
+    )
+    httpx_mock.add_response(url="https://hooks.example.com/b", is_reusable=True)
+    httpx_mock.add_response(url="https://hooks.example.com/a", is_reusable=True)
+
+    async def scenario(worker: Worker) -> None:
+        await worker.run_once()  # a: 429, hold 120 s; b: delivered
+        queue(store, clock, "evt-2")
+        clock.now += 60
+        await worker.run_once()  # a is held: evt-2's delivery to a is put off
+        sent_to_a = [r for r in httpx_mock.get_requests() if r.url.path == "/a"]
+        assert len(sent_to_a) == 1
+        held = [r for r in store.deliveries(webhook="a") if r.event_id == "evt-2"]
+        assert held[0].status == "pending"
+        assert held[0].attempts == 0  # putting off is not an attempt
+        assert held[0].due_at is not None and held[0].due_at >= START_OF_HOLD + 120
+        clock.now += 61
+        while await worker.run_once():
+            clock.now += 1
+
+    START_OF_HOLD = clock.now
+    run(store, scenario, clock=clock)
+    assert {r.status for r in store.deliveries()} == {"delivered"}
+    assert len([r for r in httpx_mock.get_requests() if r.url.path == "/a"]) == 3
 
 
 def test_a_delivery_waiting_for_a_free_slot_is_not_sent_twice(
