@@ -91,6 +91,26 @@ class AuditEntry:
         }
 
 
+def audit_rows(audit: Sequence[AuditRecord], serial: int, now: str) -> list[tuple[object, ...]]:
+    """Audit records as the audit_log table's rows, in its column order (both backends)."""
+    return [
+        (
+            now,
+            serial,
+            r.action,
+            r.organization,
+            r.name,
+            json.dumps(r.before, sort_keys=True) if r.before is not None else None,
+            json.dumps(r.after, sort_keys=True) if r.after is not None else None,
+            r.actor,
+            r.git_commit,
+            r.plan_checksum,
+            r.note,
+        )
+        for r in audit
+    ]
+
+
 class Store(Protocol):
     url: str  # where the state lives, without credentials
 

@@ -22,7 +22,14 @@ from typing import Any
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 from reconciler.errors import LockTimeout, StaleState, StateError
-from reconciler.store.base import AuditEntry, AuditRecord, LiveWebhook, StateInfo, Write
+from reconciler.store.base import (
+    AuditEntry,
+    AuditRecord,
+    LiveWebhook,
+    StateInfo,
+    Write,
+    audit_rows,
+)
 from reconciler.store.postgres_migrations import MIGRATIONS
 from reconciler.store.postgres_queue import PostgresQueue
 from reconciler.store.tokens import TOKEN_COLUMNS, TokenRecord, token_from_row
@@ -242,22 +249,7 @@ class PostgresStore(PostgresQueue):
             "INSERT INTO audit_log (at, serial, action, organization, name, before, after, "
             "actor, git_commit, plan_checksum, note) "
             "VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s)",
-            [
-                (
-                    now,
-                    serial,
-                    r.action,
-                    r.organization,
-                    r.name,
-                    json.dumps(r.before, sort_keys=True) if r.before is not None else None,
-                    json.dumps(r.after, sort_keys=True) if r.after is not None else None,
-                    r.actor,
-                    r.git_commit,
-                    r.plan_checksum,
-                    r.note,
-                )
-                for r in audit
-            ],
+            audit_rows(audit, serial, now),
         )
 
     def pause(self, organization: str, name: str, reason: str, actor: str) -> None:

@@ -21,12 +21,7 @@ from reconciler.store.queue import (
     IntakeResult,
     headers_json,
 )
-from reconciler.store.sqlite_queue import new_delivery_id
-
-_DELIVERY_COLUMNS = (
-    "d.id, d.event_id, e.type, d.organization, d.webhook, d.status, d.attempts, d.due_at, "
-    "d.created_at, d.updated_at, d.last_status, d.last_error"
-)
+from reconciler.store.sqlite_queue import DELIVERY_COLUMNS, new_delivery_id
 
 
 class PostgresQueue:
@@ -292,7 +287,7 @@ class PostgresQueue:
     ) -> list[DeliveryRecord]:
         """Newest first. `organizations`: only these (an API token's scope)."""
         query = (
-            f"SELECT {_DELIVERY_COLUMNS} FROM deliveries d JOIN events e ON e.id = d.event_id "
+            f"SELECT {DELIVERY_COLUMNS} FROM deliveries d JOIN events e ON e.id = d.event_id "
             "WHERE true"
         )
         args: list[Any] = []
@@ -320,7 +315,7 @@ class PostgresQueue:
     def delivery(self, delivery_id: str) -> tuple[DeliveryRecord, list[AttemptRecord]] | None:
         with self._tx() as cur:
             cur.execute(
-                f"SELECT {_DELIVERY_COLUMNS} FROM deliveries d "
+                f"SELECT {DELIVERY_COLUMNS} FROM deliveries d "
                 "JOIN events e ON e.id = d.event_id WHERE d.id = %s",
                 (delivery_id,),
             )

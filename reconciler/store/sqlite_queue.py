@@ -24,7 +24,7 @@ from reconciler.store.queue import (
     headers_json,
 )
 
-_DELIVERY_COLUMNS = (
+DELIVERY_COLUMNS = (
     "d.id, d.event_id, e.type, d.organization, d.webhook, d.status, d.attempts, d.due_at, "
     "d.created_at, d.updated_at, d.last_status, d.last_error"
 )
@@ -280,7 +280,7 @@ class SqliteQueue:
     ) -> list[DeliveryRecord]:
         """Newest first. `organizations`: only these (an API token's scope)."""
         query = (
-            f"SELECT {_DELIVERY_COLUMNS} FROM deliveries d JOIN events e ON e.id = d.event_id "
+            f"SELECT {DELIVERY_COLUMNS} FROM deliveries d JOIN events e ON e.id = d.event_id "
             "WHERE 1=1"
         )
         args: list[Any] = []
@@ -305,7 +305,7 @@ class SqliteQueue:
 
     def delivery(self, delivery_id: str) -> tuple[DeliveryRecord, list[AttemptRecord]] | None:
         row = self._db.execute(
-            f"SELECT {_DELIVERY_COLUMNS} FROM deliveries d JOIN events e ON e.id = d.event_id "
+            f"SELECT {DELIVERY_COLUMNS} FROM deliveries d JOIN events e ON e.id = d.event_id "
             "WHERE d.id = ?",
             (delivery_id,),
         ).fetchone()
