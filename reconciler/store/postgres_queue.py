@@ -12,6 +12,7 @@ from collections.abc import Callable, Iterator, Sequence
 from contextlib import AbstractContextManager
 from typing import Any
 
+from reconciler.ids import new_delivery_id
 from reconciler.store.queue import (
     AttemptRecord,
     AttemptResult,
@@ -21,7 +22,7 @@ from reconciler.store.queue import (
     IntakeResult,
     headers_json,
 )
-from reconciler.store.sqlite_queue import DELIVERY_COLUMNS, new_delivery_id
+from reconciler.store.sqlite_queue import DELIVERY_COLUMNS
 
 
 class PostgresQueue:

@@ -9,11 +9,11 @@ from __future__ import annotations
 
 import json
 import sqlite3
-import uuid
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import AbstractContextManager
 from typing import Any
 
+from reconciler.ids import new_delivery_id
 from reconciler.store.queue import (
     AttemptRecord,
     AttemptResult,
@@ -28,10 +28,6 @@ DELIVERY_COLUMNS = (
     "d.id, d.event_id, e.type, d.organization, d.webhook, d.status, d.attempts, d.due_at, "
     "d.created_at, d.updated_at, d.last_status, d.last_error"
 )
-
-
-def new_delivery_id() -> str:
-    return "msg_" + uuid.uuid4().hex
 
 
 class SqliteQueue:
