@@ -1,7 +1,8 @@
 """Durable deliveries per second and latency of `reconciler serve`, against a bare HTTP client.
 
     .venv/bin/python bench/bench_dispatch.py [--deliveries 20000] [--webhooks 1,10]
-        [--concurrency 50,200,500] [--repeat 3] [--latency-rate 500] [--latency-seconds 10]
+        [--concurrency 50,200] [--processes 1,2] [--repeat 3] [--latency-rate 500]
+        [--latency-seconds 10]
 
 Every process talks over loopback (127.0.0.1) only, every loop is bounded in
 count and in time. One run measures, in this order:
@@ -10,34 +11,37 @@ count and in time. One run measures, in this order:
             counts requests), in its own process; its capacity with wrk
             (`apt-get install wrk`; without it, two bench/loadgen.py processes),
             -t1, for a few seconds per connection count;
-  bare      the dispatcher's HTTP stack without persistence, in a child process:
-            `reconciler.dispatch.service.make_client(C)` (httpx over aiohttp)
-            sending N JSON POSTs to the sink with C requests in flight, the
-            headers the dispatcher sends; for context the same with reconciler's
-            own `sender.send` around it (what a worker calls), aiohttp's
-            ClientSession alone (no httpx), and httpx's default transport
-            (1,000 requests: it is slow);
+  bare      the dispatcher's HTTP stack without persistence, in a child process
+            on the event loop `serve` runs on: `reconciler.dispatch.service.
+            make_sender(C)` (an httpx request to reconciler's aiohttp-backed httpx
+            transport), `Sender.send` of N JSON POSTs to the sink with C requests
+            in flight, the headers the dispatcher sends; for context aiohttp's
+            ClientSession alone (no httpx), and `httpx.AsyncClient` with httpx's
+            default transport (1,000 requests: it is slow); for P > 1, P
+            child processes at once, N/P requests each, the rate being N over
+            the slowest one's time: the baseline of `serve --processes P`;
   durable   a state with organization acme and K webhooks pointing at the sink
             (definitions written, then `reconciler apply --auto-approve`; a
             publisher token from `reconciler tokens create` where the API wants
-            one); `reconciler serve --concurrency C` as a subprocess (with
+            one); `reconciler serve --concurrency C --processes P` as a
+            subprocess (with
             `--allow-cidr 127.0.0.1/32` where it guards addresses; its log, INFO
             per attempt, to a file); bench/loadgen.py posts N/K events to
             /v1/events over 32 keep-alive connections as fast as they are
             taken; measured from the first POST to the arrival at the sink of
             the last of the N deliveries. Afterwards the database must hold N
             deliveries, all 'delivered'. From /proc: CPU seconds of each process
-            (and of the dispatcher's main thread and its other threads), the
-            bytes the dispatcher wrote to storage, and the "other load": cores
+            (the dispatcher's main threads and its other threads, summed over
+            its processes), the bytes the dispatcher wrote to storage, and the "other load": cores
             the rest of the machine kept busy meanwhile (it is shared);
-  latency   K = 1 at the best C for K = 1: events at a steady --latency-rate for
+  latency   K = 1 at the best C for K = 1 with the first P: events at a steady --latency-rate for
             --latency-seconds (open loop); each event's description is the time
             it was due and the webhook's body carries it ({"id": "{{event_id}}",
             "t": "{{description}}"}); the sink keeps the arrival times:
             p50/p99 of arrival - due.
 
 Bare and durable runs are interleaved, --repeat times; medians are reported.
-The defaults take about 13 minutes on 2 cores.
+The defaults take about 15 minutes on 2 cores.
 Goal (the issue): >= 2,500 durable deliveries/s and >= 0.5x the bare client;
 p99 < 200 ms at 500 events/s. Exit 1 when it is missed.
 
@@ -111,6 +115,34 @@ def cpu_seconds(pid: int) -> dict[str, float]:
             seconds = (int(fields[11]) + int(fields[12])) / TICKS
             out["main" if int(task) == pid else "other"] += seconds
     return out
+
+
+def children(pid: int) -> list[int]:
+    """The live child processes of `pid` (a `serve --processes N` supervisor's)."""
+    found = []
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            stat = Path(f"/proc/{entry}/stat").read_text()
+        except OSError:
+            continue
+        if int(stat.rpartition(")")[2].split()[1]) == pid:
+            found.append(int(entry))
+    return found
+
+
+def tree_cpu(pid: int) -> dict[str, float]:
+    """cpu_seconds of `pid` plus its children: one dispatcher or a supervisor's N."""
+    out = cpu_seconds(pid)
+    for child in children(pid):
+        for key, value in cpu_seconds(child).items():
+            out[key] += value
+    return out
+
+
+def tree_disk_written(pid: int) -> int:
+    return disk_written(pid) + sum(disk_written(child) for child in children(pid))
 
 
 def code_version() -> str:
@@ -304,8 +336,7 @@ async def _bare(url: str, kind: str, concurrency: int, n: int) -> dict[str, Any]
     import aiohttp
     import httpx
 
-    from reconciler.dispatch.sender import send
-    from reconciler.dispatch.service import USER_AGENT, make_client
+    from reconciler.dispatch.sender import USER_AGENT
     from reconciler.render import RenderedRequest
 
     if kind == "httpx":
@@ -322,7 +353,7 @@ async def _bare(url: str, kind: str, concurrency: int, n: int) -> dict[str, Any]
             auto_decompress=False,
         )
     else:
-        client = _make_client(make_client, concurrency)
+        client = _make_sender(concurrency)
     next_index = 0
     ok = 0
     deadline = time.monotonic() + RUN_LIMIT_SECONDS
@@ -339,8 +370,8 @@ async def _bare(url: str, kind: str, concurrency: int, n: int) -> dict[str, Any]
                 "webhook-id": f"msg_{i:032x}",
                 "webhook-timestamp": str(int(now)),
             }
-            if kind == "send":
-                outcome = await send(client, RenderedRequest("POST", url, headers, body), 15.0)
+            if kind == "sender":
+                outcome = await client.send(RenderedRequest("POST", url, headers, body), 15.0)
                 ok += outcome.kind == "delivered"
             elif kind == "raw-aiohttp":
                 async with client.post(url, data=body, headers=headers) as answer:
@@ -360,29 +391,53 @@ async def _bare(url: str, kind: str, concurrency: int, n: int) -> dict[str, Any]
     return {"ok": ok, "seconds": elapsed, "rate": ok / elapsed, "cpu": cpu, "cpu_us": cpu / n * 1e6}
 
 
-def _make_client(make_client: Any, concurrency: int) -> Any:
-    """make_client(C), allowed to reach loopback where it guards addresses."""
-    import inspect
+def _make_sender(concurrency: int) -> Any:
+    """make_sender(C), allowed to reach loopback."""
+    from reconciler.dispatch.service import make_sender
+    from reconciler.dispatch.ssrf import NetworkPolicy
 
-    if "policy" in inspect.signature(make_client).parameters:
-        from reconciler.dispatch.ssrf import NetworkPolicy
-
-        return make_client(concurrency, NetworkPolicy.from_options(False, [LOOPBACK]))
-    return make_client(concurrency)
+    return make_sender(concurrency, NetworkPolicy.from_options(False, [LOOPBACK]))
 
 
-def bare_client(sink: Sink, kind: str, concurrency: int, n: int) -> dict[str, Any]:
+def run_on_serve_loop(coroutine: Any) -> Any:
+    """Run on the event loop `reconciler serve` uses (uvloop where installed)."""
+    from reconciler.dispatch.service import event_loop_factory
+
+    with asyncio.Runner(loop_factory=event_loop_factory()) as runner:
+        return runner.run(coroutine)
+
+
+def bare_client(
+    sink: Sink, kind: str, concurrency: int, n: int, processes: int = 1
+) -> dict[str, Any]:
+    """n requests from `processes` child processes at once (n / processes each, C in
+    flight in each); the rate is n over the time of the slowest."""
     sink.reset()
-    out = subprocess.run(
-        [sys.executable, __file__, "--child-bare", kind, str(concurrency), str(n),
-         f"{sink.url}/hook/bare"],
-        capture_output=True, text=True, timeout=RUN_LIMIT_SECONDS + 30, check=True,
-    ).stdout  # fmt: skip
-    result = json.loads(out.strip().splitlines()[-1])
+    share = n // processes
+    command = [sys.executable, __file__, "--child-bare", kind, str(concurrency), str(share),
+               f"{sink.url}/hook/bare"]  # fmt: skip
+    children = [
+        subprocess.Popen(command, stdout=subprocess.PIPE, text=True) for _ in range(processes)
+    ]
+    results = []
+    for child in children:
+        out, _ = child.communicate(timeout=RUN_LIMIT_SECONDS + 30)
+        if child.returncode:
+            raise SystemExit(f"bare {kind}: a client process exited with {child.returncode}")
+        results.append(json.loads(out.strip().splitlines()[-1]))
+    ok = sum(r["ok"] for r in results)
     counted = sink.count()["count"]
-    if result["ok"] != n or counted != n:
-        raise SystemExit(f"bare {kind}: {result['ok']} ok, sink counted {counted}, of {n}")
-    return result
+    if ok != share * processes or counted != ok:
+        raise SystemExit(f"bare {kind}: {ok} ok, sink counted {counted}, of {share * processes}")
+    seconds = max(r["seconds"] for r in results)
+    cpu = sum(r["cpu"] for r in results)
+    return {
+        "ok": ok,
+        "seconds": seconds,
+        "rate": ok / seconds,
+        "cpu": cpu,
+        "cpu_us": cpu / ok * 1e6,
+    }
 
 
 # -- 3. durable deliveries through `reconciler serve` --------------------------------
@@ -443,18 +498,26 @@ class Served:
     db: Path
 
 
-def start_serve(template: State, workdir: Path, concurrency: int, tag: str) -> Served:
+def start_serve(
+    template: State, workdir: Path, concurrency: int, tag: str, processes: int = 1
+) -> Served:
     db = workdir / f"run-{tag}.db"
     for suffix in ("", "-wal", "-shm"):
         Path(f"{db}{suffix}").unlink(missing_ok=True)
     shutil.copy(template.db, db)
     proc = subprocess.Popen(
         [sys.executable, "-m", "reconciler", "serve", "--state", f"sqlite:///{db}",
-         "--port", "0", "--concurrency", str(concurrency), *SERVE_FLAGS],
+         "--port", "0", "--concurrency", str(concurrency), "--processes", str(processes),
+         *SERVE_FLAGS],
         stdout=subprocess.PIPE, stderr=open(workdir / f"serve-{tag}.log", "w"),  # noqa: SIM115
         text=True, cwd=ROOT,
     )  # fmt: skip
     port = int(read_line(proc, r"serving on http://[\d.]+:(\d+)", 30).group(1))
+    deadline = time.monotonic() + 30
+    while processes > 1 and len(children(proc.pid)) < processes:
+        if time.monotonic() > deadline:
+            raise SystemExit(f"serve --processes {processes}: the processes did not start")
+        time.sleep(0.01)
     return Served(proc, f"http://127.0.0.1:{port}", db)
 
 
@@ -480,6 +543,7 @@ class DurableRun:
     others: float = 0.0  # cores busy with processes other than these, on average
     steal: float = 0.0  # cores stolen by the hypervisor, on average
     disk_bytes: float = 0.0  # written to storage by the dispatcher, per delivery
+    processes: int = 1  # serve --processes
 
     @property
     def cpu_us(self) -> float:
@@ -489,16 +553,23 @@ class DurableRun:
 
 
 def durable(
-    sink: Sink, template: State, workdir: Path, webhooks: int, concurrency: int, deliveries: int
+    sink: Sink,
+    template: State,
+    workdir: Path,
+    webhooks: int,
+    concurrency: int,
+    deliveries: int,
+    processes: int = 1,
 ) -> DurableRun:
     events = deliveries // webhooks
     expected = events * webhooks
-    served = start_serve(template, workdir, concurrency, f"k{webhooks}-c{concurrency}")
+    tag = f"k{webhooks}-c{concurrency}-p{processes}"
+    served = start_serve(template, workdir, concurrency, tag, processes)
     try:
         sink.reset()
-        serve0, sink0 = cpu_seconds(served.proc.pid), cpu_seconds(sink.proc.pid)
+        serve0, sink0 = tree_cpu(served.proc.pid), cpu_seconds(sink.proc.pid)
         busy0, steal0 = machine_busy()
-        disk0 = disk_written(served.proc.pid)
+        disk0 = tree_disk_written(served.proc.pid)
         wall0 = time.time()
         gen = loadgen(
             f"{served.url}/v1/events",
@@ -508,16 +579,16 @@ def durable(
         )
         intake = loadgen_result(gen)
         seen = sink.wait_for(expected, RUN_LIMIT_SECONDS)
-        serve1, sink1 = cpu_seconds(served.proc.pid), cpu_seconds(sink.proc.pid)
+        serve1, sink1 = tree_cpu(served.proc.pid), cpu_seconds(sink.proc.pid)
         busy1, steal1 = machine_busy()
-        disk1 = disk_written(served.proc.pid)
+        disk1 = tree_disk_written(served.proc.pid)
         wall = time.time() - wall0
     finally:
         stop(served.proc)
     if intake["statuses"] != {"202": events}:
         raise SystemExit(f"intake answered {intake['statuses']} {intake['errors']}")
     if seen["count"] != expected:
-        log = (workdir / f"serve-k{webhooks}-c{concurrency}.log").read_text().splitlines()
+        log = (workdir / f"serve-{tag}.log").read_text().splitlines()
         raise SystemExit(
             f"the sink counted {seen['count']} of {expected} deliveries in time; the "
             "dispatcher's log ends:\n" + "\n".join(log[-5:])
@@ -543,6 +614,7 @@ def durable(
         max(0.0, others),
         (steal1 - steal0) / wall,
         (disk1 - disk0) / expected,
+        processes,
     )
 
 
@@ -614,7 +686,8 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--deliveries", type=int, default=20_000, help="per durable run")
     parser.add_argument("--webhooks", default="1,10", help="webhooks per event (K), a list")
-    parser.add_argument("--concurrency", default="50,200,500", help="--concurrency values")
+    parser.add_argument("--concurrency", default="50,200", help="--concurrency values")
+    parser.add_argument("--processes", default="1,2", help="serve --processes values")
     parser.add_argument("--repeat", type=int, default=3)
     parser.add_argument("--latency-rate", type=float, default=500.0)
     parser.add_argument("--latency-seconds", type=float, default=10.0)
@@ -624,14 +697,15 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.child_bare:
         kind, conc, n, url = args.child_bare
-        print(json.dumps(asyncio.run(_bare(url, kind, int(conc), int(n)))))
+        print(json.dumps(run_on_serve_loop(_bare(url, kind, int(conc), int(n)))))
         return 0
 
     fanouts = [int(x) for x in args.webhooks.split(",")]
     SERVE_FLAGS[:] = serve_flags()
-    BARE_KINDS[:] = [("aiohttp", args.deliveries), ("send", args.deliveries),
-                     ("raw-aiohttp", args.deliveries), ("httpx", HTTPX_REQUESTS)]  # fmt: skip
+    BARE_KINDS[:] = [("sender", args.deliveries), ("raw-aiohttp", args.deliveries),
+                     ("httpx", HTTPX_REQUESTS)]  # fmt: skip
     concurrencies = [int(x) for x in args.concurrency.split(",")]
+    layouts = [int(x) for x in args.processes.split(",")]
     n = args.deliveries
     import aiohttp
     import httpx
@@ -653,7 +727,7 @@ def main(argv: list[str] | None = None) -> int:
         try:
             templates = {k: make_state(work, sink.port, k) for k in fanouts}
             # Warm-up, untimed: imports, page cache, the first connections.
-            bare_client(sink, "aiohttp", concurrencies[0], 2000)
+            bare_client(sink, "sender", concurrencies[0], 2000)
             durable(sink, templates[fanouts[0]], work, fanouts[0], concurrencies[0], 1000)
 
             for c in concurrencies:
@@ -661,45 +735,54 @@ def main(argv: list[str] | None = None) -> int:
                 results["sink"][c] = rates
                 print(f"sink, {c} connections: " + " ".join(fmt_rate(r) for r in rates), flush=True)
 
-            bare: dict[tuple[str, int], list[dict[str, Any]]] = {}
-            runs: dict[tuple[int, int], list[DurableRun]] = {}
+            bare: dict[tuple[str, int, int], list[dict[str, Any]]] = {}
+            runs: dict[tuple[int, int, int], list[DurableRun]] = {}
             for rep in range(args.repeat):
                 for c in concurrencies:
-                    for kind, count in BARE_KINDS:
-                        r = bare_client(sink, kind, c, count)
-                        bare.setdefault((kind, c), []).append(r)
-                        print(
-                            f"[{rep + 1}] bare {kind:7} c={c:<4} {fmt_rate(r['rate']):>9} "
-                            f"(cpu {r['cpu']:.1f} s, {r['cpu_us']:.0f} µs/request)",
-                            flush=True,
-                        )
-                    for k in fanouts:
-                        d = durable(sink, templates[k], work, k, c, n)
-                        runs.setdefault((k, c), []).append(d)
-                        cpu = ", ".join(f"{name} {s:.1f}" for name, s in d.cpu.items())
-                        print(
-                            f"[{rep + 1}] durable K={k:<3} c={c:<4} {fmt_rate(d.rate):>9} "
-                            f"in {d.seconds:.1f} s (intake {fmt_rate(d.intake_rate)}; "
-                            f"cpu s: {cpu}; {d.cpu_us:.0f} µs/delivery; "
-                            f"{d.disk_bytes / 1024:.1f} KiB/delivery written; other load "
-                            f"{d.others:.2f} cores, steal {d.steal:.2f})",
-                            flush=True,
-                        )
+                    for p in layouts:
+                        # One process: every client, for context; more: the baseline only.
+                        for kind, count in BARE_KINDS if p == 1 else BARE_KINDS[:1]:
+                            r = bare_client(sink, kind, c, count, p)
+                            bare.setdefault((kind, c, p), []).append(r)
+                            print(
+                                f"[{rep + 1}] bare {kind:7} c={c:<4} p={p} "
+                                f"{fmt_rate(r['rate']):>9} (cpu {r['cpu']:.1f} s, "
+                                f"{r['cpu_us']:.0f} µs/request)",
+                                flush=True,
+                            )
+                        for k in fanouts:
+                            d = durable(sink, templates[k], work, k, c, n, p)
+                            runs.setdefault((k, c, p), []).append(d)
+                            cpu = ", ".join(f"{name} {s:.1f}" for name, s in d.cpu.items())
+                            print(
+                                f"[{rep + 1}] durable K={k:<3} c={c:<4} p={p} "
+                                f"{fmt_rate(d.rate):>9} in {d.seconds:.1f} s (intake "
+                                f"{fmt_rate(d.intake_rate)}; cpu s: {cpu}; {d.cpu_us:.0f} "
+                                f"µs/delivery; {d.disk_bytes / 1024:.1f} KiB/delivery "
+                                f"written; other load {d.others:.2f} cores, steal "
+                                f"{d.steal:.2f})",
+                                flush=True,
+                            )
 
-            def med_bare(kind: str, c: int) -> float:
-                return statistics.median(r["rate"] for r in bare[(kind, c)])
+            def med_bare(kind: str, c: int, p: int = 1) -> float:
+                return statistics.median(r["rate"] for r in bare[(kind, c, p)])
 
-            def med_durable(k: int, c: int) -> float:
-                return statistics.median(r.rate for r in runs[(k, c)])
+            def med_durable(k: int, c: int, p: int) -> float:
+                return statistics.median(r.rate for r in runs[(k, c, p)])
 
-            best_c = {k: max(concurrencies, key=lambda c, k=k: med_durable(k, c)) for k in fanouts}
+            setups = [(c, p) for c in concurrencies for p in layouts]
+            best = {k: max(setups, key=lambda cp, k=k: med_durable(k, *cp)) for k in fanouts}
+            best_single = {
+                k: max(concurrencies, key=lambda c, k=k: med_durable(k, c, layouts[0]))
+                for k in fanouts
+            }
             if 1 not in templates:
                 templates[1] = make_state(work, sink.port, 1)
             lat = latency(
                 sink,
                 templates[1],
                 work,
-                best_c.get(1, concurrencies[0]),
+                best_single.get(1, concurrencies[0]),
                 args.latency_rate,
                 args.latency_seconds,
             )
@@ -717,43 +800,51 @@ def main(argv: list[str] | None = None) -> int:
     print(f"\nBare client, {n:,} POSTs to the sink (httpx default: {HTTPX_REQUESTS:,}), median of "
           f"{args.repeat}:\n")  # fmt: skip
     print(
-        "| concurrency | make_client (httpx+aiohttp) | CPU per request | + sender.send "
-        "| aiohttp alone | CPU per request | httpx default transport |"
+        "| concurrency | processes | Sender (the dispatcher's stack) | CPU per request "
+        "| aiohttp alone | CPU per request | httpx.AsyncClient, default transport |"
     )
     print("|---:|---:|---:|---:|---:|---:|---:|")
     for c in concurrencies:
-        us = statistics.median(r["cpu_us"] for r in bare[("aiohttp", c)])
-        raw_us = statistics.median(r["cpu_us"] for r in bare[("raw-aiohttp", c)])
-        print(
-            f"| {c} | {med_bare('aiohttp', c):,.0f}/s | {us:,.0f} µs | "
-            f"{med_bare('send', c):,.0f}/s | {med_bare('raw-aiohttp', c):,.0f}/s "
-            f"| {raw_us:,.0f} µs | {med_bare('httpx', c):,.0f}/s |"
-        )
+        for p in layouts:
+            us = statistics.median(r["cpu_us"] for r in bare[("sender", c, p)])
+            line = f"| {c} | {p} | {med_bare('sender', c, p):,.0f}/s | {us:,.0f} µs "
+            if p == 1:
+                raw_us = statistics.median(r["cpu_us"] for r in bare[("raw-aiohttp", c, 1)])
+                line += (
+                    f"| {med_bare('raw-aiohttp', c):,.0f}/s | {raw_us:,.0f} µs "
+                    f"| {med_bare('httpx', c):,.0f}/s |"
+                )
+            else:
+                line += "| | | |"
+            print(line)
 
-    print(f"\nDurable deliveries, intake to 2xx, {n:,} per run, median of {args.repeat}:\n")
+    print(f"\nDurable deliveries, intake to 2xx, {n:,} per run, median of {args.repeat}; the "
+          "bare client runs as many processes as the dispatcher:\n")  # fmt: skip
     print(
-        "| K | concurrency | deliveries/s | spread | intake events/s | bare client | ratio "
-        "| dispatcher CPU per delivery | written to disk per delivery "
+        "| K | concurrency | processes | deliveries/s | spread | intake events/s | bare client "
+        "| ratio | of the sink | dispatcher CPU per delivery | written to disk per delivery "
         "| CPU s: dispatcher main / other threads / sink / load gen | other load |"
     )
-    print("|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|---:|")
+    print("|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|---:|")
     for k in fanouts:
         for c in concurrencies:
-            rs = runs[(k, c)]
-            rates = sorted(r.rate for r in rs)
-            mid = sorted(rs, key=lambda r: r.rate)[len(rs) // 2]
-            cpu = " / ".join(f"{s:.1f}" for s in mid.cpu.values())
-            b = med_bare("aiohttp", c)
-            us = statistics.median(r.cpu_us for r in rs)
-            others = statistics.median(r.others for r in rs)
-            disk = statistics.median(r.disk_bytes for r in rs) / 1024
-            print(
-                f"| {k} | {c} | {med_durable(k, c):,.0f}/s | {rates[0]:,.0f}–{rates[-1]:,.0f} "
-                f"| {statistics.median(r.intake_rate for r in rs):,.0f}/s | {b:,.0f}/s "
-                f"| {med_durable(k, c) / b:.2f}x | {us:,.0f} µs | {disk:.1f} KiB "
-                f"| {cpu} (wall {mid.seconds:.1f} s) "
-                f"| {others:.2f} cores |"
-            )
+            for p in layouts:
+                rs = runs[(k, c, p)]
+                rates = sorted(r.rate for r in rs)
+                mid = sorted(rs, key=lambda r: r.rate)[len(rs) // 2]
+                cpu = " / ".join(f"{s:.1f}" for s in mid.cpu.values())
+                b = med_bare("sender", c, p)
+                sink_rate = statistics.median(results["sink"][c])
+                us = statistics.median(r.cpu_us for r in rs)
+                others = statistics.median(r.others for r in rs)
+                disk = statistics.median(r.disk_bytes for r in rs) / 1024
+                rate = med_durable(k, c, p)
+                print(
+                    f"| {k} | {c} | {p} | {rate:,.0f}/s | {rates[0]:,.0f}–{rates[-1]:,.0f} "
+                    f"| {statistics.median(r.intake_rate for r in rs):,.0f}/s | {b:,.0f}/s "
+                    f"| {rate / b:.2f}x | {rate / sink_rate:.3f}x | {us:,.0f} µs "
+                    f"| {disk:.1f} KiB | {cpu} (wall {mid.seconds:.1f} s) | {others:.2f} cores |"
+                )
 
     print(f"\nLatency, 1 webhook, {lat['rate']:.0f} events/s for {args.latency_seconds:g} s "
           f"({lat['events']:,} events, --concurrency {lat['concurrency']}):\n")  # fmt: skip
@@ -768,15 +859,15 @@ def main(argv: list[str] | None = None) -> int:
     print()
     met = True
     for k in fanouts:
-        c = best_c[k]
-        rate = med_durable(k, c)
-        ratio = rate / med_bare("aiohttp", c)
+        c, p = best[k]
+        rate = med_durable(k, c, p)
+        ratio = rate / med_bare("sender", c, p)
         ok = rate >= GOAL_RATE and ratio >= GOAL_RATIO
         met &= ok
         print(
-            f"K={k}: best --concurrency {c}: {rate:,.0f} deliveries/s, {ratio:.2f}x the bare "
-            f"client: {'met' if ok else 'MISSED'} (goal >= {GOAL_RATE:,.0f}/s and >= "
-            f"{GOAL_RATIO}x)"
+            f"K={k}: best --concurrency {c} --processes {p}: {rate:,.0f} deliveries/s, "
+            f"{ratio:.2f}x the bare client: {'met' if ok else 'MISSED'} (goal >= "
+            f"{GOAL_RATE:,.0f}/s and >= {GOAL_RATIO}x)"
         )
     lat_ok = lat["p99"] < GOAL_P99_MS
     met &= lat_ok
@@ -788,10 +879,10 @@ def main(argv: list[str] | None = None) -> int:
     print(f"code at the end of the run: {code_version()}")
 
     if args.json:
-        results["bare"] = {f"{k}@{c}": v for (k, c), v in bare.items()}
+        results["bare"] = {f"{k}@{c}x{p}": v for (k, c, p), v in bare.items()}
         results["durable"] = {
-            f"K{k}@{c}": [{**r.__dict__, "cpu_us": r.cpu_us} for r in v]
-            for (k, c), v in runs.items()
+            f"K{k}@{c}x{p}": [{**r.__dict__, "cpu_us": r.cpu_us} for r in v]
+            for (k, c, p), v in runs.items()
         }
         results["latency"] = lat
         args.json.write_text(json.dumps(results, indent=2))

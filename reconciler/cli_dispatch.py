@@ -75,6 +75,14 @@ def _policy(allow_private: bool, cidrs: tuple[str, ...]) -> NetworkPolicy:
     show_default=True,
     help="Seconds in-flight requests may take to finish on SIGTERM.",
 )
+@click.option(
+    "--processes",
+    type=click.IntRange(1, 64),
+    default=1,
+    show_default=True,
+    envvar="RECONCILER_PROCESSES",
+    help="Dispatcher processes sharing the port and the state; up to one per core.",
+)
 @network_options
 def serve_command(
     state: str,
@@ -82,6 +90,7 @@ def serve_command(
     port: int,
     concurrency: int,
     grace: float,
+    processes: int,
     allow_private: bool,
     allow_cidrs: tuple[str, ...],
 ) -> None:
@@ -95,41 +104,87 @@ def serve_command(
     (`reconciler tokens create`): publishers send events, auditors read
     deliveries, admins do both and replay, each for the token's organizations.
 
+    One process uses one core. --processes N runs N dispatchers on one port and
+    one state, under a supervisor that replaces any that dies; each paces a
+    webhook's rate_limit at 1/N, and serves its own /metrics counters.
+
     \b
     Example:
       reconciler serve --port 8080 --concurrency 200
+      reconciler serve --port 8080 --processes 2
     """
-    from reconciler.dispatch.service import serve
+    from reconciler.dispatch.service import event_loop_factory, serve
     from reconciler.dispatch.worker import WorkerSettings
 
+    pid = " [%(process)d]" if processes > 1 else ""
     logging.basicConfig(
-        level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s", stream=sys.stderr
+        level=logging.INFO, format=f"%(asctime)s %(levelname)s{pid} %(message)s", stream=sys.stderr
     )
     # httpx logs every request's full URL, and a webhook URL can be a secret.
     logging.getLogger("httpx").setLevel(logging.WARNING)
-    store = _queue_store(state)
-    settings = WorkerSettings(batch=max(concurrency, 1), concurrency=concurrency)
+    settings = WorkerSettings(
+        batch=max(concurrency, 1), concurrency=concurrency, processes=processes
+    )
+    policy = _policy(allow_private, allow_cidrs)
+
+    def run(store: QueueStore, **listening: Any) -> None:
+        with asyncio.Runner(loop_factory=event_loop_factory()) as runner:
+            runner.run(
+                serve(store, host, port, settings=settings, policy=policy, grace=grace, **listening)
+            )
+
+    store = _queue_store(state)  # opened (and migrated) once, here
+    if processes > 1:
+        url = store.url
+        store.close()  # no connection, pool or thread may cross the fork
+        _serve_processes(state, host, port, processes, url, run)
+        return
 
     def ready(bound: int) -> None:
         click.echo(f"serving on http://{host}:{bound} (state {store.url})")
         sys.stdout.flush()
 
     try:
-        asyncio.run(
-            serve(
-                store,
-                host,
-                port,
-                settings=settings,
-                policy=_policy(allow_private, allow_cidrs),
-                grace=grace,
-                ready=ready,
-            )
-        )
+        run(store, ready=ready)
     except OSError as exc:
         raise ReconcilerError(f"cannot listen on {host}:{port}: {exc.strerror}") from None
     finally:
         store.close()
+
+
+def _serve_processes(
+    state: str,
+    host: str,
+    port: int,
+    processes: int,
+    url: str,
+    run: Callable[..., None],
+) -> None:
+    from reconciler.dispatch.processes import Supervisor, listen
+
+    try:
+        sock = listen(host, port)
+    except OSError as exc:
+        raise ReconcilerError(f"cannot listen on {host}:{port}: {exc.strerror}") from None
+    bound = sock.getsockname()[1]
+    click.echo(f"serving on http://{host}:{bound} (state {url})")
+    sys.stdout.flush()
+    logging.getLogger("reconciler.dispatch").info("starting %d dispatcher processes", processes)
+
+    def child() -> int:
+        store = _queue_store(state, must_exist=True)
+        try:
+            run(store, sock=sock)
+        finally:
+            store.close()
+        return 0
+
+    try:
+        status = Supervisor(processes, child).run()
+    finally:
+        sock.close()
+    if status:
+        raise ReconcilerError("the dispatcher processes stopped; see the log above")
 
 
 @cli.command()
@@ -261,18 +316,18 @@ def _dry_run(record: EventRecord, state: str, fmt: str) -> None:
 async def _deliver_now(
     store: QueueStore, event_id: str, policy: NetworkPolicy
 ) -> list[DeliveryRecord]:
-    from reconciler.dispatch.service import make_client
+    from reconciler.dispatch.service import make_sender
     from reconciler.dispatch.worker import Database, Worker, WorkerSettings
 
     db = Database(store)
-    client = make_client(50, policy)
+    sender = make_sender(50, policy)
     try:
         settings = WorkerSettings(batch=50, concurrency=50)
-        worker = Worker(db, client, settings=settings, policy=policy)
+        worker = Worker(db, sender, settings=settings, policy=policy)
         while await worker.run_once(event_id):
             pass
     finally:
-        await client.aclose()
+        await sender.aclose()
         db.close()
     return store.deliveries(event_id=event_id, limit=10_000)
 

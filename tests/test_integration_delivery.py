@@ -27,7 +27,8 @@ from standardwebhooks.webhooks import Webhook, WebhookVerificationError
 from reconciler.apply import ApplyOptions, changes_to_writes
 from reconciler.dispatch.events import EventIn
 from reconciler.dispatch.retry import RETRY_AFTER_CAP
-from reconciler.dispatch.service import USER_AGENT, make_client
+from reconciler.dispatch.sender import USER_AGENT
+from reconciler.dispatch.service import make_sender
 from reconciler.dispatch.ssrf import NetworkPolicy
 from reconciler.dispatch.worker import Database, Worker
 from reconciler.store.queue import AttemptRecord, DeliveryRecord, IntakeResult
@@ -105,11 +106,11 @@ class World:
         self, env: Mapping[str, str] | None = None, policy: NetworkPolicy = LOOPBACK_ALLOWED
     ) -> AsyncIterator[Worker]:
         db = Database(self.store)
-        client = make_client(10, policy)
+        sender = make_sender(10, policy)
         try:
-            yield Worker(db, client, env=dict(env or {}), clock=self.clock, policy=policy)
+            yield Worker(db, sender, env=dict(env or {}), clock=self.clock, policy=policy)
         finally:
-            await client.aclose()
+            await sender.aclose()
             db.close()
 
     def run(

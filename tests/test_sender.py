@@ -1,7 +1,7 @@
-"""sender.send: one request, and what its answer (or its failure) means.
+"""Sender.send: one request, and what its answer (or its failure) means.
 
 pytest-httpx stands in for the network: it mocks httpx's default transport,
-so `httpx.AsyncClient()` sends nothing for real.
+so a `Sender` over `httpx.AsyncHTTPTransport()` sends nothing for real.
 """
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ import httpx
 import pytest
 from pytest_httpx import HTTPXMock, IteratorStream
 
-from reconciler.dispatch.sender import Outcome, send
+from reconciler.dispatch.sender import DEFAULT_HEADERS, Outcome, Sender
 from reconciler.render import RenderedRequest
 from reconciler.store.queue import EXCERPT_LIMIT
 
@@ -33,8 +33,8 @@ def post(url: str = URL, **fields: Any) -> RenderedRequest:
 
 def deliver(request: RenderedRequest, timeout: float = 5.0) -> Outcome:
     async def go() -> Outcome:
-        async with httpx.AsyncClient() as client:
-            return await send(client, request, timeout)
+        async with Sender(httpx.AsyncHTTPTransport()) as sender:
+            return await sender.send(request, timeout)
 
     return asyncio.run(go())
 
@@ -152,15 +152,20 @@ def test_redirects_fail_and_are_not_followed(httpx_mock: HTTPXMock, status: int)
     assert len(httpx_mock.get_requests()) == 1  # the Location was never asked for
 
 
-def test_redirects_are_not_followed_even_by_a_client_that_would(httpx_mock: HTTPXMock) -> None:
-    httpx_mock.add_response(status_code=302, headers={"Location": "https://elsewhere.example/"})
+def test_every_request_carries_the_dispatchers_headers_and_its_own(httpx_mock: HTTPXMock) -> None:
+    httpx_mock.add_response()
+    deliver(post())
+    sent = httpx_mock.get_requests()[0].headers
+    for name, value in DEFAULT_HEADERS.items():
+        assert sent[name] == value
+    assert sent["X-Team"] == "ops"
+    assert sent["Content-Type"] == "application/json"
 
-    async def go() -> Outcome:
-        async with httpx.AsyncClient(follow_redirects=True) as client:
-            return await send(client, post(), 5.0)
 
-    assert asyncio.run(go()).kind == "failed"
-    assert len(httpx_mock.get_requests()) == 1
+def test_a_definitions_header_wins_over_the_dispatchers_default(httpx_mock: HTTPXMock) -> None:
+    httpx_mock.add_response()
+    deliver(post(headers={"user-agent": "acme-hooks/2"}))
+    assert httpx_mock.get_requests()[0].headers.get_list("User-Agent") == ["acme-hooks/2"]
 
 
 # -- failures without an answer -----------------------------------------------------

@@ -6,13 +6,12 @@ from __future__ import annotations
 import asyncio
 import socket
 
-import httpx
 import pytest
 from aiohttp.abc import AbstractResolver, ResolveResult
 
-from reconciler.dispatch.sender import send
-from reconciler.dispatch.service import make_client
+from reconciler.dispatch.service import make_sender
 from reconciler.dispatch.ssrf import GuardedResolver, NetworkPolicy, TargetRefused
+from reconciler.dispatch.transport import ExactUrlTransport
 from reconciler.render import RenderedRequest
 
 REFUSED = {
@@ -125,11 +124,11 @@ def test_the_real_system_resolver_is_guarded_too() -> None:
 
 def _send(url: str, policy: NetworkPolicy) -> str | None:
     async def go() -> str | None:
-        client = make_client(2, policy)
+        sender = make_sender(2, policy)
         try:
-            outcome = await send(client, RenderedRequest("POST", url, {}, b"{}"), 5)
+            outcome = await sender.send(RenderedRequest("POST", url, {}, b"{}"), 5)
         finally:
-            await client.aclose()
+            await sender.aclose()
         assert outcome.kind == "failed"
         return outcome.error
 
@@ -160,9 +159,9 @@ def test_a_refused_target_is_a_permanent_failure_naming_the_reason() -> None:
 
 
 def test_httpx_default_transport_is_not_what_the_dispatcher_uses() -> None:
-    # The guard lives in the resolver of the client make_client builds.
-    client = make_client(1, NetworkPolicy())
+    # The guard lives in the resolver of the transport make_sender builds.
+    sender = make_sender(1, NetworkPolicy())
     try:
-        assert not isinstance(client._transport, httpx.AsyncHTTPTransport)
+        assert isinstance(sender.transport, ExactUrlTransport)
     finally:
-        asyncio.run(client.aclose())
+        asyncio.run(sender.aclose())

@@ -1,7 +1,7 @@
 """Worker: claim, render, send, record, on a real SQLite state and a mocked network.
 
 Time is a FakeClock the tests move; nothing sleeps. pytest-httpx mocks httpx's
-default transport, so `httpx.AsyncClient()` sends nothing for real.
+default transport, so a `Sender` over `httpx.AsyncHTTPTransport()` sends nothing for real.
 """
 
 from __future__ import annotations
@@ -14,6 +14,7 @@ import logging
 import os
 import random
 import socket
+import sqlite3
 import subprocess
 import sys
 import threading
@@ -30,6 +31,8 @@ from pytest_httpx import HTTPXMock
 from standardwebhooks import Webhook
 
 from reconciler.dispatch.retry import DEFAULT_SCHEDULE
+from reconciler.dispatch.sender import Sender
+from reconciler.dispatch.service import Dispatcher
 from reconciler.dispatch.worker import Database, Worker, WorkerSettings, owner_alive, owner_id
 from reconciler.model import WebhookSpec
 from reconciler.plan import make_plan
@@ -89,10 +92,10 @@ def run(
     async def go() -> T:
         db = Database(store)
         try:
-            async with httpx.AsyncClient() as client:
+            async with Sender(httpx.AsyncHTTPTransport()) as sender:
                 worker = Worker(
                     db,
-                    client,
+                    sender,
                     env={} if env is None else env,
                     clock=clock,
                     rng=random.Random(0),
@@ -935,6 +938,81 @@ def test_run_forever_survives_a_delivery_that_raises(
     statuses = {r.webhook: r.status for r in store.deliveries()}
     assert statuses["good"] == "delivered"
     assert statuses["zurich"] in ("delivered", "failed")
+
+
+class Flaky:
+    """A store whose `claim` and `finish` fail the first `failures` times each, as a
+    database that restarts would; everything else is the real store's."""
+
+    def __init__(self, store: SqliteStore, failures: int) -> None:
+        self._store = store
+        self.left = {"claim": failures, "finish": failures}
+
+    def __getattr__(self, name: str) -> Any:
+        real = getattr(self._store, name)
+        if name not in self.left:
+            return real
+
+        def call(*args: Any, **kwargs: Any) -> Any:
+            if self.left[name]:
+                self.left[name] -= 1
+                raise sqlite3.OperationalError("disk I/O error")
+            return real(*args, **kwargs)
+
+        return call
+
+
+def test_run_forever_outlives_a_failing_store_and_records_every_outcome_once(
+    store: SqliteStore, clock: FakeClock, httpx_mock: HTTPXMock, caplog: pytest.LogCaptureFixture
+) -> None:
+    # BUG: an exception from the store (PostgreSQL refusing a NUL in a response
+    # excerpt, a restart, a full disk) ended serve's worker loop for good, silently,
+    # while the API kept answering 202.
+    live(store, spec("a"), spec("b"))
+    queue(store, clock)
+    httpx_mock.add_response(url="https://hooks.example.com/a")
+    httpx_mock.add_response(url="https://hooks.example.com/b")
+    flaky = Flaky(store, failures=2)
+    settings = WorkerSettings(poll_interval=0.001)
+    caplog.set_level(logging.INFO, logger="reconciler.dispatch")
+
+    async def scenario(worker: Worker) -> None:
+        worker.db.store = flaky  # type: ignore[assignment]
+        done = lambda: not flaky.left["finish"] and not store.deliveries(status="in_flight")  # noqa: E731
+        await asyncio.wait_for(worker.run_forever(done, asyncio.Event()), timeout=30)
+
+    run(store, scenario, clock=clock, settings=settings)
+    assert {r.webhook: r.status for r in store.deliveries()} == {"a": "delivered", "b": "delivered"}
+    assert len(httpx_mock.get_requests()) == 2  # sent once each, recorded once the store was back
+    assert all(len(shown(store, r.id)[1]) == 1 for r in store.deliveries())
+    failures = [r for r in caplog.records if "the state failed while" in r.getMessage()]
+    assert len(failures) == 4 and all(r.exc_info for r in failures)
+    assert any(r.getMessage() == "the state answers again" for r in caplog.records)
+
+
+def test_the_dispatcher_starts_its_delivery_loop_again_if_it_ever_fails(
+    store: SqliteStore, clock: FakeClock, caplog: pytest.LogCaptureFixture
+) -> None:
+    calls = []
+
+    async def run_forever(stopping: Callable[[], bool], wake: asyncio.Event) -> None:
+        calls.append(stopping())
+        if len(calls) == 1:
+            raise RuntimeError("a bug in the loop")
+
+    async def go() -> None:
+        sender = Sender(httpx.AsyncHTTPTransport())
+        dispatcher = Dispatcher(
+            store, sender, clock=clock, env={}, settings=WorkerSettings(poll_interval=0.001)
+        )
+        dispatcher.worker.run_forever = run_forever  # type: ignore[method-assign]
+        dispatcher.start()
+        await dispatcher.stop(grace=30)
+
+    asyncio.run(go())
+    assert len(calls) == 2
+    assert "the delivery loop failed; starting it again" in caplog.text
+    assert "RuntimeError: a bug in the loop" in caplog.text
 
 
 # -- the worker's parts ------------------------------------------------------------------

@@ -3,7 +3,9 @@
 Requests over the rate are delayed, never dropped: each gets the next free slot
 (spaced 1/rate apart), and its delivery waits in the queue until then. A 429 or
 503 with Retry-After holds every delivery to that webhook, not just the one that
-got it. One limiter serves all the requests of a process.
+got it. One limiter serves all the requests of a process; where N processes share
+a queue (`serve --processes N`), each paces a webhook at 1/N of its rate, so
+together they never exceed it.
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ Key = tuple[str, str]  # (organization, webhook)
 
 @dataclass
 class RateLimiter:
+    share: float = 1.0  # this process's part of every webhook's rate
     _next_free: dict[Key, float] = field(default_factory=dict)
     _held_until: dict[Key, float] = field(default_factory=dict)
     _slots: dict[str, float] = field(default_factory=dict)  # delivery id -> its slot
@@ -31,7 +34,7 @@ class RateLimiter:
         if slot is not None and slot <= now:
             return None  # its reserved turn has come
         start = max(now, self._next_free.get(key, now))
-        self._next_free[key] = start + 1.0 / rate
+        self._next_free[key] = start + 1.0 / (rate * self.share)
         if start <= now:
             return None
         self._slots[delivery_id] = start

@@ -1,19 +1,30 @@
 """Send one request and say what happened; httpx errors never leave this module.
 
-`send` -> `_send_once`: every transport error, timeout and status becomes an
+`Sender.send` -> `_send_once`: every transport error, timeout and status becomes an
 Outcome that the worker turns into delivered, retry, failed or paused.
+
+The sender speaks httpx (an `httpx.Request` to an httpx transport, an
+`httpx.Response` back), so pytest-httpx reaches it, but it hands the request to the
+transport itself instead of going through `httpx.AsyncClient`: the client's
+machinery (merging defaults, auth and redirect flows, event hooks, cookies) does
+nothing a webhook needs and cost about 40% of the CPU of every request
+(docs/benchmarks.md, Dispatcher). Redirects are therefore never followed.
 """
 
 from __future__ import annotations
 
 import asyncio
+import functools
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass, field
+from types import TracebackType
 from typing import Literal
 from urllib.parse import urlsplit
 
 import httpx
 
+from reconciler import __version__
 from reconciler.dispatch.ssrf import refused_in
 from reconciler.render import RenderedRequest
 from reconciler.secrets import mask_url
@@ -22,6 +33,8 @@ from reconciler.store.queue import EXCERPT_LIMIT
 Kind = Literal["delivered", "retry", "failed", "gone"]
 RETRYABLE_STATUSES = frozenset({408, 425, 429, 500, 502, 503, 504}) | frozenset(range(500, 600))
 CONNECT_TIMEOUT = 10.0
+USER_AGENT = f"reconciler/{__version__} (webhook dispatcher)"
+DEFAULT_HEADERS = {"User-Agent": USER_AGENT, "Accept-Encoding": "identity"}
 _KEPT_HEADERS = ("content-type", "retry-after", "location", "content-length", "server", "date")
 
 
@@ -36,45 +49,94 @@ class Outcome:
     retry_after: str | None = None  # the raw header, on 429 and 503
 
 
-async def send(client: httpx.AsyncClient, request: RenderedRequest, timeout: float) -> Outcome:
-    started = time.perf_counter()
-    try:
-        async with asyncio.timeout(timeout):
-            status, headers, excerpt = await _send_once(client, request, timeout)
-    except (TimeoutError, httpx.HTTPError, httpx.InvalidURL) as exc:
-        return _transport_failure(exc, started, timeout, request.url)
-    except (UnicodeError, ValueError) as exc:
-        # The request cannot be built (a header value outside Latin-1, a bad host
-        # label): no retry will change that.
-        kind = type(exc).__name__
-        return _failure("failed", started, f"the request cannot be sent as written ({kind})")
-    duration = (time.perf_counter() - started) * 1000
-    return _classify(status, headers, excerpt, duration)
+class Sender:
+    """Sends rendered requests through one httpx transport and its connection pool."""
 
+    def __init__(
+        self,
+        transport: httpx.AsyncBaseTransport,
+        headers: Mapping[str, str] = DEFAULT_HEADERS,
+    ) -> None:
+        self.transport = transport
+        self.headers = dict(headers)
 
-async def _send_once(
-    client: httpx.AsyncClient, request: RenderedRequest, timeout: float
-) -> tuple[int, dict[str, str], str]:
-    """Send, then read at most EXCERPT_LIMIT bytes of the answer: an endless or huge
-    response costs one excerpt, not the process's memory."""
-    async with client.stream(
-        request.method,
-        request.url,
-        headers=request.headers,
-        content=request.body,
-        timeout=httpx.Timeout(timeout, connect=min(timeout, CONNECT_TIMEOUT)),
-        follow_redirects=False,
-    ) as response:
-        chunks: list[bytes] = []
-        size = 0
-        async for chunk in response.aiter_raw():
-            chunks.append(chunk)
-            size += len(chunk)
-            if size >= EXCERPT_LIMIT:
-                break
+    async def send(self, request: RenderedRequest, timeout: float) -> Outcome:
+        started = time.perf_counter()
+        try:
+            async with asyncio.timeout(timeout):
+                status, headers, excerpt = await self._send_once(request, timeout)
+        except (TimeoutError, httpx.HTTPError, httpx.InvalidURL) as exc:
+            return _transport_failure(exc, started, timeout, request.url)
+        except (UnicodeError, ValueError) as exc:
+            # The request cannot be built (a header value outside Latin-1, a bad host
+            # label): no retry will change that.
+            kind = type(exc).__name__
+            return _failure("failed", started, f"the request cannot be sent as written ({kind})")
+        duration = (time.perf_counter() - started) * 1000
+        return _classify(status, headers, excerpt, duration)
+
+    async def _send_once(
+        self, request: RenderedRequest, timeout: float
+    ) -> tuple[int, dict[str, str], str]:
+        """Send, then read at most EXCERPT_LIMIT bytes of the answer: an endless or huge
+        response costs one excerpt, not the process's memory."""
+        outgoing = httpx.Request(
+            request.method,
+            _parsed_url(request.url),
+            headers=self._headers(request.headers),
+            content=request.body,
+            extensions={"timeout": _timeouts(timeout)},
+        )
+        response = await self.transport.handle_async_request(outgoing)
+        try:
+            chunks: list[bytes] = []
+            size = 0
+            async for chunk in response.aiter_raw():
+                chunks.append(chunk)
+                size += len(chunk)
+                if size >= EXCERPT_LIMIT:
+                    break
+        finally:
+            await response.aclose()
         body = b"".join(chunks)[:EXCERPT_LIMIT]
         headers = {k: v for k, v in response.headers.items() if k.lower() in _KEPT_HEADERS}
-        return response.status_code, headers, body.decode("utf-8", errors="replace")
+        # PostgreSQL text cannot hold NUL: it becomes U+FFFD, as undecodable bytes do.
+        excerpt = body.decode("utf-8", errors="replace").replace("\x00", "\ufffd")
+        return response.status_code, headers, excerpt
+
+    def _headers(self, own: Mapping[str, str]) -> dict[str, str]:
+        """The dispatcher's defaults, unless the definition sets the same header
+        (in any case of its name)."""
+        names = {name.lower() for name in own}
+        merged = {k: v for k, v in self.headers.items() if k.lower() not in names}
+        merged.update(own)
+        return merged
+
+    async def aclose(self) -> None:
+        await self.transport.aclose()
+
+    async def __aenter__(self) -> Sender:
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        traceback: TracebackType | None,
+    ) -> None:
+        await self.aclose()
+
+
+@functools.lru_cache(maxsize=4096)
+def _parsed_url(url: str) -> httpx.URL:
+    """Most webhooks post every event to the same URL: parse it once."""
+    return httpx.URL(url)
+
+
+@functools.lru_cache(maxsize=64)
+def _timeouts(timeout: float) -> dict[str, float]:
+    connect = min(timeout, CONNECT_TIMEOUT)
+    return {"connect": connect, "read": timeout, "write": timeout, "pool": timeout}
 
 
 def _transport_failure(exc: BaseException, started: float, timeout: float, url: str) -> Outcome:

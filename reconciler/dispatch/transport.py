@@ -8,6 +8,7 @@ so the request line is exactly what render() produced.
 
 from __future__ import annotations
 
+import functools
 from typing import Any
 
 import httpx
@@ -26,16 +27,14 @@ class ExactUrlTransport(AiohttpTransport):
             data: Any = request.content or None
             response = await self.client.request(
                 method=request.method,
-                url=yarl.URL(str(request.url), encoded=True),
+                url=_encoded(str(request.url)),
                 headers=request.headers,
                 data=data,
                 allow_redirects=False,
                 auto_decompress=False,
                 compress=False,
-                timeout=ClientTimeout(
-                    sock_connect=timeout.get("connect"),
-                    sock_read=timeout.get("read"),
-                    connect=timeout.get("pool"),
+                timeout=_client_timeout(
+                    timeout.get("connect"), timeout.get("read"), timeout.get("pool")
                 ),
                 server_hostname=request.extensions.get("sni_hostname"),
             ).__aenter__()
@@ -49,3 +48,13 @@ class ExactUrlTransport(AiohttpTransport):
             request=request,
             extensions=extensions,
         )
+
+
+@functools.lru_cache(maxsize=4096)
+def _encoded(url: str) -> yarl.URL:
+    return yarl.URL(url, encoded=True)
+
+
+@functools.lru_cache(maxsize=64)
+def _client_timeout(connect: float | None, read: float | None, pool: float | None) -> ClientTimeout:
+    return ClientTimeout(sock_connect=connect, sock_read=read, connect=pool)

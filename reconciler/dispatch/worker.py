@@ -21,13 +21,11 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, TypeVar
 
-import httpx
-
 from reconciler import templates
 from reconciler.dispatch.metrics import Metrics
 from reconciler.dispatch.ratelimit import RateLimiter
 from reconciler.dispatch.retry import RETRY_AFTER_CAP, Backoff, parse_retry_after
-from reconciler.dispatch.sender import Outcome, send
+from reconciler.dispatch.sender import Outcome, Sender
 from reconciler.dispatch.signing import SigningSecretError, signature_header
 from reconciler.dispatch.ssrf import NetworkPolicy, TargetRefused
 from reconciler.durations import parse_duration, parse_rate
@@ -81,13 +79,14 @@ class WorkerSettings:
     batch: int = 200
     concurrency: int = 200
     poll_interval: float = 0.5
+    processes: int = 1  # dispatcher processes sharing the queue (rate limits are split)
 
 
 class Worker:
     def __init__(
         self,
         db: Database,
-        client: httpx.AsyncClient,
+        sender: Sender,
         *,
         env: Mapping[str, str] | None = None,
         clock: Callable[[], float] = time.time,
@@ -99,14 +98,14 @@ class Worker:
         metrics: Metrics | None = None,
     ) -> None:
         self.db = db
-        self.client = client
+        self.sender = sender
         self.env = os.environ if env is None else env
         self.clock = clock
         self.rng = rng or random.Random()
         self.settings = settings or WorkerSettings()
         self.owner = owner or owner_id()
         self.policy = policy or NetworkPolicy()
-        self.limiter = limiter or RateLimiter()
+        self.limiter = limiter or RateLimiter(share=1.0 / self.settings.processes)
         self.metrics = metrics or Metrics()
         self._specs: dict[str, WebhookSpec] = {}
         self._limit = asyncio.Semaphore(self.settings.concurrency)
@@ -131,42 +130,70 @@ class Worker:
         """Keep up to `concurrency` requests in flight; claim as slots free up and
         record outcomes as they come, so one slow receiver holds one slot, not a batch.
 
-        Returns once `stopping()` is true and nothing is in flight.
+        A failing store call (the database restarting, a full disk) never ends the
+        loop: it is logged, and claiming pauses while recording is retried, with
+        growing pauses, until the store answers again. Outcomes not yet recorded are
+        kept and recorded then; requests are never sent twice for that.
+
+        Returns once `stopping()` is true, nothing is in flight and every outcome is
+        recorded.
         """
         in_flight: set[asyncio.Task[AttemptResult]] = set()
+        unrecorded: list[AttemptResult] = []
+        trouble = _StoreTrouble(self.settings.poll_interval)
         try:
             while True:
                 wake.clear()  # before claiming: a wake during the claim is not lost
+                if unrecorded and trouble.ready():
+                    unrecorded = await self._record(unrecorded, trouble)
                 free = self.settings.concurrency - len(in_flight)
-                if free > 0 and not stopping():
-                    claims = await self.db.run(
-                        self.db.store.claim,
-                        self.owner,
-                        min(free, self.settings.batch),
-                        self.clock(),
-                        self._lease(),
-                    )
+                if free > 0 and not stopping() and not unrecorded and trouble.ready():
+                    claims = await self._claim(min(free, self.settings.batch), trouble)
                     in_flight.update(asyncio.create_task(self._deliver(c)) for c in claims)
-                if not in_flight and stopping():
+                if not in_flight and not unrecorded and stopping():
                     return
                 waiter = asyncio.create_task(wake.wait())
                 done, _ = await asyncio.wait(
                     {*in_flight, waiter},
-                    timeout=self.settings.poll_interval,
+                    timeout=trouble.pause() or self.settings.poll_interval,
                     return_when=asyncio.FIRST_COMPLETED,
                 )
                 waiter.cancel()
                 finished = [task for task in done if task is not waiter]
                 if finished:
                     in_flight.difference_update(finished)
-                    results = [task.result() for task in finished]
-                    await self.db.run(self.db.store.finish, results, self.owner, self.clock())
+                    unrecorded += [task.result() for task in finished]
+                    if trouble.ready():
+                        unrecorded = await self._record(unrecorded, trouble)
         except asyncio.CancelledError:
             # Out of grace: abandon the requests; their deliveries are released.
             for task in in_flight:
                 task.cancel()
             await asyncio.gather(*in_flight, return_exceptions=True)
             raise
+
+    async def _claim(self, limit: int, trouble: _StoreTrouble) -> list[Claim]:
+        try:
+            claims = await self.db.run(
+                self.db.store.claim, self.owner, limit, self.clock(), self._lease()
+            )
+        except Exception:
+            trouble.failed("claiming deliveries")
+            return []
+        trouble.recovered()
+        return claims
+
+    async def _record(
+        self, results: list[AttemptResult], trouble: _StoreTrouble
+    ) -> list[AttemptResult]:
+        """Record `results`; returns what is still to record (all of it on failure)."""
+        try:
+            await self.db.run(self.db.store.finish, results, self.owner, self.clock())
+        except Exception:
+            trouble.failed(f"recording {len(results)} attempts")
+            return results
+        trouble.recovered()
+        return []
 
     def _lease(self) -> float:
         return 60.0 + LEASE_MARGIN  # definitions cap timeout at 60s
@@ -251,8 +278,7 @@ class Worker:
         except (RenderError, SigningSecretError, TargetRefused) as exc:
             return unsent("failed", str(exc))
         timeout = parse_duration(spec.timeout) if spec.timeout else DEFAULT_TIMEOUT
-        outcome = await send(
-            self.client,
+        outcome = await self.sender.send(
             type(request)(request.method, request.url, headers, request.body),
             timeout,
         )
@@ -301,6 +327,35 @@ class Worker:
                 self._specs.clear()
             spec = self._specs[text] = WebhookSpec.model_validate_json(text)
         return spec
+
+
+class _StoreTrouble:
+    """After a failed store call: how long to wait before the next (0.5 s doubling
+    to 30 s, from the loop's poll interval), and one log line per failure."""
+
+    CAP = 30.0
+
+    def __init__(self, first: float) -> None:
+        self.first = max(first, 0.001)
+        self.delay = 0.0
+        self.until = 0.0
+
+    def failed(self, what: str) -> None:
+        self.delay = min(self.CAP, self.delay * 2 if self.delay else self.first)
+        self.until = time.monotonic() + self.delay
+        log.exception("the state failed while %s; trying again in %.1fs", what, self.delay)
+
+    def recovered(self) -> None:
+        if self.delay:
+            log.info("the state answers again")
+        self.delay = 0.0
+
+    def ready(self) -> bool:
+        return time.monotonic() >= self.until
+
+    def pause(self) -> float:
+        """Seconds until the next store call may be made (0: now)."""
+        return max(0.0, self.until - time.monotonic())
 
 
 def _event_data(event: EventRecord) -> EventData:

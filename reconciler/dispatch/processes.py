@@ -1,0 +1,152 @@
+"""`serve --processes N`: N dispatcher processes on one listening socket and one state.
+
+One Python process runs its event loop on one core. Each dispatcher process has its
+own intake, workers and store connection; they share the listening socket (the
+kernel hands each new connection to one of them) and the queue (claims are
+transactions, so a delivery goes to one process at a time), so work spreads by
+itself. The parent only supervises:
+
+- a child that dies is replaced; the replacement takes back the dead one's leases
+  at start, as a restarted `serve` does;
+- SIGTERM or SIGINT to the parent is passed to every child, which stops claiming,
+  finishes in-flight requests within the grace period and releases the rest;
+- if the parent itself dies (even by SIGKILL), the kernel sends each child SIGTERM
+  (Linux), so no dispatcher outlives its supervisor unnoticed;
+- children that keep dying at once (an unreachable database, say) stop the whole
+  service instead of restarting forever.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import logging
+import os
+import signal
+import socket
+import sys
+import time
+from collections.abc import Callable
+from types import FrameType
+
+log = logging.getLogger("reconciler.dispatch")
+
+RESTART_WINDOW = 60.0  # seconds
+RESTART_LIMIT = 5  # replacements within the window before giving up
+_PR_SET_PDEATHSIG = 1
+
+
+def listen(host: str, port: int, backlog: int = 2048) -> socket.socket:
+    """The listening socket every process accepts from."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.bind((host, port))
+        sock.listen(backlog)
+    except OSError:
+        sock.close()
+        raise
+    sock.setblocking(False)
+    sock.set_inheritable(True)
+    return sock
+
+
+class Supervisor:
+    """Fork `count` children running `child()` (its return value is the child's
+    exit status) and keep them running until told to stop."""
+
+    def __init__(
+        self,
+        count: int,
+        child: Callable[[], int],
+        *,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.count = count
+        self.child = child
+        self.clock = clock
+        self.children: dict[int, int] = {}  # pid -> slot
+        self.stopping = False
+        self._restarts: list[float] = []
+
+    def run(self) -> int:
+        """Returns the exit status for the parent: 0 after a clean stop."""
+        previous = {
+            sig: signal.signal(sig, self._on_signal) for sig in (signal.SIGTERM, signal.SIGINT)
+        }
+        status = 0
+        try:
+            for slot in range(self.count):
+                self._start(slot)
+            while self.children:
+                pid, code = os.wait()
+                slot = self.children.pop(pid, None)
+                if slot is None or self.stopping:
+                    continue
+                log.error("dispatcher process %d %s; starting another", pid, _describe(code))
+                if self._crash_looping():
+                    log.error(
+                        "dispatcher processes keep exiting (%d restarts in %gs); stopping",
+                        RESTART_LIMIT,
+                        RESTART_WINDOW,
+                    )
+                    status = 1
+                    self.stop()
+                    continue
+                self._start(slot)
+        finally:
+            for sig, handler in previous.items():
+                signal.signal(sig, handler)
+        return status
+
+    def stop(self) -> None:
+        self.stopping = True
+        for pid in list(self.children):
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGTERM)
+
+    def _on_signal(self, signum: int, frame: FrameType | None) -> None:
+        self.stop()
+
+    def _crash_looping(self) -> bool:
+        now = self.clock()
+        self._restarts = [t for t in self._restarts if now - t < RESTART_WINDOW] + [now]
+        return len(self._restarts) > RESTART_LIMIT
+
+    def _start(self, slot: int) -> None:
+        parent = os.getpid()
+        sys.stdout.flush()
+        sys.stderr.flush()
+        pid = os.fork()
+        if pid:
+            self.children[pid] = slot
+            return
+        # The child: its own signal handling, its own event loop, never back here.
+        status = 1
+        try:
+            signal.signal(signal.SIGTERM, signal.SIG_DFL)
+            signal.signal(signal.SIGINT, signal.SIG_DFL)
+            _die_with(parent)
+            status = self.child()
+        except BaseException:
+            log.exception("dispatcher process %d failed", os.getpid())
+        finally:
+            sys.stdout.flush()
+            sys.stderr.flush()
+            os._exit(status)
+
+
+def _die_with(parent: int) -> None:
+    """Ask the kernel for SIGTERM when the parent dies (Linux only)."""
+    with contextlib.suppress(OSError, AttributeError):
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
+    if os.getppid() != parent:  # it died before the request took effect
+        os.kill(os.getpid(), signal.SIGTERM)
+
+
+def _describe(code: int) -> str:
+    if os.WIFSIGNALED(code):
+        return f"was killed by {signal.Signals(os.WTERMSIG(code)).name}"
+    return f"exited with status {os.waitstatus_to_exitcode(code)}"

@@ -1,0 +1,179 @@
+"""Integration: `reconciler serve --processes N`, a supervisor and N dispatcher
+processes on one port and one state, as real processes over real HTTP.
+
+What it must keep: every accepted event delivered, each delivery once (no
+kill, no duplicate), a dead process replaced at once with its leases
+taken back, SIGTERM stopping them all cleanly, and no dispatcher left running
+when the supervisor itself is killed.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+from collections import Counter
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+from receiver import DEADLINE, Receiver, ok
+from serve_process import Server, eventually
+from test_integration_serve import BODY, Project, accepted
+
+WEBHOOKS = ("a", "b")
+
+
+@pytest.fixture
+def receiver() -> Iterator[Receiver]:
+    with Receiver(default=ok()) as running:
+        yield running
+        assert not running.errors, running.errors
+
+
+@pytest.fixture
+def project(tmp_path: Path, receiver: Receiver) -> Iterator[Project]:
+    made = Project(tmp_path)
+    for name in WEBHOOKS:
+        made.define(name, url=receiver.url(f"/{name}"), body=BODY)
+    made.apply_library()
+    try:
+        yield made
+    finally:
+        for server in made.servers:
+            for pid in children(server.pid):
+                kill(pid)
+            server.stop()
+
+
+def children(pid: int) -> set[int]:
+    """The live child processes of `pid`, from /proc."""
+    found = set()
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            stat = (entry / "stat").read_text()
+        except OSError:
+            continue
+        fields = stat.rpartition(")")[2].split()
+        if int(fields[1]) == pid and fields[0] != "Z":
+            found.add(int(entry.name))
+    return found
+
+
+def alive(pid: int) -> bool:
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()[0]
+    except OSError:
+        return False
+    return state != "Z"
+
+
+def kill(pid: int) -> None:
+    with contextlib.suppress(ProcessLookupError):
+        os.kill(pid, signal.SIGKILL)
+
+
+def dispatchers(server: Server, count: int = 2) -> set[int]:
+    """The supervisor's dispatcher processes, once all `count` are running."""
+
+    def running() -> set[int] | None:
+        found = children(server.pid)
+        return found if len(found) == count else None
+
+    return eventually(running, f"{count} dispatcher processes", server)
+
+
+def send_events(project: Project, server: Server, first: int, count: int) -> list[str]:
+    """Post `count` events, each on a new connection, so the kernel spreads them
+    over the processes; returns their ids."""
+    ids = []
+    for n in range(first, first + count):
+        with httpx.Client(timeout=DEADLINE, headers=project.headers) as client:
+            event_id = f"evt-{n:04d}"
+            accepted(client, server, event_id, len(WEBHOOKS))
+            ids.append(event_id)
+    return ids
+
+
+def delivered(
+    project: Project, receiver: Receiver, server: Server, ids: list[str], *, killed: bool = False
+) -> None:
+    """Every delivery of `ids` delivered and received. Without a kill, each exactly
+    once; after one, a request in flight may have been sent again, always under its
+    delivery's own webhook-id."""
+    expected = len(ids) * len(WEBHOOKS)
+
+    def done() -> bool:
+        rows = project.rows("SELECT status, count(*) FROM deliveries GROUP BY status")
+        return dict(rows) == {"delivered": expected}
+
+    eventually(done, f"{expected} deliveries delivered", server)
+    stored = {
+        (event, webhook): delivery
+        for delivery, event, webhook in project.rows("SELECT id, event_id, webhook FROM deliveries")
+    }
+    sent: dict[tuple[str, str], list[str]] = {}
+    for request in receiver.requests():
+        key = (request.json()["event_id"], request.json()["webhook"])
+        sent.setdefault(key, []).append(request.header("webhook-id") or "")
+    assert set(sent) == {(e, w) for e in ids for w in WEBHOOKS}
+    for key, webhook_ids in sent.items():
+        assert set(webhook_ids) == {stored[key]}, key
+    if not killed:
+        assert Counter(len(v) for v in sent.values()) == Counter({1: expected})
+
+
+def test_processes_share_one_port_and_one_queue(project: Project, receiver: Receiver) -> None:
+    server = project.serve("--processes", "2", "--concurrency", "20")
+    workers = dispatchers(server)
+    ids = send_events(project, server, 0, 60)
+    delivered(project, receiver, server, ids)
+    log = server.log()
+    assert "starting 2 dispatcher processes" in log
+    # Every attempt is logged by the process that made it, and only the two
+    # dispatcher processes made any.
+    senders = {int(line.split("[", 1)[1].split("]", 1)[0])
+               for line in log.splitlines() if " attempt delivery=" in line}  # fmt: skip
+    assert senders and senders <= workers
+
+
+def test_a_killed_process_is_replaced_and_nothing_accepted_is_lost(
+    project: Project, receiver: Receiver
+) -> None:
+    server = project.serve("--processes", "2", "--concurrency", "20")
+    first = dispatchers(server)
+    ids = send_events(project, server, 0, 20)
+    victim = min(first)
+    os.kill(victim, signal.SIGKILL)
+
+    def replaced() -> set[int] | None:
+        now = children(server.pid)
+        return now if len(now) == 2 and victim not in now else None
+
+    after = eventually(replaced, "a new process in place of the killed one", server)
+    assert first - {victim} <= after
+    assert f"dispatcher process {victim} was killed by SIGKILL; starting another" in server.log()
+    ids += send_events(project, server, 20, 20)
+    delivered(project, receiver, server, ids, killed=True)
+    assert server.process.poll() is None
+
+
+def test_sigterm_to_the_supervisor_stops_every_process(project: Project) -> None:
+    server = project.serve("--processes", "2")
+    workers = dispatchers(server)
+    server.signal(signal.SIGTERM)
+    assert server.wait() == 0, server
+    assert not any(alive(pid) for pid in workers)
+    assert "starting another" not in server.log()
+
+
+def test_no_dispatcher_outlives_a_killed_supervisor(project: Project) -> None:
+    server = project.serve("--processes", "2")
+    workers = dispatchers(server)
+    server.signal(signal.SIGKILL)
+    assert server.wait() == -signal.SIGKILL
+    eventually(lambda: not any(alive(pid) for pid in workers),
+               "the dispatcher processes to stop after their supervisor died", server)  # fmt: skip
