@@ -28,21 +28,34 @@ class BodyError(ValueError):
         self.col = col
 
 
+# How deep a body may nest, as for the YAML a definition is written in
+# (yamlsource.MAX_DEPTH): a fixed limit, not whatever stack the parser has left.
+MAX_DEPTH = 64
+_TOO_DEEP = f"nested more than {MAX_DEPTH} levels deep"
+
+
 def parse_json_text(text: str) -> Any:
     """Strict JSON first, then the common relaxed forms translated to strict JSON,
     then the full JSON5 parser (slow, but it decides and explains every other case)."""
     try:
-        value = json.loads(text, object_pairs_hook=_no_duplicates)
-    except json.JSONDecodeError as strict_error:
-        try:
-            value = json.loads(_relaxed_to_strict(text), object_pairs_hook=_no_duplicates)
-        except json.JSONDecodeError:
-            try:
-                value = json5.loads(text, allow_duplicate_keys=False)
-            except ValueError as exc:
-                raise _relaxed_error(str(exc), strict_error) from None
+        value = _parse(text)
+    except RecursionError:  # nested far past MAX_DEPTH: the parsers recurse
+        raise BodyError(_TOO_DEEP) from None
     check_json_value(value)
     return value
+
+
+def _parse(text: str) -> Any:
+    try:
+        return json.loads(text, object_pairs_hook=_no_duplicates)
+    except json.JSONDecodeError as strict_error:
+        try:
+            return json.loads(_relaxed_to_strict(text), object_pairs_hook=_no_duplicates)
+        except json.JSONDecodeError:
+            try:
+                return json5.loads(text, allow_duplicate_keys=False)
+            except ValueError as exc:
+                raise _relaxed_error(str(exc), strict_error) from None
 
 
 # The relaxed forms people write by hand: single-quoted strings, unquoted keys,
@@ -112,19 +125,22 @@ def _hint(text: str) -> str:
     return ""
 
 
-def check_json_value(value: Any, where: str = "") -> None:
-    """Refuse what JSON cannot carry: non-finite numbers, non-string keys."""
+def check_json_value(value: Any, where: str = "", depth: int = 1) -> None:
+    """Refuse what JSON cannot carry: non-finite numbers, non-string keys, and more
+    than MAX_DEPTH objects and arrays inside one another."""
     if isinstance(value, float) and not math.isfinite(value):
         shown = "NaN" if math.isnan(value) else ("Infinity" if value > 0 else "-Infinity")
         raise BodyError(f"{where or 'the value'} is {shown}, which JSON cannot carry")
+    if isinstance(value, dict | list) and depth > MAX_DEPTH:
+        raise BodyError(_TOO_DEEP)
     if isinstance(value, dict):
         for key, item in value.items():
             if not isinstance(key, str):
                 raise BodyError(f"{where or 'the value'}: object keys must be text, not {key!r}")
-            check_json_value(item, f"{where}.{key}" if where else key)
+            check_json_value(item, f"{where}.{key}" if where else key, depth + 1)
     elif isinstance(value, list):
         for index, item in enumerate(value):
-            check_json_value(item, f"{where}[{index}]")
+            check_json_value(item, f"{where}[{index}]", depth + 1)
     elif value is not None and not isinstance(value, str | int | float | bool):
         raise BodyError(f"{where or 'the value'}: {type(value).__name__} is not a JSON value")
 

@@ -5,6 +5,10 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Literal
 
+# What ends a line for str.splitlines(), terminals and editors. A key or value quoted
+# in a message may hold one; it is written escaped, so a problem stays one line.
+_LINE_BREAKS = str.maketrans({c: repr(c)[1:-1] for c in "\n\r\v\f\x1c\x1d\x1e\x85\u2028\u2029"})
+
 
 @dataclass(frozen=True, order=True)
 class Location:
@@ -24,7 +28,7 @@ class Problem:
 
     def __str__(self) -> str:
         prefix = "warning: " if self.severity == "warning" else ""
-        return f"{self.location}: {prefix}{self.message}"
+        return f"{self.location}: {prefix}{self.message}".translate(_LINE_BREAKS)
 
     def as_json(self) -> dict[str, object]:
         return {

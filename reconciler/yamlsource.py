@@ -9,6 +9,7 @@ line and column of the offending key or value.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -145,8 +146,10 @@ def load_document(path: str, raw: bytes) -> YamlDocument | Problem:
         root = loader.get_single_node()
     except yaml.MarkedYAMLError as exc:
         return _syntax_problem(path, text, exc)
+    except yaml.reader.ReaderError as exc:
+        return _reader_problem(path, text, exc)
     except yaml.YAMLError as exc:  # errors without a mark
-        return Problem(Location(path, 1, 1), f"YAML syntax error: {exc}")
+        return Problem(Location(path, 1, 1), f"YAML syntax error: {' '.join(str(exc).split())}")
     finally:
         loader.dispose()
     if root is None:
@@ -172,6 +175,27 @@ def _syntax_problem(path: str, text: str, exc: yaml.MarkedYAMLError) -> Problem:
         context = f" ({exc.context})" if exc.context else ""
         message = f"YAML syntax error: {problem}{context}"
     return Problem(Location(path, line, col), message)
+
+
+_YAML_LINE_BREAK = re.compile("\r\n|[\n\r\x85\u2028\u2029]")
+
+
+def _reader_problem(path: str, text: str, exc: yaml.reader.ReaderError) -> Problem:
+    """A character YAML does not allow (NUL, most other control characters), at its
+    line and column; the error's own text spans two lines and names no file."""
+    if _Loader.__name__.startswith("C"):  # libyaml counts UTF-8 bytes
+        before = text.encode("utf-8")[: exc.position].decode("utf-8", errors="ignore")
+    else:
+        before = text[: exc.position]
+    breaks = list(_YAML_LINE_BREAK.finditer(before))  # counted as libyaml's marks count
+    line = len(breaks) + 1
+    col = len(before) - (breaks[-1].end() if breaks else 0) + 1
+    char = exc.character
+    shown = f"#x{char:04x}" if isinstance(char, int) else repr(char)
+    return Problem(
+        Location(path, line, col),
+        f"YAML syntax error: unacceptable character {shown}: {exc.reason}",
+    )
 
 
 # PyYAML's constructors for bool, int and float scalars: they keep no state, so one

@@ -26,6 +26,7 @@ from pytest_httpx import HTTPXMock
 
 from reconciler.dispatch.app import create_app
 from reconciler.dispatch.events import MAX_EVENT_BYTES
+from reconciler.dispatch.sender import Sender
 from reconciler.dispatch.service import Dispatcher
 from reconciler.store.sqlite import SqliteStore
 
@@ -79,8 +80,8 @@ def call(
     headers = bearer(store, *scope, all_organizations=all_organizations)
 
     async def go() -> T:
-        client = httpx.AsyncClient()  # the receivers' side: mocked by pytest-httpx
-        dispatcher = Dispatcher(store, client, clock=clock, env=env or {})
+        sender = Sender(httpx.AsyncHTTPTransport())  # mocked by pytest-httpx
+        dispatcher = Dispatcher(store, sender, clock=clock, env=env or {})
         transport = httpx.ASGITransport(app=create_app(dispatcher), raise_app_exceptions=False)
         try:
             async with httpx.AsyncClient(
@@ -88,7 +89,7 @@ def call(
             ) as http:
                 return await scenario(Api(http, dispatcher))
         finally:
-            await client.aclose()
+            await sender.aclose()
             dispatcher.db.close()
 
     return asyncio.run(go())
@@ -757,3 +758,128 @@ def test_metrics_count_events_and_outcomes_in_prometheus_text(
     assert 'reconciler_queue_deliveries{status="pending"} 1' in text
     assert "reconciler_attempt_duration_seconds_count 2" in text
     assert "hooks" not in text  # no URL, nothing that could hold a secret
+
+
+# -- found by fuzzing the API against its document (test_fuzz_api.py) ----------------------
+
+
+@pytest.mark.parametrize(
+    "content",
+    [
+        b"\x80",  # not UTF-8
+        b'{"name": "caf\xe9"}',  # Latin-1, not UTF-8
+        b"[" * 60_000,  # nested past the JSON parser's depth, yet under the size limit
+    ],
+    ids=["not UTF-8", "Latin-1", "nested too deep"],
+)
+def test_a_body_that_cannot_be_read_as_json_is_422_in_the_apps_shape(
+    store: SqliteStore, clock: FakeClock, content: bytes
+) -> None:
+    # BUG: FastAPI answered these 400 {"detail": "There was an error parsing the body"}:
+    # a status and a shape the OpenAPI document does not declare.
+    async def scenario(api: Api) -> httpx.Response:
+        return await api.http.post(
+            "/v1/events", content=content, headers={"Content-Type": "application/json"}
+        )
+
+    assert problems(call(store, clock, scenario)) == [
+        {"field": "body", "message": "not valid JSON: the body must be UTF-8 JSON text"}
+    ]
+    assert store.deliveries() == []
+
+
+def test_an_unreadable_body_without_a_token_is_401(store: SqliteStore, clock: FakeClock) -> None:
+    # BUG: the 400 above came before the token check, so an anonymous caller got 400,
+    # not 401, and learnt that the route reads JSON.
+    async def scenario(api: Api) -> httpx.Response:
+        return await api.http.post(
+            "/v1/events",
+            content=b"\x80",
+            headers={"Content-Type": "application/json", "Authorization": ""},
+        )
+
+    response = call(store, clock, scenario)
+    assert response.status_code == 401, response.text
+    assert response.headers["www-authenticate"] == "Bearer"
+
+
+def test_a_json_syntax_error_names_the_body(store: SqliteStore, clock: FakeClock) -> None:
+    # The problem used to read {"field": "9", "message": "JSON decode error"}: the
+    # field was the character offset.
+    async def scenario(api: Api) -> httpx.Response:
+        return await api.http.post(
+            "/v1/events", content=b'{"type": }', headers={"Content-Type": "application/json"}
+        )
+
+    (problem,) = problems(call(store, clock, scenario))
+    assert problem["field"] == "body"
+    assert problem["message"].startswith("not valid JSON: Expecting value (at character 9)")
+
+
+@pytest.mark.parametrize("moment", [1_700_000_000, 1_700_000_000_000, 17e8, "1700000000"])
+def test_a_unix_time_is_refused_not_guessed(
+    store: SqliteStore, clock: FakeClock, moment: Any
+) -> None:
+    # BUG: the document says `time` is an ISO 8601 date-time, but a number (or digits
+    # in text) was taken as Unix time, in seconds or milliseconds depending on its size.
+    async def scenario(api: Api) -> httpx.Response:
+        return await api.post_event(time=moment)
+
+    (problem,) = problems(call(store, clock, scenario))
+    assert problem == {
+        "field": "time",
+        "message": "time must be an ISO 8601 datetime, e.g. 2026-11-29T21:22:42Z",
+    }
+    assert store.deliveries() == []
+
+
+@pytest.mark.parametrize("query", [{"stauts": "failed"}, {"organization": "acme"}, {"": "x"}])
+def test_an_unknown_list_filter_is_422_not_ignored(
+    store: SqliteStore, clock: FakeClock, query: dict[str, str]
+) -> None:
+    # BUG: unknown query parameters were ignored, so a misspelt filter listed every
+    # delivery as if nothing had been asked.
+    async def scenario(api: Api) -> httpx.Response:
+        await api.post_event(id="e1")
+        return await api.http.get("/v1/deliveries", params=query)
+
+    (name,) = query
+    assert problems(call(store, clock, scenario)) == [
+        {"field": f"query.{name}", "message": "Extra inputs are not permitted"}
+    ]
+
+
+def test_the_openapi_document_declares_each_answer_in_the_shape_sent(
+    store: SqliteStore, clock: FakeClock
+) -> None:
+    # BUG: the 422s were declared as FastAPI's HTTPValidationError ({"detail": [...]}),
+    # /metrics declared its JSON 401 as text/plain, and the 200s had no schema.
+    async def scenario(api: Api) -> httpx.Response:
+        return await api.http.get("/openapi.json")
+
+    document = call(store, clock, scenario).json()
+    assert "HTTPValidationError" not in json.dumps(document)
+
+    def schema(path: str, method: str, status: str) -> dict[str, Any]:
+        (content,) = document["paths"][path][method]["responses"][status]["content"].items()
+        return {content[0]: content[1]["schema"]}
+
+    ref = "#/components/schemas/"
+    assert schema("/v1/events", "post", "422") == {"application/json": {"$ref": ref + "ErrorOut"}}
+    assert schema("/v1/deliveries", "get", "200") == {
+        "application/json": {"$ref": ref + "DeliveryListOut"}
+    }
+    assert schema("/v1/deliveries", "get", "422") == {
+        "application/json": {"$ref": ref + "ErrorOut"}
+    }
+    assert schema("/v1/deliveries/{delivery_id}", "get", "200") == {
+        "application/json": {"$ref": ref + "DeliveryWithAttemptsOut"}
+    }
+    assert schema("/v1/deliveries/{delivery_id}/replay", "post", "202") == {
+        "application/json": {"$ref": ref + "ReplayOut"}
+    }
+    assert schema("/metrics", "get", "200") == {"text/plain": {"type": "string"}}
+    assert schema("/metrics", "get", "401") == {"application/json": {"$ref": ref + "AuthErrorOut"}}
+    assert schema("/healthz", "get", "200") == {"application/json": {"$ref": ref + "HealthOut"}}
+    unauthorized = document["paths"]["/v1/deliveries"]["get"]["responses"]["401"]
+    assert unauthorized["headers"]["WWW-Authenticate"]["required"] is True

@@ -37,6 +37,7 @@ from hypothesis import strategies as st
 from reconciler import tokens
 from reconciler.dispatch.app import create_app
 from reconciler.dispatch.auth import CACHE_SECONDS, UNAUTHORIZED
+from reconciler.dispatch.sender import Sender
 from reconciler.dispatch.service import Dispatcher
 from reconciler.store.queue import AttemptResult, EventRecord
 from reconciler.store.sqlite import SqliteStore
@@ -64,8 +65,8 @@ class World:
         """Send requests, in order, to one app over one dispatcher; return the answers."""
 
         async def go() -> list[httpx.Response]:
-            client = httpx.AsyncClient()  # the receivers' side: never used here
-            dispatcher = Dispatcher(self.store, client, clock=self.clock, env={})
+            sender = Sender(httpx.AsyncHTTPTransport())  # never used here
+            dispatcher = Dispatcher(self.store, sender, clock=self.clock, env={})
             app = create_app(dispatcher)
             transport = httpx.ASGITransport(app=app, raise_app_exceptions=False)
             answers = []
@@ -84,7 +85,7 @@ class World:
                             kwargs["json"] = body
                         answers.append(await http.request(method, path, **kwargs))
             finally:
-                await client.aclose()
+                await sender.aclose()
                 dispatcher.db.close()
             for answer in answers:
                 assert answer.status_code != 500, answer.text

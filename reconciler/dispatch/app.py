@@ -8,33 +8,72 @@ organizations are invisible: left out of lists, 404 one by one.
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 from fastapi import FastAPI, Query, Request
+from fastapi.exception_handlers import http_exception_handler
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse, PlainTextResponse
-from pydantic import BaseModel
+from fastapi.responses import JSONResponse, PlainTextResponse, Response
+from pydantic import BaseModel, ConfigDict, Field
+from starlette.exceptions import HTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from reconciler import __version__
-from reconciler.dispatch import auth
+from reconciler.dispatch import auth, fast_intake
 from reconciler.dispatch.events import MAX_EVENT_BYTES, EventIn
 from reconciler.dispatch.service import Dispatcher
-from reconciler.dispatch.views import delivery_json
+from reconciler.dispatch.views import (
+    DeliveryListOut,
+    DeliveryWithAttemptsOut,
+    ReplayOut,
+    delivery_json,
+)
+from reconciler.store.queue import Status
 from reconciler.tokens import Access
-
-StatusFilter = Literal["pending", "in_flight", "delivered", "failed", "cancelled"]
 
 
 class IntakeOut(BaseModel):
     event_id: str
-    deliveries: int
-    duplicate: bool
+    deliveries: int = Field(description="Deliveries queued: one per matching enabled webhook.")
+    duplicate: bool = Field(description="True when this event id was received before.")
+
+
+class ProblemOut(BaseModel):
+    field: str = Field(description="What is wrong: `body`, a field of it, or `query.NAME`.")
+    message: str
 
 
 class ErrorOut(BaseModel):
     error: str
-    problems: list[dict[str, Any]] = []
+    problems: list[ProblemOut] = Field(
+        description="One entry per problem of the request (422); empty otherwise."
+    )
+
+
+class HealthOut(BaseModel):
+    status: Literal["ok"]
+
+
+class DeliveryFilters(BaseModel):
+    """The query of GET /v1/deliveries: an unknown name is refused, not ignored, so a
+    misspelt filter cannot pass for an empty one."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    status: Status | None = None
+    org: str | None = Field(default=None, description="One organization of the token's.")
+    webhook: str | None = None
+    event_id: str | None = None
+    limit: int = Field(default=100, ge=1, le=1000)
+
+
+# The answers every route with parameters or a body may give besides its own.
+INVALID: dict[int | str, dict[str, Any]] = {
+    422: {"model": ErrorOut, "description": "The request's problems, each naming its field"},
+}
+NOT_FOUND: dict[int | str, dict[str, Any]] = {
+    404: {"model": ErrorOut, "description": "No such delivery (or not one of the token's)"},
+}
 
 
 def create_app(dispatcher: Dispatcher) -> FastAPI:
@@ -48,8 +87,10 @@ def create_app(dispatcher: Dispatcher) -> FastAPI:
         docs_url=None,
         redoc_url=None,
     )
-    app.add_middleware(_BodyLimit, limit=MAX_EVENT_BYTES)
     guard = auth.install(app, dispatcher)
+    # Middleware added later runs first: the body limit, then the intake's fast path.
+    fast_intake.install(app, dispatcher, guard)
+    app.add_middleware(_BodyLimit, limit=MAX_EVENT_BYTES)
     any_token, may_send = guard.require(), guard.require("send")
     may_read, may_replay = guard.require("read"), guard.require("replay")
 
@@ -58,20 +99,29 @@ def create_app(dispatcher: Dispatcher) -> FastAPI:
         refusal = await guard.check(request)  # who asks comes before what they sent
         if refusal is not None:
             return refusal.response()
-        problems = [
-            {
-                "field": ".".join(str(p) for p in error["loc"] if p != "body") or "body",
-                "message": error["msg"].removeprefix("Value error, "),
-            }
-            for error in exc.errors()
-        ]
-        return JSONResponse({"error": "invalid request", "problems": problems}, status_code=422)
+        return _invalid_request([_problem(error) for error in exc.errors()])
+
+    @app.exception_handler(HTTPException)
+    async def _http_error(request: Request, exc: HTTPException) -> Response:
+        if exc.status_code != 400:
+            return await http_exception_handler(request, exc)
+        # FastAPI's 400 is a body it could not read as JSON at all (not UTF-8, nested
+        # past the parser's depth): to the caller, the same as any other body that
+        # is not JSON, after the same token checks.
+        refusal = await guard.check(request)
+        if refusal is not None:
+            return refusal.response()
+        return _invalid_request([{"field": "body", "message": UNREADABLE_BODY}])
 
     @app.post(
         "/v1/events",
         status_code=202,
         response_model=IntakeOut,
-        responses={**auth.RESPONSES, 413: {"model": ErrorOut}, 422: {"model": ErrorOut}},
+        responses={
+            **auth.RESPONSES,
+            413: {"model": ErrorOut, "description": f"A body over {MAX_EVENT_BYTES} bytes"},
+            **INVALID,
+        },
         summary="Queue an event: one delivery per matching enabled webhook",
     )
     async def post_event(event: EventIn, access: Access = may_send) -> dict[str, Any]:
@@ -80,30 +130,37 @@ def create_app(dispatcher: Dispatcher) -> FastAPI:
         result = await dispatcher.accept(event)
         return result.as_json()
 
-    @app.get("/v1/deliveries", responses=auth.RESPONSES, summary="List deliveries, newest first")
+    @app.get(
+        "/v1/deliveries",
+        response_model=None,
+        responses={200: {"model": DeliveryListOut}, **auth.RESPONSES, **INVALID},
+        summary="List deliveries, newest first",
+    )
     async def list_deliveries(
-        access: Access = may_read,
-        status: StatusFilter | None = None,
-        org: str | None = None,
-        webhook: str | None = None,
-        event_id: str | None = None,
-        limit: int = Query(100, ge=1, le=1000),
+        filters: Annotated[DeliveryFilters, Query()], access: Access = may_read
     ) -> dict[str, Any]:
+        org = filters.org
         if org is not None and not access.sees(org):
             raise auth.forbidden(access.out_of_scope(org))
         records = await dispatcher.db.run(
             dispatcher.db.store.deliveries,
-            status=status,
+            status=filters.status,
             organizations=access.visible(org),
-            webhook=webhook,
-            event_id=event_id,
-            limit=limit,
+            webhook=filters.webhook,
+            event_id=filters.event_id,
+            limit=filters.limit,
         )
         return {"deliveries": [record.as_json() for record in records]}
 
     @app.get(
         "/v1/deliveries/{delivery_id}",
-        responses={**auth.RESPONSES, 404: {"model": ErrorOut}},
+        response_model=None,
+        responses={
+            200: {"model": DeliveryWithAttemptsOut},
+            **auth.RESPONSES,
+            **NOT_FOUND,
+            **INVALID,
+        },
         summary="One delivery with every attempt",
     )
     async def get_delivery(delivery_id: str, access: Access = may_read) -> Any:
@@ -115,7 +172,14 @@ def create_app(dispatcher: Dispatcher) -> FastAPI:
     @app.post(
         "/v1/deliveries/{delivery_id}/replay",
         status_code=202,
-        responses={**auth.RESPONSES, 404: {"model": ErrorOut}, 409: {"model": ErrorOut}},
+        response_model=None,
+        responses={
+            202: {"model": ReplayOut},
+            **auth.RESPONSES,
+            **NOT_FOUND,
+            409: {"model": ErrorOut, "description": "The delivery is not finished yet"},
+            **INVALID,
+        },
         summary="Send a finished delivery again, with the same webhook-id",
     )
     async def replay(delivery_id: str, access: Access = may_replay) -> Any:
@@ -133,8 +197,16 @@ def create_app(dispatcher: Dispatcher) -> FastAPI:
     @app.get(
         "/metrics",
         summary="Prometheus metrics (any valid token)",
-        response_class=PlainTextResponse,
-        responses={401: auth.RESPONSES[401]},
+        # Response, not PlainTextResponse: the class's media type would be given to
+        # every declared answer, and the 401 is JSON.
+        response_class=Response,
+        responses={
+            200: {
+                "description": "The Prometheus text format",
+                "content": {"text/plain": {"schema": {"type": "string"}}},
+            },
+            401: auth.RESPONSES[401],
+        },
         dependencies=[any_token],
     )
     async def metrics() -> PlainTextResponse:
@@ -142,7 +214,7 @@ def create_app(dispatcher: Dispatcher) -> FastAPI:
             await dispatcher.metrics_text(), media_type="text/plain; version=0.0.4"
         )
 
-    @app.get("/healthz", summary="Liveness (no token needed)")
+    @app.get("/healthz", response_model=HealthOut, summary="Liveness (no token needed)")
     async def healthz() -> dict[str, str]:
         return {"status": "ok"}
 
@@ -153,8 +225,27 @@ def create_app(dispatcher: Dispatcher) -> FastAPI:
     return app
 
 
+UNREADABLE_BODY = "not valid JSON: the body must be UTF-8 JSON text"
+
+
 def _error(status: int, message: str) -> JSONResponse:
     return JSONResponse({"error": message, "problems": []}, status_code=status)
+
+
+def _invalid_request(problems: list[dict[str, str]]) -> JSONResponse:
+    return JSONResponse({"error": "invalid request", "problems": problems}, status_code=422)
+
+
+def _problem(error: Any) -> dict[str, str]:
+    """One of pydantic's errors as {field, message}."""
+    if error["type"] == "json_invalid":  # loc is ("body", offset)
+        where = error["loc"][-1]
+        reason = (error.get("ctx") or {}).get("error", error["msg"])
+        return {"field": "body", "message": f"not valid JSON: {reason} (at character {where})"}
+    return {
+        "field": ".".join(str(p) for p in error["loc"] if p != "body") or "body",
+        "message": error["msg"].removeprefix("Value error, "),
+    }
 
 
 class _BodyLimit:

@@ -47,7 +47,17 @@ class AuthErrorOut(BaseModel):
 
 # For each guarded route's `responses=`, so the OpenAPI document lists them.
 RESPONSES: dict[int | str, dict[str, Any]] = {
-    401: {"model": AuthErrorOut, "description": "Missing or invalid bearer token"},
+    401: {
+        "model": AuthErrorOut,
+        "description": "Missing or invalid bearer token",
+        "headers": {
+            "WWW-Authenticate": {
+                "description": "The scheme to use: `Bearer`.",
+                "required": True,
+                "schema": {"type": "string", "const": "Bearer"},
+            }
+        },
+    },
     403: {"model": AuthErrorOut, "description": "Role or organization not allowed"},
 }
 

@@ -2,18 +2,23 @@
 
 from __future__ import annotations
 
-import uuid
+import re
 from datetime import UTC, datetime
 from typing import Annotated
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, JsonValue, field_validator
 
+from reconciler.ids import new_event_id
 from reconciler.model import NAME_PATTERN, Event
 from reconciler.render import format_time
 from reconciler.store.queue import EventRecord
 
 EVENT_ID_PATTERN = r"^[A-Za-z0-9_.:-]{1,128}$"
 MAX_EVENT_BYTES = 64 * 1024
+_ISO_DATE = re.compile(r"\d{4}-\d\d-\d\d")  # how every ISO 8601 date-time in text begins
+_EXAMPLE_TIME = "2026-11-29T21:22:42Z"
+# Documents what _unicode() refuses (its own message is clearer than a pattern's).
+_NO_NUL: dict[str, JsonValue] = {"pattern": "^[^\\x00]*$"}
 
 
 class EventIn(BaseModel):
@@ -24,10 +29,12 @@ class EventIn(BaseModel):
     type: Event = Field(description="The event type.")
     organization: str = Field(pattern=NAME_PATTERN, description="Whose webhooks fire.")
     name: Annotated[str, Field(max_length=1000)] = Field(
-        description="The rule or event name: {{name}}."
+        description="The rule or event name: {{name}}.", json_schema_extra=_NO_NUL
     )
     description: Annotated[str, Field(max_length=10_000)] = Field(
-        default="", description="Details about the event or rule: {{description}}."
+        default="",
+        description="Details about the event or rule: {{description}}.",
+        json_schema_extra=_NO_NUL,
     )
     time: datetime | None = Field(
         default=None, description="When it was detected (ISO 8601); default: when received."
@@ -38,13 +45,24 @@ class EventIn(BaseModel):
         description="Your id for the event; the same id twice is queued once.",
     )
 
+    @field_validator("time", mode="before")
+    @classmethod
+    def _iso_8601_text(cls, value: object) -> object:
+        # Left alone, pydantic would also take a number, or digits in text, as Unix
+        # time (seconds or milliseconds, by size): not what the field says it is.
+        if value is None or isinstance(value, datetime):
+            return value
+        if not isinstance(value, str) or not _ISO_DATE.match(value):
+            raise ValueError(f"time must be an ISO 8601 datetime, e.g. {_EXAMPLE_TIME}")
+        return value
+
     @field_validator("time")
     @classmethod
     def _aware(cls, value: datetime | None) -> datetime | None:
         if value is None:
             return value
         if value.tzinfo is None:
-            raise ValueError("time needs a time zone, e.g. 2026-11-29T21:22:42Z")
+            raise ValueError(f"time needs a time zone, e.g. {_EXAMPLE_TIME}")
         try:
             return value.astimezone(UTC)
         except OverflowError:
@@ -66,7 +84,7 @@ class EventIn(BaseModel):
     def record(self, now: datetime | None = None) -> EventRecord:
         moment = self.time or now or datetime.now(UTC)
         return EventRecord(
-            id=self.id or "evt_" + uuid.uuid4().hex,
+            id=self.id or new_event_id(),
             type=self.type.value,
             organization=self.organization,
             name=self.name,

@@ -4,8 +4,51 @@ from __future__ import annotations
 
 from typing import Any
 
+from pydantic import BaseModel, Field
+
 from reconciler.dispatch.retry import utc
-from reconciler.store.queue import AttemptRecord, DeliveryRecord
+from reconciler.store.queue import AttemptRecord, DeliveryRecord, Status
+
+# What the API answers, as its OpenAPI document declares it. The routes return the
+# records' own JSON (below); these models only describe it.
+
+
+class DeliveryOut(BaseModel):
+    id: str = Field(description="The delivery's id, sent as webhook-id.")
+    event_id: str
+    event_type: str
+    organization: str
+    webhook: str
+    status: Status
+    attempts: int = Field(description="Attempts made so far.")
+    due_at: float | None = Field(description="When it is next tried (Unix time), if pending.")
+    created_at: float
+    updated_at: float
+    last_status: int | None = Field(description="The HTTP status of the last attempt, if any.")
+    last_error: str | None
+
+
+class AttemptOut(BaseModel):
+    number: int
+    started_at: float
+    duration_ms: float
+    outcome: str = Field(description="delivered, retry, failed, cancelled or deferred.")
+    status: int | None = Field(description="The receiver's HTTP status; none without a response.")
+    response_headers: dict[str, str]
+    response_excerpt: str
+    error: str | None
+
+
+class DeliveryWithAttemptsOut(DeliveryOut):
+    attempts_log: list[AttemptOut]
+
+
+class DeliveryListOut(BaseModel):
+    deliveries: list[DeliveryOut]
+
+
+class ReplayOut(BaseModel):
+    replayed: list[str] = Field(description="The ids of the deliveries queued again.")
 
 
 def delivery_json(record: DeliveryRecord, attempts: list[AttemptRecord]) -> dict[str, Any]:
