@@ -6,7 +6,11 @@ request by a per-path script of `Reply`s: a status with headers (Retry-After,
 Location), a sequence (500 then 200), a hold (longer than a client's timeout, or
 until the test opens a gate), or closing the connection without answering. Every
 request is recorded on arrival, before it is answered: method, raw path and
-query exactly as sent, headers and body.
+query exactly as sent, headers, body and the moment it arrived.
+
+How a request is answered is `Receiver._respond`'s choice; a subclass may answer
+otherwise (tests/faulty_receiver.py does) and keep the rest: recording, waiting,
+connection tracking and a clean shutdown.
 
 Use it as a context manager (or through a fixture that does): on exit, held
 requests are let go, open connections are shut and every thread is joined, so
@@ -21,16 +25,17 @@ import socket
 import struct
 import threading
 import time
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from types import TracebackType
-from typing import Any, Literal
+from typing import Any, Literal, TypeVar
 from urllib.parse import parse_qsl, urlsplit
 
 HOST = "127.0.0.1"
 DEADLINE = 30.0  # the longest any wait in these tests may take
 HOLD_CAP = 60.0  # a gated hold never outlives this, even if the test forgets the gate
+T = TypeVar("T")
 
 
 @dataclass(frozen=True)
@@ -83,6 +88,7 @@ class Recorded:
     headers: tuple[tuple[str, str], ...]
     body: bytes
     number: int  # its place among all requests this receiver saw, from 0
+    arrived: float = 0.0  # time.monotonic() when it arrived
 
     @property
     def path(self) -> str:
@@ -235,20 +241,40 @@ class Receiver:
 
     # -- called from the handler threads ------------------------------------------------
 
-    def _arrived(
-        self, method: str, target: str, headers: Iterable[tuple[str, str]], body: bytes
-    ) -> Reply:
-        path = urlsplit(target).path
+    def _respond(self, handler: _Handler) -> None:
+        """Record one request and answer it by its path's script."""
+        _, reply = self._record(handler, self._scripted)
+        self._hold(reply)
+        if reply.action == "reset":
+            handler.reset()
+            return
+        handler.answer(reply.status, reply.headers, reply.body)
+        self._done()
+
+    def _scripted(self, record: Recorded) -> Reply:
+        script = self._scripts.get(record.path)
+        return script.next() if script is not None else self._default
+
+    def _record(self, handler: _Handler, choose: Callable[[Recorded], T]) -> tuple[Recorded, T]:
+        """Read the request's body, record it, `choose` its answer (under the lock, so
+        answers are taken in arrival order), and tell the listeners."""
+        body = handler.read_body()
         with self._changed:
-            record = Recorded(method, target, tuple(headers), body, len(self._requests))
+            record = Recorded(
+                handler.command,
+                handler.path,
+                tuple(handler.headers.items()),
+                body,
+                len(self._requests),
+                time.monotonic(),
+            )
             self._requests.append(record)
-            script = self._scripts.get(path)
-            reply = script.next() if script is not None else self._default
+            chosen = choose(record)
             listeners = list(self._listeners)
             self._changed.notify_all()
         for listener in listeners:
             listener(record)
-        return reply
+        return record, chosen
 
     def _hold(self, reply: Reply) -> None:
         if reply.gate is not None:
@@ -302,7 +328,7 @@ class _Handler(BaseHTTPRequestHandler):
     def log_message(self, format: str, *args: Any) -> None:
         pass  # quiet: the tests read the recorded requests instead
 
-    def _read_body(self) -> bytes:
+    def read_body(self) -> bytes:
         length = self.headers.get("Content-Length")
         if length is not None:
             return self.rfile.read(int(length))
@@ -318,25 +344,23 @@ class _Handler(BaseHTTPRequestHandler):
                 self.rfile.readline()
         return b""
 
-    def _handle(self) -> None:
-        receiver = self.server.receiver
-        body = self._read_body()
-        reply = receiver._arrived(self.command, self.path, self.headers.items(), body)
-        receiver._hold(reply)
-        if reply.action == "reset":
-            # Linger 0: close() sends a RST, not a polite FIN after an answer.
-            self.connection.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
-            self.close_connection = True
-            self.connection.close()
-            return
-        self.send_response(reply.status)
-        for name, value in reply.headers.items():
+    def answer(self, code: int, headers: Mapping[str, str], body: bytes) -> None:
+        self.send_response(code)
+        for name, value in headers.items():
             self.send_header(name, value)
-        self.send_header("Content-Length", str(len(reply.body)))
+        self.send_header("Content-Length", str(len(body)))
         self.end_headers()
         if self.command != "HEAD":
-            self.wfile.write(reply.body)
+            self.wfile.write(body)
         self.wfile.flush()
-        receiver._done()
+
+    def reset(self) -> None:
+        """Close the connection with a RST (linger 0), not a polite FIN."""
+        self.connection.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+        self.close_connection = True
+        self.connection.close()
+
+    def _handle(self) -> None:
+        self.server.receiver._respond(self)
 
     do_GET = do_POST = do_PUT = do_PATCH = do_DELETE = do_HEAD = do_OPTIONS = _handle

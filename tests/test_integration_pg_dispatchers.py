@@ -18,18 +18,17 @@ import signal
 import subprocess
 import sys
 import threading
-import time
 from collections import defaultdict
-from collections.abc import Callable, Iterator, Sequence
-from contextlib import ExitStack, contextmanager
+from collections.abc import Iterator
+from contextlib import ExitStack
 from pathlib import Path
-from typing import IO, Any, TypeVar
 
 import httpx
 import psycopg
 import pytest
 from helpers_state import RECONCILER, REPO, cli_env, definition, run_cli, write_definition
 from receiver import DEADLINE, Receiver, Recorded, hang
+from serve_process import Server, eventually, rows
 
 from reconciler.store.postgres import split_url
 from reconciler.store.postgres_migrations import MIGRATIONS
@@ -42,39 +41,10 @@ WEBHOOKS = ("a", "b", "c")
 EVENTS = 150
 KILL_AFTER = 120  # requests seen by the receiver when one server is killed (of 450)
 HOLD = 0.03  # the receiver holds every request this long, so requests are in flight
-ALLOW_LOOPBACK = ("--allow-cidr", "127.0.0.1/32")
 BODY = {"event_id": "{{event_id}}", "webhook": "{{webhook}}"}
-T = TypeVar("T")
 
 
 # -- helpers ----------------------------------------------------------------------
-
-
-def eventually(check: Callable[[], T], what: str, logs: Callable[[], str] = str) -> T:
-    """Poll `check` until it returns something true; fail clearly after DEADLINE."""
-    deadline = time.monotonic() + DEADLINE
-    while True:
-        result = check()
-        if result:
-            return result
-        if time.monotonic() > deadline:
-            raise AssertionError(f"not within {DEADLINE:g}s: {what}{logs()}")
-        time.sleep(0.05)
-
-
-@contextmanager
-def connect(url: str) -> Iterator[psycopg.Connection[Any]]:
-    """A plain connection to the state's schema, for reading what the processes wrote."""
-    conninfo, schema, _ = split_url(url)
-    with psycopg.connect(
-        conninfo, autocommit=True, connect_timeout=10, options=f"-c search_path={schema}"
-    ) as conn:
-        yield conn
-
-
-def rows(url: str, sql: str, args: Sequence[Any] = ()) -> list[tuple[Any, ...]]:
-    with connect(url) as conn:
-        return conn.execute(sql, args).fetchall()  # type: ignore[arg-type]
 
 
 @functools.cache
@@ -110,90 +80,6 @@ def token_in(output: str) -> str:
     return max(words, key=len)
 
 
-class Server:
-    """One `reconciler serve` child process on a free port."""
-
-    def __init__(self, root: Path, state: str, number: int, args: Sequence[str] = ()) -> None:
-        self.number = number
-        self.state = state
-        self.log_path = root / f"serve-{number}.log"
-        self._log: IO[bytes] = self.log_path.open("wb")
-        self.process = subprocess.Popen(
-            [
-                *RECONCILER,
-                "serve",
-                "--state",
-                state,
-                "--host",
-                "127.0.0.1",
-                "--port",
-                "0",
-                *ALLOW_LOOPBACK,
-                *args,
-            ],
-            cwd=root,
-            env=cli_env(),
-            stdin=subprocess.DEVNULL,
-            stdout=subprocess.PIPE,
-            stderr=self._log,
-            text=True,
-        )
-        self._lines: queue.Queue[str | None] = queue.Queue()
-        self._reader = threading.Thread(target=self._read, daemon=True)
-        self._reader.start()
-        self.url = ""  # known once it is ready
-
-    def _read(self) -> None:
-        assert self.process.stdout is not None
-        for line in self.process.stdout:
-            self._lines.put(line)
-        self._lines.put(None)
-
-    def wait_ready(self) -> None:
-        deadline = time.monotonic() + DEADLINE
-        while True:
-            left = deadline - time.monotonic()
-            if left <= 0:
-                raise AssertionError(f"serve did not say 'serving on' within {DEADLINE}s{self}")
-            try:
-                line = self._lines.get(timeout=left)
-            except queue.Empty:
-                continue
-            if line is None:
-                raise AssertionError(f"serve exited before it was ready{self}")
-            found = re.match(r"serving on (http://127\.0\.0\.1:\d+) \(state (.+)\)$", line)
-            if found:
-                self.url = found.group(1)
-                return
-
-    @property
-    def pid(self) -> int:
-        return self.process.pid
-
-    def log(self) -> str:
-        self._log.flush()
-        return self.log_path.read_text(encoding="utf-8", errors="replace")
-
-    def __str__(self) -> str:
-        return f"\n--- serve {self.number} (pid {self.pid}), log tail ---\n{self.log()[-3000:]}"
-
-    def wait(self, timeout: float = DEADLINE) -> int:
-        try:
-            return self.process.wait(timeout)
-        except subprocess.TimeoutExpired:
-            raise AssertionError(f"serve did not exit within {timeout}s{self}") from None
-
-    def stop(self) -> None:
-        """Kill (if still running) and reap; close the pipe and the log."""
-        if self.process.poll() is None:
-            self.process.kill()
-        self.process.wait(DEADLINE)
-        self._reader.join(DEADLINE)
-        if self.process.stdout is not None:
-            self.process.stdout.close()
-        self._log.close()
-
-
 class Cluster:
     """Definitions, one PostgreSQL state, and the serve processes started on it."""
 
@@ -219,6 +105,9 @@ class Cluster:
 
     def logs(self) -> str:
         return "".join(str(server) for server in self.servers)
+
+    def __str__(self) -> str:
+        return self.logs()
 
     def stop(self) -> None:
         for server in self.servers:
@@ -336,11 +225,11 @@ def test_three_dispatchers_share_the_queue_and_a_sigkill_loses_no_accepted_event
         counts = dict(rows(cluster.state, "SELECT status, count(*) FROM deliveries GROUP BY 1"))
         return counts == {"delivered": EVENTS * len(WEBHOOKS)}
 
-    eventually(all_delivered, "every delivery delivered", cluster.logs)
+    eventually(all_delivered, "every delivery delivered", cluster)
     took_back = eventually(
         lambda: re.search(r"took back (\d+) deliveries", restarted.log()),
         "the restarted dispatcher says it took the dead one's deliveries back",
-        cluster.logs,
+        cluster,
     )
     assert int(took_back.group(1)) == len(held)
 

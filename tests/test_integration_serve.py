@@ -9,22 +9,21 @@ from __future__ import annotations
 
 import json
 import os
-import queue
 import re
 import signal
-import sqlite3
 import subprocess
 import threading
 import time
 from collections import defaultdict
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
-from typing import IO, Any, TypeVar
+from typing import Any
 
 import httpx
 import pytest
-from helpers_state import RECONCILER, bearer_at, cli_env, definition, run_cli, write_definition
+from helpers_state import bearer_at, definition, run_cli, write_definition
 from receiver import DEADLINE, Receiver, hang, hold, ok, status
+from serve_process import ALLOW_LOOPBACK, Server, eventually, rows
 
 from reconciler.apply import ApplyOptions, changes_to_writes
 from reconciler.loader import load_definitions
@@ -33,11 +32,7 @@ from reconciler.store.sqlite import SqliteStore
 
 ORG = "acme"
 EVENT = "new_rule_violation"
-# The receiver listens on loopback, which the dispatcher refuses unless the deployment
-# allows it: these tests allow exactly 127.0.0.1.
-ALLOW_LOOPBACK = ("--allow-cidr", "127.0.0.1/32")
 BODY = {"event_id": "{{event_id}}", "webhook": "{{webhook}}", "rule": "{{name}}"}
-T = TypeVar("T")
 
 
 @pytest.fixture
@@ -45,95 +40,6 @@ def receiver() -> Iterator[Receiver]:
     with Receiver() as running:
         yield running
         assert not running.errors, running.errors
-
-
-class Server:
-    """One `reconciler serve` child process on a free port."""
-
-    def __init__(self, project: Path, state: str, number: int, args: Sequence[str]) -> None:
-        self.state = state
-        self.log_path = project / f"serve-{number}.log"
-        self._log: IO[bytes] = self.log_path.open("wb")
-        self.process = subprocess.Popen(
-            [
-                *RECONCILER,
-                "serve",
-                "--state",
-                state,
-                "--host",
-                "127.0.0.1",
-                "--port",
-                "0",
-                *ALLOW_LOOPBACK,
-                *args,
-            ],
-            cwd=project,
-            env=cli_env(),
-            stdin=subprocess.DEVNULL,
-            stdout=subprocess.PIPE,
-            stderr=self._log,
-            text=True,
-        )
-        self._lines: queue.Queue[str | None] = queue.Queue()
-        self._reader = threading.Thread(target=self._read, daemon=True)
-        self._reader.start()
-        self.url = ""  # known once it is ready: see wait_ready
-
-    def _read(self) -> None:
-        assert self.process.stdout is not None
-        for line in self.process.stdout:
-            self._lines.put(line)
-        self._lines.put(None)
-
-    def wait_ready(self) -> None:
-        self.url = self._ready_url()
-
-    def _ready_url(self) -> str:
-        deadline = time.monotonic() + DEADLINE
-        while True:
-            left = deadline - time.monotonic()
-            if left <= 0:
-                raise AssertionError(f"serve did not say 'serving on' within {DEADLINE}s{self}")
-            try:
-                line = self._lines.get(timeout=left)
-            except queue.Empty:
-                continue
-            if line is None:
-                raise AssertionError(f"serve exited before it was ready{self}")
-            found = re.match(r"serving on (http://127\.0\.0\.1:(\d+)) \(state (.+)\)$", line)
-            if found:
-                assert int(found.group(2)) > 0 and found.group(3) == self.state, line
-                return found.group(1)
-
-    @property
-    def pid(self) -> int:
-        return self.process.pid
-
-    def log(self) -> str:
-        self._log.flush()
-        return self.log_path.read_text(encoding="utf-8", errors="replace")
-
-    def __str__(self) -> str:
-        return f"\n--- serve's log ---\n{self.log()[-4000:]}"
-
-    def signal(self, sig: int) -> None:
-        self.process.send_signal(sig)
-
-    def wait(self, timeout: float = DEADLINE) -> int:
-        try:
-            return self.process.wait(timeout)
-        except subprocess.TimeoutExpired:
-            raise AssertionError(f"serve did not exit within {timeout}s{self}") from None
-
-    def stop(self) -> None:
-        """Kill (if still running) and reap; close the pipes and the log."""
-        if self.process.poll() is None:
-            self.process.kill()
-        self.process.wait(DEADLINE)
-        self._reader.join(DEADLINE)
-        if self.process.stdout is not None:
-            self.process.stdout.close()
-        self._log.close()
 
 
 class Project:
@@ -183,11 +89,7 @@ class Project:
         return server
 
     def rows(self, sql: str, args: Sequence[Any] = ()) -> list[tuple[Any, ...]]:
-        conn = sqlite3.connect(self.db, timeout=DEADLINE)
-        try:
-            return conn.execute(sql, args).fetchall()
-        finally:
-            conn.close()
+        return rows(self.state, sql, args)
 
     def deliveries(self) -> dict[str, dict[str, Any]]:
         columns = (
@@ -208,18 +110,6 @@ def project(tmp_path: Path) -> Iterator[Project]:
     finally:
         for server in made.servers:
             server.stop()
-
-
-def eventually(check: Callable[[], T], what: str, server: Server | None = None) -> T:
-    """Poll `check` until it returns something true; fail clearly after DEADLINE."""
-    deadline = time.monotonic() + DEADLINE
-    while True:
-        result = check()
-        if result:
-            return result
-        if time.monotonic() > deadline:
-            raise AssertionError(f"not within {DEADLINE}s: {what}{server or ''}")
-        time.sleep(0.05)
 
 
 def post_event(
