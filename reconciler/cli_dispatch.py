@@ -163,18 +163,20 @@ def _serve_processes(
     from reconciler.dispatch.processes import Supervisor, listen
 
     try:
-        sock = listen(host, port)
+        sockets = listen(host, port, processes)
     except OSError as exc:
         raise ReconcilerError(f"cannot listen on {host}:{port}: {exc.strerror}") from None
-    bound = sock.getsockname()[1]
+    bound = sockets[0].getsockname()[1]
     click.echo(f"serving on http://{host}:{bound} (state {url})")
     sys.stdout.flush()
     logging.getLogger("reconciler.dispatch").info("starting %d dispatcher processes", processes)
 
-    def child() -> int:
+    def child(slot: int) -> int:
+        for other in sockets[:slot] + sockets[slot + 1 :]:
+            other.close()
         store = _queue_store(state, must_exist=True)
         try:
-            run(store, sock=sock)
+            run(store, sock=sockets[slot])
         finally:
             store.close()
         return 0
@@ -182,7 +184,8 @@ def _serve_processes(
     try:
         status = Supervisor(processes, child).run()
     finally:
-        sock.close()
+        for sock in sockets:
+            sock.close()
     if status:
         raise ReconcilerError("the dispatcher processes stopped; see the log above")
 

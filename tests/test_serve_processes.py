@@ -12,6 +12,7 @@ from __future__ import annotations
 import contextlib
 import os
 import signal
+import socket
 from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
@@ -21,6 +22,8 @@ import pytest
 from receiver import DEADLINE, Receiver, ok
 from serve_process import Server, eventually
 from test_integration_serve import BODY, Project, accepted
+
+from reconciler.dispatch.processes import listen
 
 WEBHOOKS = ("a", "b")
 
@@ -177,3 +180,15 @@ def test_no_dispatcher_outlives_a_killed_supervisor(project: Project) -> None:
     assert server.wait() == -signal.SIGKILL
     eventually(lambda: not any(alive(pid) for pid in workers),
                "the dispatcher processes to stop after their supervisor died", server)  # fmt: skip
+
+
+def test_each_process_gets_its_own_listening_socket_on_the_one_port() -> None:
+    sockets = listen("127.0.0.1", 0, 3)
+    try:
+        ports = {sock.getsockname()[1] for sock in sockets}
+        assert len(ports) == 1 and ports != {0}
+        assert len({sock.fileno() for sock in sockets}) == 3
+        assert all(sock.getsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT) for sock in sockets)
+    finally:
+        for sock in sockets:
+            sock.close()

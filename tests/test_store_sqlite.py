@@ -19,6 +19,7 @@ from reconciler.errors import LockTimeout, StaleState, StateError
 from reconciler.store import DEFAULT_STATE, open_store, state_url
 from reconciler.store import migrations as migrations_module
 from reconciler.store.migrations import MIGRATIONS
+from reconciler.store.queue import EventRecord
 from reconciler.store.sqlite import SqliteStore
 
 
@@ -347,3 +348,54 @@ def test_a_live_pid_on_this_host_is_not_taken_over(
     )
     with pytest.raises(LockTimeout, match="zed"), store.lock("bob (apply)", 0):
         pytest.fail("took a live lock")
+
+
+# -- another process writing at the same time --------------------------------------------
+
+
+def _event(event_id: str) -> EventRecord:
+    return EventRecord(event_id, "new_rule_violation", "acme", "rule", "", "2026-11-29T21:22:42Z")
+
+
+def test_a_write_waits_for_another_processs_transaction_in_short_steps(tmp_path: Path) -> None:
+    # SQLite's own busy handler sleeps 1, 2, 5, 10 ms and more between tries: two
+    # dispatchers on one file spent most of their time asleep. The store waits in
+    # steps of 0.1 ms doubling to 2 ms instead.
+    path = tmp_path / "state.db"
+    other = sqlite3.connect(path, isolation_level=None)
+    pauses: list[float] = []
+
+    def sleep(seconds: float) -> None:
+        pauses.append(seconds)
+        if len(pauses) == 8:
+            other.execute("COMMIT")  # the other process's write ends
+
+    store = SqliteStore(path, sleep=sleep)
+    try:
+        other.execute("BEGIN IMMEDIATE")
+        assert store.add_event(_event("evt-1"), 0.0).event_id == "evt-1"
+    finally:
+        store.close()
+        other.close()
+    assert pauses == [0.0001, 0.0002, 0.0004, 0.0008, 0.0016, 0.002, 0.002, 0.002]
+
+
+def test_a_write_locked_out_for_the_busy_timeout_fails_and_changes_nothing(
+    tmp_path: Path,
+) -> None:
+    path = tmp_path / "state.db"
+    other = sqlite3.connect(path, isolation_level=None)
+    clock = FakeClock(0.0)
+    store = SqliteStore(path, clock=clock, sleep=lambda seconds: clock.sleep(5.0))
+    try:
+        other.execute("BEGIN IMMEDIATE")
+        with pytest.raises(
+            sqlite3.OperationalError, match="locked by another process for over 30s"
+        ):
+            store.add_event(_event("evt-1"), 0.0)
+        other.execute("COMMIT")
+        assert store.deliveries() == []
+        assert store.add_event(_event("evt-2"), 0.0).event_id == "evt-2"  # usable afterwards
+    finally:
+        store.close()
+        other.close()

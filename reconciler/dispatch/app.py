@@ -86,6 +86,9 @@ def create_app(dispatcher: Dispatcher) -> FastAPI:
         openapi_url=None,
         docs_url=None,
         redoc_url=None,
+        # FastAPI's OpenTelemetry hooks look up the global providers on every
+        # request (a few % of the CPU per event); the dispatcher has its own metrics.
+        telemetry={"tracing": False, "metrics": False, "logs": False, "operation_spans": False},
     )
     guard = auth.install(app, dispatcher)
     # Middleware added later runs first: the body limit, then the intake's fast path.

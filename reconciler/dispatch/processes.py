@@ -1,12 +1,15 @@
 """`serve --processes N`: N dispatcher processes on one listening socket and one state.
 
 One Python process runs its event loop on one core. Each dispatcher process has its
-own intake, workers and store connection; they share the listening socket (the
-kernel hands each new connection to one of them) and the queue (claims are
-transactions, so a delivery goes to one process at a time), so work spreads by
-itself. The parent only supervises:
+own intake, workers and store connection, and its own listening socket on the one
+port (SO_REUSEPORT: the kernel spreads new connections evenly over the sockets;
+with one shared socket, the first process to wake took nearly all of a client's
+connections). They share the queue (claims are transactions, so a delivery goes to
+one process at a time), so deliveries spread by themselves. The parent only
+supervises:
 
-- a child that dies is replaced; the replacement takes back the dead one's leases
+- a child that dies is replaced; the replacement takes over its socket (connections
+  made meanwhile wait in that socket's backlog) and takes back the dead one's leases
   at start, as a restarted `serve` does;
 - SIGTERM or SIGINT to the parent is passed to every child, which stops claiming,
   finishes in-flight requests within the grace period and releases the rest;
@@ -36,12 +39,27 @@ RESTART_LIMIT = 5  # replacements within the window before giving up
 _PR_SET_PDEATHSIG = 1
 
 
-def listen(host: str, port: int, backlog: int = 2048) -> socket.socket:
-    """The listening socket every process accepts from."""
+def listen(host: str, port: int, count: int, backlog: int = 2048) -> list[socket.socket]:
+    """`count` listening sockets on one port, one per process (the first picks the
+    port when `port` is 0)."""
+    sockets: list[socket.socket] = []
+    try:
+        for _ in range(count):
+            sockets.append(_bind(host, port, backlog))
+            port = sockets[0].getsockname()[1]
+    except OSError:
+        for sock in sockets:
+            sock.close()
+        raise
+    return sockets
+
+
+def _bind(host: str, port: int, backlog: int) -> socket.socket:
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
     sock = socket.socket(family, socket.SOCK_STREAM)
     try:
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
         sock.bind((host, port))
         sock.listen(backlog)
     except OSError:
@@ -53,13 +71,13 @@ def listen(host: str, port: int, backlog: int = 2048) -> socket.socket:
 
 
 class Supervisor:
-    """Fork `count` children running `child()` (its return value is the child's
-    exit status) and keep them running until told to stop."""
+    """Fork `count` children, child `slot` running `child(slot)` (its return value is
+    the child's exit status), and keep them running until told to stop."""
 
     def __init__(
         self,
         count: int,
-        child: Callable[[], int],
+        child: Callable[[int], int],
         *,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
@@ -128,7 +146,7 @@ class Supervisor:
             signal.signal(signal.SIGTERM, signal.SIG_DFL)
             signal.signal(signal.SIGINT, signal.SIG_DFL)
             _die_with(parent)
-            status = self.child()
+            status = self.child(slot)
         except BaseException:
             log.exception("dispatcher process %d failed", os.getpid())
         finally:
