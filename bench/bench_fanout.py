@@ -1,0 +1,788 @@
+"""One event fanned out to 1,000 webhooks by `reconciler serve`, on SQLite and PostgreSQL
+side by side, against the bare HTTP client.
+
+    .venv/bin/python bench/bench_fanout.py [--webhooks 1000] [--events 10] [--repeat 5]
+        [--concurrency 200] [--backend both|sqlite|postgres] [--postgres URL]
+        [--no-time-store] [--json FILE]
+
+Reuses bench/sink.py (the receiver: raw asyncio, keep-alive, 200 "ok", counts and,
+on request, keeps every body) and the helpers of bench/bench_dispatch.py (the sink's
+control, CPU from /proc, the bare client) and bench/bench_dispatch_pg.py (states
+applied through the CLI, API tokens, the PostgreSQL server's CPU). Loopback
+(127.0.0.1) only; every wait is bounded in time. One run, per backend:
+
+  state     organization acme with W webhooks (--webhooks, default 1,000), each
+            POSTing {"id": "{{event_id}}", "w": "{{webhook}}"} to its own path
+            of the sink (/hook/1 ... /hook/W), applied with `reconciler apply
+            --auto-approve` into a new SQLite file or a new PostgreSQL schema
+            (dropped afterwards); an admin token from `reconciler tokens create`;
+  serve     `reconciler serve --concurrency C --allow-cidr 127.0.0.1/32` as a
+            subprocess; three events of another type (no webhook matches them)
+            warm its intake up, untimed;
+  one       one POST /v1/events over a keep-alive connection: (a) its time to
+            the 202, by which the event and its W deliveries are stored
+            durably; (b) the time from sending it to the sink's arrival of the
+            W-th delivery (and of the first); (c) deliveries/s = W / (b); and
+            when the state shows all W delivered (polled once the sink has them);
+  sustained E events in a row (--events, default 10: E x W deliveries), each
+            POST sent when the previous one's 202 came back; the same figures.
+
+Baseline, in the same run: the bare client of bench_dispatch.py, in a child
+process on the event loop `serve` runs on: `reconciler.dispatch.service.
+make_sender(C)` and `Sender.send`, the dispatcher's own sending code (httpx over
+aiohttp), posting W, then E x W, JSON bodies with the dispatcher's headers to the
+sink, C in flight, nothing stored. Ratio = dispatcher deliveries/s / bare client
+requests/s.
+
+Checks, every run: each POST answered 202 with W deliveries; the sink counted
+exactly the expected number, and its kept bodies are every (event, webhook) pair
+once; after `serve` stopped, the state holds every delivery as 'delivered' with
+one attempt, and one attempt row each. CPU seconds per participant (the
+dispatcher's event loop thread and its other threads, the PostgreSQL server's
+processes, the sink) come from /proc, and the machine's busy time from /proc/stat;
+before each run it waits (up to --quiet-wait seconds) for the machine to be quiet,
+and a run during which other processes kept more than --max-other-load cores busy
+is run again, up to --attempts times in all.
+
+Bare client and backends are interleaved (order reversed every other repetition),
+--repeat times; medians. Unless --no-time-store, one more run per backend, not in
+the main tables, with `serve` wrapped to time every store call the dispatcher
+makes (`Database.run`): intake's transaction, claims, outcome records, and how busy
+the database thread was. The defaults take 3 to 4 minutes on 2 quiet cores, more
+when runs are repeated for another load.
+Not part of the test suite: pytest collects tests/ only.
+"""
+
+from __future__ import annotations
+
+import argparse
+import atexit
+import contextlib
+import hashlib
+import http.client
+import importlib
+import json
+import os
+import platform
+import sqlite3
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit
+
+BENCH = Path(__file__).resolve().parent
+ROOT = BENCH.parent
+for _path in (str(ROOT), str(BENCH)):
+    if _path not in sys.path:
+        sys.path.insert(0, _path)
+
+import bench_dispatch as bd  # noqa: E402
+import bench_dispatch_pg as bpg  # noqa: E402
+
+WAIT_LIMIT_SECONDS = 120.0  # no phase may take longer
+HTTP_TIMEOUT = 60.0
+WARM_EVENTS = 3
+BACKENDS = ("sqlite", "postgres")
+LABEL = {"sqlite": "SQLite", "postgres": "PostgreSQL"}
+
+DEFINITION = """\
+name: hook-{i}
+organization: acme
+event: new_rule_violation
+method: POST
+url: http://127.0.0.1:{port}/hook/{i}
+headers:
+  Content-Type: application/json
+body:
+  id: "{{{{event_id}}}}"
+  w: "{{{{webhook}}}}"
+"""
+
+
+# -- the machine and the code --------------------------------------------------------------
+
+
+def machine_line(postgres: str | None) -> str:
+    import aiohttp
+    import httpx
+
+    model = "unknown CPU"
+    with contextlib.suppress(OSError):
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                model = line.split(":", 1)[1].strip()
+                break
+    parts = [
+        f"{os.cpu_count()} cores ({len(os.sched_getaffinity(0))} usable, {model})",
+        f"Linux {platform.release()}",
+        f"CPython {platform.python_version()}",
+        f"SQLite {sqlite3.sqlite_version}",
+    ]
+    if postgres:
+        import psycopg
+
+        with psycopg.connect(postgres, autocommit=True, connect_timeout=10) as conn:
+            version = conn.execute("SHOW server_version").fetchone()[0]  # type: ignore[index]
+            sync = conn.execute("SHOW synchronous_commit").fetchone()[0]  # type: ignore[index]
+        parts.append(
+            f"PostgreSQL {version} on this machine (synchronous_commit={sync}), "
+            f"psycopg {psycopg.__version__}"
+        )
+    stack = [f"httpx {httpx.__version__}", f"aiohttp {aiohttp.__version__}"]
+    for name in ("uvicorn", "uvloop", "httptools"):
+        try:
+            stack.append(f"{name} {importlib.import_module(name).__version__}")
+        except ImportError:
+            stack.append(f"no {name}")
+    parts.append(", ".join(stack))
+    return "; ".join(parts)
+
+
+def code_version() -> str:
+    """`git describe` of the checkout, and the files changed in reconciler/ and bench/."""
+    try:
+        described = subprocess.run(
+            ["git", "describe", "--always", "--dirty", "--tags"],
+            capture_output=True, text=True, cwd=ROOT, timeout=30,
+        ).stdout.strip()  # fmt: skip
+        commit = subprocess.run(
+            ["git", "rev-parse", "HEAD"], capture_output=True, text=True, cwd=ROOT, timeout=30
+        ).stdout.strip()
+        changed = subprocess.run(
+            ["git", "status", "--porcelain", "--", "reconciler", "bench"],
+            capture_output=True, text=True, cwd=ROOT, timeout=30,
+        ).stdout.splitlines()  # fmt: skip
+    except (OSError, subprocess.TimeoutExpired):
+        return "unknown (no git)"
+    if not commit:
+        return f"unknown ({ROOT} is not a git checkout)"
+    out = f"{described} (commit {commit})"
+    if changed:
+        # Identify the code measured: a hash of reconciler/'s diff and untracked files.
+        diff = subprocess.run(
+            ["git", "diff", "HEAD", "--", "reconciler"], capture_output=True, cwd=ROOT, timeout=30
+        ).stdout
+        digest = hashlib.sha256(diff)
+        for line in sorted(changed):
+            path = ROOT / line[3:]
+            if line.startswith("??") and line[3:].startswith("reconciler/") and path.is_file():
+                digest.update(path.read_bytes())
+        files = ", ".join(line[3:] for line in changed)
+        out += f"; uncommitted (reconciler/ hash {digest.hexdigest()[:12]}): {files}"
+    return out
+
+
+# -- processes ---------------------------------------------------------------------------------
+
+
+def write_definitions(folder: Path, port: int, webhooks: int) -> Path:
+    org = folder / "acme"
+    org.mkdir(parents=True)
+    for i in range(1, webhooks + 1):
+        (org / f"hook-{i}.yaml").write_text(DEFINITION.format(i=i, port=port))
+    return folder
+
+
+def start_serve(
+    state: bpg.State, workdir: Path, concurrency: int, tag: str, store_times: Path | None
+) -> tuple[subprocess.Popen[str], str]:
+    """`reconciler serve` on the state; with `store_times`, wrapped to time store calls."""
+    args = ["serve", "--state", state.url, "--host", "127.0.0.1", "--port", "0",
+            "--concurrency", str(concurrency), "--allow-cidr", "127.0.0.1/32"]  # fmt: skip
+    if store_times is None:
+        command = [sys.executable, "-m", "reconciler", *args]
+    else:
+        command = [sys.executable, __file__, "--child-serve", str(store_times), "--", *args]
+    with (workdir / f"serve-{tag}.log").open("w") as log:
+        proc = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=log, text=True, cwd=ROOT)
+    port = int(bpg.read_line(proc, r"serving on http://[\d.]+:(\d+)", 60).group(1))
+    return proc, f"http://127.0.0.1:{port}"
+
+
+def child_serve(out: str, argv: list[str]) -> None:
+    """Run `reconciler serve` with every store call the dispatcher makes timed:
+    (name, wall-clock start, seconds) written to `out` as JSON when it exits."""
+    calls: list[tuple[str, float, float]] = []
+    try:
+        from reconciler.dispatch.worker import Database
+
+        original = Database.run
+
+        async def run(self: Any, call: Any, *args: Any, **kwargs: Any) -> Any:
+            name = getattr(call, "__name__", type(call).__name__)
+
+            def timed() -> Any:
+                start, began = time.time(), time.perf_counter()
+                try:
+                    return call(*args, **kwargs)
+                finally:
+                    calls.append((name, start, time.perf_counter() - began))
+
+            return await original(self, timed)
+
+        Database.run = run  # type: ignore[method-assign]
+    except (ImportError, AttributeError) as exc:
+        print(f"store calls are not timed: {exc}", file=sys.stderr)
+    atexit.register(lambda: Path(out).write_text(json.dumps(calls)))
+    sys.argv = ["reconciler", *argv]
+    from reconciler.cli import main
+
+    main()
+
+
+# -- the bare client ---------------------------------------------------------------------------
+
+# bench_dispatch.py's bare client of this kind: `make_sender(C)` and `Sender.send`, the
+# dispatcher's own sending code, on the event loop `serve` runs on; nothing stored.
+BARE_KIND = "sender"
+
+
+def bare_client(sink: bd.Sink, concurrency: int, n: int) -> dict[str, Any]:
+    return bd.bare_client(sink, BARE_KIND, concurrency, n)
+
+
+class Intake:
+    """POST /v1/events over one keep-alive connection."""
+
+    def __init__(self, url: str, token: str | None) -> None:
+        parts = urlsplit(url)
+        self.conn = http.client.HTTPConnection(parts.hostname, parts.port, timeout=HTTP_TIMEOUT)
+        self.conn.connect()
+        self.headers = {"Content-Type": "application/json"}
+        if token:
+            self.headers["Authorization"] = f"Bearer {token}"
+
+    def post(self, event: dict[str, Any]) -> tuple[float, float, int, dict[str, Any]]:
+        """(wall-clock time sent, seconds to the answer, status, answer)."""
+        data = json.dumps(event).encode()
+        sent, began = time.time(), time.perf_counter()
+        self.conn.request("POST", "/v1/events", body=data, headers=self.headers)
+        answer = self.conn.getresponse()
+        payload = answer.read()
+        seconds = time.perf_counter() - began
+        try:
+            body = json.loads(payload)
+        except ValueError:
+            body = {"raw": payload.decode(errors="replace")}
+        return sent, seconds, answer.status, body
+
+    def close(self) -> None:
+        self.conn.close()
+
+
+def event(kind: str, i: int) -> dict[str, Any]:
+    return {"type": kind, "organization": "acme", "name": f"fanout-rule-{i}",
+            "description": "one event, every webhook"}  # fmt: skip
+
+
+# -- the state, read from the bench -------------------------------------------------------------
+
+
+class Probe:
+    """Read-only queries on a run's state, from outside the dispatcher."""
+
+    def __init__(self, state: bpg.State) -> None:
+        self.backend = state.backend
+        if state.backend == "sqlite":
+            self.conn: Any = sqlite3.connect(f"file:{state.db}?mode=ro", uri=True)
+        else:
+            import psycopg
+
+            self.conn = psycopg.connect(state.postgres, autocommit=True, connect_timeout=10)
+            self.conn.execute(f'SET search_path = "{state.schema}"')
+
+    def rows(self, query: str) -> list[tuple[Any, ...]]:
+        return [tuple(row) for row in self.conn.execute(query).fetchall()]
+
+    def delivered(self) -> int:
+        return self.rows("SELECT count(*) FROM deliveries WHERE status = 'delivered'")[0][0]
+
+    def wait_delivered(self, expected: int, timeout: float) -> float:
+        """Poll until `expected` deliveries are recorded as delivered; the wall-clock time
+        it was seen (the poll runs every 10 ms), or raise."""
+        deadline = time.monotonic() + timeout
+        while True:
+            if self.delivered() >= expected:
+                return time.time()
+            if time.monotonic() > deadline:
+                raise SystemExit(f"{self.backend}: {self.delivered()} of {expected} recorded")
+            time.sleep(0.01)
+
+    def check(self, deliveries: int, events: int) -> None:
+        """Every delivery delivered with one attempt, one attempt row each."""
+        by_status = {
+            (status, attempts): n
+            for status, attempts, n in self.rows(
+                "SELECT status, attempts, count(*) FROM deliveries GROUP BY 1, 2"
+            )
+        }
+        if by_status != {("delivered", 1): deliveries}:
+            raise SystemExit(
+                f"{self.backend}: expected {deliveries} deliveries delivered with one attempt, "
+                f"found (status, attempts): count {by_status}"
+            )
+        outcomes = dict(self.rows("SELECT outcome, count(*) FROM attempts GROUP BY 1"))
+        if outcomes != {"delivered": deliveries}:
+            raise SystemExit(f"{self.backend}: attempts by outcome {outcomes}, not {deliveries}")
+        pairs = self.rows("SELECT count(DISTINCT event_id || '/' || webhook) FROM deliveries")
+        stored_events = self.rows("SELECT count(*) FROM events")[0][0]
+        if pairs[0][0] != deliveries or stored_events != events:
+            raise SystemExit(
+                f"{self.backend}: {pairs[0][0]} distinct (event, webhook) pairs of {deliveries}, "
+                f"{stored_events} events of {events}"
+            )
+
+    def close(self) -> None:
+        self.conn.close()
+
+
+# -- one run ------------------------------------------------------------------------------------
+
+
+@dataclass
+class Snapshot:
+    at: float
+    loop: float  # the dispatcher's first thread: the event loop
+    threads: float  # its other threads: the database thread, the pool's
+    postgres: dict[int, float]
+    sink: float
+    bench: float  # this process
+    busy: float  # the machine, CPU seconds
+
+    @classmethod
+    def take(cls, serve_pid: int, sink_pid: int) -> Snapshot:
+        serve = bd.cpu_seconds(serve_pid)
+        sink = bd.cpu_seconds(sink_pid)
+        mine = os.times()
+        return cls(
+            time.time(),
+            serve["main"],
+            serve["other"],
+            bpg.postgres_cpu(),
+            sink["main"] + sink["other"],
+            mine.user + mine.system,
+            bd.machine_busy()[0],
+        )
+
+
+@dataclass
+class Phase:
+    events: int
+    deliveries: int
+    intake: list[float]  # seconds from each POST to its 202
+    first: float  # seconds from the first POST to the first arrival at the sink
+    last: float  # ... to the arrival of the last delivery
+    recorded: float  # ... to when the state showed every delivery delivered
+    cpu: dict[str, float] = field(default_factory=dict)
+    others: float = 0.0  # cores busy with other processes, on average
+    window: tuple[float, float] = (0.0, 0.0)  # wall clock: first POST, all recorded
+
+    @property
+    def rate(self) -> float:
+        return self.deliveries / self.last
+
+    @property
+    def cpu_us(self) -> float:
+        """Dispatcher (all threads) and PostgreSQL server CPU per delivery, µs."""
+        own = self.cpu["dispatcher loop"] + self.cpu["dispatcher other threads"]
+        return (own + self.cpu["postgres"]) / self.deliveries * 1e6
+
+
+@dataclass
+class Run:
+    backend: str
+    one: Phase
+    sustained: Phase
+    store_calls: dict[str, dict[str, Any]] = field(default_factory=dict)  # phase -> stats
+
+    @property
+    def others(self) -> float:
+        return max(self.one.others, self.sustained.others)
+
+
+def phase(
+    intake: Intake,
+    sink: bd.Sink,
+    probe: Probe,
+    proc: subprocess.Popen[str],
+    webhooks: int,
+    events: int,
+    already: int,
+    log: Path,
+) -> Phase:
+    expected = events * webhooks
+    sink.reset(record=True)
+    before = Snapshot.take(proc.pid, sink.proc.pid)
+    first_sent = 0.0
+    intakes: list[float] = []
+    ids: list[str] = []
+    for i in range(events):
+        sent, seconds, status, answer = intake.post(event("new_rule_violation", i))
+        if status != 202 or answer.get("deliveries") != webhooks:
+            raise SystemExit(f"POST /v1/events answered {status} {answer}, not 202 with {webhooks}")
+        first_sent = first_sent or sent
+        intakes.append(seconds)
+        ids.append(answer["event_id"])
+    seen = sink.wait_for(expected, WAIT_LIMIT_SECONDS)
+    if seen["count"] != expected:
+        tail = "\n".join(log.read_text().splitlines()[-5:])
+        raise SystemExit(
+            f"the sink counted {seen['count']} of {expected} deliveries in time; "
+            f"the dispatcher's log ends:\n{tail}"
+        )
+    recorded = probe.wait_delivered(already + expected, WAIT_LIMIT_SECONDS)
+    after = Snapshot.take(proc.pid, sink.proc.pid)
+    kept = sink.dump()
+    counted = sink.count()["count"]
+    pairs = [(body["id"], body["w"]) for body in (json.loads(b) for _, b in kept)]
+    wanted = {(eid, f"hook-{i}") for eid in ids for i in range(1, webhooks + 1)}
+    if counted != expected or len(pairs) != expected or set(pairs) != wanted:
+        raise SystemExit(
+            f"the sink counted {counted} requests, kept {len(pairs)} bodies of "
+            f"{len(set(pairs))} distinct (event, webhook) pairs; expected each of {expected} once"
+        )
+    pg = sum(after.postgres.values()) - sum(before.postgres.get(p, 0.0) for p in after.postgres)
+    cpu = {
+        "dispatcher loop": after.loop - before.loop,
+        "dispatcher other threads": after.threads - before.threads,
+        "postgres": pg,
+        "sink": after.sink - before.sink,
+    }
+    wall = after.at - before.at
+    others = (after.busy - before.busy - sum(cpu.values()) - (after.bench - before.bench)) / wall
+    return Phase(
+        events,
+        expected,
+        intakes,
+        seen["first"] - first_sent,
+        seen["last"] - first_sent,
+        recorded - first_sent,
+        cpu,
+        max(0.0, others),
+        (first_sent, recorded),
+    )
+
+
+def wait_quiet(limit: float, threshold: float) -> float:
+    """Wait, at most `limit` seconds, until the machine has been less than `threshold`
+    cores busy for two seconds in a row (the machine may be shared); the seconds waited."""
+    began = time.monotonic()
+    quiet = 0
+    while time.monotonic() - began < limit and quiet < 2:
+        busy0 = bd.machine_busy()[0]
+        time.sleep(1.0)
+        quiet = quiet + 1 if bd.machine_busy()[0] - busy0 < threshold else 0
+    return time.monotonic() - began
+
+
+def store_stats(calls: list[list[Any]], window: tuple[float, float]) -> dict[str, Any]:
+    """Store calls that started within `window`: per name, count and milliseconds; and
+    the share of the window the database thread spent in them."""
+    start, end = window
+    out: dict[str, Any] = {}
+    busy = 0.0
+    for name, began, seconds in calls:
+        if start - 0.001 <= began <= end:
+            entry = out.setdefault(
+                name, {"count": 0, "ms": 0.0, "max_ms": 0.0, "first_ms": float("inf")}
+            )
+            entry["first_ms"] = min(entry["first_ms"], (began - start) * 1000)
+            entry["count"] += 1
+            entry["ms"] += seconds * 1000
+            entry["max_ms"] = max(entry["max_ms"], seconds * 1000)
+            busy += seconds
+    return {"calls": out, "busy": busy / (end - start) if end > start else 0.0}
+
+
+def run_once(
+    backend: str,
+    sink: bd.Sink,
+    work: Path,
+    defs: Path,
+    args: argparse.Namespace,
+    tag: str,
+    time_store: bool = False,
+) -> Run:
+    webhooks, events = args.webhooks, args.events
+    state = bpg.State(backend, work, defs, args.postgres)
+    store_times = work / f"store-{tag}.json" if time_store else None
+    log = work / f"serve-{tag}.log"
+    try:
+        token = bpg.api_token(state.url)
+        proc, url = start_serve(state, work, args.concurrency, tag, store_times)
+        probe = Probe(state)
+        intake = None
+        try:
+            intake = Intake(url, token)
+            wait_quiet(args.quiet_wait, args.max_other_load)
+            for i in range(WARM_EVENTS):  # no webhook fires on this type: untimed warm-up
+                _, _, status, answer = intake.post(event("reserved_instance_surplus", i))
+                if status != 202 or answer.get("deliveries") != 0:
+                    raise SystemExit(f"warm-up POST answered {status} {answer}")
+            one = phase(intake, sink, probe, proc, webhooks, 1, 0, log)
+            sustained = phase(intake, sink, probe, proc, webhooks, events, webhooks, log)
+        finally:
+            if intake is not None:
+                intake.close()
+            bpg.stop(proc)  # SIGTERM: in-flight outcomes are recorded before it exits
+        try:
+            probe.check((1 + events) * webhooks, WARM_EVENTS + 1 + events)
+        finally:
+            probe.close()
+        run = Run(backend, one, sustained)
+        if store_times is not None and store_times.exists():
+            calls = json.loads(store_times.read_text())
+            run.store_calls = {
+                "one": store_stats(calls, one.window),
+                "sustained": store_stats(calls, sustained.window),
+            }
+        return run
+    finally:
+        state.drop()
+
+
+# -- report ---------------------------------------------------------------------------------------
+
+
+def ms(seconds: float) -> str:
+    return f"{seconds * 1000:,.0f} ms"
+
+
+def median(values: list[float]) -> float:
+    return statistics.median(values)
+
+
+def spread(values: list[float]) -> str:
+    return f"{min(values):,.0f}–{max(values):,.0f}"
+
+
+def cpu_cell(p: Phase) -> str:
+    c = p.cpu
+    return (
+        f"{c['dispatcher loop']:.2f} / {c['dispatcher other threads']:.2f} / "
+        f"{c['postgres']:.2f} / {c['sink']:.2f}"
+    )
+
+
+def main(argv: list[str] | None = None) -> int:
+    class Help(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescriptionHelpFormatter):
+        pass
+
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=Help)
+    parser.add_argument("--webhooks", type=int, default=1000, help="webhooks the event fires")
+    parser.add_argument("--events", type=int, default=10, help="events in a row, sustained")
+    parser.add_argument("--repeat", type=int, default=5, help="interleaved repetitions")
+    parser.add_argument("--concurrency", type=int, default=200, help="serve --concurrency")
+    parser.add_argument(
+        "--backend", choices=("sqlite", "postgres", "both"), default="both", help="states"
+    )
+    parser.add_argument("--postgres", default=bpg.POSTGRES, help="a database URL, no ?schema=")
+    parser.add_argument(
+        "--max-other-load",
+        type=float,
+        default=0.25,
+        help="run again when other processes kept more than this many cores busy",
+    )
+    parser.add_argument("--attempts", type=int, default=2, help="tries per run")
+    parser.add_argument(
+        "--quiet-wait",
+        type=float,
+        default=10.0,
+        help="before each run, wait up to this many seconds for the machine to be quiet",
+    )
+    parser.add_argument(
+        "--no-time-store", action="store_true", help="skip the run with store calls timed"
+    )
+    parser.add_argument("--json", type=Path, help="also write every figure here")
+    parser.add_argument("--child-serve", help=argparse.SUPPRESS)
+    args, rest = parser.parse_known_args(argv)
+    if args.child_serve:
+        child_serve(args.child_serve, [a for a in rest if a != "--"])
+        return 0
+    if rest:
+        parser.error(f"unrecognized arguments: {' '.join(rest)}")
+
+    backends = BACKENDS if args.backend == "both" else (args.backend,)
+    w, e = args.webhooks, args.events
+    started = time.monotonic()
+    machine = machine_line(args.postgres if "postgres" in backends else None)
+    code = code_version()
+    print(f"machine: {machine}", flush=True)
+    print(f"code: {code}", flush=True)
+    print(
+        f"{w:,} webhooks; one event, then {e} in a row ({e * w:,} deliveries); "
+        f"--concurrency {args.concurrency}; repeat={args.repeat}",
+        flush=True,
+    )
+    bare: dict[int, list[dict[str, Any]]] = {w: [], e * w: []}
+    runs: dict[str, list[Run]] = {b: [] for b in backends}
+    diagnostic: dict[str, Run] = {}
+    with tempfile.TemporaryDirectory(prefix="bench-fanout-") as tmp:
+        work = Path(tmp)
+        sink = bd.Sink(work)
+        try:
+            defs = write_definitions(work / "defs", sink.port, w)
+            # Warm-up, untimed: imports, page cache, the server's caches.
+            bare_client(sink, args.concurrency, w)
+            for b in backends:
+                run_once(b, sink, work, defs, argparse.Namespace(**{**vars(args), "events": 1}),
+                         f"warm-{b}")  # fmt: skip
+            sides = ["bare", *backends]
+            for rep in range(args.repeat):
+                for side in sides if rep % 2 == 0 else sides[::-1]:
+                    if side == "bare":
+                        for n in (w, e * w):
+                            r = bare_client(sink, args.concurrency, n)
+                            bare[n].append(r)
+                            print(
+                                f"[{rep + 1}] bare client {n:>6,} requests: "
+                                f"{r['rate']:>6,.0f}/s in {ms(r['seconds'])} "
+                                f"({r['cpu_us']:.0f} µs CPU per request)",
+                                flush=True,
+                            )
+                        continue
+                    for attempt in range(1, args.attempts + 1):
+                        run = run_once(side, sink, work, defs, args, f"{side}-{rep}-{attempt}")
+                        if run.others <= args.max_other_load or attempt == args.attempts:
+                            break
+                        print(
+                            f"[{rep + 1}] {LABEL[side]}: another load of {run.others:.2f} "
+                            "cores meanwhile: run again",
+                            flush=True,
+                        )
+                    runs[side].append(run)
+                    for name, p in (("one event", run.one), (f"{e} events", run.sustained)):
+                        print(
+                            f"[{rep + 1}] {LABEL[side]:10} {name:9}: intake "
+                            f"{ms(median(p.intake))} (max {ms(max(p.intake))}), first "
+                            f"{ms(p.first)}, last {ms(p.last)}, {p.rate:,.0f} deliveries/s, "
+                            f"recorded {ms(p.recorded)}; CPU s loop/threads/postgres/sink "
+                            f"{cpu_cell(p)}; other load {p.others:.2f}",
+                            flush=True,
+                        )
+            if not args.no_time_store:
+                for b in backends:
+                    diagnostic[b] = run_once(b, sink, work, defs, args, f"timed-{b}", True)
+                    print(f"store calls timed, {LABEL[b]}: {diagnostic[b].store_calls}", flush=True)
+        finally:
+            sink.close()
+    elapsed = time.monotonic() - started
+    code_after = code_version()
+
+    # -- tables --
+    b_one = median([r["rate"] for r in bare[w]])
+    b_one_s = median([r["seconds"] for r in bare[w]])
+    b_all = median([r["rate"] for r in bare[e * w]])
+    reps = args.repeat
+    print(f"\nMachine: {machine}.")
+    print(f"Code: {code}" + ("" if code_after == code else f" (at the end: {code_after})") + ".")
+    print(
+        f"Command: .venv/bin/python bench/bench_fanout.py --webhooks {w} --events {e} "
+        f"--repeat {reps} --concurrency {args.concurrency} --backend {args.backend}"
+        f" ({elapsed / 60:.1f} minutes).\n"
+    )
+    print(
+        f"Bare client: bench_dispatch.py's {BARE_KIND!r} kind (make_sender(C), Sender.send), "
+        f"C = {args.concurrency}, in a child process, nothing stored.\n"
+    )
+    print(f"One event to {w:,} webhooks, median of {reps} (CPU seconds of the median run):\n")
+    print(
+        "| state | POST → 202 (stores 1 event + "
+        f"{w:,} deliveries) | first delivery | {w:,}th delivery | deliveries/s | spread "
+        f"| bare client, {w:,} requests | ratio | all recorded delivered "
+        "| CPU s: dispatcher loop / other threads / postgres / sink | other load |"
+    )
+    print("|---|---:|---:|---:|---:|---:|---:|---:|---:|---|---:|")
+    for b in backends:
+        ps = [r.one for r in runs[b]]
+        mid = sorted(ps, key=lambda p: p.rate)[len(ps) // 2]
+        print(
+            f"| {LABEL[b]} | {ms(median([p.intake[0] for p in ps]))} "
+            f"| {ms(median([p.first for p in ps]))} | {ms(median([p.last for p in ps]))} "
+            f"| {median([p.rate for p in ps]):,.0f}/s | {spread([p.rate for p in ps])} "
+            f"| {ms(b_one_s)} = {b_one:,.0f}/s | {median([p.rate for p in ps]) / b_one:.2f}× "
+            f"| {ms(median([p.recorded for p in ps]))} | {cpu_cell(mid)} "
+            f"| {median([p.others for p in ps]):.2f} cores |"
+        )
+    print(f"\n{e} events in a row to {w:,} webhooks ({e * w:,} deliveries), median of {reps}:\n")
+    print(
+        "| state | POST → 202, median / max | last delivery | deliveries/s | spread "
+        f"| bare client, {e * w:,} requests | ratio | all recorded delivered "
+        "| CPU per delivery (dispatcher + postgres) "
+        "| CPU s: dispatcher loop / other threads / postgres / sink | other load |"
+    )
+    print("|---|---:|---:|---:|---:|---:|---:|---:|---:|---|---:|")
+    for b in backends:
+        ps = [r.sustained for r in runs[b]]
+        mid = sorted(ps, key=lambda p: p.rate)[len(ps) // 2]
+        print(
+            f"| {LABEL[b]} | {ms(median([median(p.intake) for p in ps]))} / "
+            f"{ms(median([max(p.intake) for p in ps]))} | {ms(median([p.last for p in ps]))} "
+            f"| {median([p.rate for p in ps]):,.0f}/s | {spread([p.rate for p in ps])} "
+            f"| {b_all:,.0f}/s | {median([p.rate for p in ps]) / b_all:.2f}× "
+            f"| {ms(median([p.recorded for p in ps]))} "
+            f"| {median([p.cpu_us for p in ps]):,.0f} µs | {cpu_cell(mid)} "
+            f"| {median([p.others for p in ps]):.2f} cores |"
+        )
+    print(
+        f"\nBare client CPU per request: {median([r['cpu_us'] for r in bare[w]]):.0f} µs "
+        f"({w:,} requests), {median([r['cpu_us'] for r in bare[e * w]]):.0f} µs "
+        f"({e * w:,})."
+    )
+    if diagnostic:
+        print(
+            "\nStore calls of the dispatcher, one run per backend with `serve` wrapped "
+            "(not in the tables above): count, total time, and how busy the database "
+            'thread was from the first POST to all recorded; "first at": the first such '
+            "call, after the first POST:\n"
+        )
+        print(
+            "| state | phase | wall | add_events | claim | finish | other | database busy "
+            "| other load |"
+        )
+        print("|---|---|---:|---|---|---|---|---:|---:|")
+        for b, run in diagnostic.items():
+            for key, p in (("one", run.one), ("sustained", run.sustained)):
+                st = run.store_calls.get(key)
+                if not st:
+                    continue
+                calls = dict(st["calls"])
+                cells = []
+                for name in ("add_events", "claim", "finish"):
+                    c = calls.pop(name, None)
+                    cells.append(
+                        f"{c['count']} in {c['ms']:,.0f} ms (max {c['max_ms']:,.0f}, first "
+                        f"at +{c['first_ms']:,.0f})"
+                        if c
+                        else "none"
+                    )
+                rest_ms = sum(c["ms"] for c in calls.values())
+                rest_n = sum(c["count"] for c in calls.values())
+                name = "one event" if key == "one" else f"{e} events"
+                print(
+                    f"| {LABEL[b]} | {name} | {ms(p.recorded)} | {' | '.join(cells)} "
+                    f"| {rest_n} in {rest_ms:,.0f} ms | {st['busy']:.0%} | {p.others:.2f} cores |"
+                )
+    if args.json:
+        args.json.write_text(
+            json.dumps(
+                {
+                    "machine": machine,
+                    "code": code,
+                    "bare": {str(n): v for n, v in bare.items()},
+                    "runs": {b: [asdict(r) for r in v] for b, v in runs.items()},
+                    "store_calls": {b: asdict(r) for b, r in diagnostic.items()},
+                },
+                indent=2,
+            )
+        )
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
