@@ -791,7 +791,8 @@ def main(argv: list[str] | None = None) -> int:
             sink.close()
 
     # -- tables --
-    print("\nSink (bench/sink.py, one process) under wrk -t1, median of 3:\n")
+    tool = "wrk -t1" if shutil.which("wrk") else "two bench/loadgen.py processes"
+    print(f"\nSink (bench/sink.py, one process) under {tool}, median of 3:\n")
     print("| connections | requests/s |")
     print("|---:|---:|")
     for c, rates in results["sink"].items():
