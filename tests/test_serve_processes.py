@@ -1,5 +1,6 @@
 """Integration: `reconciler serve --processes N`, a supervisor and N dispatcher
-processes on one port and one state, as real processes over real HTTP.
+processes on one port and one state (SQLite and PostgreSQL), as real processes
+over real HTTP.
 
 What it must keep: every accepted event delivered, each delivery once (no
 kill, no duplicate), a dead process replaced at once with its leases
@@ -35,12 +36,16 @@ def receiver() -> Iterator[Receiver]:
         assert not running.errors, running.errors
 
 
-@pytest.fixture
-def project(tmp_path: Path, receiver: Receiver) -> Iterator[Project]:
+@pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
+def project(
+    request: pytest.FixtureRequest, tmp_path: Path, receiver: Receiver
+) -> Iterator[Project]:
     made = Project(tmp_path)
+    if request.param == "postgres":
+        made.state = request.getfixturevalue("postgres_url")
     for name in WEBHOOKS:
         made.define(name, url=receiver.url(f"/{name}"), body=BODY)
-    made.apply_library()
+    made.apply_cli()
     try:
         yield made
     finally:
