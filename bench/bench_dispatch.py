@@ -195,6 +195,7 @@ def read_line(proc: subprocess.Popen[str], pattern: str, timeout: float) -> re.M
         elif proc.poll() is not None:
             break
     proc.kill()
+    proc.wait()
     raise SystemExit(f"{proc.args[:4]}... did not print {pattern!r} within {timeout}s")
 
 
@@ -206,16 +207,19 @@ def stop(proc: subprocess.Popen[Any], sig: int = signal.SIGTERM, wait: float = 3
         except subprocess.TimeoutExpired:
             proc.kill()
             proc.wait()
+    if proc.stdout is not None:
+        proc.stdout.close()
 
 
 class Sink:
     """bench/sink.py in its own process, and a keep-alive connection to its control paths."""
 
     def __init__(self, workdir: Path) -> None:
+        self._log = (workdir / "sink.log").open("w")
         self.proc = subprocess.Popen(
             [sys.executable, str(BENCH / "sink.py"), "--max-seconds", "3600"],
             stdout=subprocess.PIPE,
-            stderr=open(workdir / "sink.log", "w"),  # noqa: SIM115
+            stderr=self._log,
             text=True,
         )
         self.port = int(read_line(self.proc, r":(\d+)$", 20).group(1))
@@ -261,6 +265,7 @@ class Sink:
             self._call("POST", "/_quit")
         self._conn.close()
         stop(self.proc, wait=5)
+        self._log.close()
 
 
 def loadgen(

@@ -38,13 +38,10 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import http.client
 import json
 import os
 import platform
 import re
-import select
-import signal
 import sqlite3
 import statistics
 import subprocess
@@ -65,19 +62,10 @@ CONNECTIONS_EACH = 16
 TICKS = os.sysconf("SC_CLK_TCK")
 SETUPS = (("sqlite", 1), ("postgres", 1), ("postgres", 2))
 
-DEFINITION = """\
-name: hook-{i}
-organization: acme
-event: new_rule_violation
-method: POST
-url: http://127.0.0.1:{port}/hook/{i}
-headers:
-  Content-Type: application/json
-body:
-  id: "{{{{event_id}}}}"
-  t: "{{{{description}}}}"
-"""
-
+if str(BENCH) not in sys.path:
+    sys.path.insert(0, str(BENCH))
+# The receiver, its control and the process helpers are the SQLite benchmark's.
+from bench_dispatch import DEFINITION, Sink, read_line, stop  # noqa: E402
 
 # -- processes -------------------------------------------------------------------------
 
@@ -90,38 +78,6 @@ def cli(*args: str, timeout: float = 120) -> str:
     if done.returncode:
         raise SystemExit(f"reconciler {args[0]} failed: {done.stdout}{done.stderr}")
     return done.stdout
-
-
-def read_line(proc: subprocess.Popen[str], pattern: str, timeout: float) -> re.Match[str]:
-    """The first stdout line of `proc` matching `pattern`, within `timeout` seconds."""
-    deadline = time.monotonic() + timeout
-    assert proc.stdout is not None
-    while time.monotonic() < deadline:
-        ready, _, _ = select.select([proc.stdout], [], [], 0.2)
-        if ready:
-            line = proc.stdout.readline()
-            if not line:
-                break
-            found = re.search(pattern, line)
-            if found:
-                return found
-        elif proc.poll() is not None:
-            break
-    proc.kill()
-    proc.wait()
-    raise SystemExit(f"{proc.args[:4]}... did not print {pattern!r} within {timeout}s")
-
-
-def stop(proc: subprocess.Popen[Any], sig: int = signal.SIGTERM, wait: float = 30.0) -> None:
-    if proc.poll() is None:
-        proc.send_signal(sig)
-        try:
-            proc.wait(wait)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
-    if proc.stdout is not None:
-        proc.stdout.close()
 
 
 def cpu_of(pid: int) -> float:
@@ -168,60 +124,6 @@ def code_version() -> str:
     if not head:
         return f"unknown ({ROOT} is not a git checkout)"
     return f"{head}{' with uncommitted changes in reconciler/' if dirty else ''}"
-
-
-class Sink:
-    """bench/sink.py in its own process, and a keep-alive connection to its control paths."""
-
-    def __init__(self, workdir: Path) -> None:
-        self._log = (workdir / "sink.log").open("w")
-        self.proc = subprocess.Popen(
-            [sys.executable, str(BENCH / "sink.py"), "--max-seconds", "3600"],
-            stdout=subprocess.PIPE, stderr=self._log, text=True,
-        )  # fmt: skip
-        self.port = int(read_line(self.proc, r":(\d+)$", 20).group(1))
-        self._conn = http.client.HTTPConnection("127.0.0.1", self.port, timeout=30)
-
-    def _call(self, method: str, path: str) -> Any:
-        for attempt in range(2):
-            try:
-                self._conn.request(method, path)
-                return json.loads(self._conn.getresponse().read())
-            except (ConnectionError, http.client.HTTPException):
-                self._conn.close()
-                if attempt:
-                    raise
-        return None
-
-    def reset(self) -> None:
-        self._call("POST", "/_reset")
-
-    def count(self) -> dict[str, Any]:
-        return self._call("GET", "/_count")
-
-    def wait_for(self, expected: int, timeout: float, stall: float = 20.0) -> dict[str, Any]:
-        """Poll until the sink counted `expected` requests, or `timeout` passed, or nothing
-        arrived for `stall` seconds."""
-        now = time.monotonic()
-        deadline, last_count, last_change = now + timeout, -1, now
-        while True:
-            seen = self.count()
-            now = time.monotonic()
-            if seen["count"] != last_count:
-                last_count, last_change = seen["count"], now
-            if seen["count"] >= expected or now > deadline or now - last_change > stall:
-                return seen
-            time.sleep(0.05)
-
-    def close(self) -> None:
-        with contextlib.suppress(Exception):
-            self._call("POST", "/_quit")
-        self._conn.close()
-        stop(self.proc, wait=5)
-        self._log.close()
-
-
-# -- the load generator, with a bearer token if the API wants one ---------------------------
 
 
 def loadgen(url: str, requests: int, token: str | None) -> subprocess.Popen[str]:
