@@ -8,6 +8,7 @@ organizations are invisible: left out of lists, 404 one by one.
 
 from __future__ import annotations
 
+import functools
 from typing import Annotated, Any, Literal
 
 from fastapi import FastAPI, Query, Request
@@ -76,8 +77,21 @@ NOT_FOUND: dict[int | str, dict[str, Any]] = {
 }
 
 
-def create_app(dispatcher: Dispatcher) -> FastAPI:
-    app = FastAPI(
+class DispatcherAPI(FastAPI):
+    """FastAPI, entered through the intake's fast path (reconciler/dispatch/fast_intake.py),
+    which answers valid events ahead of the middleware; `intake = None` turns it off."""
+
+    intake: fast_intake.FastIntake | None = None
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if self.intake is None:
+            await super().__call__(scope, receive, send)
+        else:
+            await self.intake(scope, receive, send)
+
+
+def create_app(dispatcher: Dispatcher) -> DispatcherAPI:
+    app = DispatcherAPI(
         title="reconciler dispatcher",
         version=__version__,
         description="Event intake and delivery log of the reconciler webhook dispatcher.",
@@ -91,9 +105,10 @@ def create_app(dispatcher: Dispatcher) -> FastAPI:
         telemetry={"tracing": False, "metrics": False, "logs": False, "operation_spans": False},
     )
     guard = auth.install(app, dispatcher)
-    # Middleware added later runs first: the body limit, then the intake's fast path.
-    fast_intake.install(app, dispatcher, guard)
     app.add_middleware(_BodyLimit, limit=MAX_EVENT_BYTES)
+    app.intake = fast_intake.FastIntake(
+        functools.partial(FastAPI.__call__, app), dispatcher, guard, MAX_EVENT_BYTES
+    )
     any_token, may_send = guard.require(), guard.require("send")
     may_read, may_replay = guard.require("read"), guard.require("replay")
 

@@ -2,11 +2,12 @@
 
 Every event the dispatcher delivers arrives through this one route, and FastAPI's
 routing, dependency solving, response-model validation and encoding cost more CPU
-per event than storing it (docs/benchmarks.md, Dispatcher). This middleware
-answers the common case itself: a JSON body (by its Content-Type) that is a valid
-event, with a bearer token that may send it. It parses and validates exactly as the route does (the
-same `json.loads`, the same `EventIn`, the same `Guard`), queues the event with the
-same `Dispatcher.accept`, and answers the same 202 body.
+per event than storing it (docs/benchmarks.md, Dispatcher). This entry, ahead of
+all of FastAPI, answers the common case itself: a JSON body (by its Content-Type)
+within the size limit that is a valid event, with a bearer token that may send
+it. It parses and validates exactly as the route does (the same `json.loads`, the
+same `EventIn`, the same `Guard`), queues the event with the same
+`Dispatcher.accept`, and answers the same 202 body.
 
 Anything else (no or a bad token, a refused role or organization, a body that is
 not a valid event, another content type) is handed, with the body as it came, to
@@ -18,7 +19,6 @@ from __future__ import annotations
 
 import json
 from email.message import Message as MimeHeader
-from typing import Any
 
 from pydantic import ValidationError
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
@@ -32,17 +32,30 @@ PATH = "/v1/events"
 
 
 class FastIntake:
-    def __init__(self, app: ASGIApp, dispatcher: Dispatcher, guard: Guard) -> None:
+    """The entry of the whole app: answers valid events itself, hands the rest on.
+
+    It runs ahead of FastAPI's middleware (the error, telemetry and body-limit
+    layers cost CPU on every request and change nothing for an event that passes);
+    a body without a Content-Length, or over `limit`, is not read here at all.
+    """
+
+    def __init__(self, app: ASGIApp, dispatcher: Dispatcher, guard: Guard, limit: int) -> None:
         self.app = app
         self.dispatcher = dispatcher
         self.guard = guard
+        self.limit = limit
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http" or scope["path"] != PATH or scope["method"] != "POST":
             await self.app(scope, receive, send)
             return
+        headers = _headers(scope)
+        length = headers.get(b"content-length")
+        if length is None or not length.isdigit() or int(length) > self.limit:
+            await self.app(scope, receive, send)
+            return
         messages, body = await _read(receive)
-        result = await self._accept(scope, body)
+        result = await self._accept(headers, body)
         if result is None:
 
             async def replay() -> Message:
@@ -65,11 +78,10 @@ class FastIntake:
         )
         await send({"type": "http.response.body", "body": content})
 
-    async def _accept(self, scope: Scope, body: bytes | None) -> IntakeResult | None:
+    async def _accept(self, headers: dict[bytes, bytes], body: bytes | None) -> IntakeResult | None:
         """The event queued, or None for the route to answer."""
-        if body is None:
+        if body is None or len(body) > self.limit:
             return None
-        headers = _headers(scope)
         if not _json_content(headers.get(b"content-type")):
             return None
         token = _bearer(headers.get(b"authorization"))
@@ -99,8 +111,17 @@ async def _read(receive: Receive) -> tuple[list[Message], bytes | None]:
             return messages, b"".join(chunks)
 
 
+_WANTED = frozenset((b"content-length", b"content-type", b"authorization"))
+
+
 def _headers(scope: Scope) -> dict[bytes, bytes]:
-    return {name.lower(): value for name, value in scope.get("headers", [])}
+    """The three headers the fast path reads (the first of each name)."""
+    found: dict[bytes, bytes] = {}
+    for name, value in scope["headers"]:
+        name = name.lower()
+        if name in _WANTED and name not in found:
+            found[name] = value
+    return found
 
 
 def _json_content(value: bytes | None) -> bool:
@@ -125,7 +146,3 @@ def _bearer(value: bytes | None) -> str | None:
     if scheme.lower() != "bearer" or not credentials:
         return None
     return credentials
-
-
-def install(app: Any, dispatcher: Dispatcher, guard: Guard) -> None:
-    app.add_middleware(FastIntake, dispatcher=dispatcher, guard=guard)

@@ -207,8 +207,16 @@ async def serve(
     sender = make_sender(settings.concurrency, policy)
     dispatcher = Dispatcher(store, sender, settings=settings, policy=policy)
     app = create_app(dispatcher)
+    # No proxy-header rewriting: nothing reads the client's address, and the
+    # middleware would run on every event.
     config = uvicorn.Config(
-        app, host=host, port=port, log_level="warning", access_log=False, lifespan="off"
+        app,
+        host=host,
+        port=port,
+        log_level="warning",
+        access_log=False,
+        lifespan="off",
+        proxy_headers=False,
     )
     server = uvicorn.Server(config)
     server.capture_signals = _no_signal_capture  # type: ignore[method-assign]
