@@ -165,6 +165,12 @@ class QueueContract:
         assert store.event("evt-odd") == sent
         assert store.event("unknown") is None
 
+    def test_an_event_holding_nul_is_refused_and_its_batch_stores_nothing(self, store: Any) -> None:
+        with pytest.raises(ValueError, match="NUL"):
+            store.add_events([event("fine"), event("bad", description="a\x00b")], NOW)
+        assert store.event("fine") is None
+        assert store.deliveries() == []
+
     # -- claims -------------------------------------------------------------------
 
     def test_claim_takes_due_deliveries_with_what_is_needed_to_send_them(self, store: Any) -> None:
@@ -362,6 +368,16 @@ class QueueContract:
         found_b, attempts_b = store.delivery(b.delivery_id)
         assert (found_a.status, attempts_a) == ("in_flight", [])
         assert (found_b.status, [x.outcome for x in attempts_b]) == ("failed", ["failed"])
+
+    def test_nul_in_what_an_attempt_says_is_recorded_as_a_replacement_character(
+        self, store: Any
+    ) -> None:
+        delivery = self.one(store)
+        (claim,) = store.claim("w1", 1, NOW, LEASE)
+        said = result(claim, "failed", status=400, response_excerpt="a\x00b", error="x\x00y")
+        assert store.finish([said], "w1", NOW + 1) == 1
+        _, (attempt,) = store.delivery(delivery.id)
+        assert (attempt.response_excerpt, attempt.error) == ("a\ufffdb", "x\ufffdy")
 
     def test_finish_records_several_results_at_once(self, store: Any) -> None:
         store.add_event(event("evt-1"), NOW)

@@ -591,7 +591,7 @@ HOSTILE = [
     "{{time}} {{name}} {{event_id}}",
     "${env:SECRET} and ${env:ACME_TOKEN}",
     "</script><script>alert(1)</script>",
-    "é 🚀 \u2028 \u0000",
+    "é 🚀 \u2028 \u0001 \u001f \u007f",
     '{"text": "injected"}',
 ]
 

@@ -20,7 +20,9 @@ from reconciler.store.queue import (
     DeliveryRecord,
     EventRecord,
     IntakeResult,
+    clean_text,
     headers_json,
+    refuse_nul,
 )
 from reconciler.store.sqlite_queue import DELIVERY_COLUMNS
 
@@ -35,6 +37,7 @@ class PostgresQueue:
         return self.add_events([event], now)[0]
 
     def add_events(self, events: Sequence[EventRecord], now: float) -> list[IntakeResult]:
+        refuse_nul(events)
         results = []
         with self._tx() as cur:
             for event in events:
@@ -194,7 +197,7 @@ class PostgresQueue:
                     [1 if r.sent else 0 for r in results],
                     [r.next_due for r in results],
                     [r.status for r in results],
-                    [r.error for r in results],
+                    [clean_text(r.error) for r in results],
                     owner,
                 ),
             )
@@ -213,8 +216,8 @@ class PostgresQueue:
                             r.duration_ms,
                             r.status,
                             headers_json(r.response_headers),
-                            r.response_excerpt,
-                            r.error,
+                            clean_text(r.response_excerpt),
+                            clean_text(r.error),
                             r.outcome,
                         )
                         for r in recorded

@@ -137,6 +137,20 @@ def headers_json(headers: dict[str, str]) -> str:
     return json.dumps(headers, sort_keys=True)
 
 
+def refuse_nul(events: Sequence[EventRecord]) -> None:
+    """Neither store can keep a NUL character in text (PostgreSQL refuses it, SQLite's
+    JSON functions would cut the text short), and intake refuses it at the door."""
+    for event in events:
+        if any("\x00" in text for text in (event.id, event.name, event.description)):
+            raise ValueError(f"event {event.id!r}: text must not contain NUL characters")
+
+
+def clean_text(text: str | None) -> str | None:
+    """An attempt's error or excerpt as it can be stored: any NUL as U+FFFD, so that
+    recording an attempt never fails over what a receiver sent."""
+    return text.replace("\x00", "\ufffd") if text else text
+
+
 class QueueStore(Protocol):
     """What the dispatcher needs of a store; SqliteStore and PostgresStore have it."""
 

@@ -41,6 +41,7 @@ def _now() -> str:
 
 
 BUSY_TIMEOUT = 30.0  # seconds a statement waits for another process's write
+MIN_SQLITE = (3, 38, 0)  # the JSON operators -> and ->> (the queue's batch statements)
 
 
 class SqliteStore(SqliteQueue):
@@ -55,6 +56,12 @@ class SqliteStore(SqliteQueue):
         self.url = f"sqlite:///{path}"
         self._clock = clock
         self._sleep = sleep
+        if sqlite3.sqlite_version_info < MIN_SQLITE:
+            need = ".".join(map(str, MIN_SQLITE))
+            raise StateError(
+                f"cannot open the state at {path}: SQLite {sqlite3.sqlite_version} is too old "
+                f"(this Python's sqlite3 module; {need} or newer is needed)"
+            )
         try:
             path.parent.mkdir(parents=True, exist_ok=True)
         except OSError as exc:

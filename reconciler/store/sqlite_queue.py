@@ -21,7 +21,9 @@ from reconciler.store.queue import (
     DeliveryRecord,
     EventRecord,
     IntakeResult,
+    clean_text,
     headers_json,
+    refuse_nul,
 )
 
 DELIVERY_COLUMNS = (
@@ -43,47 +45,71 @@ class SqliteQueue:
 
     def add_events(self, events: Sequence[EventRecord], now: float) -> list[IntakeResult]:
         """add_event for many events in one transaction (the intake's group commit)."""
-        results: list[IntakeResult] = []
         with self._write() as db:
-            for event in events:
-                results.append(self._add_event_in(db, event, now))
-        return results
+            return self._add_events_in(db, events, now)
 
-    def _add_event_in(self, db: sqlite3.Connection, event: EventRecord, now: float) -> IntakeResult:
-        row = db.execute("SELECT deliveries FROM events WHERE id = ?", (event.id,)).fetchone()
-        if row is not None:
-            return IntakeResult(event.id, row[0], duplicate=True)
-        names = [
-            name
-            for (name,) in db.execute(
-                "SELECT name FROM webhooks WHERE organization = ? AND paused_reason IS NULL "
-                "AND json_extract(spec, '$.event') = ? "
-                "AND coalesce(json_extract(spec, '$.enabled'), 1) = 1 ORDER BY name",
-                (event.organization, event.type),
+    def _add_events_in(
+        self, db: sqlite3.Connection, events: Sequence[EventRecord], now: float
+    ) -> list[IntakeResult]:
+        refuse_nul(events)
+        ids = list(dict.fromkeys(event.id for event in events))
+        known: dict[str, int] = dict(  # event id -> its deliveries, stored before or just now
+            _rows(
+                db,
+                "SELECT json_group_array(json_array(id, deliveries)) FROM events "
+                "WHERE id IN (SELECT value FROM json_each(?))",
+                (_json(ids),),
             )
-        ]
+        )
+        targets: dict[tuple[str, str], list[str]] = {}  # (organization, type) -> webhooks
+        event_rows: list[list[Any]] = []
+        delivery_rows: list[list[str]] = []
+        results: list[IntakeResult] = []
+        for event in events:
+            if event.id in known:
+                results.append(IntakeResult(event.id, known[event.id], duplicate=True))
+                continue
+            key = (event.organization, event.type)
+            names = targets.get(key)
+            if names is None:
+                names = targets[key] = sorted(
+                    _rows(
+                        db,
+                        "SELECT json_group_array(name) FROM webhooks WHERE organization = ? "
+                        "AND paused_reason IS NULL AND json_extract(spec, '$.event') = ? "
+                        "AND coalesce(json_extract(spec, '$.enabled'), 1) = 1",
+                        key,
+                    )
+                )
+            known[event.id] = len(names)
+            event_rows.append(
+                [
+                    event.id,
+                    event.type,
+                    event.organization,
+                    event.name,
+                    event.description,
+                    event.time,
+                    len(names),
+                ]
+            )
+            delivery_rows += [
+                [new_delivery_id(), event.id, event.organization, name] for name in names
+            ]
+            results.append(IntakeResult(event.id, len(names), duplicate=False))
         db.execute(
-            "INSERT INTO events VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
-            (
-                event.id,
-                event.type,
-                event.organization,
-                event.name,
-                event.description,
-                event.time,
-                now,
-                len(names),
-            ),
+            "INSERT INTO events (id, type, organization, name, description, time, deliveries, "
+            "received_at) SELECT value ->> 0, value ->> 1, value ->> 2, value ->> 3, "
+            "value ->> 4, value ->> 5, value ->> 6, ?1 FROM json_each(?2)",
+            (now, _json(event_rows)),
         )
-        db.executemany(
+        db.execute(
             "INSERT INTO deliveries (id, event_id, organization, webhook, status, attempts, "
-            "due_at, created_at, updated_at) VALUES (?, ?, ?, ?, 'pending', 0, ?, ?, ?)",
-            [
-                (new_delivery_id(), event.id, event.organization, name, now, now, now)
-                for name in names
-            ],
+            "due_at, created_at, updated_at) SELECT value ->> 0, value ->> 1, value ->> 2, "
+            "value ->> 3, 'pending', 0, ?1, ?1, ?1 FROM json_each(?2)",
+            (now, _json(delivery_rows)),
         )
-        return IntakeResult(event.id, len(names), duplicate=False)
+        return results
 
     # -- claims -----------------------------------------------------------------
 
@@ -94,49 +120,46 @@ class SqliteQueue:
         with `event_id`, only that event's."""
         with self._write(durable=False) as db:
             if event_id is not None:
-                ids = [
-                    row[0]
-                    for row in db.execute(
-                        "SELECT id FROM deliveries WHERE event_id = ? AND ((status = 'pending' "
-                        "AND due_at <= ?) OR (status = 'in_flight' AND lease_expires <= ?)) "
-                        "LIMIT ?",
-                        (event_id, now, now, limit),
-                    )
-                ]
+                ids = _rows(
+                    db,
+                    "SELECT json_group_array(id) FROM (SELECT id FROM deliveries "
+                    "WHERE event_id = ? AND ((status = 'pending' AND due_at <= ?) "
+                    "OR (status = 'in_flight' AND lease_expires <= ?)) LIMIT ?)",
+                    (event_id, now, now, limit),
+                )
             else:
-                ids = [
-                    row[0]
-                    for row in db.execute(
-                        "SELECT id FROM deliveries WHERE status = 'pending' AND due_at <= ? "
-                        "ORDER BY due_at LIMIT ?",
-                        (now, limit),
-                    )
-                ]
+                ids = _rows(
+                    db,
+                    "SELECT json_group_array(id) FROM (SELECT id FROM deliveries "
+                    "WHERE status = 'pending' AND due_at <= ? ORDER BY due_at LIMIT ?)",
+                    (now, limit),
+                )
             if len(ids) < limit and event_id is None:
-                ids += [
-                    row[0]
-                    for row in db.execute(
-                        "SELECT id FROM deliveries WHERE status = 'in_flight' "
-                        "AND lease_expires <= ? ORDER BY lease_expires LIMIT ?",
-                        (now, limit - len(ids)),
-                    )
-                ]
+                ids += _rows(
+                    db,
+                    "SELECT json_group_array(id) FROM (SELECT id FROM deliveries "
+                    "WHERE status = 'in_flight' AND lease_expires <= ? "
+                    "ORDER BY lease_expires LIMIT ?)",
+                    (now, limit - len(ids)),
+                )
             if not ids:
                 return []
-            db.executemany(
+            taken = _json(ids)
+            db.execute(
                 "UPDATE deliveries SET status = 'in_flight', lease_owner = ?, "
-                "lease_expires = ?, updated_at = ? WHERE id = ?",
-                [(owner, now + lease, now, delivery_id) for delivery_id in ids],
+                "lease_expires = ?, updated_at = ? WHERE id IN (SELECT value FROM json_each(?))",
+                (owner, now + lease, now, taken),
             )
-            marks = ",".join("?" * len(ids))
-            rows = db.execute(
-                "SELECT d.id, d.attempts, e.id, e.type, e.organization, e.name, e.description, "
-                "e.time, d.organization, d.webhook, w.spec, w.paused_reason, d.retry_base "
+            rows = _rows(
+                db,
+                "SELECT json_group_array(json_array(d.id, d.attempts, e.id, e.type, "
+                "e.organization, e.name, e.description, e.time, d.organization, d.webhook, "
+                "w.spec, w.paused_reason, d.retry_base)) "
                 "FROM deliveries d JOIN events e ON e.id = d.event_id "
                 "LEFT JOIN webhooks w ON w.organization = d.organization AND w.name = d.webhook "
-                f"WHERE d.id IN ({marks})",
-                ids,
-            ).fetchall()
+                "WHERE d.id IN (SELECT value FROM json_each(?))",
+                (taken,),
+            )
         return [
             Claim(
                 delivery_id=r[0],
@@ -154,59 +177,92 @@ class SqliteQueue:
     def finish(self, results: Sequence[AttemptResult], owner: str, now: float) -> int:
         """Record attempts and move each delivery on; ignores deliveries no longer ours.
 
-        Returns how many were recorded.
+        Returns how many were recorded. A few statements for the whole batch: the
+        deliveries still leased to `owner` are looked up once, then updated and their
+        attempts inserted together (nobody else can write in between).
         """
-        recorded = 0
+        deferred = [[r.delivery_id, _real(r.next_due)] for r in results if r.outcome == "deferred"]
+        sent = [r for r in results if r.outcome != "deferred"]
         with self._write(durable=False) as db:
-            for r in results:
-                if r.outcome == "deferred":
-                    db.execute(
-                        "UPDATE deliveries SET status = 'pending', due_at = ?, "
-                        "lease_owner = NULL, lease_expires = NULL, updated_at = ? "
-                        "WHERE id = ? AND status = 'in_flight' AND lease_owner = ?",
-                        (r.next_due, now, r.delivery_id, owner),
-                    )
-                    continue
-                status = {"retry": "pending"}.get(r.outcome, r.outcome)
-                attempts_delta = 1 if r.sent else 0
-                changed = db.execute(
-                    "UPDATE deliveries SET status = ?, attempts = attempts + ?, due_at = ?, "
-                    "lease_owner = NULL, lease_expires = NULL, updated_at = ?, "
-                    "last_status = ?, last_error = ? "
-                    "WHERE id = ? AND status = 'in_flight' AND lease_owner = ?",
-                    (
-                        status,
-                        attempts_delta,
-                        r.next_due,
-                        now,
-                        r.status,
-                        r.error,
-                        r.delivery_id,
-                        owner,
-                    ),
-                ).rowcount
-                if not changed:
-                    continue
-                recorded += 1
+            if deferred:
                 db.execute(
-                    "INSERT INTO attempts (delivery_id, number, started_at, duration_ms, status, "
-                    "response_headers, response_excerpt, error, outcome) "
-                    "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                    (
-                        r.delivery_id,
-                        r.number,
-                        r.started_at,
-                        r.duration_ms,
-                        r.status,
-                        headers_json(r.response_headers),
-                        r.response_excerpt,
-                        r.error,
-                        r.outcome,
-                    ),
+                    "UPDATE deliveries SET status = 'pending', due_at = CAST(v.due AS REAL), "
+                    "lease_owner = NULL, lease_expires = NULL, updated_at = ?1 "
+                    "FROM (SELECT value ->> 0 AS id, value ->> 1 AS due FROM json_each(?2)) v "
+                    "WHERE deliveries.id = v.id AND status = 'in_flight' AND lease_owner = ?3",
+                    (now, _json(deferred), owner),
                 )
+            if not sent:
+                return 0
+            ours = set(
+                _rows(
+                    db,
+                    "SELECT json_group_array(id) FROM deliveries "
+                    "WHERE id IN (SELECT value FROM json_each(?)) "
+                    "AND status = 'in_flight' AND lease_owner = ?",
+                    (_json([r.delivery_id for r in sent]), owner),
+                )
+            )
+            recorded: list[AttemptResult] = []
+            for r in sent:
+                if r.delivery_id in ours:
+                    ours.discard(r.delivery_id)  # the first result of a delivery counts
+                    recorded.append(r)
+            if not recorded:
+                return 0
+            db.execute(
+                "UPDATE deliveries SET status = v.status, attempts = attempts + v.delta, "
+                "due_at = CAST(v.due AS REAL), lease_owner = NULL, lease_expires = NULL, "
+                "updated_at = ?1, last_status = v.code, last_error = v.error "
+                "FROM (SELECT value ->> 0 AS id, value ->> 1 AS status, value ->> 2 AS delta, "
+                "value ->> 3 AS due, value ->> 4 AS code, value ->> 5 AS error "
+                "FROM json_each(?2)) v WHERE deliveries.id = v.id",
+                (
+                    now,
+                    _json(
+                        [
+                            [
+                                r.delivery_id,
+                                {"retry": "pending"}.get(r.outcome, r.outcome),
+                                1 if r.sent else 0,
+                                _real(r.next_due),
+                                r.status,
+                                clean_text(r.error),
+                            ]
+                            for r in recorded
+                        ]
+                    ),
+                ),
+            )
+            db.execute(
+                "INSERT INTO attempts (delivery_id, number, started_at, duration_ms, status, "
+                "response_headers, response_excerpt, error, outcome) "
+                "SELECT value ->> 0, value ->> 1, CAST(value ->> 2 AS REAL), "
+                "CAST(value ->> 3 AS REAL), value ->> 4, value ->> 5, value ->> 6, value ->> 7, "
+                "value ->> 8 FROM json_each(?)",
+                (
+                    _json(
+                        [
+                            [
+                                r.delivery_id,
+                                r.number,
+                                _real(r.started_at),
+                                _real(r.duration_ms),
+                                r.status,
+                                headers_json(r.response_headers),
+                                clean_text(r.response_excerpt),
+                                clean_text(r.error),
+                                r.outcome,
+                            ]
+                            for r in recorded
+                        ]
+                    ),
+                ),
+            )
+            for r in recorded:
                 if r.pause_webhook:
                     self._pause_in(db, r.delivery_id, r.pause_webhook)
-        return recorded
+        return len(recorded)
 
     def _pause_in(self, db: sqlite3.Connection, delivery_id: str, reason: str) -> None:
         org, name = db.execute(
@@ -366,3 +422,26 @@ class SqliteQueue:
     def iter_event_ids(self) -> Iterator[str]:
         for (event_id,) in self._db.execute("SELECT id FROM events ORDER BY received_at"):
             yield event_id
+
+
+def _json(value: Any) -> str:
+    """A batch as one JSON parameter (text values in it must hold no NUL: SQLite reads
+    them out as C strings)."""
+    return json.dumps(value, ensure_ascii=False, separators=(",", ":"))
+
+
+def _real(value: float | None) -> str | None:
+    """A float for a JSON parameter: as text, which SQLite reads back exactly (a JSON
+    number would come back rounded to 15 digits)."""
+    return None if value is None else repr(float(value))
+
+
+def _rows(db: sqlite3.Connection, query: str, args: Sequence[Any]) -> list[Any]:
+    """The one JSON array `query` aggregates its rows into, as Python.
+
+    Statements here take and give a whole batch as one JSON value: the sqlite3
+    module releases and retakes the GIL at every row it steps through, and each
+    retake waits for the event loop's thread, so one row per statement (rather
+    than one per delivery) is what keeps the database thread from crawling while
+    the loop is busy (docs/benchmarks.md, Dispatcher)."""
+    return json.loads(db.execute(query, args).fetchone()[0])
