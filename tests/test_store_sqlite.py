@@ -399,3 +399,13 @@ def test_a_write_locked_out_for_the_busy_timeout_fails_and_changes_nothing(
     finally:
         store.close()
         other.close()
+
+
+def test_a_python_with_too_old_an_sqlite_gets_a_clear_error(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(sqlite3, "sqlite_version_info", (3, 37, 2))
+    monkeypatch.setattr(sqlite3, "sqlite_version", "3.37.2")
+    with pytest.raises(StateError, match=r"SQLite 3\.37\.2 is too old .*3\.38\.0 or newer"):
+        SqliteStore(tmp_path / "state.db")
+    assert not (tmp_path / "state.db").exists()
