@@ -24,16 +24,17 @@ count and in time. One run measures, in this order:
             (definitions written, then `reconciler apply --auto-approve`; a
             publisher token from `reconciler tokens create` where the API wants
             one); `reconciler serve --concurrency C --processes P` as a
-            subprocess (with
-            `--allow-cidr 127.0.0.1/32` where it guards addresses; its log, INFO
-            per attempt, to a file); bench/loadgen.py posts N/K events to
+            subprocess (with `--allow-cidr 127.0.0.1/32` where it guards
+            addresses; its log, INFO per attempt, to a file); wrk -t1
+            (bench/loadgen.py where wrk is not installed) posts N/K events to
             /v1/events over 32 keep-alive connections as fast as they are
             taken; measured from the first POST to the arrival at the sink of
             the last of the N deliveries. Afterwards the database must hold N
-            deliveries, all 'delivered'. From /proc: CPU seconds of each process
-            (the dispatcher's main threads and its other threads, summed over
-            its processes), the bytes the dispatcher wrote to storage, and the "other load": cores
-            the rest of the machine kept busy meanwhile (it is shared);
+            deliveries, all 'delivered'. From /proc: CPU seconds of each
+            process (the dispatcher's main threads and its other threads,
+            summed over its processes), the bytes the dispatcher wrote to
+            storage, and the "other load": cores the rest of the machine kept
+            busy meanwhile (it is shared);
   latency   K = 1 at the best C for K = 1 with the first P: events at a steady --latency-rate for
             --latency-seconds (open loop); each event's description is the time
             it was due and the webhook's body carries it ({"id": "{{event_id}}",
@@ -58,6 +59,7 @@ import json
 import os
 import platform
 import re
+import resource
 import select
 import shutil
 import signal
@@ -300,6 +302,94 @@ def loadgen(
 def loadgen_result(proc: subprocess.Popen[str]) -> dict[str, Any]:
     out, _ = proc.communicate(timeout=RUN_LIMIT_SECONDS + 30)
     return json.loads(out.strip().splitlines()[-1])
+
+
+# wrk posting exactly `n` events (no id: each is a new event), then idling on
+# /healthz until every answer is in. It says what it sent and what came back at
+# once, since wrk itself only ends when its --duration is over (or on SIGINT).
+WRK_EVENTS_SCRIPT = """\
+function init(args)
+  -- wrk calls request() once right after init, to check what it returns, and
+  -- never sends that one: start one below zero.
+  n = tonumber(args[1]); sent = -1; accepted = 0; refused = 0
+  post = wrk.format("POST", "/v1/events", {["Content-Type"] = "application/json",
+    ["Authorization"] = args[2]}, '{"type": "new_rule_violation", "organization": "acme", '
+    .. '"name": "bench-rule", "description": "1700000000.123456"}')
+  idle = wrk.format("GET", "/healthz")
+end
+function request()
+  if sent < n then sent = sent + 1; return post end
+  return idle
+end
+function response(status, headers, body)
+  if status == 202 then accepted = accepted + 1
+  elseif status ~= 200 then refused = refused + 1 end
+  if accepted + refused == n then
+    io.write(string.format("EVENTS %d %d %d\\n", sent, accepted, refused))
+    io.flush()
+    wrk.thread:stop()
+  end
+end
+"""
+
+
+def _wait_for_output(proc: subprocess.Popen[bytes], pattern: bytes, timeout: float) -> Any:
+    """The first match of `pattern` in what `proc` writes, read as it comes (wrk's
+    stdout is block-buffered: lines arrive in bunches, not one by one)."""
+    assert proc.stdout is not None
+    seen = b""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        ready, _, _ = select.select([proc.stdout], [], [], 0.2)
+        if ready:
+            chunk = os.read(proc.stdout.fileno(), 65536)
+            if not chunk:
+                break
+            seen += chunk
+            found = re.search(pattern, seen)
+            if found:
+                return found
+        elif proc.poll() is not None:
+            break
+    raise SystemExit(f"wrk did not say {pattern!r} within {timeout:g}s; it said:\n{seen!r}")
+
+
+def intake_load(url: str, events: int, token: str | None, workdir: Path) -> dict[str, Any]:
+    """Post `events` events to `url` (the dispatcher) as fast as they are taken, over
+    LOADGEN_CONNECTIONS connections: with wrk where installed (it spends a fraction
+    of the CPU bench/loadgen.py does, and the CPU is shared with what is measured),
+    else with bench/loadgen.py. The same summary either way."""
+    if not shutil.which("wrk"):
+        return loadgen_result(
+            loadgen(f"{url}/v1/events", events, connections=LOADGEN_CONNECTIONS, token=token)
+        )
+    script = workdir / "events.lua"
+    script.write_text(WRK_EVENTS_SCRIPT)
+    before = resource.getrusage(resource.RUSAGE_CHILDREN)
+    started = time.time()
+    proc = subprocess.Popen(
+        ["wrk", "-t1", f"-c{LOADGEN_CONNECTIONS}", f"-d{RUN_LIMIT_SECONDS:g}s",
+         "--timeout", "60s", "-s", str(script), url, "--", str(events),
+         f"Bearer {token}" if token else ""],
+        stdout=subprocess.PIPE,
+    )  # fmt: skip
+    try:
+        found = _wait_for_output(proc, rb"EVENTS (\d+) (\d+) (\d+)", RUN_LIMIT_SECONDS)
+        finished = time.time()
+    finally:
+        stop(proc, signal.SIGINT)
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    sent, accepted, refused = (int(x) for x in found.groups())
+    statuses = {"202": accepted} if not refused else {"202": accepted, "other": refused}
+    return {
+        "first_send": started,
+        "last_answer": finished,
+        "sent": sent,
+        "statuses": statuses,
+        "errors": [] if sent == events else [f"wrk sent {sent} of {events}"],
+        "rate": accepted / (finished - started),
+        "cpu": after.ru_utime + after.ru_stime - before.ru_utime - before.ru_stime,
+    }
 
 
 # -- 1. the sink's capacity -----------------------------------------------------------
@@ -576,13 +666,7 @@ def durable(
         busy0, steal0 = machine_busy()
         disk0 = tree_disk_written(served.proc.pid)
         wall0 = time.time()
-        gen = loadgen(
-            f"{served.url}/v1/events",
-            events,
-            connections=LOADGEN_CONNECTIONS,
-            token=template.token,
-        )
-        intake = loadgen_result(gen)
+        intake = intake_load(served.url, events, template.token, workdir)
         seen = sink.wait_for(expected, RUN_LIMIT_SECONDS)
         serve1, sink1 = tree_cpu(served.proc.pid), cpu_seconds(sink.proc.pid)
         busy1, steal1 = machine_busy()
