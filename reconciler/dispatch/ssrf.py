@@ -11,6 +11,7 @@ address connected to: a DNS answer that changes between check and connect
 
 from __future__ import annotations
 
+import functools
 import ipaddress
 import socket
 from collections.abc import Sequence
@@ -54,13 +55,20 @@ class NetworkPolicy:
 
         (Host names are checked when they are resolved, by GuardedResolver.)
         """
-        host = urlsplit(url).hostname or ""
-        try:
-            kind = self.refusal(host)
-        except ValueError:
-            return  # a name, not an address
-        if kind is not None:
-            raise TargetRefused(f"refused: {host} is a {kind} address ({ALLOW_HINT})")
+        refused = _url_refusal(self, url)
+        if refused is not None:
+            raise TargetRefused(refused)
+
+
+@functools.lru_cache(maxsize=4096)
+def _url_refusal(policy: NetworkPolicy, url: str) -> str | None:
+    """check_url's verdict, kept: most webhooks send every event to the same URL."""
+    host = urlsplit(url).hostname or ""
+    try:
+        kind = policy.refusal(host)
+    except ValueError:
+        return None  # a name, not an address
+    return None if kind is None else f"refused: {host} is a {kind} address ({ALLOW_HINT})"
 
 
 def address_kind(ip: Address) -> str | None:

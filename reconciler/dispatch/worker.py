@@ -9,6 +9,7 @@ sleeping.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import os
 import random
@@ -139,8 +140,16 @@ class Worker:
         recorded.
         """
         in_flight: set[asyncio.Task[AttemptResult]] = set()
+        completed: list[asyncio.Task[AttemptResult]] = []  # finished, not yet looked at
         unrecorded: list[AttemptResult] = []
         trouble = _StoreTrouble(self.settings.poll_interval)
+
+        def on_done(task: asyncio.Task[AttemptResult]) -> None:
+            # One list and the wake event, rather than asyncio.wait() over every
+            # request in flight: that hooks and unhooks each of them at every turn.
+            completed.append(task)
+            wake.set()
+
         try:
             while True:
                 wake.clear()  # before claiming: a wake during the claim is not lost
@@ -148,19 +157,18 @@ class Worker:
                     unrecorded = await self._record(unrecorded, trouble)
                 free = self.settings.concurrency - len(in_flight)
                 if free > 0 and not stopping() and not unrecorded and trouble.ready():
-                    claims = await self._claim(min(free, self.settings.batch), trouble)
-                    in_flight.update(asyncio.create_task(self._deliver(c)) for c in claims)
+                    for claim in await self._claim(min(free, self.settings.batch), trouble):
+                        task = asyncio.create_task(self._deliver(claim))
+                        task.add_done_callback(on_done)
+                        in_flight.add(task)
                 if not in_flight and not unrecorded and stopping():
                     return
-                waiter = asyncio.create_task(wake.wait())
-                done, _ = await asyncio.wait(
-                    {*in_flight, waiter},
-                    timeout=trouble.pause() or self.settings.poll_interval,
-                    return_when=asyncio.FIRST_COMPLETED,
-                )
-                waiter.cancel()
-                finished = [task for task in done if task is not waiter]
-                if finished:
+                if not completed:
+                    with contextlib.suppress(TimeoutError):
+                        async with asyncio.timeout(trouble.pause() or self.settings.poll_interval):
+                            await wake.wait()
+                if completed:
+                    finished, completed[:] = completed[:], []
                     in_flight.difference_update(finished)
                     unrecorded += [task.result() for task in finished]
                     if trouble.ready():
