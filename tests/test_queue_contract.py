@@ -8,6 +8,7 @@ read from a clock: a lease expires because a test says so.
 
 from __future__ import annotations
 
+import random
 import threading
 from collections.abc import Iterator
 from pathlib import Path
@@ -327,6 +328,23 @@ class QueueContract:
         (again,) = store.claim("w2", 10, NOW + 300, LEASE)
         assert again.delivery_id == record.id
         assert again.attempt == 2
+
+    def test_times_and_durations_are_recorded_to_the_last_bit(self, store: Any) -> None:
+        rng = random.Random(20261130)
+        for i in range(20):
+            record = self.one(store, f"evt-bits-{i}")
+            (claim,) = store.claim("w1", 10, NOW, LEASE)
+            started = NOW + rng.uniform(1, 1e6)  # later than NOW: not claimed again below
+            due = started + rng.uniform(0, 1e5)
+            duration = rng.uniform(0, 60_000)
+            outcome = result(claim, "retry", started_at=started, duration_ms=duration, next_due=due)
+            assert store.finish([outcome], "w1", NOW + 1) == 1
+            found, (attempt,) = store.delivery(record.id)
+            assert (attempt.started_at, attempt.duration_ms, found.due_at) == (
+                started,
+                duration,
+                due,
+            )
 
     def test_failed(self, store: Any) -> None:
         record = self.one(store)
