@@ -14,14 +14,15 @@ from typing import Any
 
 from reconciler.ids import new_delivery_id
 from reconciler.store.queue import (
+    ATTEMPT_COLUMNS,
     AttemptRecord,
     AttemptResult,
     Claim,
     DeliveryRecord,
     EventRecord,
     IntakeResult,
+    attempt_row,
     clean_text,
-    headers_json,
     refuse_nul,
 )
 from reconciler.store.sqlite_queue import DELIVERY_COLUMNS
@@ -205,23 +206,9 @@ class PostgresQueue:
             recorded = [r for r in results if r.delivery_id in ours]
             if recorded:
                 cur.executemany(
-                    "INSERT INTO attempts (delivery_id, number, started_at, duration_ms, status, "
-                    "response_headers, response_excerpt, error, outcome) "
+                    f"INSERT INTO attempts ({ATTEMPT_COLUMNS}) "
                     "VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s)",
-                    [
-                        (
-                            r.delivery_id,
-                            r.number,
-                            r.started_at,
-                            r.duration_ms,
-                            r.status,
-                            headers_json(r.response_headers),
-                            clean_text(r.response_excerpt),
-                            clean_text(r.error),
-                            r.outcome,
-                        )
-                        for r in recorded
-                    ],
+                    [attempt_row(r) for r in recorded],
                 )
             for r in recorded:
                 if r.pause_webhook:

@@ -137,6 +137,28 @@ def headers_json(headers: dict[str, str]) -> str:
     return json.dumps(headers, sort_keys=True)
 
 
+ATTEMPT_COLUMNS = (
+    "delivery_id, number, started_at, duration_ms, status, response_headers, "
+    "response_excerpt, error, outcome"
+)
+
+
+def attempt_row(r: AttemptResult) -> list[Any]:
+    """One attempt as stored, in ATTEMPT_COLUMNS' order (started_at and duration_ms
+    third and fourth)."""
+    return [
+        r.delivery_id,
+        r.number,
+        r.started_at,
+        r.duration_ms,
+        r.status,
+        headers_json(r.response_headers),
+        clean_text(r.response_excerpt),
+        clean_text(r.error),
+        r.outcome,
+    ]
+
+
 def refuse_nul(events: Sequence[EventRecord]) -> None:
     """Neither store can keep a NUL character in text (PostgreSQL refuses it, SQLite's
     JSON functions would cut the text short), and intake refuses it at the door."""

@@ -15,14 +15,15 @@ from typing import Any
 
 from reconciler.ids import new_delivery_id
 from reconciler.store.queue import (
+    ATTEMPT_COLUMNS,
     AttemptRecord,
     AttemptResult,
     Claim,
     DeliveryRecord,
     EventRecord,
     IntakeResult,
+    attempt_row,
     clean_text,
-    headers_json,
     refuse_nul,
 )
 
@@ -234,30 +235,15 @@ class SqliteQueue:
                     ),
                 ),
             )
+            rows = [attempt_row(r) for r in recorded]
+            for row in rows:
+                row[2:4] = _real(row[2]), _real(row[3])
             db.execute(
-                "INSERT INTO attempts (delivery_id, number, started_at, duration_ms, status, "
-                "response_headers, response_excerpt, error, outcome) "
+                f"INSERT INTO attempts ({ATTEMPT_COLUMNS}) "
                 "SELECT value ->> 0, value ->> 1, CAST(value ->> 2 AS REAL), "
                 "CAST(value ->> 3 AS REAL), value ->> 4, value ->> 5, value ->> 6, value ->> 7, "
                 "value ->> 8 FROM json_each(?)",
-                (
-                    _json(
-                        [
-                            [
-                                r.delivery_id,
-                                r.number,
-                                _real(r.started_at),
-                                _real(r.duration_ms),
-                                r.status,
-                                headers_json(r.response_headers),
-                                clean_text(r.response_excerpt),
-                                clean_text(r.error),
-                                r.outcome,
-                            ]
-                            for r in recorded
-                        ]
-                    ),
-                ),
+                (_json(rows),),
             )
             for r in recorded:
                 if r.pause_webhook:
