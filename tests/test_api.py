@@ -706,6 +706,7 @@ def test_the_openapi_document_lists_every_path(store: SqliteStore, clock: FakeCl
     paths = {path: set(ops) for path, ops in document["paths"].items()}
     assert paths == {
         "/v1/events": {"post"},
+        "/v1/events/batch": {"post"},
         "/v1/deliveries": {"get"},
         "/v1/deliveries/{delivery_id}": {"get"},
         "/v1/deliveries/{delivery_id}/replay": {"post"},
@@ -715,6 +716,9 @@ def test_the_openapi_document_lists_every_path(store: SqliteStore, clock: FakeCl
     intake = document["paths"]["/v1/events"]["post"]
     assert {"202", "413", "422"} <= set(intake["responses"])
     assert "EventIn" in json.dumps(intake["requestBody"])
+    batch = document["paths"]["/v1/events/batch"]["post"]
+    assert {"202", "401", "403", "413", "422"} <= set(batch["responses"])
+    assert "BatchIn" in json.dumps(batch["requestBody"])
 
 
 @pytest.mark.parametrize(

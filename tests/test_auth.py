@@ -158,10 +158,16 @@ def _refused(response: httpx.Response, status: int, words: str) -> None:
 # -- each role, each endpoint, each organization ------------------------------------------
 
 
+@pytest.mark.parametrize("batch", [False, True], ids=["one", "batch"])
 @pytest.mark.parametrize("org", ORGS)
 @pytest.mark.parametrize("caller", list(CALLERS))
-def test_sending_an_event(world: World, caller: str, org: str) -> None:
-    response = world.one("POST", "/v1/events", world.headers(caller), event_body(org))
+def test_sending_an_event(world: World, caller: str, org: str, batch: bool) -> None:
+    body: dict[str, Any] = event_body(org)
+    if batch:
+        body = {"events": [body, {**body, "id": f"also-{org}"}]}
+    response = world.one(
+        "POST", "/v1/events/batch" if batch else "/v1/events", world.headers(caller), body
+    )
 
     if ROLE[caller] == "auditor":
         _refused(response, 403, "the role auditor may not send events")
@@ -169,7 +175,11 @@ def test_sending_an_event(world: World, caller: str, org: str) -> None:
         _refused(response, 403, f"organization {org} is out of this token's scope")
     else:
         assert response.status_code == 202, response.text
-        assert response.json() == {"event_id": f"new-{org}", "deliveries": 1, "duplicate": False}
+        answers = [
+            {"event_id": f"{name}-{org}", "deliveries": 1, "duplicate": False}
+            for name in ("new", "also")
+        ]
+        assert response.json() == ({"results": answers} if batch else answers[0])
         return
     assert world.store.deliveries(event_id=f"new-{org}") == []  # nothing was queued
 
@@ -261,6 +271,7 @@ def test_unknown_routes_stay_404_with_or_without_a_token(world: World) -> None:
 
 ENDPOINTS = [
     ("POST", "/v1/events", event_body("acme")),
+    ("POST", "/v1/events/batch", {"events": [event_body("acme")]}),
     ("GET", "/v1/deliveries", None),
     ("GET", "/v1/deliveries?org=acme", None),
     ("GET", "/v1/deliveries/{acme}", None),

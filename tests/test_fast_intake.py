@@ -22,7 +22,7 @@ from hypothesis import strategies as st
 
 from reconciler.dispatch import fast_intake
 from reconciler.dispatch.app import create_app
-from reconciler.dispatch.events import MAX_EVENT_BYTES
+from reconciler.dispatch.events import MAX_BATCH_BYTES, MAX_BATCH_EVENTS, MAX_EVENT_BYTES
 from reconciler.dispatch.sender import Sender
 from reconciler.dispatch.service import Dispatcher
 from reconciler.store.sqlite import SqliteStore
@@ -55,7 +55,9 @@ class Side:
         }
         self.fast = fast
 
-    def send(self, role: str, content: bytes, content_type: str | None) -> httpx.Response:
+    def send(
+        self, role: str, content: bytes, content_type: str | None, path: str = fast_intake.PATH
+    ) -> httpx.Response:
         headers = dict(self.headers[role])
         if content_type is not None:
             headers["Content-Type"] = content_type
@@ -69,7 +71,7 @@ class Side:
             transport = httpx.ASGITransport(app=app, raise_app_exceptions=False)
             try:
                 async with httpx.AsyncClient(transport=transport, base_url="http://test") as http:
-                    return await http.post("/v1/events", content=content, headers=headers)
+                    return await http.post(path, content=content, headers=headers)
             finally:
                 await sender.aclose()
                 dispatcher.db.close()
@@ -94,8 +96,8 @@ def taken(monkeypatch: pytest.MonkeyPatch) -> list[bool]:
     seen: list[bool] = []
     original = fast_intake.FastIntake._accept
 
-    async def spy(self: fast_intake.FastIntake, headers: Any, body: bytes | None) -> Any:
-        result = await original(self, headers, body)
+    async def spy(self: fast_intake.FastIntake, *args: Any) -> Any:
+        result = await original(self, *args)
         seen.append(result is not None)
         return result
 
@@ -104,11 +106,15 @@ def taken(monkeypatch: pytest.MonkeyPatch) -> list[bool]:
 
 
 def same_answer(
-    sides: tuple[Side, Side], role: str, content: bytes, content_type: str | None
+    sides: tuple[Side, Side],
+    role: str,
+    content: bytes,
+    content_type: str | None,
+    path: str = fast_intake.PATH,
 ) -> httpx.Response:
     fast, route = sides
-    a = fast.send(role, content, content_type)
-    b = route.send(role, content, content_type)
+    a = fast.send(role, content, content_type, path)
+    b = route.send(role, content, content_type, path)
     assert a.status_code != 500, a.text
     assert (a.status_code, a.headers.get("content-type"), a.content) == (
         b.status_code,
@@ -182,6 +188,49 @@ def test_a_json_subtype_is_json_as_for_the_route(
     assert taken == [True]
 
 
+def batch(*changes: dict[str, Any]) -> bytes:
+    return json.dumps({"events": [{**EVENT, **change} for change in changes]}).encode()
+
+
+def test_a_valid_batch_is_taken_by_the_fast_path_with_the_routes_answer(
+    sides: tuple[Side, Side], taken: list[bool]
+) -> None:
+    content = batch({"id": "e1"}, {"id": "e2"}, {"id": "e1"})
+    answer = same_answer(sides, "publisher", content, "application/json", fast_intake.BATCH_PATH)
+    assert answer.status_code == 202
+    assert [r["duplicate"] for r in answer.json()["results"]] == [False, False, True]
+    assert taken == [True]
+    assert len(sides[0].stored()) == 4
+
+
+@pytest.mark.parametrize(
+    ("role", "content", "content_type", "status"),
+    [
+        ("none", batch({}), "application/json", 401),
+        ("auditor", batch({}), "application/json", 403),
+        ("publisher", batch({}, {"organization": "globex"}), "application/json", 403),
+        ("publisher", batch({}, {"time": "noon"}), "application/json", 422),
+        ("publisher", b'{"events": []}', "application/json", 422),
+        ("publisher", batch(*[{}] * (MAX_BATCH_EVENTS + 1)), "application/json", 422),
+        ("publisher", body(), "application/json", 422),
+        ("publisher", batch({}), "text/plain", 422),
+        ("publisher", b"x" * (MAX_BATCH_BYTES + 1), "application/json", 413),
+    ],
+)
+def test_every_other_batch_is_answered_by_the_route(
+    sides: tuple[Side, Side],
+    taken: list[bool],
+    role: str,
+    content: bytes,
+    content_type: str | None,
+    status: int,
+) -> None:
+    answer = same_answer(sides, role, content, content_type, fast_intake.BATCH_PATH)
+    assert answer.status_code == status
+    assert not any(taken)
+    assert sides[0].stored() == []
+
+
 values = st.one_of(
     st.none(), st.booleans(), st.integers(), st.floats(allow_nan=False), st.text(max_size=40)
 )
@@ -214,6 +263,26 @@ def test_any_event_gets_the_same_answer_either_way(
     pair = (Side(root, True), Side(root, False))
     try:
         same_answer(pair, role, json.dumps(event).encode(), "application/json")
+    finally:
+        for side in pair:
+            side.store.close()
+
+
+@settings(
+    max_examples=40,
+    deadline=None,
+    derandomize=True,
+    suppress_health_check=[HealthCheck.function_scoped_fixture],
+)
+@given(events=st.lists(fields, max_size=3), role=st.sampled_from(ROLES))
+def test_any_batch_gets_the_same_answer_either_way(
+    tmp_path_factory: pytest.TempPathFactory, events: list[dict[str, Any]], role: str
+) -> None:
+    root = tmp_path_factory.mktemp("batch-either-way")
+    pair = (Side(root, True), Side(root, False))
+    try:
+        content = json.dumps({"events": events}).encode()
+        same_answer(pair, role, content, "application/json", fast_intake.BATCH_PATH)
     finally:
         for side in pair:
             side.store.close()

@@ -59,6 +59,7 @@ ORGS = ("acme", "globex")
 # here fails test_the_document_lists_every_fuzzed_operation.
 OPERATIONS = [
     ("POST", "/v1/events"),
+    ("POST", "/v1/events/batch"),
     ("GET", "/v1/deliveries"),
     ("GET", "/v1/deliveries/{delivery_id}"),
     ("POST", "/v1/deliveries/{delivery_id}/replay"),
@@ -68,7 +69,7 @@ OPERATIONS = [
 GUARDED = [(method, path) for method, path in OPERATIONS if path != "/healthz"]
 # The operations for which invalid data exists: a body or typed query parameters (a
 # delivery id is any text, and the other operations take nothing).
-WITH_INPUT = [("POST", "/v1/events"), ("GET", "/v1/deliveries")]
+WITH_INPUT = [("POST", "/v1/events"), ("POST", "/v1/events/batch"), ("GET", "/v1/deliveries")]
 POSITIVE, NEGATIVE = GenerationMode.POSITIVE, GenerationMode.NEGATIVE
 
 CONFORMANCE = [

@@ -21,7 +21,13 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from reconciler import __version__
 from reconciler.dispatch import auth, fast_intake
-from reconciler.dispatch.events import MAX_EVENT_BYTES, EventIn
+from reconciler.dispatch.events import (
+    MAX_BATCH_BYTES,
+    MAX_BATCH_EVENTS,
+    MAX_EVENT_BYTES,
+    BatchIn,
+    EventIn,
+)
 from reconciler.dispatch.service import Dispatcher
 from reconciler.dispatch.views import (
     DeliveryListOut,
@@ -37,6 +43,10 @@ class IntakeOut(BaseModel):
     event_id: str
     deliveries: int = Field(description="Deliveries queued: one per matching enabled webhook.")
     duplicate: bool = Field(description="True when this event id was received before.")
+
+
+class BatchOut(BaseModel):
+    results: list[IntakeOut] = Field(description="One per event, in the order sent.")
 
 
 class ProblemOut(BaseModel):
@@ -105,9 +115,10 @@ def create_app(dispatcher: Dispatcher) -> DispatcherAPI:
         telemetry={"tracing": False, "metrics": False, "logs": False, "operation_spans": False},
     )
     guard = auth.install(app, dispatcher)
-    app.add_middleware(_BodyLimit, limit=MAX_EVENT_BYTES)
+    limits = {fast_intake.PATH: MAX_EVENT_BYTES, fast_intake.BATCH_PATH: MAX_BATCH_BYTES}
+    app.add_middleware(_BodyLimit, limits=limits, default=MAX_EVENT_BYTES)
     app.intake = fast_intake.FastIntake(
-        functools.partial(FastAPI.__call__, app), dispatcher, guard, MAX_EVENT_BYTES
+        functools.partial(FastAPI.__call__, app), dispatcher, guard, limits
     )
     any_token, may_send = guard.require(), guard.require("send")
     may_read, may_replay = guard.require("read"), guard.require("replay")
@@ -147,6 +158,31 @@ def create_app(dispatcher: Dispatcher) -> DispatcherAPI:
             raise auth.forbidden(access.out_of_scope(event.organization))
         result = await dispatcher.accept(event)
         return result.as_json()
+
+    @app.post(
+        "/v1/events/batch",
+        status_code=202,
+        response_model=BatchOut,
+        responses={
+            **auth.RESPONSES,
+            413: {"model": ErrorOut, "description": f"A body over {MAX_BATCH_BYTES} bytes"},
+            **INVALID,
+        },
+        summary=f"Queue up to {MAX_BATCH_EVENTS} events at once: all are stored, or none",
+        description=(
+            "Each event as `POST /v1/events` takes it, and each answered as there, in "
+            "the order sent. The events and their deliveries are stored in one "
+            "transaction: a batch with one invalid event, or one event of an "
+            "organization outside the token's scope, is refused whole, naming it "
+            "(`events.3.time`), and nothing of it is queued."
+        ),
+    )
+    async def post_events(batch: BatchIn, access: Access = may_send) -> dict[str, Any]:
+        for index, event in enumerate(batch.events):
+            if not access.sees(event.organization):
+                raise auth.forbidden(f"events.{index}: {access.out_of_scope(event.organization)}")
+        results = await dispatcher.accept_batch(batch.events)
+        return {"results": [result.as_json() for result in results]}
 
     @app.get(
         "/v1/deliveries",
@@ -267,22 +303,25 @@ def _problem(error: Any) -> dict[str, str]:
 
 
 class _BodyLimit:
-    """Refuse request bodies over `limit` bytes with 413, before the app reads them.
+    """Refuse request bodies over their path's limit (`limits`, else `default`) with
+    413, before the app reads them.
 
     The body is read here (it is small, by the limit) and handed on as it came.
     """
 
-    def __init__(self, app: ASGIApp, limit: int) -> None:
+    def __init__(self, app: ASGIApp, limits: dict[str, int], default: int) -> None:
         self.app = app
-        self.limit = limit
+        self.limits = limits
+        self.default = default
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
+        limit = self.limits.get(scope["path"], self.default)
         declared = dict(scope.get("headers", [])).get(b"content-length")
-        if declared is not None and declared.isdigit() and int(declared) > self.limit:
-            await _too_large(self.limit, send)
+        if declared is not None and declared.isdigit() and int(declared) > limit:
+            await _too_large(limit, send)
             return
         messages: list[Message] = []
         size = 0
@@ -292,8 +331,8 @@ class _BodyLimit:
             if message["type"] != "http.request":
                 break
             size += len(message.get("body", b""))
-            if size > self.limit:
-                await _too_large(self.limit, send)
+            if size > limit:
+                await _too_large(limit, send)
                 return
             if not message.get("more_body", False):
                 break

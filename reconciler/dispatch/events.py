@@ -15,6 +15,8 @@ from reconciler.store.queue import EventRecord
 
 EVENT_ID_PATTERN = r"^[A-Za-z0-9_.:-]{1,128}$"
 MAX_EVENT_BYTES = 64 * 1024
+MAX_BATCH_EVENTS = 500  # events per POST /v1/events/batch
+MAX_BATCH_BYTES = 1024 * 1024
 _ISO_DATE = re.compile(r"\d{4}-\d\d-\d\d")  # how every ISO 8601 date-time in text begins
 _EXAMPLE_TIME = "2026-11-29T21:22:42Z"
 # Documents what _unicode() refuses (its own message is clearer than a pattern's).
@@ -91,3 +93,15 @@ class EventIn(BaseModel):
             description=self.description,
             time=format_time(moment),
         )
+
+
+class BatchIn(BaseModel):
+    """Several events at once: stored together or not at all."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    events: list[EventIn] = Field(
+        min_length=1,
+        max_length=MAX_BATCH_EVENTS,
+        description=f"1 to {MAX_BATCH_EVENTS} events, each as POST /v1/events takes it.",
+    )

@@ -1,4 +1,5 @@
-"""POST /v1/events without FastAPI's per-request machinery, for events that pass.
+"""POST /v1/events (and /v1/events/batch) without FastAPI's per-request machinery,
+for events that pass.
 
 Every event the dispatcher delivers arrives through this one route, and FastAPI's
 routing, dependency solving, response-model validation and encoding cost more CPU
@@ -6,8 +7,8 @@ per event than storing it (docs/benchmarks.md, Dispatcher). This entry, ahead of
 all of FastAPI, answers the common case itself: a JSON body (by its Content-Type)
 within the size limit that is a valid event, with a bearer token that may send
 it. It parses and validates exactly as the route does (the same `json.loads`, the
-same `EventIn`, the same `Guard`), queues the event with the same
-`Dispatcher.accept`, and answers the same 202 body.
+same `EventIn` or `BatchIn`, the same `Guard`), queues the events with the same
+`Dispatcher.accept` or `accept_batch`, and answers the same 202 body.
 
 Anything else (no or a bad token, a refused role or organization, a body that is
 not a valid event, another content type) is handed, with the body as it came, to
@@ -19,16 +20,17 @@ from __future__ import annotations
 
 import json
 from email.message import Message as MimeHeader
+from typing import Any
 
 from pydantic import ValidationError
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from reconciler.dispatch.auth import AuthError, Guard
-from reconciler.dispatch.events import EventIn
+from reconciler.dispatch.events import BatchIn, EventIn
 from reconciler.dispatch.service import Dispatcher
-from reconciler.store.queue import IntakeResult
 
 PATH = "/v1/events"
+BATCH_PATH = "/v1/events/batch"
 
 
 class FastIntake:
@@ -36,26 +38,30 @@ class FastIntake:
 
     It runs ahead of FastAPI's middleware (the error, telemetry and body-limit
     layers cost CPU on every request and change nothing for an event that passes);
-    a body without a Content-Length, or over `limit`, is not read here at all.
+    a body without a Content-Length, or over its path's limit (`limits`: PATH and
+    BATCH_PATH to their body limits), is not read here at all.
     """
 
-    def __init__(self, app: ASGIApp, dispatcher: Dispatcher, guard: Guard, limit: int) -> None:
+    def __init__(
+        self, app: ASGIApp, dispatcher: Dispatcher, guard: Guard, limits: dict[str, int]
+    ) -> None:
         self.app = app
         self.dispatcher = dispatcher
         self.guard = guard
-        self.limit = limit
+        self.limits = limits
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http" or scope["path"] != PATH or scope["method"] != "POST":
+        limit = self.limits.get(scope["path"]) if scope["type"] == "http" else None
+        if limit is None or scope["method"] != "POST":
             await self.app(scope, receive, send)
             return
         headers = _headers(scope)
         length = headers.get(b"content-length")
-        if length is None or not length.isdigit() or int(length) > self.limit:
+        if length is None or not length.isdigit() or int(length) > limit:
             await self.app(scope, receive, send)
             return
         messages, body = await _read(receive)
-        result = await self._accept(headers, body)
+        result = await self._accept(scope["path"], headers, body, limit)
         if result is None:
 
             async def replay() -> Message:
@@ -64,7 +70,7 @@ class FastIntake:
             await self.app(scope, replay, send)
             return
         content = json.dumps(
-            result.as_json(), ensure_ascii=False, allow_nan=False, separators=(",", ":")
+            result, ensure_ascii=False, allow_nan=False, separators=(",", ":")
         ).encode("utf-8")
         await send(
             {
@@ -78,9 +84,11 @@ class FastIntake:
         )
         await send({"type": "http.response.body", "body": content})
 
-    async def _accept(self, headers: dict[bytes, bytes], body: bytes | None) -> IntakeResult | None:
-        """The event queued, or None for the route to answer."""
-        if body is None or len(body) > self.limit:
+    async def _accept(
+        self, path: str, headers: dict[bytes, bytes], body: bytes | None, limit: int
+    ) -> dict[str, Any] | None:
+        """The answer once the events are queued, or None for the route to answer."""
+        if body is None or len(body) > limit:
             return None
         if not _json_content(headers.get(b"content-type")):
             return None
@@ -89,12 +97,20 @@ class FastIntake:
             return None
         try:
             access = await self.guard.authenticate(token)
-            event = EventIn.model_validate(json.loads(body))
+            data = json.loads(body)
+            events = (
+                [EventIn.model_validate(data)]
+                if path == PATH
+                else BatchIn.model_validate(data).events
+            )
         except (AuthError, ValidationError, ValueError, RecursionError):
             return None
-        if not access.may("send") or not access.sees(event.organization):
+        if not access.may("send") or not all(access.sees(e.organization) for e in events):
             return None
-        return await self.dispatcher.accept(event)
+        if path == PATH:
+            return (await self.dispatcher.accept(events[0])).as_json()
+        results = await self.dispatcher.accept_batch(events)
+        return {"results": [result.as_json() for result in results]}
 
 
 async def _read(receive: Receive) -> tuple[list[Message], bytes | None]:

@@ -9,7 +9,7 @@ import signal
 import socket
 import ssl
 import time
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping, Sequence
 
 import aiohttp
 import httpx
@@ -25,7 +25,10 @@ from reconciler.store.queue import EventRecord, IntakeResult, QueueStore
 log = logging.getLogger("reconciler.dispatch")
 
 DEFAULT_GRACE = 20.0
-INTAKE_BATCH = 500
+INTAKE_BATCH = 500  # events per intake transaction, unless one batch is larger
+
+# A batch of events on its way to the store, and who waits for its results.
+_IntakeUnit = tuple[list[EventRecord], "asyncio.Future[list[IntakeResult]]"]
 
 
 def make_sender(concurrency: int, policy: NetworkPolicy | None = None) -> Sender:
@@ -72,27 +75,37 @@ class Dispatcher:
         )
         self.settings = self.worker.settings
         self._wake = asyncio.Event()
-        self._intake: list[tuple[EventRecord, asyncio.Future[IntakeResult]]] = []
+        self._intake: list[_IntakeUnit] = []  # batches waiting for the next commit
         self._flushing: asyncio.Task[None] | None = None
         self._stopping = False
         self._task: asyncio.Task[None] | None = None
 
     async def accept(self, event: EventIn) -> IntakeResult:
-        """Store the event and its deliveries; returns once they are durable.
+        """Store the event and its deliveries; returns once they are durable."""
+        return (await self.accept_batch([event]))[0]
 
-        Events arriving together are committed in one transaction (group commit), so
-        the disk's flush is paid once per batch, not once per event.
+    async def accept_batch(self, events: Sequence[EventIn]) -> list[IntakeResult]:
+        """Store the events and their deliveries, all in one transaction; returns,
+        in order, once they are durable. An event id seen before, or earlier in
+        `events`, queues nothing and answers with the first result.
+
+        Batches arriving together are committed in one transaction (group commit),
+        so the disk's flush is paid once per turn, not once per request; a batch is
+        never split between transactions.
         """
-        future: asyncio.Future[IntakeResult] = asyncio.get_running_loop().create_future()
-        self._intake.append((event.record(), future))
+        future: asyncio.Future[list[IntakeResult]] = asyncio.get_running_loop().create_future()
+        self._intake.append(([event.record() for event in events], future))
         if self._flushing is None or self._flushing.done():
             self._flushing = asyncio.create_task(self._flush_intake())
-        result = await future
-        if not result.duplicate:
-            self.metrics.event_received(event.organization, event.type.value)
-            if result.deliveries:
-                self.wake()
-        return result
+        results = await future
+        queued = False
+        for event, result in zip(events, results, strict=True):
+            if not result.duplicate:
+                self.metrics.event_received(event.organization, event.type.value)
+                queued = queued or result.deliveries > 0
+        if queued:
+            self.wake()
+        return results
 
     async def metrics_text(self) -> str:
         now = self.clock()
@@ -102,32 +115,41 @@ class Dispatcher:
 
     async def _flush_intake(self) -> None:
         while self._intake:
-            batch, self._intake = self._intake[:INTAKE_BATCH], self._intake[INTAKE_BATCH:]
+            # Whole batches, up to INTAKE_BATCH events (or one larger batch).
+            take, size = 0, 0
+            while take < len(self._intake) and (
+                take == 0 or size + len(self._intake[take][0]) <= INTAKE_BATCH
+            ):
+                size += len(self._intake[take][0])
+                take += 1
+            units, self._intake = self._intake[:take], self._intake[take:]
             try:
                 results = await self.db.run(
-                    self.db.store.add_events, [record for record, _ in batch], self.clock()
+                    self.db.store.add_events,
+                    [record for records, _ in units for record in records],
+                    self.clock(),
                 )
             except Exception:
-                # One bad event must not fail its neighbours: store them one by one,
+                # One bad batch must not fail its neighbours: store them one by one,
                 # and let only the failing ones hear of it.
-                await self._store_one_by_one(batch)
+                await self._store_one_by_one(units)
                 continue
-            for (_, future), result in zip(batch, results, strict=True):
+            start = 0
+            for records, future in units:
                 if not future.done():
-                    future.set_result(result)
+                    future.set_result(results[start : start + len(records)])
+                start += len(records)
 
-    async def _store_one_by_one(
-        self, batch: list[tuple[EventRecord, asyncio.Future[IntakeResult]]]
-    ) -> None:
-        for record, future in batch:
+    async def _store_one_by_one(self, units: list[_IntakeUnit]) -> None:
+        for records, future in units:
             try:
-                result = await self.db.run(self.db.store.add_event, record, self.clock())
+                results = await self.db.run(self.db.store.add_events, records, self.clock())
             except Exception as exc:
                 if not future.done():
                     future.set_exception(exc)
             else:
                 if not future.done():
-                    future.set_result(result)
+                    future.set_result(results)
 
     def wake(self) -> None:
         """New work is due: workers look now rather than at their next poll."""
