@@ -278,6 +278,7 @@ def loadgen(
     rate: float = 0.0,
     kind: str = "event",
     token: str | None = None,
+    batch: int = 1,
 ) -> subprocess.Popen[str]:
     args = [
         sys.executable,
@@ -294,6 +295,8 @@ def loadgen(
     ]
     if rate:
         args += ["--rate", str(rate)]
+    if batch > 1:
+        args += ["--batch", str(batch)]
     if token:
         args += ["--header", f"Authorization: Bearer {token}"]
     return subprocess.Popen(args, stdout=subprocess.PIPE, text=True)
@@ -311,10 +314,18 @@ WRK_EVENTS_SCRIPT = """\
 function init(args)
   -- wrk calls request() once right after init, to check what it returns, and
   -- never sends that one: start one below zero.
+  -- args: POSTs to send, the Authorization header, events per POST (1: /v1/events)
   n = tonumber(args[1]); sent = -1; accepted = 0; refused = 0
-  post = wrk.format("POST", "/v1/events", {["Content-Type"] = "application/json",
-    ["Authorization"] = args[2]}, '{"type": "new_rule_violation", "organization": "acme", '
-    .. '"name": "bench-rule", "description": "1700000000.123456"}')
+  local batch = tonumber(args[3])
+  local event = '{"type": "new_rule_violation", "organization": "acme", '
+    .. '"name": "bench-rule", "description": "1700000000.123456"}'
+  local path, body = "/v1/events", event
+  if batch > 1 then
+    path = "/v1/events/batch"
+    body = '{"events": [' .. string.rep(event, batch, ", ") .. ']}'
+  end
+  post = wrk.format("POST", path, {["Content-Type"] = "application/json",
+    ["Authorization"] = args[2]}, body)
   idle = wrk.format("GET", "/healthz")
 end
 function request()
@@ -354,23 +365,35 @@ def _wait_for_output(proc: subprocess.Popen[bytes], pattern: bytes, timeout: flo
     raise SystemExit(f"wrk did not say {pattern!r} within {timeout:g}s; it said:\n{seen!r}")
 
 
-def intake_load(url: str, events: int, token: str | None, workdir: Path) -> dict[str, Any]:
+def intake_load(
+    url: str, events: int, token: str | None, workdir: Path, batch: int = 1
+) -> dict[str, Any]:
     """Post `events` events to `url` (the dispatcher) as fast as they are taken, over
-    LOADGEN_CONNECTIONS connections: with wrk where installed (it spends a fraction
-    of the CPU bench/loadgen.py does, and the CPU is shared with what is measured),
-    else with bench/loadgen.py. The same summary either way."""
+    LOADGEN_CONNECTIONS connections, `batch` events per POST (1: to /v1/events, more:
+    to /v1/events/batch): with wrk where installed (it spends a fraction of the CPU
+    bench/loadgen.py does, and the CPU is shared with what is measured), else with
+    bench/loadgen.py. The same summary either way, counted in events."""
+    if events % batch:
+        raise SystemExit(f"{events} events do not make batches of {batch}")
+    posts = events // batch
     if not shutil.which("wrk"):
-        return loadgen_result(
-            loadgen(f"{url}/v1/events", events, connections=LOADGEN_CONNECTIONS, token=token)
+        path = "/v1/events" if batch == 1 else "/v1/events/batch"
+        result = loadgen_result(
+            loadgen(
+                f"{url}{path}", posts, connections=LOADGEN_CONNECTIONS, token=token, batch=batch
+            )
         )
+        result["statuses"] = {code: count * batch for code, count in result["statuses"].items()}
+        result["rate"] *= batch
+        return result
     script = workdir / "events.lua"
     script.write_text(WRK_EVENTS_SCRIPT)
     before = resource.getrusage(resource.RUSAGE_CHILDREN)
     started = time.time()
     proc = subprocess.Popen(
         ["wrk", "-t1", f"-c{LOADGEN_CONNECTIONS}", f"-d{RUN_LIMIT_SECONDS:g}s",
-         "--timeout", "60s", "-s", str(script), url, "--", str(events),
-         f"Bearer {token}" if token else ""],
+         "--timeout", "60s", "-s", str(script), url, "--", str(posts),
+         f"Bearer {token}" if token else "", str(batch)],
         stdout=subprocess.PIPE,
     )  # fmt: skip
     try:
@@ -379,14 +402,14 @@ def intake_load(url: str, events: int, token: str | None, workdir: Path) -> dict
     finally:
         stop(proc, signal.SIGINT)
     after = resource.getrusage(resource.RUSAGE_CHILDREN)
-    sent, accepted, refused = (int(x) for x in found.groups())
+    sent, accepted, refused = (int(x) * batch for x in found.groups())
     statuses = {"202": accepted} if not refused else {"202": accepted, "other": refused}
     return {
         "first_send": started,
         "last_answer": finished,
         "sent": sent,
         "statuses": statuses,
-        "errors": [] if sent == events else [f"wrk sent {sent} of {events}"],
+        "errors": [] if sent == events else [f"wrk sent {sent} of {events} events"],
         "rate": accepted / (finished - started),
         "cpu": after.ru_utime + after.ru_stime - before.ru_utime - before.ru_stime,
     }
@@ -631,7 +654,7 @@ class DurableRun:
     concurrency: int
     deliveries: int
     rate: float  # deliveries/s, first POST to last arrival at the sink
-    intake_rate: float  # events/s taken by POST /v1/events
+    intake_rate: float  # events/s taken by intake
     seconds: float
     cpu: dict[str, float] = field(default_factory=dict)  # process -> CPU seconds
     attempts: int = 0
@@ -639,6 +662,7 @@ class DurableRun:
     steal: float = 0.0  # cores stolen by the hypervisor, on average
     disk_bytes: float = 0.0  # written to storage by the dispatcher, per delivery
     processes: int = 1  # serve --processes
+    batch: int = 1  # events per POST
 
     @property
     def cpu_us(self) -> float:
@@ -655,10 +679,11 @@ def durable(
     concurrency: int,
     deliveries: int,
     processes: int = 1,
+    batch: int = 1,
 ) -> DurableRun:
-    events = deliveries // webhooks
+    events = deliveries // webhooks // batch * batch
     expected = events * webhooks
-    tag = f"k{webhooks}-c{concurrency}-p{processes}"
+    tag = f"k{webhooks}-b{batch}-c{concurrency}-p{processes}"
     served = start_serve(template, workdir, concurrency, tag, processes)
     try:
         sink.reset()
@@ -666,7 +691,7 @@ def durable(
         busy0, steal0 = machine_busy()
         disk0 = tree_disk_written(served.proc.pid)
         wall0 = time.time()
-        intake = intake_load(served.url, events, template.token, workdir)
+        intake = intake_load(served.url, events, template.token, workdir, batch)
         seen = sink.wait_for(expected, RUN_LIMIT_SECONDS)
         serve1, sink1 = tree_cpu(served.proc.pid), cpu_seconds(sink.proc.pid)
         busy1, steal1 = machine_busy()
@@ -704,6 +729,7 @@ def durable(
         (steal1 - steal0) / wall,
         (disk1 - disk0) / expected,
         processes,
+        batch,
     )
 
 
@@ -777,6 +803,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--webhooks", default="1,10", help="webhooks per event (K), a list")
     parser.add_argument("--concurrency", default="50,200", help="--concurrency values")
     parser.add_argument("--processes", default="1,2", help="serve --processes values")
+    parser.add_argument(
+        "--batch", default="1", help="events per POST, a list (more than 1: /v1/events/batch)"
+    )
     parser.add_argument("--repeat", type=int, default=3)
     parser.add_argument("--latency-rate", type=float, default=500.0)
     parser.add_argument("--latency-seconds", type=float, default=10.0)
@@ -795,6 +824,7 @@ def main(argv: list[str] | None = None) -> int:
                      ("httpx", HTTPX_REQUESTS)]  # fmt: skip
     concurrencies = [int(x) for x in args.concurrency.split(",")]
     layouts = [int(x) for x in args.processes.split(",")]
+    shapes = [(k, int(b)) for k in fanouts for b in args.batch.split(",")]  # (K, batch)
     n = args.deliveries
     import aiohttp
     import httpx
@@ -825,7 +855,7 @@ def main(argv: list[str] | None = None) -> int:
                 print(f"sink, {c} connections: " + " ".join(fmt_rate(r) for r in rates), flush=True)
 
             bare: dict[tuple[str, int, int], list[dict[str, Any]]] = {}
-            runs: dict[tuple[int, int, int], list[DurableRun]] = {}
+            runs: dict[tuple[int, int, int, int], list[DurableRun]] = {}
             for rep in range(args.repeat):
                 for c in concurrencies:
                     for p in layouts:
@@ -839,12 +869,12 @@ def main(argv: list[str] | None = None) -> int:
                                 f"{r['cpu_us']:.0f} µs/request)",
                                 flush=True,
                             )
-                        for k in fanouts:
-                            d = durable(sink, templates[k], work, k, c, n, p)
-                            runs.setdefault((k, c, p), []).append(d)
+                        for k, b in shapes:
+                            d = durable(sink, templates[k], work, k, c, n, p, b)
+                            runs.setdefault((k, b, c, p), []).append(d)
                             cpu = ", ".join(f"{name} {s:.1f}" for name, s in d.cpu.items())
                             print(
-                                f"[{rep + 1}] durable K={k:<3} c={c:<4} p={p} "
+                                f"[{rep + 1}] durable K={k:<3} B={b:<3} c={c:<4} p={p} "
                                 f"{fmt_rate(d.rate):>9} in {d.seconds:.1f} s (intake "
                                 f"{fmt_rate(d.intake_rate)}; cpu s: {cpu}; {d.cpu_us:.0f} "
                                 f"µs/delivery; {d.disk_bytes / 1024:.1f} KiB/delivery "
@@ -856,14 +886,14 @@ def main(argv: list[str] | None = None) -> int:
             def med_bare(kind: str, c: int, p: int = 1) -> float:
                 return statistics.median(r["rate"] for r in bare[(kind, c, p)])
 
-            def med_durable(k: int, c: int, p: int) -> float:
-                return statistics.median(r.rate for r in runs[(k, c, p)])
+            def med_durable(shape: tuple[int, int], c: int, p: int) -> float:
+                return statistics.median(r.rate for r in runs[(*shape, c, p)])
 
             setups = [(c, p) for c in concurrencies for p in layouts]
-            best = {k: max(setups, key=lambda cp, k=k: med_durable(k, *cp)) for k in fanouts}
+            best = {s: max(setups, key=lambda cp, s=s: med_durable(s, *cp)) for s in shapes}
             best_single = {
-                k: max(concurrencies, key=lambda c, k=k: med_durable(k, c, layouts[0]))
-                for k in fanouts
+                s: max(concurrencies, key=lambda c, s=s: med_durable(s, c, layouts[0]))
+                for s in shapes
             }
             if 1 not in templates:
                 templates[1] = make_state(work, sink.port, 1)
@@ -871,7 +901,7 @@ def main(argv: list[str] | None = None) -> int:
                 sink,
                 templates[1],
                 work,
-                best_single.get(1, concurrencies[0]),
+                best_single.get((1, 1), concurrencies[0]),
                 args.latency_rate,
                 args.latency_seconds,
             )
@@ -911,28 +941,30 @@ def main(argv: list[str] | None = None) -> int:
     print(f"\nDurable deliveries, intake to 2xx, {n:,} per run, median of {args.repeat}; the "
           "bare client runs as many processes as the dispatcher:\n")  # fmt: skip
     print(
-        "| K | concurrency | processes | deliveries/s | spread | intake events/s | bare client "
+        "| K | events per POST | concurrency | processes | deliveries/s | spread "
+        "| intake events/s | bare client "
         "| ratio | of the sink | dispatcher CPU per delivery | written to disk per delivery "
         "| CPU s: dispatcher main / other threads / sink / load gen | other load |"
     )
-    print("|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|---:|")
-    for k in fanouts:
+    print("|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|---:|")
+    for k, b in shapes:
         for c in concurrencies:
             for p in layouts:
-                rs = runs[(k, c, p)]
+                rs = runs[(k, b, c, p)]
                 rates = sorted(r.rate for r in rs)
                 mid = sorted(rs, key=lambda r: r.rate)[len(rs) // 2]
                 cpu = " / ".join(f"{s:.1f}" for s in mid.cpu.values())
-                b = med_bare("sender", c, p)
+                bare_rate = med_bare("sender", c, p)
                 sink_rate = statistics.median(results["sink"][c])
                 us = statistics.median(r.cpu_us for r in rs)
                 others = statistics.median(r.others for r in rs)
                 disk = statistics.median(r.disk_bytes for r in rs) / 1024
-                rate = med_durable(k, c, p)
+                rate = med_durable((k, b), c, p)
                 print(
-                    f"| {k} | {c} | {p} | {rate:,.0f}/s | {rates[0]:,.0f}–{rates[-1]:,.0f} "
-                    f"| {statistics.median(r.intake_rate for r in rs):,.0f}/s | {b:,.0f}/s "
-                    f"| {rate / b:.2f}x | {rate / sink_rate:.3f}x | {us:,.0f} µs "
+                    f"| {k} | {b} | {c} | {p} | {rate:,.0f}/s | {rates[0]:,.0f}–{rates[-1]:,.0f} "
+                    f"| {statistics.median(r.intake_rate for r in rs):,.0f}/s "
+                    f"| {bare_rate:,.0f}/s | {rate / bare_rate:.2f}x | {rate / sink_rate:.3f}x "
+                    f"| {us:,.0f} µs "
                     f"| {disk:.1f} KiB | {cpu} (wall {mid.seconds:.1f} s) | {others:.2f} cores |"
                 )
 
@@ -948,14 +980,15 @@ def main(argv: list[str] | None = None) -> int:
 
     print()
     met = True
-    for k in fanouts:
-        c, p = best[k]
-        rate = med_durable(k, c, p)
+    for k, b in shapes:
+        c, p = best[(k, b)]
+        rate = med_durable((k, b), c, p)
         ratio = rate / med_bare("sender", c, p)
         ok = rate >= GOAL_RATE and ratio >= GOAL_RATIO
         met &= ok
         print(
-            f"K={k}: best --concurrency {c} --processes {p}: {rate:,.0f} deliveries/s, "
+            f"K={k}, {b} per POST: best --concurrency {c} --processes {p}: {rate:,.0f} "
+            "deliveries/s, "
             f"{ratio:.2f}x the bare client: {'met' if ok else 'MISSED'} (goal >= "
             f"{GOAL_RATE:,.0f}/s and >= {GOAL_RATIO}x)"
         )
@@ -971,8 +1004,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.json:
         results["bare"] = {f"{k}@{c}x{p}": v for (k, c, p), v in bare.items()}
         results["durable"] = {
-            f"K{k}@{c}x{p}": [{**r.__dict__, "cpu_us": r.cpu_us} for r in v]
-            for (k, c, p), v in runs.items()
+            f"K{k}B{b}@{c}x{p}": [{**r.__dict__, "cpu_us": r.cpu_us} for r in v]
+            for (k, b, c, p), v in runs.items()
         }
         results["latency"] = lat
         args.json.write_text(json.dumps(results, indent=2))

@@ -1,7 +1,7 @@
 """A cheap HTTP/1.1 load generator for benchmarks: raw asyncio, keep-alive connections.
 
     .venv/bin/python bench/loadgen.py URL --requests N --connections C [--rate R]
-        [--body-kind event|webhook] [--header "Name: value"] [--max-seconds 300]
+        [--body-kind event|webhook] [--batch B] [--header "Name: value"] [--max-seconds 300]
 
 Sends N POSTs to URL over C keep-alive connections and prints one JSON line:
 first send and last answer (time.time()), answers by status, intake latency
@@ -16,7 +16,8 @@ CPU seconds.
                   text), so a receiver can compute intake-to-delivery latency
                   without counting the generator's own queueing out.
 
-Bodies: "event" is a POST /v1/events body for organization acme; "webhook" is
+Bodies: "event" is a POST /v1/events body for organization acme (with --batch B,
+a POST /v1/events/batch body of B such events); "webhook" is
 a small JSON body like a rendered delivery (for a sink). Requests are built as
 bytes, responses parsed just enough (status line, Content-Length or chunked), so
 the generator spends little CPU of the machine it shares with what it measures.
@@ -107,16 +108,15 @@ def build_request(host: str, path: str, body: bytes, extra: str = "") -> bytes:
     ).encode() + body
 
 
-def make_body(kind: str, i: int, due: float) -> bytes:
+def make_body(kind: str, i: int, due: float, batch: int = 1) -> bytes:
     if kind == "event":
-        return json.dumps(
-            {
-                "type": "new_rule_violation",
-                "organization": "acme",
-                "name": f"bench-rule-{i}",
-                "description": repr(due),
-            }
-        ).encode()
+        event = {
+            "type": "new_rule_violation",
+            "organization": "acme",
+            "name": f"bench-rule-{i}",
+            "description": repr(due),
+        }
+        return json.dumps(event if batch == 1 else {"events": [event] * batch}).encode()
     return json.dumps(
         {"id": f"evt_{i:032x}", "t": repr(due), "text": "New rule violation: bench-rule"}
     ).encode()
@@ -158,7 +158,7 @@ async def run(args: argparse.Namespace) -> dict[str, object]:
                 delay = due - time.time()
                 if delay > 0:
                     await asyncio.sleep(delay)
-            data = build_request(host, path, make_body(args.body_kind, i, due), extra)
+            data = build_request(host, path, make_body(args.body_kind, i, due, args.batch), extra)
             try:
                 status = await asyncio.wait_for(conn.request(data), 60)
             except (ConnectionError, TimeoutError) as exc:
@@ -198,6 +198,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--connections", type=int, default=32)
     parser.add_argument("--rate", type=float, default=0.0, help="requests/s (open loop)")
     parser.add_argument("--body-kind", choices=("event", "webhook"), default="event")
+    parser.add_argument("--batch", type=int, default=1, help="events per POST (event bodies)")
     parser.add_argument("--max-seconds", type=float, default=300.0)
     parser.add_argument(
         "--header", action="append", default=[], help='an extra header, "Name: value"'
