@@ -1,8 +1,8 @@
 """Durable deliveries per second and latency of `reconciler serve`, against a bare HTTP client.
 
     .venv/bin/python bench/bench_dispatch.py [--deliveries 20000] [--webhooks 1,10]
-        [--concurrency 50,200] [--processes 1,2] [--repeat 3] [--latency-rate 500]
-        [--latency-seconds 10]
+        [--batch 1] [--concurrency 50,200] [--processes 1,2] [--repeat 3]
+        [--latency-rate 500] [--latency-seconds 10]
 
 Every process talks over loopback (127.0.0.1) only, every loop is bounded in
 count and in time. One run measures, in this order:
@@ -28,7 +28,9 @@ count and in time. One run measures, in this order:
             addresses; its log, INFO per attempt, to a file); wrk -t1
             (bench/loadgen.py where wrk is not installed) posts N/K events to
             /v1/events over 32 keep-alive connections as fast as they are
-            taken; measured from the first POST to the arrival at the sink of
+            taken (with --batch B, B events per POST to /v1/events/batch; each
+            of the --batch values is a run of its own for each K);
+            measured from the first POST to the arrival at the sink of
             the last of the N deliveries. Afterwards the database must hold N
             deliveries, all 'delivered'. From /proc: CPU seconds of each
             process (the dispatcher's main threads and its other threads,

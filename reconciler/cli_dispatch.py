@@ -96,7 +96,8 @@ def serve_command(
 ) -> None:
     """Run the dispatcher: the HTTP API and the delivery workers.
 
-    POST /v1/events queues an event; workers send one request per matching
+    POST /v1/events queues an event (POST /v1/events/batch up to 500 at
+    once, all stored or none); workers send one request per matching
     webhook, retry on 429/5xx/timeouts with backoff, and record every attempt.
     Changes applied while it runs take effect without a restart. SIGTERM stops
     claiming, lets in-flight requests finish within --grace and releases the rest.
