@@ -73,7 +73,8 @@ def _policy(allow_private: bool, cidrs: tuple[str, ...]) -> NetworkPolicy:
     type=click.FloatRange(0),
     default=20.0,
     show_default=True,
-    help="Seconds in-flight requests may take to finish on SIGTERM.",
+    help="Seconds in-flight requests may take to finish on SIGTERM; a request cut off "
+    "then is recorded as an interrupted attempt and sent again.",
 )
 @click.option(
     "--processes",

@@ -28,6 +28,7 @@ from reconciler.dispatch.app import create_app
 from reconciler.dispatch.events import MAX_EVENT_BYTES
 from reconciler.dispatch.sender import Sender
 from reconciler.dispatch.service import Dispatcher
+from reconciler.dispatch.worker import INTERRUPTED
 from reconciler.store.sqlite import SqliteStore
 
 T = TypeVar("T")
@@ -664,7 +665,7 @@ def test_a_running_dispatcher_delivers_and_stops_cleanly(
     assert [r.status for r in store.deliveries(event_id="e1")] == ["delivered"]
 
 
-def test_stopping_releases_what_is_still_in_flight(
+def test_stopping_past_the_grace_records_the_cut_attempt_and_releases_it(
     store: SqliteStore, clock: FakeClock, httpx_mock: HTTPXMock
 ) -> None:
     async def scenario(api: Api) -> None:
@@ -685,7 +686,14 @@ def test_stopping_releases_what_is_still_in_flight(
 
     call(store, clock, scenario)
     (record,) = store.deliveries(event_id="e1")
-    assert (record.status, record.attempts, record.due_at) == ("pending", 0, START + 5)
+    assert (record.status, record.attempts, record.due_at) == ("pending", 1, START + 5)
+    found = store.delivery(record.id)
+    assert found is not None
+    (attempt,) = found[1]
+    assert (attempt.outcome, attempt.status, attempt.started_at) == ("retry", None, START)
+    assert attempt.duration_ms == 5000
+    assert attempt.error == INTERRUPTED
+    assert record.last_error == INTERRUPTED
 
 
 def test_healthz(store: SqliteStore, clock: FakeClock) -> None:

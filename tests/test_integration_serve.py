@@ -26,6 +26,7 @@ from receiver import DEADLINE, Receiver, hang, hold, ok, status
 from serve_process import ALLOW_LOOPBACK, Server, eventually, rows
 
 from reconciler.apply import ApplyOptions, changes_to_writes
+from reconciler.dispatch.worker import INTERRUPTED
 from reconciler.loader import load_definitions
 from reconciler.plan import make_plan
 from reconciler.store.sqlite import SqliteStore
@@ -406,11 +407,15 @@ def test_sigterm_past_the_grace_releases_unfinished_deliveries_for_the_next_proc
     assert len(records) == 3
     cut_ids = {r.header("webhook-id") for r in cut_short}
     for delivery_id, record in records.items():
-        # Released, due again at once, for any process; the one never started is untouched.
+        # Due again at once, for any process: the two cut short with their attempt
+        # recorded as interrupted, the one never started untouched.
         assert record["status"] == "pending", record
         assert (record["lease_owner"], record["lease_expires"]) == (None, None), record
-        if delivery_id not in cut_ids:
-            assert record["attempts"] == 0, record
+        cut = delivery_id in cut_ids
+        assert record["attempts"] == (1 if cut else 0), record
+        assert record["last_error"] == (INTERRUPTED if cut else None), record
+    recorded = project.rows("SELECT delivery_id, outcome, error FROM attempts")
+    assert sorted(recorded) == sorted((d, "retry", INTERRUPTED) for d in cut_ids)
 
     receiver.script("/slow", ok())
     gate.set()

@@ -38,6 +38,10 @@ log = logging.getLogger("reconciler.dispatch")
 
 DEFAULT_TIMEOUT = 15.0
 LEASE_MARGIN = 30.0  # a lease outlives the longest request by this much
+INTERRUPTED = (
+    "interrupted: the dispatcher shut down before the receiver answered "
+    "(it may have the request); due again at once"
+)
 T = TypeVar("T")
 
 
@@ -174,10 +178,15 @@ class Worker:
                     if trouble.ready():
                         unrecorded = await self._record(unrecorded, trouble)
         except asyncio.CancelledError:
-            # Out of grace: abandon the requests; their deliveries are released.
+            # Out of grace: abandon the requests. Each one cut short is recorded as an
+            # interrupted attempt (_deliver), with the outcomes not yet recorded; the
+            # deliveries still waiting for a slot are released by the caller.
             for task in in_flight:
                 task.cancel()
-            await asyncio.gather(*in_flight, return_exceptions=True)
+            ended = await asyncio.gather(*in_flight, return_exceptions=True)
+            unrecorded += [r for r in ended if isinstance(r, AttemptResult)]
+            if unrecorded:
+                await self._record(unrecorded, trouble)  # on failure: logged; leases expire
             raise
 
     async def _claim(self, limit: int, trouble: _StoreTrouble) -> list[Claim]:
@@ -211,6 +220,20 @@ class Worker:
             started = self.clock()
             try:
                 result = await self._attempt(claim, started)
+            except asyncio.CancelledError:
+                # Shutdown's grace ran out while the request was out: the receiver may
+                # or may not have it. Recorded, and due again at once, so the log shows
+                # what happened; the next send has the same webhook-id.
+                ended = self.clock()
+                result = AttemptResult(
+                    claim.delivery_id,
+                    claim.attempt,
+                    started,
+                    (ended - started) * 1000,
+                    "retry",
+                    error=INTERRUPTED,
+                    next_due=ended,
+                )
             except Exception:  # a bug must fail one delivery, not stop the worker
                 log.exception("delivery %s failed unexpectedly", claim.delivery_id)
                 result = AttemptResult(
