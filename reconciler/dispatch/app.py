@@ -181,8 +181,7 @@ def create_app(dispatcher: Dispatcher) -> DispatcherAPI:
         for index, event in enumerate(batch.events):
             if not access.sees(event.organization):
                 raise auth.forbidden(f"events.{index}: {access.out_of_scope(event.organization)}")
-        results = await dispatcher.accept_batch(batch.events)
-        return {"results": [result.as_json() for result in results]}
+        return fast_intake.batch_answer(await dispatcher.accept_batch(batch.events))
 
     @app.get(
         "/v1/deliveries",

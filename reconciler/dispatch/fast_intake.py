@@ -28,6 +28,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from reconciler.dispatch.auth import AuthError, Guard
 from reconciler.dispatch.events import BatchIn, EventIn
 from reconciler.dispatch.service import Dispatcher
+from reconciler.store.queue import IntakeResult
 
 PATH = "/v1/events"
 BATCH_PATH = "/v1/events/batch"
@@ -109,8 +110,12 @@ class FastIntake:
             return None
         if path == PATH:
             return (await self.dispatcher.accept(events[0])).as_json()
-        results = await self.dispatcher.accept_batch(events)
-        return {"results": [result.as_json() for result in results]}
+        return batch_answer(await self.dispatcher.accept_batch(events))
+
+
+def batch_answer(results: list[IntakeResult]) -> dict[str, Any]:
+    """The 202 body of POST /v1/events/batch, here and in the route."""
+    return {"results": [result.as_json() for result in results]}
 
 
 async def _read(receive: Receive) -> tuple[list[Message], bytes | None]:
