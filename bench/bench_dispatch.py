@@ -1,7 +1,8 @@
 """Durable deliveries per second and latency of `reconciler serve`, against a bare HTTP client.
 
     .venv/bin/python bench/bench_dispatch.py [--deliveries 20000] [--webhooks 1,10]
-        [--batch 1] [--concurrency 50,200] [--processes 1,2] [--repeat 3]
+        [--batch 1] [--intake-connections 128] [--concurrency 50,200]
+        [--processes 1,2] [--repeat 3]
         [--latency-rate 500] [--latency-seconds 10]
 
 Every process talks over loopback (127.0.0.1) only, every loop is bounded in
@@ -27,9 +28,11 @@ count and in time. One run measures, in this order:
             subprocess (with `--allow-cidr 127.0.0.1/32` where it guards
             addresses; its log, INFO per attempt, to a file); wrk -t1
             (bench/loadgen.py where wrk is not installed) posts N/K events to
-            /v1/events over 32 keep-alive connections as fast as they are
-            taken (with --batch B, B events per POST to /v1/events/batch; each
-            of the --batch values is a run of its own for each K);
+            /v1/events over --intake-connections keep-alive connections (128:
+            with fewer, the producer waits on the intake's commits and the
+            dispatcher's CPU idles) as fast as they are taken (with --batch B,
+            B events per POST to /v1/events/batch; each --batch and
+            --intake-connections value is a run of its own for each K);
             measured from the first POST to the arrival at the sink of
             the last of the N deliveries. Afterwards the database must hold N
             deliveries, all 'delivered'. From /proc: CPU seconds of each
@@ -83,7 +86,8 @@ if str(ROOT) not in sys.path:
 GOAL_RATE = 2500.0
 GOAL_RATIO = 0.5
 GOAL_P99_MS = 200.0
-LOADGEN_CONNECTIONS = 32
+LOADGEN_CONNECTIONS = 32  # the latency run's open-loop generator
+INTAKE_CONNECTIONS = 128
 HTTPX_REQUESTS = 1000  # httpx's default transport: slow, fewer requests
 BARE_KINDS: list[tuple[str, int]] = []  # (client, requests), set from the arguments
 RUN_LIMIT_SECONDS = 300.0  # no single measurement may take longer
@@ -368,10 +372,15 @@ def _wait_for_output(proc: subprocess.Popen[bytes], pattern: bytes, timeout: flo
 
 
 def intake_load(
-    url: str, events: int, token: str | None, workdir: Path, batch: int = 1
+    url: str,
+    events: int,
+    token: str | None,
+    workdir: Path,
+    batch: int = 1,
+    connections: int = INTAKE_CONNECTIONS,
 ) -> dict[str, Any]:
     """Post `events` events to `url` (the dispatcher) as fast as they are taken, over
-    LOADGEN_CONNECTIONS connections, `batch` events per POST (1: to /v1/events, more:
+    `connections` connections, `batch` events per POST (1: to /v1/events, more:
     to /v1/events/batch): with wrk where installed (it spends a fraction of the CPU
     bench/loadgen.py does, and the CPU is shared with what is measured), else with
     bench/loadgen.py. The same summary either way, counted in events."""
@@ -381,9 +390,7 @@ def intake_load(
     if not shutil.which("wrk"):
         path = "/v1/events" if batch == 1 else "/v1/events/batch"
         result = loadgen_result(
-            loadgen(
-                f"{url}{path}", posts, connections=LOADGEN_CONNECTIONS, token=token, batch=batch
-            )
+            loadgen(f"{url}{path}", posts, connections=connections, token=token, batch=batch)
         )
         result["statuses"] = {code: count * batch for code, count in result["statuses"].items()}
         result["rate"] *= batch
@@ -393,7 +400,7 @@ def intake_load(
     before = resource.getrusage(resource.RUSAGE_CHILDREN)
     started = time.time()
     proc = subprocess.Popen(
-        ["wrk", "-t1", f"-c{LOADGEN_CONNECTIONS}", f"-d{RUN_LIMIT_SECONDS:g}s",
+        ["wrk", "-t1", f"-c{connections}", f"-d{RUN_LIMIT_SECONDS:g}s",
          "--timeout", "60s", "-s", str(script), url, "--", str(posts),
          f"Bearer {token}" if token else "", str(batch)],
         stdout=subprocess.PIPE,
@@ -665,6 +672,7 @@ class DurableRun:
     disk_bytes: float = 0.0  # written to storage by the dispatcher, per delivery
     processes: int = 1  # serve --processes
     batch: int = 1  # events per POST
+    connections: int = INTAKE_CONNECTIONS  # the producer's, to the intake
 
     @property
     def cpu_us(self) -> float:
@@ -682,10 +690,11 @@ def durable(
     deliveries: int,
     processes: int = 1,
     batch: int = 1,
+    connections: int = INTAKE_CONNECTIONS,
 ) -> DurableRun:
     events = deliveries // webhooks // batch * batch
     expected = events * webhooks
-    tag = f"k{webhooks}-b{batch}-c{concurrency}-p{processes}"
+    tag = f"k{webhooks}-b{batch}-i{connections}-c{concurrency}-p{processes}"
     served = start_serve(template, workdir, concurrency, tag, processes)
     try:
         sink.reset()
@@ -693,7 +702,7 @@ def durable(
         busy0, steal0 = machine_busy()
         disk0 = tree_disk_written(served.proc.pid)
         wall0 = time.time()
-        intake = intake_load(served.url, events, template.token, workdir, batch)
+        intake = intake_load(served.url, events, template.token, workdir, batch, connections)
         seen = sink.wait_for(expected, RUN_LIMIT_SECONDS)
         serve1, sink1 = tree_cpu(served.proc.pid), cpu_seconds(sink.proc.pid)
         busy1, steal1 = machine_busy()
@@ -732,6 +741,7 @@ def durable(
         (disk1 - disk0) / expected,
         processes,
         batch,
+        connections,
     )
 
 
@@ -808,6 +818,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--batch", default="1", help="events per POST, a list (more than 1: /v1/events/batch)"
     )
+    parser.add_argument(
+        "--intake-connections",
+        default=str(INTAKE_CONNECTIONS),
+        help="the producer's keep-alive connections to the intake, a list",
+    )
     parser.add_argument("--repeat", type=int, default=3)
     parser.add_argument("--latency-rate", type=float, default=500.0)
     parser.add_argument("--latency-seconds", type=float, default=10.0)
@@ -826,7 +841,12 @@ def main(argv: list[str] | None = None) -> int:
                      ("httpx", HTTPX_REQUESTS)]  # fmt: skip
     concurrencies = [int(x) for x in args.concurrency.split(",")]
     layouts = [int(x) for x in args.processes.split(",")]
-    shapes = [(k, int(b)) for k in fanouts for b in args.batch.split(",")]  # (K, batch)
+    shapes = [  # (K, events per POST, intake connections)
+        (k, int(b), int(i))
+        for k in fanouts
+        for b in args.batch.split(",")
+        for i in args.intake_connections.split(",")
+    ]
     n = args.deliveries
     import aiohttp
     import httpx
@@ -857,7 +877,7 @@ def main(argv: list[str] | None = None) -> int:
                 print(f"sink, {c} connections: " + " ".join(fmt_rate(r) for r in rates), flush=True)
 
             bare: dict[tuple[str, int, int], list[dict[str, Any]]] = {}
-            runs: dict[tuple[int, int, int, int], list[DurableRun]] = {}
+            runs: dict[tuple[int, int, int, int, int], list[DurableRun]] = {}
             for rep in range(args.repeat):
                 for c in concurrencies:
                     for p in layouts:
@@ -871,12 +891,12 @@ def main(argv: list[str] | None = None) -> int:
                                 f"{r['cpu_us']:.0f} µs/request)",
                                 flush=True,
                             )
-                        for k, b in shapes:
-                            d = durable(sink, templates[k], work, k, c, n, p, b)
-                            runs.setdefault((k, b, c, p), []).append(d)
+                        for k, b, i in shapes:
+                            d = durable(sink, templates[k], work, k, c, n, p, b, i)
+                            runs.setdefault((k, b, i, c, p), []).append(d)
                             cpu = ", ".join(f"{name} {s:.1f}" for name, s in d.cpu.items())
                             print(
-                                f"[{rep + 1}] durable K={k:<3} B={b:<3} c={c:<4} p={p} "
+                                f"[{rep + 1}] durable K={k:<3} B={b:<3} I={i:<4} c={c:<4} p={p} "
                                 f"{fmt_rate(d.rate):>9} in {d.seconds:.1f} s (intake "
                                 f"{fmt_rate(d.intake_rate)}; cpu s: {cpu}; {d.cpu_us:.0f} "
                                 f"µs/delivery; {d.disk_bytes / 1024:.1f} KiB/delivery "
@@ -888,7 +908,7 @@ def main(argv: list[str] | None = None) -> int:
             def med_bare(kind: str, c: int, p: int = 1) -> float:
                 return statistics.median(r["rate"] for r in bare[(kind, c, p)])
 
-            def med_durable(shape: tuple[int, int], c: int, p: int) -> float:
+            def med_durable(shape: tuple[int, int, int], c: int, p: int) -> float:
                 return statistics.median(r.rate for r in runs[(*shape, c, p)])
 
             setups = [(c, p) for c in concurrencies for p in layouts]
@@ -903,7 +923,10 @@ def main(argv: list[str] | None = None) -> int:
                 sink,
                 templates[1],
                 work,
-                best_single.get((1, 1), concurrencies[0]),
+                next(
+                    (c for (k, b, _), c in best_single.items() if (k, b) == (1, 1)),
+                    concurrencies[0],
+                ),
                 args.latency_rate,
                 args.latency_seconds,
             )
@@ -943,16 +966,17 @@ def main(argv: list[str] | None = None) -> int:
     print(f"\nDurable deliveries, intake to 2xx, {n:,} per run, median of {args.repeat}; the "
           "bare client runs as many processes as the dispatcher:\n")  # fmt: skip
     print(
-        "| K | events per POST | concurrency | processes | deliveries/s | spread "
+        "| K | events per POST | intake connections | concurrency | processes "
+        "| deliveries/s | spread "
         "| intake events/s | bare client "
         "| ratio | of the sink | dispatcher CPU per delivery | written to disk per delivery "
         "| CPU s: dispatcher main / other threads / sink / load gen | other load |"
     )
-    print("|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|---:|")
-    for k, b in shapes:
+    print("|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|---:|")
+    for k, b, i in shapes:
         for c in concurrencies:
             for p in layouts:
-                rs = runs[(k, b, c, p)]
+                rs = runs[(k, b, i, c, p)]
                 rates = sorted(r.rate for r in rs)
                 mid = sorted(rs, key=lambda r: r.rate)[len(rs) // 2]
                 cpu = " / ".join(f"{s:.1f}" for s in mid.cpu.values())
@@ -961,9 +985,10 @@ def main(argv: list[str] | None = None) -> int:
                 us = statistics.median(r.cpu_us for r in rs)
                 others = statistics.median(r.others for r in rs)
                 disk = statistics.median(r.disk_bytes for r in rs) / 1024
-                rate = med_durable((k, b), c, p)
+                rate = med_durable((k, b, i), c, p)
                 print(
-                    f"| {k} | {b} | {c} | {p} | {rate:,.0f}/s | {rates[0]:,.0f}–{rates[-1]:,.0f} "
+                    f"| {k} | {b} | {i} | {c} | {p} | {rate:,.0f}/s "
+                    f"| {rates[0]:,.0f}–{rates[-1]:,.0f} "
                     f"| {statistics.median(r.intake_rate for r in rs):,.0f}/s "
                     f"| {bare_rate:,.0f}/s | {rate / bare_rate:.2f}x | {rate / sink_rate:.3f}x "
                     f"| {us:,.0f} µs "
@@ -982,14 +1007,15 @@ def main(argv: list[str] | None = None) -> int:
 
     print()
     met = True
-    for k, b in shapes:
-        c, p = best[(k, b)]
-        rate = med_durable((k, b), c, p)
+    for k, b, i in shapes:
+        c, p = best[(k, b, i)]
+        rate = med_durable((k, b, i), c, p)
         ratio = rate / med_bare("sender", c, p)
         ok = rate >= GOAL_RATE and ratio >= GOAL_RATIO
         met &= ok
         print(
-            f"K={k}, {b} per POST: best --concurrency {c} --processes {p}: {rate:,.0f} "
+            f"K={k}, {b} per POST, {i} intake connections: best --concurrency {c} "
+            f"--processes {p}: {rate:,.0f} "
             "deliveries/s, "
             f"{ratio:.2f}x the bare client: {'met' if ok else 'MISSED'} (goal >= "
             f"{GOAL_RATE:,.0f}/s and >= {GOAL_RATIO}x)"
@@ -1006,8 +1032,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.json:
         results["bare"] = {f"{k}@{c}x{p}": v for (k, c, p), v in bare.items()}
         results["durable"] = {
-            f"K{k}B{b}@{c}x{p}": [{**r.__dict__, "cpu_us": r.cpu_us} for r in v]
-            for (k, b, c, p), v in runs.items()
+            f"K{k}B{b}I{i}@{c}x{p}": [{**r.__dict__, "cpu_us": r.cpu_us} for r in v]
+            for (k, b, i, c, p), v in runs.items()
         }
         results["latency"] = lat
         args.json.write_text(json.dumps(results, indent=2))
