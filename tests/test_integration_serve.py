@@ -12,6 +12,7 @@ import os
 import re
 import signal
 import subprocess
+import sys
 import threading
 import time
 from collections import defaultdict
@@ -506,3 +507,33 @@ def test_sigkill_mid_run_loses_no_accepted_event(
     assert duplicated, "the kill should have left at least one request to send again"
     assert restarted.process.poll() is None
     assert "took back" in restarted.log()  # release_dead: the dead process's leases, at once
+
+
+SETTLED = """
+import gc, json, weakref
+from reconciler.dispatch.service import settle_garbage_collector
+
+class Node:
+    pass
+
+settle_garbage_collector()
+freed = []
+cycle = Node()
+cycle.self = cycle
+weakref.finalize(cycle, freed.append, "cycle")
+del cycle
+gc.collect()
+print(json.dumps({"threshold": gc.get_threshold(), "frozen": gc.get_freeze_count(),
+                  "freed": freed}))
+"""
+
+
+def test_the_garbage_collector_serve_settles_still_frees_cycles() -> None:
+    # Process-wide settings: measured in a process of its own, not in pytest's.
+    done = subprocess.run(
+        [sys.executable, "-c", SETTLED], capture_output=True, text=True, timeout=60, check=True
+    )
+    seen = json.loads(done.stdout)
+    assert seen["threshold"] == [20_000, 10, 10]
+    assert seen["frozen"] > 10_000  # what was loaded is out of the collector's sight
+    assert seen["freed"] == ["cycle"]  # a cycle made afterwards is still collected

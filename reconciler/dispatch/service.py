@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 import logging
 import signal
 import socket
@@ -204,6 +205,25 @@ def event_loop_factory() -> Callable[[], asyncio.AbstractEventLoop] | None:
     return uvloop.new_event_loop
 
 
+# Objects allocated (net) between collections of the youngest generation; Python's
+# default is 700. Each older generation is collected every 10 of the one before.
+GC_YOUNG_THRESHOLD = 20_000
+
+
+def settle_garbage_collector() -> None:
+    """Tune the cyclic garbage collector for a long-running server, once its code and
+    app are loaded: what exists now (modules, the app, pydantic's and FastAPI's
+    schemas) moves out of the collector's sight for good (gc.freeze), and the young
+    generation is collected every 20,000 allocations rather than every 700. Every
+    request allocates many short-lived objects; with the defaults the collector
+    walked the young generation every few deliveries and, every hundredth time,
+    every object of the app. Memory stays bounded: reference counting frees nearly
+    everything at once, and cycles are still collected, less often."""
+    gc.collect()
+    gc.freeze()
+    gc.set_threshold(GC_YOUNG_THRESHOLD, 10, 10)
+
+
 @contextlib.contextmanager
 def _no_signal_capture() -> Iterator[None]:
     yield
@@ -241,6 +261,7 @@ async def serve(
         proxy_headers=False,
     )
     server = uvicorn.Server(config)
+    settle_garbage_collector()
     server.capture_signals = _no_signal_capture  # type: ignore[method-assign]
     loop = asyncio.get_running_loop()
 
