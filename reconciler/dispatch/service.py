@@ -16,6 +16,7 @@ import aiohttp
 import httpx
 
 from reconciler.dispatch.events import EventIn
+from reconciler.dispatch.logs import lines_per_turn
 from reconciler.dispatch.metrics import Metrics
 from reconciler.dispatch.sender import Sender
 from reconciler.dispatch.ssrf import GuardedResolver, NetworkPolicy
@@ -271,13 +272,14 @@ async def serve(
 
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, on_signal)
-    dispatcher.start()
-    serving = asyncio.create_task(server.serve(sockets=None if sock is None else [sock]))
-    while not server.started and not serving.done():
-        await asyncio.sleep(0.01)
-    if ready is not None and server.started:
-        ready(server.servers[0].sockets[0].getsockname()[1])
-    try:
-        await serving
-    finally:
-        await dispatcher.stop(grace)
+    with lines_per_turn(loop):
+        dispatcher.start()
+        serving = asyncio.create_task(server.serve(sockets=None if sock is None else [sock]))
+        while not server.started and not serving.done():
+            await asyncio.sleep(0.01)
+        if ready is not None and server.started:
+            ready(server.servers[0].sockets[0].getsockname()[1])
+        try:
+            await serving
+        finally:
+            await dispatcher.stop(grace)
