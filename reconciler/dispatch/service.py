@@ -217,8 +217,8 @@ def settle_garbage_collector() -> None:
     schemas) moves out of the collector's sight for good (gc.freeze), and the young
     generation is collected every 20,000 allocations rather than every 700. Every
     request allocates many short-lived objects; with the defaults the collector
-    walked the young generation every few deliveries and, every hundredth time,
-    every object of the app. Memory stays bounded: reference counting frees nearly
+    walked the young generation every few deliveries and, now and then, the
+    whole app. Memory stays bounded: reference counting frees nearly
     everything at once, and cycles are still collected, less often."""
     gc.collect()
     gc.freeze()
