@@ -80,7 +80,9 @@ def _render(spec: WebhookSpec, event: EventData, env: Mapping[str, str] | None) 
     resolve = _resolver(env)
 
     url = templates.substitute(spec.url, lambda n: _url_component(values[n]), resolve)
-    if env is not None:
+    # A URL with nothing substituted is the definition's own, which its model
+    # checked already.
+    if env is not None and url != spec.url:
         problem = url_problem(url)
         if problem:
             raise RenderError(f"the resolved url is not usable: it {problem}")

@@ -95,14 +95,14 @@ def sides(tmp_path: Path) -> Iterator[tuple[Side, Side]]:
 def taken(monkeypatch: pytest.MonkeyPatch) -> list[bool]:
     """One entry per request the fast path saw: True if it answered it itself."""
     seen: list[bool] = []
-    original = fast_intake.FastIntake._accept
+    original = fast_intake.FastIntake.answer
 
     async def spy(self: fast_intake.FastIntake, *args: Any) -> Any:
         result = await original(self, *args)
         seen.append(result is not None)
         return result
 
-    monkeypatch.setattr(fast_intake.FastIntake, "_accept", spy)
+    monkeypatch.setattr(fast_intake.FastIntake, "answer", spy)
     return seen
 
 

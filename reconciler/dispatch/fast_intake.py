@@ -19,6 +19,7 @@ refusal and its wording, and the OpenAPI document describes it.
 from __future__ import annotations
 
 import json
+from collections.abc import Iterable
 from email.message import Message as MimeHeader
 from typing import Any
 
@@ -56,23 +57,20 @@ class FastIntake:
         if limit is None or scope["method"] != "POST":
             await self.app(scope, receive, send)
             return
-        headers = _headers(scope)
+        headers = wanted_headers(scope["headers"])
         length = headers.get(b"content-length")
         if length is None or not length.isdigit() or int(length) > limit:
             await self.app(scope, receive, send)
             return
         messages, body = await _read(receive)
-        result = await self._accept(scope["path"], headers, body, limit)
-        if result is None:
+        content = None if body is None else await self.answer(scope["path"], headers, body)
+        if content is None:
 
             async def replay() -> Message:
                 return messages.pop(0) if messages else await receive()
 
             await self.app(scope, replay, send)
             return
-        content = json.dumps(
-            result, ensure_ascii=False, allow_nan=False, separators=(",", ":")
-        ).encode("utf-8")
         await send(
             {
                 "type": "http.response.start",
@@ -85,11 +83,10 @@ class FastIntake:
         )
         await send({"type": "http.response.body", "body": content})
 
-    async def _accept(
-        self, path: str, headers: dict[bytes, bytes], body: bytes | None, limit: int
-    ) -> dict[str, Any] | None:
-        """The answer once the events are queued, or None for the route to answer."""
-        if body is None or len(body) > limit:
+    async def answer(self, path: str, headers: dict[bytes, bytes], body: bytes) -> bytes | None:
+        """The 202 body once the events are queued, or None for the route to answer.
+        `path` is PATH or BATCH_PATH; `headers` as `wanted_headers` gives them."""
+        if len(body) > self.limits[path]:
             return None
         if not _json_content(headers.get(b"content-type")):
             return None
@@ -109,8 +106,12 @@ class FastIntake:
         if not access.may("send") or not all(access.sees(e.organization) for e in events):
             return None
         if path == PATH:
-            return (await self.dispatcher.accept(events[0])).as_json()
-        return batch_answer(await self.dispatcher.accept_batch(events))
+            result = (await self.dispatcher.accept(events[0])).as_json()
+        else:
+            result = batch_answer(await self.dispatcher.accept_batch(events))
+        return json.dumps(
+            result, ensure_ascii=False, allow_nan=False, separators=(",", ":")
+        ).encode("utf-8")
 
 
 def batch_answer(results: list[IntakeResult]) -> dict[str, Any]:
@@ -135,10 +136,10 @@ async def _read(receive: Receive) -> tuple[list[Message], bytes | None]:
 _WANTED = frozenset((b"content-length", b"content-type", b"authorization"))
 
 
-def _headers(scope: Scope) -> dict[bytes, bytes]:
+def wanted_headers(headers: Iterable[tuple[bytes, bytes]]) -> dict[bytes, bytes]:
     """The three headers the fast path reads (the first of each name)."""
     found: dict[bytes, bytes] = {}
-    for name, value in scope["headers"]:
+    for name, value in headers:
         name = name.lower()
         if name in _WANTED and name not in found:
             found[name] = value

@@ -246,10 +246,12 @@ async def serve(
     import uvicorn
 
     from reconciler.dispatch.app import create_app
+    from reconciler.dispatch.intake_protocol import protocol_for
 
     sender = make_sender(settings.concurrency, policy)
     dispatcher = Dispatcher(store, sender, settings=settings, policy=policy)
     app = create_app(dispatcher)
+    assert app.intake is not None
     # No proxy-header rewriting: nothing reads the client's address, and the
     # middleware would run on every event.
     config = uvicorn.Config(
@@ -260,6 +262,7 @@ async def serve(
         access_log=False,
         lifespan="off",
         proxy_headers=False,
+        http=protocol_for(app.intake),  # valid events answered on the connection
     )
     server = uvicorn.Server(config)
     settle_garbage_collector()
