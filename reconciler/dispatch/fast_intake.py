@@ -58,8 +58,7 @@ class FastIntake:
             await self.app(scope, receive, send)
             return
         headers = wanted_headers(scope["headers"])
-        length = headers.get(b"content-length")
-        if length is None or not length.isdigit() or int(length) > limit:
+        if not declared_within(headers, limit):
             await self.app(scope, receive, send)
             return
         messages, body = await _read(receive)
@@ -144,6 +143,13 @@ def wanted_headers(headers: Iterable[tuple[bytes, bytes]]) -> dict[bytes, bytes]
         if name in _WANTED and name not in found:
             found[name] = value
     return found
+
+
+def declared_within(headers: dict[bytes, bytes], limit: int) -> bool:
+    """Whether the request says how long its body is, and that is within `limit`: the
+    fast path reads no other body."""
+    length = headers.get(b"content-length")
+    return length is not None and length.isdigit() and int(length) <= limit
 
 
 def _json_content(value: bytes | None) -> bool:

@@ -30,7 +30,13 @@ from uvicorn.protocols.http.httptools_impl import (
     RequestResponseCycle,
 )
 
-from reconciler.dispatch.fast_intake import BATCH_PATH, PATH, FastIntake, wanted_headers
+from reconciler.dispatch.fast_intake import (
+    BATCH_PATH,
+    PATH,
+    FastIntake,
+    declared_within,
+    wanted_headers,
+)
 
 _CANDIDATES = {PATH.encode(): PATH, BATCH_PATH.encode(): BATCH_PATH}
 
@@ -54,10 +60,8 @@ class IntakeProtocol(HttpToolsProtocol):
         if path is None or url is None:
             super().on_headers_complete()
             return
-        limit = self.intake.limits[path]
         headers = wanted_headers(self.headers)
-        length = headers.get(b"content-length")
-        if length is None or not length.isdigit() or int(length) > limit:
+        if not declared_within(headers, self.intake.limits[path]):
             super().on_headers_complete()  # the route refuses it, unread
             return
         http_version = self.parser.get_http_version()
