@@ -176,14 +176,15 @@ def test_a_failing_batch_does_not_fail_what_was_committed_with_it(
 ) -> None:
     """Batches and single events arriving together share one transaction; if it
     fails, each is stored on its own, and only the failing one hears of it."""
-    original = store.add_events
+    for name in ("add_events", "add_events_and_claim"):  # shared, and one by one
+        original = getattr(store, name)
 
-    def add_events(records: list[EventRecord], now: float) -> Any:
-        if any(record.name == "poison" for record in records):
-            raise RuntimeError("the store refused")
-        return original(records, now)
+        def refusing(records: list[EventRecord], *args: Any, original: Any = original) -> Any:
+            if any(record.name == "poison" for record in records):
+                raise RuntimeError("the store refused")
+            return original(records, *args)
 
-    monkeypatch.setattr(store, "add_events", add_events)
+        monkeypatch.setattr(store, name, refusing)
 
     async def scenario(api: Api) -> list[httpx.Response]:
         return list(

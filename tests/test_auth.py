@@ -36,7 +36,7 @@ from hypothesis import strategies as st
 
 from reconciler import tokens
 from reconciler.dispatch.app import create_app
-from reconciler.dispatch.auth import CACHE_SECONDS, UNAUTHORIZED
+from reconciler.dispatch.auth import CACHE_SECONDS, UNAUTHORIZED, AuthError, Guard
 from reconciler.dispatch.sender import Sender
 from reconciler.dispatch.service import Dispatcher
 from reconciler.store.queue import AttemptResult, EventRecord
@@ -507,3 +507,105 @@ def test_serve_with_tokens_from_the_cli(tmp_path: Path) -> None:
     assert "Traceback" not in err
     for secret in (publisher, auditor, revoked):
         assert secret not in err  # never logged
+
+
+class _CountingDatabase:
+    """Store calls as the dispatcher's database thread makes them, counted, each
+    held until `opened` is set."""
+
+    def __init__(self, store: SqliteStore) -> None:
+        self.store = store
+        self.calls = 0
+        self.opened = asyncio.Event()
+        self.fail: Exception | None = None
+
+    async def run(self, call: Callable[..., Any], *args: Any) -> Any:
+        self.calls += 1
+        await self.opened.wait()
+        if self.fail is not None:
+            raise self.fail
+        return call(*args)
+
+
+@dataclass
+class _GuardHost:
+    db: _CountingDatabase
+    now: float
+
+    def clock(self) -> float:
+        return self.now
+
+
+def _guarded(world: World) -> tuple[Guard, _CountingDatabase, str]:
+    secret = world.headers("publisher@acme")["Authorization"].removeprefix("Bearer ")
+    db = _CountingDatabase(world.store)
+    return Guard(_GuardHost(db, world.clock.now)), db, secret  # type: ignore[arg-type]
+
+
+def test_requests_missing_the_cache_together_share_one_lookup(world: World) -> None:
+    guard, db, secret = _guarded(world)
+
+    async def main() -> list[Any]:
+        waiting = [asyncio.ensure_future(guard.authenticate(secret)) for _ in range(50)]
+        await asyncio.sleep(0)
+        db.opened.set()
+        return await asyncio.gather(*waiting)
+
+    accesses = asyncio.run(main())
+    assert db.calls == 1
+    assert {access.may("send") for access in accesses} == {True}
+    assert {access.sees("acme") for access in accesses} == {True}
+
+
+def test_one_request_leaving_does_not_end_the_lookup_the_others_wait_for(world: World) -> None:
+    guard, db, secret = _guarded(world)
+
+    async def main() -> tuple[bool, list[Any]]:
+        first = asyncio.ensure_future(guard.authenticate(secret))
+        others = [asyncio.ensure_future(guard.authenticate(secret)) for _ in range(3)]
+        await asyncio.sleep(0)
+        first.cancel()  # the client that started the lookup goes away
+        await asyncio.sleep(0)
+        db.opened.set()
+        results = await asyncio.gather(*others)
+        return first.cancelled(), results
+
+    cancelled, accesses = asyncio.run(main())
+    assert cancelled
+    assert db.calls == 1
+    assert [access.may("send") for access in accesses] == [True, True, True]
+
+
+def test_a_failed_shared_lookup_fails_each_waiter_and_the_next_request_looks_again(
+    world: World,
+) -> None:
+    guard, db, secret = _guarded(world)
+    db.fail = RuntimeError("the state is unreachable")
+
+    async def main() -> tuple[list[Any], Any]:
+        waiting = [asyncio.ensure_future(guard.authenticate(secret)) for _ in range(3)]
+        await asyncio.sleep(0)
+        db.opened.set()
+        failures = await asyncio.gather(*waiting, return_exceptions=True)
+        db.fail = None
+        return failures, await guard.authenticate(secret)
+
+    failures, access = asyncio.run(main())
+    assert [str(f) for f in failures] == ["the state is unreachable"] * 3
+    assert db.calls == 2
+    assert access.may("send")
+
+
+def test_an_unknown_token_looked_up_together_is_refused_for_each(world: World) -> None:
+    guard, db, _ = _guarded(world)
+    unknown = "rcn_" + "A" * 43
+
+    async def main() -> list[Any]:
+        waiting = [asyncio.ensure_future(guard.authenticate(unknown)) for _ in range(3)]
+        await asyncio.sleep(0)
+        db.opened.set()
+        return await asyncio.gather(*waiting, return_exceptions=True)
+
+    refusals = asyncio.run(main())
+    assert db.calls == 1
+    assert [(type(r), r.status) for r in refusals] == [(AuthError, 401)] * 3

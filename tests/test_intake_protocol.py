@@ -341,6 +341,7 @@ def test_a_failing_store_answers_500_and_the_next_request_is_served(
                 raise sqlite3.OperationalError("disk I/O error")
 
             monkeypatch.setattr(served.store, "add_events", broken)
+            monkeypatch.setattr(served.store, "add_events_and_claim", broken)
             reader, writer = await served.connect()
             writer.write(served.request(body=event(1)))
             await writer.drain()
@@ -359,14 +360,14 @@ def test_shutdown_waits_for_an_event_being_stored(tmp_path: Path) -> None:
     async def test() -> None:
         async with serve(tmp_path) as served:
             storing, release = threading.Event(), threading.Event()
-            original = served.store.add_events
+            original = served.store.add_events_and_claim
 
             def slow(*args: Any) -> Any:
                 storing.set()
                 release.wait(30)
                 return original(*args)
 
-            served.store.add_events = slow  # type: ignore[method-assign]
+            served.store.add_events_and_claim = slow  # type: ignore[method-assign]
             reader, writer = await served.connect()
             writer.write(served.request(body=event()))
             await writer.drain()

@@ -194,6 +194,59 @@ class QueueContract:
         assert store.claim("w2", 10, NOW + 1, LEASE) == []
         assert len(store.claim("w2", 10, NOW + 60, LEASE)) == 2
 
+    def test_intake_can_store_new_deliveries_claimed_by_a_worker(self, store: Any) -> None:
+        store.add_event(event("seen"), NOW)
+        results, claims = store.add_events_and_claim(
+            [event("seen"), event("e1"), event("e2")], NOW, "w1", 3, LEASE
+        )
+
+        assert [(r.event_id, r.duplicate) for r in results] == [
+            ("seen", True),
+            ("e1", False),
+            ("e2", False),
+        ]
+        # up to the limit, in order; an event seen before hands nothing over
+        assert [(c.event.id, c.webhook) for c in claims] == [("e1", "a"), ("e1", "b"), ("e2", "a")]
+        live = {w.name: w for w in store.webhooks("acme")}
+        for c in claims:
+            assert (c.attempt, c.retry_number, c.paused_reason) == (1, 1, None)
+            assert c.event == event(c.event.id)
+            assert c.spec == live[c.webhook].spec
+        states = {r.id: r.status for r in store.deliveries()}
+        assert {states[c.delivery_id] for c in claims} == {"in_flight"}
+        assert sorted(states.values()) == ["in_flight"] * 3 + ["pending"] * 3
+        # leased as a claim leaves them: nobody else's until the lease runs out
+        left = store.claim("w2", 10, NOW, LEASE)
+        assert {c.delivery_id for c in left}.isdisjoint(c.delivery_id for c in claims)
+        assert len(left) == 3
+        assert store.claim("w2", 10, NOW + LEASE - 1, LEASE) == []
+        retaken = {c.delivery_id for c in store.claim("w2", 10, NOW + LEASE, LEASE)}
+        assert {c.delivery_id for c in claims} <= retaken
+
+    def test_claims_handed_over_by_intake_are_recorded_as_claimed_ones(self, store: Any) -> None:
+        _, claims = store.add_events_and_claim([event("e1")], NOW, "w1", 10, LEASE)
+        assert store.finish([result(c, "delivered", status=200) for c in claims], "w1", NOW) == 2
+        assert {r.status for r in store.deliveries()} == {"delivered"}
+        assert store.add_events_and_claim([event("e2")], NOW, "w1", 0, LEASE)[1] == []
+        assert {r.status for r in store.deliveries(event_id="e2")} == {"pending"}
+
+    def test_finish_and_claim_records_then_claims_in_one_go(self, store: Any) -> None:
+        store.add_event(event("e1"), NOW)
+        store.add_event(event("e2"), NOW + 1)
+        first = store.claim("w1", 2, NOW + 1, LEASE)
+        assert sorted(c.event.id for c in first) == ["e1", "e1"]
+        done = [result(first[0], "delivered", status=200), result(first[1], "retry", next_due=NOW)]
+
+        nxt = store.finish_and_claim(done, "w1", NOW + 2, 3, LEASE)
+
+        # the retry due at once is claimable again in the same transaction
+        assert sorted((c.event.id, c.attempt) for c in nxt) == [("e1", 2), ("e2", 1), ("e2", 1)]
+        assert by_webhook(store.deliveries(event_id="e1"))[first[0].webhook].status == "delivered"
+        assert store.finish_and_claim([], "w1", NOW + 2, 0, LEASE) == []
+        # a result for a delivery no longer leased to the owner is ignored, as by finish
+        assert store.finish_and_claim([result(first[0], "failed")], "w1", NOW + 3, 5, LEASE) == []
+        assert by_webhook(store.deliveries(event_id="e1"))[first[0].webhook].status == "delivered"
+
     def test_claim_takes_at_most_limit(self, store: Any) -> None:
         for n in range(3):
             store.add_event(event(f"e{n}"), NOW + n)

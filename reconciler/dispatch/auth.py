@@ -12,11 +12,14 @@ checks that need the request's data (an event's organization, a delivery's).
 
 Verified tokens are kept for CACHE_SECONDS (by the dispatcher's clock), so a
 burst of events costs one lookup; expiry is checked on every request, and a
-revocation reaches every running dispatcher within CACHE_SECONDS.
+revocation reaches every running dispatcher within CACHE_SECONDS. Requests that
+find a token missing from the cache at the same moment (every connection of a
+busy producer, each time the cache time runs out) wait for one lookup together.
 """
 
 from __future__ import annotations
 
+import asyncio
 from typing import TYPE_CHECKING, Annotated, Any, cast
 
 from fastapi import Depends, FastAPI, Request
@@ -102,6 +105,7 @@ class Guard:
     def __init__(self, dispatcher: Dispatcher) -> None:
         self._dispatcher = dispatcher
         self._cache: dict[str, tuple[TokenRecord, float]] = {}
+        self._looking: dict[str, asyncio.Future[TokenRecord | None]] = {}  # under way
 
     def require(self, permission: Permission | None = None) -> Any:
         return Depends(Require(self, permission))
@@ -119,6 +123,20 @@ class Guard:
         cached = self._cache.get(digest)
         if cached is not None and now - cached[1] < CACHE_SECONDS:
             return cached[0]
+        looking = self._looking.get(digest)
+        if looking is None:
+            looking = self._looking[digest] = asyncio.ensure_future(self._find(digest, now))
+            looking.add_done_callback(lambda task: self._looked(digest, task))
+        # Shielded: a request that goes away stops waiting, not the others' lookup.
+        return await asyncio.shield(looking)
+
+    def _looked(self, digest: str, task: asyncio.Future[TokenRecord | None]) -> None:
+        if self._looking.get(digest) is task:
+            del self._looking[digest]
+        if not task.cancelled():
+            task.exception()  # seen here, should every waiter have gone
+
+    async def _find(self, digest: str, now: float) -> TokenRecord | None:
         db = self._dispatcher.db
         store = cast(TokenStore, db.store)
         record = await db.run(tokens.find_by_hash, store, digest)

@@ -100,13 +100,9 @@ class Dispatcher:
         if self._flushing is None or self._flushing.done():
             self._flushing = asyncio.create_task(self._flush_intake())
         results = await future
-        queued = False
         for event, result in zip(events, results, strict=True):
             if not result.duplicate:
                 self.metrics.event_received(event.organization, event.type.value)
-                queued = queued or result.deliveries > 0
-        if queued:
-            self.wake()
         return results
 
     async def metrics_text(self) -> str:
@@ -125,17 +121,28 @@ class Dispatcher:
                 size += len(self._intake[take][0])
                 take += 1
             units, self._intake = self._intake[:take], self._intake[take:]
+            # The worker takes what it has room for at once: those deliveries are
+            # stored leased to it and handed over at commit, the rest wait their turn.
+            room = self.worker.reserve()
             try:
-                results = await self.db.run(
-                    self.db.store.add_events,
+                results, handed = await self.db.run(
+                    self.db.store.add_events_and_claim,
                     [record for records, _ in units for record in records],
                     self.clock(),
+                    self.worker.owner,
+                    room,
+                    self.worker.lease(),
                 )
             except Exception:
                 # One bad batch must not fail its neighbours: store them one by one,
                 # and let only the failing ones hear of it.
+                self.worker.unreserve(room)
                 await self._store_one_by_one(units)
                 continue
+            self.worker.unreserve(room)
+            self.worker.hand(handed)
+            if _new_deliveries(results) > len(handed):
+                self.wake()
             start = 0
             for records, future in units:
                 if not future.done():
@@ -150,11 +157,14 @@ class Dispatcher:
                 if not future.done():
                     future.set_exception(exc)
             else:
+                if _new_deliveries(results):
+                    self.wake()
                 if not future.done():
                     future.set_result(results)
 
     def wake(self) -> None:
         """New work is due: workers look now rather than at their next poll."""
+        self.worker.notify()
         self._wake.set()
 
     def start(self) -> None:
@@ -193,6 +203,10 @@ class Dispatcher:
             log.info("released %d in-flight deliveries for another worker", released)
         await self.sender.aclose()
         self.db.close()
+
+
+def _new_deliveries(results: Sequence[IntakeResult]) -> int:
+    return sum(result.deliveries for result in results if not result.duplicate)
 
 
 def event_loop_factory() -> Callable[[], asyncio.AbstractEventLoop] | None:

@@ -113,6 +113,13 @@ class Worker:
         self.limiter = limiter or RateLimiter(share=1.0 / self.settings.processes)
         self.metrics = metrics or Metrics()
         self._specs: dict[str, WebhookSpec] = {}
+        # Deliveries intake stored leased to this worker (see reserve()).
+        self._in_flight: set[asyncio.Task[AttemptResult]] = set()
+        self._handed: list[Claim] = []
+        self._reserved = 0
+        self._taking = False  # run_forever is running, with no backlog due, not stopping
+        self._news = False  # deliveries came due in the queue since the last claim
+        self._wake: asyncio.Event | None = None
         self._limit = asyncio.Semaphore(self.settings.concurrency)
 
     async def run_once(self, event_id: str | None = None) -> int:
@@ -131,6 +138,43 @@ class Worker:
         await self.db.run(self.db.store.finish, results, self.owner, self.clock())
         return len(claims)
 
+    def notify(self) -> None:
+        """Deliveries are due in the queue: claim now rather than at the next poll."""
+        self._news = True
+        if self._wake is not None:
+            self._wake.set()
+
+    # -- deliveries handed over by intake ---------------------------------------------
+
+    def reserve(self) -> int:
+        """How many of the deliveries intake is about to store this worker takes at
+        once: intake stores them already leased to it (`owner`, `lease()`) and hands
+        them over with `hand()` when they are committed, so they go out without a
+        claim, that is without another transaction to wait for. None while the
+        worker has a backlog due (the queue's order comes first), is stopping, or is
+        not running. Each reservation ends with `unreserve()`."""
+        count = min(self._free(), self.settings.batch) if self._taking else 0
+        self._reserved += count
+        return count
+
+    def unreserve(self, count: int) -> None:
+        self._reserved -= count
+
+    def hand(self, claims: list[Claim]) -> None:
+        """Deliveries stored leased to this worker, to send now. A worker that has
+        stopped leaves them to the release at shutdown."""
+        if claims:
+            self._handed += claims
+            if self._wake is not None:
+                self._wake.set()
+
+    def lease(self) -> float:
+        return self._lease()
+
+    def _free(self) -> int:
+        taken = len(self._in_flight) + len(self._handed) + self._reserved
+        return max(0, self.settings.concurrency - taken)
+
     async def run_forever(self, stopping: Callable[[], bool], wake: asyncio.Event) -> None:
         """Keep up to `concurrency` requests in flight; claim as slots free up and
         record outcomes as they come, so one slow receiver holds one slot, not a batch.
@@ -143,7 +187,7 @@ class Worker:
         Returns once `stopping()` is true, nothing is in flight and every outcome is
         recorded.
         """
-        in_flight: set[asyncio.Task[AttemptResult]] = set()
+        in_flight = self._in_flight
         completed: list[asyncio.Task[AttemptResult]] = []  # finished, not yet looked at
         unrecorded: list[AttemptResult] = []
         trouble = _StoreTrouble(self.settings.poll_interval)
@@ -154,30 +198,53 @@ class Worker:
             completed.append(task)
             wake.set()
 
+        def start(claims: list[Claim]) -> None:
+            for claim in claims:
+                task = asyncio.create_task(self._deliver(claim))
+                task.add_done_callback(on_done)
+                in_flight.add(task)
+
+        def wanted() -> int:
+            return 0 if stopping() else min(self._free(), self.settings.batch)
+
+        # The last claim found fewer due than it asked for: until notify() or the
+        # poll, claiming again would find nothing.
+        drained = False
+        self._wake = wake
         try:
             while True:
+                woken, self._news = self._news, False
                 wake.clear()  # before claiming: a wake during the claim is not lost
-                if unrecorded and trouble.ready():
-                    unrecorded = await self._record(unrecorded, trouble)
-                free = self.settings.concurrency - len(in_flight)
-                if free > 0 and not stopping() and not unrecorded and trouble.ready():
-                    for claim in await self._claim(min(free, self.settings.batch), trouble):
-                        task = asyncio.create_task(self._deliver(claim))
-                        task.add_done_callback(on_done)
-                        in_flight.add(task)
-                if not in_flight and not unrecorded and stopping():
-                    return
-                if not completed:
-                    with contextlib.suppress(TimeoutError):
-                        async with asyncio.timeout(trouble.pause() or self.settings.poll_interval):
-                            await wake.wait()
+                if self._handed:
+                    handed, self._handed = self._handed, []
+                    start(handed)
                 if completed:
                     finished, completed[:] = completed[:], []
                     in_flight.difference_update(finished)
                     unrecorded += [task.result() for task in finished]
-                    if trouble.ready():
-                        unrecorded = await self._record(unrecorded, trouble)
+                limit = wanted()
+                if unrecorded and trouble.ready():
+                    # Recording the outcomes and claiming the slots they free are one
+                    # transaction, so a busy worker waits for the database once a turn.
+                    unrecorded, claims = await self._settle(unrecorded, limit, trouble)
+                    drained = len(claims) < limit
+                    start(claims)
+                elif limit and (woken or not drained) and not unrecorded and trouble.ready():
+                    claims = await self._claim(limit, trouble)
+                    drained = len(claims) < limit
+                    start(claims)
+                self._taking = drained and not stopping()
+                if not in_flight and not unrecorded and stopping():
+                    self._taking = False
+                    return
+                if not completed and not self._handed:
+                    with contextlib.suppress(TimeoutError):
+                        async with asyncio.timeout(trouble.pause() or self.settings.poll_interval):
+                            await wake.wait()
+                    if not wake.is_set():
+                        drained = False  # the poll: retries may have come due since
         except asyncio.CancelledError:
+            self._taking = False
             # Out of grace: abandon the requests. Each one cut short is recorded as an
             # interrupted attempt (_deliver), with the outcomes not yet recorded; the
             # deliveries still waiting for a slot are released by the caller.
@@ -211,6 +278,28 @@ class Worker:
             return results
         trouble.recovered()
         return []
+
+    async def _settle(
+        self, results: list[AttemptResult], limit: int, trouble: _StoreTrouble
+    ) -> tuple[list[AttemptResult], list[Claim]]:
+        """Record `results` and claim up to `limit` more, in one transaction; returns
+        what is still to record (all of it, on failure) and the claims."""
+        if not limit:
+            return await self._record(results, trouble), []
+        try:
+            claims = await self.db.run(
+                self.db.store.finish_and_claim,
+                results,
+                self.owner,
+                self.clock(),
+                limit,
+                self._lease(),
+            )
+        except Exception:
+            trouble.failed(f"recording {len(results)} attempts")
+            return results, []
+        trouble.recovered()
+        return [], claims
 
     def _lease(self) -> float:
         return 60.0 + LEASE_MARGIN  # definitions cap timeout at 60s

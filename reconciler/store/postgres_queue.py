@@ -38,14 +38,29 @@ class PostgresQueue:
         return self.add_events([event], now)[0]
 
     def add_events(self, events: Sequence[EventRecord], now: float) -> list[IntakeResult]:
+        return self.add_events_and_claim(events, now, "", 0, 0.0)[0]
+
+    def add_events_and_claim(
+        self, events: Sequence[EventRecord], now: float, owner: str, limit: int, lease: float
+    ) -> tuple[list[IntakeResult], list[Claim]]:
+        """add_events, with up to `limit` of the new deliveries stored claimed by
+        `owner` under a lease (see SqliteQueue)."""
         refuse_nul(events)
-        results = []
+        results: list[IntakeResult] = []
+        claims: list[Claim] = []
         with self._tx() as cur:
             for event in events:
-                results.append(self._add_event_in(cur, event, now))
-        return results
+                results.append(self._add_event_in(cur, event, now, (owner, limit, lease), claims))
+        return results, claims
 
-    def _add_event_in(self, cur: Any, event: EventRecord, now: float) -> IntakeResult:
+    def _add_event_in(
+        self,
+        cur: Any,
+        event: EventRecord,
+        now: float,
+        hand: tuple[str, int, float],
+        claims: list[Claim],
+    ) -> IntakeResult:
         cur.execute(
             "INSERT INTO events VALUES (%s, %s, %s, %s, %s, %s, %s, 0) ON CONFLICT (id) DO NOTHING",
             (
@@ -62,23 +77,31 @@ class PostgresQueue:
             cur.execute("SELECT deliveries FROM events WHERE id = %s", (event.id,))
             return IntakeResult(event.id, cur.fetchone()[0], duplicate=True)
         cur.execute(
-            "SELECT name FROM webhooks WHERE organization = %s AND paused_reason IS NULL "
+            "SELECT name, spec FROM webhooks WHERE organization = %s AND paused_reason IS NULL "
             "AND spec::jsonb ->> 'event' = %s "
             "AND coalesce((spec::jsonb ->> 'enabled')::boolean, true) ORDER BY name",
             (event.organization, event.type),
         )
-        names = [row[0] for row in cur.fetchall()]
-        if names:
+        webhooks = cur.fetchall()
+        if webhooks:
+            owner, limit, lease = hand
+            rows = []
+            for name, spec in webhooks:
+                row = (new_delivery_id(), event.id, event.organization, name, "pending", None, None)
+                if len(claims) < limit:
+                    row = (*row[:4], "in_flight", owner, now + lease)
+                    claims.append(Claim(row[0], 1, event, event.organization, name, spec, None))
+                rows.append((*row, now, now, now))
             cur.executemany(
-                "INSERT INTO deliveries (id, event_id, organization, webhook, status, attempts, "
-                "due_at, created_at, updated_at) VALUES (%s, %s, %s, %s, 'pending', 0, %s, %s, %s)",
-                [
-                    (new_delivery_id(), event.id, event.organization, n, now, now, now)
-                    for n in names
-                ],
+                "INSERT INTO deliveries (id, event_id, organization, webhook, status, "
+                "lease_owner, lease_expires, attempts, due_at, created_at, updated_at) "
+                "VALUES (%s, %s, %s, %s, %s, %s, %s, 0, %s, %s, %s)",
+                rows,
             )
-            cur.execute("UPDATE events SET deliveries = %s WHERE id = %s", (len(names), event.id))
-        return IntakeResult(event.id, len(names), duplicate=False)
+            cur.execute(
+                "UPDATE events SET deliveries = %s WHERE id = %s", (len(webhooks), event.id)
+            )
+        return IntakeResult(event.id, len(webhooks), duplicate=False)
 
     # -- claims ---------------------------------------------------------------
 
@@ -86,63 +109,68 @@ class PostgresQueue:
         self, owner: str, limit: int, now: float, lease: float, event_id: str | None = None
     ) -> list[Claim]:
         with self._tx(durable=False) as cur:
-            if event_id is not None:
-                ids = self._pick(
-                    cur,
-                    "event_id = %s AND ((status = 'pending' AND due_at <= %s) OR "
-                    "(status = 'in_flight' AND lease_expires <= %s))",
-                    (event_id, now, now),
-                    "due_at",
-                    limit,
-                )
-            else:
-                fresh = self._pick(
-                    cur,
-                    "status = 'pending' AND attempts = 0 AND due_at <= %s",
-                    (now,),
-                    "due_at",
-                    (limit + 1) // 2,
-                )
-                retries = self._pick(
-                    cur,
-                    "status = 'pending' AND attempts > 0 AND due_at <= %s",
-                    (now,),
-                    "due_at",
-                    limit - len(fresh),
-                )
-                ids = fresh + retries
-                if len(ids) < limit:
-                    ids += self._pick(
-                        cur,
-                        "status = 'pending' AND due_at <= %s AND NOT (id = ANY(%s))",
-                        (now, ids),
-                        "due_at",
-                        limit - len(ids),
-                    )
-                if len(ids) < limit:
-                    ids += self._pick(
-                        cur,
-                        "status = 'in_flight' AND lease_expires <= %s",
-                        (now,),
-                        "lease_expires",
-                        limit - len(ids),
-                    )
-            if not ids:
-                return []
-            cur.execute(
-                "UPDATE deliveries SET status = 'in_flight', lease_owner = %s, "
-                "lease_expires = %s, updated_at = %s WHERE id = ANY(%s)",
-                (owner, now + lease, now, ids),
+            return self._claim_in(cur, owner, limit, now, lease, event_id)
+
+    def _claim_in(
+        self, cur: Any, owner: str, limit: int, now: float, lease: float, event_id: str | None
+    ) -> list[Claim]:
+        if event_id is not None:
+            ids = self._pick(
+                cur,
+                "event_id = %s AND ((status = 'pending' AND due_at <= %s) OR "
+                "(status = 'in_flight' AND lease_expires <= %s))",
+                (event_id, now, now),
+                "due_at",
+                limit,
             )
-            cur.execute(
-                "SELECT d.id, d.attempts, e.id, e.type, e.organization, e.name, e.description, "
-                "e.time, d.organization, d.webhook, w.spec, w.paused_reason, d.retry_base "
-                "FROM deliveries d JOIN events e ON e.id = d.event_id "
-                "LEFT JOIN webhooks w ON w.organization = d.organization AND w.name = d.webhook "
-                "WHERE d.id = ANY(%s)",
-                (ids,),
+        else:
+            fresh = self._pick(
+                cur,
+                "status = 'pending' AND attempts = 0 AND due_at <= %s",
+                (now,),
+                "due_at",
+                (limit + 1) // 2,
             )
-            rows = cur.fetchall()
+            retries = self._pick(
+                cur,
+                "status = 'pending' AND attempts > 0 AND due_at <= %s",
+                (now,),
+                "due_at",
+                limit - len(fresh),
+            )
+            ids = fresh + retries
+            if len(ids) < limit:
+                ids += self._pick(
+                    cur,
+                    "status = 'pending' AND due_at <= %s AND NOT (id = ANY(%s))",
+                    (now, ids),
+                    "due_at",
+                    limit - len(ids),
+                )
+            if len(ids) < limit:
+                ids += self._pick(
+                    cur,
+                    "status = 'in_flight' AND lease_expires <= %s",
+                    (now,),
+                    "lease_expires",
+                    limit - len(ids),
+                )
+        if not ids:
+            return []
+        cur.execute(
+            "UPDATE deliveries SET status = 'in_flight', lease_owner = %s, "
+            "lease_expires = %s, updated_at = %s WHERE id = ANY(%s)",
+            (owner, now + lease, now, ids),
+        )
+        cur.execute(
+            "SELECT d.id, d.attempts, e.id, e.type, e.organization, e.name, e.description, "
+            "e.time, d.organization, d.webhook, w.spec, w.paused_reason, d.retry_base "
+            "FROM deliveries d JOIN events e ON e.id = d.event_id "
+            "LEFT JOIN webhooks w ON w.organization = d.organization AND w.name = d.webhook "
+            "WHERE d.id = ANY(%s)",
+            (ids,),
+        )
+        rows = cur.fetchall()
         return [
             Claim(
                 delivery_id=r[0],
@@ -170,54 +198,65 @@ class PostgresQueue:
         return [row[0] for row in cur.fetchall()]
 
     def finish(self, results: Sequence[AttemptResult], owner: str, now: float) -> int:
+        with self._tx(durable=False) as cur:
+            return self._finish_in(cur, results, owner, now)
+
+    def finish_and_claim(
+        self, results: Sequence[AttemptResult], owner: str, now: float, limit: int, lease: float
+    ) -> list[Claim]:
+        """finish(), then claim() up to `limit`, in one transaction (see SqliteQueue)."""
+        with self._tx(durable=False) as cur:
+            self._finish_in(cur, results, owner, now)
+            return self._claim_in(cur, owner, limit, now, lease, None) if limit > 0 else []
+
+    def _finish_in(self, cur: Any, results: Sequence[AttemptResult], owner: str, now: float) -> int:
         deferred = [r for r in results if r.outcome == "deferred"]
         results = [r for r in results if r.outcome != "deferred"]
-        with self._tx(durable=False) as cur:
-            if deferred:
-                cur.execute(
-                    "UPDATE deliveries d SET status = 'pending', due_at = v.due, "
-                    "lease_owner = NULL, lease_expires = NULL, updated_at = %s "
-                    "FROM unnest(%s::text[], %s::float8[]) AS v(id, due) "
-                    "WHERE d.id = v.id AND d.status = 'in_flight' AND d.lease_owner = %s",
-                    (now, [r.delivery_id for r in deferred], [r.next_due for r in deferred], owner),
-                )
-            if not results:
-                return 0
+        if deferred:
             cur.execute(
-                "UPDATE deliveries d SET status = v.status, attempts = d.attempts + v.delta, "
-                "due_at = v.due, lease_owner = NULL, lease_expires = NULL, updated_at = %s, "
-                "last_status = v.code, last_error = v.err "
-                "FROM unnest(%s::text[], %s::text[], %s::int[], %s::float8[], %s::int[], "
-                "%s::text[]) AS v(id, status, delta, due, code, err) "
-                "WHERE d.id = v.id AND d.status = 'in_flight' AND d.lease_owner = %s "
-                "RETURNING d.id",
-                (
-                    now,
-                    [r.delivery_id for r in results],
-                    [{"retry": "pending"}.get(r.outcome, r.outcome) for r in results],
-                    [1 if r.sent else 0 for r in results],
-                    [r.next_due for r in results],
-                    [r.status for r in results],
-                    [clean_text(r.error) for r in results],
-                    owner,
-                ),
+                "UPDATE deliveries d SET status = 'pending', due_at = v.due, "
+                "lease_owner = NULL, lease_expires = NULL, updated_at = %s "
+                "FROM unnest(%s::text[], %s::float8[]) AS v(id, due) "
+                "WHERE d.id = v.id AND d.status = 'in_flight' AND d.lease_owner = %s",
+                (now, [r.delivery_id for r in deferred], [r.next_due for r in deferred], owner),
             )
-            ours = {row[0] for row in cur.fetchall()}
-            recorded = [r for r in results if r.delivery_id in ours]
-            if recorded:
-                cur.executemany(
-                    f"INSERT INTO attempts ({ATTEMPT_COLUMNS}) "
-                    "VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s)",
-                    [attempt_row(r) for r in recorded],
+        if not results:
+            return 0
+        cur.execute(
+            "UPDATE deliveries d SET status = v.status, attempts = d.attempts + v.delta, "
+            "due_at = v.due, lease_owner = NULL, lease_expires = NULL, updated_at = %s, "
+            "last_status = v.code, last_error = v.err "
+            "FROM unnest(%s::text[], %s::text[], %s::int[], %s::float8[], %s::int[], "
+            "%s::text[]) AS v(id, status, delta, due, code, err) "
+            "WHERE d.id = v.id AND d.status = 'in_flight' AND d.lease_owner = %s "
+            "RETURNING d.id",
+            (
+                now,
+                [r.delivery_id for r in results],
+                [{"retry": "pending"}.get(r.outcome, r.outcome) for r in results],
+                [1 if r.sent else 0 for r in results],
+                [r.next_due for r in results],
+                [r.status for r in results],
+                [clean_text(r.error) for r in results],
+                owner,
+            ),
+        )
+        ours = {row[0] for row in cur.fetchall()}
+        recorded = [r for r in results if r.delivery_id in ours]
+        if recorded:
+            cur.executemany(
+                f"INSERT INTO attempts ({ATTEMPT_COLUMNS}) "
+                "VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s)",
+                [attempt_row(r) for r in recorded],
+            )
+        for r in recorded:
+            if r.pause_webhook:
+                cur.execute(
+                    "SELECT organization, webhook FROM deliveries WHERE id = %s",
+                    (r.delivery_id,),
                 )
-            for r in recorded:
-                if r.pause_webhook:
-                    cur.execute(
-                        "SELECT organization, webhook FROM deliveries WHERE id = %s",
-                        (r.delivery_id,),
-                    )
-                    org, name = cur.fetchone()
-                    self._pause(cur, org, name, r.pause_webhook, "dispatcher")
+                org, name = cur.fetchone()
+                self._pause(cur, org, name, r.pause_webhook, "dispatcher")
         return len(recorded)
 
     def release(self, owner: str, now: float) -> int:

@@ -182,11 +182,19 @@ class QueueStore(Protocol):
 
     def add_events(self, events: Sequence[EventRecord], now: float) -> list[IntakeResult]: ...
 
+    def add_events_and_claim(
+        self, events: Sequence[EventRecord], now: float, owner: str, limit: int, lease: float
+    ) -> tuple[list[IntakeResult], list[Claim]]: ...
+
     def claim(
         self, owner: str, limit: int, now: float, lease: float, event_id: str | None = None
     ) -> list[Claim]: ...
 
     def finish(self, results: Sequence[AttemptResult], owner: str, now: float) -> int: ...
+
+    def finish_and_claim(
+        self, results: Sequence[AttemptResult], owner: str, now: float, limit: int, lease: float
+    ) -> list[Claim]: ...
 
     def release(self, owner: str, now: float) -> int: ...
 

@@ -46,12 +46,25 @@ class SqliteQueue:
 
     def add_events(self, events: Sequence[EventRecord], now: float) -> list[IntakeResult]:
         """add_event for many events in one transaction (the intake's group commit)."""
+        return self.add_events_and_claim(events, now, "", 0, 0.0)[0]
+
+    def add_events_and_claim(
+        self, events: Sequence[EventRecord], now: float, owner: str, limit: int, lease: float
+    ) -> tuple[list[IntakeResult], list[Claim]]:
+        """add_events, with up to `limit` of the new deliveries stored claimed by
+        `owner` under a lease, as claim() would leave them; returns those claims too."""
         with self._write() as db:
-            return self._add_events_in(db, events, now)
+            return self._add_events_in(db, events, now, owner, limit, lease)
 
     def _add_events_in(
-        self, db: sqlite3.Connection, events: Sequence[EventRecord], now: float
-    ) -> list[IntakeResult]:
+        self,
+        db: sqlite3.Connection,
+        events: Sequence[EventRecord],
+        now: float,
+        owner: str,
+        limit: int,
+        lease: float,
+    ) -> tuple[list[IntakeResult], list[Claim]]:
         refuse_nul(events)
         ids = list(dict.fromkeys(event.id for event in events))
         known: dict[str, int] = dict(  # event id -> its deliveries, stored before or just now
@@ -62,10 +75,11 @@ class SqliteQueue:
                 (_json(ids),),
             )
         )
-        targets: dict[tuple[str, str], list[str]] = {}  # (organization, type) -> webhooks
+        targets: dict[tuple[str, str], list[list[str]]] = {}  # (org, type) -> [name, spec]
         event_rows: list[list[Any]] = []
         delivery_rows: list[list[str]] = []
         results: list[IntakeResult] = []
+        claims: list[Claim] = []
         for event in events:
             if event.id in known:
                 results.append(IntakeResult(event.id, known[event.id], duplicate=True))
@@ -76,7 +90,8 @@ class SqliteQueue:
                 names = targets[key] = sorted(
                     _rows(
                         db,
-                        "SELECT json_group_array(name) FROM webhooks WHERE organization = ? "
+                        "SELECT json_group_array(json_array(name, spec)) FROM webhooks "
+                        "WHERE organization = ? "
                         "AND paused_reason IS NULL AND json_extract(spec, '$.event') = ? "
                         "AND coalesce(json_extract(spec, '$.enabled'), 1) = 1",
                         key,
@@ -94,9 +109,12 @@ class SqliteQueue:
                     len(names),
                 ]
             )
-            delivery_rows += [
-                [new_delivery_id(), event.id, event.organization, name] for name in names
-            ]
+            for name, spec in names:
+                row = [new_delivery_id(), event.id, event.organization, name, "pending", None, None]
+                if len(claims) < limit:
+                    row[4:] = "in_flight", owner, _real(now + lease)
+                    claims.append(Claim(row[0], 1, event, event.organization, name, spec, None))
+                delivery_rows.append(row)
             results.append(IntakeResult(event.id, len(names), duplicate=False))
         db.execute(
             "INSERT INTO events (id, type, organization, name, description, time, deliveries, "
@@ -106,11 +124,12 @@ class SqliteQueue:
         )
         db.execute(
             "INSERT INTO deliveries (id, event_id, organization, webhook, status, attempts, "
-            "due_at, created_at, updated_at) SELECT value ->> 0, value ->> 1, value ->> 2, "
-            "value ->> 3, 'pending', 0, ?1, ?1, ?1 FROM json_each(?2)",
+            "due_at, created_at, updated_at, lease_owner, lease_expires) SELECT value ->> 0, "
+            "value ->> 1, value ->> 2, value ->> 3, value ->> 4, 0, ?1, ?1, ?1, value ->> 5, "
+            "CAST(value ->> 6 AS REAL) FROM json_each(?2)",
             (now, _json(delivery_rows)),
         )
-        return results
+        return results, claims
 
     # -- claims -----------------------------------------------------------------
 
@@ -120,47 +139,58 @@ class SqliteQueue:
         """Take up to `limit` due deliveries (or ones whose lease ran out) for `owner`;
         with `event_id`, only that event's."""
         with self._write(durable=False) as db:
-            if event_id is not None:
-                ids = _rows(
-                    db,
-                    "SELECT json_group_array(id) FROM (SELECT id FROM deliveries "
-                    "WHERE event_id = ? AND ((status = 'pending' AND due_at <= ?) "
-                    "OR (status = 'in_flight' AND lease_expires <= ?)) LIMIT ?)",
-                    (event_id, now, now, limit),
-                )
-            else:
-                ids = _rows(
-                    db,
-                    "SELECT json_group_array(id) FROM (SELECT id FROM deliveries "
-                    "WHERE status = 'pending' AND due_at <= ? ORDER BY due_at LIMIT ?)",
-                    (now, limit),
-                )
-            if len(ids) < limit and event_id is None:
-                ids += _rows(
-                    db,
-                    "SELECT json_group_array(id) FROM (SELECT id FROM deliveries "
-                    "WHERE status = 'in_flight' AND lease_expires <= ? "
-                    "ORDER BY lease_expires LIMIT ?)",
-                    (now, limit - len(ids)),
-                )
-            if not ids:
-                return []
-            taken = _json(ids)
-            db.execute(
-                "UPDATE deliveries SET status = 'in_flight', lease_owner = ?, "
-                "lease_expires = ?, updated_at = ? WHERE id IN (SELECT value FROM json_each(?))",
-                (owner, now + lease, now, taken),
-            )
-            rows = _rows(
+            return self._claim_in(db, owner, limit, now, lease, event_id)
+
+    def _claim_in(
+        self,
+        db: sqlite3.Connection,
+        owner: str,
+        limit: int,
+        now: float,
+        lease: float,
+        event_id: str | None = None,
+    ) -> list[Claim]:
+        if event_id is not None:
+            ids = _rows(
                 db,
-                "SELECT json_group_array(json_array(d.id, d.attempts, e.id, e.type, "
-                "e.organization, e.name, e.description, e.time, d.organization, d.webhook, "
-                "w.spec, w.paused_reason, d.retry_base)) "
-                "FROM deliveries d JOIN events e ON e.id = d.event_id "
-                "LEFT JOIN webhooks w ON w.organization = d.organization AND w.name = d.webhook "
-                "WHERE d.id IN (SELECT value FROM json_each(?))",
-                (taken,),
+                "SELECT json_group_array(id) FROM (SELECT id FROM deliveries "
+                "WHERE event_id = ? AND ((status = 'pending' AND due_at <= ?) "
+                "OR (status = 'in_flight' AND lease_expires <= ?)) LIMIT ?)",
+                (event_id, now, now, limit),
             )
+        else:
+            ids = _rows(
+                db,
+                "SELECT json_group_array(id) FROM (SELECT id FROM deliveries "
+                "WHERE status = 'pending' AND due_at <= ? ORDER BY due_at LIMIT ?)",
+                (now, limit),
+            )
+        if len(ids) < limit and event_id is None:
+            ids += _rows(
+                db,
+                "SELECT json_group_array(id) FROM (SELECT id FROM deliveries "
+                "WHERE status = 'in_flight' AND lease_expires <= ? "
+                "ORDER BY lease_expires LIMIT ?)",
+                (now, limit - len(ids)),
+            )
+        if not ids:
+            return []
+        taken = _json(ids)
+        db.execute(
+            "UPDATE deliveries SET status = 'in_flight', lease_owner = ?, "
+            "lease_expires = ?, updated_at = ? WHERE id IN (SELECT value FROM json_each(?))",
+            (owner, now + lease, now, taken),
+        )
+        rows = _rows(
+            db,
+            "SELECT json_group_array(json_array(d.id, d.attempts, e.id, e.type, "
+            "e.organization, e.name, e.description, e.time, d.organization, d.webhook, "
+            "w.spec, w.paused_reason, d.retry_base)) "
+            "FROM deliveries d JOIN events e ON e.id = d.event_id "
+            "LEFT JOIN webhooks w ON w.organization = d.organization AND w.name = d.webhook "
+            "WHERE d.id IN (SELECT value FROM json_each(?))",
+            (taken,),
+        )
         return [
             Claim(
                 delivery_id=r[0],
@@ -182,72 +212,87 @@ class SqliteQueue:
         deliveries still leased to `owner` are looked up once, then updated and their
         attempts inserted together (nobody else can write in between).
         """
+        with self._write(durable=False) as db:
+            return self._finish_in(db, results, owner, now)
+
+    def finish_and_claim(
+        self, results: Sequence[AttemptResult], owner: str, now: float, limit: int, lease: float
+    ) -> list[Claim]:
+        """finish(), then claim() up to `limit`, in one transaction: a worker hands in
+        what it sent and takes what to send next at once, with one wait for the
+        database thread instead of two."""
+        with self._write(durable=False) as db:
+            self._finish_in(db, results, owner, now)
+            return self._claim_in(db, owner, limit, now, lease) if limit > 0 else []
+
+    def _finish_in(
+        self, db: sqlite3.Connection, results: Sequence[AttemptResult], owner: str, now: float
+    ) -> int:
         deferred = [[r.delivery_id, _real(r.next_due)] for r in results if r.outcome == "deferred"]
         sent = [r for r in results if r.outcome != "deferred"]
-        with self._write(durable=False) as db:
-            if deferred:
-                db.execute(
-                    "UPDATE deliveries SET status = 'pending', due_at = CAST(v.due AS REAL), "
-                    "lease_owner = NULL, lease_expires = NULL, updated_at = ?1 "
-                    "FROM (SELECT value ->> 0 AS id, value ->> 1 AS due FROM json_each(?2)) v "
-                    "WHERE deliveries.id = v.id AND status = 'in_flight' AND lease_owner = ?3",
-                    (now, _json(deferred), owner),
-                )
-            if not sent:
-                return 0
-            ours = set(
-                _rows(
-                    db,
-                    "SELECT json_group_array(id) FROM deliveries "
-                    "WHERE id IN (SELECT value FROM json_each(?)) "
-                    "AND status = 'in_flight' AND lease_owner = ?",
-                    (_json([r.delivery_id for r in sent]), owner),
-                )
-            )
-            recorded: list[AttemptResult] = []
-            for r in sent:
-                if r.delivery_id in ours:
-                    ours.discard(r.delivery_id)  # the first result of a delivery counts
-                    recorded.append(r)
-            if not recorded:
-                return 0
+        if deferred:
             db.execute(
-                "UPDATE deliveries SET status = v.status, attempts = attempts + v.delta, "
-                "due_at = CAST(v.due AS REAL), lease_owner = NULL, lease_expires = NULL, "
-                "updated_at = ?1, last_status = v.code, last_error = v.error "
-                "FROM (SELECT value ->> 0 AS id, value ->> 1 AS status, value ->> 2 AS delta, "
-                "value ->> 3 AS due, value ->> 4 AS code, value ->> 5 AS error "
-                "FROM json_each(?2)) v WHERE deliveries.id = v.id",
-                (
-                    now,
-                    _json(
+                "UPDATE deliveries SET status = 'pending', due_at = CAST(v.due AS REAL), "
+                "lease_owner = NULL, lease_expires = NULL, updated_at = ?1 "
+                "FROM (SELECT value ->> 0 AS id, value ->> 1 AS due FROM json_each(?2)) v "
+                "WHERE deliveries.id = v.id AND status = 'in_flight' AND lease_owner = ?3",
+                (now, _json(deferred), owner),
+            )
+        if not sent:
+            return 0
+        ours = set(
+            _rows(
+                db,
+                "SELECT json_group_array(id) FROM deliveries "
+                "WHERE id IN (SELECT value FROM json_each(?)) "
+                "AND status = 'in_flight' AND lease_owner = ?",
+                (_json([r.delivery_id for r in sent]), owner),
+            )
+        )
+        recorded: list[AttemptResult] = []
+        for r in sent:
+            if r.delivery_id in ours:
+                ours.discard(r.delivery_id)  # the first result of a delivery counts
+                recorded.append(r)
+        if not recorded:
+            return 0
+        db.execute(
+            "UPDATE deliveries SET status = v.status, attempts = attempts + v.delta, "
+            "due_at = CAST(v.due AS REAL), lease_owner = NULL, lease_expires = NULL, "
+            "updated_at = ?1, last_status = v.code, last_error = v.error "
+            "FROM (SELECT value ->> 0 AS id, value ->> 1 AS status, value ->> 2 AS delta, "
+            "value ->> 3 AS due, value ->> 4 AS code, value ->> 5 AS error "
+            "FROM json_each(?2)) v WHERE deliveries.id = v.id",
+            (
+                now,
+                _json(
+                    [
                         [
-                            [
-                                r.delivery_id,
-                                {"retry": "pending"}.get(r.outcome, r.outcome),
-                                1 if r.sent else 0,
-                                _real(r.next_due),
-                                r.status,
-                                clean_text(r.error),
-                            ]
-                            for r in recorded
+                            r.delivery_id,
+                            {"retry": "pending"}.get(r.outcome, r.outcome),
+                            1 if r.sent else 0,
+                            _real(r.next_due),
+                            r.status,
+                            clean_text(r.error),
                         ]
-                    ),
+                        for r in recorded
+                    ]
                 ),
-            )
-            rows = [attempt_row(r) for r in recorded]
-            for row in rows:
-                row[2:4] = _real(row[2]), _real(row[3])
-            db.execute(
-                f"INSERT INTO attempts ({ATTEMPT_COLUMNS}) "
-                "SELECT value ->> 0, value ->> 1, CAST(value ->> 2 AS REAL), "
-                "CAST(value ->> 3 AS REAL), value ->> 4, value ->> 5, value ->> 6, value ->> 7, "
-                "value ->> 8 FROM json_each(?)",
-                (_json(rows),),
-            )
-            for r in recorded:
-                if r.pause_webhook:
-                    self._pause_in(db, r.delivery_id, r.pause_webhook)
+            ),
+        )
+        rows = [attempt_row(r) for r in recorded]
+        for row in rows:
+            row[2:4] = _real(row[2]), _real(row[3])
+        db.execute(
+            f"INSERT INTO attempts ({ATTEMPT_COLUMNS}) "
+            "SELECT value ->> 0, value ->> 1, CAST(value ->> 2 AS REAL), "
+            "CAST(value ->> 3 AS REAL), value ->> 4, value ->> 5, value ->> 6, value ->> 7, "
+            "value ->> 8 FROM json_each(?)",
+            (_json(rows),),
+        )
+        for r in recorded:
+            if r.pause_webhook:
+                self._pause_in(db, r.delivery_id, r.pause_webhook)
         return len(recorded)
 
     def _pause_in(self, db: sqlite3.Connection, delivery_id: str, reason: str) -> None:
