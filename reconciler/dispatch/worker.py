@@ -130,7 +130,7 @@ class Worker:
         # free slot would see its lease run out.
         limit = min(self.settings.batch, self.settings.concurrency)
         claims = await self.db.run(
-            self.db.store.claim, self.owner, limit, now, self._lease(), event_id
+            self.db.store.claim, self.owner, limit, now, self.lease(), event_id
         )
         if not claims:
             return 0
@@ -167,9 +167,6 @@ class Worker:
             self._handed += claims
             if self._wake is not None:
                 self._wake.set()
-
-    def lease(self) -> float:
-        return self._lease()
 
     def _free(self) -> int:
         taken = len(self._in_flight) + len(self._handed) + self._reserved
@@ -259,7 +256,7 @@ class Worker:
     async def _claim(self, limit: int, trouble: _StoreTrouble) -> list[Claim]:
         try:
             claims = await self.db.run(
-                self.db.store.claim, self.owner, limit, self.clock(), self._lease()
+                self.db.store.claim, self.owner, limit, self.clock(), self.lease()
             )
         except Exception:
             trouble.failed("claiming deliveries")
@@ -293,7 +290,7 @@ class Worker:
                 self.owner,
                 self.clock(),
                 limit,
-                self._lease(),
+                self.lease(),
             )
         except Exception:
             trouble.failed(f"recording {len(results)} attempts")
@@ -301,7 +298,8 @@ class Worker:
         trouble.recovered()
         return [], claims
 
-    def _lease(self) -> float:
+    def lease(self) -> float:
+        """How long a claim holds a delivery."""
         return 60.0 + LEASE_MARGIN  # definitions cap timeout at 60s
 
     async def _deliver(self, claim: Claim) -> AttemptResult:
