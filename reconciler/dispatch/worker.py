@@ -207,10 +207,13 @@ class Worker:
         # The last claim found fewer due than it asked for: until notify() or the
         # poll, claiming again would find nothing.
         drained = False
+        looked = time.monotonic()  # when the queue was last looked at
         self._wake = wake
         try:
             while True:
                 woken, self._news = self._news, False
+                if time.monotonic() - looked >= self.settings.poll_interval:
+                    drained = False  # the poll: retries may have come due since
                 wake.clear()  # before claiming: a wake during the claim is not lost
                 if self._handed:
                     handed, self._handed = self._handed, []
@@ -224,11 +227,11 @@ class Worker:
                     # Recording the outcomes and claiming the slots they free are one
                     # transaction, so a busy worker waits for the database once a turn.
                     unrecorded, claims = await self._settle(unrecorded, limit, trouble)
-                    drained = len(claims) < limit
+                    drained, looked = len(claims) < limit, time.monotonic()
                     start(claims)
                 elif limit and (woken or not drained) and not unrecorded and trouble.ready():
                     claims = await self._claim(limit, trouble)
-                    drained = len(claims) < limit
+                    drained, looked = len(claims) < limit, time.monotonic()
                     start(claims)
                 self._taking = drained and not stopping()
                 if not in_flight and not unrecorded and stopping():
