@@ -115,16 +115,13 @@ def serve_command(
       reconciler serve --port 8080 --concurrency 200
       reconciler serve --port 8080 --processes 2
     """
-    from reconciler.dispatch.logs import TurnBufferedHandler
+    from reconciler.dispatch.logs import LineFormatter, TurnBufferedHandler
     from reconciler.dispatch.service import event_loop_factory, serve
     from reconciler.dispatch.worker import WorkerSettings
 
-    pid = " [%(process)d]" if processes > 1 else ""
-    logging.basicConfig(
-        level=logging.INFO,
-        format=f"%(asctime)s %(levelname)s{pid} %(message)s",
-        handlers=[TurnBufferedHandler(sys.stderr)],  # a write per turn of the loop
-    )
+    handler = TurnBufferedHandler(sys.stderr)  # a write per turn of the loop
+    handler.setFormatter(LineFormatter(process_id=processes > 1))
+    logging.basicConfig(level=logging.INFO, handlers=[handler])
     # httpx logs every request's full URL, and a webhook URL can be a secret.
     logging.getLogger("httpx").setLevel(logging.WARNING)
     settings = WorkerSettings(

@@ -23,6 +23,7 @@ from datetime import datetime
 from typing import Any, TypeVar
 
 from reconciler import templates
+from reconciler.dispatch.logs import info_line
 from reconciler.dispatch.metrics import Metrics
 from reconciler.dispatch.ratelimit import RateLimiter
 from reconciler.dispatch.retry import RETRY_AFTER_CAP, Backoff, parse_retry_after
@@ -336,7 +337,8 @@ class Worker:
                     sent=False,
                 )
         self.metrics.attempt(claim, result)
-        log.info(
+        info_line(
+            log,
             "attempt delivery=%s webhook=%s/%s attempt=%d outcome=%s status=%s duration_ms=%.1f%s",
             claim.delivery_id,
             claim.organization,
