@@ -48,8 +48,11 @@ count and in time. One run measures, in this order:
 
 Bare and durable runs are interleaved, --repeat times; medians are reported.
 The defaults take about 15 minutes on 2 cores.
-Goal (the issue): >= 2,500 durable deliveries/s and >= 0.5x the bare client;
-p99 < 200 ms at 500 events/s. Exit 1 when it is missed.
+Goal (the issue): >= 2,500 durable deliveries/s and >= 0.5x the bare client,
+both in one layout (--concurrency, --processes; each layout against the bare
+client in as many processes), for each K measured; p99 < 200 ms at 500
+events/s. Every layout's figures are printed, and the verdict names the fastest
+layout that reaches both halves. Exit 1 when it is missed.
 
 Not part of the test suite: pytest collects tests/ only.
 """
@@ -914,7 +917,6 @@ def main(argv: list[str] | None = None) -> int:
                 return statistics.median(r.rate for r in runs[(*shape, c, p)])
 
             setups = [(c, p) for c in concurrencies for p in layouts]
-            best = {s: max(setups, key=lambda cp, s=s: med_durable(s, *cp)) for s in shapes}
             best_single = {
                 s: max(concurrencies, key=lambda c, s=s: med_durable(s, c, layouts[0]))
                 for s in shapes
@@ -1010,18 +1012,34 @@ def main(argv: list[str] | None = None) -> int:
     print()
     met = True
     for k, b, i in shapes:
-        c, p = best[(k, b, i)]
-        rate = med_durable((k, b, i), c, p)
-        ratio = rate / med_bare("sender", c, p)
-        ok = rate >= GOAL_RATE and ratio >= GOAL_RATIO
-        met &= ok
-        print(
-            f"K={k}, {b} per POST, {i} intake connections: best --concurrency {c} "
-            f"--processes {p}: {rate:,.0f} "
-            "deliveries/s, "
-            f"{ratio:.2f}x the bare client: {'met' if ok else 'MISSED'} (goal >= "
-            f"{GOAL_RATE:,.0f}/s and >= {GOAL_RATIO}x)"
-        )
+        # Each layout (--concurrency C --processes P) is judged on its own, against the
+        # bare client in as many processes: the goal asks for a layout that reaches
+        # both halves, and the verdict names the fastest one that does.
+        judged = []
+        for c, p in sorted(setups, key=lambda cp: -med_durable((k, b, i), *cp)):
+            rate = med_durable((k, b, i), c, p)
+            ratio = rate / med_bare("sender", c, p)
+            judged.append((c, p, rate, ratio, rate >= GOAL_RATE and ratio >= GOAL_RATIO))
+            print(
+                f"K={k}, {b} per POST, {i} intake connections, --concurrency {c} "
+                f"--processes {p}: {rate:,.0f} deliveries/s, {ratio:.2f}x the bare client"
+                f"{'' if rate >= GOAL_RATE else ' (rate short)'}"
+                f"{'' if ratio >= GOAL_RATIO else ' (ratio short)'}"
+            )
+        reaching = [j for j in judged if j[4]]
+        met &= bool(reaching)
+        if reaching:
+            c, p, rate, ratio, _ = reaching[0]
+            print(
+                f"K={k}, {b} per POST, {i} intake connections: met by --concurrency {c} "
+                f"--processes {p} ({rate:,.0f}/s, {ratio:.2f}x; goal >= {GOAL_RATE:,.0f}/s "
+                f"and >= {GOAL_RATIO}x in one layout)"
+            )
+        else:
+            print(
+                f"K={k}, {b} per POST, {i} intake connections: MISSED: no layout reaches "
+                f">= {GOAL_RATE:,.0f}/s and >= {GOAL_RATIO}x the bare client at once"
+            )
     lat_ok = lat["p99"] < GOAL_P99_MS
     met &= lat_ok
     print(
