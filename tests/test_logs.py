@@ -34,11 +34,11 @@ class Writes:
         return "".join(self.calls).splitlines()
 
 
-@pytest.fixture
-def stream() -> Iterator[Writes]:
+def root_writing_to(formatter: logging.Formatter) -> Iterator[Writes]:
+    """The root logger with one TurnBufferedHandler writing through `formatter`."""
     writes = Writes()
     handler = TurnBufferedHandler(writes)  # type: ignore[arg-type]
-    handler.setFormatter(logging.Formatter("%(levelname)s %(message)s"))
+    handler.setFormatter(formatter)
     root = logging.getLogger()
     saved = root.handlers[:], root.level
     root.handlers[:] = [handler]
@@ -48,6 +48,11 @@ def stream() -> Iterator[Writes]:
     finally:
         root.handlers[:], level = saved
         root.setLevel(level)
+
+
+@pytest.fixture
+def stream() -> Iterator[Writes]:
+    yield from root_writing_to(logging.Formatter("%(levelname)s %(message)s"))
 
 
 log = logging.getLogger("reconciler.dispatch.test")
@@ -141,18 +146,7 @@ def test_an_exception_still_comes_with_its_traceback() -> None:
 def serve_stream() -> Iterator[Writes]:
     """The root logger as `serve` sets it up: one TurnBufferedHandler, serve's format
     (call alone() in the test to drop the handlers pytest adds while a test runs)."""
-    writes = Writes()
-    handler = TurnBufferedHandler(writes)  # type: ignore[arg-type]
-    handler.setFormatter(LineFormatter())
-    root = logging.getLogger()
-    saved = root.handlers[:], root.level
-    root.handlers[:] = [handler]
-    root.setLevel(logging.INFO)
-    try:
-        yield writes
-    finally:
-        root.handlers[:], level = saved
-        root.setLevel(level)
+    yield from root_writing_to(LineFormatter())
 
 
 def alone() -> None:
