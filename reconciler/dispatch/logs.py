@@ -35,8 +35,7 @@ class LineFormatter(logging.Formatter):
         pid = " [%(process)d]" if process_id else ""
         super().__init__(f"%(asctime)s %(levelname)s{pid} %(message)s")
         self.process_id = process_id
-        self._second = -1
-        self._date = ""
+        self._date: tuple[int, str] = (-1, "")  # a second and its text, replaced whole
 
     def formatTime(self, record: logging.LogRecord, datefmt: str | None = None) -> str:
         if datefmt is not None:
@@ -53,10 +52,13 @@ class LineFormatter(logging.Formatter):
         return f"{self._date_of(second)},{msecs:03d} {name}{pid} {message}"
 
     def _date_of(self, second: int) -> str:
-        if second != self._second:
-            self._date = time.strftime(self.default_time_format, self.converter(second))
-            self._second = second
-        return self._date
+        # One tuple, so that a line formatted on another thread meanwhile never pairs
+        # one second with another's text.
+        date = self._date
+        if date[0] != second:
+            date = (second, time.strftime(self.default_time_format, self.converter(second)))
+            self._date = date
+        return date[1]
 
 
 class TurnBufferedHandler(logging.StreamHandler[TextIO]):
