@@ -24,7 +24,7 @@ from receiver import DEADLINE, Receiver, ok
 from serve_process import Server, eventually
 from test_integration_serve import BODY, Project, accepted
 
-from reconciler.dispatch.processes import listen
+from reconciler.dispatch.processes import Supervisor, listen
 
 WEBHOOKS = ("a", "b")
 
@@ -197,3 +197,61 @@ def test_each_process_gets_its_own_listening_socket_on_the_one_port() -> None:
     finally:
         for sock in sockets:
             sock.close()
+
+
+# -- the supervisor and stop signals that come while it forks ------------------------
+
+
+def test_a_stop_signal_that_reaches_a_new_process_before_its_own_handling_ends_it(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    """Between fork and the child's own signal handling, SIGTERM must end the child:
+    run by the handler it inherits from the supervisor, it was ignored, and the child
+    went on to serve while the supervisor waited for it to stop."""
+    real_fork = os.fork
+
+    def fork_signalled() -> int:
+        pid = real_fork()
+        if pid == 0:
+            os.kill(os.getpid(), signal.SIGTERM)  # the child has not set its handling yet
+        return pid
+
+    monkeypatch.setattr(os, "fork", fork_signalled)
+    served = tmp_path / "served"
+
+    def child(slot: int) -> int:
+        served.touch()
+        return 0
+
+    # Every child ends at birth, so the supervisor gives up after its restarts.
+    assert Supervisor(1, child).run() == 1
+    assert not served.exists()
+
+
+def test_a_stop_that_comes_before_a_new_process_is_listed_still_reaches_it(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    """SIGTERM to the supervisor just after a fork, before it lists the child: the
+    child is stopped all the same, not left serving while the supervisor waits."""
+    real_fork = os.fork
+    supervisor: Supervisor
+
+    def fork_then_stop() -> int:
+        pid = real_fork()
+        if pid:
+            supervisor.stop()  # as the signal handler would, before the child is listed
+        return pid
+
+    monkeypatch.setattr(os, "fork", fork_then_stop)
+    served = tmp_path / "served"
+
+    def child(slot: int) -> int:
+        # Wait for the SIGTERM; should it not come within 5 s, note that and end.
+        signal.signal(signal.SIGALRM, lambda signum, frame: served.touch())
+        signal.alarm(5)
+        signal.pause()
+        return 0
+
+    supervisor = Supervisor(1, child)
+    assert supervisor.run() == 0
+    assert not served.exists()

@@ -37,6 +37,7 @@ log = logging.getLogger("reconciler.dispatch")
 RESTART_WINDOW = 60.0  # seconds
 RESTART_LIMIT = 5  # replacements within the window before giving up
 _PR_SET_PDEATHSIG = 1
+_STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT)
 
 
 def listen(host: str, port: int, count: int, backlog: int = 2048) -> list[socket.socket]:
@@ -90,9 +91,7 @@ class Supervisor:
 
     def run(self) -> int:
         """Returns the exit status for the parent: 0 after a clean stop."""
-        previous = {
-            sig: signal.signal(sig, self._on_signal) for sig in (signal.SIGTERM, signal.SIGINT)
-        }
+        previous = {sig: signal.signal(sig, self._on_signal) for sig in _STOP_SIGNALS}
         status = 0
         try:
             for slot in range(self.count):
@@ -136,15 +135,28 @@ class Supervisor:
         parent = os.getpid()
         sys.stdout.flush()
         sys.stderr.flush()
-        pid = os.fork()
+        # SIGTERM and SIGINT wait while the process forks, in the child until it has
+        # its own handling: delivered before, one ran the supervisor's handler in the
+        # child, which then served on, and the supervisor waited for it.
+        mask = signal.pthread_sigmask(signal.SIG_BLOCK, _STOP_SIGNALS)
+        try:
+            pid = os.fork()
+        except BaseException:
+            signal.pthread_sigmask(signal.SIG_SETMASK, mask)
+            raise
         if pid:
             self.children[pid] = slot
+            signal.pthread_sigmask(signal.SIG_SETMASK, mask)
+            if self.stopping:  # stop() came meanwhile, perhaps before this child was listed
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(pid, signal.SIGTERM)
             return
         # The child: its own signal handling, its own event loop, never back here.
         status = 1
         try:
-            signal.signal(signal.SIGTERM, signal.SIG_DFL)
-            signal.signal(signal.SIGINT, signal.SIG_DFL)
+            for sig in _STOP_SIGNALS:
+                signal.signal(sig, signal.SIG_DFL)
+            signal.pthread_sigmask(signal.SIG_SETMASK, mask)  # one already sent ends it
             _die_with(parent)
             status = self.child(slot)
         except BaseException:
