@@ -9,6 +9,9 @@ which is how a request is previewed without revealing secrets.
 
 from __future__ import annotations
 
+import json
+import re
+import uuid
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -64,10 +67,7 @@ def format_time(moment: datetime) -> str:
 
 
 def render(spec: WebhookSpec, event: EventData, env: Mapping[str, str] | None) -> RenderedRequest:
-    try:
-        return _render(spec, event, env)
-    except UnicodeEncodeError:
-        raise RenderError("an event value is not valid Unicode (a lone surrogate)") from None
+    return Renderer(spec).render(event, env)
 
 
 def _url_component(value: str) -> str:
@@ -75,37 +75,107 @@ def _url_component(value: str) -> str:
     return quote(value, safe="").replace(".", "%2E")
 
 
-def _render(spec: WebhookSpec, event: EventData, env: Mapping[str, str] | None) -> RenderedRequest:
-    values = event.placeholder_values(spec.name)
-    resolve = _resolver(env)
+class Renderer:
+    """One definition's request, prepared once for every event it will render:
+    the URL when it has no reference, the headers that have none, and the body as
+    JSON text with a slot for each string that holds a placeholder. Only the slots,
+    the references and the parts with a placeholder are worked out per event; the
+    result is what substituting into the whole parsed body and serialising it gives
+    (tests/test_render.py holds the two alike)."""
 
-    url = templates.substitute(spec.url, lambda n: _url_component(values[n]), resolve)
-    # A URL with nothing substituted is the definition's own, which its model
-    # checked already.
-    if env is not None and url != spec.url:
-        problem = url_problem(url)
-        if problem:
-            raise RenderError(f"the resolved url is not usable: it {problem}")
-    if spec.query:
-        pairs = [
-            (key, templates.substitute(value, values.__getitem__, resolve))
-            for key, value in spec.query.items()
+    def __init__(self, spec: WebhookSpec) -> None:
+        self.spec = spec
+        self._url_fixed = not templates.has_references(spec.url)
+        # (name, value, whether it holds a reference), in the definition's order
+        self._headers = [
+            (name, value, templates.has_references(value)) for name, value in spec.headers.items()
         ]
-        url = _with_query(url, urlencode(pairs, quote_via=quote))
+        self._body = None if spec.body is None else _BodyTemplate(spec.body)
+        self._json_type = not any(name.lower() == "content-type" for name in spec.headers)
 
-    headers: dict[str, str] = {}
-    for name, value in spec.headers.items():
-        resolved = templates.substitute(value, None, resolve)
-        if "\r" in resolved or "\n" in resolved:
-            raise RenderError(f"header {name}: its resolved value holds a line break")
-        headers[name] = resolved
+    def render(self, event: EventData, env: Mapping[str, str] | None) -> RenderedRequest:
+        try:
+            return self._render(event, env)
+        except UnicodeEncodeError:
+            raise RenderError("an event value is not valid Unicode (a lone surrogate)") from None
 
-    body: bytes | None = None
-    if spec.body is not None:
-        body = jsonbody.dumps(_substitute_values(spec.body, values)).encode("utf-8")
-        if not any(name.lower() == "content-type" for name in headers):
-            headers["Content-Type"] = "application/json"
-    return RenderedRequest(spec.method.value, url, headers, body)
+    def _render(self, event: EventData, env: Mapping[str, str] | None) -> RenderedRequest:
+        spec = self.spec
+        values = event.placeholder_values(spec.name)
+        resolve = _resolver(env)
+
+        url = spec.url
+        if not self._url_fixed:
+            url = templates.substitute(url, lambda n: _url_component(values[n]), resolve)
+            # A URL with nothing substituted is the definition's own, which its
+            # model checked already.
+            if env is not None and url != spec.url:
+                problem = url_problem(url)
+                if problem:
+                    raise RenderError(f"the resolved url is not usable: it {problem}")
+        if spec.query:
+            pairs = [
+                (key, templates.substitute(value, values.__getitem__, resolve))
+                for key, value in spec.query.items()
+            ]
+            url = _with_query(url, urlencode(pairs, quote_via=quote))
+
+        headers: dict[str, str] = {}
+        for name, value, referring in self._headers:
+            resolved = templates.substitute(value, None, resolve) if referring else value
+            if "\r" in resolved or "\n" in resolved:
+                raise RenderError(f"header {name}: its resolved value holds a line break")
+            headers[name] = resolved
+
+        body: bytes | None = None
+        if self._body is not None:
+            body = self._body.render(values).encode("utf-8")
+            if self._json_type:
+                headers["Content-Type"] = "application/json"
+        return RenderedRequest(spec.method.value, url, headers, body)
+
+
+# How one string is written inside the compact JSON that jsonbody.dumps writes.
+_json_string = json.JSONEncoder(ensure_ascii=False, separators=(",", ":"), allow_nan=False).encode
+
+
+class _BodyTemplate:
+    """A body as its JSON text in pieces: the fixed text, and between the pieces
+    the strings that hold placeholders, substituted and written per event."""
+
+    def __init__(self, body: Any) -> None:
+        marker = uuid.uuid4().hex
+        while marker in jsonbody.dumps(body):  # never, in practice: it is random
+            marker = uuid.uuid4().hex
+        self._slots: list[str] = []
+
+        def mark(value: Any) -> Any:
+            if isinstance(value, str):
+                if not templates.has_placeholders(value):
+                    return value
+                self._slots.append(value)
+                return f"{marker}{len(self._slots) - 1}{marker}"
+            if isinstance(value, dict):
+                return {key: mark(item) for key, item in value.items()}
+            if isinstance(value, list):
+                return [mark(item) for item in value]
+            return value
+
+        pieces = re.split(f'"{marker}(\\d+){marker}"', jsonbody.dumps(mark(body)))
+        self._first = pieces[0]
+        # (the slot's string, the fixed text after it), in the order of the text
+        self._rest = [
+            (self._slots[int(pieces[i])], pieces[i + 1]) for i in range(1, len(pieces), 2)
+        ]
+
+    def render(self, values: Mapping[str, str]) -> str:
+        if not self._rest:
+            return self._first
+        parts = [self._first]
+        for text, after in self._rest:
+            parts.append(_json_string(templates.substitute(text, values.__getitem__, None)))
+            parts.append(after)
+        return "".join(parts)
 
 
 def _resolver(env: Mapping[str, str] | None) -> Callable[[str], str] | None:
@@ -125,13 +195,3 @@ def _with_query(url: str, query: str) -> str:
     parts = urlsplit(url)
     joined = f"{parts.query}&{query}" if parts.query else query
     return urlunsplit((parts.scheme, parts.netloc, parts.path, joined, parts.fragment))
-
-
-def _substitute_values(value: Any, values: Mapping[str, str]) -> Any:
-    if isinstance(value, str):
-        return templates.substitute(value, values.__getitem__, None)
-    if isinstance(value, dict):
-        return {key: _substitute_values(item, values) for key, item in value.items()}
-    if isinstance(value, list):
-        return [_substitute_values(item, values) for item in value]
-    return value

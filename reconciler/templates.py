@@ -54,6 +54,16 @@ def is_env_ref(text: str) -> bool:
     return ENV_REF_FULL.fullmatch(text) is not None
 
 
+def has_references(text: str) -> bool:
+    """Whether substitute() could change `text`: it holds a placeholder or an env reference."""
+    return _TOKEN.search(text) is not None
+
+
+def has_placeholders(text: str) -> bool:
+    """Whether substitute() with placeholders only (env=None) could change `text`."""
+    return any(match.group(1) is not None for match in _TOKEN.finditer(text))
+
+
 def substitute(
     text: str,
     placeholder: Callable[[str], str] | None,

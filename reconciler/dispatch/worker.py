@@ -32,7 +32,7 @@ from reconciler.dispatch.signing import SigningSecretError, signature_header
 from reconciler.dispatch.ssrf import NetworkPolicy, TargetRefused
 from reconciler.durations import parse_duration, parse_rate
 from reconciler.model import WebhookSpec
-from reconciler.render import EventData, RenderError, render
+from reconciler.render import EventData, Renderer, RenderError
 from reconciler.store.queue import AttemptResult, Claim, EventRecord, QueueStore
 
 log = logging.getLogger("reconciler.dispatch")
@@ -113,7 +113,7 @@ class Worker:
         self.policy = policy or NetworkPolicy()
         self.limiter = limiter or RateLimiter(share=1.0 / self.settings.processes)
         self.metrics = metrics or Metrics()
-        self._specs: dict[str, WebhookSpec] = {}
+        self._renderers: dict[str, Renderer] = {}  # a live definition's text -> its renderer
         # Deliveries intake stored leased to this worker (see reserve()).
         self._in_flight: set[asyncio.Task[AttemptResult]] = set()
         self._handed: list[Claim] = []
@@ -365,7 +365,8 @@ class Worker:
 
         if claim.spec is None:
             return unsent("cancelled", "cancelled: the webhook was deleted by apply")
-        spec = self._spec(claim.spec)
+        renderer = self._renderer(claim.spec)
+        spec = renderer.spec
         if not spec.enabled:
             return unsent("cancelled", "cancelled: the webhook is disabled")
         if claim.paused_reason:
@@ -389,7 +390,7 @@ class Worker:
             )
         timestamp = int(started)
         try:
-            request = render(spec, _event_data(claim.event), self.env)
+            request = renderer.render(_event_data(claim.event), self.env)
             self.policy.check_url(request.url)
             headers = {**request.headers, "webhook-id": claim.delivery_id}
             headers["webhook-timestamp"] = str(timestamp)
@@ -443,13 +444,15 @@ class Worker:
             )
         return AttemptResult(outcome="failed", **common)
 
-    def _spec(self, text: str) -> WebhookSpec:
-        spec = self._specs.get(text)
-        if spec is None:
-            if len(self._specs) > 10_000:
-                self._specs.clear()
-            spec = self._specs[text] = WebhookSpec.model_validate_json(text)
-        return spec
+    def _renderer(self, text: str) -> Renderer:
+        """The definition, parsed, and its request prepared, once per version of it."""
+        renderer = self._renderers.get(text)
+        if renderer is None:
+            if len(self._renderers) > 10_000:
+                self._renderers.clear()
+            spec = WebhookSpec.model_validate_json(text)
+            renderer = self._renderers[text] = Renderer(spec)
+        return renderer
 
 
 class _StoreTrouble:
