@@ -145,6 +145,10 @@ def check_json_value(value: Any, where: str = "", depth: int = 1) -> None:
         raise BodyError(f"{where or 'the value'}: {type(value).__name__} is not a JSON value")
 
 
+_WIRE = json.JSONEncoder(ensure_ascii=False, separators=(",", ":"), allow_nan=False)
+
+
 def dumps(value: Any) -> str:
-    """Strict, compact JSON as sent on the wire."""
-    return json.dumps(value, ensure_ascii=False, separators=(",", ":"), allow_nan=False)
+    """Strict, compact JSON as sent on the wire (a string alone, as it is written
+    inside any value)."""
+    return _WIRE.encode(value)

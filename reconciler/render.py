@@ -9,7 +9,6 @@ which is how a request is previewed without revealing secrets.
 
 from __future__ import annotations
 
-import json
 import re
 import uuid
 from collections.abc import Callable, Mapping
@@ -135,10 +134,6 @@ class Renderer:
         return RenderedRequest(spec.method.value, url, headers, body)
 
 
-# How one string is written inside the compact JSON that jsonbody.dumps writes.
-_json_string = json.JSONEncoder(ensure_ascii=False, separators=(",", ":"), allow_nan=False).encode
-
-
 class _BodyTemplate:
     """A body as its JSON text in pieces: the fixed text, and between the pieces
     the strings that hold placeholders, substituted and written per event."""
@@ -173,7 +168,7 @@ class _BodyTemplate:
             return self._first
         parts = [self._first]
         for text, after in self._rest:
-            parts.append(_json_string(templates.substitute(text, values.__getitem__, None)))
+            parts.append(jsonbody.dumps(templates.substitute(text, values.__getitem__, None)))
             parts.append(after)
         return "".join(parts)
 
