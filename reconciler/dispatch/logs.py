@@ -81,9 +81,7 @@ class TurnBufferedHandler(logging.StreamHandler[TextIO]):
         except Exception:
             self.handleError(record)
             return
-        if not self._pending:
-            self._loop.call_soon(self.flush)
-        self._pending.append(line)
+        self._hold(self._loop, line)
 
     def gather(self, level: int, message: str) -> bool:
         """Take a line already rendered as emit() takes a record logged on the loop's
@@ -101,10 +99,14 @@ class TurnBufferedHandler(logging.StreamHandler[TextIO]):
             return False
         line = formatter.line(level, message, time.time())
         with self.lock:  # type: ignore[union-attr]
-            if not self._pending:
-                self._loop.call_soon(self.flush)
-            self._pending.append(line)
+            self._hold(self._loop, line)
         return True
+
+    def _hold(self, loop: asyncio.AbstractEventLoop, line: str) -> None:
+        """Keep `line` for the end of this turn (call it under self.lock)."""
+        if not self._pending:
+            loop.call_soon(self.flush)
+        self._pending.append(line)
 
     def flush(self) -> None:
         with self.lock:  # type: ignore[union-attr]
