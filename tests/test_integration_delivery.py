@@ -728,7 +728,17 @@ def test_rate_limit_caps_requests_to_the_webhook(world: World, receiver: Receive
 # -- the network policy --------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("host", ["127.0.0.1", "localhost"])
+@pytest.mark.parametrize(
+    "host",
+    [
+        "127.0.0.1",
+        "localhost",
+        "127\u30020\u30020\u30021",  # ideographic full stops, which IDNA reads as dots
+        "127\uff0e0\uff0e0\uff0e1",  # full-width full stops
+        "127\uff610\uff610\uff611",  # half-width ideographic full stops
+        "a@127.0.0.1",
+    ],
+)
 def test_without_the_deployments_consent_nothing_reaches_loopback(
     world: World, receiver: Receiver, host: str
 ) -> None:
@@ -741,10 +751,33 @@ def test_without_the_deployments_consent_nothing_reaches_loopback(
     failed = world.only_delivery(intake.event_id)
     assert failed.status == "failed"  # no retry will change the policy
     assert failed.last_error is not None
-    assert failed.last_error.startswith(f"refused: {host} ")
+    assert failed.last_error.startswith(f"refused: {host.rpartition('@')[2]} ")
     assert "loopback" in failed.last_error and "--allow-cidr" in failed.last_error
     world.clock.sleep(86400)
     assert world.run(policy=NetworkPolicy()) == [0]
+    assert receiver.requests() == []
+
+
+@pytest.mark.parametrize(
+    "host", ["127\u30020\u30020\u30021", "127\uff0e0\uff0e0\uff0e1", "127\uff610\uff610\uff611"]
+)
+def test_a_secret_url_resolved_at_send_time_is_judged_as_the_address_it_reaches(
+    world: World, receiver: Receiver, host: str
+) -> None:
+    world.define("notify", url="${env:ACME_NOTIFY_URL}", body=BODY)
+    world.apply()
+    intake = world.fire()
+    env = {"ACME_NOTIFY_URL": f"http://{host}:{receiver.port}/hook"}
+
+    assert world.run(env=env, policy=NetworkPolicy()) == [1]
+
+    failed = world.only_delivery(intake.event_id)
+    assert (failed.status, failed.attempts) == ("failed", 0)
+    assert failed.last_error == (
+        f"refused: {host} means 127.0.0.1, a loopback address "
+        "(allow with --allow-private-networks or --allow-cidr)"
+    )
+    assert [a.outcome for a in world.attempts(failed.id)] == ["failed"]
     assert receiver.requests() == []
 
 

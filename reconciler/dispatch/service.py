@@ -19,7 +19,7 @@ from reconciler.dispatch.events import EventIn
 from reconciler.dispatch.logs import lines_per_turn
 from reconciler.dispatch.metrics import Metrics
 from reconciler.dispatch.sender import Sender
-from reconciler.dispatch.ssrf import GuardedResolver, NetworkPolicy
+from reconciler.dispatch.ssrf import GuardedResolver, NetworkPolicy, guarded_socket
 from reconciler.dispatch.transport import ExactUrlTransport
 from reconciler.dispatch.worker import Database, Worker, WorkerSettings, owner_alive
 from reconciler.store.queue import EventRecord, IntakeResult, QueueStore
@@ -36,12 +36,17 @@ _IntakeUnit = tuple[list[EventRecord], "asyncio.Future[list[IntakeResult]]"]
 def make_sender(concurrency: int, policy: NetworkPolicy | None = None) -> Sender:
     """httpx as the interface, aiohttp underneath: several times the requests per
     second of httpx's own transport on the same CPU (docs/benchmarks.md). Host names
-    resolve through the network policy, so the address checked is the one used."""
-    resolver = GuardedResolver(policy or NetworkPolicy())
+    resolve through the network policy, and every socket is made for an address the
+    policy allows, so the address checked is the one used."""
+    policy = policy or NetworkPolicy()
+    resolver = GuardedResolver(policy)
 
     def session() -> aiohttp.ClientSession:
         connector = aiohttp.TCPConnector(
-            limit=concurrency, resolver=resolver, ssl=ssl.create_default_context()
+            limit=concurrency,
+            resolver=resolver,
+            ssl=ssl.create_default_context(),
+            socket_factory=guarded_socket(policy),
         )
         return aiohttp.ClientSession(connector=connector)
 

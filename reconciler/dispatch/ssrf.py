@@ -2,29 +2,35 @@
 
 Every address a request would go to is checked: private, loopback, link-local
 (cloud metadata at 169.254.169.254 included), multicast, reserved, unspecified,
-shared (CGNAT), unique-local IPv6 and IPv4-mapped IPv6 forms of those are
-refused unless the deployment allows them. Host names are checked in the
-resolver that the HTTP client connects with, so the address checked is the
-address connected to: a DNS answer that changes between check and connect
-(rebinding) cannot slip past.
+shared (CGNAT), unique-local IPv6, and the IPv4 address inside IPv4-mapped,
+6to4, NAT64 and Teredo IPv6 ones, are refused unless the deployment allows them.
+
+The check sits where the connection is made: host names in the resolver the
+HTTP client connects with, and every address, a literal one included, in the
+socket factory, just before the socket connects to it. So the address checked is
+the address connected to: neither a DNS answer that changes between check and
+connect (rebinding) nor a spelling that the client rewrites into an address
+(`127。0。0。1`, `0x7f.1`) can slip past. `check_url` refuses the same URLs
+before a request is built, reading the host as the sender will.
 """
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import ipaddress
 import socket
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from urllib.parse import urlsplit
 
 from aiohttp.abc import AbstractResolver, ResolveResult
 from aiohttp.resolver import ThreadedResolver
 
-Network = ipaddress.IPv4Network | ipaddress.IPv6Network
-Address = ipaddress.IPv4Address | ipaddress.IPv6Address
+from reconciler.addresses import Address, Network, address_refusal, host_addresses
+from reconciler.dispatch.transport import wire_host
 
-_SHARED = ipaddress.ip_network("100.64.0.0/10")  # carrier-grade NAT, RFC 6598
+AddrInfo = tuple[int, int, int, str, tuple[str, int] | tuple[str, int, int, int]]
 ALLOW_HINT = "allow with --allow-private-networks or --allow-cidr"
 
 
@@ -44,53 +50,95 @@ class NetworkPolicy:
     def refusal(self, address: str) -> str | None:
         """Why `address` is refused (its kind), or None when it is allowed."""
         ip = ipaddress.ip_address(address.split("%", 1)[0])
-        if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
-            ip = ip.ipv4_mapped
-        if any(ip in network for network in self.allowed) or self.allow_private:
+        return self.address_refusal(ip)
+
+    def address_refusal(self, ip: Address) -> str | None:
+        if self.allow_private:
             return None
-        return address_kind(ip)
+        return address_refusal(ip, self.allowed)
 
     def check_url(self, url: str) -> None:
-        """Refuse a URL whose host is an address literal that is not allowed.
+        """Refuse a URL whose host, in any reading of it, is an address that is not
+        allowed: the host as written and as the sender hands it to the connection.
 
-        (Host names are checked when they are resolved, by GuardedResolver.)
+        (Host names are checked when they are resolved, by GuardedResolver, and every
+        address again by guarded_socket when it is connected to.)
         """
-        refused = _url_refusal(self, url)
+        refused = _url_refusal(self, _up_to_path(url))
         if refused is not None:
             raise TargetRefused(refused)
 
 
+def _up_to_path(url: str) -> str:
+    """The scheme and authority of `url`: all that its host depends on (the authority
+    ends at the first "/", "?" or "#", RFC 3986), so that a path or query that differs
+    per event does not miss check_url's cache."""
+    start = url.find("//")
+    if start < 0:
+        return url
+    end = len(url)
+    for mark in "/?#":
+        found = url.find(mark, start + 2)
+        if 0 <= found < end:
+            end = found
+    return url[:end]
+
+
 @functools.lru_cache(maxsize=4096)
 def _url_refusal(policy: NetworkPolicy, url: str) -> str | None:
-    """check_url's verdict, kept: most webhooks send every event to the same URL."""
-    host = urlsplit(url).hostname or ""
-    try:
-        kind = policy.refusal(host)
-    except ValueError:
-        return None  # a name, not an address
-    return None if kind is None else f"refused: {host} is a {kind} address ({ALLOW_HINT})"
-
-
-def address_kind(ip: Address) -> str | None:
-    if ip.is_loopback:
-        return "loopback"
-    if ip.is_link_local:
-        return "link-local (cloud metadata lives there)"
-    if ip.is_multicast:
-        return "multicast"
-    if ip.is_unspecified:
-        return "unspecified"
-    if isinstance(ip, ipaddress.IPv4Address) and ip in _SHARED:
-        return "shared (carrier-grade NAT)"
-    if isinstance(ip, ipaddress.IPv6Address) and ip in ipaddress.ip_network("fc00::/7"):
-        return "unique-local"
-    if ip.is_reserved:
-        return "reserved"
-    if ip.is_private:
-        return "private"
-    if not ip.is_global:
-        return "non-public"
+    """check_url's verdict, kept: most webhooks send every event to the same host."""
+    for host in _hosts(url):
+        for ip in host_addresses(host):
+            kind = policy.address_refusal(ip)
+            if kind is None:
+                continue
+            if _as_written(host) == ip:
+                return f"refused: {host} is {_a(kind)} address ({ALLOW_HINT})"
+            return f"refused: {host} means {ip}, {_a(kind)} address ({ALLOW_HINT})"
     return None
+
+
+def _as_written(host: str) -> Address | None:
+    try:
+        return ipaddress.ip_address(host.strip("[]"))
+    except ValueError:
+        return None
+
+
+def _a(kind: str) -> str:
+    return ("an " if kind[0] in "aeiouAEIOU" else "a ") + kind
+
+
+def _hosts(url: str) -> list[str]:
+    """The host of `url` as written (urlsplit keeps Unicode, brackets aside) and as the
+    sender hands it to the connection (httpx's IDNA encoding, then yarl's)."""
+    hosts = []
+    with contextlib.suppress(ValueError):  # then the sender cannot parse it either
+        hosts.append(urlsplit(url).hostname or "")
+    sent = wire_host(url)
+    if sent is not None and sent not in hosts:
+        hosts.append(sent)
+    return hosts
+
+
+def guarded_socket(policy: NetworkPolicy) -> Callable[[AddrInfo], socket.socket]:
+    """A socket factory for aiohttp's connector that refuses to make a socket for an
+    address the policy does not allow. The connector calls it with the very address
+    it is about to connect to, literal addresses included (those never reach the
+    resolver)."""
+
+    def make(addr_info: AddrInfo) -> socket.socket:
+        family, type_, proto, _, sockaddr = addr_info
+        address = str(sockaddr[0])
+        try:
+            kind = policy.refusal(address)
+        except ValueError:  # never from a TCP connector; refused all the same
+            kind = "unknown"
+        if kind is not None:
+            raise TargetRefused(f"refused: {address} is {_a(kind)} address ({ALLOW_HINT})")
+        return socket.socket(family=family, type=type_, proto=proto)
+
+    return make
 
 
 class GuardedResolver(AbstractResolver):
@@ -109,9 +157,9 @@ class GuardedResolver(AbstractResolver):
         allowed = [r for r in results if self.policy.refusal(r["host"]) is None]
         if not allowed:
             first = results[0]["host"] if results else "nothing"
-            kind = self.policy.refusal(first) if results else "unknown"
+            kind = (self.policy.refusal(first) if results else None) or "unknown"
             raise TargetRefused(
-                f"refused: {host} resolves to {first}, a {kind} address ({ALLOW_HINT})"
+                f"refused: {host} resolves to {first}, {_a(kind)} address ({ALLOW_HINT})"
             )
         return allowed
 

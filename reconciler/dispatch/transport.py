@@ -50,6 +50,16 @@ class ExactUrlTransport(AiohttpTransport):
         )
 
 
+def wire_host(url: str) -> str | None:
+    """The host the connection is made to for `url`, as the sender hands it over:
+    parsed by httpx (which IDNA-encodes it), then by yarl; None when it cannot be
+    parsed, which the sender reports itself."""
+    try:
+        return _encoded(str(httpx.URL(url))).raw_host
+    except (httpx.InvalidURL, ValueError):
+        return None
+
+
 @functools.lru_cache(maxsize=4096)
 def _encoded(url: str) -> yarl.URL:
     return yarl.URL(url, encoded=True)
