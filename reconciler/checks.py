@@ -6,7 +6,6 @@ at the line and column where that field is written.
 
 from __future__ import annotations
 
-import contextlib
 import ipaddress
 import os
 import re
@@ -15,7 +14,7 @@ from dataclasses import dataclass
 from typing import Any, Literal
 from urllib.parse import urlsplit
 
-from reconciler import templates
+from reconciler import addresses, templates
 from reconciler.model import METHODS_WITH_BODY, WebhookSpec
 from reconciler.secrets import is_sensitive_header, secret_bearing_url
 
@@ -139,29 +138,36 @@ def _check_url(url: str) -> Iterator[Finding]:
         )
     if "{{" in url:  # else substitute() would return it unchanged
         url = templates.substitute(url, lambda _n: "x", None)
-    host = urlsplit(url).hostname or ""
-    address = None
-    # Only these can parse as an address: an IPv6 one has colons, an IPv4 one ends in
-    # a digit. Anything else would raise ValueError, which costs more than this test.
-    if ":" in host or host[-1:].isdigit():
-        with contextlib.suppress(ValueError):
-            address = ipaddress.ip_address(host)
-    if address is None:
-        if host == "localhost" or host.endswith(".localhost"):
-            yield Finding(
-                ("url",),
-                f"url: {host} is a loopback host; the dispatcher refuses it unless the "
-                "deployment allows private networks (--allow-private-networks)",
-                "warning",
-            )
-        return
-    if not address.is_global:
+    try:
+        host = urlsplit(url).hostname or ""
+    except ValueError:
+        return  # the model has said why already
+    for address in addresses.host_addresses(host):
+        kind = addresses.address_refusal(address)
+        if kind is None:
+            continue
+        means = "" if _as_written(host) == address else f" ({address})"
         yield Finding(
             ("url",),
-            f"url: {host} is not a public address; the dispatcher refuses it unless the "
-            "deployment allows it (--allow-private-networks or --allow-cidr)",
+            f"url: {host}{means} is not a public address ({kind}); the dispatcher refuses "
+            "it unless the deployment allows it (--allow-private-networks or --allow-cidr)",
             "warning",
         )
+        return
+    if addresses.is_loopback_name(host):
+        yield Finding(
+            ("url",),
+            f"url: {host} is a loopback host; the dispatcher refuses it unless the "
+            "deployment allows private networks (--allow-private-networks)",
+            "warning",
+        )
+
+
+def _as_written(host: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address | None:
+    try:
+        return ipaddress.ip_address(host)
+    except ValueError:
+        return None
 
 
 def _check_headers(headers: Mapping[str, str]) -> Iterator[Finding]:

@@ -198,3 +198,41 @@ def test_schema_command_prints_the_committed_schema() -> None:
     result = run("schema")
     assert result.returncode == 0
     assert result.stdout == (REPO / "schemas" / "webhook.schema.json").read_text(encoding="utf-8")
+
+
+def test_validate_warns_about_every_spelling_of_a_private_address(tmp_path: Path) -> None:
+    # Each host below is read as a private or loopback address by the HTTP client
+    # or the resolver, however it is spelled; a public one gets no warning.
+    hosts = {
+        "dots": ("127\u30020\u30020\u30021", "127.0.0.1"),
+        "fullwidth": ("127\uff0e0\uff0e0\uff0e1", "127.0.0.1"),
+        "halfwidth": ("10\uff610\uff610\uff615", "10.0.0.5"),
+        "digits": ("\uff11\uff12\uff17.0.0.1", "127.0.0.1"),
+        "decimal": ("2130706433", "127.0.0.1"),
+        "hex": ("0x7f.1", "127.0.0.1"),
+        "octal": ("0177.0.0.1", "127.0.0.1"),
+        "dot": ("169.254.169.254.", "169.254.169.254"),
+        "sixtofour": ("[2002:a00:5::1]", None),
+        "public": ("hooks.example.com", ""),
+    }
+    (tmp_path / "acme").mkdir()
+    for name, (host, _) in hosts.items():
+        (tmp_path / "acme" / f"{name}.yaml").write_text(
+            f"name: {name}\nevent: new_rule_violation\nmethod: POST\n"
+            f"url: http://{host}/hook\nbody: {{text: hi}}\n",
+            encoding="utf-8",
+        )
+    result = run("validate", ".", cwd=tmp_path)
+    assert result.returncode == 0, result.stdout
+    lines = result.stdout.splitlines()
+    assert lines[-1] == "valid: 10 definitions in 1 organization, 9 warnings."
+    for name, (host, address) in hosts.items():
+        found = [line for line in lines if line.startswith(f"acme/{name}.yaml:4:6: warning: ")]
+        if address == "":
+            assert found == []
+            continue
+        (line,) = found
+        assert "is not a public address" in line and "--allow-cidr" in line
+        if address is not None:
+            assert f"url: {host} ({address}) is not a public address" in line
+    assert "6to4-wrapped private" in "\n".join(lines)
