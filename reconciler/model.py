@@ -216,7 +216,10 @@ def url_problem(url: str) -> str | None:
     probe = url
     if "{{" in url or "${" in url:  # else there is nothing to substitute
         probe = templates.substitute(url, lambda _name: "x", lambda _name: "x")
-    parts = urlsplit(probe)
+    try:
+        parts = urlsplit(probe)
+    except ValueError:  # its message quotes the host, which may come from a secret
+        return "is not a valid URL (its host is malformed)"
     if parts.scheme not in ("http", "https"):
         shown = parts.scheme or "none"
         return f"must be an absolute http:// or https:// URL (scheme: {shown})"

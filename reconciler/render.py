@@ -97,6 +97,9 @@ class Renderer:
             return self._render(event, env)
         except UnicodeEncodeError:
             raise RenderError("an event value is not valid Unicode (a lone surrogate)") from None
+        except ValueError:
+            # Parsers quote what they choke on, and that may be a secret's value.
+            raise RenderError("the request cannot be built from the resolved values") from None
 
     def _render(self, event: EventData, env: Mapping[str, str] | None) -> RenderedRequest:
         spec = self.spec

@@ -168,6 +168,23 @@ def test_fire_wait_with_an_unset_environment_variable_fails_without_a_traceback(
     assert [d["status"] for d in as_json["deliveries_log"]] == ["failed"]
 
 
+def test_fire_wait_with_a_malformed_secret_url_fails_without_showing_it(
+    state: Path, store: SqliteStore
+) -> None:
+    put_specs(store, [spec("a", url="${env:ACME_URL}"), spec("b", enabled=False)])
+    env = cli_env(ACME_URL="http://[SECHOST4]/x")
+    result = fire(state, "--wait", env=env)  # run_cli asserts: no traceback
+    assert result.returncode == 1
+    assert "failed" in result.stdout
+    assert "the resolved url is not usable: it is not a valid URL" in result.stdout
+    assert "SECHOST4" not in result.stdout + result.stderr
+    (record,) = store.deliveries()
+    assert (record.status, record.attempts) == ("failed", 0)
+    found = store.delivery(record.id)
+    assert found is not None
+    assert all("SECHOST4" not in (a.error or "") for a in found[1])
+
+
 def test_fire_wait_with_nothing_to_deliver_succeeds(state: Path) -> None:
     result = cli(
         state, "fire", "reserved_instance_surplus", "--org", "acme", "--name", "x", "--wait"

@@ -210,6 +210,34 @@ def test_an_unusable_resolved_url_is_refused_without_showing_it() -> None:
     assert "hunter2" not in message and "files.acme.example" not in message
 
 
+@pytest.mark.parametrize(
+    "value",
+    [
+        "http://[SECHOST4]/x",  # brackets around something that is not an address
+        "http://[SECHOST4/x",  # unclosed brackets
+        "http://[::1/SECHOST4",
+        "https://user:pw@[SECHOST4]:443/x",
+        "http://SECHOST4\uff03frag/x",  # a full-width # in the host (NFKC)
+        "http://SECHOST4\uff0fx/y",  # a full-width /
+    ],
+)
+@pytest.mark.parametrize("where", ["${env:HOOK_URL}", "https://${env:HOOK_URL}/in"])
+def test_a_malformed_resolved_url_is_a_render_error_that_never_shows_it(
+    value: str, where: str
+) -> None:
+    if where.startswith("https://"):
+        value = value.removeprefix("http://").removeprefix("https://")
+    with pytest.raises(RenderError) as caught:
+        Renderer(spec(url=where)).render(event(), {"HOOK_URL": value})
+    message = str(caught.value)
+    assert message.startswith("the resolved url is not usable")
+    assert "SECHOST4" not in message
+    # and no exception chained to it, which a traceback would print, holds it either
+    error = caught.value
+    assert error.__cause__ is None
+    assert error.__context__ is None or error.__suppress_context__
+
+
 def test_a_resolved_header_with_a_line_break_is_refused_without_showing_it() -> None:
     env = {"TOKEN": "abc\r\nX-Injected: yes"}
     with pytest.raises(RenderError) as caught:

@@ -715,6 +715,33 @@ def test_a_secret_url_never_reaches_the_log_or_the_delivery_record(
     assert "SECRET" not in caplog.text  # ...without the secret
 
 
+@pytest.mark.parametrize(
+    "value", ["http://[SECHOST4]/x", "http://[SECHOST4/x", "http://SECHOST4\uff03x/y"]
+)
+def test_a_malformed_secret_url_fails_as_a_rendering_error_that_never_shows_it(
+    store: SqliteStore,
+    clock: FakeClock,
+    httpx_mock: HTTPXMock,
+    caplog: pytest.LogCaptureFixture,
+    value: str,
+) -> None:
+    live(store, spec("a", url="${env:ACME_HOOK_URL}"))
+    delivery = queue(store, clock)
+    with caplog.at_level(logging.DEBUG):
+        assert once(store, clock, env={"ACME_HOOK_URL": value}) == 1
+
+    assert httpx_mock.get_requests() == []
+    record, attempts = shown(store, delivery)
+    assert (record.status, record.attempts) == ("failed", 0)  # permanent; nothing sent
+    assert record.last_error == (
+        "the resolved url is not usable: it is not a valid URL (its host is malformed)"
+    )
+    assert [(a.outcome, a.error) for a in attempts] == [("failed", record.last_error)]
+    assert caplog.records  # the attempt is logged...
+    assert "SECHOST4" not in caplog.text  # ...without the secret, and without a traceback
+    assert not any(r.exc_info for r in caplog.records)
+
+
 # -- bugs: one bad answer or definition must not take the batch down ------------------
 
 
