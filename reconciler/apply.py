@@ -1,4 +1,9 @@
-"""Apply a plan: under the lock, guarded, in one transaction, into the audit log."""
+"""Apply a plan: under the lock, guarded, in one transaction, into the audit log.
+
+Whether the plan was just made or read from a file, every guard is derived from
+the live state read while the lock is held; the plan only says which changes
+were reviewed, and is refused when the live state no longer matches them.
+"""
 
 from __future__ import annotations
 
@@ -8,7 +13,7 @@ from typing import Protocol
 
 from reconciler.errors import ApprovalRefused, PlanRefused, StaleState
 from reconciler.model import canonical_json
-from reconciler.plan import DEFAULT_DELETE_SHARE, Change, Plan
+from reconciler.plan import DEFAULT_DELETE_SHARE, Change, LiveView, Plan
 from reconciler.secrets import mask_spec
 from reconciler.store.base import AuditRecord, Store, Write
 
@@ -53,25 +58,37 @@ def apply(
     """Plan (or load a saved plan) under the lock, check it, ask, then commit.
 
     `make` is called once the lock is held, so the plan shown is the plan applied.
+    The live state is then read again, under the same lock: the plan must still
+    describe it, and every guard comes from it, never from the plan (`saved` only
+    words the refusals).
     """
     holder = f"{options.actor} (apply)"
     with store.lock(holder, options.lock_timeout):
         plan = make()
-        if saved:
-            _check_not_stale(store, plan)
-        allow_delete = options.allow_delete
-        refusals = plan.refusals(
-            allow_delete=allow_delete, force=options.force, delete_share=options.delete_share
-        )
+        live = _check_still_live(store, plan, saved)
+
+        def refusals_with(allow_delete: bool) -> list[str]:
+            return plan.refusals(
+                allow_delete=allow_delete,
+                force=options.force,
+                delete_share=options.delete_share,
+                live=live,
+            )
+
+        refusals = refusals_with(options.allow_delete)
         show(plan, refusals)
         if not plan.has_changes:
             return ApplyOutcome(plan, plan.serial, applied=False)
-        if _only_delete_permission_missing(plan, options, refusals) and approver.interactive:
+        only_delete_permission_missing = (
+            not options.allow_delete
+            and bool(plan.deletes())
+            and bool(refusals)
+            and not refusals_with(True)
+        )
+        if only_delete_permission_missing and approver.interactive:
             if not approver.confirm_deletes(plan):
                 raise ApprovalRefused("deletes were not confirmed; nothing was changed")
-            refusals = plan.refusals(
-                allow_delete=True, force=options.force, delete_share=options.delete_share
-            )
+            refusals = refusals_with(True)
         if refusals:
             raise PlanRefused(refusals[0] + ("" if len(refusals) == 1 else " (and more, above)"))
         if not options.auto_approve:
@@ -86,26 +103,24 @@ def apply(
         return ApplyOutcome(plan, serial, applied=True)
 
 
-def _only_delete_permission_missing(plan: Plan, options: ApplyOptions, refusals: list[str]) -> bool:
-    if options.allow_delete or not plan.deletes():
-        return False
-    with_permission = plan.refusals(
-        allow_delete=True, force=options.force, delete_share=options.delete_share
-    )
-    return bool(refusals) and not with_permission
-
-
-def _check_not_stale(store: Store, plan: Plan) -> None:
+def _check_still_live(store: Store, plan: Plan, saved: bool) -> LiveView:
+    """The live state in the plan's scope, once it is known to be the one planned against."""
+    what = "the saved plan" if saved else "the plan"
     state = store.state()
     if state.lineage != plan.lineage:
+        raise StaleState(f"{what} was made against another state (lineage differs); plan again")
+    live = LiveView.of(store.webhooks(plan.organization), plan.organization)
+    mismatches = plan.mismatches(live)
+    if mismatches:
         raise StaleState(
-            "the saved plan was made against another state (lineage differs); plan again"
+            f"the live state changed since {what} was made: {'; '.join(mismatches)}; plan again"
         )
     if state.serial != plan.serial:
         raise StaleState(
             f"the live state changed since the plan was made (serial {plan.serial}, "
             f"now {state.serial}); plan again"
         )
+    return live
 
 
 def changes_to_writes(plan: Plan, options: ApplyOptions) -> tuple[list[Write], list[AuditRecord]]:

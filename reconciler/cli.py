@@ -372,7 +372,8 @@ class _TerminalApprover:
     "--plan",
     "plan_file",
     type=click.Path(path_type=Path, dir_okay=False),
-    help="Apply a plan saved by plan --out; refused when the live state changed since.",
+    help="Apply a plan saved by plan --out; refused when it was edited or the live state "
+    "changed since.",
 )
 @click.option("--auto-approve", is_flag=True, help="Do not ask before changing anything.")
 @click.option("--allow-delete", is_flag=True, help="Allow deletes (they are unrecoverable).")
@@ -411,9 +412,10 @@ def apply(
     Plans first and shows the plan, then applies every change in one
     transaction under a lock. Deletes need --allow-delete (or typing 'delete'
     on a terminal); protected webhooks are never deleted; deleting all of an
-    organization or more than --delete-share of it needs --force. On a terminal
-    it asks before changing anything unless --auto-approve; elsewhere it needs
-    --auto-approve.
+    organization or more than --delete-share of it needs --force. Every guard is
+    checked against the live state under the lock, a saved plan's too. On a
+    terminal it asks before changing anything unless --auto-approve; elsewhere it
+    needs --auto-approve.
 
     \b
     Example:

@@ -4,6 +4,11 @@ Desired definitions (files) are compared with the live state. Canonical JSON is
 compared as text first, so only definitions that really differ are diffed field
 by field. Safety checks are methods of the plan; how it is shown lives in
 plan_report.py.
+
+Every guard is derived from a `LiveView`, the live webhooks as read while the
+apply lock is held, never from what a saved plan says about them: a saved plan
+only says which changes were reviewed, and apply refuses it when the live state
+no longer matches them (`Plan.mismatches`).
 """
 
 from __future__ import annotations
@@ -11,9 +16,10 @@ from __future__ import annotations
 import hashlib
 import json
 from collections import Counter
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from functools import cached_property
 from typing import Any, Literal
 
 from pydantic import ValidationError
@@ -52,6 +58,38 @@ class Change:
 
 
 @dataclass(frozen=True)
+class LiveView:
+    """The live webhooks of a plan's scope (one organization, or all of them).
+
+    Apply reads it while it holds the lock; every guard is derived from it.
+    """
+
+    organization: str | None
+    webhooks: Mapping[tuple[str, str], LiveWebhook]
+
+    @classmethod
+    def of(cls, webhooks: Iterable[LiveWebhook], organization: str | None) -> LiveView:
+        return cls(
+            organization,
+            {w.key: w for w in webhooks if organization is None or w.organization == organization},
+        )
+
+    def in_scope(self, organization: str) -> bool:
+        return self.organization is None or organization == self.organization
+
+    def count(self, organization: str) -> int:
+        return self._counts[organization]
+
+    @cached_property
+    def _counts(self) -> Counter[str]:
+        return Counter(org for org, _ in self.webhooks)
+
+    def protected(self, key: tuple[str, str]) -> bool:
+        row = self.webhooks.get(key)
+        return row is not None and bool(row.spec_dict().get("protect"))
+
+
+@dataclass(frozen=True)
 class Drift:
     """A live webhook that changed outside apply."""
 
@@ -69,9 +107,12 @@ class Plan:
     drift: list[Drift]
     unchanged: int
     organization: str | None = None  # the --org scope, if any
+    # What the plan saw, for people and tools reading it; no guard reads these two.
     live_counts: dict[str, int] = field(default_factory=dict)
     desired_empty: bool = False  # no definitions at all were found
     created_at: str = field(default_factory=lambda: datetime.now(UTC).isoformat(timespec="seconds"))
+    # The live state the plan was made from; None for a plan read from a file.
+    live: LiveView | None = field(default=None, compare=False, repr=False)
 
     @property
     def has_changes(self) -> bool:
@@ -84,18 +125,13 @@ class Plan:
         return [c for c in self.changes if c.action == "delete"]
 
     def checksum(self) -> str:
-        body = json.dumps(
-            [
-                self.lineage,
-                self.serial,
-                [
-                    [c.action, c.organization, c.name, c.before, c.after, c.resumes]
-                    for c in self.changes
-                ],
-            ],
-            sort_keys=True,
-        )
-        return "sha256:" + hashlib.sha256(body.encode()).hexdigest()
+        """The checksum of the saved form: every field of the file but the checksum.
+
+        It catches a plan file that was edited, cut short or mixed up; it is no
+        seal against a forger, who can compute it too. Apply's safety comes from
+        deriving every guard from the live state (`refusals`, `mismatches`).
+        """
+        return document_checksum(self.as_json(full=True, checksum=False))
 
     # -- safety checks --------------------------------------------------------
 
@@ -105,11 +141,20 @@ class Plan:
         allow_delete: bool,
         force: bool,
         delete_share: float = DEFAULT_DELETE_SHARE,
+        live: LiveView | None = None,
     ) -> list[str]:
-        """Why apply must not go ahead with the flags given; empty when it may."""
+        """Why apply must not go ahead with the flags given; empty when it may.
+
+        Derived from `live` (by default the live state the plan was made from),
+        never from the plan's own account of it: what is protected, how many
+        webhooks an organization has, whether any definition is left.
+        """
+        view = live if live is not None else self.live
+        if view is None:
+            raise ValueError("a plan read from a file has no live state: pass the one under lock")
         reasons = []
         deletes = self.deletes()
-        protected = [c for c in deletes if c.protected]
+        protected = [c for c in deletes if view.protected(c.key)]
         if protected:
             names = ", ".join(f"{c.organization}/{c.name}" for c in protected)
             reasons.append(
@@ -123,46 +168,79 @@ class Plan:
                 "typing 'delete' when asked also allows it)"
             )
         if deletes and not force:
-            reasons.extend(self._mass_delete_reasons(delete_share))
+            reasons.extend(self._mass_delete_reasons(view, delete_share))
         return reasons
 
-    def _mass_delete_reasons(self, delete_share: float) -> list[str]:
-        if self.desired_empty:
+    def _mass_delete_reasons(self, live: LiveView, delete_share: float) -> list[str]:
+        deletes = self.deletes()
+        creates = Counter(c.organization for c in self.changes if c.action == "create")
+        # No definitions in scope is the one way a plan creates nothing and deletes
+        # every live webhook in scope.
+        if not creates and live.webhooks.keys() <= {c.key for c in deletes}:
             return [
                 "no definitions were found, so the plan deletes every live webhook in scope: "
                 "re-run with --force if that is intended"
             ]
         reasons = []
-        per_org = Counter(c.organization for c in self.deletes())
-        creates = Counter(c.organization for c in self.changes if c.action == "create")
+        per_org = Counter(c.organization for c in deletes)
         for org, count in sorted(per_org.items()):
-            live = self.live_counts.get(org, 0)
-            if count >= live and not creates[org]:
+            live_count = live.count(org)
+            if count >= live_count and not creates[org]:
                 reasons.append(
                     f"the plan deletes every webhook of organization '{org}' ({count}): "
                     "re-run with --force if that is intended"
                 )
-            elif live >= DELETE_SHARE_MIN_WEBHOOKS and count / live > delete_share:
+            elif live_count >= DELETE_SHARE_MIN_WEBHOOKS and count / live_count > delete_share:
                 reasons.append(
-                    f"the plan deletes {count} of {live} webhooks of organization '{org}', more "
-                    f"than {delete_share:.0%}: re-run with --force if that is intended"
+                    f"the plan deletes {count} of {live_count} webhooks of organization "
+                    f"'{org}', more than {delete_share:.0%}: re-run with --force if that is "
+                    "intended"
                 )
         return reasons
 
+    def mismatches(self, live: LiveView) -> list[str]:
+        """The changes whose `before` is no longer the live definition, one phrase each.
+
+        A saved plan says which changes were reviewed; when the live state no longer
+        matches them, it is not the plan that was reviewed any more.
+        """
+        found = []
+        for change in self.changes:
+            who = f"{change.organization}/{change.name}"
+            if not live.in_scope(change.organization):
+                found.append(f"{who} is outside the plan's organization {live.organization}")
+                continue
+            row = live.webhooks.get(change.key)
+            if row is None:
+                if change.before is not None:
+                    found.append(f"{who} was deleted")
+            elif change.before is None:
+                found.append(f"{who} was created")
+            else:
+                now = row.spec_dict()
+                if canonical_json(now) != canonical_json(change.before):
+                    paths = ", ".join(f.dotted for f in field_changes(change.before, now))
+                    found.append(f"{who} was edited ({paths or 'its definition'})")
+        return found
+
     # -- saved plans ------------------------------------------------------------
 
-    def as_json(self, *, full: bool = False) -> dict[str, Any]:
-        """The documented JSON shape (format_version 1); masked unless `full`."""
+    def as_json(self, *, full: bool = False, checksum: bool = True) -> dict[str, Any]:
+        """The documented JSON shape (format_version 1); masked unless `full`.
+
+        The checksum is always the saved (full) form's, so the one a masked report
+        shows names the file `plan --out` writes.
+        """
         show = (lambda spec: spec) if full else mask_spec
         counts = self.counts()
-        return {
+        data: dict[str, Any] = {
             "format_version": FORMAT_VERSION,
             "full": full,
             "lineage": self.lineage,
             "serial": self.serial,
             "created_at": self.created_at,
             "organization": self.organization,
-            "checksum": self.checksum(),
+            "checksum": None,
             "summary": {
                 "create": counts["create"],
                 "update": counts["update"],
@@ -183,6 +261,11 @@ class Plan:
             "live_counts": self.live_counts,
             "desired_empty": self.desired_empty,
         }
+        if checksum:
+            data["checksum"] = self.checksum()
+        else:
+            del data["checksum"]
+        return data
 
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> Plan:
@@ -216,15 +299,50 @@ class Plan:
             )
         except (KeyError, TypeError, ValueError) as exc:
             raise PlanFileError(f"saved plan is incomplete: {exc}") from None
-        if plan.checksum() != data.get("checksum"):
+        strays = [c for c in changes if plan.organization not in (None, c.organization)]
+        if strays:
+            raise PlanFileError(
+                f"saved plan changes {strays[0].organization}/{strays[0].name}, outside its "
+                f"organization {plan.organization}: it was edited"
+            )
+        if document_checksum(data) != data.get("checksum"):
             raise PlanFileError("saved plan does not match its checksum: it was edited")
+        # The checksum can be recomputed by anyone: the fields must also agree with
+        # each other (summary, field changes, protected marks) as plan --out wrote them.
+        if plan.checksum() != data["checksum"]:
+            raise PlanFileError(
+                "saved plan's fields do not agree with each other, though its checksum "
+                "was recomputed: it was edited"
+            )
         return plan
+
+
+def document_checksum(document: Mapping[str, Any]) -> str:
+    """SHA-256 of the canonical JSON of every field of a saved plan but `checksum`."""
+    body = {key: value for key, value in document.items() if key != "checksum"}
+    text = json.dumps(body, sort_keys=True, separators=(",", ":"))
+    return "sha256:" + hashlib.sha256(text.encode()).hexdigest()
+
+
+_SIDES: dict[str, tuple[bool, bool]] = {  # action -> (has before, has after)
+    "create": (False, True),
+    "update": (True, True),
+    "delete": (True, False),
+}
 
 
 def _change_from_json(data: dict[str, Any]) -> Change:
     before, after = data.get("before"), data.get("after")
-    if data["action"] not in ("create", "update", "delete"):
+    if data["action"] not in _SIDES:
         raise ValueError(f"unknown action {data['action']!r}")
+    if _SIDES[data["action"]] != (before is not None, after is not None):
+        raise PlanFileError(
+            f"saved plan's {data['action']} of {data['name']} has "
+            f"{'no' if before is None else 'a'} before and {'no' if after is None else 'an'} "
+            "after: it was edited"
+        )
+    if before is not None and not isinstance(before, dict):
+        raise ValueError(f"the before of {data['name']} is not an object")
     if after is not None:
         # A saved plan is applied as written: it must hold valid definitions.
         try:
@@ -345,6 +463,7 @@ def make_plan(
         organization=organization,
         live_counts=dict(Counter(w.organization for w in current.values())),
         desired_empty=not wanted,
+        live=LiveView(organization, current),
     )
 
 

@@ -574,7 +574,28 @@ def test_cli_a_stale_saved_plan_is_refused(project: Path) -> None:
     write(folder, "acme", "new-one")
     saved = project / "plan.json"
     assert cli(project, "plan", "--out", str(saved)).returncode == 0
-    # someone else applies another change first
+    # someone else applies another change first (and the planned one with it)
+    write(folder, "acme", "another")
+    assert cli(project, "apply", "--auto-approve", "--actor", "b").returncode == 0
+    before = state_snapshot(project)
+
+    result = cli(project, "apply", "--plan", str(saved), "--auto-approve", "--actor", "c")
+    assert result.returncode == 1
+    assert result.stderr.strip().splitlines()[-1] == (
+        "error: the live state changed since the saved plan was made: acme/new-one was "
+        "created; plan again"
+    )
+    assert state_snapshot(project) == before
+
+
+def test_cli_a_saved_plan_is_refused_after_any_other_apply(project: Path) -> None:
+    assert cli(project, "apply", "--auto-approve", "--actor", "a").returncode == 0
+    folder = project / "webhooks.d"
+    write(folder, "acme", "new-one")
+    saved = project / "plan.json"
+    assert cli(project, "plan", "--out", str(saved)).returncode == 0
+    # someone else applies a change the plan does not touch
+    (folder / "acme" / "new-one.yaml").unlink()
     write(folder, "acme", "another")
     assert cli(project, "apply", "--auto-approve", "--actor", "b").returncode == 0
     before = state_snapshot(project)

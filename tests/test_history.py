@@ -77,6 +77,7 @@ def story(tmp_path_factory: pytest.TempPathFactory) -> Story:
     (root / ".gitignore").write_text(".reconciler/\n")
     git(root, "init", "-q")
     told = Story(root, db, [], [])
+    plans = tmp_path_factory.mktemp("plans")
 
     def checkpoint(message: str) -> None:
         git(root, "add", "-A")
@@ -84,10 +85,12 @@ def story(tmp_path_factory: pytest.TempPathFactory) -> Story:
         told.commits.append(git(root, "rev-parse", "HEAD"))
 
     def apply(*args: str, **env: str) -> None:
-        planned = told.cli("plan", "--format", "json")
+        # The plan a reviewer saw, saved and applied as it is: the audit log names it.
+        saved = plans / f"plan-{len(told.checksums)}.json"
+        planned = told.cli("plan", "--format", "json", "--out", str(saved))
         assert planned.returncode == 0, planned.stderr
         told.checksums.append(json.loads(planned.stdout)["checksum"])
-        applied = told.cli("apply", "--auto-approve", *args, **env)
+        applied = told.cli("apply", "--auto-approve", "--plan", str(saved), *args, **env)
         assert applied.returncode == 0, applied.stderr
 
     # 1. three webhooks, committed, applied by alice

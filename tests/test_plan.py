@@ -325,9 +325,12 @@ def test_the_checksum_is_stable(store: SqliteStore) -> None:
     desired = [spec("a", url="https://n.example.com/"), spec("c")]
     first = plan_for(store, desired)
     again = plan_for(store, list(reversed(desired)))
-    again.created_at = "2000-01-01T00:00:00+00:00"
+    again.created_at = first.created_at
     assert first.checksum() == again.checksum()
     assert re.fullmatch(r"sha256:[0-9a-f]{64}", first.checksum())
+    # every field of the saved form is covered, the time it was made too
+    again.created_at = "2000-01-01T00:00:00+00:00"
+    assert first.checksum() != again.checksum()
 
 
 def test_the_checksum_changes_with_the_plan(store: SqliteStore) -> None:
@@ -392,11 +395,15 @@ def test_a_full_plan_round_trips_through_json(varied_plan: Plan) -> None:
         (c.action, c.organization, c.name, c.before, c.after, c.resumes)
         for c in varied_plan.changes
     ]
+    # a plan read from a file carries no live state: its guards need the live one
+    assert loaded.live is None
+    with pytest.raises(ValueError, match="live state"):
+        loaded.refusals(allow_delete=True, force=True)
     for allow_delete in (False, True):
         for force in (False, True):
-            assert loaded.refusals(allow_delete=allow_delete, force=force) == (
-                varied_plan.refusals(allow_delete=allow_delete, force=force)
-            )
+            assert loaded.refusals(
+                allow_delete=allow_delete, force=force, live=varied_plan.live
+            ) == (varied_plan.refusals(allow_delete=allow_delete, force=force))
     # the full form holds the real values, as apply needs them
     updated = next(c for c in loaded.changes if c.name == "updated")
     assert updated.after is not None
