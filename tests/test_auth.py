@@ -157,7 +157,7 @@ def event_body(org: str) -> dict[str, Any]:
 
 def _refused(response: httpx.Response, status: int, words: str) -> None:
     assert response.status_code == status, response.text
-    assert response.json() == {"error": response.json()["error"]}
+    assert response.json() == {"error": response.json()["error"], "problems": []}
     assert words in response.json()["error"], response.text
 
 
@@ -320,7 +320,7 @@ ENDPOINTS = [
 
 def _unauthorized(response: httpx.Response) -> None:
     assert response.status_code == 401, response.text
-    assert response.json() == {"error": UNAUTHORIZED}
+    assert response.json() == {"error": UNAUTHORIZED, "problems": []}
     assert response.headers["www-authenticate"] == "Bearer"
 
 
@@ -425,6 +425,49 @@ def test_who_asks_comes_before_what_they_sent(world: World) -> None:
     assert world.one("POST", "/v1/events", publisher, invalid).status_code == 422
     bad_org = {**event_body("globex"), "type": "nope"}
     assert world.one("POST", "/v1/events", publisher, bad_org).status_code == 422
+
+
+@pytest.mark.parametrize(
+    ("method", "path"),
+    [
+        ("POST", "/v1/events"),
+        ("POST", "/v1/events/batch"),
+        ("GET", "/v1/deliveries"),
+        ("GET", "/metrics"),
+    ],
+)
+@pytest.mark.parametrize("declared", [True, False], ids=["Content-Length", "chunked"])
+def test_who_asks_comes_before_the_size_of_what_they_sent(
+    world: World, method: str, path: str, declared: bool
+) -> None:
+    too_large = b" " * (1024 * 1024 + 1)  # over every path's limit
+
+    async def chunks() -> Any:
+        for start in range(0, len(too_large), 65536):
+            yield too_large[start : start + 65536]
+
+    async def go(headers: dict[str, str]) -> httpx.Response:
+        sender = Sender(httpx.AsyncHTTPTransport())  # never used here
+        dispatcher = Dispatcher(world.store, sender, clock=world.clock, env={})
+        transport = httpx.ASGITransport(app=create_app(dispatcher), raise_app_exceptions=False)
+        try:
+            async with httpx.AsyncClient(transport=transport, base_url="http://test") as http:
+                content = too_large if declared else chunks()
+                return await http.request(method, path, headers=headers, content=content)
+        finally:
+            await sender.aclose()
+            dispatcher.db.close()
+
+    _unauthorized(asyncio.run(go({})))
+    _unauthorized(asyncio.run(go(BAD_HEADERS["well-formed but unknown"])))
+    if path != "/metrics":  # a role refused: 403 (every role may read /metrics)
+        wrong = "auditor@acme" if method == "POST" else "publisher@acme"
+        assert asyncio.run(go(world.headers(wrong))).status_code == 403
+    # Only a caller let in hears about the size.
+    too_big = asyncio.run(go(world.headers("admin@acme")))
+    assert too_big.status_code == 413, too_big.text
+    assert too_big.json()["problems"] == []
+    assert world.store.deliveries(event_id="new-acme") == []
 
 
 def test_a_partner_admin_sees_all_of_their_clients_and_no_one_else(world: World) -> None:
