@@ -38,7 +38,9 @@ def tokens() -> None:
       admin      send events, read deliveries, replay them
       publisher  send events (POST /v1/events)
       auditor    read deliveries (GET /v1/deliveries...)
-    Any valid token reads /metrics and /openapi.json; /healthz needs none.
+      metrics    only what every role may: Prometheus' scraping credential
+    Any valid token reads /openapi.json, and /metrics for its organizations
+    (with --all-orgs, the whole installation's too); /healthz needs none.
 
     \b
     Example:
@@ -84,6 +86,7 @@ def create_command(
     Example:
       reconciler tokens create --role admin --org acme --org globex --name partner-x
       TOKEN=$(reconciler tokens create --role auditor --org acme --expires 30d)
+      reconciler tokens create --role metrics --all-orgs --name prometheus
     """
     try:
         expires_in = api_tokens.parse_expiry(expires) if expires else None

@@ -11,8 +11,11 @@ Roles, each within the token's organizations:
     admin      send events, read deliveries, replay them
     publisher  send events
     auditor    read deliveries
+    metrics    nothing more than every role may: Prometheus' credential
 
-Every valid token may read /metrics and /openapi.json.
+Every valid token may read /openapi.json, and /metrics for its organizations: the
+series labelled with one of them; a token with every organization (--all-orgs)
+also reads the installation's series (the queue, attempt durations).
 """
 
 from __future__ import annotations
@@ -31,7 +34,7 @@ from reconciler.errors import TokenError
 from reconciler.model import NAME_PATTERN, NAME_RULE
 from reconciler.store.tokens import TokenRecord, TokenStore
 
-ROLES = ("admin", "publisher", "auditor")
+ROLES = ("admin", "publisher", "auditor", "metrics")
 PREFIX = "rcn_"
 
 Permission = Literal["send", "read", "replay"]
@@ -39,6 +42,7 @@ PERMISSIONS: dict[str, frozenset[Permission]] = {
     "admin": frozenset({"send", "read", "replay"}),
     "publisher": frozenset({"send"}),
     "auditor": frozenset({"read"}),
+    "metrics": frozenset(),
 }
 # What a refusal says a role may not do.
 ACTIONS: dict[Permission, str] = {

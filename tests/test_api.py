@@ -758,7 +758,8 @@ def test_metrics_count_events_and_outcomes_in_prometheus_text(
         await api.dispatcher.worker.run_once()
         return await api.http.get("/metrics")
 
-    response = call(store, clock, scenario)
+    # The operator's token: every organization, so the installation's series too.
+    response = call(store, clock, scenario, all_organizations=True)
     assert response.status_code == 200
     assert response.headers["content-type"].startswith("text/plain")
     text = response.text
@@ -770,6 +771,33 @@ def test_metrics_count_events_and_outcomes_in_prometheus_text(
     assert 'reconciler_queue_deliveries{status="pending"} 1' in text
     assert "reconciler_attempt_duration_seconds_count 2" in text
     assert "hooks" not in text  # no URL, nothing that could hold a secret
+
+
+def test_metrics_of_one_organization_never_name_another(
+    store: SqliteStore, clock: FakeClock, httpx_mock: HTTPXMock
+) -> None:
+    httpx_mock.add_response(url="https://hooks.example.com/a", is_reusable=True)
+    httpx_mock.add_response(url="https://hooks.example.com/b", status_code=503)
+    globex = bearer(store, "globex", role="publisher")
+    everyone = bearer(store, role="metrics", all_organizations=True)
+
+    async def scenario(api: Api) -> tuple[str, str]:
+        for org in ("acme", "globex"):
+            assert (await api.post_event(organization=org)).status_code == 202
+        assert await api.deliver() == 3
+        mine = await api.http.get("/metrics", headers=globex)
+        every = await api.http.get("/metrics", headers=everyone)
+        assert (mine.status_code, every.status_code) == (200, 200)
+        return mine.text, every.text
+
+    mine, every = call(store, clock, scenario)
+    assert "acme" not in mine  # neither acme's counts nor its name
+    assert 'outcome="delivered",organization="globex",event="new_rule_violation"} 1' in mine
+    assert "reconciler_queue_deliveries" not in mine  # every organization's queue
+    assert 'outcome="retried",organization="acme",event="new_rule_violation"} 1' in every
+    assert 'outcome="delivered",organization="globex",event="new_rule_violation"} 1' in every
+    assert 'reconciler_queue_deliveries{status="pending"} 1' in every
+    assert "reconciler_attempt_duration_seconds_count 3" in every
 
 
 # -- found by fuzzing the API against its document (test_fuzz_api.py) ----------------------

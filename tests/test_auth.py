@@ -131,6 +131,7 @@ CALLERS = {
     "partner-admin@acme,globex": _token("admin", "acme", "globex"),
     "auditor@*": _token("auditor", all_organizations=True),
     "publisher@*": _token("publisher", all_organizations=True),
+    "metrics@*": _token("metrics", all_organizations=True),
 }
 
 # What each caller sees of each organization's delivery, and may send events for.
@@ -141,8 +142,13 @@ SCOPE = {
     "partner-admin@acme,globex": {"acme", "globex"},
     "auditor@*": set(ORGS),
     "publisher@*": set(ORGS),
+    "metrics@*": set(ORGS),
 }
 ROLE = {caller: caller.split("@")[0].removeprefix("partner-") for caller in CALLERS}
+
+
+def may(caller: str, permission: tokens.Permission) -> bool:
+    return permission in tokens.PERMISSIONS[ROLE[caller]]
 
 
 def event_body(org: str) -> dict[str, Any]:
@@ -151,7 +157,7 @@ def event_body(org: str) -> dict[str, Any]:
 
 def _refused(response: httpx.Response, status: int, words: str) -> None:
     assert response.status_code == status, response.text
-    assert response.json() == {"error": response.json()["error"]}
+    assert response.json() == {"error": response.json()["error"], "problems": []}
     assert words in response.json()["error"], response.text
 
 
@@ -169,8 +175,8 @@ def test_sending_an_event(world: World, caller: str, org: str, batch: bool) -> N
         "POST", "/v1/events/batch" if batch else "/v1/events", world.headers(caller), body
     )
 
-    if ROLE[caller] == "auditor":
-        _refused(response, 403, "the role auditor may not send events")
+    if not may(caller, "send"):
+        _refused(response, 403, f"the role {ROLE[caller]} may not send events")
     elif org not in SCOPE[caller]:
         _refused(response, 403, f"organization {org} is out of this token's scope")
     else:
@@ -188,8 +194,8 @@ def test_sending_an_event(world: World, caller: str, org: str, batch: bool) -> N
 def test_listing_deliveries_shows_only_the_tokens_organizations(world: World, caller: str) -> None:
     response = world.one("GET", "/v1/deliveries", world.headers(caller))
 
-    if ROLE[caller] == "publisher":
-        _refused(response, 403, "the role publisher may not read deliveries")
+    if not may(caller, "read"):
+        _refused(response, 403, f"the role {ROLE[caller]} may not read deliveries")
         return
     assert response.status_code == 200, response.text
     listed = {d["organization"]: d["id"] for d in response.json()["deliveries"]}
@@ -201,8 +207,8 @@ def test_listing_deliveries_shows_only_the_tokens_organizations(world: World, ca
 def test_listing_one_organizations_deliveries(world: World, caller: str, org: str) -> None:
     response = world.one("GET", f"/v1/deliveries?org={org}", world.headers(caller))
 
-    if ROLE[caller] == "publisher":
-        _refused(response, 403, "the role publisher may not read deliveries")
+    if not may(caller, "read"):
+        _refused(response, 403, f"the role {ROLE[caller]} may not read deliveries")
     elif org not in SCOPE[caller]:
         _refused(response, 403, f"organization {org} is out of this token's scope")
     else:
@@ -216,8 +222,8 @@ def test_reading_one_delivery(world: World, caller: str, org: str) -> None:
     delivery_id = world.delivery[org]
     response = world.one("GET", f"/v1/deliveries/{delivery_id}", world.headers(caller))
 
-    if ROLE[caller] == "publisher":
-        _refused(response, 403, "the role publisher may not read deliveries")
+    if not may(caller, "read"):
+        _refused(response, 403, f"the role {ROLE[caller]} may not read deliveries")
     elif org not in SCOPE[caller]:
         # invisible: the same answer as for a delivery that does not exist
         assert response.status_code == 404, response.text
@@ -256,6 +262,37 @@ def test_metrics_and_the_openapi_document_take_any_valid_token(
     assert response.status_code == 200, response.text
 
 
+INSTALLATION_SERIES = (
+    "reconciler_queue_deliveries",
+    "reconciler_queue_oldest_due_seconds",
+    "reconciler_deliveries_deferred_total",
+    "reconciler_attempt_duration_seconds",
+)
+
+
+@pytest.mark.parametrize("caller", list(CALLERS))
+def test_metrics_show_only_the_tokens_organizations(world: World, caller: str) -> None:
+    everyone = _token("admin", all_organizations=True)(world)
+    batch = {"events": [event_body(org) for org in ORGS]}
+    sent, metrics = world.send(
+        ("POST", "/v1/events/batch", everyone, batch),
+        ("GET", "/metrics", world.headers(caller), None),
+    )
+    assert sent.status_code == 202, sent.text
+    assert metrics.status_code == 200, metrics.text
+    for org in ORGS:
+        line = (
+            f'reconciler_events_received_total{{organization="{org}",event="new_rule_violation"}} 1'
+        )
+        if org in SCOPE[caller]:
+            assert line in metrics.text
+        else:  # not its series, not even its name
+            assert org not in metrics.text
+    every_organization = caller.endswith("@*")
+    for series in INSTALLATION_SERIES:
+        assert (f"\n{series}" in metrics.text) is every_organization, series
+
+
 def test_healthz_needs_no_token(world: World) -> None:
     response = world.one("GET", "/healthz", {})
     assert (response.status_code, response.json()) == (200, {"status": "ok"})
@@ -283,7 +320,7 @@ ENDPOINTS = [
 
 def _unauthorized(response: httpx.Response) -> None:
     assert response.status_code == 401, response.text
-    assert response.json() == {"error": UNAUTHORIZED}
+    assert response.json() == {"error": UNAUTHORIZED, "problems": []}
     assert response.headers["www-authenticate"] == "Bearer"
 
 
@@ -388,6 +425,49 @@ def test_who_asks_comes_before_what_they_sent(world: World) -> None:
     assert world.one("POST", "/v1/events", publisher, invalid).status_code == 422
     bad_org = {**event_body("globex"), "type": "nope"}
     assert world.one("POST", "/v1/events", publisher, bad_org).status_code == 422
+
+
+@pytest.mark.parametrize(
+    ("method", "path"),
+    [
+        ("POST", "/v1/events"),
+        ("POST", "/v1/events/batch"),
+        ("GET", "/v1/deliveries"),
+        ("GET", "/metrics"),
+    ],
+)
+@pytest.mark.parametrize("declared", [True, False], ids=["Content-Length", "chunked"])
+def test_who_asks_comes_before_the_size_of_what_they_sent(
+    world: World, method: str, path: str, declared: bool
+) -> None:
+    too_large = b" " * (1024 * 1024 + 1)  # over every path's limit
+
+    async def chunks() -> Any:
+        for start in range(0, len(too_large), 65536):
+            yield too_large[start : start + 65536]
+
+    async def go(headers: dict[str, str]) -> httpx.Response:
+        sender = Sender(httpx.AsyncHTTPTransport())  # never used here
+        dispatcher = Dispatcher(world.store, sender, clock=world.clock, env={})
+        transport = httpx.ASGITransport(app=create_app(dispatcher), raise_app_exceptions=False)
+        try:
+            async with httpx.AsyncClient(transport=transport, base_url="http://test") as http:
+                content = too_large if declared else chunks()
+                return await http.request(method, path, headers=headers, content=content)
+        finally:
+            await sender.aclose()
+            dispatcher.db.close()
+
+    _unauthorized(asyncio.run(go({})))
+    _unauthorized(asyncio.run(go(BAD_HEADERS["well-formed but unknown"])))
+    if path != "/metrics":  # a role refused: 403 (every role may read /metrics)
+        wrong = "auditor@acme" if method == "POST" else "publisher@acme"
+        assert asyncio.run(go(world.headers(wrong))).status_code == 403
+    # Only a caller let in hears about the size.
+    too_big = asyncio.run(go(world.headers("admin@acme")))
+    assert too_big.status_code == 413, too_big.text
+    assert too_big.json()["problems"] == []
+    assert world.store.deliveries(event_id="new-acme") == []
 
 
 def test_a_partner_admin_sees_all_of_their_clients_and_no_one_else(world: World) -> None:

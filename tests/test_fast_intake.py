@@ -169,6 +169,10 @@ def test_the_same_event_twice_is_a_duplicate_on_the_fast_path_too(
         ("publisher", body(), "text/plain", 422, ONE),
         ("publisher", body(), None, 422, ONE),
         ("publisher", b"x" * (MAX_EVENT_BYTES + 1), "application/json", 413, ONE),
+        # Who asks comes before the size of what they sent.
+        ("none", b"x" * (MAX_EVENT_BYTES + 1), "application/json", 401, ONE),
+        ("garbage", b"x" * (MAX_EVENT_BYTES + 1), "application/json", 401, ONE),
+        ("auditor", b"x" * (MAX_EVENT_BYTES + 1), "application/json", 403, ONE),
         ("none", batch({}), "application/json", 401, BATCH),
         ("auditor", batch({}), "application/json", 403, BATCH),
         ("publisher", batch({}, {"organization": "globex"}), "application/json", 403, BATCH),
@@ -178,6 +182,9 @@ def test_the_same_event_twice_is_a_duplicate_on_the_fast_path_too(
         ("publisher", body(), "application/json", 422, BATCH),
         ("publisher", batch({}), "text/plain", 422, BATCH),
         ("publisher", b"x" * (MAX_BATCH_BYTES + 1), "application/json", 413, BATCH),
+        ("none", b"x" * (MAX_BATCH_BYTES + 1), "application/json", 401, BATCH),
+        ("garbage", b"x" * (MAX_BATCH_BYTES + 1), "text/plain", 401, BATCH),
+        ("auditor", b"x" * (MAX_BATCH_BYTES + 1), "application/json", 403, BATCH),
     ],
 )
 def test_everything_else_is_answered_by_the_route(

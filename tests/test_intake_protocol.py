@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import logging
 import socket
 import sqlite3
 import threading
@@ -26,7 +27,9 @@ import uvicorn
 from helpers_state import FakeClock, bearer, put_specs, spec
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
+from reconciler.dispatch import failures
 from reconciler.dispatch.app import create_app
+from reconciler.dispatch.auth import UNAUTHORIZED
 from reconciler.dispatch.events import MAX_BATCH_EVENTS
 from reconciler.dispatch.intake_protocol import protocol_for
 from reconciler.dispatch.sender import Sender
@@ -331,27 +334,83 @@ def test_what_the_fast_path_declines_gets_the_apps_own_answer(tmp_path: Path, ca
     run(test)
 
 
-def test_a_failing_store_answers_500_and_the_next_request_is_served(
+@pytest.mark.parametrize("path", ["/v1/events", "/v1/events/batch"])
+def test_a_failing_state_answers_503_in_the_apis_shape_and_the_next_request_is_served(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture, path: str
+) -> None:
+    body = event(1) if path == "/v1/events" else {"events": [event(1)]}
+
+    async def test() -> None:
+        async with serve(tmp_path) as served:
+
+            def broken(*args: Any) -> Any:
+                raise sqlite3.OperationalError("database or disk is full")
+
+            monkeypatch.setattr(served.store, "add_events", broken)
+            monkeypatch.setattr(served.store, "add_events_and_claim", broken)
+            with caplog.at_level(logging.INFO, logger="reconciler"):
+                (answer,) = await exchange(served, served.request(path, body))
+            assert answer.status == 503
+            assert answer.headers["retry-after"] == str(failures.RETRY_AFTER)
+            assert answer.headers["content-type"] == "application/json"
+            assert answer.json() == {"error": failures.UNAVAILABLE, "problems": []}
+            (line,) = [r for r in caplog.records if r.levelno >= logging.ERROR]
+            assert line.getMessage() == (
+                f"POST {path}: the state failed (OperationalError: database or disk is "
+                "full); answered 503"
+            )
+            assert served.token not in line.getMessage()
+            assert served.app_saw == []  # answered on the connection, as the route would
+            monkeypatch.undo()
+            (answer,) = await exchange(served, served.request(path, body))
+            assert answer.status == 202
+            assert served.stored_events() == ["evt-1"]
+
+    run(test)
+
+
+def test_a_bug_while_storing_is_a_500_in_the_apis_shape(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     async def test() -> None:
         async with serve(tmp_path) as served:
 
-            def broken(*args: Any) -> Any:
-                raise sqlite3.OperationalError("disk I/O error")
+            def bug(*args: Any) -> Any:
+                raise RuntimeError("a bug")
 
-            monkeypatch.setattr(served.store, "add_events", broken)
-            monkeypatch.setattr(served.store, "add_events_and_claim", broken)
-            reader, writer = await served.connect()
-            writer.write(served.request(body=event(1)))
-            await writer.drain()
-            answer = await read_answer(reader)
-            writer.close()
-            assert (answer.status, answer.body) == (500, b"Internal Server Error")
-            monkeypatch.undo()
-            (answer,) = await exchange(served, served.request(body=event(2)))
-            assert answer.status == 202
-            assert served.stored_events() == ["evt-2"]
+            monkeypatch.setattr(served.store, "add_events", bug)
+            monkeypatch.setattr(served.store, "add_events_and_claim", bug)
+            (answer,) = await exchange(served, served.request(body=event(1)))
+            assert (answer.status, answer.json()) == (
+                500,
+                {"error": failures.INTERNAL, "problems": []},
+            )
+
+    run(test)
+
+
+# -- who asks comes before the size of what they sent -------------------------------------
+
+TOO_LARGE = {"/v1/events": 64 * 1024 + 1, "/v1/events/batch": 1024 * 1024 + 1}
+
+
+@pytest.mark.parametrize("fast", [True, False], ids=["intake protocol", "uvicorn's"])
+@pytest.mark.parametrize("token", [None, "rcn_unknown"], ids=["no token", "an unknown token"])
+@pytest.mark.parametrize("path", list(TOO_LARGE))
+def test_a_body_over_the_limit_without_a_valid_token_is_401(
+    tmp_path: Path, path: str, token: str | None, fast: bool
+) -> None:
+    async def test() -> None:
+        async with serve(tmp_path, fast) as served:
+            (answer,) = await exchange(
+                served, served.request(path, raw=b" " * TOO_LARGE[path], token=token)
+            )
+            assert answer.status == 401
+            assert answer.headers["www-authenticate"] == "Bearer"
+            assert answer.json() == {"error": UNAUTHORIZED, "problems": []}
+            (answer,) = await exchange(served, served.request(path, raw=b" " * TOO_LARGE[path]))
+            assert answer.status == 413  # with the publisher's token: the size
+            assert served.stored_events() == []
 
     run(test)
 

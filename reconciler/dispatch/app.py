@@ -3,7 +3,12 @@
 Every route but /healthz takes a bearer token (reconciler/dispatch/auth.py): a
 publisher sends events, an auditor reads deliveries, an admin does both and
 replays, each within the token's organizations. Deliveries of other
-organizations are invisible: left out of lists, 404 one by one.
+organizations are invisible: left out of lists, 404 one by one; /metrics shows
+the token's organizations' series only.
+
+Every answer but a success is `{"error": ..., "problems": [...]}`: who asks is
+judged first (401, 403), then what they sent (413, 422), then what it asks of
+the state; a state that fails answers 503 with Retry-After (failures.py).
 """
 
 from __future__ import annotations
@@ -17,10 +22,11 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, PlainTextResponse, Response
 from pydantic import BaseModel, ConfigDict, Field
 from starlette.exceptions import HTTPException
+from starlette.routing import BaseRoute
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from reconciler import __version__
-from reconciler.dispatch import auth, fast_intake
+from reconciler.dispatch import auth, failures, fast_intake
 from reconciler.dispatch.events import (
     MAX_BATCH_BYTES,
     MAX_BATCH_EVENTS,
@@ -85,6 +91,8 @@ INVALID: dict[int | str, dict[str, Any]] = {
 NOT_FOUND: dict[int | str, dict[str, Any]] = {
     404: {"model": ErrorOut, "description": "No such delivery (or not one of the token's)"},
 }
+# Every guarded route reads the state, if only to look up the token.
+UNAVAILABLE = failures.responses(ErrorOut)
 
 
 class DispatcherAPI(FastAPI):
@@ -116,7 +124,10 @@ def create_app(dispatcher: Dispatcher) -> DispatcherAPI:
     )
     guard = auth.install(app, dispatcher)
     limits = {fast_intake.PATH: MAX_EVENT_BYTES, fast_intake.BATCH_PATH: MAX_BATCH_BYTES}
-    app.add_middleware(_BodyLimit, limits=limits, default=MAX_EVENT_BYTES)
+    app.add_middleware(
+        _BodyLimit, limits=limits, default=MAX_EVENT_BYTES, guard=guard, routes=app.router.routes
+    )
+    app.add_middleware(_Failures)  # around the rest: every failure answered in one shape
     app.intake = fast_intake.FastIntake(
         functools.partial(FastAPI.__call__, app), dispatcher, guard, limits
     )
@@ -133,6 +144,9 @@ def create_app(dispatcher: Dispatcher) -> DispatcherAPI:
     @app.exception_handler(HTTPException)
     async def _http_error(request: Request, exc: HTTPException) -> Response:
         if exc.status_code != 400:
+            # No such path (404), or not that method (405, with its Allow header).
+            if exc.status_code in (404, 405):
+                return _error(exc.status_code, str(exc.detail).lower(), exc.headers)
             return await http_exception_handler(request, exc)
         # FastAPI's 400 is a body it could not read as JSON at all (not UTF-8, nested
         # past the parser's depth): to the caller, the same as any other body that
@@ -148,6 +162,7 @@ def create_app(dispatcher: Dispatcher) -> DispatcherAPI:
         response_model=IntakeOut,
         responses={
             **auth.RESPONSES,
+            **UNAVAILABLE,
             413: {"model": ErrorOut, "description": f"A body over {MAX_EVENT_BYTES} bytes"},
             **INVALID,
         },
@@ -165,6 +180,7 @@ def create_app(dispatcher: Dispatcher) -> DispatcherAPI:
         response_model=BatchOut,
         responses={
             **auth.RESPONSES,
+            **UNAVAILABLE,
             413: {"model": ErrorOut, "description": f"A body over {MAX_BATCH_BYTES} bytes"},
             **INVALID,
         },
@@ -186,7 +202,7 @@ def create_app(dispatcher: Dispatcher) -> DispatcherAPI:
     @app.get(
         "/v1/deliveries",
         response_model=None,
-        responses={200: {"model": DeliveryListOut}, **auth.RESPONSES, **INVALID},
+        responses={200: {"model": DeliveryListOut}, **auth.RESPONSES, **UNAVAILABLE, **INVALID},
         summary="List deliveries, newest first",
     )
     async def list_deliveries(
@@ -211,6 +227,7 @@ def create_app(dispatcher: Dispatcher) -> DispatcherAPI:
         responses={
             200: {"model": DeliveryWithAttemptsOut},
             **auth.RESPONSES,
+            **UNAVAILABLE,
             **NOT_FOUND,
             **INVALID,
         },
@@ -229,6 +246,7 @@ def create_app(dispatcher: Dispatcher) -> DispatcherAPI:
         responses={
             202: {"model": ReplayOut},
             **auth.RESPONSES,
+            **UNAVAILABLE,
             **NOT_FOUND,
             409: {"model": ErrorOut, "description": "The delivery is not finished yet"},
             **INVALID,
@@ -249,7 +267,12 @@ def create_app(dispatcher: Dispatcher) -> DispatcherAPI:
 
     @app.get(
         "/metrics",
-        summary="Prometheus metrics (any valid token)",
+        summary="Prometheus metrics of the token's organizations (any valid token)",
+        description=(
+            "The counters labelled with one of the token's organizations; a token with "
+            "every organization also reads the installation's series (the queue, "
+            "deferred sends, attempt durations)."
+        ),
         # Response, not PlainTextResponse: the class's media type would be given to
         # every declared answer, and the 401 is JSON.
         response_class=Response,
@@ -259,12 +282,12 @@ def create_app(dispatcher: Dispatcher) -> DispatcherAPI:
                 "content": {"text/plain": {"schema": {"type": "string"}}},
             },
             401: auth.RESPONSES[401],
+            **UNAVAILABLE,
         },
-        dependencies=[any_token],
     )
-    async def metrics() -> PlainTextResponse:
+    async def metrics(access: Access = any_token) -> PlainTextResponse:
         return PlainTextResponse(
-            await dispatcher.metrics_text(), media_type="text/plain; version=0.0.4"
+            await dispatcher.metrics_text(access), media_type="text/plain; version=0.0.4"
         )
 
     @app.get("/healthz", response_model=HealthOut, summary="Liveness (no token needed)")
@@ -281,8 +304,8 @@ def create_app(dispatcher: Dispatcher) -> DispatcherAPI:
 UNREADABLE_BODY = "not valid JSON: the body must be UTF-8 JSON text"
 
 
-def _error(status: int, message: str) -> JSONResponse:
-    return JSONResponse({"error": message, "problems": []}, status_code=status)
+def _error(status: int, message: str, headers: dict[str, str] | None = None) -> JSONResponse:
+    return JSONResponse({"error": message, "problems": []}, status_code=status, headers=headers)
 
 
 def _invalid_request(problems: list[dict[str, str]]) -> JSONResponse:
@@ -301,17 +324,54 @@ def _problem(error: Any) -> dict[str, str]:
     }
 
 
+class _Failures:
+    """Answer a request whose handling failed (the state, or a bug) in the shape of
+    every refusal, logged once (failures.py), rather than as the server's plain 500."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        started = False
+
+        async def watched(message: Message) -> None:
+            nonlocal started
+            started = started or message["type"] == "http.response.start"
+            await send(message)
+
+        try:
+            await self.app(scope, receive, watched)
+        except Exception as exc:
+            if started:  # too late to answer otherwise: the server ends the response
+                raise
+            response = failures.answer(exc, scope["method"], scope["path"])
+            await response(scope, _nothing, send)
+
+
 class _BodyLimit:
     """Refuse request bodies over their path's limit (`limits`, else `default`) with
-    413, before the app reads them.
+    413, before the app reads them, but after who asks: a request its route would
+    refuse for its token (401, 403) gets that refusal instead.
 
     The body is read here (it is small, by the limit) and handed on as it came.
     """
 
-    def __init__(self, app: ASGIApp, limits: dict[str, int], default: int) -> None:
+    def __init__(
+        self,
+        app: ASGIApp,
+        limits: dict[str, int],
+        default: int,
+        guard: auth.Guard,
+        routes: list[BaseRoute],
+    ) -> None:
         self.app = app
         self.limits = limits
         self.default = default
+        self.guard = guard
+        self.routes = routes
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -320,7 +380,7 @@ class _BodyLimit:
         limit = self.limits.get(scope["path"], self.default)
         declared = dict(scope.get("headers", [])).get(b"content-length")
         if declared is not None and declared.isdigit() and int(declared) > limit:
-            await _too_large(limit, send)
+            await self._too_large(scope, limit, send)
             return
         messages: list[Message] = []
         size = 0
@@ -331,7 +391,7 @@ class _BodyLimit:
                 break
             size += len(message.get("body", b""))
             if size > limit:
-                await _too_large(limit, send)
+                await self._too_large(scope, limit, send)
                 return
             if not message.get("more_body", False):
                 break
@@ -341,12 +401,14 @@ class _BodyLimit:
 
         await self.app(scope, replay, send)
 
-
-async def _too_large(limit: int, send: Send) -> None:
-    response = JSONResponse(
-        {"error": f"request body over {limit} bytes", "problems": []}, status_code=413
-    )
-    await response({"type": "http"}, _nothing, send)
+    async def _too_large(self, scope: Scope, limit: int, send: Send) -> None:
+        refusal = await self.guard.check_unrouted(scope, self.routes)
+        response = (
+            refusal.response()
+            if refusal is not None
+            else _error(413, f"request body over {limit} bytes")
+        )
+        await response({"type": "http"}, _nothing, send)
 
 
 async def _nothing() -> Message:

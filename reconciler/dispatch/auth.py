@@ -5,10 +5,13 @@ dependency reads `Authorization: Bearer <token>`, verifies the token against the
 store, checks the role, and hands the route an `Access` for the organization
 checks that need the request's data (an event's organization, a delivery's).
 
-    401 {"error": "missing or invalid bearer token"}  + WWW-Authenticate: Bearer
+    401 {"error": "missing or invalid bearer token", "problems": []}
+        + WWW-Authenticate: Bearer
         no header, another scheme, an unknown, revoked or expired token
-    403 {"error": "the role auditor may not send events"}
-        {"error": "organization globex is out of this token's scope"}
+    403 {"error": "the role auditor may not send events", "problems": []}
+        {"error": "organization globex is out of this token's scope", "problems": []}
+
+These come before anything is judged of what was sent, its size included.
 
 Verified tokens are kept for CACHE_SECONDS (by the dispatcher's clock), so a
 burst of events costs one lookup; expiry is checked on every request, and a
@@ -20,12 +23,15 @@ busy producer, each time the cache time runs out) wait for one lookup together.
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Sequence
 from typing import TYPE_CHECKING, Annotated, Any, cast
 
 from fastapi import Depends, FastAPI, Request
 from fastapi.responses import JSONResponse
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
-from pydantic import BaseModel
+from pydantic import BaseModel, Field
+from starlette.routing import BaseRoute, Match
+from starlette.types import Scope
 
 from reconciler import tokens
 from reconciler.store.tokens import TokenRecord, TokenStore
@@ -46,6 +52,9 @@ _bearer = HTTPBearer(
 
 class AuthErrorOut(BaseModel):
     error: str
+    problems: list[dict[str, str]] = Field(
+        max_length=0, description="Always empty: what was sent is not judged before who sent it."
+    )
 
 
 # For each guarded route's `responses=`, so the OpenAPI document lists them.
@@ -75,7 +84,9 @@ class AuthError(Exception):
 
     def response(self) -> JSONResponse:
         headers = {"WWW-Authenticate": "Bearer"} if self.status == 401 else None
-        return JSONResponse({"error": self.message}, status_code=self.status, headers=headers)
+        return JSONResponse(
+            {"error": self.message, "problems": []}, status_code=self.status, headers=headers
+        )
 
 
 def forbidden(message: str) -> AuthError:
@@ -151,7 +162,18 @@ class Guard:
     async def check(self, request: Request) -> AuthError | None:
         """The refusal the route's own dependency would give, for a request FastAPI
         rejected before running it (a body that is not JSON is read first)."""
-        route = request.scope.get("route")
+        return await self._check(request.scope.get("route"), request)
+
+    async def check_unrouted(self, scope: Scope, routes: Sequence[BaseRoute]) -> AuthError | None:
+        """check(), for a request refused before it is routed (a body over its size
+        limit, never read): the refusal of the route of `routes` it would reach."""
+        for route in routes:
+            match, _ = route.matches(scope)
+            if match is Match.FULL:
+                return await self._check(route, Request(scope))
+        return None
+
+    async def _check(self, route: Any, request: Request) -> AuthError | None:
         for dependency in getattr(getattr(route, "dependant", None), "dependencies", ()):
             call = getattr(dependency, "call", None)
             if isinstance(call, Require):

@@ -11,9 +11,11 @@ same `EventIn` or `BatchIn`, the same `Guard`), queues the events with the same
 `Dispatcher.accept` or `accept_batch`, and answers the same 202 body.
 
 Anything else (no or a bad token, a refused role or organization, a body that is
-not a valid event, another content type) is handed, with the body as it came, to
-the FastAPI route, which gives every other answer: there is one place for each
-refusal and its wording, and the OpenAPI document describes it.
+not a valid event, another content type, a body over its limit) is handed, with
+the body as it came, to the FastAPI route, which gives every other answer: there
+is one place for each refusal and its wording, and the OpenAPI document describes
+it. A state that fails while the fast path stores the events is answered here as
+the route would answer it (failures.py: 503 with Retry-After).
 """
 
 from __future__ import annotations
@@ -26,6 +28,7 @@ from typing import Any
 from pydantic import ValidationError
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from reconciler.dispatch import failures
 from reconciler.dispatch.auth import AuthError, Guard
 from reconciler.dispatch.events import BatchIn, EventIn
 from reconciler.dispatch.service import Dispatcher
@@ -62,7 +65,11 @@ class FastIntake:
             await self.app(scope, receive, send)
             return
         messages, body = await _read(receive)
-        content = None if body is None else await self.answer(scope["path"], headers, body)
+        try:
+            content = None if body is None else await self.answer(scope["path"], headers, body)
+        except Exception as exc:  # the state failed (or a bug): the route's answer to it
+            await failures.answer(exc, "POST", scope["path"])(scope, _nothing, send)
+            return
         if content is None:
 
             async def replay() -> Message:
@@ -116,6 +123,10 @@ class FastIntake:
 def batch_answer(results: list[IntakeResult]) -> dict[str, Any]:
     """The 202 body of POST /v1/events/batch, here and in the route."""
     return {"results": [result.as_json() for result in results]}
+
+
+async def _nothing() -> Message:
+    return {"type": "http.disconnect"}
 
 
 async def _read(receive: Receive) -> tuple[list[Message], bytes | None]:

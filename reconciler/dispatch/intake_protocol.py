@@ -10,7 +10,9 @@ thread's CPU per event (docs/benchmarks.md, Dispatcher). Here a POST to
 into a buffer, the same `FastIntake.answer` takes it, and its 202 goes out in one
 write. Whatever the fast path does not answer (a bad token, an invalid body) is
 handed, with its body, to the app through uvicorn's own request cycle, so that
-every other answer is the route's. Every other request is uvicorn's from the start.
+every other answer is the route's (a state that fails while the events are
+stored is answered as the route answers it: failures.py). Every other request is
+uvicorn's from the start.
 
 uvicorn's protocol keeps its state in attributes of its own (`cycle`, `headers`,
 `scope`, `flow`, `tasks`), so this module is written against the uvicorn release
@@ -30,6 +32,7 @@ from uvicorn.protocols.http.httptools_impl import (
     RequestResponseCycle,
 )
 
+from reconciler.dispatch import failures
 from reconciler.dispatch.fast_intake import (
     BATCH_PATH,
     PATH,
@@ -127,9 +130,9 @@ class _IntakeRequest:
     async def _answer(self) -> None:
         try:
             content = await self.protocol.intake.answer(self.path, self.headers, bytes(self.body))
-        except Exception as exc:  # the store failed: what uvicorn does for an app's error
-            self.protocol.logger.error("Exception in ASGI application\n", exc_info=exc)
-            await self._cycle().send_500_response()
+        except Exception as exc:  # the state failed (or a bug): what the route answers
+            response = failures.answer(exc, "POST", self.path)
+            await response({"type": "http"}, _nothing, self._cycle().send)
             return
         if content is None:
             await self._cycle().run_asgi(self.protocol.app)
@@ -182,3 +185,7 @@ class _IntakeRequest:
         if protocol.cycle is self:  # not when a pipelined request has come in since
             protocol.cycle = cycle
         return cycle
+
+
+async def _nothing() -> Any:
+    return {"type": "http.disconnect"}

@@ -2,12 +2,19 @@
 
 Labels are organizations, event types and outcomes: never URLs, headers or
 anything else that could hold a secret.
+
+Who reads them decides what is rendered: the counters labelled by organization
+are shown for the reader's organizations only (another organization's series,
+and so its name, never appear), and the series of the whole installation (the
+queue, deferred sends, attempt durations: every organization's traffic mixed)
+only to a reader with every organization, the operator.
 """
 
 from __future__ import annotations
 
 import bisect
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from reconciler.store.queue import AttemptResult, Claim
@@ -20,6 +27,14 @@ _COUNTED = {
     "failed": "failed",
     "cancelled": "cancelled",
 }
+
+
+@dataclass(frozen=True)
+class QueueGauges:
+    """The queue as the shared state holds it, every organization's deliveries."""
+
+    counts: dict[str, int]
+    oldest_due_age: float  # seconds the longest-waiting due delivery has waited (0: none)
 
 
 @dataclass
@@ -46,27 +61,36 @@ class Metrics:
             self._latency_sum += seconds
             self._latency_count += 1
 
-    def render(self, queue: dict[str, int], oldest_due_age: float) -> str:
+    def render(self, sees: Callable[[str], bool], queue: QueueGauges | None) -> str:
+        """The series of the organizations `sees` accepts; with `queue` (read for a
+        reader with every organization), the installation's series too."""
         lines = [
             "# HELP reconciler_events_received_total Events accepted at intake (not repeats).",
             "# TYPE reconciler_events_received_total counter",
         ]
         for (org, event), n in sorted(self.events.items()):
-            lines.append(
-                f'reconciler_events_received_total{{organization="{_esc(org)}",'
-                f'event="{_esc(event)}"}} {n}'
-            )
+            if sees(org):
+                lines.append(
+                    f'reconciler_events_received_total{{organization="{_esc(org)}",'
+                    f'event="{_esc(event)}"}} {n}'
+                )
         lines += [
             "# HELP reconciler_deliveries_total Attempts by outcome: delivered, retried "
             "(will be tried again), failed (for good), cancelled.",
             "# TYPE reconciler_deliveries_total counter",
         ]
         for (outcome, org, event), n in sorted(self.deliveries.items()):
-            lines.append(
-                f'reconciler_deliveries_total{{outcome="{outcome}",organization="{_esc(org)}",'
-                f'event="{_esc(event)}"}} {n}'
-            )
-        lines += [
+            if sees(org):
+                lines.append(
+                    f'reconciler_deliveries_total{{outcome="{outcome}",'
+                    f'organization="{_esc(org)}",event="{_esc(event)}"}} {n}'
+                )
+        if queue is not None:
+            lines += self._installation(queue)
+        return "\n".join(lines) + "\n"
+
+    def _installation(self, queue: QueueGauges) -> list[str]:
+        lines = [
             "# HELP reconciler_deliveries_deferred_total Sends put off by a rate limit or "
             "a receiver's Retry-After.",
             "# TYPE reconciler_deliveries_deferred_total counter",
@@ -75,12 +99,14 @@ class Metrics:
             "# TYPE reconciler_queue_deliveries gauge",
         ]
         for status in ("pending", "in_flight", "delivered", "failed", "cancelled"):
-            lines.append(f'reconciler_queue_deliveries{{status="{status}"}} {queue.get(status, 0)}')
+            lines.append(
+                f'reconciler_queue_deliveries{{status="{status}"}} {queue.counts.get(status, 0)}'
+            )
         lines += [
             "# HELP reconciler_queue_oldest_due_seconds How long the oldest due delivery "
             "has waited past its due time (0 when none is due).",
             "# TYPE reconciler_queue_oldest_due_seconds gauge",
-            f"reconciler_queue_oldest_due_seconds {oldest_due_age:.3f}",
+            f"reconciler_queue_oldest_due_seconds {queue.oldest_due_age:.3f}",
             "# HELP reconciler_attempt_duration_seconds Time from sending a request to its "
             "answer (or failure).",
             "# TYPE reconciler_attempt_duration_seconds histogram",
@@ -96,7 +122,7 @@ class Metrics:
         )
         lines.append(f"reconciler_attempt_duration_seconds_sum {self._latency_sum:.6f}")
         lines.append(f"reconciler_attempt_duration_seconds_count {self._latency_count}")
-        return "\n".join(lines) + "\n"
+        return lines
 
 
 def _esc(value: str) -> str:

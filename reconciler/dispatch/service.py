@@ -17,12 +17,13 @@ import httpx
 
 from reconciler.dispatch.events import EventIn
 from reconciler.dispatch.logs import lines_per_turn
-from reconciler.dispatch.metrics import Metrics
+from reconciler.dispatch.metrics import Metrics, QueueGauges
 from reconciler.dispatch.sender import Sender
 from reconciler.dispatch.ssrf import GuardedResolver, NetworkPolicy, guarded_socket
 from reconciler.dispatch.transport import ExactUrlTransport
 from reconciler.dispatch.worker import Database, Worker, WorkerSettings, owner_alive
 from reconciler.store.queue import EventRecord, IntakeResult, QueueStore
+from reconciler.tokens import Access
 
 log = logging.getLogger("reconciler.dispatch")
 
@@ -110,11 +111,16 @@ class Dispatcher:
                 self.metrics.event_received(event.organization, event.type.value)
         return results
 
-    async def metrics_text(self) -> str:
+    async def metrics_text(self, access: Access) -> str:
+        """This process's metrics as `access` may see them: its organizations' series,
+        and with every organization, the installation's (the queue read from the state)."""
+        if not access.all_organizations:
+            return self.metrics.render(access.sees, None)
         now = self.clock()
         counts = await self.db.run(self.db.store.queue_counts)
         oldest = await self.db.run(self.db.store.oldest_due, now)
-        return self.metrics.render(counts, max(0.0, now - oldest) if oldest else 0.0)
+        age = max(0.0, now - oldest) if oldest else 0.0
+        return self.metrics.render(access.sees, QueueGauges(counts, age))
 
     async def _flush_intake(self) -> None:
         while self._intake:

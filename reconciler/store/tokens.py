@@ -21,7 +21,7 @@ TOKEN_COLUMNS = (
 class TokenRecord:
     id: str  # public: what `tokens list` shows and `tokens revoke` takes
     name: str  # a note for humans: who or what holds it
-    role: str  # admin | publisher | auditor
+    role: str  # admin | publisher | auditor | metrics
     organizations: tuple[str, ...]  # sorted; empty when all_organizations
     all_organizations: bool
     token_hash: str  # hex SHA-256 of the secret
