@@ -14,9 +14,8 @@ from dataclasses import dataclass
 from typing import Any, Literal
 from urllib.parse import urlsplit
 
-from reconciler import addresses, templates
+from reconciler import addresses, credentials, templates
 from reconciler.model import METHODS_WITH_BODY, WebhookSpec
-from reconciler.secrets import is_sensitive_header, secret_bearing_url
 
 Loc = tuple[str | int, ...]
 
@@ -49,6 +48,7 @@ def check_spec(spec: WebhookSpec, *, check_env: bool = False) -> list[Finding]:
         findings += _check_template(("query", key), value, placeholders=True, env=True)
     if spec.signing_secret is not None:
         findings += _check_signing_secret(spec.signing_secret)
+    findings += _check_literal_credentials(spec, findings)
     if check_env:
         findings += _check_env_set(spec)
     return findings
@@ -130,12 +130,6 @@ def _check_url(url: str) -> Iterator[Finding]:
     yield from _check_template(("url",), url, placeholders=True, env=True)
     if "${" in url and templates.env_names(url):
         return
-    if secret_bearing_url(url):
-        yield Finding(
-            ("url",),
-            "url: this endpoint's URL is itself a secret; keep it out of git with ${env:NAME}",
-            "warning",
-        )
     if "{{" in url:  # else substitute() would return it unchanged
         url = templates.substitute(url, lambda _n: "x", None)
     try:
@@ -173,15 +167,7 @@ def _as_written(host: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address | No
 def _check_headers(headers: Mapping[str, str]) -> Iterator[Finding]:
     seen: dict[str, str] = {}
     for name, value in headers.items():
-        found = list(_check_header(name, value, seen))
-        yield from found
-        # A credential warning only matters once the header itself is right.
-        if not found and is_sensitive_header(name) and value and not templates.env_names(value):
-            yield Finding(
-                ("headers", name),
-                f"headers.{name}: a credential written in git; use ${{env:NAME}}",
-                "warning",
-            )
+        yield from _check_header(name, value, seen)
 
 
 def _check_header(name: str, value: str, seen: dict[str, str]) -> Iterator[Finding]:
@@ -215,6 +201,34 @@ def _check_signing_secret(secret: str) -> Iterator[Finding]:
             "signing_secret: must be ${env:NAME} (several, space-separated, during a "
             "rotation); a secret never sits in git",
         )
+
+
+def _check_literal_credentials(spec: WebhookSpec, found: list[Finding]) -> Iterator[Finding]:
+    """A credential in clear is refused (credentials.py holds the rule, which the masks
+    share), unless allow_literal names its field; an allow_literal entry that names no
+    such field is refused too, so the exceptions stay exact. A field already in error
+    (a malformed reference, say) gets that one error."""
+    organization, name = spec.key
+    allowed = {credentials.allow_key(path) for path in spec.allow_literal}
+    used: set[str] = set()
+    seen: set[Loc] = {f.loc for f in found if f.severity == "error"}
+    shown = {"url": spec.url, "headers": spec.headers, "query": spec.query, "body": spec.body}
+    if spec.description is not None:
+        shown["description"] = spec.description
+    for hit in credentials.find(shown):
+        key = credentials.allow_key(dotted(hit.loc))
+        if key in allowed:
+            used.add(key)
+        elif hit.loc not in seen:
+            seen.add(hit.loc)
+            yield Finding(hit.loc, credentials.message(hit, organization, name))
+    for index, path in enumerate(spec.allow_literal):
+        if credentials.allow_key(path) not in used:
+            yield Finding(
+                ("allow_literal", index),
+                f"allow_literal[{index}]: {path} holds no literal credential; remove it "
+                "from the list",
+            )
 
 
 def _check_env_set(spec: WebhookSpec) -> Iterator[Finding]:

@@ -483,7 +483,9 @@ def history(
 ) -> None:
     """Show the audit log: who changed which webhook, when, from which commit.
 
-    Newest first. Values are shown as stored: secret references, never secrets.
+    Newest first. Secret references are shown as written; a literal credential
+    (one allowed by allow_literal, or one stored before the rule refused it) is
+    masked, in the stored rows and again when shown.
 
     \b
     Example:
@@ -495,7 +497,7 @@ def history(
     finally:
         store.close()
     if fmt == "json":
-        click.echo(json.dumps([e.as_json() for e in entries], indent=2))
+        click.echo(json.dumps([history_report.entry_json(e) for e in entries], indent=2))
         return
     if not entries:
         click.echo("No history.")
@@ -511,7 +513,8 @@ def export(folder: Path, state: str, organization: str | None) -> None:
     """Write the live state as definition files, one per webhook.
 
     Files go to FOLDER/<organization>/<name>.yaml; planning FOLDER against the
-    same state shows no change.
+    same state shows no change. Values are written as stored, unmasked (a literal
+    that allow_literal lets through too), since the files are definitions to commit.
 
     \b
     Example:

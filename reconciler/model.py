@@ -14,6 +14,7 @@ from typing import Annotated, Any
 from urllib.parse import urlsplit
 
 from pydantic import (
+    AfterValidator,
     BaseModel,
     ConfigDict,
     Field,
@@ -56,6 +57,16 @@ Duration = Annotated[
         examples=["15s"],
     ),
 ]
+
+
+def _allow_literal_path(path: str) -> str:
+    problem = allow_literal_problem(path)
+    if problem:
+        raise ValueError(problem)
+    return path
+
+
+AllowLiteralPath = Annotated[StrictStr, AfterValidator(_allow_literal_path)]
 
 
 class RetryPolicy(BaseModel):
@@ -144,6 +155,16 @@ class WebhookSpec(BaseModel):
         description="At most this many requests to this webhook, e.g. 1/s (Slack), 20/m.",
         examples=["1/s"],
     )
+    allow_literal: list[AllowLiteralPath] = Field(
+        default_factory=list,
+        max_length=50,
+        description="Fields that may hold a literal value validate would refuse as a "
+        "credential, each named by its path (url, headers.X-Trace-Token, query.access, "
+        "body.token, description). A reviewed exception: the value is still masked "
+        "wherever it is shown.",
+        examples=[["headers.X-Trace-Token"]],
+        json_schema_extra={"uniqueItems": True},
+    )
 
     @field_validator("url")
     @classmethod
@@ -168,6 +189,13 @@ class WebhookSpec(BaseModel):
         if not isinstance(query, dict):
             return query
         return {key: _query_text(value) for key, value in query.items()}
+
+    @field_validator("allow_literal")
+    @classmethod
+    def _allow_literal_once(cls, paths: list[str]) -> list[str]:
+        if len(set(paths)) != len(paths):
+            raise ValueError("names a field twice")
+        return paths
 
     @field_validator("timeout")
     @classmethod
@@ -198,6 +226,19 @@ def _query_text(value: Any) -> Any:
 
 def canonical_json(value: dict[str, Any]) -> str:
     return json.dumps(value, sort_keys=True, ensure_ascii=False, separators=(",", ":"))
+
+
+_ALLOW_LITERAL_PATH = re.compile(r"url|description|(?:headers|query)\.[^\s]+|body(?:[.\[]\S*)?")
+
+
+def allow_literal_problem(path: str) -> str | None:
+    """Why `path` cannot name a field in allow_literal, or None."""
+    if not _ALLOW_LITERAL_PATH.fullmatch(path):
+        return (
+            f"{path!r} is not a field path; write url, description, headers.<name>, "
+            "query.<name> or body.<key>"
+        )
+    return None
 
 
 _WHITESPACE = re.compile(r"\s")  # the characters str.isspace() accepts, every one

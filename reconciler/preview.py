@@ -3,9 +3,9 @@
 `reconciler render` previews one definition with a sample event, and
 `reconciler fire --dry-run` the live webhooks an event would reach. Nothing is
 sent and no secret is read: the request is rendered with env=None, so
-`${env:NAME}` references stay as written; literal credentials in the URL and in
-sensitive headers are masked; and the signature is a placeholder naming the
-secret it would be computed with, never a signature.
+`${env:NAME}` references stay as written; literal credentials in the URL, the
+headers and the body are masked by the rule validate enforces; and the signature
+is a placeholder naming the secret it would be computed with, never a signature.
 """
 
 from __future__ import annotations
@@ -20,12 +20,12 @@ from typing import Any
 
 from pydantic import ValidationError
 
-from reconciler import templates
+from reconciler import credentials, jsonbody, templates
 from reconciler.dispatch.events import EventIn
 from reconciler.errors import ReconcilerError
 from reconciler.model import WebhookSpec
 from reconciler.render import EventData, RenderError, render
-from reconciler.secrets import MASK, is_sensitive_header, mask_url, mask_value
+from reconciler.secrets import MASK, mask_header, mask_url
 from reconciler.store.base import LiveWebhook
 from reconciler.store.queue import EventRecord
 
@@ -74,18 +74,25 @@ def preview(
     """
     spec = as_applied(spec)
     request = render(spec, event, None)
-    headers = {
-        name: mask_value(value) if is_sensitive_header(name) else value
-        for name, value in request.headers.items()
-    }
+    headers = {name: mask_header(name, value) for name, value in request.headers.items()}
     headers["webhook-id"] = delivery_id
     headers["webhook-timestamp"] = str(timestamp)
     if spec.signing_secret:
         headers["webhook-signature"] = signature_placeholder(spec.signing_secret)
     organization, name = spec.key
     return PreviewRequest(
-        organization, name, request.method, _shown_url(request.url), headers, request.body
-    )
+        organization, name, request.method, _shown_url(request.url), headers,
+        _shown_body(request.body),
+    )  # fmt: skip
+
+
+def _shown_body(body: bytes | None) -> bytes | None:
+    """The body as sent, unless it holds a literal credential: then with that masked."""
+    if body is None:
+        return None
+    value = json.loads(body)
+    masked, hits = credentials.scan({"body": value})
+    return jsonbody.dumps(masked["body"]).encode("utf-8") if hits else body
 
 
 def as_applied(spec: WebhookSpec) -> WebhookSpec:

@@ -512,7 +512,13 @@ def test_a_change_between_plan_and_commit_makes_the_apply_stale(
 def test_the_audit_log_masks_literal_credentials_but_the_live_spec_keeps_them(
     applier: Applier, store: SqliteStore, folder: Path
 ) -> None:
-    write(folder, "acme", "legacy", headers={"Authorization": "Bearer abc123"})
+    write(
+        folder,
+        "acme",
+        "legacy",
+        headers={"Authorization": "Bearer abc123"},
+        allow_literal=["headers.Authorization"],
+    )
     applier()
     assert live_specs(store)[("acme", "legacy")]["headers"] == {"Authorization": "Bearer abc123"}
     (entry,) = store.history()

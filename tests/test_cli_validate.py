@@ -72,7 +72,7 @@ def test_validate_counts_warnings_apart_from_errors(tmp_path: Path) -> None:
     (tmp_path / "acme").mkdir()
     (tmp_path / "acme" / "hook.yaml").write_text(
         "name: hook\nevent: new_rule_violation\nmethod: GET\n"
-        "url: https://hooks.slack.com/services/T0/B0/XYZ\nbody: {text: hi}\n",
+        "url: https://10.0.0.1/in\nbody: {text: hi}\n",
         encoding="utf-8",
     )
     result = run("validate", ".", cwd=tmp_path)

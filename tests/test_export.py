@@ -163,6 +163,7 @@ retry:
   schedule: [1s, 30s, 5m]
   jitter: 0.5
 rate_limit: 20/m
+allow_literal: [headers.X-Literal-Key]
 """,
     ),
     "no-retries": (
@@ -197,6 +198,7 @@ url: https://hooks.example.com/default
 headers:
   Authorization: Bearer abc123
 body: {text: "{{organization}}/{{webhook}} {{event}} {{event_id}}"}
+allow_literal: [headers.Authorization]
 """,
     ),
 }

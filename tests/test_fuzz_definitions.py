@@ -453,7 +453,7 @@ def test_a_line_break_quoted_in_a_problem_is_escaped(
         "acme/hook.yaml:6:13: headers.X-A\\rB: expected text, got number 5 (quote it in YAML)",
         "acme/hook.yaml:7:1: unknown field 'extra\\u2028field' (known: name, organization, "
         "event, method, url, headers, body, query, description, enabled, protect, "
-        "signing_secret, timeout, retry, rate_limit)",
+        "signing_secret, timeout, retry, rate_limit, allow_literal)",
     ]
 
 

@@ -100,7 +100,13 @@ def story(tmp_path_factory: pytest.TempPathFactory) -> Story:
         definition("alpha", headers={"Authorization": "Bearer ${env:ACME_TOKEN}"}),
     )
     write_definition(
-        folder, "acme", definition("legacy", headers={"Authorization": "Bearer abc123"})
+        folder,
+        "acme",
+        definition(
+            "legacy",
+            headers={"Authorization": "Bearer abc123"},
+            allow_literal=["headers.Authorization"],
+        ),
     )
     write_definition(folder, "globex", definition("delta"))
     checkpoint("add webhooks")
@@ -117,7 +123,13 @@ def story(tmp_path_factory: pytest.TempPathFactory) -> Story:
         ),
     )
     write_definition(
-        folder, "acme", definition("legacy", headers={"Authorization": "Bearer def456"})
+        folder,
+        "acme",
+        definition(
+            "legacy",
+            headers={"Authorization": "Bearer def456"},
+            allow_literal=["headers.Authorization"],
+        ),
     )
     checkpoint("edit webhooks")
     apply(GITHUB_ACTOR="octocat")

@@ -123,9 +123,7 @@ def test_github_format_marks_warnings_as_warnings(tmp_path: Path) -> None:
             name: hook
             event: new_rule_violation
             method: POST
-            url: https://hooks.slack.com/services/T0/B0/XYZ
-            headers:
-              Authorization: Bearer literal-credential
+            url: https://10.0.0.1/in
             """
         ),
         encoding="utf-8",
@@ -134,7 +132,6 @@ def test_github_format_marks_warnings_as_warnings(tmp_path: Path) -> None:
     assert result.returncode == 0  # warnings alone do not fail
     lines = result.stdout.splitlines()
     assert lines and all(line.startswith("::warning file=acme/hook.yaml,line=") for line in lines)
-    assert "literal-credential" not in result.stdout
 
 
 def test_github_format_prints_nothing_when_all_is_valid() -> None:
