@@ -329,7 +329,10 @@ class Probe:
         outcomes = dict(self.rows("SELECT outcome, count(*) FROM attempts GROUP BY 1"))
         if outcomes != {"delivered": deliveries}:
             raise SystemExit(f"{self.backend}: attempts by outcome {outcomes}, not {deliveries}")
-        pairs = self.rows("SELECT count(DISTINCT event_id || '/' || webhook) FROM deliveries")
+        pairs = self.rows(
+            "SELECT count(DISTINCT organization || '/' || event_id || '/' || webhook) "
+            "FROM deliveries"
+        )
         stored_events = self.rows("SELECT count(*) FROM events")[0][0]
         if pairs[0][0] != deliveries or stored_events != events:
             raise SystemExit(

@@ -21,7 +21,7 @@ from reconciler.durations import parse_duration
 from reconciler.errors import ReconcilerError
 from reconciler.model import Event
 from reconciler.store import open_store
-from reconciler.store.queue import DeliveryRecord, EventRecord, QueueStore
+from reconciler.store.queue import DeliveryRecord, EventKey, EventRecord, QueueStore
 
 if TYPE_CHECKING:
     from reconciler.dispatch.ssrf import NetworkPolicy
@@ -198,7 +198,11 @@ def _serve_processes(
 @click.option("--name", required=True, help="The rule or event name ({{name}}).")
 @click.option("--description", default="", help="Details ({{description}}).")
 @click.option("--time", "when", help="When it was detected, ISO 8601 (default: now).")
-@click.option("--id", "event_id", help="Your event id; the same id twice is queued once.")
+@click.option(
+    "--id",
+    "event_id",
+    help="Your event id; the same id twice in one organization is queued once.",
+)
 @click.option("--wait", is_flag=True, help="Deliver it now and print each outcome.")
 @click.option(
     "--dry-run",
@@ -226,9 +230,11 @@ def fire(
     """Queue an event from the command line, as POST /v1/events does.
 
     One delivery is queued per matching enabled webhook of the organization.
-    With --wait the deliveries are attempted before the command returns; a
-    delivery that must be retried later stays queued for `reconciler serve`.
-    Exit 1 when a delivery failed.
+    An event is its organization and id: the same --id again in the same --org
+    queues nothing new, in another --org it is another event. With --wait the
+    deliveries are attempted before the command returns; a delivery that must
+    be retried later stays queued for `reconciler serve`. Exit 1 when a
+    delivery failed.
 
     With --dry-run nothing is queued or sent: the request each matching live
     webhook would receive is printed instead, secret references as written,
@@ -268,9 +274,9 @@ def fire(
         records: list[DeliveryRecord] = []
         if wait and result.deliveries:
             policy = _policy(allow_private, allow_cidrs)
-            records = asyncio.run(_deliver_now(store, result.event_id, policy))
+            records = asyncio.run(_deliver_now(store, result.key, policy))
         elif wait or fmt == "json":
-            records = store.deliveries(event_id=result.event_id, limit=10_000)
+            records = store.deliveries(event=result.key, limit=10_000)
     finally:
         store.close()
     if fmt == "json":
@@ -279,7 +285,7 @@ def fire(
     else:
         again = " (already queued: nothing new)" if result.duplicate else ""
         click.echo(
-            f"event {result.event_id}: {count(result.deliveries, 'delivery', 'deliveries')} "
+            f"event {result.key}: {count(result.deliveries, 'delivery', 'deliveries')} "
             f"queued{again}"
         )
         for record in records:
@@ -293,7 +299,7 @@ def _dry_run(record: EventRecord, state: str, fmt: str) -> None:
     store = open_store(state, must_exist=True)
     try:
         webhooks = store.webhooks(record.organization)
-        queued = store.event(record.id) is not None  # type: ignore[attr-defined]
+        queued = store.event(record.key) is not None  # type: ignore[attr-defined]
     finally:
         store.close()
     requests = preview.preview_all(
@@ -304,7 +310,7 @@ def _dry_run(record: EventRecord, state: str, fmt: str) -> None:
     )
     if queued:
         click.echo(
-            f"note: event {record.id} is already queued: fire would queue nothing new", err=True
+            f"note: event {record.key} is already queued: fire would queue nothing new", err=True
         )
     if fmt == "json":
         click.echo(json.dumps([r.as_json() for r in requests], indent=2))
@@ -313,13 +319,13 @@ def _dry_run(record: EventRecord, state: str, fmt: str) -> None:
         click.echo(preview.request_text(request, title=True))
         click.echo()
     click.echo(
-        f"dry run: event {record.id} would queue "
+        f"dry run: event {record.key} would queue "
         f"{count(len(requests), 'delivery', 'deliveries')}; nothing was queued."
     )
 
 
 async def _deliver_now(
-    store: QueueStore, event_id: str, policy: NetworkPolicy
+    store: QueueStore, event: EventKey, policy: NetworkPolicy
 ) -> list[DeliveryRecord]:
     from reconciler.dispatch.service import make_sender
     from reconciler.dispatch.worker import Database, Worker, WorkerSettings
@@ -329,12 +335,12 @@ async def _deliver_now(
     try:
         settings = WorkerSettings(batch=50, concurrency=50)
         worker = Worker(db, sender, settings=settings, policy=policy)
-        while await worker.run_once(event_id):
+        while await worker.run_once(event):
             pass
     finally:
         await sender.aclose()
         db.close()
-    return store.deliveries(event_id=event_id, limit=10_000)
+    return store.deliveries(event=event, limit=10_000)
 
 
 def _since_seconds(text: str) -> float:
@@ -363,7 +369,12 @@ def deliveries() -> None:
 )
 @click.option("--org", "organization", help="Only this organization.")
 @click.option("--webhook", help="Only this webhook.")
-@click.option("--event", "event_id", help="Only this event's deliveries.")
+@click.option(
+    "--event",
+    "event_id",
+    help="Only this event's deliveries (with --org: an id names an event "
+    "only within its organization).",
+)
 @click.option("--limit", type=click.IntRange(1), default=50, show_default=True)
 @click.option("--format", "fmt", type=FORMATS, default="text", help="Output format.")
 def list_command(
@@ -380,14 +391,22 @@ def list_command(
     \b
     Example:
       reconciler deliveries list --status failed
+      reconciler deliveries list --org acme --event r17:2026-11-30
     """
+    event = None
+    if event_id is not None:
+        if organization is None:
+            raise click.UsageError(
+                "--event goes with --org: an event id names an event only within its organization"
+            )
+        event = EventKey(organization, event_id)
     store = _queue_store(state, must_exist=True)
     try:
         records = store.deliveries(
             status=status,
             organization=organization,
             webhook=webhook,
-            event_id=event_id,
+            event=event,
             limit=limit,
         )
     finally:

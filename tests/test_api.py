@@ -29,6 +29,7 @@ from reconciler.dispatch.events import MAX_EVENT_BYTES
 from reconciler.dispatch.sender import Sender
 from reconciler.dispatch.service import Dispatcher
 from reconciler.dispatch.worker import INTERRUPTED
+from reconciler.store.queue import EventKey
 from reconciler.store.sqlite import SqliteStore
 
 T = TypeVar("T")
@@ -116,13 +117,13 @@ def test_an_event_is_accepted_with_its_deliveries_queued(
 
     assert response.status_code == 202
     data = response.json()
-    assert set(data) == {"event_id", "deliveries", "duplicate"}
+    assert set(data) == {"event_id", "organization", "deliveries", "duplicate"}
     assert data["event_id"].startswith("evt_")
-    assert (data["deliveries"], data["duplicate"]) == (2, False)
-    records = store.deliveries(event_id=data["event_id"])
+    assert (data["organization"], data["deliveries"], data["duplicate"]) == ("acme", 2, False)
+    records = store.deliveries(event=EventKey("acme", data["event_id"]))
     assert sorted(r.webhook for r in records) == ["a", "b"]
     assert {(r.status, r.created_at) for r in records} == {("pending", START)}
-    event = store.event(data["event_id"])
+    event = store.event(EventKey("acme", data["event_id"]))
     assert event is not None
     assert (event.name, event.description, event.time) == (
         "no-public-s3",
@@ -139,9 +140,14 @@ def test_an_event_id_makes_intake_idempotent(store: SqliteStore, clock: FakeCloc
 
     first, again = call(store, clock, scenario)
     assert first.status_code == again.status_code == 202
-    assert first.json() == {"event_id": "rule-42:2026-11-29", "deliveries": 2, "duplicate": False}
-    assert again.json() == {"event_id": "rule-42:2026-11-29", "deliveries": 2, "duplicate": True}
-    assert len(store.deliveries(event_id="rule-42:2026-11-29")) == 2
+    assert first.json() == {
+        "event_id": "rule-42:2026-11-29",
+        "organization": "acme",
+        "deliveries": 2,
+        "duplicate": False,
+    }
+    assert again.json() == {**first.json(), "duplicate": True}
+    assert len(store.deliveries(event=EventKey("acme", "rule-42:2026-11-29"))) == 2
 
 
 def test_events_arriving_together_are_each_answered(store: SqliteStore, clock: FakeClock) -> None:
@@ -153,7 +159,12 @@ def test_events_arriving_together_are_each_answered(store: SqliteStore, clock: F
     responses = call(store, clock, scenario)
     assert {r.status_code for r in responses} == {202}
     answers = [r.json() for r in responses]
-    assert answers[-1] == {"event_id": "g", "deliveries": 1, "duplicate": False}
+    assert answers[-1] == {
+        "event_id": "g",
+        "organization": "globex",
+        "deliveries": 1,
+        "duplicate": False,
+    }
     e0 = [a for a in answers if a["event_id"] == "e0"]
     assert sorted(a["duplicate"] for a in e0) == [False, True]
     assert {a["deliveries"] for a in answers[:-1]} == {2}
@@ -165,7 +176,7 @@ def test_a_time_with_an_offset_is_stored_in_utc(store: SqliteStore, clock: FakeC
         return await api.post_event(id="e1", time="2026-11-30T00:22:42+03:00")
 
     assert call(store, clock, scenario).status_code == 202
-    event = store.event("e1")
+    event = store.event(EventKey("acme", "e1"))
     assert event is not None
     assert event.time == "2026-11-29T21:22:42Z"
 
@@ -178,7 +189,7 @@ def test_only_type_organization_and_name_are_required(store: SqliteStore, clock:
         )
 
     assert call(store, clock, scenario).status_code == 202
-    event = store.event("e1")
+    event = store.event(EventKey("acme", "e1"))
     assert event is not None
     assert event.description == ""
     assert event.time.endswith("Z")
@@ -458,7 +469,7 @@ def test_deliveries_are_listed_newest_first_and_filtered(
         clock.now += 10
         await api.post_event(id="g1", organization="globex")
         clock.now += 10
-        await api.dispatcher.worker.run_once(event_id="g1")  # globex/a: 404
+        await api.dispatcher.worker.run_once(EventKey("globex", "g1"))  # globex/a: 404
 
         async def get(**params: Any) -> Any:
             response = await api.http.get("/v1/deliveries", params=params)
@@ -471,7 +482,7 @@ def test_deliveries_are_listed_newest_first_and_filtered(
             "acme": await get(org="acme"),
             "webhook a": await get(webhook="a"),
             "acme a": await get(org="acme", webhook="a"),
-            "e1": await get(event_id="e1"),
+            "e1": await get(org="acme", event_id="e1"),
             "one": await get(limit=1),
             "none": await get(org="initech"),
         }
@@ -516,6 +527,77 @@ def test_bad_list_filters_are_422(
     assert found[0]["field"] == f"query.{next(iter(query))}"
 
 
+def test_an_event_id_filter_needs_its_organization(store: SqliteStore, clock: FakeClock) -> None:
+    async def scenario(api: Api) -> httpx.Response:
+        return await api.http.get("/v1/deliveries", params={"event_id": "e1"})
+
+    assert problems(call(store, clock, scenario)) == [
+        {
+            "field": "query.org",
+            "message": "event_id goes with org: an event id names an event only within its "
+            "organization",
+        }
+    ]
+
+
+# -- an event is its organization and id ----------------------------------------------------
+
+
+def test_one_event_id_in_two_organizations_is_two_events_each_sent_with_its_own_webhook_id(
+    store: SqliteStore, clock: FakeClock, httpx_mock: HTTPXMock
+) -> None:
+    httpx_mock.add_response(url="https://hooks.example.com/a")
+    httpx_mock.add_response(url="https://hooks.example.com/a")
+    httpx_mock.add_response(url="https://hooks.example.com/b")
+
+    async def scenario(api: Api) -> dict[str, Any]:
+        answers = {
+            "globex": await api.post_event(id="r17:2026-11-30", organization="globex"),
+            "acme": await api.post_event(id="r17:2026-11-30", name="acme's own"),
+            "globex again": await api.post_event(id="r17:2026-11-30", organization="globex"),
+            "acme again": await api.post_event(id="r17:2026-11-30"),
+        }
+        assert await api.deliver() == 3
+
+        async def listed(org: str) -> list[Any]:
+            params = {"org": org, "event_id": "r17:2026-11-30"}
+            return (await api.http.get("/v1/deliveries", params=params)).json()["deliveries"]
+
+        return {
+            **{name: answer.json() for name, answer in answers.items()},
+            "listed globex": await listed("globex"),
+            "listed acme": await listed("acme"),
+        }
+
+    got = call(store, clock, scenario)
+    expected = {"event_id": "r17:2026-11-30", "duplicate": False}
+    assert got["globex"] == {**expected, "organization": "globex", "deliveries": 1}
+    assert got["acme"] == {**expected, "organization": "acme", "deliveries": 2}
+    assert got["globex again"] == {**got["globex"], "duplicate": True}
+    assert got["acme again"] == {**got["acme"], "duplicate": True}
+    assert [(d["organization"], d["webhook"]) for d in got["listed globex"]] == [("globex", "a")]
+    assert sorted((d["organization"], d["webhook"]) for d in got["listed acme"]) == [
+        ("acme", "a"),
+        ("acme", "b"),
+    ]
+    records = store.deliveries()
+    assert sorted((r.organization, r.webhook, r.status) for r in records) == [
+        ("acme", "a", "delivered"),
+        ("acme", "b", "delivered"),
+        ("globex", "a", "delivered"),
+    ]
+    stored = {org: store.event(EventKey(org, "r17:2026-11-30")) for org in ("acme", "globex")}
+    assert {org: e.name if e else None for org, e in stored.items()} == {
+        "acme": "acme's own",
+        "globex": "no-public-s3",
+    }
+    # webhook-id is the delivery's own id: unique across organizations, so a receiver
+    # deduplicating on it never drops one organization's request for another's
+    webhook_ids = [r.headers["webhook-id"] for r in httpx_mock.get_requests()]
+    assert sorted(webhook_ids) == sorted(r.id for r in records)
+    assert len(set(webhook_ids)) == 3
+
+
 def test_one_delivery_with_every_attempt(
     store: SqliteStore, clock: FakeClock, httpx_mock: HTTPXMock
 ) -> None:
@@ -527,7 +609,7 @@ def test_one_delivery_with_every_attempt(
         await api.deliver()
         clock.now += 3600
         await api.deliver()
-        (record,) = await api.dispatcher.db.run(store.deliveries, event_id="e1")
+        (record,) = await api.dispatcher.db.run(store.deliveries, event=EventKey("globex", "e1"))
         return await api.http.get(f"/v1/deliveries/{record.id}")
 
     response = call(store, clock, scenario)
@@ -573,7 +655,7 @@ def test_replay(store: SqliteStore, clock: FakeClock, httpx_mock: HTTPXMock) -> 
     async def scenario(api: Api) -> dict[str, Any]:
         await api.post_event(id="e1", organization="globex")
         await api.deliver()
-        (record,) = await api.dispatcher.db.run(store.deliveries, event_id="e1")
+        (record,) = await api.dispatcher.db.run(store.deliveries, event=EventKey("globex", "e1"))
         path = f"/v1/deliveries/{record.id}/replay"
         clock.now += 60
         replayed = await api.http.post(path)
@@ -612,7 +694,7 @@ def test_replay_of_an_unknown_delivery_is_404(store: SqliteStore, clock: FakeClo
 def test_replay_of_a_queued_delivery_is_409(store: SqliteStore, clock: FakeClock) -> None:
     async def scenario(api: Api) -> httpx.Response:
         await api.post_event(id="e1", organization="globex")
-        (record,) = await api.dispatcher.db.run(store.deliveries, event_id="e1")
+        (record,) = await api.dispatcher.db.run(store.deliveries, event=EventKey("globex", "e1"))
         return await api.http.post(f"/v1/deliveries/{record.id}/replay")
 
     response = call(store, clock, scenario)
@@ -633,7 +715,7 @@ def test_an_accepted_event_is_delivered_by_the_worker(
         accepted = await api.post_event(id="e1", name='quote " and \\ and\nnewline')
         assert accepted.status_code == 202
         assert await api.deliver() == 2
-        listed = await api.http.get("/v1/deliveries", params={"event_id": "e1"})
+        listed = await api.http.get("/v1/deliveries", params={"org": "acme", "event_id": "e1"})
         return listed.json()["deliveries"]
 
     listed = call(store, clock, scenario)
@@ -662,7 +744,7 @@ def test_a_running_dispatcher_delivers_and_stops_cleanly(
         return response
 
     assert call(store, clock, scenario).status_code == 202
-    assert [r.status for r in store.deliveries(event_id="e1")] == ["delivered"]
+    assert [r.status for r in store.deliveries(event=EventKey("globex", "e1"))] == ["delivered"]
 
 
 def test_stopping_past_the_grace_records_the_cut_attempt_and_releases_it(
@@ -685,7 +767,7 @@ def test_stopping_past_the_grace_records_the_cut_attempt_and_releases_it(
         await api.dispatcher.stop(grace=0)
 
     call(store, clock, scenario)
-    (record,) = store.deliveries(event_id="e1")
+    (record,) = store.deliveries(event=EventKey("globex", "e1"))
     assert (record.status, record.attempts, record.due_at) == ("pending", 1, START + 5)
     found = store.delivery(record.id)
     assert found is not None

@@ -18,7 +18,7 @@ from pytest_httpx import HTTPXMock
 from test_api import EVENT, START, Api, call, problems
 
 from reconciler.dispatch.events import MAX_BATCH_BYTES, MAX_BATCH_EVENTS
-from reconciler.store.queue import EventRecord
+from reconciler.store.queue import EventKey, EventRecord
 from reconciler.store.sqlite import SqliteStore
 
 BATCH = "/v1/events/batch"
@@ -61,13 +61,13 @@ def test_each_event_of_a_batch_is_answered_in_order_and_queued(
     assert response.status_code == 202, response.text
     results = response.json()["results"]
     assert results[:2] == [
-        {"event_id": "e1", "deliveries": 2, "duplicate": False},
-        {"event_id": "g1", "deliveries": 1, "duplicate": False},
+        {"event_id": "e1", "organization": "acme", "deliveries": 2, "duplicate": False},
+        {"event_id": "g1", "organization": "globex", "deliveries": 1, "duplicate": False},
     ]
     assert results[2]["event_id"].startswith("evt_")  # no id given: one is made
     assert (results[2]["deliveries"], results[2]["duplicate"]) == (0, False)
     assert stored(store) == [("e1", "a"), ("e1", "b"), ("g1", "a")]
-    assert store.event(results[2]["event_id"]) is not None  # stored, nobody listens
+    assert store.event(EventKey("initech", results[2]["event_id"])) is not None  # nobody listens
 
 
 def test_an_id_seen_before_or_earlier_in_the_batch_is_queued_once(
@@ -81,16 +81,53 @@ def test_an_id_seen_before_or_earlier_in_the_batch_is_queued_once(
         return [first, again]
 
     first, again = call(store, clock, scenario)
-    assert first.json()["results"] == [{"event_id": "e1", "deliveries": 2, "duplicate": False}]
+    acme = {"organization": "acme", "deliveries": 2}
+    assert first.json()["results"] == [{"event_id": "e1", **acme, "duplicate": False}]
     assert again.status_code == 202
     assert again.json()["results"] == [
-        {"event_id": "e2", "deliveries": 2, "duplicate": False},
-        {"event_id": "e1", "deliveries": 2, "duplicate": True},
-        {"event_id": "e2", "deliveries": 2, "duplicate": True},
+        {"event_id": "e2", **acme, "duplicate": False},
+        {"event_id": "e1", **acme, "duplicate": True},
+        {"event_id": "e2", **acme, "duplicate": True},
     ]
     assert stored(store) == [("e1", "a"), ("e1", "b"), ("e2", "a"), ("e2", "b")]
-    event = store.event("e1")
+    event = store.event(EventKey("acme", "e1"))
     assert event is not None and event.name == EVENT["name"]  # the first one stays
+
+
+def test_one_id_in_several_organizations_of_a_batch_is_one_event_in_each(
+    store: SqliteStore, clock: FakeClock
+) -> None:
+    async def scenario(api: Api) -> list[httpx.Response]:
+        before = await api.post_event(id="x", organization="globex")
+        batch = await api.http.post(
+            BATCH,
+            json=events(
+                {"id": "x"},
+                {"id": "x", "organization": "globex"},  # globex's, sent before
+                {"id": "x", "organization": "initech"},
+                {"id": "x", "name": "again"},  # acme's, earlier in this batch
+            ),
+        )
+        return [before, batch]
+
+    before, batch = call(store, clock, scenario)
+    assert before.json()["duplicate"] is False
+    assert batch.status_code == 202, batch.text
+    assert [
+        (r["event_id"], r["organization"], r["deliveries"], r["duplicate"])
+        for r in batch.json()["results"]
+    ] == [
+        ("x", "acme", 2, False),
+        ("x", "globex", 1, True),
+        ("x", "initech", 0, False),
+        ("x", "acme", 2, True),
+    ]
+    assert sorted((d.organization, d.event_id, d.webhook) for d in store.deliveries()) == [
+        ("acme", "x", "a"),
+        ("acme", "x", "b"),
+        ("globex", "x", "a"),
+    ]
+    assert store.event(EventKey("initech", "x")) is not None
 
 
 def test_one_invalid_event_refuses_the_whole_batch_naming_it(
@@ -102,7 +139,7 @@ def test_one_invalid_event_refuses_the_whole_batch_naming_it(
     found = {p["field"] for p in problems(response)}
     assert found == {"events.1.time", "events.2.type"}
     assert stored(store) == []
-    assert store.event("e1") is None
+    assert store.event(EventKey("acme", "e1")) is None
 
 
 @pytest.mark.parametrize(
@@ -168,7 +205,7 @@ def test_a_batch_may_be_larger_than_one_event_may_but_not_unbounded(
     response = post(store, clock, over)
     assert response.status_code == 413
     assert response.json()["error"] == f"request body over {MAX_BATCH_BYTES} bytes"
-    assert store.event("f0") is None
+    assert store.event(EventKey("acme", "f0")) is None
 
 
 def test_a_failing_batch_does_not_fail_what_was_committed_with_it(

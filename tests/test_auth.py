@@ -39,7 +39,7 @@ from reconciler.dispatch.app import create_app
 from reconciler.dispatch.auth import CACHE_SECONDS, UNAUTHORIZED, AuthError, Guard
 from reconciler.dispatch.sender import Sender
 from reconciler.dispatch.service import Dispatcher
-from reconciler.store.queue import AttemptResult, EventRecord
+from reconciler.store.queue import AttemptResult, EventKey, EventRecord
 from reconciler.store.sqlite import SqliteStore
 
 START = 1_700_000_000.0
@@ -109,8 +109,8 @@ def world(tmp_path: Path) -> Iterator[World]:
             f"seed-{org}", "new_rule_violation", org, "r", "", "2026-11-29T00:00:00Z"
         )
         store.add_event(event, START + number)
-        (record,) = store.deliveries(event_id=event.id)
-        (claim,) = store.claim("seed", 1, START + number, 60.0, event_id=event.id)
+        (record,) = store.deliveries(event=event.key)
+        (claim,) = store.claim("seed", 1, START + number, 60.0, event=event.key)
         failed = AttemptResult(record.id, claim.attempt, START, 1.0, "failed", status=404)
         store.finish([failed], "seed", START + number)
         delivery[org] = record.id
@@ -182,12 +182,12 @@ def test_sending_an_event(world: World, caller: str, org: str, batch: bool) -> N
     else:
         assert response.status_code == 202, response.text
         answers = [
-            {"event_id": f"{name}-{org}", "deliveries": 1, "duplicate": False}
+            {"event_id": f"{name}-{org}", "organization": org, "deliveries": 1, "duplicate": False}
             for name in ("new", "also")
         ]
         assert response.json() == ({"results": answers} if batch else answers[0])
         return
-    assert world.store.deliveries(event_id=f"new-{org}") == []  # nothing was queued
+    assert world.store.deliveries(event=EventKey(org, f"new-{org}")) == []  # nothing was queued
 
 
 @pytest.mark.parametrize("caller", list(CALLERS))
@@ -348,7 +348,7 @@ def test_no_valid_token_is_401_everywhere_but_healthz(
 ) -> None:
     response = world.one(method, _path(world, path), BAD_HEADERS[case], body)
     _unauthorized(response)
-    assert world.store.deliveries(event_id="new-acme") == []
+    assert world.store.deliveries(event=EventKey("acme", "new-acme")) == []
     assert world.store.delivery(world.delivery["acme"])[0].status == "failed"  # type: ignore[index]
 
 
@@ -482,6 +482,70 @@ def test_a_partner_admin_sees_all_of_their_clients_and_no_one_else(world: World)
     assert [a.status_code for a in answers] == [202, 202, 403, 200]
     listed = sorted(d["organization"] for d in answers[3].json()["deliveries"])
     assert listed == ["acme", "acme", "globex", "globex"]
+
+
+def test_a_token_of_one_organization_cannot_learn_which_ids_another_has_used(
+    world: World,
+) -> None:
+    # acme has an event "seed-acme" (the world's seed); "never-used" is nobody's.
+    globex = _token("admin", "globex")(world)
+
+    def post(event_id: str) -> Call:
+        body = {"type": "new_rule_violation", "organization": "globex", "name": "r", "id": event_id}
+        return ("POST", "/v1/events", globex, body)
+
+    def batch(event_id: str) -> Call:
+        body = post(event_id)[3]
+        return ("POST", "/v1/events/batch", globex, {"events": [body, body]})
+
+    def listed(query: str) -> Call:
+        return ("GET", f"/v1/deliveries?{query}", globex, None)
+
+    answers = world.send(
+        post("seed-acme"),
+        post("never-used"),
+        post("seed-acme"),
+        post("never-used"),
+        batch("seed-acme-2"),
+        batch("never-used-2"),
+        listed("org=acme&event_id=seed-acme"),
+        listed("org=acme&event_id=no-such-id"),
+        listed("event_id=seed-acme"),
+        listed("event_id=no-such-id"),
+        listed("org=globex&event_id=seed-acme"),
+    )
+
+    def seen(answer: httpx.Response) -> tuple[int, str]:
+        # the answer with the id it was asked about taken out
+        text = answer.text
+        for event_id in ("seed-acme-2", "never-used-2", "seed-acme", "never-used", "no-such-id"):
+            text = text.replace(event_id, "ID")
+        return answer.status_code, text
+
+    (taken, free, taken_again, free_again, taken_batch, free_batch) = answers[:6]
+    assert seen(taken) == seen(free)
+    assert taken.json() == {
+        "event_id": "seed-acme",
+        "organization": "globex",
+        "deliveries": 1,
+        "duplicate": False,
+    }
+    assert seen(taken_again) == seen(free_again)
+    assert taken_again.json() == {**taken.json(), "duplicate": True}
+    assert seen(taken_batch) == seen(free_batch)
+    assert [r["duplicate"] for r in taken_batch.json()["results"]] == [False, True]
+    # reading: out of scope (403) or incomplete (422) alike, whether acme has the id or not
+    assert seen(answers[6]) == seen(answers[7])
+    assert answers[6].status_code == 403
+    assert seen(answers[8]) == seen(answers[9])
+    assert answers[8].status_code == 422
+    (own,) = answers[10].json()["deliveries"]
+    assert (own["organization"], own["event_id"]) == ("globex", "seed-acme")
+    # acme's event and its delivery are as they were
+    assert world.store.deliveries(event=EventKey("acme", "seed-acme")) == [
+        world.store.delivery(world.delivery["acme"])[0]  # type: ignore[index]
+    ]
+    assert world.store.delivery(world.delivery["acme"])[0].status == "failed"  # type: ignore[index]
 
 
 def test_the_openapi_document_declares_the_bearer_scheme(world: World) -> None:

@@ -17,7 +17,7 @@ from typing import Any
 import pytest
 from helpers_state import cli_env, json_out, put_specs, run_cli, spec, sqlite_url
 
-from reconciler.store.queue import AttemptResult, EventRecord
+from reconciler.store.queue import AttemptResult, EventKey, EventRecord
 from reconciler.store.sqlite import SqliteStore
 
 
@@ -59,7 +59,7 @@ def finished(
         EventRecord(event_id, "new_rule_violation", organization, "r1", "", "2026-01-01T00:00:00Z"),
         when,
     )
-    claims = store.claim("test", 100, when, 90, event_id=event_id)
+    claims = store.claim("test", 100, when, 90, EventKey(organization, event_id))
     store.finish(
         [
             AttemptResult(
@@ -86,11 +86,11 @@ def finished(
 def test_fire_queues_and_prints_the_count(state: Path, store: SqliteStore) -> None:
     result = fire(state, "--description", "bucket logs is public")
     assert result.returncode == 0, result.stderr
-    assert re.fullmatch(r"event evt_[0-9a-f]{32}: 2 deliveries queued\n", result.stdout)
-    event_id = result.stdout.split()[1].rstrip(":")
-    records = store.deliveries(event_id=event_id)
+    assert re.fullmatch(r"event acme/evt_[0-9a-f]{32}: 2 deliveries queued\n", result.stdout)
+    event_id = result.stdout.split()[1].rstrip(":").removeprefix("acme/")
+    records = store.deliveries(event=EventKey("acme", event_id))
     assert sorted((r.webhook, r.status) for r in records) == [("a", "pending"), ("b", "pending")]
-    event = store.event(event_id)
+    event = store.event(EventKey("acme", event_id))
     assert event is not None
     assert event.description == "bucket logs is public"
 
@@ -98,18 +98,97 @@ def test_fire_queues_and_prints_the_count(state: Path, store: SqliteStore) -> No
 def test_fire_with_the_same_id_twice_queues_nothing_new(state: Path, store: SqliteStore) -> None:
     first = fire(state, "--id", "rule-42")
     again = fire(state, "--id", "rule-42")
-    assert first.stdout == "event rule-42: 2 deliveries queued\n"
+    assert first.stdout == "event acme/rule-42: 2 deliveries queued\n"
     assert again.returncode == 0
-    assert again.stdout == "event rule-42: 2 deliveries queued (already queued: nothing new)\n"
-    assert len(store.deliveries(event_id="rule-42")) == 2
+    assert again.stdout == (
+        "event acme/rule-42: 2 deliveries queued (already queued: nothing new)\n"
+    )
+    assert len(store.deliveries(event=EventKey("acme", "rule-42"))) == 2
 
     as_json = json_out(fire(state, "--id", "rule-42", "--format", "json"))
-    assert (as_json["event_id"], as_json["deliveries"], as_json["duplicate"]) == (
-        "rule-42",
-        2,
-        True,
-    )
+    assert (
+        as_json["event_id"],
+        as_json["organization"],
+        as_json["deliveries"],
+        as_json["duplicate"],
+    ) == ("rule-42", "acme", 2, True)
     assert sorted(d["webhook"] for d in as_json["deliveries_log"]) == ["a", "b"]
+
+
+def test_fire_with_an_id_another_organization_used_is_a_new_event(
+    state: Path, store: SqliteStore
+) -> None:
+    # globex/a reads a variable that is not set: --wait fails it without sending
+    put_specs(store, [spec("a", "globex", url="${env:GLOBEX_URL}")])
+    acme = fire(state, "--id", "r17:2026-11-30")
+    env = cli_env()
+    env.pop("GLOBEX_URL", None)
+    globex = json_out(
+        cli(
+            state,
+            *("fire", "new_rule_violation", "--org", "globex", "--name", "r1"),
+            *("--id", "r17:2026-11-30", "--wait", "--format", "json"),
+            env=env,
+        )
+    )
+    again = cli(
+        state,
+        "fire",
+        "new_rule_violation",
+        "--org",
+        "globex",
+        "--name",
+        "r1",
+        "--id",
+        "r17:2026-11-30",
+    )
+
+    assert acme.stdout == "event acme/r17:2026-11-30: 2 deliveries queued\n"
+    assert (globex["organization"], globex["deliveries"], globex["duplicate"]) == (
+        "globex",
+        1,
+        False,
+    )
+    # --wait took globex's event's delivery alone; acme's wait for `serve`
+    assert [(d["organization"], d["webhook"], d["status"]) for d in globex["deliveries_log"]] == [
+        ("globex", "a", "failed")
+    ]
+    assert {r.status for r in store.deliveries(event=EventKey("acme", "r17:2026-11-30"))} == {
+        "pending"
+    }
+    assert again.stdout == (
+        "event globex/r17:2026-11-30: 1 delivery queued (already queued: nothing new)\n"
+    )
+
+    listed = cli(state, "deliveries", "list", "--org", "globex", "--event", "r17:2026-11-30")
+    assert [line.split()[2] for line in listed.stdout.splitlines()] == ["globex/a"]
+    as_json = json_out(
+        cli(
+            state,
+            "deliveries",
+            "list",
+            "--org",
+            "acme",
+            "--event",
+            "r17:2026-11-30",
+            "--format",
+            "json",
+        )
+    )
+    assert sorted((d["organization"], d["event_id"], d["webhook"]) for d in as_json) == [
+        ("acme", "r17:2026-11-30", "a"),
+        ("acme", "r17:2026-11-30", "b"),
+    ]
+
+
+def test_deliveries_list_by_event_needs_the_organization(state: Path) -> None:
+    fire(state, "--id", "r17")
+    result = cli(state, "deliveries", "list", "--event", "r17")
+    assert result.returncode == 2
+    assert result.stdout == ""
+    assert "--event goes with --org: an event id names an event only within its organization" in (
+        result.stderr
+    )
 
 
 def test_fire_for_one_organization_only(state: Path) -> None:
@@ -235,6 +314,7 @@ def test_deliveries_show_text_and_json(state: Path, store: SqliteStore) -> None:
     assert text.returncode == 0
     assert f"delivery  {delivery}  (sent as webhook-id)" in text.stdout
     assert "webhook   globex/a" in text.stdout
+    assert "event     globex/e1  new_rule_violation" in text.stdout
     assert "status    failed" in text.stdout
     assert "error     HTTP 404" in text.stdout
     assert "attempts  1" in text.stdout
@@ -243,6 +323,7 @@ def test_deliveries_show_text_and_json(state: Path, store: SqliteStore) -> None:
 
     data = json_out(cli(state, "deliveries", "show", delivery, "--format", "json"))
     assert (data["id"], data["status"], data["attempts"]) == (delivery, "failed", 1)
+    assert (data["organization"], data["event_id"]) == ("globex", "e1")
     assert [(a["number"], a["status"], a["outcome"]) for a in data["attempts_log"]] == [
         (1, 404, "failed")
     ]
@@ -283,7 +364,7 @@ def test_replay_of_a_queued_or_unknown_delivery_says_so_and_exits_1(
 ) -> None:
     delivery = finished(store, "e1", "globex", "failed", 404, time.time())
     fire(state, "--id", "e-pending")
-    pending = store.deliveries(event_id="e-pending")[0].id
+    pending = store.deliveries(event=EventKey("acme", "e-pending"))[0].id
     result = cli(state, "deliveries", "replay", delivery, pending, "msg_nope")
     assert result.returncode == 1
     assert result.stdout.startswith("replayed 1 delivery;")
@@ -308,7 +389,7 @@ def test_replay_failed_with_since_and_org(state: Path, store: SqliteStore) -> No
     assert by_org.stdout.startswith("replayed 0 deliveries;")
     every = cli(state, "deliveries", "replay", "--failed")
     assert every.stdout.startswith("replayed 2 deliveries;")
-    assert {r.status for r in store.deliveries(event_id="e-old")} == {"pending"}
+    assert {r.status for r in store.deliveries(event=EventKey("acme", "e-old"))} == {"pending"}
     assert store.delivery(delivered)[0].status == "delivered"  # type: ignore[index]
 
 

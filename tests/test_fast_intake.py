@@ -140,7 +140,12 @@ def test_a_valid_event_is_taken_by_the_fast_path_with_the_routes_answer(
 ) -> None:
     answer = same_answer(sides, "publisher", body(), "application/json")
     assert answer.status_code == 202
-    assert answer.json() == {"event_id": "evt-1", "deliveries": 2, "duplicate": False}
+    assert answer.json() == {
+        "event_id": "evt-1",
+        "organization": "acme",
+        "deliveries": 2,
+        "duplicate": False,
+    }
     assert taken == [True]
     assert sides[0].stored() == [("evt-1", "acme", "a"), ("evt-1", "acme", "b")]
 
@@ -152,6 +157,36 @@ def test_the_same_event_twice_is_a_duplicate_on_the_fast_path_too(
     answer = same_answer(sides, "admin", body(), "application/json; charset=utf-8")
     assert answer.json()["duplicate"] is True
     assert taken == [True, True]
+
+
+def test_an_id_another_organization_used_is_a_new_event_on_the_fast_path_too(
+    sides: tuple[Side, Side], taken: list[bool]
+) -> None:
+    same_answer(sides, "publisher", body(), "application/json")  # acme's evt-1
+    globex = body(organization="globex")
+    answers = [same_answer(sides, "publisher-globex", globex, "application/json") for _ in "12"]
+    mixed = same_answer(
+        sides,
+        "admin",
+        batch({}, {"organization": "globex"}, {"id": "evt-2"}),
+        "application/json",
+        BATCH,
+    )
+    assert [a.json() for a in answers] == [
+        {"event_id": "evt-1", "organization": "globex", "deliveries": 1, "duplicate": False},
+        {"event_id": "evt-1", "organization": "globex", "deliveries": 1, "duplicate": True},
+    ]
+    assert [
+        (r["organization"], r["event_id"], r["duplicate"]) for r in mixed.json()["results"]
+    ] == [("acme", "evt-1", True), ("globex", "evt-1", True), ("acme", "evt-2", False)]
+    assert taken == [True] * 4
+    assert sides[0].stored() == [
+        ("evt-1", "acme", "a"),
+        ("evt-1", "acme", "b"),
+        ("evt-1", "globex", "a"),
+        ("evt-2", "acme", "a"),
+        ("evt-2", "acme", "b"),
+    ]
 
 
 @pytest.mark.parametrize(

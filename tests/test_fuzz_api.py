@@ -154,7 +154,7 @@ def fuzzed(tmp_path: Path) -> Iterator[Fuzzed]:
             f"done-{org}", "new_rule_violation", org, "r", "", "2026-11-29T00:00:00Z"
         )
         store.add_event(event, START + number)
-        claims = store.claim("seed", 10, START + number, 60.0, event_id=event.id)
+        claims = store.claim("seed", 10, START + number, 60.0, event=event.key)
         failed = [
             AttemptResult(c.delivery_id, c.attempt, START, 1.0, "failed", status=404)
             for c in claims

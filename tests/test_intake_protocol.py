@@ -86,7 +86,7 @@ class Served:
         return (head + extra + "\r\n").encode() + content
 
     def stored_events(self) -> list[str]:
-        return [e for e in self.store.iter_event_ids()]
+        return [key.id for key in self.store.iter_event_keys()]
 
     def deliveries(self) -> int:
         return len(self.store.deliveries(limit=10_000))
@@ -185,7 +185,12 @@ def test_a_valid_event_is_answered_without_the_asgi_app(tmp_path: Path) -> None:
             (answer,) = await exchange(served, served.request(body=event()))
             assert answer.status == 202
             assert answer.headers["content-type"] == "application/json"
-            assert answer.json() == {"event_id": "evt-1", "deliveries": 1, "duplicate": False}
+            assert answer.json() == {
+                "event_id": "evt-1",
+                "organization": "acme",
+                "deliveries": 1,
+                "duplicate": False,
+            }
             assert served.app_saw == []
             assert served.stored_events() == ["evt-1"]
             assert served.deliveries() == 1

@@ -31,7 +31,7 @@ from reconciler.dispatch.sender import USER_AGENT
 from reconciler.dispatch.service import make_sender
 from reconciler.dispatch.ssrf import NetworkPolicy
 from reconciler.dispatch.worker import Database, Worker
-from reconciler.store.queue import AttemptRecord, DeliveryRecord, IntakeResult
+from reconciler.store.queue import AttemptRecord, DeliveryRecord, EventKey, IntakeResult
 from reconciler.store.sqlite import SqliteStore
 
 ORG = "acme"
@@ -84,8 +84,8 @@ class World:
             data["id"] = event_id
         return self.store.add_event(EventIn.model_validate(data).record(), self.clock())
 
-    def deliveries(self, event_id: str) -> list[DeliveryRecord]:
-        return self.store.deliveries(event_id=event_id, limit=1000)
+    def deliveries(self, event_id: str, organization: str = ORG) -> list[DeliveryRecord]:
+        return self.store.deliveries(event=EventKey(organization, event_id), limit=1000)
 
     def only_delivery(self, event_id: str) -> DeliveryRecord:
         (record,) = self.deliveries(event_id)
@@ -187,7 +187,7 @@ def test_a_2xx_is_delivered_with_the_definitions_request(world: World, receiver:
     assert request.header("webhook-id") == record.id
     assert request.header("webhook-timestamp") == str(int(world.clock()))
     assert request.header("webhook-signature") is None  # no signing secret, no signature
-    event = world.store.event(intake.event_id)
+    event = world.store.event(intake.key)
     assert event is not None
     assert request.json() == {
         "text": f"The rule no-public-s3 was violated at: {event.time}. "

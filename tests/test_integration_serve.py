@@ -126,7 +126,12 @@ def post_event(
 def accepted(client: httpx.Client, server: Server, event_id: str, deliveries: int) -> None:
     response = post_event(client, server, event_id)
     assert response.status_code == 202, response.text
-    assert response.json() == {"event_id": event_id, "deliveries": deliveries, "duplicate": False}
+    assert response.json() == {
+        "event_id": event_id,
+        "organization": ORG,
+        "deliveries": deliveries,
+        "duplicate": False,
+    }
 
 
 def stopped_listening(server: Server) -> bool:
@@ -162,7 +167,8 @@ def test_serve_fans_out_events_and_answers_its_api(project: Project, receiver: R
         requests = receiver.wait_for(3)
 
         def all_delivered() -> list[dict[str, Any]]:
-            listed = client.get(f"{server.url}/v1/deliveries", params={"event_id": "evt-1"})
+            params = {"org": ORG, "event_id": "evt-1"}
+            listed = client.get(f"{server.url}/v1/deliveries", params=params)
             records = listed.json()["deliveries"]
             return records if [r["status"] for r in records] == ["delivered"] * 3 else []
 
@@ -187,7 +193,12 @@ def test_serve_fans_out_events_and_answers_its_api(project: Project, receiver: R
 
         again = post_event(client, server, "evt-1")
         assert again.status_code == 202
-        assert again.json() == {"event_id": "evt-1", "deliveries": 3, "duplicate": True}
+        assert again.json() == {
+            "event_id": "evt-1",
+            "organization": ORG,
+            "deliveries": 3,
+            "duplicate": True,
+        }
         assert len(project.rows("SELECT id FROM deliveries WHERE event_id = 'evt-1'")) == 3
 
         invalid = client.post(f"{server.url}/v1/events", json={"type": "nope", "organization": ORG})

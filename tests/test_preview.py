@@ -491,7 +491,7 @@ def test_dry_run_prints_one_request_per_matching_webhook(state: Path) -> None:
     titles = [line for line in result.stdout.splitlines() if line.startswith("# ")]
     assert titles == ["# acme/a", "# acme/b", "# acme/f-env"]
     assert result.stdout.endswith(
-        "dry run: event evt_preview would queue 3 deliveries; nothing was queued.\n"
+        "dry run: event acme/evt_preview would queue 3 deliveries; nothing was queued.\n"
     )
     blocks = result.stdout.split("# acme/")[1:]
     requests = {block.split("\n", 1)[0]: parse_text(block.split("\n", 1)[1]) for block in blocks}
@@ -561,7 +561,7 @@ def test_dry_run_of_another_organization_or_event_type(state: Path) -> None:
     )
     assert nobody.returncode == 0
     assert nobody.stdout == (
-        "dry run: event evt_preview would queue 0 deliveries; nothing was queued.\n"
+        "dry run: event acme/evt_preview would queue 0 deliveries; nothing was queued.\n"
     )
     assert queue_rows(state) == ([], [])
 
@@ -572,11 +572,25 @@ def test_dry_run_of_an_event_already_queued_says_so(state: Path) -> None:
         *("fire", "new_rule_violation", "--org", "acme", "--name", "r"),
         *("--id", "evt_9", "--state", sqlite_url(state)),
     )
-    assert fired.stdout == "event evt_9: 3 deliveries queued\n"
+    assert fired.stdout == "event acme/evt_9: 3 deliveries queued\n"
     before = queue_rows(state)
     again = dry_run(state, "--id", "evt_9")
     assert again.returncode == 0
-    assert again.stderr == ("note: event evt_9 is already queued: fire would queue nothing new\n")
+    assert again.stderr == (
+        "note: event acme/evt_9 is already queued: fire would queue nothing new\n"
+    )
+    assert queue_rows(state) == before
+    # the same id in another organization is another event, not queued yet
+    globex = run(
+        state.parent,
+        *("fire", "new_rule_violation", "--org", "globex", "--name", "r", "--id", "evt_9"),
+        *("--state", sqlite_url(state), "--dry-run"),
+    )
+    assert globex.returncode == 0, globex.stderr
+    assert globex.stderr == ""
+    assert globex.stdout.endswith(
+        "dry run: event globex/evt_9 would queue 1 delivery; nothing was queued.\n"
+    )
     assert queue_rows(state) == before
 
 

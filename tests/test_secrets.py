@@ -187,7 +187,8 @@ def test_serve_logs_metrics_and_api_never_show_a_secret(tmp_path: Path, receiver
             event_id = posted.json()["event_id"]
             deadline_polls = 0
             while True:  # until both deliveries were attempted once
-                listed = http.get("/v1/deliveries", params={"event_id": event_id}).json()
+                params = {"org": "acme", "event_id": event_id}
+                listed = http.get("/v1/deliveries", params=params).json()
                 if all(d["attempts"] >= 1 for d in listed["deliveries"]):
                     break
                 deadline_polls += 1

@@ -8,6 +8,7 @@ import sys
 import time
 from collections.abc import Callable, Iterator
 
+import previous_schema
 import psycopg
 import pytest
 from helpers_state import REPO, SUBPROCESS_TIMEOUT
@@ -86,10 +87,52 @@ def test_open_store_selects_postgres_and_hides_the_password(postgres_url: str) -
             "0002_events_and_deliveries",
             "0003_retry_schedule_restarts_on_replay",
             "0004_api_tokens",
+            "0005_event_id_per_organization",
         ]
     finally:
         store.close()
     assert shown_url("postgresql://u:secret@h:5432/db?x=1") == "postgresql://h:5432/db?x=1"
+
+
+def test_a_state_of_the_schema_before_per_organization_events_keeps_every_row(
+    factory: PostgresFactory, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    names = [name for name, _ in MIGRATIONS]
+    before = MIGRATIONS[: names.index(previous_schema.MIGRATION)]
+    with monkeypatch.context() as patch:
+        patch.setattr("reconciler.store.postgres.MIGRATIONS", before)
+        old = factory()
+        old.commit([put("acme", "a"), put("acme", "b"), put("globex", "a")], [], 0)
+        assert old.migrations() == [name for name, _ in before]
+        old.close()
+    with _raw(factory.url) as conn:
+        for statement in previous_schema.ROWS:
+            conn.execute(statement)  # type: ignore[arg-type]
+
+    store = factory()
+
+    assert store.migrations() == names
+    previous_schema.check_migrated(store)
+    with _raw(factory.url) as conn:
+        keys = dict(
+            conn.execute(
+                "SELECT conname, pg_get_constraintdef(oid) FROM pg_constraint "
+                "WHERE conrelid IN ('events'::regclass, 'deliveries'::regclass) "
+                "AND contype IN ('p', 'f')"
+            ).fetchall()
+        )
+        assert keys == {
+            "events_pkey": "PRIMARY KEY (organization, id)",
+            "deliveries_pkey": "PRIMARY KEY (id)",
+            "deliveries_event_fkey": "FOREIGN KEY (organization, event_id) "
+            "REFERENCES events(organization, id)",
+        }
+        with pytest.raises(psycopg.errors.ForeignKeyViolation):
+            # a delivery names its event by organization and id
+            conn.execute(
+                "INSERT INTO deliveries (id, event_id, organization, webhook, status, "
+                "created_at, updated_at) VALUES ('msg_x', 'g-1', 'acme', 'a', 'pending', 0, 0)"
+            )
 
 
 def test_an_unreachable_server_is_one_clear_state_error() -> None:

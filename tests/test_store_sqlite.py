@@ -11,6 +11,7 @@ import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
+import previous_schema
 import pytest
 from helpers_state import SUBPROCESS_TIMEOUT, FakeClock, sqlite_url
 from store_contract import StoreContract, put, record
@@ -139,6 +140,48 @@ def test_a_new_migration_runs_once_and_only_it(
     # 9999 would fail too (duplicate column): opening twice shows neither happens.
     assert factory().migrations() == [name for name, _ in extended]
     assert factory().migrations() == [name for name, _ in extended]
+
+
+def test_a_state_of_the_schema_before_per_organization_events_keeps_every_row(
+    factory: SqliteFactory, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    names = [name for name, _ in MIGRATIONS]
+    before = MIGRATIONS[: names.index(previous_schema.MIGRATION)]
+    with monkeypatch.context() as patch:
+        patch.setattr("reconciler.store.sqlite.MIGRATIONS", before)
+        old = factory()
+        old.commit([put("acme", "a"), put("acme", "b"), put("globex", "a")], [], 0)
+        assert old.migrations() == [name for name, _ in before]
+    conn = raw(factory.path)
+    try:
+        for statement in previous_schema.ROWS:
+            conn.execute(statement)
+        largest_attempt = conn.execute("SELECT max(id) FROM attempts").fetchone()[0]
+    finally:
+        conn.close()
+
+    store = factory()
+
+    assert store.migrations() == names
+    previous_schema.check_migrated(store)
+    conn = raw(factory.path)
+    try:
+        assert conn.execute("PRAGMA integrity_check").fetchall() == [("ok",)]
+        assert conn.execute("PRAGMA foreign_key_check").fetchall() == []
+        # attempt ids go on after the old ones
+        ids = [row[0] for row in conn.execute("SELECT id FROM attempts ORDER BY id")]
+        assert ids[:3] == [1, 2, 3] and ids[3] > largest_attempt
+        conn.execute("PRAGMA foreign_keys=ON")
+        with pytest.raises(sqlite3.IntegrityError, match="FOREIGN KEY"):
+            # a delivery names its event by organization and id
+            conn.execute(
+                "INSERT INTO deliveries (id, event_id, organization, webhook, status, "
+                "created_at, updated_at) VALUES ('msg_x', 'g-1', 'acme', 'a', 'pending', 0, 0)"
+            )
+        tables = dict(conn.execute("SELECT name, sql FROM sqlite_master WHERE type = 'table'"))
+        assert not [name for name in tables if name.endswith("_0005")]
+    finally:
+        conn.close()
 
 
 def test_a_file_that_is_not_a_database_is_a_state_error(tmp_path: Path) -> None:

@@ -37,7 +37,7 @@ from reconciler.dispatch.worker import Database, Worker, WorkerSettings, owner_a
 from reconciler.model import WebhookSpec
 from reconciler.plan import make_plan
 from reconciler.store.base import Write
-from reconciler.store.queue import AttemptRecord, DeliveryRecord, EventRecord
+from reconciler.store.queue import AttemptRecord, DeliveryRecord, EventKey, EventRecord
 from reconciler.store.sqlite import SqliteStore
 
 T = TypeVar("T")
@@ -73,8 +73,9 @@ def queue(store: SqliteStore, clock: FakeClock, event_id: str = "evt-1", **field
         "time": EVENT_TIME,
     }
     values.update(fields)
-    store.add_event(EventRecord(id=event_id, **values), clock())
-    records = store.deliveries(event_id=event_id)
+    event = EventRecord(id=event_id, **values)
+    store.add_event(event, clock())
+    records = store.deliveries(event=event.key)
     assert records, "the event matched no webhook"
     return sorted(records, key=lambda r: r.webhook)[0].id
 
@@ -161,6 +162,35 @@ def test_success_is_delivered_with_one_attempt(
         "text": f"The rule no-public-s3 was violated at: {EVENT_TIME}."
     }
     assert once(store, clock) == 0
+
+
+def test_one_id_in_two_organizations_is_sent_twice_and_logged_with_each_organization(
+    store: SqliteStore,
+    clock: FakeClock,
+    httpx_mock: HTTPXMock,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    live(store, spec("a"), spec("a", "globex"))
+    acme = queue(store, clock, "r17:2026-11-30")
+    globex = queue(store, clock, "r17:2026-11-30", organization="globex")
+    httpx_mock.add_response(status_code=200)
+    httpx_mock.add_response(status_code=200)
+    caplog.set_level(logging.INFO, logger="reconciler.dispatch")
+
+    # one event's deliveries alone, as `fire --wait` takes them
+    taken = run(store, lambda w: w.run_once(EventKey("globex", "r17:2026-11-30")), clock=clock)
+    assert (taken, shown(store, acme)[0].status) == (1, "pending")
+    assert once(store, clock) == 1
+
+    assert {shown(store, d)[0].status for d in (acme, globex)} == {"delivered"}
+    assert sorted(r.headers["webhook-id"] for r in httpx_mock.get_requests()) == sorted(
+        [acme, globex]
+    )
+    lines = [r.getMessage() for r in caplog.records if r.getMessage().startswith("attempt ")]
+    assert [line.split()[1:4] for line in lines] == [
+        [f"delivery={globex}", "event=globex/r17:2026-11-30", "webhook=globex/a"],
+        [f"delivery={acme}", "event=acme/r17:2026-11-30", "webhook=acme/a"],
+    ]
 
 
 def test_500_then_success_retries_when_due_with_the_same_webhook_id(
@@ -319,7 +349,7 @@ def test_410_fails_and_pauses_the_webhook_as_drift(
     httpx_mock.add_response(status_code=200, url="https://hooks.example.com/b")
     once(store, clock)
 
-    records = {r.webhook: r for r in store.deliveries(event_id="evt-1")}
+    records = {r.webhook: r for r in store.deliveries(event=EventKey("acme", "evt-1"))}
     assert (records["a"].status, records["a"].last_status) == ("failed", 410)
     assert records["b"].status == "delivered"
     webhooks = {w.name: w for w in store.webhooks("acme")}
@@ -343,7 +373,7 @@ def test_410_fails_and_pauses_the_webhook_as_drift(
     store.add_event(
         EventRecord("evt-2", "new_rule_violation", "acme", "n", "", EVENT_TIME), clock()
     )
-    assert [r.webhook for r in store.deliveries(event_id="evt-2")] == ["b"]
+    assert [r.webhook for r in store.deliveries(event=EventKey("acme", "evt-2"))] == ["b"]
 
 
 def test_a_delivery_queued_before_a_pause_fails_without_being_sent(

@@ -41,14 +41,18 @@ from reconciler.dispatch.views import (
     ReplayOut,
     delivery_json,
 )
-from reconciler.store.queue import Status
+from reconciler.store.queue import EventKey, Status
 from reconciler.tokens import Access
 
 
 class IntakeOut(BaseModel):
-    event_id: str
+    event_id: str = Field(description="The event's id, which names it within its organization.")
+    organization: str = Field(description="The event's organization.")
     deliveries: int = Field(description="Deliveries queued: one per matching enabled webhook.")
-    duplicate: bool = Field(description="True when this event id was received before.")
+    duplicate: bool = Field(
+        description="True when this organization sent an event with this id before (then "
+        "`deliveries` is that event's). The same id in another organization is another event."
+    )
 
 
 class BatchOut(BaseModel):
@@ -80,7 +84,11 @@ class DeliveryFilters(BaseModel):
     status: Status | None = None
     org: str | None = Field(default=None, description="One organization of the token's.")
     webhook: str | None = None
-    event_id: str | None = None
+    event_id: str | None = Field(
+        default=None,
+        description="Only this event's deliveries; needs `org` (an id names an "
+        "event only within its organization).",
+    )
     limit: int = Field(default=100, ge=1, le=1000)
 
 
@@ -207,16 +215,21 @@ def create_app(dispatcher: Dispatcher) -> DispatcherAPI:
     )
     async def list_deliveries(
         filters: Annotated[DeliveryFilters, Query()], access: Access = may_read
-    ) -> dict[str, Any]:
+    ) -> Any:
         org = filters.org
         if org is not None and not access.sees(org):
             raise auth.forbidden(access.out_of_scope(org))
+        event = None
+        if filters.event_id is not None:
+            if org is None:
+                return _invalid_request([{"field": "query.org", "message": EVENT_NEEDS_ORG}])
+            event = EventKey(org, filters.event_id)
         records = await dispatcher.db.run(
             dispatcher.db.store.deliveries,
             status=filters.status,
             organizations=access.visible(org),
             webhook=filters.webhook,
-            event_id=filters.event_id,
+            event=event,
             limit=filters.limit,
         )
         return {"deliveries": [record.as_json() for record in records]}
@@ -302,6 +315,7 @@ def create_app(dispatcher: Dispatcher) -> DispatcherAPI:
 
 
 UNREADABLE_BODY = "not valid JSON: the body must be UTF-8 JSON text"
+EVENT_NEEDS_ORG = "event_id goes with org: an event id names an event only within its organization"
 
 
 def _error(status: int, message: str, headers: dict[str, str] | None = None) -> JSONResponse:

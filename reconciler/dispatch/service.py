@@ -94,8 +94,9 @@ class Dispatcher:
 
     async def accept_batch(self, events: Sequence[EventIn]) -> list[IntakeResult]:
         """Store the events and their deliveries, all in one transaction; returns,
-        in order, once they are durable. An event id seen before, or earlier in
-        `events`, queues nothing and answers with the first result.
+        in order, once they are durable. An event is its (organization, id): one seen
+        before, or earlier in `events`, queues nothing and answers with the first
+        result; the same id in another organization is another event.
 
         Batches arriving together are committed in one transaction (group commit),
         so the disk's flush is paid once per turn, not once per request; a batch is

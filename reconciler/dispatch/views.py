@@ -15,9 +15,11 @@ from reconciler.store.queue import AttemptRecord, DeliveryRecord, Status
 
 class DeliveryOut(BaseModel):
     id: str = Field(description="The delivery's id, sent as webhook-id.")
-    event_id: str
+    event_id: str = Field(
+        description="Its event's id, which names the event within `organization`."
+    )
     event_type: str
-    organization: str
+    organization: str = Field(description="The organization of the event and of the webhook.")
     webhook: str
     status: Status
     attempts: int = Field(description="Attempts made so far.")
@@ -71,7 +73,7 @@ def delivery_text(record: DeliveryRecord, attempts: list[AttemptRecord]) -> str:
     lines = [
         f"delivery  {record.id}  (sent as webhook-id)",
         f"webhook   {record.organization}/{record.webhook}",
-        f"event     {record.event_id}  {record.event_type}",
+        f"event     {record.event_key}  {record.event_type}",
         f"status    {record.status}" + (f"  due {utc(record.due_at)}" if record.due_at else ""),
         f"created   {utc(record.created_at)}",
     ]

@@ -33,7 +33,7 @@ from reconciler.dispatch.ssrf import NetworkPolicy, TargetRefused
 from reconciler.durations import parse_duration, parse_rate
 from reconciler.model import WebhookSpec
 from reconciler.render import EventData, Renderer, RenderError
-from reconciler.store.queue import AttemptResult, Claim, EventRecord, QueueStore
+from reconciler.store.queue import AttemptResult, Claim, EventKey, EventRecord, QueueStore
 
 log = logging.getLogger("reconciler.dispatch")
 
@@ -123,16 +123,14 @@ class Worker:
         self._wake: asyncio.Event | None = None
         self._limit = asyncio.Semaphore(self.settings.concurrency)
 
-    async def run_once(self, event_id: str | None = None) -> int:
+    async def run_once(self, event: EventKey | None = None) -> int:
         """Claim what is due (of one event, if given), deliver it, record the outcomes;
         returns how many."""
         now = self.clock()
         # No more than can be in flight at once: a claimed delivery waiting for a
         # free slot would see its lease run out.
         limit = min(self.settings.batch, self.settings.concurrency)
-        claims = await self.db.run(
-            self.db.store.claim, self.owner, limit, now, self.lease(), event_id
-        )
+        claims = await self.db.run(self.db.store.claim, self.owner, limit, now, self.lease(), event)
         if not claims:
             return 0
         results = await asyncio.gather(*(self._deliver(claim) for claim in claims))
@@ -339,8 +337,11 @@ class Worker:
         self.metrics.attempt(claim, result)
         info_line(
             log,
-            "attempt delivery=%s webhook=%s/%s attempt=%d outcome=%s status=%s duration_ms=%.1f%s",
+            "attempt delivery=%s event=%s/%s webhook=%s/%s attempt=%d outcome=%s status=%s "
+            "duration_ms=%.1f%s",
             claim.delivery_id,
+            claim.event.organization,
+            claim.event.id,
             claim.organization,
             claim.webhook,
             claim.attempt,

@@ -130,3 +130,83 @@ MIGRATIONS.append(
         ],
     )
 )
+
+# An event's id is its sender's, unique only within its organization: the key of an
+# event becomes (organization, id), and a delivery refers to its event by both (a
+# delivery's organization is its event's). SQLite changes neither a primary key nor
+# a foreign key in place, so the three tables are rebuilt in this one transaction:
+# the new ones filled with every row, ids included, before the old ones are dropped
+# (attempts are never deleted, so the AUTOINCREMENT sequence goes on from the
+# largest id copied); renaming a table carries the references to it along.
+MIGRATIONS.append(
+    (
+        "0005_event_id_per_organization",
+        [
+            """CREATE TABLE events_0005 (
+                id TEXT NOT NULL,
+                type TEXT NOT NULL,
+                organization TEXT NOT NULL,
+                name TEXT NOT NULL,
+                description TEXT NOT NULL,
+                time TEXT NOT NULL,
+                received_at REAL NOT NULL,
+                deliveries INTEGER NOT NULL,
+                PRIMARY KEY (organization, id)
+            )""",
+            """INSERT INTO events_0005 (id, type, organization, name, description, time,
+                   received_at, deliveries)
+               SELECT id, type, organization, name, description, time, received_at,
+                   deliveries FROM events""",
+            """CREATE TABLE deliveries_0005 (
+                id TEXT PRIMARY KEY,
+                event_id TEXT NOT NULL,
+                organization TEXT NOT NULL,
+                webhook TEXT NOT NULL,
+                status TEXT NOT NULL,
+                attempts INTEGER NOT NULL DEFAULT 0,
+                due_at REAL,
+                lease_owner TEXT,
+                lease_expires REAL,
+                created_at REAL NOT NULL,
+                updated_at REAL NOT NULL,
+                last_status INTEGER,
+                last_error TEXT,
+                retry_base INTEGER NOT NULL DEFAULT 0,
+                FOREIGN KEY (organization, event_id) REFERENCES events_0005 (organization, id)
+            )""",
+            """INSERT INTO deliveries_0005 (id, event_id, organization, webhook, status,
+                   attempts, due_at, lease_owner, lease_expires, created_at, updated_at,
+                   last_status, last_error, retry_base)
+               SELECT id, event_id, organization, webhook, status, attempts, due_at,
+                   lease_owner, lease_expires, created_at, updated_at, last_status,
+                   last_error, retry_base FROM deliveries""",
+            """CREATE TABLE attempts_0005 (
+                id INTEGER PRIMARY KEY AUTOINCREMENT,
+                delivery_id TEXT NOT NULL REFERENCES deliveries_0005 (id),
+                number INTEGER NOT NULL,
+                started_at REAL NOT NULL,
+                duration_ms REAL NOT NULL,
+                status INTEGER,
+                response_headers TEXT,
+                response_excerpt TEXT,
+                error TEXT,
+                outcome TEXT NOT NULL
+            )""",
+            """INSERT INTO attempts_0005 (id, delivery_id, number, started_at, duration_ms,
+                   status, response_headers, response_excerpt, error, outcome)
+               SELECT id, delivery_id, number, started_at, duration_ms, status,
+                   response_headers, response_excerpt, error, outcome FROM attempts""",
+            "DROP TABLE attempts",
+            "DROP TABLE deliveries",
+            "DROP TABLE events",
+            "ALTER TABLE events_0005 RENAME TO events",
+            "ALTER TABLE deliveries_0005 RENAME TO deliveries",
+            "ALTER TABLE attempts_0005 RENAME TO attempts",
+            "CREATE INDEX deliveries_due ON deliveries (status, due_at)",
+            "CREATE INDEX deliveries_lease ON deliveries (status, lease_expires)",
+            "CREATE INDEX deliveries_by_webhook ON deliveries (organization, webhook)",
+            "CREATE INDEX deliveries_by_event ON deliveries (organization, event_id)",
+            "CREATE INDEX attempts_by_delivery ON attempts (delivery_id)",
+        ],
+    )
+)

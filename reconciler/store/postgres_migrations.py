@@ -118,3 +118,21 @@ MIGRATIONS: list[tuple[str, list[str]]] = [
         ],
     ),
 ]
+
+# An event's id is its sender's, unique only within its organization: the key of an
+# event becomes (organization, id), and a delivery refers to its event by both (a
+# delivery's organization is its event's). Constraints change in place; no row moves.
+MIGRATIONS.append(
+    (
+        "0005_event_id_per_organization",
+        [
+            "ALTER TABLE deliveries DROP CONSTRAINT deliveries_event_id_fkey",
+            "ALTER TABLE events DROP CONSTRAINT events_pkey",
+            "ALTER TABLE events ADD CONSTRAINT events_pkey PRIMARY KEY (organization, id)",
+            """ALTER TABLE deliveries ADD CONSTRAINT deliveries_event_fkey
+               FOREIGN KEY (organization, event_id) REFERENCES events (organization, id)""",
+            "DROP INDEX deliveries_by_event",
+            "CREATE INDEX deliveries_by_event ON deliveries (organization, event_id)",
+        ],
+    )
+)

@@ -19,13 +19,14 @@ from reconciler.store.queue import (
     AttemptResult,
     Claim,
     DeliveryRecord,
+    EventKey,
     EventRecord,
     IntakeResult,
     attempt_row,
     clean_text,
     refuse_nul,
 )
-from reconciler.store.sqlite_queue import DELIVERY_COLUMNS
+from reconciler.store.sqlite_queue import DELIVERY_COLUMNS, EVENT_OF_DELIVERY
 
 
 class PostgresQueue:
@@ -62,7 +63,8 @@ class PostgresQueue:
         claims: list[Claim],
     ) -> IntakeResult:
         cur.execute(
-            "INSERT INTO events VALUES (%s, %s, %s, %s, %s, %s, %s, 0) ON CONFLICT (id) DO NOTHING",
+            "INSERT INTO events VALUES (%s, %s, %s, %s, %s, %s, %s, 0) "
+            "ON CONFLICT (organization, id) DO NOTHING",
             (
                 event.id,
                 event.type,
@@ -74,8 +76,11 @@ class PostgresQueue:
             ),
         )
         if not cur.rowcount:
-            cur.execute("SELECT deliveries FROM events WHERE id = %s", (event.id,))
-            return IntakeResult(event.id, cur.fetchone()[0], duplicate=True)
+            cur.execute(
+                "SELECT deliveries FROM events WHERE organization = %s AND id = %s",
+                (event.organization, event.id),
+            )
+            return IntakeResult(event.id, event.organization, cur.fetchone()[0], duplicate=True)
         cur.execute(
             "SELECT name, spec FROM webhooks WHERE organization = %s AND paused_reason IS NULL "
             "AND spec::jsonb ->> 'event' = %s "
@@ -99,27 +104,28 @@ class PostgresQueue:
                 rows,
             )
             cur.execute(
-                "UPDATE events SET deliveries = %s WHERE id = %s", (len(webhooks), event.id)
+                "UPDATE events SET deliveries = %s WHERE organization = %s AND id = %s",
+                (len(webhooks), event.organization, event.id),
             )
-        return IntakeResult(event.id, len(webhooks), duplicate=False)
+        return IntakeResult(event.id, event.organization, len(webhooks), duplicate=False)
 
     # -- claims ---------------------------------------------------------------
 
     def claim(
-        self, owner: str, limit: int, now: float, lease: float, event_id: str | None = None
+        self, owner: str, limit: int, now: float, lease: float, event: EventKey | None = None
     ) -> list[Claim]:
         with self._tx(durable=False) as cur:
-            return self._claim_in(cur, owner, limit, now, lease, event_id)
+            return self._claim_in(cur, owner, limit, now, lease, event)
 
     def _claim_in(
-        self, cur: Any, owner: str, limit: int, now: float, lease: float, event_id: str | None
+        self, cur: Any, owner: str, limit: int, now: float, lease: float, event: EventKey | None
     ) -> list[Claim]:
-        if event_id is not None:
+        if event is not None:
             ids = self._pick(
                 cur,
-                "event_id = %s AND ((status = 'pending' AND due_at <= %s) OR "
-                "(status = 'in_flight' AND lease_expires <= %s))",
-                (event_id, now, now),
+                "organization = %s AND event_id = %s AND ((status = 'pending' "
+                "AND due_at <= %s) OR (status = 'in_flight' AND lease_expires <= %s))",
+                (event.organization, event.id, now, now),
                 "due_at",
                 limit,
             )
@@ -165,7 +171,7 @@ class PostgresQueue:
         cur.execute(
             "SELECT d.id, d.attempts, e.id, e.type, e.organization, e.name, e.description, "
             "e.time, d.organization, d.webhook, w.spec, w.paused_reason, d.retry_base "
-            "FROM deliveries d JOIN events e ON e.id = d.event_id "
+            f"FROM deliveries d JOIN events e ON {EVENT_OF_DELIVERY} "
             "LEFT JOIN webhooks w ON w.organization = d.organization AND w.name = d.webhook "
             "WHERE d.id = ANY(%s)",
             (ids,),
@@ -310,14 +316,15 @@ class PostgresQueue:
         status: str | None = None,
         organization: str | None = None,
         webhook: str | None = None,
-        event_id: str | None = None,
+        event: EventKey | None = None,
         since: float | None = None,
         limit: int = 100,
         organizations: Sequence[str] | None = None,
     ) -> list[DeliveryRecord]:
-        """Newest first. `organizations`: only these (an API token's scope)."""
+        """Newest first. `event`: that event's (an id names one only with its
+        organization). `organizations`: only these (an API token's scope)."""
         query = (
-            f"SELECT {DELIVERY_COLUMNS} FROM deliveries d JOIN events e ON e.id = d.event_id "
+            f"SELECT {DELIVERY_COLUMNS} FROM deliveries d JOIN events e ON {EVENT_OF_DELIVERY} "
             "WHERE true"
         )
         args: list[Any] = []
@@ -325,11 +332,13 @@ class PostgresQueue:
             ("d.status", status),
             ("d.organization", organization),
             ("d.webhook", webhook),
-            ("d.event_id", event_id),
         ):
             if value is not None:
                 query += f" AND {column} = %s"
                 args.append(value)
+        if event is not None:
+            query += " AND d.organization = %s AND d.event_id = %s"
+            args += [event.organization, event.id]
         if since is not None:
             query += " AND d.updated_at >= %s"
             args.append(since)
@@ -346,7 +355,7 @@ class PostgresQueue:
         with self._tx() as cur:
             cur.execute(
                 f"SELECT {DELIVERY_COLUMNS} FROM deliveries d "
-                "JOIN events e ON e.id = d.event_id WHERE d.id = %s",
+                f"JOIN events e ON {EVENT_OF_DELIVERY} WHERE d.id = %s",
                 (delivery_id,),
             )
             row = cur.fetchone()
@@ -374,11 +383,12 @@ class PostgresQueue:
             ]
         return DeliveryRecord(*row), attempts
 
-    def event(self, event_id: str) -> EventRecord | None:
+    def event(self, key: EventKey) -> EventRecord | None:
         with self._tx() as cur:
             cur.execute(
-                "SELECT id, type, organization, name, description, time FROM events WHERE id = %s",
-                (event_id,),
+                "SELECT id, type, organization, name, description, time FROM events "
+                "WHERE organization = %s AND id = %s",
+                (key.organization, key.id),
             )
             row = cur.fetchone()
         return EventRecord(*row) if row else None
@@ -409,9 +419,9 @@ class PostgresQueue:
             cur.execute("SELECT status, count(*) FROM deliveries GROUP BY status")
             return dict(cur.fetchall())
 
-    def iter_event_ids(self) -> Iterator[str]:
+    def iter_event_keys(self) -> Iterator[EventKey]:
         with self._tx() as cur:
-            cur.execute("SELECT id FROM events ORDER BY received_at")
+            cur.execute("SELECT organization, id FROM events ORDER BY received_at")
             rows = cur.fetchall()
-        for (event_id,) in rows:
-            yield event_id
+        for organization, event_id in rows:
+            yield EventKey(organization, event_id)

@@ -9,11 +9,23 @@ from __future__ import annotations
 import json
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Literal, Protocol
+from typing import Any, Literal, NamedTuple, Protocol
 
 Status = Literal["pending", "in_flight", "delivered", "failed", "cancelled"]
 FINAL_STATUSES = ("delivered", "failed", "cancelled")
 EXCERPT_LIMIT = 4096
+
+
+class EventKey(NamedTuple):
+    """What names an event: its id is the sender's, unique only within its
+    organization, so the same id in two organizations names two events. Shown as
+    `organization/id` (an id holds no `/`)."""
+
+    organization: str
+    id: str
+
+    def __str__(self) -> str:
+        return f"{self.organization}/{self.id}"
 
 
 @dataclass(frozen=True)
@@ -25,16 +37,26 @@ class EventRecord:
     description: str
     time: str  # ISO 8601, UTC
 
+    @property
+    def key(self) -> EventKey:
+        return EventKey(self.organization, self.id)
+
 
 @dataclass(frozen=True)
 class IntakeResult:
     event_id: str
+    organization: str
     deliveries: int
-    duplicate: bool
+    duplicate: bool  # this organization had an event with this id already
+
+    @property
+    def key(self) -> EventKey:
+        return EventKey(self.organization, self.event_id)
 
     def as_json(self) -> dict[str, Any]:
         return {
             "event_id": self.event_id,
+            "organization": self.organization,
             "deliveries": self.deliveries,
             "duplicate": self.duplicate,
         }
@@ -103,6 +125,9 @@ class AttemptRecord:
 
 @dataclass(frozen=True)
 class DeliveryRecord:
+    """One delivery; its event is (organization, event_id): a delivery always
+    belongs to the organization of its event."""
+
     id: str
     event_id: str
     event_type: str
@@ -131,6 +156,10 @@ class DeliveryRecord:
             "last_status": self.last_status,
             "last_error": self.last_error,
         }
+
+    @property
+    def event_key(self) -> EventKey:
+        return EventKey(self.organization, self.event_id)
 
 
 def headers_json(headers: dict[str, str]) -> str:
@@ -164,7 +193,7 @@ def refuse_nul(events: Sequence[EventRecord]) -> None:
     JSON functions would cut the text short), and intake refuses it at the door."""
     for event in events:
         if any("\x00" in text for text in (event.id, event.name, event.description)):
-            raise ValueError(f"event {event.id!r}: text must not contain NUL characters")
+            raise ValueError(f"event {event.key}: text must not contain NUL characters")
 
 
 def clean_text(text: str | None) -> str | None:
@@ -187,7 +216,7 @@ class QueueStore(Protocol):
     ) -> tuple[list[IntakeResult], list[Claim]]: ...
 
     def claim(
-        self, owner: str, limit: int, now: float, lease: float, event_id: str | None = None
+        self, owner: str, limit: int, now: float, lease: float, event: EventKey | None = None
     ) -> list[Claim]: ...
 
     def finish(self, results: Sequence[AttemptResult], owner: str, now: float) -> int: ...
@@ -206,13 +235,15 @@ class QueueStore(Protocol):
         status: str | None = None,
         organization: str | None = None,
         webhook: str | None = None,
-        event_id: str | None = None,
+        event: EventKey | None = None,
         since: float | None = None,
         limit: int = 100,
         organizations: Sequence[str] | None = None,
     ) -> list[DeliveryRecord]: ...
 
     def delivery(self, delivery_id: str) -> tuple[DeliveryRecord, list[AttemptRecord]] | None: ...
+
+    def event(self, key: EventKey) -> EventRecord | None: ...
 
     def replay(self, delivery_ids: Sequence[str], now: float) -> list[str]: ...
 

@@ -20,6 +20,7 @@ from reconciler.store.queue import (
     AttemptResult,
     Claim,
     DeliveryRecord,
+    EventKey,
     EventRecord,
     IntakeResult,
     attempt_row,
@@ -31,6 +32,8 @@ DELIVERY_COLUMNS = (
     "d.id, d.event_id, e.type, d.organization, d.webhook, d.status, d.attempts, d.due_at, "
     "d.created_at, d.updated_at, d.last_status, d.last_error"
 )
+# A delivery's event: the same id in another organization is another event.
+EVENT_OF_DELIVERY = "e.organization = d.organization AND e.id = d.event_id"
 
 
 class SqliteQueue:
@@ -66,38 +69,44 @@ class SqliteQueue:
         lease: float,
     ) -> tuple[list[IntakeResult], list[Claim]]:
         refuse_nul(events)
-        ids = list(dict.fromkeys(event.id for event in events))
-        known: dict[str, int] = dict(  # event id -> its deliveries, stored before or just now
-            _rows(
+        keys = list(dict.fromkeys(event.key for event in events))
+        # (organization, id) -> the event's deliveries, stored before or just now
+        known: dict[EventKey, int] = {
+            EventKey(organization, event_id): deliveries
+            for organization, event_id, deliveries in _rows(
                 db,
-                "SELECT json_group_array(json_array(id, deliveries)) FROM events "
-                "WHERE id IN (SELECT value FROM json_each(?))",
-                (_json(ids),),
+                "SELECT json_group_array(json_array(e.organization, e.id, e.deliveries)) "
+                "FROM json_each(?) k JOIN events e "
+                "ON e.organization = k.value ->> 0 AND e.id = k.value ->> 1",
+                (_json(keys),),
             )
-        )
+        }
         targets: dict[tuple[str, str], list[list[str]]] = {}  # (org, type) -> [name, spec]
         event_rows: list[list[Any]] = []
         delivery_rows: list[list[str]] = []
         results: list[IntakeResult] = []
         claims: list[Claim] = []
         for event in events:
-            if event.id in known:
-                results.append(IntakeResult(event.id, known[event.id], duplicate=True))
+            key = event.key
+            if key in known:
+                results.append(
+                    IntakeResult(event.id, event.organization, known[key], duplicate=True)
+                )
                 continue
-            key = (event.organization, event.type)
-            names = targets.get(key)
+            matching = (event.organization, event.type)
+            names = targets.get(matching)
             if names is None:
-                names = targets[key] = sorted(
+                names = targets[matching] = sorted(
                     _rows(
                         db,
                         "SELECT json_group_array(json_array(name, spec)) FROM webhooks "
                         "WHERE organization = ? "
                         "AND paused_reason IS NULL AND json_extract(spec, '$.event') = ? "
                         "AND coalesce(json_extract(spec, '$.enabled'), 1) = 1",
-                        key,
+                        matching,
                     )
                 )
-            known[event.id] = len(names)
+            known[key] = len(names)
             event_rows.append(
                 [
                     event.id,
@@ -115,7 +124,7 @@ class SqliteQueue:
                     row[4:] = "in_flight", owner, _real(now + lease)
                     claims.append(Claim(row[0], 1, event, event.organization, name, spec, None))
                 delivery_rows.append(row)
-            results.append(IntakeResult(event.id, len(names), duplicate=False))
+            results.append(IntakeResult(event.id, event.organization, len(names), duplicate=False))
         db.execute(
             "INSERT INTO events (id, type, organization, name, description, time, deliveries, "
             "received_at) SELECT value ->> 0, value ->> 1, value ->> 2, value ->> 3, "
@@ -134,12 +143,12 @@ class SqliteQueue:
     # -- claims -----------------------------------------------------------------
 
     def claim(
-        self, owner: str, limit: int, now: float, lease: float, event_id: str | None = None
+        self, owner: str, limit: int, now: float, lease: float, event: EventKey | None = None
     ) -> list[Claim]:
         """Take up to `limit` due deliveries (or ones whose lease ran out) for `owner`;
-        with `event_id`, only that event's."""
+        with `event`, only that event's."""
         with self._write(durable=False) as db:
-            return self._claim_in(db, owner, limit, now, lease, event_id)
+            return self._claim_in(db, owner, limit, now, lease, event)
 
     def _claim_in(
         self,
@@ -148,15 +157,15 @@ class SqliteQueue:
         limit: int,
         now: float,
         lease: float,
-        event_id: str | None = None,
+        event: EventKey | None = None,
     ) -> list[Claim]:
-        if event_id is not None:
+        if event is not None:
             ids = _rows(
                 db,
                 "SELECT json_group_array(id) FROM (SELECT id FROM deliveries "
-                "WHERE event_id = ? AND ((status = 'pending' AND due_at <= ?) "
-                "OR (status = 'in_flight' AND lease_expires <= ?)) LIMIT ?)",
-                (event_id, now, now, limit),
+                "WHERE organization = ? AND event_id = ? AND ((status = 'pending' "
+                "AND due_at <= ?) OR (status = 'in_flight' AND lease_expires <= ?)) LIMIT ?)",
+                (event.organization, event.id, now, now, limit),
             )
         else:
             ids = _rows(
@@ -165,7 +174,7 @@ class SqliteQueue:
                 "WHERE status = 'pending' AND due_at <= ? ORDER BY due_at LIMIT ?)",
                 (now, limit),
             )
-        if len(ids) < limit and event_id is None:
+        if len(ids) < limit and event is None:
             ids += _rows(
                 db,
                 "SELECT json_group_array(id) FROM (SELECT id FROM deliveries "
@@ -186,7 +195,7 @@ class SqliteQueue:
             "SELECT json_group_array(json_array(d.id, d.attempts, e.id, e.type, "
             "e.organization, e.name, e.description, e.time, d.organization, d.webhook, "
             "w.spec, w.paused_reason, d.retry_base)) "
-            "FROM deliveries d JOIN events e ON e.id = d.event_id "
+            f"FROM deliveries d JOIN events e ON {EVENT_OF_DELIVERY} "
             "LEFT JOIN webhooks w ON w.organization = d.organization AND w.name = d.webhook "
             "WHERE d.id IN (SELECT value FROM json_each(?))",
             (taken,),
@@ -356,14 +365,15 @@ class SqliteQueue:
         status: str | None = None,
         organization: str | None = None,
         webhook: str | None = None,
-        event_id: str | None = None,
+        event: EventKey | None = None,
         since: float | None = None,
         limit: int = 100,
         organizations: Sequence[str] | None = None,
     ) -> list[DeliveryRecord]:
-        """Newest first. `organizations`: only these (an API token's scope)."""
+        """Newest first. `event`: that event's (an id names one only with its
+        organization). `organizations`: only these (an API token's scope)."""
         query = (
-            f"SELECT {DELIVERY_COLUMNS} FROM deliveries d JOIN events e ON e.id = d.event_id "
+            f"SELECT {DELIVERY_COLUMNS} FROM deliveries d JOIN events e ON {EVENT_OF_DELIVERY} "
             "WHERE 1=1"
         )
         args: list[Any] = []
@@ -371,11 +381,13 @@ class SqliteQueue:
             ("d.status", status),
             ("d.organization", organization),
             ("d.webhook", webhook),
-            ("d.event_id", event_id),
         ):
             if value is not None:
                 query += f" AND {column} = ?"
                 args.append(value)
+        if event is not None:
+            query += " AND d.organization = ? AND d.event_id = ?"
+            args += [event.organization, event.id]
         if since is not None:
             query += " AND d.updated_at >= ?"
             args.append(since)
@@ -388,7 +400,7 @@ class SqliteQueue:
 
     def delivery(self, delivery_id: str) -> tuple[DeliveryRecord, list[AttemptRecord]] | None:
         row = self._db.execute(
-            f"SELECT {DELIVERY_COLUMNS} FROM deliveries d JOIN events e ON e.id = d.event_id "
+            f"SELECT {DELIVERY_COLUMNS} FROM deliveries d JOIN events e ON {EVENT_OF_DELIVERY} "
             "WHERE d.id = ?",
             (delivery_id,),
         ).fetchone()
@@ -415,10 +427,11 @@ class SqliteQueue:
         ]
         return DeliveryRecord(*row), attempts
 
-    def event(self, event_id: str) -> EventRecord | None:
+    def event(self, key: EventKey) -> EventRecord | None:
         row = self._db.execute(
-            "SELECT id, type, organization, name, description, time FROM events WHERE id = ?",
-            (event_id,),
+            "SELECT id, type, organization, name, description, time FROM events "
+            "WHERE organization = ? AND id = ?",
+            (key.organization, key.id),
         ).fetchone()
         return EventRecord(*row) if row else None
 
@@ -450,9 +463,11 @@ class SqliteQueue:
             self._db.execute("SELECT status, count(*) FROM deliveries GROUP BY status").fetchall()
         )
 
-    def iter_event_ids(self) -> Iterator[str]:
-        for (event_id,) in self._db.execute("SELECT id FROM events ORDER BY received_at"):
-            yield event_id
+    def iter_event_keys(self) -> Iterator[EventKey]:
+        for organization, event_id in self._db.execute(
+            "SELECT organization, id FROM events ORDER BY received_at"
+        ):
+            yield EventKey(organization, event_id)
 
 
 def _json(value: Any) -> str:
