@@ -29,7 +29,7 @@ from reconciler.dispatch.app import create_app
 from reconciler.dispatch.sender import Sender
 from reconciler.dispatch.service import Dispatcher
 from reconciler.errors import StateError
-from reconciler.store.queue import AttemptResult, EventRecord
+from reconciler.store.queue import AttemptResult, EventKey, EventRecord
 from reconciler.store.sqlite import SqliteStore
 
 START = 1_700_000_000.0
@@ -125,7 +125,7 @@ def a_failed_delivery(store: Any) -> str:
     """A delivery of globex's one webhook, failed for good: one to replay."""
     event = EventRecord("seed", "new_rule_violation", "globex", "r", "", "2026-11-29T00:00:00Z")
     store.add_event(event, START)
-    (claim,) = store.claim("seed", 1, START, 60.0, event_id=event.id)
+    (claim,) = store.claim("seed", 1, START, 60.0, event=EventKey(event.organization, event.id))
     failed = AttemptResult(claim.delivery_id, claim.attempt, START, 1.0, "failed", status=404)
     store.finish([failed], "seed", START)
     return claim.delivery_id
@@ -237,6 +237,7 @@ def _fill_sqlite(store: SqliteStore) -> Callable[[], None]:
     """SQLite at its page limit: the next page it needs is refused, as on a full disk.
     Returns what lifts the limit."""
     db = store._db  # the test's own database
+    db.execute("VACUUM")  # no free page left over from migrations to write into
     assert db.execute("PRAGMA freelist_count").fetchone()[0] == 0
     pages = db.execute("PRAGMA page_count").fetchone()[0]
     db.execute(f"PRAGMA max_page_count={pages}")
@@ -289,4 +290,4 @@ def test_a_full_database_answers_503_and_takes_the_event_once_it_has_room(
 
     lift()
     (taken,) = send(store, [("POST", "/v1/events", headers, big)], fast=fast)
-    assert taken.json() == {"event_id": "evt-1", "deliveries": 2, "duplicate": False}
+    assert taken.json() == {"event_id": "evt-1", "organization": "acme", "deliveries": 2, "duplicate": False}

@@ -467,7 +467,7 @@ def test_who_asks_comes_before_the_size_of_what_they_sent(
     too_big = asyncio.run(go(world.headers("admin@acme")))
     assert too_big.status_code == 413, too_big.text
     assert too_big.json()["problems"] == []
-    assert world.store.deliveries(event_id="new-acme") == []
+    assert world.store.deliveries(event=EventKey("acme", "new-acme")) == []
 
 
 def test_a_partner_admin_sees_all_of_their_clients_and_no_one_else(world: World) -> None:
