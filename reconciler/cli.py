@@ -274,6 +274,8 @@ def _plan_from_files(result: LoadResult, store: Store, organization: str | None)
         store.webhooks(organization),
         store.state(),
         organization=organization,
+        shared_env=result.shared_env if organization is None else None,
+        live_shared_env=store.shared_env() if organization is None else None,
     )
 
 
@@ -450,9 +452,13 @@ def apply(
         store.close()
     if outcome.applied:
         counts = outcome.plan.counts()
+        shared = outcome.plan.shared_env
+        changed = len(shared.lines()) if shared else 0
+        shared_text = f", {count(changed, 'shared variable')} changed" if shared else ""
         click.echo(
             f"Applied: {counts['create']} created, {counts['update']} updated, "
-            f"{counts['delete']} deleted (state serial {outcome.serial}, actor {who})."
+            f"{counts['delete']} deleted{shared_text} (state serial {outcome.serial}, "
+            f"actor {who})."
         )
     else:
         click.echo("Nothing to apply.")
@@ -508,8 +514,9 @@ def history(
 def export(folder: Path, state: str, organization: str | None) -> None:
     """Write the live state as definition files, one per webhook.
 
-    Files go to FOLDER/<organization>/<name>.yaml; planning FOLDER against the
-    same state shows no change.
+    Files go to FOLDER/<organization>/<name>.yaml, and the shared list of
+    variables to FOLDER/shared-env.yaml (without --org); planning FOLDER against
+    the same state shows no change.
 
     \b
     Example:
@@ -517,10 +524,13 @@ def export(folder: Path, state: str, organization: str | None) -> None:
     """
     store = open_store(state, must_exist=True)
     try:
-        written = export_state(store.webhooks(organization), folder)
+        shared = store.shared_env() if organization is None else None
+        written = export_state(store.webhooks(organization), folder, shared)
     finally:
         store.close()
-    click.echo(f"Exported {len(written)} webhooks to {folder}.")
+    webhooks = len(written) - (1 if shared else 0)
+    also = " and the shared list of variables" if shared else ""
+    click.echo(f"Exported {webhooks} webhooks{also} to {folder}.")
 
 
 @cli.command()

@@ -8,19 +8,27 @@ dispatcher refuses again at send time, whatever wrote the state.
 
 from __future__ import annotations
 
+import json
+from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 from helpers_state import (
+    FakeApprover,
     cli_env,
     definition,
     run_cli,
+    sqlite_url,
     write_definition,
 )
 
 from reconciler import envaccess
+from reconciler.apply import ApplyOptions, apply
 from reconciler.dispatch.ssrf import NetworkPolicy
 from reconciler.loader import load_definitions
+from reconciler.plan import Plan, make_plan
+from reconciler.store.sqlite import SqliteStore
 
 LOOPBACK_ALLOWED = NetworkPolicy.from_options(False, ["127.0.0.1/32"])
 SHARED_MESSAGE = "acme's definitions may read ACME_* variables or the shared list in {where}"
@@ -281,3 +289,141 @@ def test_render_refuses_a_definition_reading_another_organizations_variable(
         result.stderr
     )
     assert "globex-secret-value" not in result.stderr
+
+
+# -- plan and apply: the shared list in the state -------------------------------------
+
+
+@pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
+def any_store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Any]:
+    if request.param == "sqlite":
+        made: Any = SqliteStore(tmp_path / "state.db")
+    else:
+        from reconciler.store.postgres import PostgresStore
+
+        made = PostgresStore(request.getfixturevalue("postgres_url"))
+    try:
+        yield made
+    finally:
+        made.close()
+
+
+def _plan(store: Any, folder: Path, organization: str | None = None) -> Plan:
+    result = load_definitions(folder)
+    assert result.ok, [str(p) for p in result.problems]
+    return make_plan(
+        [d.spec for d in result.definitions],
+        store.webhooks(organization),
+        store.state(),
+        organization=organization,
+        shared_env=result.shared_env if organization is None else None,
+        live_shared_env=store.shared_env() if organization is None else None,
+    )
+
+
+def _apply(store: Any, make: Callable[[], Plan]) -> Plan:
+    options = ApplyOptions(actor="alice", auto_approve=True, allow_delete=True, force=True)
+    return apply(store, make, options, FakeApprover(), lambda _p, _r: None).plan
+
+
+def test_apply_records_the_shared_list_in_the_state_and_the_audit_log(
+    any_store: Any, tmp_path: Path
+) -> None:
+    folder = tmp_path / "webhooks.d"
+    write_definition(folder, "acme", definition("a", headers={"X": "${env:RELAY_TOKEN}"}))
+    shared_file(folder, "shared:\n  RELAY_TOKEN: The relay.\n  SPARE: Kept for later.\n")
+    plan = _plan(any_store, folder)
+    assert plan.shared_env is not None
+    assert plan.shared_env.lines() == [
+        ("share", "RELAY_TOKEN", "The relay."),
+        ("share", "SPARE", "Kept for later."),
+    ]
+    _apply(any_store, lambda: _plan(any_store, folder))
+    assert any_store.shared_env() == {"RELAY_TOKEN": "The relay.", "SPARE": "Kept for later."}
+    access = any_store.env_access()
+    assert access.organizations == {"acme"}
+    assert access.refusal("acme", "RELAY_TOKEN") is None
+    assert not _plan(any_store, folder).has_changes
+
+    shared_file(folder, "shared:\n  RELAY_TOKEN: The company relay.\n")
+    _apply(any_store, lambda: _plan(any_store, folder))
+    assert any_store.shared_env() == {"RELAY_TOKEN": "The company relay."}
+    entries = [
+        (e.record.action, e.record.organization, e.record.name, e.record.before, e.record.after)
+        for e in reversed(list(any_store.history()))  # oldest first
+        if e.record.organization == envaccess.SHARED_ENV_SCOPE
+    ]
+    relay, company, spare = (
+        {"reason": "The relay."},
+        {"reason": "The company relay."},
+        {"reason": "Kept for later."},
+    )
+    assert entries == [
+        ("share", "shared-env.yaml", "RELAY_TOKEN", None, relay),
+        ("share", "shared-env.yaml", "SPARE", None, spare),
+        ("update", "shared-env.yaml", "RELAY_TOKEN", relay, company),
+        ("unshare", "shared-env.yaml", "SPARE", spare, None),
+    ]
+    assert all(e.record.actor == "alice" for e in any_store.history())
+
+
+def test_a_plan_of_one_organization_leaves_the_shared_list_alone(
+    any_store: Any, tmp_path: Path
+) -> None:
+    folder = tmp_path / "webhooks.d"
+    write_definition(folder, "acme", definition("a"))
+    shared_file(folder, "shared:\n  RELAY_TOKEN: The relay.\n")
+    plan = _plan(any_store, folder, organization="acme")
+    assert plan.shared_env is None
+    _apply(any_store, lambda: plan)
+    assert any_store.shared_env() == {}
+
+
+def test_a_saved_plan_carries_the_shared_list_under_its_checksum(
+    any_store: Any, tmp_path: Path
+) -> None:
+    folder = tmp_path / "webhooks.d"
+    write_definition(folder, "acme", definition("a"))
+    shared_file(folder, "shared:\n  RELAY_TOKEN: The relay.\n")
+    saved = _plan(any_store, folder).as_json(full=True)
+    loaded = Plan.from_json(json.loads(json.dumps(saved)))
+    assert loaded.shared_env == _plan(any_store, folder).shared_env
+    edited = json.loads(json.dumps(saved))
+    edited["shared_env"]["after"]["EXTRA"] = "sneaked in"
+    with pytest.raises(Exception, match="checksum"):
+        Plan.from_json(edited)
+    edited["shared_env"]["after"] = {"HOME": "sneaked in"}
+    with pytest.raises(Exception, match="can never be shared"):
+        Plan.from_json(edited)
+
+
+def test_plan_text_shows_the_shared_list_changes(tmp_path: Path) -> None:
+    folder = tmp_path / "webhooks.d"
+    write_definition(folder, "acme", definition("a"))
+    shared_file(folder, "shared:\n  RELAY_TOKEN: The relay.\n")
+    state = sqlite_url(tmp_path / "state.db")
+    result = run_cli(["plan", "--state", state], cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    assert "Shared variables (webhooks.d/shared-env.yaml; every organization may read them)\n" in (
+        result.stdout
+    )
+    assert "  + RELAY_TOKEN  (The relay.)\n" in result.stdout
+    assert result.stdout.rstrip().endswith("1 shared variable to change.")
+
+
+def test_export_writes_the_shared_list_so_the_export_plans_as_unchanged(tmp_path: Path) -> None:
+    folder = tmp_path / "webhooks.d"
+    write_definition(folder, "acme", definition("a", headers={"X": "${env:RELAY_TOKEN}"}))
+    shared_file(folder, "shared:\n  RELAY_TOKEN: The relay.\n")
+    state = sqlite_url(tmp_path / "state.db")
+    applied = run_cli(["apply", "--state", state, "--auto-approve"], cwd=tmp_path)
+    assert applied.returncode == 0, applied.stderr
+    assert "1 shared variable changed" in applied.stdout
+    exported = run_cli(["export", "recovered.d", "--state", state], cwd=tmp_path)
+    assert exported.stdout == (
+        "Exported 1 webhooks and the shared list of variables to recovered.d.\n"
+    )
+    planned = run_cli(
+        ["plan", "recovered.d", "--state", state, "--detailed-exitcode"], cwd=tmp_path
+    )
+    assert planned.returncode == 0, planned.stdout + planned.stderr
