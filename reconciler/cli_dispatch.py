@@ -294,6 +294,7 @@ def _dry_run(record: EventRecord, state: str, fmt: str) -> None:
     try:
         webhooks = store.webhooks(record.organization)
         queued = store.event(record.id) is not None  # type: ignore[attr-defined]
+        access = store.env_access()
     finally:
         store.close()
     requests = preview.preview_all(
@@ -301,6 +302,7 @@ def _dry_run(record: EventRecord, state: str, fmt: str) -> None:
         preview.event_data(record),
         preview.PREVIEW_DELIVERY_ID,
         int(time.time()),
+        access=access,
     )
     if queued:
         click.echo(

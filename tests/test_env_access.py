@@ -8,6 +8,7 @@ dispatcher refuses again at send time, whatever wrote the state.
 
 from __future__ import annotations
 
+import asyncio
 import json
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -16,18 +17,26 @@ from typing import Any
 import pytest
 from helpers_state import (
     FakeApprover,
+    FakeClock,
     cli_env,
     definition,
+    put_specs,
     run_cli,
+    spec,
     sqlite_url,
     write_definition,
 )
+from receiver import Receiver
 
 from reconciler import envaccess
 from reconciler.apply import ApplyOptions, apply
+from reconciler.dispatch.service import make_sender
 from reconciler.dispatch.ssrf import NetworkPolicy
+from reconciler.dispatch.worker import Database, Worker
 from reconciler.loader import load_definitions
 from reconciler.plan import Plan, make_plan
+from reconciler.store.base import Write
+from reconciler.store.queue import EventRecord
 from reconciler.store.sqlite import SqliteStore
 
 LOOPBACK_ALLOWED = NetworkPolicy.from_options(False, ["127.0.0.1/32"])
@@ -409,6 +418,135 @@ def test_plan_text_shows_the_shared_list_changes(tmp_path: Path) -> None:
     )
     assert "  + RELAY_TOKEN  (The relay.)\n" in result.stdout
     assert result.stdout.rstrip().endswith("1 shared variable to change.")
+
+
+# -- the dispatcher: again at send time -----------------------------------------------
+
+DIRECT = [
+    ("url", {"url": "{receiver}?k=${{env:GLOBEX_API_KEY}}"}, "GLOBEX_API_KEY"),
+    ("header", {"headers": {"X-Also": "${env:HOME}"}}, "HOME"),
+    ("query", {"query": {"state": "${env:RECONCILER_STATE}"}}, "RECONCILER_STATE"),
+    ("signing_secret", {"signing_secret": "${env:SLACK_URL}"}, "SLACK_URL"),
+    ("longer-prefix", {"headers": {"X-Corp": "${env:ACME_CORP_TOKEN}"}}, "ACME_CORP_TOKEN"),
+]
+
+
+def _deliver(store: Any, clock: FakeClock, event_id: str, organization: str = "acme") -> None:
+    store.add_event(
+        EventRecord(
+            event_id, "new_rule_violation", organization, "rule", "", "2026-01-01T00:00:00Z"
+        ),
+        clock(),
+    )
+
+    async def go() -> None:
+        db = Database(store)
+        sender = make_sender(10, LOOPBACK_ALLOWED)
+        try:
+            worker = Worker(db, sender, env=ENV, clock=clock, policy=LOOPBACK_ALLOWED)
+            while await worker.run_once():
+                pass
+        finally:
+            await sender.aclose()
+            db.close()
+
+    asyncio.run(go())
+
+
+@pytest.mark.parametrize(("where", "fields", "variable"), DIRECT, ids=[d[0] for d in DIRECT])
+def test_the_dispatcher_refuses_a_state_written_around_validate_and_sends_nothing(
+    any_store: Any, where: str, fields: dict[str, Any], variable: str
+) -> None:
+    with Receiver() as receiver:
+        fields = {
+            key: (value.format(receiver=receiver.url("/leak")) if key == "url" else value)
+            for key, value in fields.items()
+        }
+        put_specs(
+            any_store,
+            [
+                spec("leak", **{"url": receiver.url("/leak"), **fields}),
+                spec("own", "acme-corp", url=receiver.url("/corp")),
+                spec("finops", "globex", url=receiver.url("/globex")),
+            ],
+        )
+        clock = FakeClock(2_000_000_000.0)
+        _deliver(any_store, clock, "evt-1")
+
+        (record,) = any_store.deliveries(event_id="evt-1", organization="acme")
+        assert record.status == "failed"
+        assert record.last_error is not None
+        assert record.last_error.startswith(f"not sent: ${{env:{variable}}} ")
+        assert "acme's definitions may read ACME_* variables" in record.last_error
+        shown = json.dumps([a.as_json() for a in any_store.delivery(record.id)[1]])
+        for value in ENV.values():
+            assert value not in shown
+        clock.sleep(86_400)  # failed for good: no retry is ever due
+        _deliver(any_store, clock, "evt-0", organization="globex")  # a run that sends
+        assert [r.path for r in receiver.requests()] == ["/globex"]
+
+
+def test_the_dispatcher_sends_its_own_and_shared_variables(any_store: Any) -> None:
+    with Receiver() as receiver:
+        hook = spec(
+            "fine",
+            url=receiver.url("/fine"),
+            headers={"X-Own": "${env:ACME_TOKEN}", "X-Relay": "${env:RELAY_TOKEN}"},
+        )
+        writes = [Write("put", *hook.key, hook.canonical_json())]
+        any_store.commit(writes, [], any_store.state().serial, shared_env={"RELAY_TOKEN": "r"})
+        _deliver(any_store, FakeClock(2_000_000_000.0), "evt-1")
+        (request,) = receiver.requests("/fine")
+        assert request.header("X-Own") == "acme-own-token"
+        assert request.header("X-Relay") == "relay-shared-value"
+
+
+def test_a_shared_variable_the_state_does_not_list_is_refused_at_send_time(
+    any_store: Any,
+) -> None:
+    with Receiver() as receiver:
+        put_specs(
+            any_store, [spec("fine", url=receiver.url("/"), headers={"X": "${env:RELAY_TOKEN}"})]
+        )
+        _deliver(any_store, FakeClock(2_000_000_000.0), "evt-1")
+        (record,) = any_store.deliveries(event_id="evt-1")
+        assert record.status == "failed"
+        assert "not on the shared list" in (record.last_error or "")
+        assert receiver.requests() == []
+
+
+def test_fire_refuses_with_dry_run_and_with_wait(tmp_path: Path) -> None:
+    store = SqliteStore(tmp_path / "state.db")
+    with Receiver() as receiver:
+        try:
+            put_specs(
+                store,
+                [
+                    spec("leak", url=receiver.url("/leak"), headers={"X": "${env:GLOBEX_API_KEY}"}),
+                    spec("finops", "globex", url=receiver.url("/globex")),
+                ],
+            )
+        finally:
+            store.close()
+        state = sqlite_url(tmp_path / "state.db")
+        fire = ["fire", "new_rule_violation", "--org", "acme", "--name", "r", "--state", state]
+        dry = run_cli([*fire, "--dry-run"], cwd=tmp_path, env=cli_env(**ENV))
+        assert dry.returncode == 1
+        assert dry.stderr == (
+            "error: acme/leak: ${env:GLOBEX_API_KEY} belongs to organization globex; acme's "
+            "definitions may read ACME_* variables or the shared list in "
+            "webhooks.d/shared-env.yaml\n"
+        )
+        sent = run_cli(
+            [*fire, "--wait", "--allow-cidr", "127.0.0.1/32"], cwd=tmp_path, env=cli_env(**ENV)
+        )
+        assert sent.returncode == 1
+        assert (
+            "failed" in sent.stdout
+            and "${env:GLOBEX_API_KEY} belongs to organization globex" in (sent.stdout)
+        )
+        assert "globex-secret-value" not in sent.stdout + sent.stderr
+        assert receiver.requests() == []
 
 
 def test_export_writes_the_shared_list_so_the_export_plans_as_unchanged(tmp_path: Path) -> None:
