@@ -28,7 +28,7 @@ from helpers_state import (
 )
 from receiver import Receiver
 
-from reconciler import envaccess
+from reconciler import envaccess, scaffold
 from reconciler.apply import ApplyOptions, apply
 from reconciler.dispatch.service import make_sender
 from reconciler.dispatch.ssrf import NetworkPolicy
@@ -547,6 +547,43 @@ def test_fire_refuses_with_dry_run_and_with_wait(tmp_path: Path) -> None:
         )
         assert "globex-secret-value" not in sent.stdout + sent.stderr
         assert receiver.requests() == []
+
+
+# -- init ---------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("organization", ["acme", "acme-corp"])
+def test_init_writes_a_shared_list_its_admins_own_and_an_example_on_its_prefix(
+    tmp_path: Path, organization: str
+) -> None:
+    files = scaffold.scaffold(organization, "@acme-corp/webhook-admins").files
+    example = files[f"webhooks.d/{organization}/example.yaml"]
+    assert f"${{env:{envaccess.prefix(organization)}SLACK_URL}}" in example
+    assert "webhooks.d/shared-env.yaml" in files
+    owners = [line.split() for line in files[".github/CODEOWNERS"].splitlines()]
+    owners = [line for line in owners if line and not line[0].startswith("#")]
+    # The last matching line wins: the shared list's is the platform admins' alone,
+    # and comes after every folder line.
+    matching = [line for line in owners if "/webhooks.d/shared-env.yaml".startswith(line[0])]
+    assert matching[-1] == ["/webhooks.d/shared-env.yaml", "@acme-corp/webhook-admins"]
+    scaffold.scaffold(organization, "@acme-corp/webhook-admins").write(tmp_path)
+    result = run_cli(["validate"], cwd=tmp_path)
+    assert result.returncode == 0, result.stdout
+    assert load_definitions(tmp_path / "webhooks.d").shared_env == {}
+
+
+def test_this_repositorys_shared_list_is_owned_by_the_platform_admins_alone(
+    repo_root: Path,
+) -> None:
+    owners = [
+        line.split()
+        for line in (repo_root / ".github" / "CODEOWNERS").read_text("utf-8").splitlines()
+        if line.strip() and not line.startswith("#")
+    ]
+    matching = [line for line in owners if "/webhooks.d/shared-env.yaml".startswith(line[0])]
+    assert matching[-1] == ["/webhooks.d/shared-env.yaml", "@acme-corp/webhook-admins"]
+    result = load_definitions(repo_root / "webhooks.d")
+    assert result.ok and set(result.shared_env) == {"STATUS_RELAY_URL"}
 
 
 def test_export_writes_the_shared_list_so_the_export_plans_as_unchanged(tmp_path: Path) -> None:
