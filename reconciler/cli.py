@@ -98,9 +98,12 @@ def validate(paths: tuple[Path, ...], fmt: str, check_env: bool) -> None:
     """Check definitions against the schema and every rule.
 
     PATHS are definitions folders or files (default: webhooks.d), checked
-    together: a name used twice among them is an error. Every problem of every
-    file is printed as path:line:col: message. Exit 0 when all is valid, 1 when
-    anything is not. As a pre-commit hook it gets the files being committed.
+    together: a name used twice among them is an error. A definition may read
+    only its organization's ${env:} variables (acme: ACME_*; the longest
+    organization prefix owns a name) and those of webhooks.d/shared-env.yaml,
+    which is checked too. Every problem of every file is printed as
+    path:line:col: message. Exit 0 when all is valid, 1 when anything is not. As
+    a pre-commit hook it gets the files being committed.
 
     \b
     Example:
@@ -315,8 +318,9 @@ def plan(
 ) -> None:
     """Show what apply would change: + create, ~ update, - delete, and drift.
 
-    Compares the definitions under PATH (default: webhooks.d) with the live
-    state. Secret references are shown as written; credentials are masked.
+    Compares the definitions under PATH (default: webhooks.d), and the shared
+    list of variables (without --org), with the live state. Secret references
+    are shown as written; credentials are masked.
     Deletes are marked unrecoverable, and the guards apply would enforce are
     listed.
 
@@ -554,12 +558,13 @@ def export(folder: Path, state: str, organization: str | None) -> None:
 def init(folder: Path, organization: str, admins: str, force: bool) -> None:
     """Start a definitions repository in FOLDER (default: here).
 
-    Writes webhooks.d/ORG/example.yaml (valid, its URL a ${env:...} reference,
-    with an editor modeline to schemas/webhook.schema.json, copied beside it),
-    the GitHub workflows webhooks-plan.yml and webhooks-apply.yml, CODEOWNERS,
-    .pre-commit-config.yaml using reconciler's hook, and a .gitignore for
-    .reconciler/. Existing files are listed and left alone (exit 1) unless
-    --force.
+    Writes webhooks.d/ORG/example.yaml (valid, its URL a ${env:ORG_...}
+    reference, with an editor modeline to schemas/webhook.schema.json, copied
+    beside it), webhooks.d/shared-env.yaml (the variables every organization may
+    read, empty), the GitHub workflows webhooks-plan.yml and webhooks-apply.yml,
+    CODEOWNERS (the shared list the admins' alone), .pre-commit-config.yaml
+    using reconciler's hook, and a .gitignore for .reconciler/. Existing files
+    are listed and left alone (exit 1) unless --force.
 
     \b
     Example:

@@ -233,7 +233,9 @@ def fire(
     With --dry-run nothing is queued or sent: the request each matching live
     webhook would receive is printed instead, secret references as written,
     literal credentials masked, the signature a placeholder (--format json: a
-    list of {webhook, method, url, headers, body}).
+    list of {webhook, method, url, headers, body}). A webhook referring to a
+    variable its organization may not read (another organization's, or the
+    platform's own) is refused, as the dispatcher would refuse to send it.
 
     \b
     Example:
