@@ -123,6 +123,7 @@ class EnvAccess:
         for organization in sorted(self.organizations):
             owners.setdefault(prefix(organization), []).append(organization)
         object.__setattr__(self, "_owners", owners)
+        object.__setattr__(self, "_verdicts", {})
 
     def collisions(self) -> list[list[str]]:
         """Organizations that share one prefix, each group sorted."""
@@ -143,6 +144,20 @@ class EnvAccess:
 
     def refusal(self, organization: str, name: str) -> str | None:
         """Why `organization`'s definitions may not read `name`, or None when they may."""
+        cache: dict[tuple[str, str], str | None] = self._verdicts  # type: ignore[attr-defined]
+        key = (organization, name)
+        if key not in cache:
+            if len(cache) > 10_000:
+                cache.clear()
+            cache[key] = self._refusal(organization, name)
+        return cache[key]
+
+    def _refusal(self, organization: str, name: str) -> str | None:
+        owners = [] if reserved(name) else self.owners(name)
+        if not reserved(name) and (
+            owners == [organization] or (not owners and name in self.shared)
+        ):
+            return None
         ref = "${env:%s}" % name
         allowed = (
             f"{organization}'s definitions may read {prefix(organization)}* variables "
@@ -153,18 +168,13 @@ class EnvAccess:
                 f"{ref} is the platform's own (the dispatcher's environment), never read "
                 f"by a definition; {allowed}"
             )
-        owners = self.owners(name)
         if len(owners) > 1:
             return (
                 f"{ref} is claimed by organizations {' and '.join(owners)}, whose variables "
                 f"share the prefix {prefix(owners[0])}; rename one of them; {allowed}"
             )
         if owners:
-            if owners[0] == organization:
-                return None
             return f"{ref} belongs to organization {owners[0]}; {allowed}"
-        if name in self.shared:
-            return None
         return f"{ref} belongs to no organization and is not on the shared list; {allowed}"
 
     def scoped(self, env: Mapping[str, str], organization: str) -> ScopedEnv:
