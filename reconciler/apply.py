@@ -11,6 +11,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Protocol
 
+from reconciler.envaccess import SHARED_ENV_SCOPE
 from reconciler.errors import ApprovalRefused, PlanRefused, StaleState
 from reconciler.model import canonical_json
 from reconciler.plan import DEFAULT_DELETE_SHARE, Change, LiveView, Plan
@@ -99,7 +100,8 @@ def apply(
             if not approver.approve(plan):
                 raise ApprovalRefused("apply cancelled; nothing was changed")
         writes, audit = changes_to_writes(plan, options)
-        serial = store.commit(writes, audit, expected_serial=plan.serial)
+        shared = plan.shared_env.after if plan.shared_env is not None else None
+        serial = store.commit(writes, audit, expected_serial=plan.serial, shared_env=shared)
         return ApplyOutcome(plan, serial, applied=True)
 
 
@@ -147,7 +149,29 @@ def changes_to_writes(plan: Plan, options: ApplyOptions) -> tuple[list[Write], l
                 note=_note(change, plan),
             )
         )
+    audit += _shared_env_audit(plan, options, checksum)
     return writes, audit
+
+
+def _shared_env_audit(plan: Plan, options: ApplyOptions, checksum: str) -> list[AuditRecord]:
+    """One audit line per shared variable added, removed or given another reason,
+    filed under the shared list rather than an organization."""
+    if plan.shared_env is None:
+        return []
+    before, after = plan.shared_env.before, plan.shared_env.after
+    return [
+        AuditRecord(
+            action=action,
+            organization=SHARED_ENV_SCOPE,
+            name=name,
+            before={"reason": before[name]} if name in before else None,
+            after={"reason": after[name]} if name in after else None,
+            actor=options.actor,
+            git_commit=options.git_commit,
+            plan_checksum=checksum,
+        )
+        for action, name, _shown in plan.shared_env.lines()
+    ]
 
 
 def _note(change: Change, plan: Plan) -> str | None:

@@ -251,3 +251,26 @@ def dotted(loc: Loc) -> str:
         else:
             out += ("." if out else "") + str(part)
     return out
+
+
+def env_references(data: Any) -> list[tuple[Loc, str, bool]]:
+    """Every `${env:NAME}` in a definition as read, in any field, key or value, at any
+    depth: (where, NAME, whether it is in a key). What the organization rule checks:
+    a reference the rule does not see must not be one the dispatcher could resolve."""
+    found: list[tuple[Loc, str, bool]] = []
+
+    def walk(value: Any, loc: Loc) -> None:
+        if isinstance(value, str):
+            if "${" in value:
+                found.extend((loc, name, False) for name in templates.env_names(value))
+        elif isinstance(value, dict):
+            for key, item in value.items():
+                if isinstance(key, str) and "${" in key:
+                    found.extend((loc + (key,), name, True) for name in templates.env_names(key))
+                walk(item, loc + (key,))
+        elif isinstance(value, list):
+            for index, item in enumerate(value):
+                walk(item, loc + (index,))
+
+    walk(data, ())
+    return found

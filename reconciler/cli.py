@@ -98,9 +98,12 @@ def validate(paths: tuple[Path, ...], fmt: str, check_env: bool) -> None:
     """Check definitions against the schema and every rule.
 
     PATHS are definitions folders or files (default: webhooks.d), checked
-    together: a name used twice among them is an error. Every problem of every
-    file is printed as path:line:col: message. Exit 0 when all is valid, 1 when
-    anything is not. As a pre-commit hook it gets the files being committed.
+    together: a name used twice among them is an error. A definition may read
+    only its organization's ${env:} variables (acme: ACME_*; the longest
+    organization prefix owns a name) and those of webhooks.d/shared-env.yaml,
+    which is checked too. Every problem of every file is printed as
+    path:line:col: message. Exit 0 when all is valid, 1 when anything is not. As
+    a pre-commit hook it gets the files being committed.
 
     \b
     Example:
@@ -274,6 +277,8 @@ def _plan_from_files(result: LoadResult, store: Store, organization: str | None)
         store.webhooks(organization),
         store.state(),
         organization=organization,
+        shared_env=result.shared_env if organization is None else None,
+        live_shared_env=store.shared_env() if organization is None else None,
     )
 
 
@@ -313,8 +318,9 @@ def plan(
 ) -> None:
     """Show what apply would change: + create, ~ update, - delete, and drift.
 
-    Compares the definitions under PATH (default: webhooks.d) with the live
-    state. Secret references are shown as written; credentials are masked.
+    Compares the definitions under PATH (default: webhooks.d), and the shared
+    list of variables (without --org), with the live state. Secret references
+    are shown as written; credentials are masked.
     Deletes are marked unrecoverable, and the guards apply would enforce are
     listed.
 
@@ -452,9 +458,13 @@ def apply(
         store.close()
     if outcome.applied:
         counts = outcome.plan.counts()
+        shared = outcome.plan.shared_env
+        changed = len(shared.lines()) if shared else 0
+        shared_text = f", {count(changed, 'shared variable')} changed" if shared else ""
         click.echo(
             f"Applied: {counts['create']} created, {counts['update']} updated, "
-            f"{counts['delete']} deleted (state serial {outcome.serial}, actor {who})."
+            f"{counts['delete']} deleted{shared_text} (state serial {outcome.serial}, "
+            f"actor {who})."
         )
     else:
         click.echo("Nothing to apply.")
@@ -512,9 +522,11 @@ def history(
 def export(folder: Path, state: str, organization: str | None) -> None:
     """Write the live state as definition files, one per webhook.
 
-    Files go to FOLDER/<organization>/<name>.yaml; planning FOLDER against the
-    same state shows no change. Values are written as stored, unmasked (a literal
-    that allow_literal lets through too), since the files are definitions to commit.
+    Files go to FOLDER/<organization>/<name>.yaml, and the shared list of
+    variables to FOLDER/shared-env.yaml (without --org); planning FOLDER against
+    the same state shows no change. Values are written as stored, unmasked (a
+    literal that allow_literal lets through too), since the files are definitions
+    to commit.
 
     \b
     Example:
@@ -522,10 +534,13 @@ def export(folder: Path, state: str, organization: str | None) -> None:
     """
     store = open_store(state, must_exist=True)
     try:
-        written = export_state(store.webhooks(organization), folder)
+        shared = store.shared_env() if organization is None else None
+        written = export_state(store.webhooks(organization), folder, shared)
     finally:
         store.close()
-    click.echo(f"Exported {len(written)} webhooks to {folder}.")
+    webhooks = len(written) - (1 if shared else 0)
+    also = " and the shared list of variables" if shared else ""
+    click.echo(f"Exported {webhooks} webhooks{also} to {folder}.")
 
 
 @cli.command()
@@ -549,12 +564,13 @@ def export(folder: Path, state: str, organization: str | None) -> None:
 def init(folder: Path, organization: str, admins: str, force: bool) -> None:
     """Start a definitions repository in FOLDER (default: here).
 
-    Writes webhooks.d/ORG/example.yaml (valid, its URL a ${env:...} reference,
-    with an editor modeline to schemas/webhook.schema.json, copied beside it),
-    the GitHub workflows webhooks-plan.yml and webhooks-apply.yml, CODEOWNERS,
-    .pre-commit-config.yaml using reconciler's hook, and a .gitignore for
-    .reconciler/. Existing files are listed and left alone (exit 1) unless
-    --force.
+    Writes webhooks.d/ORG/example.yaml (valid, its URL a ${env:ORG_...}
+    reference, with an editor modeline to schemas/webhook.schema.json, copied
+    beside it), webhooks.d/shared-env.yaml (the variables every organization may
+    read, empty), the GitHub workflows webhooks-plan.yml and webhooks-apply.yml,
+    CODEOWNERS (the shared list the admins' alone), .pre-commit-config.yaml
+    using reconciler's hook, and a .gitignore for .reconciler/. Existing files
+    are listed and left alone (exit 1) unless --force.
 
     \b
     Example:

@@ -239,7 +239,9 @@ def fire(
     With --dry-run nothing is queued or sent: the request each matching live
     webhook would receive is printed instead, secret references as written,
     literal credentials masked, the signature a placeholder (--format json: a
-    list of {webhook, method, url, headers, body}).
+    list of {webhook, method, url, headers, body}). A webhook referring to a
+    variable its organization may not read (another organization's, or the
+    platform's own) is refused, as the dispatcher would refuse to send it.
 
     \b
     Example:
@@ -300,6 +302,7 @@ def _dry_run(record: EventRecord, state: str, fmt: str) -> None:
     try:
         webhooks = store.webhooks(record.organization)
         queued = store.event(record.key) is not None  # type: ignore[attr-defined]
+        access = store.env_access()
     finally:
         store.close()
     requests = preview.preview_all(
@@ -307,6 +310,7 @@ def _dry_run(record: EventRecord, state: str, fmt: str) -> None:
         preview.event_data(record),
         preview.PREVIEW_DELIVERY_ID,
         int(time.time()),
+        access=access,
     )
     if queued:
         click.echo(

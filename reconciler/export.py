@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import json
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
 import yaml
 
+from reconciler.envaccess import SHARED_ENV_FILE
 from reconciler.errors import ReconcilerError
 from reconciler.model import WebhookSpec
 from reconciler.store.base import LiveWebhook
@@ -46,9 +47,23 @@ def definition_yaml(spec: dict[str, Any]) -> str:
     return text
 
 
-def export(webhooks: Iterable[LiveWebhook], folder: Path) -> list[Path]:
-    """One file per webhook, at folder/<organization>/<name>.yaml; returns the paths."""
+def export(
+    webhooks: Iterable[LiveWebhook], folder: Path, shared_env: Mapping[str, str] | None = None
+) -> list[Path]:
+    """One file per webhook, at folder/<organization>/<name>.yaml, and the shared list
+    at folder/shared-env.yaml when one is given and not empty; returns the paths."""
     written = []
+    if shared_env:
+        target = folder / SHARED_ENV_FILE
+        text = yaml.dump(
+            {"shared": dict(shared_env)}, Dumper=_Dumper, allow_unicode=True, width=100
+        )
+        try:
+            folder.mkdir(parents=True, exist_ok=True)
+            target.write_text(text, encoding="utf-8")
+        except OSError as exc:
+            raise ReconcilerError(f"cannot write {target}: {exc.strerror}") from None
+        written.append(target)
     for webhook in webhooks:
         target = folder / webhook.organization / f"{webhook.name}.yaml"
         try:

@@ -40,6 +40,9 @@ def entry_text(entry: AuditEntry) -> str:
     lines = [f"{entry.at}  {r.action:<6}  {r.organization}/{r.name}  by {r.actor}{commit}{plan}"]
     if r.action == "update" and r.before is not None and r.after is not None:
         lines.extend(f"    {field_line(c)}" for c in field_changes(r.before, r.after))
+    elif r.action in ("share", "unshare"):
+        reason = (r.after or r.before or {}).get("reason")
+        lines.append(f"    reason: {reason}")
     elif r.action == "create" and r.after is not None:
         after = r.after
         lines.append(f"    {after.get('event')} {after.get('method')} {after.get('url')}")

@@ -7,6 +7,7 @@ valid and the problems of all the others, each at `path:line:col`.
 from __future__ import annotations
 
 import difflib
+import re
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -15,8 +16,9 @@ from typing import Any
 from pydantic import ValidationError
 from pydantic_core import ErrorDetails
 
-from reconciler.checks import Loc, check_spec, dotted
-from reconciler.model import NAME_RULE, RetryPolicy, WebhookSpec
+from reconciler import envaccess
+from reconciler.checks import Loc, check_spec, dotted, env_references
+from reconciler.model import NAME_PATTERN, NAME_RULE, RetryPolicy, WebhookSpec
 from reconciler.problems import Location, Problem
 from reconciler.yamlsource import YamlDocument, load_document
 
@@ -31,11 +33,31 @@ class Definition:
     name_at: Location
 
 
+@dataclass(frozen=True)
+class EnvReference:
+    """A `${env:NAME}` as written in a definition, to check once every organization
+    is known."""
+
+    organization: str
+    name: str
+    loc: Loc
+    at: Location
+
+
 @dataclass
 class LoadResult:
     definitions: list[Definition] = field(default_factory=list)
     problems: list[Problem] = field(default_factory=list)
     files: int = 0
+    # The shared list (webhooks.d/shared-env.yaml): variable name -> reason. Empty
+    # when the file is absent, which shares nothing.
+    shared_env: dict[str, str] = field(default_factory=dict)
+    # The organization folders under each definitions root, each with where.
+    organizations: dict[str, Location] = field(default_factory=dict)
+    env_references: list[EnvReference] = field(default_factory=list)
+    shared_env_file: str = envaccess.SHARED_ENV_SHOWN
+    _shared_at: dict[str, Location] = field(default_factory=dict)
+    _roots: set[Path] = field(default_factory=set)
 
     @property
     def errors(self) -> list[Problem]:
@@ -91,12 +113,14 @@ def load_paths(paths: Iterable[Path], *, check_env: bool = False) -> LoadResult:
         if path.exists():
             _load_path(result, path, seen, check_env)
     result.problems.extend(_duplicate_names(result.definitions))
+    result.problems.extend(_env_access_problems(result))
     result.problems.sort(key=lambda p: (p.location.path, p.location.line, p.location.col))
     return result
 
 
 def _load_path(result: LoadResult, path: Path, seen: set[Path] | None, check_env: bool) -> None:
     root = definitions_root(path)
+    _read_root(result, root)
     cwd: Path | None = None
     # What _display and _folder_organization give depends on a file's folder only:
     # worked out for the first file of each folder, then reused.
@@ -107,8 +131,10 @@ def _load_path(result: LoadResult, path: Path, seen: set[Path] | None, check_env
             if key in seen:
                 continue
             seen.add(key)
-        result.files += 1
         name = file.name
+        if name == envaccess.SHARED_ENV_FILE and file.parent.absolute() == root.absolute():
+            continue  # the shared list, read by _read_root: not a definition
+        result.files += 1
         text = str(file)
         folder = text[: len(text) - len(name)]  # the same for every file of a folder
         known = folders.get(folder)
@@ -124,15 +150,25 @@ def _load_path(result: LoadResult, path: Path, seen: set[Path] | None, check_env
         except OSError as exc:
             result.problems.append(Problem(Location(shown, 1, 1), f"cannot read: {exc.strerror}"))
             continue
-        definition, problems = load_one(shown, raw, known[2], check_env=check_env)
+        definition, problems = load_one(
+            shown, raw, known[2], check_env=check_env, refs=result.env_references
+        )
         result.problems.extend(problems)
         if definition is not None:
             result.definitions.append(definition)
 
 
 def load_one(
-    path: str, raw: bytes, folder_org: str | None, *, check_env: bool = False
+    path: str,
+    raw: bytes,
+    folder_org: str | None,
+    *,
+    check_env: bool = False,
+    refs: list[EnvReference] | None = None,
 ) -> tuple[Definition | None, list[Problem]]:
+    """One file's definition and problems. With `refs`, every `${env:NAME}` in it is
+    added there, to check against the organizations and the shared list once all
+    files are read (load_paths does)."""
     doc = load_document(path, raw)
     if isinstance(doc, Problem):
         return None, [doc]
@@ -157,6 +193,14 @@ def load_one(
         )
     if declared is None:
         data = {**data, "organization": folder_org or DEFAULT_ORGANIZATION}
+    if refs is not None:
+        organization = data["organization"]
+        if not isinstance(organization, str) or not re.match(NAME_PATTERN, organization):
+            organization = folder_org or DEFAULT_ORGANIZATION
+        refs.extend(
+            EnvReference(organization, name, loc, doc.locate(loc, key=at_key))
+            for loc, name, at_key in env_references(doc.data)
+        )
     try:
         spec = WebhookSpec.model_validate(data)
     except ValidationError as exc:
@@ -316,3 +360,119 @@ def _display(file: Path, cwd: Path | None = None) -> str:
         return str(file.relative_to(Path.cwd() if cwd is None else cwd))
     except ValueError:
         return str(file)
+
+
+# -- which variables each organization reads (reconciler/envaccess.py) --------------
+
+
+def _read_root(result: LoadResult, root: Path) -> None:
+    """Once per definitions root: its organization folders and its shared list."""
+    key = root.absolute()
+    if key in result._roots:
+        return
+    first = not result._roots
+    result._roots.add(key)
+    try:
+        folders = [p for p in root.iterdir() if re.match(NAME_PATTERN, p.name) and p.is_dir()]
+    except OSError:
+        folders = []
+    for folder in sorted(folders):
+        result.organizations.setdefault(folder.name, Location(_display(folder), 1, 1))
+    file = root / envaccess.SHARED_ENV_FILE
+    shown = _display(file)
+    if first:
+        result.shared_env_file = shown
+    if not file.is_file():
+        return
+    result.files += 1
+    try:
+        raw = file.read_bytes()
+    except OSError as exc:
+        result.problems.append(Problem(Location(shown, 1, 1), f"cannot read: {exc.strerror}"))
+        return
+    _read_shared(result, shown, raw)
+
+
+_SHARED_HELP = "expected `shared:` mapping each variable name to the reason it is shared"
+
+
+def _read_shared(result: LoadResult, shown: str, raw: bytes) -> None:
+    doc = load_document(shown, raw)
+    if isinstance(doc, Problem):
+        if not doc.message.startswith("file is empty"):  # empty: nothing is shared
+            result.problems.append(doc)
+        return
+    data = doc.data
+    if not isinstance(data, dict):
+        result.problems.append(Problem(doc.locate(()), f"{_SHARED_HELP}, got {_kind(data)}"))
+        return
+    for key in data:
+        if key != "shared":
+            result.problems.append(
+                Problem(doc.locate((key,), key=True), f"unknown field '{key}' (known: shared)")
+            )
+    shared = data.get("shared")
+    if shared is None:
+        return
+    if not isinstance(shared, dict):
+        result.problems.append(
+            Problem(doc.locate(("shared",)), f"shared: {_SHARED_HELP}, got {_kind(shared)}")
+        )
+        return
+    for name, reason in shared.items():
+        if not isinstance(reason, str) or not reason.strip():
+            result.problems.append(
+                Problem(
+                    doc.locate(("shared", name)),
+                    f"shared.{name}: give the reason it is shared, as text (got {_kind(reason)})",
+                )
+            )
+            continue
+        result.shared_env[name] = reason
+        result._shared_at.setdefault(name, doc.locate(("shared", name), key=True))
+
+
+def _env_access_problems(result: LoadResult) -> list[Problem]:
+    """Each reference an organization may not read, each shared name that cannot be
+    shared, and each organization whose variables cannot be its own."""
+    # Organizations of the files read, where each is first seen; then the folders,
+    # which own their variables too when only some files are given (pre-commit).
+    seen_in_files: dict[str, Location] = {}
+    for definition in result.definitions:
+        seen_in_files.setdefault(definition.spec.key[0], definition.name_at)
+    for ref in result.env_references:
+        seen_in_files.setdefault(ref.organization, ref.at)
+    organizations = frozenset(result.organizations) | frozenset(seen_in_files)
+    problems: list[Problem] = []
+    for organization, at in sorted(seen_in_files.items()):
+        why = envaccess.organization_problem(organization)
+        if why is not None:
+            problems.append(Problem(at, why))
+    for name, at in result._shared_at.items():
+        why = envaccess.shared_name_problem(name, organizations)
+        if why is not None:
+            problems.append(Problem(at, f"shared.{name}: {why}"))
+            del result.shared_env[name]
+    access = envaccess.EnvAccess(organizations, dict(result.shared_env), result.shared_env_file)
+    for group in access.collisions():
+        for organization in group:
+            if organization not in seen_in_files:
+                continue
+            others = " and ".join(o for o in group if o != organization)
+            problems.append(
+                Problem(
+                    seen_in_files[organization],
+                    f"organization {organization}: its variables' prefix "
+                    f"{envaccess.prefix(organization)} is also organization {others}'s; "
+                    "rename one of them, as two organizations never share variables",
+                )
+            )
+    reported: set[tuple[Location, str]] = set()
+    for ref in result.env_references:
+        if (ref.at, ref.name) in reported:
+            continue
+        reported.add((ref.at, ref.name))
+        why = access.refusal(ref.organization, ref.name)
+        if why is not None:
+            problems.append(Problem(ref.at, f"{dotted(ref.loc)}: {why}"))
+    return problems

@@ -24,6 +24,7 @@ from typing import Any, Literal
 
 from pydantic import ValidationError
 
+from reconciler import envaccess
 from reconciler.diff import MISSING, FieldChange, field_changes
 from reconciler.errors import PlanFileError
 from reconciler.model import WebhookSpec, canonical_json
@@ -99,6 +100,31 @@ class Drift:
     paused_reason: str | None
 
 
+@dataclass(frozen=True)
+class SharedEnvChange:
+    """The shared list (webhooks.d/shared-env.yaml) as live and as wanted: name -> reason."""
+
+    before: dict[str, str]
+    after: dict[str, str]
+
+    def lines(self) -> list[tuple[str, str, str]]:
+        """(action, name, reason shown) for each name that changes, by name:
+        share (+), unshare (-), update (~, the reason)."""
+        out = []
+        for name in sorted(self.before.keys() | self.after.keys()):
+            old, new = self.before.get(name), self.after.get(name)
+            if old is None and new is not None:
+                out.append(("share", name, new))
+            elif new is None and old is not None:
+                out.append(("unshare", name, old))
+            elif old != new:
+                out.append(("update", name, f"{old} -> {new}"))
+        return out
+
+    def as_json(self) -> dict[str, Any]:
+        return {"before": self.before, "after": self.after}
+
+
 @dataclass
 class Plan:
     lineage: str
@@ -113,10 +139,11 @@ class Plan:
     created_at: str = field(default_factory=lambda: datetime.now(UTC).isoformat(timespec="seconds"))
     # The live state the plan was made from; None for a plan read from a file.
     live: LiveView | None = field(default=None, compare=False, repr=False)
+    shared_env: SharedEnvChange | None = None  # None: the shared list stays as it is
 
     @property
     def has_changes(self) -> bool:
-        return bool(self.changes)
+        return bool(self.changes) or self.shared_env is not None
 
     def counts(self) -> Counter[str]:
         return Counter(change.action for change in self.changes)
@@ -260,6 +287,7 @@ class Plan:
             ],
             "live_counts": self.live_counts,
             "desired_empty": self.desired_empty,
+            "shared_env": None if self.shared_env is None else self.shared_env.as_json(),
         }
         if checksum:
             data["checksum"] = self.checksum()
@@ -296,6 +324,7 @@ class Plan:
                 live_counts=data.get("live_counts", {}),
                 desired_empty=data.get("desired_empty", False),
                 created_at=data["created_at"],
+                shared_env=_shared_env_from_json(data.get("shared_env")),
             )
         except (KeyError, TypeError, ValueError) as exc:
             raise PlanFileError(f"saved plan is incomplete: {exc}") from None
@@ -329,6 +358,22 @@ _SIDES: dict[str, tuple[bool, bool]] = {  # action -> (has before, has after)
     "update": (True, True),
     "delete": (True, False),
 }
+
+
+def _shared_env_from_json(data: Any) -> SharedEnvChange | None:
+    if data is None:
+        return None
+    before, after = data["before"], data["after"]
+    for names in (before, after):
+        if not isinstance(names, dict) or not all(
+            isinstance(k, str) and isinstance(v, str) for k, v in names.items()
+        ):
+            raise ValueError("shared_env: expected name -> reason")
+    for name in after:
+        # A saved plan is applied as written: what it shares must be shareable.
+        if envaccess.shared_name_problem(name, ()) is not None:
+            raise PlanFileError(f"saved plan shares {name}, which can never be shared")
+    return SharedEnvChange(before, after)
 
 
 def _change_from_json(data: dict[str, Any]) -> Change:
@@ -417,7 +462,12 @@ def make_plan(
     state: StateInfo,
     *,
     organization: str | None = None,
+    shared_env: Mapping[str, str] | None = None,
+    live_shared_env: Mapping[str, str] | None = None,
 ) -> Plan:
+    """The plan from `desired` to `live`. With `shared_env` (the shared list wanted)
+    and no `organization` scope, the shared list is planned too: a plan of one
+    organization leaves the platform's list as it is."""
     wanted: dict[tuple[str, str], tuple[str, dict[str, Any]]] = {}
     for spec in desired:
         if organization is None or spec.key[0] == organization:
@@ -454,6 +504,11 @@ def make_plan(
                     after_json=text,
                 )
             )
+    shared_change = None
+    if shared_env is not None and organization is None:
+        before, after = dict(live_shared_env or {}), dict(shared_env)
+        if before != after:
+            shared_change = SharedEnvChange(before, after)
     return Plan(
         lineage=state.lineage,
         serial=state.serial,
@@ -464,6 +519,7 @@ def make_plan(
         live_counts=dict(Counter(w.organization for w in current.values())),
         desired_empty=not wanted,
         live=LiveView(organization, current),
+        shared_env=shared_change,
     )
 
 

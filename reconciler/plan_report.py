@@ -11,6 +11,7 @@ from typing import Any
 import click
 
 from reconciler.diff import MISSING, FieldChange
+from reconciler.envaccess import SHARED_ENV_SHOWN
 from reconciler.model import WebhookSpec
 from reconciler.plan import Change, Plan
 from reconciler.secrets import mask_at, mask_spec
@@ -30,7 +31,23 @@ def summary_line(plan: Plan) -> str:
     ]
     if plan.drift:
         parts.append(f"{len(plan.drift)} drifted")
+    if plan.shared_env is not None:
+        changed = len(plan.shared_env.lines())
+        parts.append(f"{changed} shared variable{'s' if changed != 1 else ''} to change")
     return "Plan: " + ", ".join(parts) + "."
+
+
+_SHARED_MARK = {"share": ("create", "+"), "unshare": ("delete", "-"), "update": ("update", "~")}
+
+
+def _shared_env_lines(plan: Plan) -> Iterator[tuple[str, str]]:
+    """The shared list's changes: names and reasons, never a value."""
+    if plan.shared_env is None:
+        return
+    yield "", f"Shared variables ({SHARED_ENV_SHOWN}; every organization may read them)"
+    for action, name, reason in plan.shared_env.lines():
+        style, mark = _SHARED_MARK[action]
+        yield style, f"  {mark} {name}  ({reason})"
 
 
 def _value(value: Any) -> str:
@@ -97,7 +114,8 @@ def text(plan: Plan, refusals: list[str], *, color: bool = False) -> str:
         lines.append(f"Organization {org}")
         for change in changes:
             lines.extend(paint(style, line) for style, line in _change_lines(change))
-    if not plan.changes:
+    lines.extend(paint(style, line) for style, line in _shared_env_lines(plan))
+    if not plan.has_changes:
         lines.append("No changes: the live state matches the definitions.")
     lines.extend(paint(style, line) for style, line in _drift_lines(plan))
     lines.append("")
@@ -135,6 +153,14 @@ def markdown(plan: Plan, refusals: list[str]) -> str:
                     out.append(f"{prefix} {text_[2:]}")
                 else:
                     out.append(f"{prefix if change.action != 'update' else ' '}     {text_}")
+        out.append("```")
+        out.append("")
+    shared = list(_shared_env_lines(plan))
+    if shared:
+        out.append(f"#### {shared[0][1]}")
+        out.append("")
+        out.append("```diff")
+        out.extend(line.strip().replace("~", "!", 1) for _style, line in shared[1:])
         out.append("```")
         out.append("")
     if plan.drift:

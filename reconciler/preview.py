@@ -21,7 +21,9 @@ from typing import Any
 from pydantic import ValidationError
 
 from reconciler import credentials, jsonbody, templates
+from reconciler.checks import env_references
 from reconciler.dispatch.events import EventIn
+from reconciler.envaccess import EnvAccess, EnvRefused
 from reconciler.errors import ReconcilerError
 from reconciler.model import WebhookSpec
 from reconciler.render import EventData, RenderError, render
@@ -64,15 +66,25 @@ class PreviewRequest:
 
 
 def preview(
-    spec: WebhookSpec, event: EventData, delivery_id: str, timestamp: int
+    spec: WebhookSpec,
+    event: EventData,
+    delivery_id: str,
+    timestamp: int,
+    *,
+    access: EnvAccess | None = None,
+    organization: str | None = None,
 ) -> PreviewRequest:
     """The request `spec` would send for `event`, as the dispatcher builds it, masked.
 
     The definition goes through its canonical form first, as apply stores it and
     the dispatcher reads it back: that is what fixes the order of the headers, of
-    the query parameters and of the body's keys on the wire.
+    the query parameters and of the body's keys on the wire. With `access`, a
+    reference `organization` (default: the definition's) may not read is refused
+    with EnvRefused, as the dispatcher would refuse to send it.
     """
     spec = as_applied(spec)
+    if access is not None:
+        check_env_access(spec, access, organization or spec.key[0])
     request = render(spec, event, None)
     headers = {name: mask_header(name, value) for name, value in request.headers.items()}
     headers["webhook-id"] = delivery_id
@@ -93,6 +105,14 @@ def _shown_body(body: bytes | None) -> bytes | None:
     value = json.loads(body)
     masked, hits = credentials.scan({"body": value})
     return jsonbody.dumps(masked["body"]).encode("utf-8") if hits else body
+
+
+def check_env_access(spec: WebhookSpec, access: EnvAccess, organization: str) -> None:
+    """Raise EnvRefused for the first `${env:NAME}` `organization` may not read."""
+    for _loc, name, _key in env_references(spec.canonical()):
+        why = access.refusal(organization, name)
+        if why is not None:
+            raise EnvRefused(why)
 
 
 def as_applied(spec: WebhookSpec) -> WebhookSpec:
@@ -186,12 +206,28 @@ def matching_live(webhooks: Iterable[LiveWebhook], event_type: str) -> list[Webh
 
 
 def preview_all(
-    specs: Sequence[WebhookSpec], event: EventData, delivery_id: str, timestamp: int
+    specs: Sequence[WebhookSpec],
+    event: EventData,
+    delivery_id: str,
+    timestamp: int,
+    *,
+    access: EnvAccess | None = None,
 ) -> list[PreviewRequest]:
+    """Every spec's request for `event`; with `access`, each checked as a webhook of
+    the event's organization."""
     shown = []
     for spec in specs:
         try:
-            shown.append(preview(spec, event, delivery_id, timestamp))
+            shown.append(
+                preview(
+                    spec,
+                    event,
+                    delivery_id,
+                    timestamp,
+                    access=access,
+                    organization=event.organization,
+                )
+            )
         except RenderError as exc:
             raise RenderError(f"{spec.key[0]}/{spec.name}: {exc}") from None
     return shown

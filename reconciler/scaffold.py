@@ -6,11 +6,11 @@ but for the step that installs reconciler: a test keeps them the same.
 
 from __future__ import annotations
 
-import re
 from dataclasses import dataclass
 from pathlib import Path
 
 from reconciler import __version__
+from reconciler.envaccess import SHARED_ENV_FILE, prefix
 from reconciler.errors import ScaffoldError
 from reconciler.schema import webhook_schema_text
 
@@ -226,6 +226,8 @@ def codeowners(organization: str, admins: str) -> str:
     folders = [
         ("/webhooks.d/", admins),
         (f"/webhooks.d/{organization}/", f"{team} {admins}"),
+        # Which variables every organization may read: the platform's admins alone.
+        (f"/webhooks.d/{SHARED_ENV_FILE}", admins),
     ]
     tooling = [
         ("/.github/workflows/", admins),
@@ -243,7 +245,8 @@ def codeowners(organization: str, admins: str) -> str:
         f'# {admins} (turn on "Require review from Code Owners" in\n'
         "# the branch protection of main). An organization's own admins review its folder\n"
         "# too; the last matching line wins, so each organization's line names the webhook\n"
-        "# admins again. Add one such line per organization folder.\n"
+        "# admins again. Add one such line per organization folder. The shared list of\n"
+        "# variables is the webhook admins' alone: no organization's admins approve it.\n"
         + lines(folders)
         + "\n# What runs plan and apply, and who reviews: admins only.\n"
         + lines(tooling)
@@ -257,12 +260,15 @@ def _organization_team(organization: str, admins: str) -> str:
 
 
 def example_definition(organization: str) -> str:
-    variable = re.sub(r"[^A-Z0-9]", "_", organization.upper()) + "_SLACK_URL"
+    own = prefix(organization)
+    variable = own + "SLACK_URL"  # its own variables: ${env:ACME_SLACK_URL}
     return f"""\
 # yaml-language-server: $schema=../../schemas/webhook.schema.json
 # An example: each new rule violation of {organization}, posted to a Slack channel.
 # The URL is a secret: git holds only ${{env:{variable}}}, which the dispatcher
-# resolves when it sends. `reconciler render slack-new-rule-violation` shows the request.
+# resolves when it sends. {organization}'s definitions read its own {own}* variables
+# and those of webhooks.d/shared-env.yaml, nothing else.
+# `reconciler render slack-new-rule-violation` shows the request.
 name: slack-new-rule-violation
 event: new_rule_violation
 method: POST
@@ -273,6 +279,19 @@ headers:
 body:
   text: "The rule {{{{name}}}} was violated at: {{{{time}}}}. Description {{{{description}}}}."
 rate_limit: 1/s
+"""
+
+
+SHARED_ENV = """\
+# The variables every organization's definitions may read as ${env:NAME}, beside
+# their own: an organization's variables carry its name as a prefix (acme reads
+# ACME_*, acme-corp reads ACME_CORP_*), and nothing else unless it is listed here.
+# Only the platform's admins change this file (see .github/CODEOWNERS). Give each
+# name the reason it is shared. A name with an organization's prefix, or one of the
+# platform's own (RECONCILER_*, HOME, PATH, ...), cannot be listed. `reconciler
+# apply` records the list in the live state, where the dispatcher reads it.
+shared: {}
+#  RELAY_TOKEN: The company relay every organization's alerts go through.
 """
 
 
@@ -318,6 +337,7 @@ class Scaffold:
 def scaffold(organization: str = DEFAULT_ORGANIZATION, admins: str = DEFAULT_ADMINS) -> Scaffold:
     files = {
         f"webhooks.d/{organization}/example.yaml": example_definition(organization),
+        f"webhooks.d/{SHARED_ENV_FILE}": SHARED_ENV,
         "schemas/webhook.schema.json": webhook_schema_text(),
         ".github/CODEOWNERS": codeowners(organization, admins),
         ".pre-commit-config.yaml": PRE_COMMIT_CONFIG,

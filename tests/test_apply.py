@@ -559,7 +559,10 @@ def state_snapshot(project: Path) -> Any:
 def test_cli_apply_then_nothing_to_apply(project: Path) -> None:
     first = cli(project, "apply", "--auto-approve", "--actor", "alice")
     assert first.returncode == 0, first.stderr
-    assert "Applied: 5 created, 0 updated, 0 deleted (state serial 1, actor alice)." in first.stdout
+    assert (
+        "Applied: 5 created, 0 updated, 0 deleted, 1 shared variable changed "
+        "(state serial 1, actor alice)." in first.stdout
+    )
     again = cli(project, "apply", "--auto-approve", "--actor", "alice")
     assert again.returncode == 0, again.stderr
     assert "Nothing to apply." in again.stdout

@@ -34,7 +34,9 @@ def run(
 
 
 def _environment(**extra: str) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("RECONCILER_TEST_")}
+    env = {
+        k: v for k, v in os.environ.items() if not k.startswith(("RECONCILER_TEST_", "ACME_TEST_"))
+    }
     return {**env, **extra}
 
 
@@ -114,9 +116,9 @@ HOOK = """\
 name: hook
 event: new_rule_violation
 method: POST
-url: ${env:RECONCILER_TEST_HOOK_URL}
+url: ${env:ACME_TEST_HOOK_URL}
 headers:
-  Authorization: Bearer ${env:RECONCILER_TEST_TOKEN}
+  Authorization: Bearer ${env:ACME_TEST_TOKEN}
 """
 
 
@@ -128,20 +130,18 @@ def env_folder(tmp_path: Path) -> Path:
 
 
 def test_check_env_fails_when_a_variable_is_unset(env_folder: Path) -> None:
-    env = _environment(RECONCILER_TEST_TOKEN="tok-secret-value")
+    env = _environment(ACME_TEST_TOKEN="tok-secret-value")
     result = run("validate", ".", "--check-env", cwd=env_folder, env=env)
     assert result.returncode == 1
     assert result.stdout.splitlines() == [
-        "acme/hook.yaml:4:6: url: environment variable RECONCILER_TEST_HOOK_URL is not set",
+        "acme/hook.yaml:4:6: url: environment variable ACME_TEST_HOOK_URL is not set",
         "invalid: 1 error, 0 warnings in 1 file.",
     ]
     assert "tok-secret-value" not in result.stdout + result.stderr
 
 
 def test_check_env_passes_when_every_variable_is_set(env_folder: Path) -> None:
-    env = _environment(
-        RECONCILER_TEST_HOOK_URL="https://hooks.acme.example/in", RECONCILER_TEST_TOKEN="t"
-    )
+    env = _environment(ACME_TEST_HOOK_URL="https://hooks.acme.example/in", ACME_TEST_TOKEN="t")
     result = run("validate", ".", "--check-env", cwd=env_folder, env=env)
     assert result.returncode == 0, result.stdout
     assert result.stdout == "valid: 1 definition in 1 organization, 0 warnings.\n"

@@ -314,7 +314,9 @@ def test_export_then_plan_shows_no_change(applied: Path) -> None:
     expected = len(load_specs(applied / "webhooks.d"))
     exported = run_cli(["export", "exported.d"], applied, env(applied))
     assert exported.returncode == 0, exported.stderr
-    assert exported.stdout.strip() == f"Exported {expected} webhooks to exported.d."
+    assert exported.stdout.strip() == (
+        f"Exported {expected} webhooks and the shared list of variables to exported.d."
+    )
 
     planned = run_cli(
         ["plan", "exported.d", "--format", "json", "--detailed-exitcode"], applied, env(applied)

@@ -449,7 +449,7 @@ def test_hostile_event_values_arrive_verbatim_in_valid_json(
     world.define(
         "notify",
         url=receiver.url("/hook"),
-        headers={"Content-Type": "application/json", "Authorization": "Bearer ${env:SECRET}"},
+        headers={"Content-Type": "application/json", "Authorization": "Bearer ${env:ACME_SECRET}"},
         body={
             "name": "{{name}}",
             "description": "{{description}}",
@@ -460,7 +460,9 @@ def test_hostile_event_values_arrive_verbatim_in_valid_json(
     world.apply()
     intake = world.fire(name=name, description=description)
 
-    assert world.run(env={"SECRET": "s3cr3t-value", "PATH": "/usr/bin"}) == [1]
+    assert world.run(
+        env={"ACME_SECRET": "s3cr3t-value", "SECRET": "s3cr3t-value", "PATH": "/usr/bin"}
+    ) == [1]
 
     assert world.only_delivery(intake.event_id).status == "delivered"
     (request,) = receiver.requests()
@@ -504,12 +506,12 @@ def test_get_sends_a_percent_encoded_query_and_no_body(world: World, receiver: R
         url=receiver.url("/search?fixed=1"),
         headers={},
         body=None,
-        query={"rule": "{{name}}", "org": "{{organization}}", "token": "${env:TOKEN}", "n": 3},
+        query={"rule": "{{name}}", "org": "{{organization}}", "token": "${env:ACME_TOKEN}", "n": 3},
     )
     world.apply()
     intake = world.fire(name=name)
 
-    assert world.run(env={"TOKEN": "t&k=n"}) == [1]
+    assert world.run(env={"ACME_TOKEN": "t&k=n", "TOKEN": "t&k=n"}) == [1]
 
     assert world.only_delivery(intake.event_id).status == "delivered"
     (request,) = receiver.requests()
@@ -528,10 +530,10 @@ def test_get_sends_a_percent_encoded_query_and_no_body(world: World, receiver: R
 @pytest.mark.parametrize(
     "where",
     [
-        {"url": "${env:HOOK_URL}"},
-        {"headers": {"Authorization": "Bearer ${env:HOOK_TOKEN}"}},
-        {"query": {"token": "${env:HOOK_TOKEN}"}},
-        {"signing_secret": "${env:HOOK_SECRET}"},
+        {"url": "${env:ACME_HOOK_URL}"},
+        {"headers": {"Authorization": "Bearer ${env:ACME_HOOK_TOKEN}"}},
+        {"query": {"token": "${env:ACME_HOOK_TOKEN}"}},
+        {"signing_secret": "${env:ACME_HOOK_SECRET}"},
     ],
     ids=["url", "header", "query", "signing_secret"],
 )
@@ -547,7 +549,9 @@ def test_an_unset_env_reference_fails_clearly_and_sends_nothing(
 
     failed = world.only_delivery(intake.event_id)
     assert failed.status == "failed"
-    missing = next(n for n in ("HOOK_URL", "HOOK_TOKEN", "HOOK_SECRET") if n in str(where))
+    missing = next(
+        n for n in ("ACME_HOOK_URL", "ACME_HOOK_TOKEN", "ACME_HOOK_SECRET") if n in str(where)
+    )
     assert failed.last_error == f"environment variable {missing} is not set"
     world.clock.sleep(86400)
     assert world.run() == [0]
@@ -562,12 +566,12 @@ def test_signatures_verify_at_the_receiver_with_standardwebhooks(
 ) -> None:
     old, new = new_secret(), new_secret()
     receiver.script("/hook", status(503), ok())
-    world.define("single", url=receiver.url("/hook"), body=BODY, signing_secret="${env:NEW}")
+    world.define("single", url=receiver.url("/hook"), body=BODY, signing_secret="${env:ACME_NEW}")
     world.define(
         "rotating",
         url=receiver.url("/rotating"),
         body=BODY,
-        signing_secret="${env:OLD} ${env:NEW}",
+        signing_secret="${env:ACME_OLD} ${env:ACME_NEW}",
     )
     world.define(
         "bodiless",
@@ -576,11 +580,11 @@ def test_signatures_verify_at_the_receiver_with_standardwebhooks(
         headers={},
         body=None,
         query={"rule": "{{name}}"},
-        signing_secret="${env:NEW}",
+        signing_secret="${env:ACME_NEW}",
     )
     world.apply()
     intake = world.fire(name='rule "x"\n')
-    env = {"OLD": old, "NEW": new}
+    env = {"ACME_OLD": old, "ACME_NEW": new}
 
     assert world.run(env=env) == [3]
     world.advance_past(next(d for d in world.deliveries(intake.event_id) if d.webhook == "single"))

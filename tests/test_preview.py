@@ -45,6 +45,7 @@ SECRETS = {
     "ACME_SLACK_URL": "https://hooks.slack.com/services/T0SECRET/B0SECRET/slackpathsecret",
     "ACME_STATUS_TOKEN": "statustokensecret",
     "GLOBEX_SIGNING_SECRET": "whsec_c2lnbmluZ3NlY3JldHNpZ25pbmdzZWNyZXQ=",
+    "ACME_SIGNING_SECRET": "whsec_c2lnbmluZ3NlY3JldHNpZ25pbmdzZWNyZXQ=",
 }
 EXAMPLE_SPECS = {s.name: s for s in load_specs(EXAMPLES)}
 LITERAL_TOKEN = "literal-bearer-t0ken"
@@ -126,7 +127,7 @@ def defs(tmp_path: Path) -> Path:
         "acme",
         definition(
             "rotating",
-            signing_secret="${env:GLOBEX_SIGNING_SECRET} ${env:OLD_SIGNING_SECRET}",
+            signing_secret="${env:ACME_SIGNING_SECRET} ${env:ACME_OLD_SIGNING_SECRET}",
         ),
     )
     write_definition(folder, "acme", definition("shared"))
@@ -285,8 +286,8 @@ def test_every_signing_secret_of_a_rotation_has_its_placeholder(tmp_path: Path, 
     result = render_cli(tmp_path, "rotating", defs)
     assert result.returncode == 0, result.stderr
     assert parse_text(result.stdout)[2]["webhook-signature"] == (
-        "v1,<would be signed with ${env:GLOBEX_SIGNING_SECRET}> "
-        "v1,<would be signed with ${env:OLD_SIGNING_SECRET}>"
+        "v1,<would be signed with ${env:ACME_SIGNING_SECRET}> "
+        "v1,<would be signed with ${env:ACME_OLD_SIGNING_SECRET}>"
     )
     assert "v1," not in render_cli(tmp_path, "all-placeholders", defs).stdout
 
@@ -441,7 +442,7 @@ def state(tmp_path: Path) -> Path:
                     "b",
                     headers={"Authorization": f"Bearer {LITERAL_TOKEN}"},
                     url=f"https://hooks.slack.com/services/{SLACK_PATH_SECRET}",
-                    signing_secret="${env:GLOBEX_SIGNING_SECRET}",
+                    signing_secret="${env:ACME_SIGNING_SECRET}",
                 ),
                 spec("c-disabled", enabled=False),
                 spec("d-paused"),
@@ -509,7 +510,7 @@ def test_dry_run_prints_one_request_per_matching_webhook(state: Path) -> None:
     assert url_b == "https://hooks.slack.com/****"
     assert headers_b["Authorization"] == "****"
     assert headers_b["webhook-signature"] == (
-        "v1,<would be signed with ${env:GLOBEX_SIGNING_SECRET}>"
+        "v1,<would be signed with ${env:ACME_SIGNING_SECRET}>"
     )
     assert LITERAL_TOKEN not in result.stdout
     assert "slackliteralsecret" not in result.stdout

@@ -439,10 +439,10 @@ def test_headers_sent_definition_webhook_id_timestamp_and_a_verifiable_signature
 
 def test_during_a_rotation_both_secrets_sign(store: SqliteStore, httpx_mock: HTTPXMock) -> None:
     clock = FakeClock(float(int(time.time())))
-    live(store, spec("a", signing_secret="${env:OLD_SECRET} ${env:NEW_SECRET}"))
+    live(store, spec("a", signing_secret="${env:ACME_OLD_SECRET} ${env:ACME_NEW_SECRET}"))
     queue(store, clock)
     httpx_mock.add_response()
-    once(store, clock, env={"OLD_SECRET": SECRET, "NEW_SECRET": NEW_SECRET})
+    once(store, clock, env={"ACME_OLD_SECRET": SECRET, "ACME_NEW_SECRET": NEW_SECRET})
     (request,) = httpx_mock.get_requests()
     assert len(request.headers["webhook-signature"].split(" ")) == 2
     for secret in (SECRET, NEW_SECRET):

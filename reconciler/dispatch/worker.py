@@ -31,6 +31,7 @@ from reconciler.dispatch.sender import Outcome, Sender
 from reconciler.dispatch.signing import SigningSecretError, signature_header
 from reconciler.dispatch.ssrf import NetworkPolicy, TargetRefused
 from reconciler.durations import parse_duration, parse_rate
+from reconciler.envaccess import EnvAccess
 from reconciler.model import WebhookSpec
 from reconciler.render import EventData, Renderer, RenderError
 from reconciler.store.queue import AttemptResult, Claim, EventKey, EventRecord, QueueStore
@@ -39,6 +40,10 @@ log = logging.getLogger("reconciler.dispatch")
 
 DEFAULT_TIMEOUT = 15.0
 LEASE_MARGIN = 30.0  # a lease outlives the longest request by this much
+# How long the live state's organizations and shared list are trusted before they
+# are read again: an apply that changes them reaches running workers this fast.
+ENV_ACCESS_TTL = 1.0
+ENV_ACCESS_RETRY = 5.0  # when they cannot be read at all, deliveries wait this long
 INTERRUPTED = (
     "interrupted: the dispatcher shut down before the receiver answered "
     "(it may have the request); due again at once"
@@ -114,6 +119,10 @@ class Worker:
         self.limiter = limiter or RateLimiter(share=1.0 / self.settings.processes)
         self.metrics = metrics or Metrics()
         self._renderers: dict[str, Renderer] = {}  # a live definition's text -> its renderer
+        # Which variables each organization may read, as last read from the state.
+        self._access: EnvAccess | None = None
+        self._access_read = 0.0  # time.monotonic() when it was read
+        self._access_lock = asyncio.Lock()
         # Deliveries intake stored leased to this worker (see reserve()).
         self._in_flight: set[asyncio.Task[AttemptResult]] = set()
         self._handed: list[Claim] = []
@@ -389,13 +398,27 @@ class Worker:
                 next_due=wait_until,
                 sent=False,
             )
+        access = await self._env_access()
+        if access is None:
+            return AttemptResult(
+                claim.delivery_id,
+                claim.attempt,
+                started,
+                0.0,
+                "deferred",
+                next_due=started + ENV_ACCESS_RETRY,
+                sent=False,
+            )
+        # The environment as this delivery's organization may read it: a reference
+        # to any other variable fails it, whatever wrote the definition.
+        env = access.scoped(self.env, claim.organization)
         timestamp = int(started)
         try:
-            request = renderer.render(_event_data(claim.event), self.env)
+            request = renderer.render(_event_data(claim.event), env)
             self.policy.check_url(request.url)
             headers = {**request.headers, "webhook-id": claim.delivery_id}
             headers["webhook-timestamp"] = str(timestamp)
-            secrets = _signing_secrets(spec, self.env)
+            secrets = _signing_secrets(spec, env)
             if secrets:
                 headers["webhook-signature"] = signature_header(
                     secrets, claim.delivery_id, timestamp, request.body or b""
@@ -444,6 +467,24 @@ class Worker:
                 f"{outcome.error}; retries exhausted after {claim.retry_number} attempts"
             )
         return AttemptResult(outcome="failed", **common)
+
+    async def _env_access(self) -> EnvAccess | None:
+        """The live state's organizations and shared list, read at most once per
+        ENV_ACCESS_TTL; None when they were never read and cannot be now."""
+        if self._access is not None and time.monotonic() - self._access_read < ENV_ACCESS_TTL:
+            return self._access
+        async with self._access_lock:
+            if self._access is None or time.monotonic() - self._access_read >= ENV_ACCESS_TTL:
+                self._access_read = time.monotonic()  # on failure too: not once per attempt
+                try:
+                    self._access = await self.db.run(self.db.store.env_access)
+                except Exception:
+                    log.exception(
+                        "the state failed while reading which variables each organization "
+                        "may read; %s",
+                        "keeping the last read" if self._access else "deliveries wait",
+                    )
+        return self._access
 
     def _renderer(self, text: str) -> Renderer:
         """The definition, parsed, and its request prepared, once per version of it."""

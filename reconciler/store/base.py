@@ -8,10 +8,12 @@ backend passes the same contract suite (tests/store_contract.py).
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from typing import Any, Literal, Protocol
+
+from reconciler.envaccess import EnvAccess
 
 
 @dataclass(frozen=True)
@@ -123,12 +125,27 @@ class Store(Protocol):
         ...
 
     def commit(
-        self, writes: Sequence[Write], audit: Sequence[AuditRecord], expected_serial: int
+        self,
+        writes: Sequence[Write],
+        audit: Sequence[AuditRecord],
+        expected_serial: int,
+        shared_env: Mapping[str, str] | None = None,
     ) -> int:
         """Apply writes and audit records in one transaction; return the new serial.
+        With `shared_env`, the shared list (name -> reason) becomes that, in the same
+        transaction.
 
         Raises StaleState when the serial is no longer `expected_serial`.
         """
+        ...
+
+    def shared_env(self) -> dict[str, str]:
+        """The shared list as last applied: variable name -> reason."""
+        ...
+
+    def env_access(self) -> EnvAccess:
+        """The organizations of the live webhooks and the shared list: which
+        `${env:}` variables each organization's definitions may read."""
         ...
 
     def pause(self, organization: str, name: str, reason: str, actor: str) -> None:
@@ -144,3 +161,17 @@ class Store(Protocol):
         ...
 
     def close(self) -> None: ...
+
+
+SHARED_ENV_KEY = "shared_env"  # the meta row holding the shared list, as JSON
+
+
+def shared_env_text(shared: Mapping[str, str]) -> str:
+    return json.dumps(dict(shared), sort_keys=True, ensure_ascii=False)
+
+
+def shared_env_from_text(text: str | None) -> dict[str, str]:
+    if not text:
+        return {}
+    value = json.loads(text)
+    return {str(k): str(v) for k, v in value.items()} if isinstance(value, dict) else {}

@@ -15,20 +15,24 @@ import socket
 import time
 import uuid
 import zlib
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from datetime import UTC, datetime
 from typing import Any
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
+from reconciler.envaccess import EnvAccess
 from reconciler.errors import LockTimeout, StaleState, StateError
 from reconciler.store.base import (
+    SHARED_ENV_KEY,
     AuditEntry,
     AuditRecord,
     LiveWebhook,
     StateInfo,
     Write,
     audit_rows,
+    shared_env_from_text,
+    shared_env_text,
 )
 from reconciler.store.postgres_migrations import MIGRATIONS
 from reconciler.store.postgres_queue import PostgresQueue
@@ -164,6 +168,20 @@ class PostgresStore(PostgresQueue):
             cur.execute(query, args)  # type: ignore[arg-type]
             return [LiveWebhook(*row) for row in cur.fetchall()]
 
+    def shared_env(self) -> dict[str, str]:
+        with self._tx() as cur:
+            cur.execute("SELECT value FROM meta WHERE key = %s", (SHARED_ENV_KEY,))
+            row = cur.fetchone()
+        return shared_env_from_text(row[0] if row else None)
+
+    def env_access(self) -> EnvAccess:
+        with self._tx() as cur:
+            cur.execute("SELECT DISTINCT organization FROM webhooks")
+            organizations = [row[0] for row in cur.fetchall()]
+            cur.execute("SELECT value FROM meta WHERE key = %s", (SHARED_ENV_KEY,))
+            row = cur.fetchone()
+        return EnvAccess(frozenset(organizations), shared_env_from_text(row[0] if row else None))
+
     def history(
         self, organization: str | None = None, name: str | None = None, limit: int | None = None
     ) -> Iterator[AuditEntry]:
@@ -202,7 +220,11 @@ class PostgresStore(PostgresQueue):
     # -- writing ------------------------------------------------------------
 
     def commit(
-        self, writes: Sequence[Write], audit: Sequence[AuditRecord], expected_serial: int
+        self,
+        writes: Sequence[Write],
+        audit: Sequence[AuditRecord],
+        expected_serial: int,
+        shared_env: Mapping[str, str] | None = None,
     ) -> int:
         now = _now()
         with self._tx() as cur:
@@ -235,6 +257,12 @@ class PostgresStore(PostgresQueue):
                 )
                 self._cancel_in(
                     cur, deletes, "cancelled: the webhook was deleted by apply", time.time()
+                )
+            if shared_env is not None:
+                cur.execute(
+                    "INSERT INTO meta VALUES (%s, %s) ON CONFLICT (key) DO UPDATE "
+                    "SET value = excluded.value",
+                    (SHARED_ENV_KEY, shared_env_text(shared_env)),
                 )
             self._append_audit(cur, audit, serial, now)
             cur.execute("UPDATE meta SET value = %s WHERE key = 'serial'", (str(serial),))

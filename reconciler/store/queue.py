@@ -11,6 +11,8 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal, NamedTuple, Protocol
 
+from reconciler.envaccess import EnvAccess
+
 Status = Literal["pending", "in_flight", "delivered", "failed", "cancelled"]
 FINAL_STATUSES = ("delivered", "failed", "cancelled")
 EXCERPT_LIMIT = 4096
@@ -250,5 +252,9 @@ class QueueStore(Protocol):
     def queue_counts(self) -> dict[str, int]: ...
 
     def oldest_due(self, now: float) -> float | None: ...
+
+    def env_access(self) -> EnvAccess:
+        """Which `${env:}` variables each organization's definitions may read now."""
+        ...
 
     def close(self) -> None: ...

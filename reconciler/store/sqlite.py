@@ -14,19 +14,23 @@ import socket
 import sqlite3
 import time
 import uuid
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from datetime import UTC, datetime
 from pathlib import Path
 
+from reconciler.envaccess import EnvAccess
 from reconciler.errors import LockTimeout, StaleState, StateError
 from reconciler.store.base import (
+    SHARED_ENV_KEY,
     AuditEntry,
     AuditRecord,
     LiveWebhook,
     StateInfo,
     Write,
     audit_rows,
+    shared_env_from_text,
+    shared_env_text,
 )
 from reconciler.store.migrations import MIGRATIONS
 from reconciler.store.sqlite_queue import SqliteQueue
@@ -165,6 +169,14 @@ class SqliteStore(SqliteQueue):
         query += " ORDER BY organization, name"
         return [LiveWebhook(*row) for row in self._db.execute(query, args)]
 
+    def shared_env(self) -> dict[str, str]:
+        row = self._db.execute("SELECT value FROM meta WHERE key = ?", (SHARED_ENV_KEY,)).fetchone()
+        return shared_env_from_text(row[0] if row else None)
+
+    def env_access(self) -> EnvAccess:
+        rows = self._db.execute("SELECT DISTINCT organization FROM webhooks")
+        return EnvAccess(frozenset(row[0] for row in rows), self.shared_env())
+
     def history(
         self, organization: str | None = None, name: str | None = None, limit: int | None = None
     ) -> Iterator[AuditEntry]:
@@ -198,7 +210,11 @@ class SqliteStore(SqliteQueue):
     # -- writing ------------------------------------------------------------
 
     def commit(
-        self, writes: Sequence[Write], audit: Sequence[AuditRecord], expected_serial: int
+        self,
+        writes: Sequence[Write],
+        audit: Sequence[AuditRecord],
+        expected_serial: int,
+        shared_env: Mapping[str, str] | None = None,
     ) -> int:
         now = _now()
         with self._write() as db:
@@ -217,6 +233,12 @@ class SqliteStore(SqliteQueue):
             deletes = [(w.organization, w.name) for w in writes if w.kind == "delete"]
             self._apply_puts(db, puts)
             self._apply_deletes(db, deletes)
+            if shared_env is not None:
+                db.execute(
+                    "INSERT INTO meta VALUES (?, ?) ON CONFLICT (key) DO UPDATE "
+                    "SET value = excluded.value",
+                    (SHARED_ENV_KEY, shared_env_text(shared_env)),
+                )
             self._append_audit(db, audit, serial, now)
             db.execute("UPDATE meta SET value = ? WHERE key = 'serial'", (str(serial),))
         return serial
