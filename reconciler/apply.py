@@ -113,6 +113,8 @@ def _check_still_live(store: Store, plan: Plan, saved: bool) -> LiveView:
         raise StaleState(f"{what} was made against another state (lineage differs); plan again")
     live = LiveView.of(store.webhooks(plan.organization), plan.organization)
     mismatches = plan.mismatches(live)
+    if plan.shared_env is not None and plan.shared_env.before != store.shared_env():
+        mismatches.append("the shared list of variables was changed")
     if mismatches:
         raise StaleState(
             f"the live state changed since {what} was made: {'; '.join(mismatches)}; plan again"

@@ -290,4 +290,9 @@ def test_a_full_database_answers_503_and_takes_the_event_once_it_has_room(
 
     lift()
     (taken,) = send(store, [("POST", "/v1/events", headers, big)], fast=fast)
-    assert taken.json() == {"event_id": "evt-1", "organization": "acme", "deliveries": 2, "duplicate": False}
+    assert taken.json() == {
+        "event_id": "evt-1",
+        "organization": "acme",
+        "deliveries": 2,
+        "duplicate": False,
+    }

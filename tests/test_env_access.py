@@ -33,10 +33,11 @@ from reconciler.apply import ApplyOptions, apply
 from reconciler.dispatch.service import make_sender
 from reconciler.dispatch.ssrf import NetworkPolicy
 from reconciler.dispatch.worker import Database, Worker
+from reconciler.errors import StaleState
 from reconciler.loader import load_definitions
 from reconciler.plan import Plan, make_plan
 from reconciler.store.base import Write
-from reconciler.store.queue import EventRecord
+from reconciler.store.queue import EventKey, EventRecord
 from reconciler.store.sqlite import SqliteStore
 
 LOOPBACK_ALLOWED = NetworkPolicy.from_options(False, ["127.0.0.1/32"])
@@ -406,6 +407,36 @@ def test_a_saved_plan_carries_the_shared_list_under_its_checksum(
         Plan.from_json(edited)
 
 
+def test_a_saved_plan_is_refused_when_the_live_shared_list_changed_since(
+    any_store: Any, tmp_path: Path
+) -> None:
+    folder = tmp_path / "webhooks.d"
+    write_definition(folder, "acme", definition("a"))
+    shared_file(folder, "shared:\n  RELAY_TOKEN: The relay.\n")
+    saved = Plan.from_json(json.loads(json.dumps(_plan(any_store, folder).as_json(full=True))))
+    # Written around apply, the serial untouched: only the plan's `before` can tell.
+    text = json.dumps({"OTHER_RELAY": "Written directly."})
+    if isinstance(any_store, SqliteStore):
+        with any_store._db:
+            any_store._db.execute(
+                "INSERT INTO meta VALUES ('shared_env', ?) ON CONFLICT (key) DO UPDATE "
+                "SET value = excluded.value",
+                (text,),
+            )
+    else:
+        with any_store._tx() as cur:
+            cur.execute(
+                "INSERT INTO meta VALUES ('shared_env', %s) ON CONFLICT (key) DO UPDATE "
+                "SET value = excluded.value",
+                (text,),
+            )
+    options = ApplyOptions(actor="alice", auto_approve=True)
+    with pytest.raises(StaleState, match="the shared list of variables was changed"):
+        apply(any_store, lambda: saved, options, FakeApprover(), lambda _p, _r: None, saved=True)
+    assert any_store.shared_env() == {"OTHER_RELAY": "Written directly."}
+    assert not any_store.webhooks()
+
+
 def test_plan_text_shows_the_shared_list_changes(tmp_path: Path) -> None:
     folder = tmp_path / "webhooks.d"
     write_definition(folder, "acme", definition("a"))
@@ -473,7 +504,7 @@ def test_the_dispatcher_refuses_a_state_written_around_validate_and_sends_nothin
         clock = FakeClock(2_000_000_000.0)
         _deliver(any_store, clock, "evt-1")
 
-        (record,) = any_store.deliveries(event_id="evt-1", organization="acme")
+        (record,) = any_store.deliveries(event=EventKey("acme", "evt-1"))
         assert record.status == "failed"
         assert record.last_error is not None
         assert record.last_error.startswith(f"not sent: ${{env:{variable}}} ")
@@ -509,7 +540,7 @@ def test_a_shared_variable_the_state_does_not_list_is_refused_at_send_time(
             any_store, [spec("fine", url=receiver.url("/"), headers={"X": "${env:RELAY_TOKEN}"})]
         )
         _deliver(any_store, FakeClock(2_000_000_000.0), "evt-1")
-        (record,) = any_store.deliveries(event_id="evt-1")
+        (record,) = any_store.deliveries(event=EventKey("acme", "evt-1"))
         assert record.status == "failed"
         assert "not on the shared list" in (record.last_error or "")
         assert receiver.requests() == []
