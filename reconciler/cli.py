@@ -100,7 +100,8 @@ def validate(paths: tuple[Path, ...], fmt: str, check_env: bool) -> None:
     PATHS are definitions folders or files (default: webhooks.d), checked
     together: a name used twice among them is an error. Every problem of every
     file is printed as path:line:col: message. Exit 0 when all is valid, 1 when
-    anything is not. As a pre-commit hook it gets the files being committed.
+    anything is not. The pre-commit hook runs it on the whole webhooks.d
+    folder, so a name repeated in a file the commit leaves alone is caught too.
 
     \b
     Example:
