@@ -26,10 +26,21 @@ from urllib.parse import parse_qs
 
 import httpx
 import pytest
-from helpers_state import SUBPROCESS_TIMEOUT, FakeClock, put_specs, spec
+from helpers_state import (
+    SUBPROCESS_TIMEOUT,
+    FakeClock,
+    definition,
+    json_out,
+    put_specs,
+    run_cli,
+    spec,
+    sqlite_url,
+    write_definition,
+)
 from pytest_httpx import HTTPXMock
 from standardwebhooks import Webhook
 
+from reconciler.dispatch.events import EventIn
 from reconciler.dispatch.retry import DEFAULT_SCHEDULE
 from reconciler.dispatch.sender import Sender
 from reconciler.dispatch.service import Dispatcher
@@ -161,6 +172,37 @@ def test_success_is_delivered_with_one_attempt(
         "text": f"The rule no-public-s3 was violated at: {EVENT_TIME}."
     }
     assert once(store, clock) == 0
+
+
+def test_time_is_sent_as_render_shows_it_in_whole_seconds(
+    store: SqliteStore, clock: FakeClock, httpx_mock: HTTPXMock, tmp_path: Path
+) -> None:
+    moment = "2026-11-29T18:05:47.882308Z"  # as a client may send it
+    body = {"text": "at {{time}}"}
+    folder = tmp_path / "webhooks.d"
+    write_definition(folder, "acme", definition("a", body=body))
+    live(store, spec("a", body=body))
+    event = {"type": "new_rule_violation", "organization": "acme", "name": "no-public-s3"}
+    # As intake stores it (POST /v1/events, fire), and as a state may hold it already.
+    store.add_event(EventIn.model_validate({**event, "time": moment}).record(), clock())
+    store.add_event(EventRecord(id="evt-stored", description="", time=moment, **event), clock())
+    for _ in range(2):
+        httpx_mock.add_response(status_code=200)
+
+    assert once(store, clock) == 2
+
+    sent = [json.loads(request.content) for request in httpx_mock.get_requests()]
+    assert sent == [{"text": "at 2026-11-29T18:05:47Z"}] * 2
+    shown = run_cli(["render", "a", str(folder), "--time", moment, "--format", "json"], tmp_path)
+    assert shown.returncode == 0, shown.stderr
+    assert json.loads(json_out(shown)["body"]) == sent[0]
+    dry = run_cli(
+        ["fire", "new_rule_violation", "--org", "acme", "--name", "no-public-s3",
+         "--time", moment, "--dry-run", "--format", "json", "--state", sqlite_url(store.path)],
+        tmp_path,
+    )  # fmt: skip
+    assert dry.returncode == 0, dry.stderr
+    assert [json.loads(request["body"]) for request in json_out(dry)] == [sent[0]]
 
 
 def test_500_then_success_retries_when_due_with_the_same_webhook_id(
