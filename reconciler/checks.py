@@ -81,16 +81,17 @@ def _check_body(spec: WebhookSpec) -> Iterator[Finding]:
 
 def _templated_strings(value: Any, loc: Loc, out: list[tuple[Loc, str, bool]]) -> None:
     """Every key and string value (loc, text, is_key) in `value`, depth first, that holds
-    "{{" or "${": the only text in which _check_template can find anything."""
+    "{{" or "${" (or, a value, "}}"): the only text in which _check_template can find
+    anything."""
     if isinstance(value, str):
-        if "{{" in value or "${" in value:
+        if "{{" in value or "${" in value or "}}" in value:
             out.append((loc, value, False))
     elif isinstance(value, dict):
         for key, item in value.items():
             if "{{" in key or "${" in key:
                 out.append((loc + (key,), key, True))
             if isinstance(item, str):
-                if "{{" in item or "${" in item:
+                if "{{" in item or "${" in item or "}}" in item:
                     out.append((loc + (key,), item, False))
             elif isinstance(item, dict | list):
                 _templated_strings(item, loc + (key,), out)
@@ -101,6 +102,8 @@ def _templated_strings(value: Any, loc: Loc, out: list[tuple[Loc, str, bool]]) -
 
 def _check_template(loc: Loc, text: str, *, placeholders: bool, env: bool) -> Iterator[Finding]:
     # Placeholders need "{{", references (and malformed ones) "${": most text has neither.
+    if placeholders and ("{{" in text or "}}" in text):
+        yield from _check_unbalanced(loc, text)
     if "{{" in text:
         if placeholders:
             unknown = templates.unknown_placeholders(text)
@@ -125,6 +128,16 @@ def _check_template(loc: Loc, text: str, *, placeholders: bool, env: bool) -> It
                 f"{dotted(loc)}: ${{env:...}} references are resolved only in url, header "
                 "values, query values and signing_secret",
             )
+
+
+def _check_unbalanced(loc: Loc, text: str) -> Iterator[Finding]:
+    """A placeholder with a brace too few is sent as written, never substituted."""
+    for written, name in templates.unbalanced_placeholders(text):
+        if name in templates.PLACEHOLDERS:
+            fix = "write {{%s}}" % name
+        else:
+            fix = f"valid placeholders: {templates.PLACEHOLDER_HELP}"
+        yield Finding(loc, f'{dotted(loc)}: unbalanced placeholder "{written}": {fix}')
 
 
 def _check_url(url: str) -> Iterator[Finding]:

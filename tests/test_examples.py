@@ -239,3 +239,44 @@ def test_files_and_folders_starting_with_a_dot_are_ignored(
     _write(tmp_path, "acme/notes.txt", b"not: [valid")
     assert problem_lines(tmp_path) == []
     assert load_definitions(tmp_path).files == 1
+
+
+@pytest.mark.parametrize(
+    ("text", "written", "name"),
+    [
+        ("at {{time}", "{{time}", "time"),
+        ("at {{time} and on", "{{time}", "time"),
+        ("at {{ time }", "{{ time }", "time"),
+        ("at {{time", "{{time", "time"),
+        ("at {time}}", "{time}}", "time"),
+        ("at { time }}", "{ time }}", "time"),
+        ("at time}}", "time}}", "time"),
+        ("{{event_id}{{name}}", "{{event_id}", "event_id"),
+    ],
+)
+def test_a_placeholder_with_a_brace_too_few_is_an_error(
+    tmp_path: Path, problem_lines: ProblemLines, text: str, written: str, name: str
+) -> None:
+    _write(tmp_path, "acme/hook.yaml", BASE + b"body:\n  text: " + repr(text).encode() + b"\n")
+    assert problem_lines(tmp_path) == [
+        f'acme/hook.yaml:6:9: body.text: unbalanced placeholder "{written}": write {{{{{name}}}}}'
+    ]
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        '{"a": {"b": true}}',  # JSON text in a string
+        "{x} and {name}",  # single braces
+        "{{{time}}}",  # a placeholder in braces
+        "{{time}}}",
+        "{{ 5 and } {{",  # no name beside the braces
+        "runtime}}",  # a longer word than the placeholder
+        "{{name}} {{ time }} {{  event_id  }}",
+    ],
+)
+def test_braces_that_are_not_a_placeholder_stay_text(
+    tmp_path: Path, problem_lines: ProblemLines, text: str
+) -> None:
+    _write(tmp_path, "acme/hook.yaml", BASE + b"body:\n  text: " + repr(text).encode() + b"\n")
+    assert problem_lines(tmp_path) == []
