@@ -16,6 +16,7 @@ from typing import Any, Literal
 from urllib.parse import urlsplit
 
 from reconciler import templates
+from reconciler.dispatch.signing import SigningSecretError, secret_key
 from reconciler.model import METHODS_WITH_BODY, WebhookSpec
 from reconciler.secrets import is_sensitive_header, secret_bearing_url
 
@@ -52,6 +53,7 @@ def check_spec(spec: WebhookSpec, *, check_env: bool = False) -> list[Finding]:
         findings += _check_signing_secret(spec.signing_secret)
     if check_env:
         findings += _check_env_set(spec)
+        findings += _check_signing_secret_values(spec)
     return findings
 
 
@@ -234,6 +236,26 @@ def _check_env_set(spec: WebhookSpec) -> Iterator[Finding]:
         for name in templates.env_names(text):
             if name not in os.environ:
                 yield Finding(loc, f"{dotted(loc)}: environment variable {name} is not set")
+
+
+def _check_signing_secret_values(spec: WebhookSpec) -> Iterator[Finding]:
+    """Each set variable of signing_secret holds what the dispatcher can sign with
+    (whsec_ and base64): any other value fails every delivery unsent. The value
+    itself is never shown."""
+    if not spec.signing_secret:
+        return
+    for name in templates.env_names(spec.signing_secret):
+        value = os.environ.get(name)
+        if value is None:
+            continue  # reported as unset
+        try:
+            secret_key(value)
+        except SigningSecretError:
+            yield Finding(
+                ("signing_secret",),
+                f"signing_secret: environment variable {name} does not hold a signing "
+                "secret (whsec_ and base64): every delivery of this webhook would fail unsent",
+            )
 
 
 def dotted(loc: Loc) -> str:

@@ -92,7 +92,10 @@ def load_or_fail(path: Path, *, fmt: str = "text", check_env: bool = False) -> L
     "(::error file=...,line=...,col=...::message), nothing else.",
 )
 @click.option(
-    "--check-env", is_flag=True, help="Also fail when a ${env:NAME} reference is not set."
+    "--check-env",
+    is_flag=True,
+    help="Also fail when a ${env:NAME} reference is not set, or when a signing_secret "
+    "variable does not hold whsec_ and base64.",
 )
 def validate(paths: tuple[Path, ...], fmt: str, check_env: bool) -> None:
     """Check definitions against the schema and every rule.
