@@ -1065,6 +1065,33 @@ def test_the_dispatcher_starts_its_delivery_loop_again_if_it_ever_fails(
     assert "RuntimeError: a bug in the loop" in caplog.text
 
 
+def test_stop_joins_the_database_thread_even_when_the_release_fails(
+    store: SqliteStore, clock: FakeClock, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The caller closes the store once stop() returns: a thread still using the
+    # connection then crashed the whole process.
+    def release(owner: str, now: float) -> int:
+        raise sqlite3.OperationalError("disk I/O error")
+
+    monkeypatch.setattr(store, "release", release)
+    before = set(threading.enumerate())
+
+    async def go() -> tuple[Dispatcher, set[threading.Thread]]:
+        sender = Sender(httpx.AsyncHTTPTransport())
+        dispatcher = Dispatcher(store, sender, clock=clock, env={})
+        dispatcher.start()
+        await asyncio.sleep(0)
+        started = set(threading.enumerate()) - before
+        with pytest.raises(sqlite3.OperationalError):
+            await dispatcher.stop(grace=30)
+        return dispatcher, started  # kept: a collected executor would end its thread
+
+    dispatcher, started = asyncio.run(go())
+    assert any(thread.name.startswith("reconciler-db") for thread in started)
+    assert not [thread for thread in started if thread.is_alive()]
+    assert dispatcher.sender  # still referenced here
+
+
 # -- the worker's parts ------------------------------------------------------------------
 
 
