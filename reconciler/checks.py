@@ -15,6 +15,7 @@ from typing import Any, Literal
 from urllib.parse import urlsplit
 
 from reconciler import addresses, credentials, templates
+from reconciler.dispatch.signing import SigningSecretError, secret_key
 from reconciler.model import METHODS_WITH_BODY, WebhookSpec
 
 Loc = tuple[str | int, ...]
@@ -51,6 +52,7 @@ def check_spec(spec: WebhookSpec, *, check_env: bool = False) -> list[Finding]:
     findings += _check_literal_credentials(spec, findings)
     if check_env:
         findings += _check_env_set(spec)
+        findings += _check_signing_secret_values(spec)
     return findings
 
 
@@ -80,16 +82,17 @@ def _check_body(spec: WebhookSpec) -> Iterator[Finding]:
 
 def _templated_strings(value: Any, loc: Loc, out: list[tuple[Loc, str, bool]]) -> None:
     """Every key and string value (loc, text, is_key) in `value`, depth first, that holds
-    "{{" or "${": the only text in which _check_template can find anything."""
+    "{{" or "${" (or, a value, "}}"): the only text in which _check_template can find
+    anything."""
     if isinstance(value, str):
-        if "{{" in value or "${" in value:
+        if "{{" in value or "${" in value or "}}" in value:
             out.append((loc, value, False))
     elif isinstance(value, dict):
         for key, item in value.items():
             if "{{" in key or "${" in key:
                 out.append((loc + (key,), key, True))
             if isinstance(item, str):
-                if "{{" in item or "${" in item:
+                if "{{" in item or "${" in item or "}}" in item:
                     out.append((loc + (key,), item, False))
             elif isinstance(item, dict | list):
                 _templated_strings(item, loc + (key,), out)
@@ -100,6 +103,8 @@ def _templated_strings(value: Any, loc: Loc, out: list[tuple[Loc, str, bool]]) -
 
 def _check_template(loc: Loc, text: str, *, placeholders: bool, env: bool) -> Iterator[Finding]:
     # Placeholders need "{{", references (and malformed ones) "${": most text has neither.
+    if placeholders and ("{{" in text or "}}" in text):
+        yield from _check_unbalanced(loc, text)
     if "{{" in text:
         if placeholders:
             unknown = templates.unknown_placeholders(text)
@@ -124,6 +129,16 @@ def _check_template(loc: Loc, text: str, *, placeholders: bool, env: bool) -> It
                 f"{dotted(loc)}: ${{env:...}} references are resolved only in url, header "
                 "values, query values and signing_secret",
             )
+
+
+def _check_unbalanced(loc: Loc, text: str) -> Iterator[Finding]:
+    """A placeholder with a brace too few is sent as written, never substituted."""
+    for written, name in templates.unbalanced_placeholders(text):
+        if name in templates.PLACEHOLDERS:
+            fix = "write {{%s}}" % name
+        else:
+            fix = f"valid placeholders: {templates.PLACEHOLDER_HELP}"
+        yield Finding(loc, f'{dotted(loc)}: unbalanced placeholder "{written}": {fix}')
 
 
 def _check_url(url: str) -> Iterator[Finding]:
@@ -241,6 +256,26 @@ def _check_env_set(spec: WebhookSpec) -> Iterator[Finding]:
         for name in templates.env_names(text):
             if name not in os.environ:
                 yield Finding(loc, f"{dotted(loc)}: environment variable {name} is not set")
+
+
+def _check_signing_secret_values(spec: WebhookSpec) -> Iterator[Finding]:
+    """Each set variable of signing_secret holds what the dispatcher can sign with
+    (whsec_ and base64): any other value fails every delivery unsent. The value
+    itself is never shown."""
+    if not spec.signing_secret:
+        return
+    for name in templates.env_names(spec.signing_secret):
+        value = os.environ.get(name)
+        if value is None:
+            continue  # reported as unset
+        try:
+            secret_key(value)
+        except SigningSecretError:
+            yield Finding(
+                ("signing_secret",),
+                f"signing_secret: environment variable {name} does not hold a signing "
+                "secret (whsec_ and base64): every delivery of this webhook would fail unsent",
+            )
 
 
 def dotted(loc: Loc) -> str:

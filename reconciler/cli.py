@@ -92,7 +92,10 @@ def load_or_fail(path: Path, *, fmt: str = "text", check_env: bool = False) -> L
     "(::error file=...,line=...,col=...::message), nothing else.",
 )
 @click.option(
-    "--check-env", is_flag=True, help="Also fail when a ${env:NAME} reference is not set."
+    "--check-env",
+    is_flag=True,
+    help="Also fail when a ${env:NAME} reference is not set, or when a signing_secret "
+    "variable does not hold whsec_ and base64.",
 )
 def validate(paths: tuple[Path, ...], fmt: str, check_env: bool) -> None:
     """Check definitions against the schema and every rule.
@@ -102,8 +105,9 @@ def validate(paths: tuple[Path, ...], fmt: str, check_env: bool) -> None:
     only its organization's ${env:} variables (acme: ACME_*; the longest
     organization prefix owns a name) and those of webhooks.d/shared-env.yaml,
     which is checked too. Every problem of every file is printed as
-    path:line:col: message. Exit 0 when all is valid, 1 when anything is not. As
-    a pre-commit hook it gets the files being committed.
+    path:line:col: message. Exit 0 when all is valid, 1 when anything is not.
+    The pre-commit hook runs it on the whole webhooks.d folder, so a name
+    repeated in a file the commit leaves alone is caught too.
 
     \b
     Example:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import socket
 import sys
 import time
 from collections.abc import Callable
@@ -110,12 +111,15 @@ def serve_command(
     one state, under a supervisor that replaces any that dies; each paces a
     webhook's rate_limit at 1/N, and serves its own /metrics counters.
 
+    The port is taken before anything starts: one in use is an error (exit 1).
+
     \b
     Example:
       reconciler serve --port 8080 --concurrency 200
       reconciler serve --port 8080 --processes 2
     """
     from reconciler.dispatch.logs import LineFormatter, TurnBufferedHandler
+    from reconciler.dispatch.processes import listen
     from reconciler.dispatch.service import event_loop_factory, serve
     from reconciler.dispatch.worker import WorkerSettings
 
@@ -129,65 +133,59 @@ def serve_command(
     )
     policy = _policy(allow_private, allow_cidrs)
 
-    def run(store: QueueStore, **listening: Any) -> None:
+    def run(store: QueueStore, sock: socket.socket, **more: Any) -> None:
         with asyncio.Runner(loop_factory=event_loop_factory()) as runner:
-            runner.run(
-                serve(store, host, port, settings=settings, policy=policy, grace=grace, **listening)
-            )
+            runner.run(serve(store, sock, settings=settings, policy=policy, grace=grace, **more))
 
-    store = _queue_store(state)  # opened (and migrated) once, here
-    if processes > 1:
-        url = store.url
-        store.close()  # no connection, pool or thread may cross the fork
-        _serve_processes(state, host, port, processes, url, run)
-        return
-
-    def ready(bound: int) -> None:
-        click.echo(f"serving on http://{host}:{bound} (state {store.url})")
-        sys.stdout.flush()
-
+    # The port first: one that is in use ends here, in one line, before the state is
+    # opened or any worker or thread starts.
+    sockets = listen(host, port, processes)
     try:
-        run(store, ready=ready)
-    except OSError as exc:
-        raise ReconcilerError(f"cannot listen on {host}:{port}: {exc.strerror}") from None
+        store = _queue_store(state)  # opened (and migrated) once, here
+        if processes > 1:
+            url = store.url
+            store.close()  # no connection, pool or thread may cross the fork
+            _serve_processes(state, host, sockets, url, run)
+            return
+
+        def ready(bound: int) -> None:
+            click.echo(f"serving on http://{host}:{bound} (state {store.url})")
+            sys.stdout.flush()
+
+        try:
+            run(store, sockets[0], ready=ready)
+        finally:
+            store.close()  # after serve() has joined every thread that uses it
     finally:
-        store.close()
+        for sock in sockets:
+            sock.close()
 
 
 def _serve_processes(
     state: str,
     host: str,
-    port: int,
-    processes: int,
+    sockets: list[socket.socket],
     url: str,
     run: Callable[..., None],
 ) -> None:
-    from reconciler.dispatch.processes import Supervisor, listen
+    from reconciler.dispatch.processes import Supervisor
 
-    try:
-        sockets = listen(host, port, processes)
-    except OSError as exc:
-        raise ReconcilerError(f"cannot listen on {host}:{port}: {exc.strerror}") from None
     bound = sockets[0].getsockname()[1]
     click.echo(f"serving on http://{host}:{bound} (state {url})")
     sys.stdout.flush()
-    logging.getLogger("reconciler.dispatch").info("starting %d dispatcher processes", processes)
+    logging.getLogger("reconciler.dispatch").info("starting %d dispatcher processes", len(sockets))
 
     def child(slot: int) -> int:
         for other in sockets[:slot] + sockets[slot + 1 :]:
             other.close()
         store = _queue_store(state, must_exist=True)
         try:
-            run(store, sock=sockets[slot])
+            run(store, sockets[slot])
         finally:
             store.close()
         return 0
 
-    try:
-        status = Supervisor(processes, child).run()
-    finally:
-        for sock in sockets:
-            sock.close()
+    status = Supervisor(len(sockets), child).run()
     if status:
         raise ReconcilerError("the dispatcher processes stopped; see the log above")
 

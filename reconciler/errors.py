@@ -9,7 +9,8 @@
      ├── ApprovalRefused       nobody approved the changes
      ├── PlanFileError         a saved plan cannot be read
      ├── TokenError            an API token cannot be made or found
-     └── ScaffoldError         `init` would overwrite files
+     ├── ScaffoldError         `init` would overwrite files
+     └── ServeError            `serve` cannot listen on its address or start
 
 Anything else is a bug and keeps its traceback.
 """
@@ -55,3 +56,7 @@ class TokenError(ReconcilerError):
 
 class ScaffoldError(ReconcilerError):
     """`reconciler init` found files it would overwrite."""
+
+
+class ServeError(ReconcilerError):
+    """`reconciler serve` cannot listen on the address asked for, or cannot start."""

@@ -58,11 +58,13 @@ class RenderedRequest:
 
 
 def format_time(moment: datetime) -> str:
-    """ISO 8601 in UTC with a Z, e.g. 2026-11-29T21:22:42Z."""
-    if moment.tzinfo is None:
-        moment = moment.replace(tzinfo=UTC)
-    text = moment.astimezone(UTC).isoformat()
-    return text.replace("+00:00", "Z")
+    """The one text of an event's time, `{{time}}` wherever it is rendered (sent,
+    rendered, previewed) and the time intake stores: ISO 8601 in UTC, whole
+    seconds (a fraction is dropped, not rounded), with a Z, e.g.
+    2026-11-29T21:22:42Z. A naive time is taken as UTC."""
+    if moment.tzinfo is not None:
+        moment = moment.astimezone(UTC).replace(tzinfo=None)
+    return moment.replace(microsecond=0).isoformat() + "Z"
 
 
 def render(spec: WebhookSpec, event: EventData, env: Mapping[str, str] | None) -> RenderedRequest:

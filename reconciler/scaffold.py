@@ -297,7 +297,8 @@ shared: {}
 
 PRE_COMMIT_CONFIG = f"""\
 # pre-commit (https://pre-commit.com): run `pre-commit install` once, then every commit
-# that adds or changes a definition under webhooks.d/ is validated first.
+# that adds or changes a definition under webhooks.d/ validates the whole folder first
+# (so a name used twice across files is caught, not only errors in the changed files).
 repos:
   - repo: {HOOK_REPOSITORY}
     rev: {HOOK_REV}

@@ -27,6 +27,19 @@ ENV_REF_FULL = re.compile(r"\$\{env:" + ENV_NAME + r"\}")
 _TOKEN = re.compile(r"\{\{\s*([^{}]*?)\s*\}\}|\$\{env:(" + ENV_NAME + r")\}")
 _PLACEHOLDER = re.compile(r"\{\{\s*([^{}]*?)\s*\}\}")
 _DOLLAR_BRACE = re.compile(r"\$\{")
+# A placeholder with one of its pairs of braces broken. A well-formed placeholder is
+# matched first and passed over; then "{{name" not closed by "}}" ({{time}, {{ time },
+# {{time), and "name}}" not opened by "{{": after a single "{" ({time}}), or a
+# placeholder's own name (time}}). A "}}" after any other word ({"a": {"b": true}})
+# and "{{" before no name are text.
+_PLACEHOLDER_LIKE = r"[A-Za-z_][A-Za-z0-9_]*"
+_KNOWN = "|".join(PLACEHOLDERS)
+_UNBALANCED = re.compile(
+    r"\{\{\s*[^{}]*?\s*\}\}"
+    r"|\{\{\s*(?P<open>" + _PLACEHOLDER_LIKE + r")(?:\s*\})?"
+    r"|\{\s*(?P<close>" + _PLACEHOLDER_LIKE + r")\s*\}\}"
+    r"|(?<![A-Za-z0-9_])(?P<bare>" + _KNOWN + r")\s*\}\}"
+)
 
 
 def placeholder_names(text: str) -> list[str]:
@@ -35,6 +48,18 @@ def placeholder_names(text: str) -> list[str]:
 
 def unknown_placeholders(text: str) -> list[str]:
     return [name for name in _PLACEHOLDER.findall(text) if name not in PLACEHOLDERS]
+
+
+def unbalanced_placeholders(text: str) -> list[tuple[str, str]]:
+    """Each placeholder in `text` written with a brace too few, as (what is written,
+    the name it holds): `{{time}` gives ("{{time}", "time"). Sent as written, never
+    substituted."""
+    found = []
+    for match in _UNBALANCED.finditer(text):
+        name = match.group("open") or match.group("close") or match.group("bare")
+        if name is not None:
+            found.append((match.group(0), name))
+    return found
 
 
 def env_names(text: str) -> list[str]:

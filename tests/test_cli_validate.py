@@ -147,6 +147,26 @@ def test_check_env_passes_when_every_variable_is_set(env_folder: Path) -> None:
     assert result.stdout == "valid: 1 definition in 1 organization, 0 warnings.\n"
 
 
+def test_check_env_fails_on_a_signing_secret_the_dispatcher_cannot_sign_with() -> None:
+    case = INVALID / "signing-secret-env-not-whsec"
+    good = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw"
+    env = _environment(ACME_SIGNING_SECRET=good, ACME_NEXT_SIGNING_SECRET="hunter2!")
+    result = run("validate", ".", "--check-env", cwd=case, env=env)
+    assert result.returncode == 1
+    assert result.stdout.splitlines() == [
+        *_expected("signing-secret-env-not-whsec"),
+        "invalid: 1 error, 0 warnings in 1 file.",
+    ]
+    assert "hunter2" not in result.stdout + result.stderr
+    assert good not in result.stdout + result.stderr
+    # The same secret as plain base64 is what the dispatcher signs with too.
+    env = _environment(
+        ACME_SIGNING_SECRET=good, ACME_NEXT_SIGNING_SECRET=good.removeprefix("whsec_")
+    )
+    assert run("validate", ".", "--check-env", cwd=case, env=env).returncode == 0
+    assert run("validate", ".", cwd=case).returncode == 0  # not checked without --check-env
+
+
 def test_without_check_env_unset_variables_are_fine(env_folder: Path) -> None:
     assert run("validate", ".", cwd=env_folder).returncode == 0
 

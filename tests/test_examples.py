@@ -4,11 +4,14 @@
 `examples/invalid/<case>/` is a small webhooks.d tree; loading it (with the
 working directory set to the case folder) must print exactly the lines of its
 `expected.txt`. To add a case, make the folder, write the YAML, then write
-expected.txt by hand from what the message *should* say.
+expected.txt by hand from what the message *should* say. A case with an `env` file
+(NAME=value lines, # comments) is loaded as `validate --check-env` loads it, with
+those variables set and no others.
 """
 
 from __future__ import annotations
 
+import os
 import shutil
 import tracemalloc
 from collections.abc import Callable
@@ -16,7 +19,7 @@ from pathlib import Path
 
 import pytest
 
-from reconciler.loader import load_definitions
+from reconciler.loader import LoadResult, load_definitions
 from reconciler.yamlsource import MAX_FILE_BYTES
 
 EXAMPLES = Path(__file__).resolve().parent / "examples"
@@ -34,6 +37,30 @@ def _case_param(case: Path) -> object:
 
 def _expected(case: Path) -> list[str]:
     return (case / "expected.txt").read_text(encoding="utf-8").splitlines()
+
+
+def _environment(case: Path) -> dict[str, str] | None:
+    """The variables of the case's `env` file; None when it has none."""
+    path = case / "env"
+    if not path.exists():
+        return None
+    lines = path.read_text(encoding="utf-8").splitlines()
+    pairs = [line.split("=", 1) for line in lines if line.strip() and not line.startswith("#")]
+    return {name: value for name, value in pairs}
+
+
+def _load_case(case: Path, monkeypatch: pytest.MonkeyPatch) -> LoadResult:
+    """Load a case as `validate` would, from inside its folder (paths relative to it)."""
+    monkeypatch.chdir(case)
+    variables = _environment(case)
+    if variables is None:
+        return load_definitions(case)
+    for name in list(os.environ):
+        if name not in variables:
+            monkeypatch.delenv(name)
+    for name, value in variables.items():
+        monkeypatch.setenv(name, value)
+    return load_definitions(case, check_env=True)
 
 
 def test_there_are_enough_cases() -> None:
@@ -97,14 +124,22 @@ def test_anchors_aliases_and_merge_keys_expand() -> None:
 
 @pytest.mark.parametrize("case", [_case_param(c) for c in INVALID_CASES])
 def test_invalid_case_reports_exactly_the_expected_lines(
-    case: Path, problem_lines: ProblemLines
+    case: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    assert problem_lines(case) == _expected(case)
+    assert [str(p) for p in _load_case(case, monkeypatch).problems] == _expected(case)
 
 
 @pytest.mark.parametrize("case", INVALID_CASES, ids=lambda p: p.name)
-def test_invalid_case_is_not_ok(case: Path) -> None:
-    assert not load_definitions(case).ok
+def test_invalid_case_is_not_ok(case: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    assert not _load_case(case, monkeypatch).ok
+
+
+def test_a_case_with_an_env_file_is_valid_without_check_env() -> None:
+    # What those cases find is about the environment only: the files themselves pass.
+    with_env = [case for case in INVALID_CASES if _environment(case) is not None]
+    assert with_env
+    for case in with_env:
+        assert load_definitions(case).ok, case.name
 
 
 def test_one_run_reports_every_bad_file(tmp_path: Path, problem_lines: ProblemLines) -> None:
@@ -115,6 +150,8 @@ def test_one_run_reports_every_bad_file(tmp_path: Path, problem_lines: ProblemLi
         files = list(case.rglob("*.y*ml"))
         if [f.relative_to(case).as_posix() for f in files] != ["acme/hook.yaml"]:
             continue
+        if _environment(case) is not None:
+            continue  # its problems need --check-env and its variables
         target = tmp_path / "acme" / f"{case.name}.yaml"
         target.parent.mkdir(exist_ok=True)
         shutil.copyfile(files[0], target)
@@ -239,3 +276,44 @@ def test_files_and_folders_starting_with_a_dot_are_ignored(
     _write(tmp_path, "acme/notes.txt", b"not: [valid")
     assert problem_lines(tmp_path) == []
     assert load_definitions(tmp_path).files == 1
+
+
+@pytest.mark.parametrize(
+    ("text", "written", "name"),
+    [
+        ("at {{time}", "{{time}", "time"),
+        ("at {{time} and on", "{{time}", "time"),
+        ("at {{ time }", "{{ time }", "time"),
+        ("at {{time", "{{time", "time"),
+        ("at {time}}", "{time}}", "time"),
+        ("at { time }}", "{ time }}", "time"),
+        ("at time}}", "time}}", "time"),
+        ("{{event_id}{{name}}", "{{event_id}", "event_id"),
+    ],
+)
+def test_a_placeholder_with_a_brace_too_few_is_an_error(
+    tmp_path: Path, problem_lines: ProblemLines, text: str, written: str, name: str
+) -> None:
+    _write(tmp_path, "acme/hook.yaml", BASE + b"body:\n  text: " + repr(text).encode() + b"\n")
+    assert problem_lines(tmp_path) == [
+        f'acme/hook.yaml:6:9: body.text: unbalanced placeholder "{written}": write {{{{{name}}}}}'
+    ]
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        '{"a": {"b": true}}',  # JSON text in a string
+        "{x} and {name}",  # single braces
+        "{{{time}}}",  # a placeholder in braces
+        "{{time}}}",
+        "{{ 5 and } {{",  # no name beside the braces
+        "runtime}}",  # a longer word than the placeholder
+        "{{name}} {{ time }} {{  event_id  }}",
+    ],
+)
+def test_braces_that_are_not_a_placeholder_stay_text(
+    tmp_path: Path, problem_lines: ProblemLines, text: str
+) -> None:
+    _write(tmp_path, "acme/hook.yaml", BASE + b"body:\n  text: " + repr(text).encode() + b"\n")
+    assert problem_lines(tmp_path) == []

@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import shutil
 import stat
 import subprocess
 import sys
@@ -284,13 +285,13 @@ def _hook() -> dict[str, Any]:
     return dict(hook)
 
 
-def test_the_pre_commit_hook_validates_the_definition_files_it_is_given() -> None:
+def test_the_pre_commit_hook_validates_the_whole_definitions_folder() -> None:
     hook = _hook()
     assert {k: hook[k] for k in ("id", "entry", "language", "pass_filenames")} == {
         "id": "reconciler-validate",
-        "entry": "reconciler validate",
+        "entry": "reconciler validate webhooks.d",
         "language": "python",
-        "pass_filenames": True,
+        "pass_filenames": False,
     }
     files = re.compile(hook["files"])
     for path in ("webhooks.d/acme/a.yaml", "webhooks.d/acme/b.yml", "webhooks.d/x.yaml"):
@@ -307,16 +308,86 @@ def test_this_repository_uses_the_same_hook_as_a_local_one() -> None:
     assert hook == _hook()
 
 
-def test_the_hooks_command_line_validates_every_file_pre_commit_passes() -> None:
-    files = sorted(str(p.relative_to(REPO)) for p in (REPO / "webhooks.d").rglob("*.yaml"))
-    entry = _hook()["entry"].split()
-    assert entry[0] == "reconciler"
-    result = run_cli([*entry[1:], *files], REPO)
-    assert result.returncode == 0, result.stdout
-    # The shared list of variables is among the files, checked but not a definition.
-    definitions = [f for f in files if f != "webhooks.d/shared-env.yaml"]
-    assert len(definitions) == len(files) - 1
-    assert result.stdout.startswith(f"valid: {len(definitions)} definitions in 2 organizations")
+def git(repo: Path, *args: str) -> str:
+    result = subprocess.run(
+        ["git", "-c", "user.name=t", "-c", "user.email=t@example.com", *args],
+        cwd=repo,
+        capture_output=True,
+        text=True,
+        check=True,
+        env={**cli_env(), "GIT_CONFIG_GLOBAL": os.devnull, "GIT_CONFIG_NOSYSTEM": "1"},
+    )
+    return result.stdout
+
+
+def run_hook(hook: dict[str, Any], repo: Path) -> subprocess.CompletedProcess[str] | None:
+    """Run `hook` in `repo` as `git commit` makes pre-commit run it: on the staged
+    files its `files` pattern matches (None: it is skipped, as none does), with
+    their names after `entry` when it passes file names."""
+    staged = git(repo, "diff", "--staged", "--name-only", "--diff-filter=ACMRTUXB").split()
+    matching = [path for path in staged if re.search(hook["files"], path)]
+    if not matching:
+        return None
+    command = [*hook["entry"].split(), *hook.get("args", [])]
+    if hook.get("pass_filenames", True):
+        command += matching
+    return subprocess.run(
+        command,
+        cwd=repo,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+        env=cli_env(PATH=f"{BIN}{os.pathsep}{os.environ.get('PATH', '')}"),
+    )
+
+
+def test_the_hook_catches_a_name_used_in_a_file_the_commit_does_not_touch(
+    tmp_path: Path,
+) -> None:
+    made = run_cli(["init", "defs", "--org", "acme"], tmp_path)
+    assert made.returncode == 0, made.stderr
+    repo = tmp_path / "defs"
+    git(repo, "init", "-q")
+    git(repo, "add", ".")
+    git(repo, "commit", "-q", "-m", "init")
+    example = repo / "webhooks.d" / "acme" / "example.yaml"
+    # A copy that keeps its `name:`, and only the copy is staged.
+    (repo / "webhooks.d" / "acme" / "second.yaml").write_text(
+        example.read_text(encoding="utf-8").replace("rate_limit: 1/s", "rate_limit: 2/s"),
+        encoding="utf-8",
+    )
+    git(repo, "add", "webhooks.d/acme/second.yaml")
+    assert git(repo, "diff", "--staged", "--name-only").split() == ["webhooks.d/acme/second.yaml"]
+
+    result = run_hook(_hook(), repo)
+
+    assert result is not None
+    assert result.returncode == 1, result.stdout + result.stderr
+    assert result.stdout.splitlines() == [
+        "webhooks.d/acme/second.yaml:5:7: name: 'slack-new-rule-violation' is already used "
+        "in organization 'acme' at webhooks.d/acme/example.yaml:5:7",
+        "invalid: 1 error, 0 warnings in 2 files.",
+    ]
+
+
+def test_the_hook_passes_this_repositorys_definitions_and_skips_other_commits(
+    tmp_path: Path,
+) -> None:
+    repo = tmp_path / "repo"
+    shutil.copytree(REPO / "webhooks.d", repo / "webhooks.d")
+    git(repo, "init", "-q")
+    (repo / "README.md").write_text("notes\n", encoding="utf-8")
+    git(repo, "add", "README.md")
+    assert run_hook(_hook(), repo) is None  # no definition in the commit: not run
+    git(repo, "add", "webhooks.d")
+    result = run_hook(_hook(), repo)
+    assert result is not None
+    assert result.returncode == 0, result.stdout + result.stderr
+    # The shared list of variables is checked too, but is not a definition.
+    files = list((repo / "webhooks.d").rglob("*.yaml"))
+    assert repo / "webhooks.d" / "shared-env.yaml" in files
+    assert result.stdout.startswith(f"valid: {len(files) - 1} definitions in 2 organizations")
 
 
 # -- reconciler init -------------------------------------------------------------------------

@@ -1,5 +1,5 @@
-"""`reconciler validate` with several paths (as pre-commit passes the files being
-committed) and `--format github` (one workflow-command annotation per problem)."""
+"""`reconciler validate` with several paths (files and folders, checked together)
+and `--format github` (one workflow-command annotation per problem)."""
 
 from __future__ import annotations
 

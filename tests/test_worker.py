@@ -26,10 +26,21 @@ from urllib.parse import parse_qs
 
 import httpx
 import pytest
-from helpers_state import SUBPROCESS_TIMEOUT, FakeClock, put_specs, spec
+from helpers_state import (
+    SUBPROCESS_TIMEOUT,
+    FakeClock,
+    definition,
+    json_out,
+    put_specs,
+    run_cli,
+    spec,
+    sqlite_url,
+    write_definition,
+)
 from pytest_httpx import HTTPXMock
 from standardwebhooks import Webhook
 
+from reconciler.dispatch.events import EventIn
 from reconciler.dispatch.retry import DEFAULT_SCHEDULE
 from reconciler.dispatch.sender import Sender
 from reconciler.dispatch.service import Dispatcher
@@ -191,6 +202,37 @@ def test_one_id_in_two_organizations_is_sent_twice_and_logged_with_each_organiza
         [f"delivery={globex}", "event=globex/r17:2026-11-30", "webhook=globex/a"],
         [f"delivery={acme}", "event=acme/r17:2026-11-30", "webhook=acme/a"],
     ]
+
+
+def test_time_is_sent_as_render_shows_it_in_whole_seconds(
+    store: SqliteStore, clock: FakeClock, httpx_mock: HTTPXMock, tmp_path: Path
+) -> None:
+    moment = "2026-11-29T18:05:47.882308Z"  # as a client may send it
+    body = {"text": "at {{time}}"}
+    folder = tmp_path / "webhooks.d"
+    write_definition(folder, "acme", definition("a", body=body))
+    live(store, spec("a", body=body))
+    event = {"type": "new_rule_violation", "organization": "acme", "name": "no-public-s3"}
+    # As intake stores it (POST /v1/events, fire), and as a state may hold it already.
+    store.add_event(EventIn.model_validate({**event, "time": moment}).record(), clock())
+    store.add_event(EventRecord(id="evt-stored", description="", time=moment, **event), clock())
+    for _ in range(2):
+        httpx_mock.add_response(status_code=200)
+
+    assert once(store, clock) == 2
+
+    sent = [json.loads(request.content) for request in httpx_mock.get_requests()]
+    assert sent == [{"text": "at 2026-11-29T18:05:47Z"}] * 2
+    shown = run_cli(["render", "a", str(folder), "--time", moment, "--format", "json"], tmp_path)
+    assert shown.returncode == 0, shown.stderr
+    assert json.loads(json_out(shown)["body"]) == sent[0]
+    dry = run_cli(
+        ["fire", "new_rule_violation", "--org", "acme", "--name", "no-public-s3",
+         "--time", moment, "--dry-run", "--format", "json", "--state", sqlite_url(store.path)],
+        tmp_path,
+    )  # fmt: skip
+    assert dry.returncode == 0, dry.stderr
+    assert [json.loads(request["body"]) for request in json_out(dry)] == [sent[0]]
 
 
 def test_500_then_success_retries_when_due_with_the_same_webhook_id(
@@ -1078,6 +1120,33 @@ def test_the_dispatcher_starts_its_delivery_loop_again_if_it_ever_fails(
     assert len(calls) == 2
     assert "the delivery loop failed; starting it again" in caplog.text
     assert "RuntimeError: a bug in the loop" in caplog.text
+
+
+def test_stop_joins_the_database_thread_even_when_the_release_fails(
+    store: SqliteStore, clock: FakeClock, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The caller closes the store once stop() returns: a thread still using the
+    # connection then crashed the whole process.
+    def release(owner: str, now: float) -> int:
+        raise sqlite3.OperationalError("disk I/O error")
+
+    monkeypatch.setattr(store, "release", release)
+    before = set(threading.enumerate())
+
+    async def go() -> tuple[Dispatcher, set[threading.Thread]]:
+        sender = Sender(httpx.AsyncHTTPTransport())
+        dispatcher = Dispatcher(store, sender, clock=clock, env={})
+        dispatcher.start()
+        await asyncio.sleep(0)
+        started = set(threading.enumerate()) - before
+        with pytest.raises(sqlite3.OperationalError):
+            await dispatcher.stop(grace=30)
+        return dispatcher, started  # kept: a collected executor would end its thread
+
+    dispatcher, started = asyncio.run(go())
+    assert any(thread.name.startswith("reconciler-db") for thread in started)
+    assert not [thread for thread in started if thread.is_alive()]
+    assert dispatcher.sender  # still referenced here
 
 
 # -- the worker's parts ------------------------------------------------------------------

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
+import errno
 import logging
 import os
 import signal
@@ -31,6 +32,8 @@ import sys
 import time
 from collections.abc import Callable
 from types import FrameType
+
+from reconciler.errors import ServeError
 
 log = logging.getLogger("reconciler.dispatch")
 
@@ -42,25 +45,51 @@ _STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT)
 
 def listen(host: str, port: int, count: int, backlog: int = 2048) -> list[socket.socket]:
     """`count` listening sockets on one port, one per process (the first picks the
-    port when `port` is 0)."""
-    sockets: list[socket.socket] = []
+    port when `port` is 0). Called before any worker or store thread starts, so a
+    port that cannot be had is one line (ServeError), never a half-started service.
+
+    One socket is bound exclusively. Several share the port (SO_REUSEPORT), which
+    would also let them join a port another process of this user already serves
+    on: a plain bind is tried first, so a port in use is refused either way."""
     try:
-        for _ in range(count):
-            sockets.append(_bind(host, port, backlog))
-            port = sockets[0].getsockname()[1]
-    except OSError:
-        for sock in sockets:
-            sock.close()
-        raise
+        if count > 1:
+            with _bind(host, port, backlog, reuse_port=False) as probe:
+                port = probe.getsockname()[1]
+        sockets: list[socket.socket] = []
+        try:
+            for _ in range(count):
+                sockets.append(_bind(host, port, backlog, reuse_port=count > 1))
+                port = sockets[0].getsockname()[1]
+        except OSError:
+            for sock in sockets:
+                sock.close()
+            raise
+    except OSError as exc:
+        raise ServeError(listen_error(host, port, exc)) from None
     return sockets
 
 
-def _bind(host: str, port: int, backlog: int) -> socket.socket:
+def listen_error(host: str, port: int, exc: OSError) -> str:
+    """The one line `serve` reports when it cannot listen on host:port."""
+    address = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+    if isinstance(exc, socket.gaierror):
+        return f"cannot listen on {address}: unknown host {host!r} (--host)"
+    if exc.errno == errno.EADDRINUSE:
+        return f"port {port} is in use on {host}: stop what listens there or choose another --port"
+    if exc.errno == errno.EACCES:
+        return f"cannot listen on {address}: permission denied (ports below 1024 need privileges)"
+    if exc.errno == errno.EADDRNOTAVAIL:
+        return f"cannot listen on {address}: {host} is not an address of this machine (--host)"
+    return f"cannot listen on {address}: {exc.strerror or exc}"
+
+
+def _bind(host: str, port: int, backlog: int, *, reuse_port: bool) -> socket.socket:
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
     sock = socket.socket(family, socket.SOCK_STREAM)
     try:
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+        if reuse_port:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
         sock.bind((host, port))
         sock.listen(backlog)
     except OSError:

@@ -11,6 +11,7 @@ import socket
 import ssl
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
+from typing import TYPE_CHECKING
 
 import aiohttp
 import httpx
@@ -22,8 +23,12 @@ from reconciler.dispatch.sender import Sender
 from reconciler.dispatch.ssrf import GuardedResolver, NetworkPolicy, guarded_socket
 from reconciler.dispatch.transport import ExactUrlTransport
 from reconciler.dispatch.worker import Database, Worker, WorkerSettings, owner_alive
+from reconciler.errors import ServeError
 from reconciler.store.queue import EventRecord, IntakeResult, QueueStore
 from reconciler.tokens import Access
+
+if TYPE_CHECKING:
+    import uvicorn
 
 log = logging.getLogger("reconciler.dispatch")
 
@@ -201,20 +206,26 @@ class Dispatcher:
         self._wake.set()
 
     async def stop(self, grace: float = DEFAULT_GRACE) -> None:
-        """Stop claiming, let in-flight requests finish within `grace`, release the rest."""
+        """Stop claiming, let in-flight requests finish within `grace`, release the
+        rest; then close the sender and join the database thread, whatever failed
+        before, so the store may be closed once this returns."""
         self.stop_claiming()
-        if self._task is not None:
+        try:
+            if self._task is not None:
+                try:
+                    await asyncio.wait_for(asyncio.shield(self._task), grace)
+                except TimeoutError:
+                    self._task.cancel()
+                    with contextlib.suppress(asyncio.CancelledError):
+                        await self._task
+            released = await self.db.run(self.db.store.release, self.worker.owner, self.clock())
+            if released:
+                log.info("released %d in-flight deliveries for another worker", released)
+        finally:
             try:
-                await asyncio.wait_for(asyncio.shield(self._task), grace)
-            except TimeoutError:
-                self._task.cancel()
-                with contextlib.suppress(asyncio.CancelledError):
-                    await self._task
-        released = await self.db.run(self.db.store.release, self.worker.owner, self.clock())
-        if released:
-            log.info("released %d in-flight deliveries for another worker", released)
-        await self.sender.aclose()
-        self.db.close()
+                await self.sender.aclose()
+            finally:
+                self.db.close()
 
 
 def _new_deliveries(results: Sequence[IntakeResult]) -> int:
@@ -258,17 +269,21 @@ def _no_signal_capture() -> Iterator[None]:
 
 async def serve(
     store: QueueStore,
-    host: str,
-    port: int,
+    sock: socket.socket,
     *,
     settings: WorkerSettings,
     policy: NetworkPolicy,
     grace: float = DEFAULT_GRACE,
     ready: Callable[[int], None] | None = None,
-    sock: socket.socket | None = None,
 ) -> None:
-    """Serve until SIGTERM or SIGINT, then shut down gracefully. `sock`, when given,
-    is a listening socket to accept from instead of binding `host` and `port`."""
+    """Serve on `sock`, a listening socket bound by the caller, until SIGTERM or
+    SIGINT, then shut down gracefully.
+
+    The workers start once the server accepts on `sock`, and whatever ends the
+    serving (a signal, a failed start) stops them in order: claiming stops,
+    in-flight requests finish within `grace`, the rest is released, and the
+    database thread is joined. The caller closes `store` only after this returns:
+    a connection closed under a thread still using it crashes the process."""
     import uvicorn
 
     from reconciler.dispatch.app import create_app
@@ -282,8 +297,6 @@ async def serve(
     # middleware would run on every event.
     config = uvicorn.Config(
         app,
-        host=host,
-        port=port,
         log_level="warning",
         access_log=False,
         lifespan="off",
@@ -302,13 +315,23 @@ async def serve(
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, on_signal)
     with lines_per_turn(loop):
-        dispatcher.start()
-        serving = asyncio.create_task(server.serve(sockets=None if sock is None else [sock]))
-        while not server.started and not serving.done():
-            await asyncio.sleep(0.01)
-        if ready is not None and server.started:
-            ready(server.servers[0].sockets[0].getsockname()[1])
         try:
+            serving = asyncio.create_task(_serve_http(server, sock))
+            while not server.started and not serving.done():
+                await asyncio.sleep(0.01)
+            if server.started:
+                dispatcher.start()
+                if ready is not None:
+                    ready(sock.getsockname()[1])
             await serving
         finally:
             await dispatcher.stop(grace)
+
+
+async def _serve_http(server: uvicorn.Server, sock: socket.socket) -> None:
+    try:
+        await server.serve(sockets=[sock])
+    except SystemExit:
+        # uvicorn ends the process when its start fails. Out of a task, that would
+        # leave the event loop at once, with the workers still holding the store.
+        raise ServeError("the HTTP server could not start; see the log above") from None
