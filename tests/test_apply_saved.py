@@ -439,7 +439,9 @@ def varied(store: Store, folder: Path, state: State) -> dict[str, Any]:
     live = live_specs(store)
     state.set_spec("acme", "gamma", {**live[("acme", "gamma")], "description": "by hand"})
     store.pause("acme", "beta", "HTTP 410", actor="dispatcher")
-    write(folder, "acme", "alpha", headers={"Authorization": "Bearer abc123"}, timeout="5s")
+    write(
+        folder, "acme", "alpha", headers={"Authorization": "Bearer ${env:ACME_TOKEN}"}, timeout="5s"
+    )
     remove(folder, "acme", "vault")
     write(folder, "acme", "delta", body='{ text: "relaxed {{name}}" }')
     return saved(plan_folder(store, folder))

@@ -365,9 +365,9 @@ def test_the_hook_catches_a_name_used_in_a_file_the_commit_does_not_touch(
     assert result is not None
     assert result.returncode == 1, result.stdout + result.stderr
     assert result.stdout.splitlines() == [
-        "webhooks.d/acme/second.yaml:5:7: name: 'slack-new-rule-violation' is already used "
-        "in organization 'acme' at webhooks.d/acme/example.yaml:5:7",
-        "invalid: 1 error, 0 warnings in 2 files.",
+        "webhooks.d/acme/second.yaml:7:7: name: 'slack-new-rule-violation' is already used "
+        "in organization 'acme' at webhooks.d/acme/example.yaml:7:7",
+        "invalid: 1 error, 0 warnings in 3 files.",
     ]
 
 
