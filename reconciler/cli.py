@@ -509,7 +509,9 @@ def export(folder: Path, state: str, organization: str | None) -> None:
     """Write the live state as definition files, one per webhook.
 
     Files go to FOLDER/<organization>/<name>.yaml; planning FOLDER against the
-    same state shows no change.
+    same state shows no change. Organizations and names read from the state are
+    checked as names in definition files are, and every path must stay inside
+    FOLDER: a row that fails is named, and nothing is written.
 
     \b
     Example:
