@@ -13,6 +13,16 @@ from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from typing import Any, Literal, Protocol
 
+from reconciler.errors import NoState
+
+
+def no_state(url: str, reason: str) -> NoState:
+    """The one message for a state that is not where the URL points."""
+    return NoState(
+        f"no state at {url}: {reason} (only `reconciler apply` and `reconciler migrate` "
+        "make a state; check --state or RECONCILER_STATE)"
+    )
+
 
 @dataclass(frozen=True)
 class StateInfo:
