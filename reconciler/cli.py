@@ -242,7 +242,7 @@ state_option = click.option(
     default=DEFAULT_STATE,
     show_default=True,
     help="Where the live state is: sqlite:///PATH (relative) or sqlite:////ABS/PATH. "
-    "Also RECONCILER_STATE.",
+    "Also RECONCILER_STATE. Only apply and migrate make a state that is not there.",
 )
 org_option = click.option("--org", "organization", help="Only this organization.")
 
@@ -425,7 +425,8 @@ def apply(
     organization or more than --delete-share of it needs --force. Every guard is
     checked against the live state under the lock, a saved plan's too. On a
     terminal it asks before changing anything unless --auto-approve; elsewhere it
-    needs --auto-approve.
+    needs --auto-approve. The first apply makes the state when none is there
+    (with --plan, the state must be there).
 
     \b
     Example:
@@ -447,7 +448,8 @@ def apply(
     else:
         organization = definitions_scope(path, organization)
         result = load_or_fail(path)  # files are read once, before the lock is taken
-    store = open_store(state)
+    # The first apply starts the state; a saved plan was made against one that exists.
+    store = open_store(state, create=plan_file is None)
     try:
         if plan_file is None:
             make = lambda: _plan_from_files(result, store, organization)  # noqa: E731
@@ -505,7 +507,7 @@ def history(
     Example:
       reconciler history slack-new-rule-violation --org acme
     """
-    store = open_store(state, must_exist=True)
+    store = open_store(state)
     try:
         entries = list(store.history(organization, name, limit))
     finally:
@@ -530,13 +532,15 @@ def export(folder: Path, state: str, organization: str | None) -> None:
     variables to FOLDER/shared-env.yaml (without --org); planning FOLDER against
     the same state shows no change. Values are written as stored, unmasked (a
     literal that allow_literal lets through too), since the files are definitions
-    to commit.
+    to commit. Organizations and names read from the state are checked as names
+    in definition files are, and every path must stay inside FOLDER: a row that
+    fails is named, and nothing is written.
 
     \b
     Example:
       reconciler export recovered.d && reconciler plan recovered.d
     """
-    store = open_store(state, must_exist=True)
+    store = open_store(state)
     try:
         shared = store.shared_env() if organization is None else None
         written = export_state(store.webhooks(organization), folder, shared)
@@ -591,8 +595,9 @@ def init(folder: Path, organization: str, admins: str, force: bool) -> None:
     for relative in written:
         click.echo(f"wrote {folder / relative}")
     click.echo(
-        "Next: set the repository secret RECONCILER_STATE (the live state's URL), protect "
-        "main with required reviews from code owners, and `pre-commit install`."
+        "Next: set the repository secret RECONCILER_STATE (the live state's URL), make that "
+        "state once with `reconciler migrate`, protect main with required reviews from code "
+        "owners, and `pre-commit install`."
     )
 
 
@@ -602,14 +607,16 @@ def migrate(state: str) -> None:
     """Bring the state's database schema up to date, and list its migrations.
 
     Every command migrates when it opens the state; this does it explicitly,
-    e.g. before starting several dispatchers. Concurrent runs are safe: one
+    e.g. before starting several dispatchers. Where there is no state yet it makes
+    a new, empty one: with apply, the only command that does; every other
+    command refuses a state that is not there. Concurrent runs are safe: one
     migrates, the others wait.
 
     \b
     Example:
       RECONCILER_STATE=postgresql://reconciler@db/reconciler reconciler migrate
     """
-    store = open_store(state)
+    store = open_store(state, create=True)
     try:
         names = store.migrations()
     finally:

@@ -28,8 +28,8 @@ if TYPE_CHECKING:
     from reconciler.dispatch.ssrf import NetworkPolicy
 
 
-def _queue_store(state: str, *, must_exist: bool = False) -> QueueStore:
-    return open_store(state, must_exist=must_exist)  # type: ignore[return-value]
+def _queue_store(state: str) -> QueueStore:
+    return open_store(state)  # type: ignore[return-value]
 
 
 def network_options(command: Callable[..., None]) -> Callable[..., None]:
@@ -113,6 +113,9 @@ def serve_command(
 
     The port is taken before anything starts: one in use is an error (exit 1).
 
+    The state must be there (apply or migrate makes it): on a URL where none is,
+    serve stops at once, naming it.
+
     \b
     Example:
       reconciler serve --port 8080 --concurrency 200
@@ -178,7 +181,7 @@ def _serve_processes(
     def child(slot: int) -> int:
         for other in sockets[:slot] + sockets[slot + 1 :]:
             other.close()
-        store = _queue_store(state, must_exist=True)
+        store = _queue_store(state)
         try:
             run(store, sockets[slot])
         finally:
@@ -296,7 +299,7 @@ def fire(
 
 def _dry_run(record: EventRecord, state: str, fmt: str) -> None:
     """Print what fire would make the dispatcher send for `record`; store nothing."""
-    store = open_store(state, must_exist=True)
+    store = open_store(state)
     try:
         webhooks = store.webhooks(record.organization)
         queued = store.event(record.key) is not None  # type: ignore[attr-defined]
@@ -402,7 +405,7 @@ def list_command(
                 "--event goes with --org: an event id names an event only within its organization"
             )
         event = EventKey(organization, event_id)
-    store = _queue_store(state, must_exist=True)
+    store = _queue_store(state)
     try:
         records = store.deliveries(
             status=status,
@@ -433,7 +436,7 @@ def show_command(delivery_id: str, state: str, fmt: str) -> None:
     Example:
       reconciler deliveries show msg_0f4c...
     """
-    store = _queue_store(state, must_exist=True)
+    store = _queue_store(state)
     try:
         found = store.delivery(delivery_id)
     finally:
@@ -469,7 +472,7 @@ def replay_command(
         raise click.UsageError("give delivery ids or --failed, not both and not neither")
     if since is not None and not all_failed:
         raise click.UsageError("--since goes with --failed")
-    store = _queue_store(state, must_exist=True)
+    store = _queue_store(state)
     try:
         ids = list(delivery_ids)
         if all_failed:

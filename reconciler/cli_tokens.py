@@ -15,8 +15,8 @@ from reconciler.store import open_store
 from reconciler.store.tokens import TokenRecord, TokenStore
 
 
-def _token_store(state: str, *, must_exist: bool = False) -> TokenStore:
-    return cast(TokenStore, open_store(state, must_exist=must_exist))
+def _token_store(state: str) -> TokenStore:
+    return cast(TokenStore, open_store(state))
 
 
 def _scope(token: TokenRecord) -> str:
@@ -80,7 +80,8 @@ def create_command(
     The token alone goes to standard output (with --format json: an object with
     "token" and the token's details); what it is for goes to standard error.
     A token is scoped to the organizations given with --org, or to all of them
-    with --all-orgs; one of the two is required.
+    with --all-orgs; one of the two is required. The state must be there (apply
+    or migrate makes it).
 
     \b
     Example:
@@ -92,7 +93,7 @@ def create_command(
         expires_in = api_tokens.parse_expiry(expires) if expires else None
     except ValueError as exc:
         raise click.BadParameter(str(exc), param_hint="--expires") from None
-    try:  # before the state is opened (or made)
+    try:  # before the state is opened
         api_tokens.check_request(role, organizations, all_organizations, expires_in)
     except TokenError as exc:  # each is about the options given
         raise click.UsageError(str(exc)) from None
@@ -133,7 +134,7 @@ def list_command(fmt: str, state: str) -> None:
     Example:
       reconciler tokens list --format json
     """
-    store = _token_store(state, must_exist=True)
+    store = _token_store(state)
     try:
         found = store.tokens()
     finally:
@@ -180,7 +181,7 @@ def revoke_command(token_id: str, state: str) -> None:
     Example:
       reconciler tokens revoke tok_3f9a0c1d2b4e
     """
-    store = _token_store(state, must_exist=True)
+    store = _token_store(state)
     try:
         record = api_tokens.revoke_token(store, token_id, time.time())
     finally:

@@ -3,6 +3,7 @@
     ReconcilerError            exit 1, message shown as is
      ├── DefinitionsInvalid    the definitions have problems (listed separately)
      ├── StateError            the live state cannot be read or written
+     │    ├── NoState           nothing at the URL is a state (and the command makes none)
      │    ├── StaleState        a saved plan no longer matches the live state
      │    └── LockTimeout       another apply holds the lock
      ├── PlanRefused           a safety guard stops the apply (deletes, mass delete)
@@ -28,6 +29,10 @@ class DefinitionsInvalid(ReconcilerError):
 
 class StateError(ReconcilerError):
     """The live state cannot be opened, read or written."""
+
+
+class NoState(StateError):
+    """No state is where the URL points, and the command is not one that makes a state."""
 
 
 class StaleState(StateError):

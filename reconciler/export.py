@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
@@ -10,8 +11,8 @@ from typing import Any
 import yaml
 
 from reconciler.envaccess import SHARED_ENV_FILE
-from reconciler.errors import ReconcilerError
-from reconciler.model import WebhookSpec
+from reconciler.errors import ReconcilerError, StateError
+from reconciler.model import NAME_PATTERN, NAME_RULE, WebhookSpec
 from reconciler.store.base import LiveWebhook
 
 _FIELD_ORDER = list(WebhookSpec.model_fields)
@@ -51,7 +52,14 @@ def export(
     webhooks: Iterable[LiveWebhook], folder: Path, shared_env: Mapping[str, str] | None = None
 ) -> list[Path]:
     """One file per webhook, at folder/<organization>/<name>.yaml, and the shared list
-    at folder/shared-env.yaml when one is given and not empty; returns the paths."""
+    at folder/shared-env.yaml when one is given and not empty; returns the paths.
+
+    The organization and name become a path, and they come from the state, which
+    anyone with write access to its database can fill: each is checked as a name in
+    a definition file is, and the path must stay inside folder. Every row is
+    checked before anything is written, so a bad one leaves nothing behind.
+    """
+    targets = _targets(list(webhooks), folder)
     written = []
     if shared_env:
         target = folder / SHARED_ENV_FILE
@@ -64,8 +72,7 @@ def export(
         except OSError as exc:
             raise ReconcilerError(f"cannot write {target}: {exc.strerror}") from None
         written.append(target)
-    for webhook in webhooks:
-        target = folder / webhook.organization / f"{webhook.name}.yaml"
+    for webhook, target in targets:
         try:
             target.parent.mkdir(parents=True, exist_ok=True)
             target.write_text(definition_yaml(webhook.spec_dict()), encoding="utf-8")
@@ -73,3 +80,34 @@ def export(
             raise ReconcilerError(f"cannot write {target}: {exc.strerror}") from None
         written.append(target)
     return written
+
+
+def _targets(webhooks: list[LiveWebhook], folder: Path) -> list[tuple[LiveWebhook, Path]]:
+    inside = folder.resolve()
+    targets: list[tuple[LiveWebhook, Path]] = []
+    refused: list[str] = []
+    for webhook in webhooks:
+        target = folder / webhook.organization / f"{webhook.name}.yaml"
+        bad = [
+            field
+            for field, value in (("organization", webhook.organization), ("name", webhook.name))
+            if not re.fullmatch(NAME_PATTERN, value)
+        ]
+        if bad:
+            verb = "is" if len(bad) == 1 else "are"
+            refused.append(
+                f"{_row(webhook)}: its {' and '.join(bad)} {verb} not valid ({NAME_RULE})"
+            )
+        elif not target.resolve().is_relative_to(inside):
+            refused.append(f"{_row(webhook)}: {target} leads outside {folder}")
+        else:
+            targets.append((webhook, target))
+    if refused:
+        raise StateError(
+            "cannot export: the live state holds " + "; ".join(refused) + "; nothing was written"
+        )
+    return targets
+
+
+def _row(webhook: LiveWebhook) -> str:
+    return f"the webhook row organization={webhook.organization!r} name={webhook.name!r}"

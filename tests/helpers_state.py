@@ -116,6 +116,15 @@ def bearer(
     return {"Authorization": f"Bearer {secret}"}
 
 
+def make_state(url: str) -> str:
+    """Make a new, empty state at url, as `reconciler migrate` does, and return url:
+    every command but apply and migrate refuses a state that is not there."""
+    from reconciler.store import open_store
+
+    open_store(url, create=True).close()
+    return url
+
+
 def bearer_at(url: str, *organizations: str, role: str = "admin") -> dict[str, str]:
     """bearer() for the state at `url`, opened and closed around it."""
     from reconciler.store import open_store

@@ -62,7 +62,7 @@ def history(store: Store, **filters: object) -> list[AuditEntry]:
 _DIE_HOLDING_LOCK = """
 import os, signal, sys
 from reconciler.store import open_store
-store = open_store(sys.argv[1])
+store = open_store(sys.argv[1], create=True)  # as apply opens it
 with store.lock("ghost (apply)", 0):
     os.kill(os.getpid(), signal.SIGKILL)
 """

@@ -24,6 +24,7 @@ from helpers_state import (
     definition,
     live_specs,
     load_specs,
+    make_state,
     plan_folder,
     run_cli,
     set_live_spec,
@@ -618,9 +619,10 @@ def test_cli_a_saved_plan_is_refused_after_any_other_apply(project: Path) -> Non
 
 
 def test_cli_a_saved_plan_of_another_state_is_refused(project: Path, tmp_path: Path) -> None:
+    make_state(state_of(project))
     saved = project / "plan.json"
     assert cli(project, "plan", "--out", str(saved)).returncode == 0
-    other = sqlite_url(tmp_path / "other.db")
+    other = make_state(sqlite_url(tmp_path / "other.db"))
     result = run_cli(["apply", "--plan", str(saved), "--auto-approve", "--state", other], project)
     assert result.returncode == 1
     assert "lineage differs" in result.stderr
@@ -654,6 +656,7 @@ def test_cli_a_fresh_saved_plan_applies_exactly(project: Path) -> None:
 
 
 def test_cli_a_tampered_saved_plan_is_refused(project: Path) -> None:
+    make_state(state_of(project))
     saved = project / "plan.json"
     assert cli(project, "plan", "--out", str(saved)).returncode == 0
     data = json.loads(saved.read_text())
@@ -799,6 +802,8 @@ def exits_project(project: Path) -> Path:
 def test_exit_codes(exits_project: Path, applied_first: bool, args: list[str], code: int) -> None:
     if applied_first:
         assert cli(exits_project, "apply", "--auto-approve", "--actor", "a").returncode == 0
+    else:
+        make_state(state_of(exits_project))  # there, and empty
     result = cli(exits_project, *args)
     assert result.returncode == code, result.stdout + result.stderr
     if code != 0:
@@ -827,7 +832,7 @@ def test_a_state_path_below_a_file_is_one_line_not_a_traceback(project: Path) ->
 HOLD_LOCK = """
 import sys
 from reconciler.store import open_store
-store = open_store(sys.argv[1])
+store = open_store(sys.argv[1], create=True)  # as apply opens it
 with store.lock("holder-x", 0):
     print("locked", flush=True)
     sys.stdin.readline()

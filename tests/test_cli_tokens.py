@@ -9,7 +9,7 @@ import time
 from pathlib import Path
 
 import pytest
-from helpers_state import run_cli
+from helpers_state import make_state, run_cli
 
 from reconciler.tokens import token_hash
 
@@ -17,7 +17,14 @@ TOKEN = re.compile(r"rcn_[A-Za-z0-9_-]{43}")
 
 
 @pytest.fixture
-def state(tmp_path: Path) -> str:
+def state(absent: str) -> str:
+    """A state made before the test, as `reconciler migrate` makes it."""
+    return make_state(absent)
+
+
+@pytest.fixture
+def absent(tmp_path: Path) -> str:
+    """The URL of a state that is not there."""
     return f"sqlite:///{tmp_path / 'state.db'}"
 
 
@@ -129,23 +136,26 @@ def test_create_with_json_output(tmp_path: Path, state: str) -> None:
     ],
 )
 def test_a_token_asked_for_wrongly_is_a_usage_error(
-    tmp_path: Path, state: str, args: list[str], words: str
+    tmp_path: Path, absent: str, args: list[str], words: str
 ) -> None:
-    code, out, err = tokens(tmp_path, state, "create", *args)
+    code, out, err = tokens(tmp_path, absent, "create", *args)
     assert code == 2
     assert out == ""
     assert words in err
     assert not (tmp_path / "state.db").exists()  # nothing made, not even the state
 
 
-def test_list_and_revoke_need_an_existing_state(tmp_path: Path, state: str) -> None:
-    for args in (["list"], ["revoke", "tok_x"]):
-        code, _, err = tokens(tmp_path, state, *args)
+def test_create_list_and_revoke_need_an_existing_state(tmp_path: Path, absent: str) -> None:
+    for args in (["create", "--role", "admin", "--org", "acme"], ["list"], ["revoke", "tok_x"]):
+        code, out, err = tokens(tmp_path, absent, *args)
         assert code == 1
-        assert err.startswith("error: no state at ")
+        assert out == ""  # no token printed for a state that is not there
+        assert err.startswith(f"error: no state at {absent}: no such file ")
+    assert not (tmp_path / "state.db").exists()
 
 
-def test_an_empty_list(tmp_path: Path, state: str) -> None:
-    assert run_cli(["migrate", "--state", state], tmp_path).returncode == 0
+def test_an_empty_list(tmp_path: Path, absent: str) -> None:
+    state = absent
+    assert run_cli(["migrate", "--state", state], tmp_path).returncode == 0  # makes it
     assert tokens(tmp_path, state, "list")[:2] == (0, "No tokens.\n")
     assert tokens(tmp_path, state, "list", "--format", "json")[:2] == (0, "[]\n")

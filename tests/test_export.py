@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import json
 import shutil
+import sqlite3
 from pathlib import Path
 
 import pytest
-from helpers_state import EXAMPLES, cli_env, load_specs, run_cli, sqlite_url
+from helpers_state import EXAMPLES, cli_env, load_specs, run_cli, spec, sqlite_url
 
 from reconciler.export import definition_yaml, export
 from reconciler.loader import load_one
@@ -377,3 +378,99 @@ def test_export_to_a_place_it_cannot_write_is_one_error_line(applied: Path, bloc
     result = run_cli(["export", target], applied, env(applied))
     assert result.returncode == 1
     assert result.stderr.startswith("error: ")
+
+
+# -- names read from the state become paths ------------------------------------------------
+
+
+@pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
+def live(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    """A state the examples were applied to, on each backend."""
+    shutil.copytree(EXAMPLES, tmp_path / "webhooks.d")
+    if request.param == "sqlite":
+        url = sqlite_url(tmp_path / "state.db")
+    else:
+        url = request.getfixturevalue("postgres_url")
+    applied = run_cli(["apply", "--auto-approve", "--actor", "t", "--state", url], tmp_path)
+    assert applied.returncode == 0, applied.stderr
+    return url
+
+
+def _insert_row(url: str, organization: str, name: str) -> None:
+    """A webhook row put into the state with SQL, as anyone who can write its database can."""
+    value = spec("hook", "acme").canonical_json()
+    row = (organization, name, value, value, "2026-01-01T00:00:00Z", "2026-01-01T00:00:00Z")
+    columns = "organization, name, spec, applied_spec, created_at, updated_at"
+    if url.startswith("sqlite:"):
+        with sqlite3.connect(url.removeprefix("sqlite:///")) as conn:
+            conn.execute(f"INSERT INTO webhooks ({columns}) VALUES (?, ?, ?, ?, ?, ?)", row)
+        conn.close()
+        return
+    import psycopg
+
+    from reconciler.store.postgres import split_url
+
+    conninfo, schema, _ = split_url(url)
+    with psycopg.connect(conninfo, autocommit=True, options=f"-c search_path={schema}") as conn:
+        conn.execute(f"INSERT INTO webhooks ({columns}) VALUES (%s, %s, %s, %s, %s, %s)", row)
+
+
+def _export_error(project: Path, url: str, folder: str = "out.d") -> str:
+    result = run_cli(["export", folder, "--state", url], project)
+    assert result.returncode == 1, result.stdout
+    (line,) = result.stderr.splitlines()
+    return line
+
+
+def _files(folder: Path) -> list[str]:
+    return sorted(str(p.relative_to(folder)) for p in folder.rglob("*") if p.is_file())
+
+
+@pytest.mark.parametrize(
+    ("organization", "name", "field"),
+    [
+        ("../../escaped", "hook", "organization"),
+        ("acme", "../../../escaped", "name"),
+        ("acme", "sub/dir", "name"),
+        ("/tmp", "hook", "organization"),
+        ("..", "..", "organization and name"),
+        ("acme", "hook\n", "name"),
+        ("Acme Corp", "hook", "organization"),
+    ],
+)
+def test_export_refuses_a_row_whose_names_are_not_names_and_writes_nothing(
+    tmp_path: Path, live: str, organization: str, name: str, field: str
+) -> None:
+    _insert_row(live, organization, name)
+    before = _files(tmp_path)
+    line = _export_error(tmp_path, live)
+    row = f"organization={organization!r} name={name!r}"
+    assert line.startswith(f"error: cannot export: the live state holds the webhook row {row}: ")
+    verb = "are" if " and " in field else "is"
+    assert f"its {field} {verb} not valid (1 to 63 characters" in line
+    assert line.endswith("; nothing was written")
+    assert not (tmp_path / "out.d").exists()
+    assert _files(tmp_path) == before  # nothing written, inside or out:
+    assert not (tmp_path.parent / "escaped").exists()
+    assert not (tmp_path.parent / "escaped.yaml").exists()
+
+
+def test_export_names_every_bad_row(tmp_path: Path, live: str) -> None:
+    _insert_row(live, "../up", "a")
+    _insert_row(live, "acme", "../b")
+    line = _export_error(tmp_path, live)
+    assert "organization='../up' name='a'" in line and "organization='acme' name='../b'" in line
+    assert not (tmp_path / "out.d").exists()
+
+
+def test_export_refuses_a_path_that_leads_outside_its_folder(tmp_path: Path, live: str) -> None:
+    # An organization folder in FOLDER that links elsewhere: the files would land there.
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    (tmp_path / "out.d").mkdir()
+    (tmp_path / "out.d" / "acme").symlink_to(elsewhere)
+    line = _export_error(tmp_path, live)
+    assert "organization='acme' name='slack-new-rule-violation'" in line
+    assert "leads outside out.d" in line
+    assert list(elsewhere.iterdir()) == []
+    assert list((tmp_path / "out.d").iterdir()) == [tmp_path / "out.d" / "acme"]

@@ -20,7 +20,7 @@ from typing import Any
 
 import pytest
 import yaml
-from helpers_state import REPO, cli_env, run_cli
+from helpers_state import REPO, cli_env, make_state, run_cli
 
 from reconciler import scaffold
 from reconciler.schema import webhook_schema_text
@@ -175,7 +175,7 @@ def test_the_plan_steps_annotate_problems_and_write_one_comment(
     definitions: Path, tmp_path: Path
 ) -> None:
     plan = workflow("webhooks-plan.yml")
-    runner = Runner(definitions, tmp_path, f"sqlite:///{tmp_path / 'state.db'}")
+    runner = Runner(definitions, tmp_path, make_state(f"sqlite:///{tmp_path / 'state.db'}"))
 
     validated = runner.run(plan, "plan", "Validate")
     assert validated.returncode == 0, validated.stdout + validated.stderr
@@ -421,6 +421,11 @@ def test_init_makes_a_repository_that_validates_and_plans_at_once(tmp_path: Path
     validated = run_cli(["validate"], repo)
     assert validated.returncode == 0, validated.stdout
     assert validated.stdout == "valid: 1 definition in 1 organization, 0 warnings.\n"
+    assert "`reconciler migrate`" in made.stdout.splitlines()[-1]  # the Next: line
+    assert run_cli(["plan"], repo).returncode == 1  # no state yet: nothing made
+    assert not (repo / ".reconciler").exists()
+    migrated = run_cli(["migrate"], repo)
+    assert migrated.returncode == 0, migrated.stderr
     planned = run_cli(["plan", "--detailed-exitcode"], repo)
     assert planned.returncode == 2, planned.stdout + planned.stderr  # 2: there are changes
     assert "+ slack-new-rule-violation" in planned.stdout

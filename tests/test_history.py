@@ -84,6 +84,9 @@ def story(tmp_path_factory: pytest.TempPathFactory) -> Story:
         git(root, "commit", "-q", "-m", message)
         told.commits.append(git(root, "rev-parse", "HEAD"))
 
+    made = told.cli("migrate")  # the state the first plan compares with
+    assert made.returncode == 0, made.stderr
+
     def apply(*args: str, **env: str) -> None:
         # The plan a reviewer saw, saved and applied as it is: the audit log names it.
         saved = plans / f"plan-{len(told.checksums)}.json"

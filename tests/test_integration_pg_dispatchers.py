@@ -289,7 +289,7 @@ HOLDER = """\
 import sys
 from reconciler.store import open_store
 
-store = open_store(sys.argv[1])
+store = open_store(sys.argv[1], create=True)  # as apply opens it
 try:
     with store.lock("holder-x", 0):
         print("locked", flush=True)

@@ -15,6 +15,7 @@ from helpers_state import (
     assert_no_traceback,
     cli_env,
     definition,
+    make_state,
     put_specs,
     run_cli,
     set_live_spec,
@@ -610,6 +611,7 @@ def project(tmp_path: Path) -> Path:
     folder = tmp_path / "webhooks.d"
     write_definition(folder, "acme", definition("a"))
     write_definition(folder, "acme", definition("b", method="GET", body=None, headers=None))
+    make_state(sqlite_url(tmp_path / "s.db"))  # new and empty: plan compares with nothing
     return tmp_path
 
 

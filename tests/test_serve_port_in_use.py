@@ -61,7 +61,7 @@ def taken_port() -> Iterator[int]:
 
 
 def pending(url: str) -> list[tuple[str, int]]:
-    store: QueueStore = open_store(url, must_exist=True)  # type: ignore[assignment]
+    store: QueueStore = open_store(url)  # type: ignore[assignment]
     try:
         return [(r.status, r.attempts) for r in store.deliveries(limit=100)]
     finally:

@@ -79,7 +79,7 @@ def test_the_audit_log_refuses_update_and_delete(factory: PostgresFactory) -> No
 
 
 def test_open_store_selects_postgres_and_hides_the_password(postgres_url: str) -> None:
-    store = open_store(postgres_url)
+    store = open_store(postgres_url, create=True)
     try:
         assert isinstance(store, PostgresStore)
         assert store.migrations() == [
@@ -141,7 +141,10 @@ def test_an_unreachable_server_is_one_clear_state_error() -> None:
 
 
 def test_processes_starting_at_once_migrate_once(postgres_url: str) -> None:
-    code = "import sys; from reconciler.store import open_store; open_store(sys.argv[1]).close()"
+    code = (
+        "import sys; from reconciler.store import open_store; "
+        "open_store(sys.argv[1], create=True).close()"  # as migrate opens it
+    )
     children = [
         subprocess.Popen([sys.executable, "-c", code, postgres_url], cwd=REPO) for _ in range(4)
     ]

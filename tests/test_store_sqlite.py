@@ -187,7 +187,7 @@ def test_a_state_of_the_schema_before_per_organization_events_keeps_every_row(
 def test_a_file_that_is_not_a_database_is_a_state_error(tmp_path: Path) -> None:
     path = tmp_path / "state.db"
     path.write_bytes(b"this is not a database file, not at all" * 100)
-    with pytest.raises(StateError, match="cannot open the state"):
+    with pytest.raises(StateError, match="is not a reconciler state: file is not a database"):
         SqliteStore(path)
 
 
@@ -203,7 +203,7 @@ def test_a_state_path_below_a_regular_file_is_a_state_error(tmp_path: Path) -> N
 
 
 def test_open_store_opens_sqlite_urls(tmp_path: Path) -> None:
-    store = open_store(sqlite_url(tmp_path / "s.db"))
+    store = open_store(sqlite_url(tmp_path / "s.db"), create=True)
     try:
         assert isinstance(store, SqliteStore)
         assert store.url == sqlite_url(tmp_path / "s.db")
@@ -432,9 +432,7 @@ def test_a_write_locked_out_for_the_busy_timeout_fails_and_changes_nothing(
     store = SqliteStore(path, clock=clock, sleep=lambda seconds: clock.sleep(5.0))
     try:
         other.execute("BEGIN IMMEDIATE")
-        with pytest.raises(
-            sqlite3.OperationalError, match="locked by another process for over 30s"
-        ):
+        with pytest.raises(StateError, match="locked by another process for over 30s"):
             store.add_event(_event("evt-1"), 0.0)
         other.execute("COMMIT")
         assert store.deliveries() == []

@@ -34,19 +34,21 @@ def state_url(explicit: str | None) -> str:
     return explicit or os.environ.get("RECONCILER_STATE") or DEFAULT_STATE
 
 
-def open_store(url: str, *, must_exist: bool = False) -> Store:
-    """Open the state; with must_exist, a missing SQLite file is an error rather than
-    a new empty state (for commands that only read)."""
+def open_store(url: str, *, create: bool = False) -> Store:
+    """Open the live state at url.
+
+    The one rule for every command: only the commands that make a state pass
+    create=True (`apply`, whose first run starts the state, and `migrate`). Every
+    other command opens a state that is there, or fails with NoState naming the URL
+    it looked at: a mistyped --state makes no file, folder, schema or table. "There"
+    means a SQLite file, not empty, holding reconciler's tables, or a PostgreSQL
+    schema holding them. A file that is not a reconciler state (corrupt, truncated,
+    another program's) is refused by every command, one line naming it.
+    """
     if url.startswith("sqlite:///"):
         from reconciler.store.sqlite import SqliteStore
 
-        path = Path(url.removeprefix("sqlite:///"))
-        if must_exist and not path.exists():
-            raise StateError(
-                f"no state at {path}: nothing was applied there yet (check --state or "
-                "RECONCILER_STATE)"
-            )
-        return SqliteStore(path)
+        return SqliteStore(Path(url.removeprefix("sqlite:///")), create=create)
     if url.startswith(("postgresql://", "postgres://")):
         try:
             import psycopg  # noqa: F401
@@ -57,6 +59,6 @@ def open_store(url: str, *, must_exist: bool = False) -> Store:
             ) from None
         from reconciler.store.postgres import PostgresStore
 
-        return PostgresStore(url)
+        return PostgresStore(url, create=create)
     scheme = url.split("://", 1)[0] if "://" in url else url
     raise StateError(f"unknown state URL scheme {scheme!r}: use sqlite:///PATH or postgresql://...")

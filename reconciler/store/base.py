@@ -14,6 +14,15 @@ from dataclasses import dataclass
 from typing import Any, Literal, Protocol
 
 from reconciler.envaccess import EnvAccess
+from reconciler.errors import NoState
+
+
+def no_state(url: str, reason: str) -> NoState:
+    """The one message for a state that is not where the URL points."""
+    return NoState(
+        f"no state at {url}: {reason} (only `reconciler apply` and `reconciler migrate` "
+        "make a state; check --state or RECONCILER_STATE)"
+    )
 
 
 @dataclass(frozen=True)

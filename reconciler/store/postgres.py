@@ -33,6 +33,7 @@ from reconciler.store.base import (
     audit_rows,
     shared_env_from_text,
     shared_env_text,
+    no_state,
 )
 from reconciler.store.postgres_migrations import MIGRATIONS
 from reconciler.store.postgres_queue import PostgresQueue
@@ -48,6 +49,16 @@ except ImportError as exc:  # pragma: no cover - depends on the install
 
 _POLL_SECONDS = 0.1
 DEFAULT_POOL_SIZE = 5
+
+# The server, its disk, a trigger or a permission refused what a transaction did
+# (psycopg has rolled it back whole): one line for the user. Any other error of a
+# statement (a syntax error, a constraint) is a bug and keeps its traceback.
+_REFUSALS = (
+    psycopg.OperationalError,  # the connection, a full disk (DiskFull), resources
+    psycopg.InternalError,  # e.g. a read-only transaction, a server's internal error
+    psycopg.errors.RaiseException,  # a trigger's RAISE EXCEPTION
+    psycopg.errors.InsufficientPrivilege,
+)
 
 
 def _now() -> str:
@@ -78,9 +89,13 @@ class PostgresStore(PostgresQueue):
         self,
         url: str,
         *,
+        create: bool = True,
         clock: Callable[[], float] = time.monotonic,
         sleep: Callable[[float], None] = time.sleep,
     ) -> None:
+        """Open the state in the URL's schema. create=False (every command but those
+        that make a state): the schema must be there and hold reconciler's tables;
+        nothing is created."""
         self.url = shown_url(url)
         self._clock = clock
         self._sleep = sleep
@@ -91,7 +106,10 @@ class PostgresStore(PostgresQueue):
         }
         try:
             with psycopg.connect(conninfo, autocommit=True, connect_timeout=10) as conn:
-                _create_schema(conn, self.schema)
+                if create:
+                    _create_schema(conn, self.schema)
+                else:
+                    _check_there(conn, self.schema, self.url)
         except psycopg.Error as exc:
             raise StateError(f"cannot open the state at {self.url}: {_reason(exc)}") from None
         self._pool = ConnectionPool(
@@ -119,7 +137,11 @@ class PostgresStore(PostgresQueue):
                 if not durable:
                     cur.execute("SET LOCAL synchronous_commit = off")
                 yield cur
-        except psycopg.OperationalError as exc:
+        except psycopg.errors.DiskFull as exc:
+            raise StateError(
+                f"could not write the state at {self.url}: the disk is full ({_reason(exc)})"
+            ) from None
+        except _REFUSALS as exc:
             raise StateError(f"the state at {self.url} failed: {_reason(exc)}") from None
 
     def _migrate(self) -> None:
@@ -419,6 +441,21 @@ def _create_schema(conn: psycopg.Connection[Any], schema: str) -> None:
     # Made by the other session: it exists, which is all that is needed.
     with contextlib.suppress(psycopg.errors.UniqueViolation, psycopg.errors.DuplicateSchema):
         conn.execute(f'CREATE SCHEMA IF NOT EXISTS "{schema}"')
+
+
+def _check_there(conn: psycopg.Connection[Any], schema: str, url: str) -> None:
+    """A state is a schema holding reconciler's tables; raise NoState otherwise."""
+    found = conn.execute(
+        "SELECT EXISTS (SELECT 1 FROM pg_namespace WHERE nspname = %s), "
+        "EXISTS (SELECT 1 FROM pg_tables WHERE schemaname = %s "
+        "AND tablename = 'schema_migrations')",
+        (schema, schema),
+    ).fetchone()
+    schema_there, tables_there = found or (False, False)
+    if not schema_there:
+        raise no_state(url, f"the schema {schema} does not exist")
+    if not tables_there:
+        raise no_state(url, f"the schema {schema} holds no reconciler tables")
 
 
 def _dead_here(pid: int, host: str) -> bool:

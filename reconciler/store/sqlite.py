@@ -4,23 +4,33 @@ Every unit of work is one transaction. Writers take SQLite's write lock with
 BEGIN IMMEDIATE, so an apply and a running dispatcher can share the file; the
 apply lock is a row in `locks` naming its holder, so a waiting apply can say
 who it waits for.
+
+SQLite's errors stop at this module's boundary: a full disk, a failing write or
+a corrupt page leaves every public method as a StateError naming the state and
+the cause, after the transaction it broke was rolled back whole.
 """
 
 from __future__ import annotations
 
+import contextlib
+import functools
+import inspect
 import json
 import os
 import socket
 import sqlite3
+import stat
 import time
 import uuid
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any, TypeVar
+from urllib.parse import quote
 
 from reconciler.envaccess import EnvAccess
-from reconciler.errors import LockTimeout, StaleState, StateError
+from reconciler.errors import LockTimeout, NoState, StaleState, StateError
 from reconciler.store.base import (
     SHARED_ENV_KEY,
     AuditEntry,
@@ -31,6 +41,7 @@ from reconciler.store.base import (
     audit_rows,
     shared_env_from_text,
     shared_env_text,
+    no_state,
 )
 from reconciler.store.migrations import MIGRATIONS
 from reconciler.store.sqlite_queue import SqliteQueue
@@ -48,14 +59,77 @@ BUSY_TIMEOUT = 30.0  # seconds a statement waits for another process's write
 MIN_SQLITE = (3, 38, 0)  # the JSON operators -> and ->> (the queue's batch statements)
 
 
+def _translatable(exc: sqlite3.Error) -> bool:
+    """Errors of the database and the disk under it, as opposed to a bug in a
+    statement (ProgrammingError, IntegrityError...), which keeps its traceback."""
+    return isinstance(exc, sqlite3.OperationalError | sqlite3.InternalError) or (
+        type(exc) is sqlite3.DatabaseError
+    )
+
+
+def state_error(exc: sqlite3.Error, url: str, doing: str) -> StateError:
+    """SQLite's error as the one line the user reads; `doing` is open, read or write."""
+    code = (getattr(exc, "sqlite_errorcode", None) or 0) & 0xFF
+    if code in (sqlite3.SQLITE_CORRUPT, sqlite3.SQLITE_NOTADB):
+        return StateError(f"{url} is not a reconciler state: {exc}")
+    if code == sqlite3.SQLITE_FULL:
+        return StateError(f"could not write the state at {url}: the disk is full ({exc})")
+    return StateError(f"could not {doing} the state at {url}: {exc}")
+
+
+_C = TypeVar("_C", bound=type)
+
+
+def _errors_translated(cls: _C) -> _C:
+    """Wrap every public method (the queue's too) so that SQLite's errors leave the
+    store as StateError: a page found corrupt halfway through a read is one line,
+    like a file that is not a database at all."""
+    for name in dir(cls):
+        method = inspect.getattr_static(cls, name)
+        if not name.startswith("_") and inspect.isfunction(method):
+            setattr(cls, name, _translating(method))
+    return cls
+
+
+def _translating(method: Callable[..., Any]) -> Callable[..., Any]:
+    if inspect.isgeneratorfunction(method):
+
+        @functools.wraps(method)
+        def generator(self: SqliteStore, *args: Any, **kwargs: Any) -> Iterator[Any]:
+            try:
+                yield from method(self, *args, **kwargs)
+            except sqlite3.Error as exc:
+                if not _translatable(exc):
+                    raise
+                raise state_error(exc, self.url, "read") from exc
+
+        return generator
+
+    @functools.wraps(method)
+    def call(self: SqliteStore, *args: Any, **kwargs: Any) -> Any:
+        try:
+            return method(self, *args, **kwargs)
+        except sqlite3.Error as exc:
+            if not _translatable(exc):
+                raise
+            raise state_error(exc, self.url, "read") from exc
+
+    return call
+
+
+@_errors_translated
 class SqliteStore(SqliteQueue):
     def __init__(
         self,
         path: Path,
         *,
+        create: bool = True,
         clock: Callable[[], float] = time.monotonic,
         sleep: Callable[[float], None] = time.sleep,
     ) -> None:
+        """Open the state in the file at path. create=False (every command but those
+        that make a state): the file must be there and hold reconciler's tables;
+        nothing is created, not even the folder."""
         self.path = path
         self.url = f"sqlite:///{path}"
         self._clock = clock
@@ -66,25 +140,66 @@ class SqliteStore(SqliteQueue):
                 f"cannot open the state at {path}: SQLite {sqlite3.sqlite_version} is too old "
                 f"(this Python's sqlite3 module; {need} or newer is needed)"
             )
-        try:
-            path.parent.mkdir(parents=True, exist_ok=True)
-        except OSError as exc:
-            raise StateError(f"cannot open the state at {path}: {exc.strerror}") from None
+        if create:
+            try:
+                path.parent.mkdir(parents=True, exist_ok=True)
+            except OSError as exc:
+                raise StateError(f"cannot open the state at {path}: {exc.strerror}") from None
+        self._check_file(create)
         try:
             self._db = sqlite3.connect(
-                path, isolation_level=None, timeout=BUSY_TIMEOUT, check_same_thread=False
+                path if create else f"file:{quote(str(path))}?mode=rw",  # rw: never creates
+                isolation_level=None,
+                timeout=BUSY_TIMEOUT,
+                check_same_thread=False,
+                uri=not create,
             )
         except sqlite3.Error as exc:
-            raise StateError(f"cannot open the state at {path}: {exc}") from None
+            raise state_error(exc, self.url, "open") from None
         try:
+            # The first read, before any write: a file that is not a database (or
+            # not one of ours, where nothing may be made) is refused as it is.
+            if not self._has_tables() and not create:
+                raise no_state(self.url, "the file holds no reconciler tables")
             self._db.execute("PRAGMA journal_mode=WAL")
             self._db.execute("PRAGMA synchronous=FULL")
             self._synchronous = "FULL"
             self._db.execute("PRAGMA foreign_keys=ON")
             self._migrate()
-        except sqlite3.DatabaseError as exc:
+        except sqlite3.Error as exc:
             self._db.close()
-            raise StateError(f"cannot open the state at {path}: {exc}") from None
+            if not _translatable(exc):
+                raise
+            raise state_error(exc, self.url, "open") from None
+        except BaseException:
+            self._db.close()
+            raise
+
+    def _check_file(self, create: bool) -> None:
+        """Refuse what is at the path but cannot be a state, and, unless this opening
+        may make a state, a file that is not there or empty (SQLite would take either
+        as a new, empty database)."""
+        try:
+            found = self.path.stat()
+        except FileNotFoundError:
+            if create:
+                return
+            raise no_state(self.url, "no such file") from None
+        except OSError as exc:
+            raise StateError(f"could not open the state at {self.url}: {exc.strerror}") from None
+        if stat.S_ISDIR(found.st_mode):
+            raise NoState(f"{self.url} is a folder, not a reconciler state")
+        if found.st_size == 0 and not create:
+            raise NoState(
+                f"{self.url} is empty (0 bytes): not a reconciler state; "
+                "remove it to start a new state"
+            )
+
+    def _has_tables(self) -> bool:
+        row = self._db.execute(
+            "SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'schema_migrations'"
+        ).fetchone()
+        return row is not None
 
     # -- transactions -------------------------------------------------------
 
@@ -93,18 +208,36 @@ class SqliteStore(SqliteQueue):
         """One write transaction. durable=False skips the flush to disk at commit:
         still safe when the process is killed (the WAL is in the OS's hands), and
         used only where losing the write to a power cut costs a duplicate delivery,
-        never an accepted event: claims and attempt records."""
-        level = "FULL" if durable else "NORMAL"
-        if level != self._synchronous:
-            self._db.execute(f"PRAGMA synchronous={level}")
-            self._synchronous = level
-        self._begin()
+        never an accepted event: claims and attempt records.
+
+        Whatever fails, in the body or at COMMIT (a full disk fails there too), the
+        transaction is rolled back whole and the cause is what is raised: SQLite
+        may have rolled it back itself already, and a ROLLBACK then would fail
+        and hide it."""
+        try:
+            level = "FULL" if durable else "NORMAL"
+            if level != self._synchronous:
+                self._db.execute(f"PRAGMA synchronous={level}")
+                self._synchronous = level
+            self._begin()
+        except sqlite3.Error as exc:
+            if not _translatable(exc):
+                raise
+            raise state_error(exc, self.url, "write") from exc
         try:
             yield self._db
-        except BaseException:
-            self._db.execute("ROLLBACK")
+            self._db.execute("COMMIT")
+        except BaseException as exc:
+            self._rollback()
+            if isinstance(exc, sqlite3.Error) and _translatable(exc):
+                raise state_error(exc, self.url, "write") from exc
             raise
-        self._db.execute("COMMIT")
+
+    def _rollback(self) -> None:
+        if self._db.in_transaction:
+            # A connection SQLite cannot roll back has nothing committed either.
+            with contextlib.suppress(sqlite3.Error):
+                self._db.execute("ROLLBACK")
 
     def _begin(self) -> None:
         """BEGIN IMMEDIATE, waiting for another process's write transaction in short
@@ -124,8 +257,9 @@ class SqliteStore(SqliteQueue):
                 now = self._clock()
                 deadline = deadline or now + BUSY_TIMEOUT
                 if now >= deadline:
-                    raise sqlite3.OperationalError(
-                        f"the state is locked by another process for over {BUSY_TIMEOUT:g}s"
+                    raise LockTimeout(
+                        f"could not write the state at {self.url}: it is locked by another "
+                        f"process for over {BUSY_TIMEOUT:g}s"
                     )
                 self._sleep(pause)
                 pause = min(pause * 2, 0.002)
@@ -306,9 +440,17 @@ class SqliteStore(SqliteQueue):
             self._sleep(_POLL_SECONDS)
         try:
             yield
-        finally:
-            with self._write() as db:
-                db.execute("DELETE FROM locks WHERE name = 'apply' AND token = ?", (token,))
+        except BaseException:
+            # What failed is what is reported: a release that fails too (the same full
+            # disk) leaves a row that the next apply sees as abandoned once we exit.
+            with contextlib.suppress(StateError):
+                self._release(token)
+            raise
+        self._release(token)
+
+    def _release(self, token: str) -> None:
+        with self._write() as db:
+            db.execute("DELETE FROM locks WHERE name = 'apply' AND token = ?", (token,))
 
     def _try_lock(self, holder: str, token: str) -> tuple[str, int, str, str] | None:
         """Take the lock and return None, or return who holds it."""
