@@ -31,9 +31,9 @@ from reconciler.store.base import (
     StateInfo,
     Write,
     audit_rows,
+    no_state,
     shared_env_from_text,
     shared_env_text,
-    no_state,
 )
 from reconciler.store.postgres_migrations import MIGRATIONS
 from reconciler.store.postgres_queue import PostgresQueue

@@ -39,9 +39,9 @@ from reconciler.store.base import (
     StateInfo,
     Write,
     audit_rows,
+    no_state,
     shared_env_from_text,
     shared_env_text,
-    no_state,
 )
 from reconciler.store.migrations import MIGRATIONS
 from reconciler.store.sqlite_queue import SqliteQueue
