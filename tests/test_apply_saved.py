@@ -41,7 +41,7 @@ class State:
     path: Path | None = None
 
     def open(self) -> Store:
-        return open_store(self.url)
+        return open_store(self.url, create=True)
 
     def out_of_band(self, sql: str, *args: Any) -> None:
         """Run SQL on the state directly, as a hand edit would: the serial stays."""

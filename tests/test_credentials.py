@@ -404,7 +404,7 @@ def state_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
 
 @pytest.fixture
 def store(state_url: str) -> Iterator[Store]:
-    made = open_store(state_url)
+    made = open_store(state_url, create=True)
     try:
         yield made
     finally:
@@ -551,6 +551,7 @@ def test_the_cli_masks_allowed_literals_in_plan_and_history(tmp_path: Path) -> N
     outputs = []
     for args in (
         ["validate"],
+        ["migrate"],
         ["plan"],
         ["plan", "--format", "json"],
         ["plan", "--format", "markdown"],

@@ -20,6 +20,7 @@ from helpers_state import (
     FakeClock,
     cli_env,
     definition,
+    make_state,
     put_specs,
     run_cli,
     spec,
@@ -441,7 +442,7 @@ def test_plan_text_shows_the_shared_list_changes(tmp_path: Path) -> None:
     folder = tmp_path / "webhooks.d"
     write_definition(folder, "acme", definition("a"))
     shared_file(folder, "shared:\n  RELAY_TOKEN: The relay.\n")
-    state = sqlite_url(tmp_path / "state.db")
+    state = make_state(sqlite_url(tmp_path / "state.db"))
     result = run_cli(["plan", "--state", state], cwd=tmp_path)
     assert result.returncode == 0, result.stderr
     assert "Shared variables (webhooks.d/shared-env.yaml; every organization may read them)\n" in (

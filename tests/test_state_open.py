@@ -307,6 +307,8 @@ def test_damage_found_while_reading_is_one_line(project: Path) -> None:
 def _grow(project: Path) -> None:
     """Edit every definition so that applying them needs more room in the state."""
     for path in (project / "webhooks.d").rglob("*.yaml"):
+        if path.name == "shared-env.yaml":  # the shared list of variables, no definition
+            continue
         data = yaml.safe_load(path.read_text(encoding="utf-8"))
         data["description"] = "a long description " * 2000
         path.write_text(yaml.safe_dump(data), encoding="utf-8")
