@@ -472,7 +472,11 @@ def test_hanging_and_endless_receivers_cost_one_slot_each_not_the_process(
 
     assert peak_kb < MEMORY_BOUND_KB, f"serve peaked at {peak_kb} kB{server}"
     streamed = [a for a in receiver.answers() if a.fault in (Fault.HUGE, Fault.ENDLESS)]
-    assert len(streamed) == 2 * STREAMS
+    # One request per delivery, or more where a 1 s timeout on a loaded machine made
+    # the dispatcher try again (with the same webhook-id): every delivery was streamed.
+    numbers = {a.number for a in streamed}
+    ids = {r.header("webhook-id") for r in receiver.requests() if r.number in numbers}
+    assert len(ids) == 2 * STREAMS
     # The dispatcher hung up on every one, far before its end (or the cap).
     assert all(a.hung_up and not a.capped for a in streamed), server
     assert all(a.body_bytes < STREAM_CAP for a in streamed)
