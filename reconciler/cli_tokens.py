@@ -37,7 +37,8 @@ def tokens() -> None:
     Roles, each within the token's organizations:
       admin      send events, read deliveries, replay them
       publisher  send events (POST /v1/events)
-      auditor    read deliveries (GET /v1/deliveries...)
+      auditor    read deliveries and endpoint health (GET /v1/deliveries...,
+                 GET /v1/webhooks/status)
       metrics    only what every role may: Prometheus' scraping credential
     Any valid token reads /openapi.json, and /metrics for its organizations
     (with --all-orgs, the whole installation's too); /healthz needs none.

@@ -317,6 +317,13 @@ def _apply_mask(text: str, spans: Sequence[tuple[int, int, str]]) -> str:
     return "".join(out)
 
 
+def mask_text(text: str) -> str:
+    """Free text (an attempt's error, a pause reason) with every literal credential in
+    it masked: a URL's user info, secret query values and secret-bearing paths, known
+    token shapes and random-looking runs."""
+    return _apply_mask(text, text_spans(text))
+
+
 @dataclass(frozen=True)
 class Hit:
     """A literal credential: where it is in the definition, and why it is one."""

@@ -42,6 +42,11 @@ def mask_url(url: str) -> str:
     return credentials.mask({"url": url})["url"]
 
 
+def mask_text(text: str) -> str:
+    """Free text that may quote a URL or a token (an attempt's error), fit to show."""
+    return credentials.mask_text(text)
+
+
 def mask_spec(spec: dict[str, Any]) -> dict[str, Any]:
     """A canonical definition fit to show: in plans, history, the audit log, logs and errors."""
     return credentials.mask(spec)

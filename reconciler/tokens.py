@@ -8,9 +8,9 @@ as safe and costs nothing on every request.
 
 Roles, each within the token's organizations:
 
-    admin      send events, read deliveries, replay them
+    admin      send events, read deliveries and endpoint health, replay them
     publisher  send events
-    auditor    read deliveries
+    auditor    read deliveries and endpoint health
     metrics    nothing more than every role may: Prometheus' credential
 
 Every valid token may read /openapi.json, and /metrics for its organizations: the

@@ -62,6 +62,7 @@ OPERATIONS = [
     ("GET", "/v1/deliveries"),
     ("GET", "/v1/deliveries/{delivery_id}"),
     ("POST", "/v1/deliveries/{delivery_id}/replay"),
+    ("GET", "/v1/webhooks/status"),
     ("GET", "/metrics"),
     ("GET", "/healthz"),
 ]
@@ -230,6 +231,9 @@ def test_a_token_of_one_organization_never_reaches_another(
             assert case.body["organization"] == "acme"
         elif path == "/v1/deliveries":
             assert {d["organization"] for d in data["deliveries"]} <= {"acme"}
+        elif path == "/v1/webhooks/status":
+            assert {w["organization"] for w in data["webhooks"]} <= {"acme"}
+            assert "globex" not in response.text
         else:
             assert case.path_parameters["delivery_id"] in own
 
@@ -298,6 +302,7 @@ FORBIDDEN = [
     ("publisher", "GET", "/v1/deliveries/{delivery_id}"),
     ("publisher", "POST", "/v1/deliveries/{delivery_id}/replay"),
     ("auditor", "POST", "/v1/deliveries/{delivery_id}/replay"),
+    ("publisher", "GET", "/v1/webhooks/status"),
 ]
 
 

@@ -1,4 +1,5 @@
-"""The HTTP API: event intake, deliveries, replay, health. OpenAPI at /openapi.json.
+"""The HTTP API: event intake, deliveries, replay, endpoint health, liveness.
+OpenAPI at /openapi.json.
 
 Every route but /healthz takes a bearer token (reconciler/dispatch/auth.py): a
 publisher sends events, an auditor reads deliveries, an admin does both and
@@ -34,6 +35,7 @@ from reconciler.dispatch.events import (
     BatchIn,
     EventIn,
 )
+from reconciler.dispatch.health_views import StatusFilters, WebhookStatusOut
 from reconciler.dispatch.service import Dispatcher
 from reconciler.dispatch.views import (
     DeliveryListOut,
@@ -41,6 +43,7 @@ from reconciler.dispatch.views import (
     ReplayOut,
     delivery_json,
 )
+from reconciler.health import endpoint_health
 from reconciler.store.queue import EventKey, Status
 from reconciler.tokens import Access
 
@@ -277,6 +280,28 @@ def create_app(dispatcher: Dispatcher) -> DispatcherAPI:
             return _error(409, f"delivery {delivery_id} is {found[0].status}: not replayable yet")
         dispatcher.wake()
         return {"replayed": replayed}
+
+    @app.get(
+        "/v1/webhooks/status",
+        response_model=None,
+        responses={200: {"model": WebhookStatusOut}, **auth.RESPONSES, **UNAVAILABLE, **INVALID},
+        summary="Each webhook's endpoint health: backlog, success rate, p95, last outcomes",
+        description=(
+            "Read as `GET /v1/deliveries` is, by the same roles, for the token's "
+            "organizations only: `org` outside them is 403. Success rate and p95 are "
+            "over the attempts of the last hour; failure reasons are masked."
+        ),
+    )
+    async def webhooks_status(
+        filters: Annotated[StatusFilters, Query()], access: Access = may_read
+    ) -> Any:
+        org = filters.org
+        if org is not None and not access.sees(org):
+            raise auth.forbidden(access.out_of_scope(org))
+        report = await dispatcher.db.run(
+            endpoint_health, dispatcher.db.store, access.visible(org), dispatcher.clock()
+        )
+        return report.as_json()
 
     @app.get(
         "/metrics",

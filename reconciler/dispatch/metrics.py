@@ -8,13 +8,16 @@ are shown for the reader's organizations only (another organization's series,
 and so its name, never appear), and the series of the whole installation (the
 queue, deferred sends, attempt durations: every organization's traffic mixed)
 only to a reader with every organization, the operator.
+
+The per-webhook gauges (breaker state, backlog, oldest due age) are read from the
+state at each scrape, in one query for the reader's organizations only.
 """
 
 from __future__ import annotations
 
 import bisect
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 from reconciler.store.queue import AttemptResult, Claim
@@ -35,6 +38,20 @@ class QueueGauges:
 
     counts: dict[str, int]
     oldest_due_age: float  # seconds the longest-waiting due delivery has waited (0: none)
+
+
+@dataclass(frozen=True)
+class WebhookGauges:
+    """One webhook's endpoint, as the shared state holds it when scraped."""
+
+    organization: str
+    webhook: str
+    breaker: str  # closed, open or half-open (reconciler.health.breaker_states)
+    backlog: int  # deliveries pending, due now or later
+    oldest_due_age: float  # seconds its oldest due delivery has waited (0: none)
+
+
+BREAKER_STATES = ("closed", "open", "half-open")
 
 
 @dataclass
@@ -61,9 +78,15 @@ class Metrics:
             self._latency_sum += seconds
             self._latency_count += 1
 
-    def render(self, sees: Callable[[str], bool], queue: QueueGauges | None) -> str:
-        """The series of the organizations `sees` accepts; with `queue` (read for a
-        reader with every organization), the installation's series too."""
+    def render(
+        self,
+        sees: Callable[[str], bool],
+        queue: QueueGauges | None,
+        webhooks: Sequence[WebhookGauges] = (),
+    ) -> str:
+        """The series of the organizations `sees` accepts, the `webhooks`' among them;
+        with `queue` (read for a reader with every organization), the installation's
+        series too."""
         lines = [
             "# HELP reconciler_events_received_total Events accepted at intake (not repeats).",
             "# TYPE reconciler_events_received_total counter",
@@ -85,6 +108,7 @@ class Metrics:
                     f'reconciler_deliveries_total{{outcome="{outcome}",'
                     f'organization="{_esc(org)}",event="{_esc(event)}"}} {n}'
                 )
+        lines += _webhooks([w for w in webhooks if sees(w.organization)])
         if queue is not None:
             lines += self._installation(queue)
         return "\n".join(lines) + "\n"
@@ -123,6 +147,34 @@ class Metrics:
         lines.append(f"reconciler_attempt_duration_seconds_sum {self._latency_sum:.6f}")
         lines.append(f"reconciler_attempt_duration_seconds_count {self._latency_count}")
         return lines
+
+
+def _webhooks(webhooks: Sequence[WebhookGauges]) -> list[str]:
+    breaker = [
+        "# HELP reconciler_webhook_breaker_state The webhook's circuit breaker: 1 for the "
+        "state it is in (closed, open, half-open), 0 for the others.",
+        "# TYPE reconciler_webhook_breaker_state gauge",
+    ]
+    backlog = [
+        "# HELP reconciler_webhook_backlog Deliveries of the webhook waiting to be sent, "
+        "due now or later.",
+        "# TYPE reconciler_webhook_backlog gauge",
+    ]
+    oldest = [
+        "# HELP reconciler_webhook_oldest_due_seconds How long the webhook's oldest due "
+        "delivery has waited past its due time (0 when none is due).",
+        "# TYPE reconciler_webhook_oldest_due_seconds gauge",
+    ]
+    for w in webhooks:
+        labels = f'organization="{_esc(w.organization)}",webhook="{_esc(w.webhook)}"'
+        for state in BREAKER_STATES:
+            breaker.append(
+                f'reconciler_webhook_breaker_state{{{labels},state="{state}"}} '
+                f"{int(w.breaker == state)}"
+            )
+        backlog.append(f"reconciler_webhook_backlog{{{labels}}} {w.backlog}")
+        oldest.append(f"reconciler_webhook_oldest_due_seconds{{{labels}}} {w.oldest_due_age:.3f}")
+    return breaker + backlog + oldest
 
 
 def _esc(value: str) -> str:

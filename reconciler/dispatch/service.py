@@ -18,12 +18,13 @@ import httpx
 
 from reconciler.dispatch.events import EventIn
 from reconciler.dispatch.logs import lines_per_turn
-from reconciler.dispatch.metrics import Metrics, QueueGauges
+from reconciler.dispatch.metrics import Metrics, QueueGauges, WebhookGauges
 from reconciler.dispatch.sender import Sender
 from reconciler.dispatch.ssrf import GuardedResolver, NetworkPolicy, guarded_socket
 from reconciler.dispatch.transport import ExactUrlTransport
 from reconciler.dispatch.worker import Database, Worker, WorkerSettings, owner_alive
 from reconciler.errors import ServeError
+from reconciler.health import breaker_states, oldest_due_age
 from reconciler.store.queue import EventRecord, IntakeResult, QueueStore
 from reconciler.tokens import Access
 
@@ -118,15 +119,17 @@ class Dispatcher:
         return results
 
     async def metrics_text(self, access: Access) -> str:
-        """This process's metrics as `access` may see them: its organizations' series,
+        """This process's metrics as `access` may see them: its organizations' series
+        and their webhooks' gauges (read from the state, for those organizations only),
         and with every organization, the installation's (the queue read from the state)."""
-        if not access.all_organizations:
-            return self.metrics.render(access.sees, None)
         now = self.clock()
+        webhooks = await self.db.run(webhook_gauges, self.db.store, access.visible(None), now)
+        if not access.all_organizations:
+            return self.metrics.render(access.sees, None, webhooks)
         counts = await self.db.run(self.db.store.queue_counts)
         oldest = await self.db.run(self.db.store.oldest_due, now)
         age = max(0.0, now - oldest) if oldest else 0.0
-        return self.metrics.render(access.sees, QueueGauges(counts, age))
+        return self.metrics.render(access.sees, QueueGauges(counts, age), webhooks)
 
     async def _flush_intake(self) -> None:
         while self._intake:
@@ -226,6 +229,24 @@ class Dispatcher:
                 await self.sender.aclose()
             finally:
                 self.db.close()
+
+
+def webhook_gauges(
+    store: QueueStore, organizations: Sequence[str] | None, now: float
+) -> list[WebhookGauges]:
+    """The per-webhook gauges of `organizations` (None: all), in one query of the queue."""
+    queues = store.webhook_queue(organizations, now)
+    breakers = breaker_states(store, [q.key for q in queues])
+    return [
+        WebhookGauges(
+            q.organization,
+            q.webhook,
+            breakers[q.key],
+            q.pending_due + q.pending_later,
+            oldest_due_age(q.oldest_due_at, now),
+        )
+        for q in queues
+    ]
 
 
 def _new_deliveries(results: Sequence[IntakeResult]) -> int:

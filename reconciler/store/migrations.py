@@ -210,3 +210,20 @@ MIGRATIONS.append(
         ],
     )
 )
+
+# Endpoint health (reconciler/health.py) reads a webhook's last hour of attempts by
+# their time, and its latest delivered and latest failed delivery, without walking
+# every delivery it ever had. The partial indexes hold only finished deliveries
+# of their status, so a delivery on its way (claimed, retried) never touches them.
+MIGRATIONS.append(
+    (
+        "0009_endpoint_health_indexes",
+        [
+            "CREATE INDEX attempts_by_time ON attempts (started_at)",
+            """CREATE INDEX deliveries_delivered ON deliveries (organization, webhook, updated_at)
+               WHERE status = 'delivered'""",
+            """CREATE INDEX deliveries_failed ON deliveries (organization, webhook, updated_at)
+               WHERE status = 'failed'""",
+        ],
+    )
+)

@@ -136,3 +136,17 @@ MIGRATIONS.append(
         ],
     )
 )
+
+# Endpoint health's indexes (see store/migrations.py).
+MIGRATIONS.append(
+    (
+        "0009_endpoint_health_indexes",
+        [
+            "CREATE INDEX attempts_by_time ON attempts (started_at)",
+            """CREATE INDEX deliveries_delivered ON deliveries (organization, webhook, updated_at)
+               WHERE status = 'delivered'""",
+            """CREATE INDEX deliveries_failed ON deliveries (organization, webhook, updated_at)
+               WHERE status = 'failed'""",
+        ],
+    )
+)

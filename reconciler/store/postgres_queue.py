@@ -13,6 +13,7 @@ from contextlib import AbstractContextManager
 from typing import Any
 
 from reconciler.ids import new_delivery_id
+from reconciler.store import health_sql
 from reconciler.store.queue import (
     ATTEMPT_COLUMNS,
     AttemptRecord,
@@ -22,6 +23,8 @@ from reconciler.store.queue import (
     EventKey,
     EventRecord,
     IntakeResult,
+    WebhookAggregates,
+    WebhookQueue,
     attempt_row,
     clean_text,
     refuse_nul,
@@ -418,6 +421,22 @@ class PostgresQueue:
         with self._tx() as cur:
             cur.execute("SELECT status, count(*) FROM deliveries GROUP BY status")
             return dict(cur.fetchall())
+
+    def webhook_queue(self, organizations: Sequence[str] | None, now: float) -> list[WebhookQueue]:
+        """See SqliteQueue.webhook_queue."""
+        query = health_sql.query(health_sql.QUEUE, "postgres", organizations is not None)
+        with self._tx() as cur:
+            cur.execute(query, health_sql.params("postgres", organizations, now))
+            return [WebhookQueue(*row) for row in cur.fetchall()]
+
+    def webhook_health(
+        self, organizations: Sequence[str] | None, now: float, since: float
+    ) -> list[WebhookAggregates]:
+        """See SqliteQueue.webhook_health."""
+        query = health_sql.query(health_sql.HEALTH, "postgres", organizations is not None)
+        with self._tx() as cur:
+            cur.execute(query, health_sql.params("postgres", organizations, now, since))
+            return [WebhookAggregates(*row) for row in cur.fetchall()]
 
     def iter_event_keys(self) -> Iterator[EventKey]:
         with self._tx() as cur:

@@ -164,6 +164,41 @@ class DeliveryRecord:
         return EventKey(self.organization, self.event_id)
 
 
+@dataclass(frozen=True)
+class WebhookQueue:
+    """One live webhook and its deliveries on their way, as the state holds them now."""
+
+    organization: str
+    webhook: str
+    enabled: bool
+    paused_reason: str | None
+    in_flight: int
+    pending_due: int  # pending, due now or earlier
+    pending_later: int  # pending, due later (a retry's backoff, a rate limit)
+    oldest_due_at: float | None  # the due time of its longest-waiting due delivery
+
+    @property
+    def key(self) -> tuple[str, str]:
+        return (self.organization, self.webhook)
+
+
+@dataclass(frozen=True)
+class WebhookAggregates(WebhookQueue):
+    """WebhookQueue, with its attempts of a recent window and its latest outcomes.
+
+    The window's attempts are those started in (since, now] that were made or
+    failed (delivered, retry, failed): cancellations are not the endpoint's doing.
+    """
+
+    attempts: int = 0
+    delivered: int = 0
+    p95_ms: float | None = None  # nearest rank: the ceil(0.95 n)-th shortest duration
+    last_success_at: float | None = None  # when its latest delivered delivery was recorded
+    last_failure_at: float | None = None  # when its latest failed attempt started
+    last_failure_status: int | None = None
+    last_failure_error: str | None = None
+
+
 def headers_json(headers: dict[str, str]) -> str:
     return json.dumps(headers, sort_keys=True)
 
@@ -252,6 +287,14 @@ class QueueStore(Protocol):
     def queue_counts(self) -> dict[str, int]: ...
 
     def oldest_due(self, now: float) -> float | None: ...
+
+    def webhook_queue(
+        self, organizations: Sequence[str] | None, now: float
+    ) -> list[WebhookQueue]: ...
+
+    def webhook_health(
+        self, organizations: Sequence[str] | None, now: float, since: float
+    ) -> list[WebhookAggregates]: ...
 
     def env_access(self) -> EnvAccess:
         """Which `${env:}` variables each organization's definitions may read now."""

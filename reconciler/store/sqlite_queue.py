@@ -14,6 +14,7 @@ from contextlib import AbstractContextManager
 from typing import Any
 
 from reconciler.ids import new_delivery_id
+from reconciler.store import health_sql
 from reconciler.store.queue import (
     ATTEMPT_COLUMNS,
     AttemptRecord,
@@ -23,6 +24,8 @@ from reconciler.store.queue import (
     EventKey,
     EventRecord,
     IntakeResult,
+    WebhookAggregates,
+    WebhookQueue,
     attempt_row,
     clean_text,
     refuse_nul,
@@ -462,6 +465,24 @@ class SqliteQueue:
         return dict(
             self._db.execute("SELECT status, count(*) FROM deliveries GROUP BY status").fetchall()
         )
+
+    def webhook_queue(self, organizations: Sequence[str] | None, now: float) -> list[WebhookQueue]:
+        """Each live webhook of `organizations` (None: all) with its deliveries on their
+        way: one statement, as many rows read as webhooks and backlog (health_sql.py)."""
+        query = health_sql.query(health_sql.QUEUE, "sqlite", organizations is not None)
+        args = health_sql.params("sqlite", organizations, now)
+        return [WebhookQueue(r[0], r[1], bool(r[2]), *r[3:]) for r in self._db.execute(query, args)]
+
+    def webhook_health(
+        self, organizations: Sequence[str] | None, now: float, since: float
+    ) -> list[WebhookAggregates]:
+        """webhook_queue, with each webhook's attempts started in (since, now] and its
+        latest success and failure (health_sql.py says what each costs)."""
+        query = health_sql.query(health_sql.HEALTH, "sqlite", organizations is not None)
+        args = health_sql.params("sqlite", organizations, now, since)
+        return [
+            WebhookAggregates(r[0], r[1], bool(r[2]), *r[3:]) for r in self._db.execute(query, args)
+        ]
 
     def iter_event_keys(self) -> Iterator[EventKey]:
         for organization, event_id in self._db.execute(
