@@ -626,5 +626,6 @@ def migrate(state: str) -> None:
     click.echo(f"{store.url}: schema up to date ({count(len(names), 'migration')}).")
 
 
-# The dispatcher's and the tokens' commands register themselves on the same group.
-from reconciler import cli_dispatch, cli_tokens  # noqa: E402, F401
+# The dispatcher's, the tokens' and the webhooks' commands register themselves on the
+# same group.
+from reconciler import cli_dispatch, cli_tokens, cli_webhooks  # noqa: E402, F401
