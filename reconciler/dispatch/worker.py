@@ -145,7 +145,10 @@ class Worker:
         # out: webhook -> (the probe's delivery, its breaker when the probe was taken).
         self._breakers: dict[tuple[str, str], BreakerRecord] = {}
         self._breakers_read: float | None = None
-        self._breakers_stale = False
+        # Outcomes that moved a breaker were recorded `_breakers_moved` times; the
+        # view was read after `_breakers_seen` of them.
+        self._breakers_moved = 0
+        self._breakers_seen = 0
         self._breakers_lock = asyncio.Lock()
         self._probing: dict[tuple[str, str], tuple[str, BreakerRecord]] = {}
 
@@ -333,7 +336,7 @@ class Worker:
         """Outcomes are in the state: when any moved a circuit breaker, the view of
         them is read again before the next attempt."""
         if any(r.breaker is not None for r in results):
-            self._breakers_stale = True
+            self._breakers_moved += 1
 
     def lease(self) -> float:
         """How long a claim holds a delivery."""
@@ -597,12 +600,16 @@ class Worker:
         """The breakers that are not plainly healthy, read at most once per
         BREAKER_TTL by the clock (and after this process recorded a failure)."""
         read = self._breakers_read
-        if read is not None and not self._breakers_stale and read <= now < read + BREAKER_TTL:
+        fresh = self._breakers_seen == self._breakers_moved
+        if read is not None and fresh and read <= now < read + BREAKER_TTL:
             return self._breakers
         async with self._breakers_lock:
             read = self._breakers_read
-            if read is None or self._breakers_stale or not read <= now < read + BREAKER_TTL:
-                self._breakers_read, self._breakers_stale = now, False
+            fresh = self._breakers_seen == self._breakers_moved
+            if read is None or not fresh or not read <= now < read + BREAKER_TTL:
+                # Marked read once the read is done (on failure too: not once per
+                # attempt); attempts arriving meanwhile wait for it on the lock.
+                moved = self._breakers_moved
                 try:
                     records = await self.db.run(self.db.store.breakers)
                 except Exception:
@@ -611,6 +618,8 @@ class Worker:
                     )
                 else:
                     self._breakers = {record.key: record for record in records}
+                finally:
+                    self._breakers_read, self._breakers_seen = now, moved
         return self._breakers
 
     async def _env_access(self) -> EnvAccess | None:
