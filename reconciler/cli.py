@@ -632,4 +632,5 @@ from reconciler import (  # noqa: E402, F401
     cli_dispatch,
     cli_status,
     cli_tokens,
+    cli_webhooks,
 )

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import math
 import socket
 import sys
 import time
@@ -23,6 +24,7 @@ from reconciler.errors import ReconcilerError
 from reconciler.model import Event
 from reconciler.store import open_store
 from reconciler.store.queue import DeliveryRecord, EventKey, EventRecord, QueueStore
+from reconciler.tokens import parse_expiry
 
 if TYPE_CHECKING:
     from reconciler.dispatch.ssrf import NetworkPolicy
@@ -85,6 +87,14 @@ def _policy(allow_private: bool, cidrs: tuple[str, ...]) -> NetworkPolicy:
     envvar="RECONCILER_PROCESSES",
     help="Dispatcher processes sharing the port and the state; up to one per core.",
 )
+@click.option(
+    "--pause-after",
+    default="3d",
+    show_default=True,
+    envvar="RECONCILER_PAUSE_AFTER",
+    help="Pause a webhook whose endpoint has been down (its circuit breaker open) this "
+    "long, e.g. 12h, 3d, 1w; `never` keeps probing it.",
+)
 @network_options
 def serve_command(
     state: str,
@@ -93,6 +103,7 @@ def serve_command(
     concurrency: int,
     grace: float,
     processes: int,
+    pause_after: str,
     allow_private: bool,
     allow_cidrs: tuple[str, ...],
 ) -> None:
@@ -111,6 +122,12 @@ def serve_command(
     one state, under a supervisor that replaces any that dies; each paces a
     webhook's rate_limit at 1/N, and serves its own /metrics counters.
 
+    A webhook whose endpoint is down (5 timeouts, connection errors or 5xx in a
+    row) has its circuit breaker opened: its deliveries wait without spending
+    attempts while one probe goes out every 5s, doubling up to 10m; an answer
+    closes it. Down for --pause-after, the webhook is paused as after HTTP 410:
+    `plan` shows it, and the next apply or `reconciler webhooks resume` resumes it.
+
     The port is taken before anything starts: one in use is an error (exit 1).
 
     The state must be there (apply or migrate makes it): on a URL where none is,
@@ -120,6 +137,7 @@ def serve_command(
     Example:
       reconciler serve --port 8080 --concurrency 200
       reconciler serve --port 8080 --processes 2
+      reconciler serve --pause-after 12h
     """
     from reconciler.dispatch.logs import LineFormatter, TurnBufferedHandler
     from reconciler.dispatch.processes import listen
@@ -132,7 +150,10 @@ def serve_command(
     # httpx logs every request's full URL, and a webhook URL can be a secret.
     logging.getLogger("httpx").setLevel(logging.WARNING)
     settings = WorkerSettings(
-        batch=max(concurrency, 1), concurrency=concurrency, processes=processes
+        batch=max(concurrency, 1),
+        concurrency=concurrency,
+        processes=processes,
+        pause_after=_pause_after(pause_after),
     )
     policy = _policy(allow_private, allow_cidrs)
 
@@ -346,6 +367,21 @@ async def _deliver_now(
         await sender.aclose()
         db.close()
     return store.deliveries(event=event, limit=10_000)
+
+
+def _pause_after(text: str) -> float:
+    if text.strip().lower() == "never":
+        return math.inf
+    try:
+        seconds = parse_expiry(text.strip())
+    except ValueError:
+        seconds = 0.0
+    if seconds <= 0:
+        raise click.BadParameter(
+            f"not a duration: {text!r} (use e.g. 90m, 12h, 3d, 1w, or never)",
+            param_hint="--pause-after",
+        )
+    return seconds
 
 
 def _since_seconds(text: str) -> float:

@@ -7,21 +7,12 @@ import time
 
 import click
 
-from reconciler.cli import FORMATS, cli, state_option
+from reconciler.cli import FORMATS, state_option
+from reconciler.cli_webhooks import webhooks
 from reconciler.health import endpoint_health
 from reconciler.health_report import report_text
 from reconciler.store import open_store
 from reconciler.store.queue import QueueStore
-
-
-@cli.group()
-def webhooks() -> None:
-    """See how the live webhooks' endpoints are doing.
-
-    \b
-    Example:
-      reconciler webhooks status --org acme
-    """
 
 
 @webhooks.command("status")

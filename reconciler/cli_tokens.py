@@ -35,7 +35,7 @@ def tokens() -> None:
 
     \b
     Roles, each within the token's organizations:
-      admin      send events, read deliveries, replay them
+      admin      send events, read deliveries, replay them, resume paused webhooks
       publisher  send events (POST /v1/events)
       auditor    read deliveries and endpoint health (GET /v1/deliveries...,
                  GET /v1/webhooks/status)

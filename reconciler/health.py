@@ -29,14 +29,15 @@ WebhookKey = tuple[str, str]  # (organization, webhook)
 
 def breaker_states(store: QueueStore, keys: Iterable[WebhookKey]) -> dict[WebhookKey, Breaker]:
     """The circuit breaker's state of each webhook in `keys`: closed (sending), open
-    (held back after repeated failures) or half-open (a probe is allowed through).
+    (held back after repeated failures) or half-open (a probe is out).
 
-    The one place the status command, the API and the metrics read it from. No
-    breaker is kept yet, so every webhook's is closed; when the state keeps
-    breakers, this reads them, in one query for all of `keys`.
+    The one place the status command, the API and the metrics read it from, in one
+    query for the organizations of `keys`: a webhook without a row is closed.
     """
-    del store  # read once breakers are kept
-    return {key: "closed" for key in keys}
+    wanted = list(keys)
+    organizations = sorted({organization for organization, _ in wanted})
+    kept = {b.key: b.state for b in store.breakers(organizations)} if organizations else {}
+    return {key: kept.get(key, "closed") for key in wanted}
 
 
 @dataclass(frozen=True)

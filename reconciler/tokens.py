@@ -8,7 +8,8 @@ as safe and costs nothing on every request.
 
 Roles, each within the token's organizations:
 
-    admin      send events, read deliveries and endpoint health, replay them
+    admin      send events, read deliveries and endpoint health, replay them, resume
+               paused webhooks
     publisher  send events
     auditor    read deliveries and endpoint health
     metrics    nothing more than every role may: Prometheus' credential
@@ -37,9 +38,9 @@ from reconciler.store.tokens import TokenRecord, TokenStore
 ROLES = ("admin", "publisher", "auditor", "metrics")
 PREFIX = "rcn_"
 
-Permission = Literal["send", "read", "replay"]
+Permission = Literal["send", "read", "replay", "resume"]
 PERMISSIONS: dict[str, frozenset[Permission]] = {
-    "admin": frozenset({"send", "read", "replay"}),
+    "admin": frozenset({"send", "read", "replay", "resume"}),
     "publisher": frozenset({"send"}),
     "auditor": frozenset({"read"}),
     "metrics": frozenset(),
@@ -49,6 +50,7 @@ ACTIONS: dict[Permission, str] = {
     "send": "send events",
     "read": "read deliveries",
     "replay": "replay deliveries",
+    "resume": "resume webhooks",
 }
 
 _NAME = re.compile(NAME_PATTERN)

@@ -801,6 +801,7 @@ def test_the_openapi_document_lists_every_path(store: SqliteStore, clock: FakeCl
         "/v1/deliveries/{delivery_id}": {"get"},
         "/v1/deliveries/{delivery_id}/replay": {"post"},
         "/v1/webhooks/status": {"get"},
+        "/v1/webhooks/{organization}/{name}/resume": {"post"},
         "/metrics": {"get"},
         "/healthz": {"get"},
     }

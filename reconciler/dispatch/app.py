@@ -74,6 +74,12 @@ class ErrorOut(BaseModel):
     )
 
 
+class ResumeOut(BaseModel):
+    organization: str
+    name: str
+    resumed: bool = Field(description="False when the webhook was not paused.")
+
+
 class HealthOut(BaseModel):
     status: Literal["ok"]
 
@@ -101,6 +107,9 @@ INVALID: dict[int | str, dict[str, Any]] = {
 }
 NOT_FOUND: dict[int | str, dict[str, Any]] = {
     404: {"model": ErrorOut, "description": "No such delivery (or not one of the token's)"},
+}
+NO_WEBHOOK: dict[int | str, dict[str, Any]] = {
+    404: {"model": ErrorOut, "description": "No such webhook (or not one of the token's)"},
 }
 # Every guarded route reads the state, if only to look up the token.
 UNAVAILABLE = failures.responses(ErrorOut)
@@ -144,6 +153,7 @@ def create_app(dispatcher: Dispatcher) -> DispatcherAPI:
     )
     any_token, may_send = guard.require(), guard.require("send")
     may_read, may_replay = guard.require("read"), guard.require("replay")
+    may_resume = guard.require("resume")
 
     @app.exception_handler(RequestValidationError)
     async def _invalid(request: Request, exc: RequestValidationError) -> JSONResponse:
@@ -280,6 +290,31 @@ def create_app(dispatcher: Dispatcher) -> DispatcherAPI:
             return _error(409, f"delivery {delivery_id} is {found[0].status}: not replayable yet")
         dispatcher.wake()
         return {"replayed": replayed}
+
+    @app.post(
+        "/v1/webhooks/{organization}/{name}/resume",
+        response_model=ResumeOut,
+        responses={**auth.RESPONSES, **UNAVAILABLE, **NO_WEBHOOK, **INVALID},
+        summary="Resume a webhook the dispatcher paused (admin), without an apply",
+        description=(
+            "Lifts a pause the dispatcher set (after HTTP 410, or an endpoint down for "
+            "`serve --pause-after`), with the webhook's circuit breaker closed, and records "
+            "a `resume` entry in the history by the token's name. A webhook that is not "
+            "paused is left as it is (`resumed: false`). Another organization's webhook "
+            "is answered as one that is not there (404)."
+        ),
+    )
+    async def resume_webhook(
+        organization: str, name: str, access: Access = may_resume
+    ) -> dict[str, Any] | JSONResponse:
+        if not access.sees(organization):
+            return _error(404, f"no webhook {organization}/{name}")
+        outcome = await dispatcher.db.run(
+            dispatcher.db.store.resume, organization, name, f"api token {access.token_id}"
+        )
+        if outcome == "no such webhook":
+            return _error(404, f"no webhook {organization}/{name}")
+        return {"organization": organization, "name": name, "resumed": outcome == "resumed"}
 
     @app.get(
         "/v1/webhooks/status",

@@ -115,8 +115,8 @@ class Metrics:
 
     def _installation(self, queue: QueueGauges) -> list[str]:
         lines = [
-            "# HELP reconciler_deliveries_deferred_total Sends put off by a rate limit or "
-            "a receiver's Retry-After.",
+            "# HELP reconciler_deliveries_deferred_total Sends put off by a rate limit, "
+            "a receiver's Retry-After or an open circuit breaker.",
             "# TYPE reconciler_deliveries_deferred_total counter",
             f"reconciler_deliveries_deferred_total {self.deferred}",
             "# HELP reconciler_queue_deliveries Deliveries in the queue by status.",

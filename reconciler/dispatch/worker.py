@@ -18,15 +18,15 @@ import time
 import uuid
 from collections.abc import Callable, Mapping
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime
-from typing import Any, TypeVar
+from typing import Any, Literal, TypeVar
 
 from reconciler import templates
 from reconciler.dispatch.logs import info_line
 from reconciler.dispatch.metrics import Metrics
 from reconciler.dispatch.ratelimit import RateLimiter
-from reconciler.dispatch.retry import RETRY_AFTER_CAP, Backoff, parse_retry_after
+from reconciler.dispatch.retry import RETRY_AFTER_CAP, Backoff, parse_retry_after, utc
 from reconciler.dispatch.sender import Outcome, Sender
 from reconciler.dispatch.signing import SigningSecretError, signature_header
 from reconciler.dispatch.ssrf import NetworkPolicy, TargetRefused
@@ -34,6 +34,7 @@ from reconciler.durations import parse_duration, parse_rate
 from reconciler.envaccess import EnvAccess
 from reconciler.model import WebhookSpec
 from reconciler.render import EventData, Renderer, RenderError
+from reconciler.store.breakers import BreakerRecord, BreakerReport, may_probe
 from reconciler.store.queue import AttemptResult, Claim, EventKey, EventRecord, QueueStore
 
 log = logging.getLogger("reconciler.dispatch")
@@ -44,6 +45,11 @@ LEASE_MARGIN = 30.0  # a lease outlives the longest request by this much
 # are read again: an apply that changes them reaches running workers this fast.
 ENV_ACCESS_TTL = 1.0
 ENV_ACCESS_RETRY = 5.0  # when they cannot be read at all, deliveries wait this long
+# How long this process trusts its view of the webhooks' circuit breakers (by the
+# injected clock) before reading them again; read at once after it recorded a
+# failure. The healthy path reads nothing else of them.
+BREAKER_TTL = 1.0
+DEFAULT_PAUSE_AFTER = 3 * 86_400.0  # a breaker failing this long pauses its webhook
 INTERRUPTED = (
     "interrupted: the dispatcher shut down before the receiver answered "
     "(it may have the request); due again at once"
@@ -91,6 +97,9 @@ class WorkerSettings:
     concurrency: int = 200
     poll_interval: float = 0.5
     processes: int = 1  # dispatcher processes sharing the queue (rate limits are split)
+    # A webhook whose endpoint has been down (its circuit breaker open) this long is
+    # paused, as after HTTP 410, until an apply or `webhooks resume`.
+    pause_after: float = DEFAULT_PAUSE_AFTER
 
 
 class Worker:
@@ -131,6 +140,17 @@ class Worker:
         self._news = False  # deliveries came due in the queue since the last claim
         self._wake: asyncio.Event | None = None
         self._limit = asyncio.Semaphore(self.settings.concurrency)
+        # The circuit breakers that are not plainly healthy, as last read from the
+        # state (at `_breakers_read`, by the clock), and the probes this process has
+        # out: webhook -> (the probe's delivery, its breaker when the probe was taken).
+        self._breakers: dict[tuple[str, str], BreakerRecord] = {}
+        self._breakers_read: float | None = None
+        # Outcomes that moved a breaker were recorded `_breakers_moved` times; the
+        # view was read after `_breakers_seen` of them.
+        self._breakers_moved = 0
+        self._breakers_seen = 0
+        self._breakers_lock = asyncio.Lock()
+        self._probing: dict[tuple[str, str], tuple[str, BreakerRecord]] = {}
 
     async def run_once(self, event: EventKey | None = None) -> int:
         """Claim what is due (of one event, if given), deliver it, record the outcomes;
@@ -144,6 +164,7 @@ class Worker:
             return 0
         results = await asyncio.gather(*(self._deliver(claim) for claim in claims))
         await self.db.run(self.db.store.finish, results, self.owner, self.clock())
+        self._recorded(results)
         return len(claims)
 
     def notify(self) -> None:
@@ -285,6 +306,7 @@ class Worker:
             trouble.failed(f"recording {len(results)} attempts")
             return results
         trouble.recovered()
+        self._recorded(results)
         return []
 
     async def _settle(
@@ -307,7 +329,14 @@ class Worker:
             trouble.failed(f"recording {len(results)} attempts")
             return results, []
         trouble.recovered()
+        self._recorded(results)
         return [], claims
+
+    def _recorded(self, results: list[AttemptResult]) -> None:
+        """Outcomes are in the state: when any moved a circuit breaker, the view of
+        them is read again before the next attempt."""
+        if any(r.breaker is not None for r in results):
+            self._breakers_moved += 1
 
     def lease(self) -> float:
         """How long a claim holds a delivery."""
@@ -343,6 +372,14 @@ class Worker:
                     error="internal error while sending; see the dispatcher's log",
                     sent=False,
                 )
+        probing = self._probing.get((claim.organization, claim.webhook))
+        if probing is not None and probing[0] == claim.delivery_id:
+            del self._probing[(claim.organization, claim.webhook)]
+            if result.breaker is None:
+                # The probe did not reach the endpoint (a rendering error, a rate
+                # limit, a shutdown): another may go at once.
+                probe = BreakerReport(claim.organization, claim.webhook, "release", probe=True)
+                result = replace(result, breaker=probe)
         self.metrics.attempt(claim, result)
         info_line(
             log,
@@ -385,8 +422,21 @@ class Worker:
             return unsent(
                 "cancelled", f"cancelled: the webhook now fires on {spec.event.value} events"
             )
-        rate = parse_rate(spec.rate_limit) if spec.rate_limit else None
         key = (claim.organization, claim.webhook)
+        breaker_wait = await self._breaker_gate(claim, spec, started)
+        if breaker_wait is not None:
+            # The endpoint is down and this is not the probe: the delivery waits in
+            # the queue, and no attempt is spent.
+            return AttemptResult(
+                claim.delivery_id,
+                claim.attempt,
+                started,
+                0.0,
+                "deferred",
+                next_due=breaker_wait,
+                sent=False,
+            )
+        rate = parse_rate(spec.rate_limit) if spec.rate_limit else None
         wait_until = self.limiter.admit(key, claim.delivery_id, rate, started)
         if wait_until is not None:
             return AttemptResult(
@@ -445,6 +495,9 @@ class Worker:
             "response_excerpt": outcome.excerpt,
             "error": outcome.error,
         }
+        pause: str | None = None
+        if self._breakers or self._probing or _down(outcome):
+            common["breaker"], pause = self._breaker_report(claim, outcome)
         if outcome.kind == "delivered":
             return AttemptResult(outcome="delivered", **common)
         if outcome.kind == "gone":
@@ -462,11 +515,112 @@ class Worker:
             backoff = Backoff.from_policy(spec.retry)
             delay = backoff.delay_after(claim.retry_number, self.rng, retry_after)
             if delay is not None:
-                return AttemptResult(outcome="retry", next_due=now + delay, **common)
+                return AttemptResult(
+                    outcome="retry", next_due=now + delay, pause_webhook=pause, **common
+                )
             common["error"] = (
                 f"{outcome.error}; retries exhausted after {claim.retry_number} attempts"
             )
-        return AttemptResult(outcome="failed", **common)
+        return AttemptResult(outcome="failed", pause_webhook=pause, **common)
+
+    # -- the circuit breaker ------------------------------------------------------
+
+    async def _breaker_gate(self, claim: Claim, spec: WebhookSpec, now: float) -> float | None:
+        """None when the delivery may go now (its breaker is closed, or this is the
+        probe); else when it is to be tried again."""
+        key = (claim.organization, claim.webhook)
+        record = (await self._breaker_view(now)).get(key)
+        if record is None or record.state == "closed":
+            return None
+        # A probe that is out answers within its timeout: look again then.
+        wait = now + (parse_duration(spec.timeout) if spec.timeout else DEFAULT_TIMEOUT)
+        if key in self._probing:
+            return wait
+        if not may_probe(record, now):
+            if record.state == "open" and record.next_probe_at is not None:
+                return record.next_probe_at
+            return min(wait, record.probe_expires or wait)
+        try:
+            taken, fresh = await self.db.run(
+                self.db.store.take_probe, *key, self.owner, now, self.lease()
+            )
+        except Exception:
+            log.exception("the state failed while taking the probe of %s/%s", *key)
+            return now + ENV_ACCESS_RETRY
+        if fresh is None or fresh.healthy:
+            self._breakers.pop(key, None)
+        else:
+            self._breakers[key] = fresh
+        if taken:
+            assert fresh is not None
+            self._probing[key] = (claim.delivery_id, fresh)
+            info_line(
+                log,
+                "breaker probe webhook=%s/%s delivery=%s failures=%d probes_failed=%d",
+                *key,
+                claim.delivery_id,
+                fresh.consecutive_failures,
+                fresh.probes_failed,
+            )
+            return None
+        if fresh is None or fresh.state == "closed":
+            return None
+        if fresh.state == "open" and fresh.next_probe_at is not None:
+            return max(fresh.next_probe_at, now)
+        return min(wait, fresh.probe_expires or wait)
+
+    def _breaker_report(
+        self, claim: Claim, outcome: Outcome
+    ) -> tuple[BreakerReport | None, str | None]:
+        """What the attempt tells the webhook's breaker, if anything, and a reason to
+        pause the webhook when its probe failed after `pause_after` of failures."""
+        key = (claim.organization, claim.webhook)
+        probing = self._probing.get(key)
+        probe = probing[1] if probing is not None and probing[0] == claim.delivery_id else None
+        down = _down(outcome)
+        if down:
+            health: Literal["down", "up"] = "down"
+        elif outcome.status is not None and (probe is not None or key in self._breakers):
+            health = "up"  # an answer that is not a 5xx: the endpoint is there
+        else:
+            return None, None
+        report = BreakerReport(*key, health, outcome.error, probe=probe is not None)
+        pause = None
+        if down and probe is not None and probe.failing_since is not None:
+            failing = self.clock() - probe.failing_since
+            if failing >= self.settings.pause_after:
+                pause = (
+                    f"paused by the dispatcher: its endpoint has failed for "
+                    f"{_span(failing)} (since {utc(probe.failing_since)}; circuit breaker "
+                    f"open, {probe.probes_failed + 1} probes failed, last: {outcome.error})"
+                )
+        return report, pause
+
+    async def _breaker_view(self, now: float) -> dict[tuple[str, str], BreakerRecord]:
+        """The breakers that are not plainly healthy, read at most once per
+        BREAKER_TTL by the clock (and after this process recorded a failure)."""
+        read = self._breakers_read
+        fresh = self._breakers_seen == self._breakers_moved
+        if read is not None and fresh and read <= now < read + BREAKER_TTL:
+            return self._breakers
+        async with self._breakers_lock:
+            read = self._breakers_read
+            fresh = self._breakers_seen == self._breakers_moved
+            if read is None or not fresh or not read <= now < read + BREAKER_TTL:
+                # Marked read once the read is done (on failure too: not once per
+                # attempt); attempts arriving meanwhile wait for it on the lock.
+                moved = self._breakers_moved
+                try:
+                    records = await self.db.run(self.db.store.breakers)
+                except Exception:
+                    log.exception(
+                        "the state failed while reading the circuit breakers; keeping the last read"
+                    )
+                else:
+                    self._breakers = {record.key: record for record in records}
+                finally:
+                    self._breakers_read, self._breakers_seen = now, moved
+        return self._breakers
 
     async def _env_access(self) -> EnvAccess | None:
         """The live state's organizations and shared list, read at most once per
@@ -524,6 +678,21 @@ class _StoreTrouble:
     def pause(self) -> float:
         """Seconds until the next store call may be made (0: now)."""
         return max(0.0, self.until - time.monotonic())
+
+
+def _down(outcome: Outcome) -> bool:
+    """An attempt that failed as an endpoint that is down fails: a timeout, a
+    connection error, a 5xx. Not a 4xx (429 included: Retry-After paces it), nor a
+    request that could not be made (a rendering error, a refused target)."""
+    return outcome.kind == "retry" and (outcome.status is None or outcome.status >= 500)
+
+
+def _span(seconds: float) -> str:
+    if seconds >= 86_400:
+        return f"{seconds / 86_400:.1f}d"
+    if seconds >= 3600:
+        return f"{seconds / 3600:.1f}h"
+    return f"{seconds / 60:.0f}m"
 
 
 def _event_data(event: EventRecord) -> EventData:

@@ -66,7 +66,7 @@ class Write:
 class AuditRecord:
     """One line of the audit log; before/after hold references, never secret values."""
 
-    action: str  # create | update | delete | pause
+    action: str  # create | update | delete | pause | resume | breaker-open | breaker-close
     organization: str
     name: str
     before: dict[str, Any] | None
@@ -122,6 +122,14 @@ def audit_rows(audit: Sequence[AuditRecord], serial: int, now: str) -> list[tupl
     ]
 
 
+# What `resume` found: the webhook paused (and now resumed), not paused, or not there.
+ResumeOutcome = Literal["resumed", "not paused", "no such webhook"]
+
+
+def resume_note(reason: str) -> str:
+    return f"resumed without an apply; it was paused: {reason}"
+
+
 class Store(Protocol):
     url: str  # where the state lives, without credentials
 
@@ -159,6 +167,11 @@ class Store(Protocol):
 
     def pause(self, organization: str, name: str, reason: str, actor: str) -> None:
         """Pause a webhook from outside apply (the dispatcher, after HTTP 410)."""
+        ...
+
+    def resume(self, organization: str, name: str, actor: str) -> ResumeOutcome:
+        """Lift a pause without an apply (`webhooks resume`), into the audit log, with
+        the webhook's circuit breaker started afresh."""
         ...
 
     def history(

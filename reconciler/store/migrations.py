@@ -211,6 +211,32 @@ MIGRATIONS.append(
     )
 )
 
+# A circuit breaker per webhook (reconciler/store/breakers.py): every dispatcher
+# sharing the state reads and moves the same one.
+MIGRATIONS.append(
+    (
+        "0007_webhook_breakers",
+        [
+            """CREATE TABLE webhook_breakers (
+                organization TEXT NOT NULL,
+                webhook TEXT NOT NULL,
+                state TEXT NOT NULL DEFAULT 'closed',
+                consecutive_failures INTEGER NOT NULL DEFAULT 0,
+                failing_since REAL,
+                opened_at REAL,
+                next_probe_at REAL,
+                probe_interval REAL NOT NULL DEFAULT 0,
+                probe_owner TEXT,
+                probe_expires REAL,
+                probes_failed INTEGER NOT NULL DEFAULT 0,
+                last_failure TEXT,
+                updated_at REAL NOT NULL,
+                PRIMARY KEY (organization, webhook)
+            )""",
+        ],
+    )
+)
+
 # Endpoint health (reconciler/health.py) reads a webhook's last hour of attempts by
 # their time, and its latest delivered and latest failed delivery, without walking
 # every delivery it ever had. The partial indexes hold only finished deliveries

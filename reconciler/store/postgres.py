@@ -28,10 +28,12 @@ from reconciler.store.base import (
     AuditEntry,
     AuditRecord,
     LiveWebhook,
+    ResumeOutcome,
     StateInfo,
     Write,
     audit_rows,
     no_state,
+    resume_note,
     shared_env_from_text,
     shared_env_text,
 )
@@ -317,11 +319,47 @@ class PostgresStore(PostgresQueue):
         )
         if not cur.rowcount:
             return
+        # Resumed later, it starts with a closed circuit breaker.
+        cur.execute(
+            "DELETE FROM webhook_breakers WHERE organization = %s AND webhook = %s",
+            (organization, name),
+        )
         cur.execute("SELECT value FROM meta WHERE key = 'serial' FOR UPDATE")
         serial = int(cur.fetchone()[0]) + 1  # type: ignore[index]
         cur.execute("UPDATE meta SET value = %s WHERE key = 'serial'", (str(serial),))
         record = AuditRecord("pause", organization, name, None, None, actor, note=reason)
         self._append_audit(cur, [record], serial, now)
+
+    def resume(self, organization: str, name: str, actor: str) -> ResumeOutcome:
+        now = _now()
+        with self._tx() as cur:
+            cur.execute(
+                "SELECT paused_reason FROM webhooks WHERE organization = %s AND name = %s "
+                "FOR UPDATE",
+                (organization, name),
+            )
+            row = cur.fetchone()
+            if row is None:
+                return "no such webhook"
+            if row[0] is None:
+                return "not paused"
+            cur.execute(
+                "UPDATE webhooks SET paused_reason = NULL, updated_at = %s "
+                "WHERE organization = %s AND name = %s",
+                (now, organization, name),
+            )
+            cur.execute(
+                "DELETE FROM webhook_breakers WHERE organization = %s AND webhook = %s",
+                (organization, name),
+            )
+            cur.execute("SELECT value FROM meta WHERE key = 'serial' FOR UPDATE")
+            serial = int(cur.fetchone()[0]) + 1  # type: ignore[index]
+            cur.execute("UPDATE meta SET value = %s WHERE key = 'serial'", (str(serial),))
+            record = AuditRecord(
+                "resume", organization, name, None, None, actor, note=resume_note(row[0])
+            )
+            self._append_audit(cur, [record], serial, now)
+        return "resumed"
 
     # -- the apply lock -----------------------------------------------------
 

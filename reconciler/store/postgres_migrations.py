@@ -137,6 +137,32 @@ MIGRATIONS.append(
     )
 )
 
+# A circuit breaker per webhook (reconciler/store/breakers.py): every dispatcher
+# sharing the state reads and moves the same one.
+MIGRATIONS.append(
+    (
+        "0007_webhook_breakers",
+        [
+            """CREATE TABLE webhook_breakers (
+                organization TEXT NOT NULL,
+                webhook TEXT NOT NULL,
+                state TEXT NOT NULL DEFAULT 'closed',
+                consecutive_failures INTEGER NOT NULL DEFAULT 0,
+                failing_since DOUBLE PRECISION,
+                opened_at DOUBLE PRECISION,
+                next_probe_at DOUBLE PRECISION,
+                probe_interval DOUBLE PRECISION NOT NULL DEFAULT 0,
+                probe_owner TEXT,
+                probe_expires DOUBLE PRECISION,
+                probes_failed INTEGER NOT NULL DEFAULT 0,
+                last_failure TEXT,
+                updated_at DOUBLE PRECISION NOT NULL,
+                PRIMARY KEY (organization, webhook)
+            )""",
+        ],
+    )
+)
+
 # Endpoint health's indexes (see store/migrations.py).
 MIGRATIONS.append(
     (

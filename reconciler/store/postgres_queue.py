@@ -14,6 +14,15 @@ from typing import Any
 
 from reconciler.ids import new_delivery_id
 from reconciler.store import health_sql
+from reconciler.store.base import AuditRecord
+from reconciler.store.breakers import (
+    BREAKER_COLUMNS,
+    BreakerRecord,
+    BreakerReport,
+    audit_time,
+    breaker_from_row,
+    fold,
+)
 from reconciler.store.queue import (
     ATTEMPT_COLUMNS,
     AttemptRecord,
@@ -35,6 +44,7 @@ from reconciler.store.sqlite_queue import DELIVERY_COLUMNS, EVENT_OF_DELIVERY
 class PostgresQueue:
     _tx: Callable[..., AbstractContextManager[Any]]
     _pause: Callable[[Any, str, str, str, str], None]  # from PostgresStore
+    _append_audit: Callable[[Any, Sequence[AuditRecord], int, str], None]
 
     # -- intake -------------------------------------------------------------
 
@@ -219,6 +229,11 @@ class PostgresQueue:
             return self._claim_in(cur, owner, limit, now, lease, None) if limit > 0 else []
 
     def _finish_in(self, cur: Any, results: Sequence[AttemptResult], owner: str, now: float) -> int:
+        reports = [r.breaker for r in results if r.breaker is not None]
+        if reports:
+            # Whether or not the delivery is still ours, the request went out and
+            # says how its endpoint is doing.
+            self._breakers_in(cur, reports, now)
         deferred = [r for r in results if r.outcome == "deferred"]
         results = [r for r in results if r.outcome != "deferred"]
         if deferred:
@@ -267,6 +282,88 @@ class PostgresQueue:
                 org, name = cur.fetchone()
                 self._pause(cur, org, name, r.pause_webhook, "dispatcher")
         return len(recorded)
+
+    # -- circuit breakers -------------------------------------------------------
+
+    def _breakers_in(self, cur: Any, reports: Sequence[BreakerReport], now: float) -> None:
+        """Move the breakers `reports` concern. Their rows are made if missing, then
+        locked in one order, so dispatchers recording failures of one webhook at
+        once count every one and never deadlock."""
+        keys = sorted({r.key for r in reports})
+        organizations, webhooks = [k[0] for k in keys], [k[1] for k in keys]
+        cur.execute(
+            "INSERT INTO webhook_breakers (organization, webhook, updated_at) "
+            "SELECT o, w, %s FROM unnest(%s::text[], %s::text[]) AS k(o, w) "
+            "ORDER BY o, w ON CONFLICT DO NOTHING",
+            (now, organizations, webhooks),
+        )
+        cur.execute(
+            f"SELECT {BREAKER_COLUMNS} FROM webhook_breakers "
+            "WHERE (organization, webhook) IN "
+            "(SELECT * FROM unnest(%s::text[], %s::text[])) "
+            "ORDER BY organization, webhook FOR UPDATE",
+            (organizations, webhooks),
+        )
+        current = {record.key: record for record in map(breaker_from_row, cur.fetchall())}
+        before = dict(current)
+        audit: list[AuditRecord] = []
+        for report in reports:
+            current[report.key], entry = fold(current[report.key], report, now)
+            if entry is not None:
+                audit.append(entry)
+        changed = [record.row() for key, record in current.items() if record != before[key]]
+        if changed:
+            cur.executemany(
+                "UPDATE webhook_breakers SET state = %s, consecutive_failures = %s, "
+                "failing_since = %s, opened_at = %s, next_probe_at = %s, probe_interval = %s, "
+                "probe_owner = %s, probe_expires = %s, probes_failed = %s, last_failure = %s, "
+                "updated_at = %s WHERE organization = %s AND webhook = %s",
+                [(*row[2:], row[0], row[1]) for row in changed],
+            )
+        if audit:
+            # A breaker changes no live webhook: the serial (and so a saved plan) stays.
+            cur.execute("SELECT value FROM meta WHERE key = 'serial'")
+            serial = int(cur.fetchone()[0])
+            self._append_audit(cur, audit, serial, audit_time(now))
+
+    def breakers(self, organizations: Sequence[str] | None = None) -> list[BreakerRecord]:
+        query = (
+            f"SELECT {BREAKER_COLUMNS} FROM webhook_breakers "
+            "WHERE (state != 'closed' OR consecutive_failures > 0)"
+        )
+        args: list[Any] = []
+        if organizations is not None:
+            query += " AND organization = ANY(%s)"
+            args.append(list(organizations))
+        query += " ORDER BY organization, webhook"
+        with self._tx() as cur:
+            cur.execute(query, args)
+            return [breaker_from_row(row) for row in cur.fetchall()]
+
+    def take_probe(
+        self, organization: str, webhook: str, owner: str, now: float, lease: float
+    ) -> tuple[bool, BreakerRecord | None]:
+        """One UPDATE: of dispatchers asking at once, the others wait for the row's
+        lock, then find the condition no longer holds."""
+        with self._tx(durable=False) as cur:
+            cur.execute(
+                "UPDATE webhook_breakers SET state = 'half-open', probe_owner = %s, "
+                "probe_expires = %s, updated_at = %s WHERE organization = %s AND webhook = %s "
+                "AND ((state = 'open' AND coalesce(next_probe_at, 0) <= %s) "
+                "OR (state = 'half-open' AND coalesce(probe_expires, 0) <= %s)) "
+                f"RETURNING {BREAKER_COLUMNS}",
+                (owner, now + lease, now, organization, webhook, now, now),
+            )
+            taken = cur.fetchone()
+            if taken is not None:
+                return True, breaker_from_row(taken)
+            cur.execute(
+                f"SELECT {BREAKER_COLUMNS} FROM webhook_breakers "
+                "WHERE organization = %s AND webhook = %s",
+                (organization, webhook),
+            )
+            row = cur.fetchone()
+        return False, breaker_from_row(row) if row is not None else None
 
     def release(self, owner: str, now: float) -> int:
         with self._tx() as cur:

@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 from typing import Any, Literal, NamedTuple, Protocol
 
 from reconciler.envaccess import EnvAccess
+from reconciler.store.breakers import BreakerRecord, BreakerReport
 
 Status = Literal["pending", "in_flight", "delivered", "failed", "cancelled"]
 FINAL_STATUSES = ("delivered", "failed", "cancelled")
@@ -99,6 +100,10 @@ class AttemptResult:
     next_due: float | None = None  # for outcome == "retry"
     pause_webhook: str | None = None  # a reason to pause the webhook (HTTP 410)
     sent: bool = True  # False when nothing went out (cancelled, render error)
+    # For the webhook's circuit breaker: set when the attempt failed as an endpoint
+    # that is down fails, was a probe, or succeeded after failures; None otherwise
+    # (the healthy case costs the store nothing).
+    breaker: BreakerReport | None = None
 
 
 @dataclass(frozen=True)
@@ -298,6 +303,19 @@ class QueueStore(Protocol):
 
     def env_access(self) -> EnvAccess:
         """Which `${env:}` variables each organization's definitions may read now."""
+        ...
+
+    def breakers(self, organizations: Sequence[str] | None = None) -> list[BreakerRecord]:
+        """The webhooks' breakers that are not plainly healthy (open, half-open, or
+        closed with failures counted), optionally only these organizations'."""
+        ...
+
+    def take_probe(
+        self, organization: str, webhook: str, owner: str, now: float, lease: float
+    ) -> tuple[bool, BreakerRecord | None]:
+        """Take the webhook's probe for `owner` if its turn has come (open and due, or
+        a probe whose lease ran out), atomically: of dispatchers asking at once, one
+        gets it. Returns whether this one did, and the breaker as it is now."""
         ...
 
     def close(self) -> None: ...

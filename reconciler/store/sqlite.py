@@ -36,10 +36,12 @@ from reconciler.store.base import (
     AuditEntry,
     AuditRecord,
     LiveWebhook,
+    ResumeOutcome,
     StateInfo,
     Write,
     audit_rows,
     no_state,
+    resume_note,
     shared_env_from_text,
     shared_env_text,
 )
@@ -415,11 +417,45 @@ class SqliteStore(SqliteQueue):
         ).rowcount
         if not changed:
             return
+        # Resumed later, it starts with a closed circuit breaker.
+        db.execute(
+            "DELETE FROM webhook_breakers WHERE organization = ? AND webhook = ?",
+            (organization, name),
+        )
         serial = int(db.execute("SELECT value FROM meta WHERE key = 'serial'").fetchone()[0])
         serial += 1
         db.execute("UPDATE meta SET value = ? WHERE key = 'serial'", (str(serial),))
         record = AuditRecord("pause", organization, name, None, None, actor, note=reason)
         self._append_audit(db, [record], serial, now)
+
+    def resume(self, organization: str, name: str, actor: str) -> ResumeOutcome:
+        now = _now()
+        with self._write() as db:
+            row = db.execute(
+                "SELECT paused_reason FROM webhooks WHERE organization = ? AND name = ?",
+                (organization, name),
+            ).fetchone()
+            if row is None:
+                return "no such webhook"
+            if row[0] is None:
+                return "not paused"
+            db.execute(
+                "UPDATE webhooks SET paused_reason = NULL, updated_at = ? "
+                "WHERE organization = ? AND name = ?",
+                (now, organization, name),
+            )
+            db.execute(
+                "DELETE FROM webhook_breakers WHERE organization = ? AND webhook = ?",
+                (organization, name),
+            )
+            serial = int(db.execute("SELECT value FROM meta WHERE key = 'serial'").fetchone()[0])
+            serial += 1
+            db.execute("UPDATE meta SET value = ? WHERE key = 'serial'", (str(serial),))
+            record = AuditRecord(
+                "resume", organization, name, None, None, actor, note=resume_note(row[0])
+            )
+            self._append_audit(db, [record], serial, now)
+        return "resumed"
 
     # -- the apply lock -----------------------------------------------------
 

@@ -15,6 +15,15 @@ from typing import Any
 
 from reconciler.ids import new_delivery_id
 from reconciler.store import health_sql
+from reconciler.store.base import AuditRecord
+from reconciler.store.breakers import (
+    BREAKER_COLUMNS,
+    BreakerRecord,
+    BreakerReport,
+    audit_time,
+    breaker_from_row,
+    fold,
+)
 from reconciler.store.queue import (
     ATTEMPT_COLUMNS,
     AttemptRecord,
@@ -43,6 +52,7 @@ class SqliteQueue:
     _db: sqlite3.Connection
     _write: Callable[..., AbstractContextManager[sqlite3.Connection]]
     _pause: Callable[[sqlite3.Connection, str, str, str, str], None]  # from SqliteStore
+    _append_audit: Callable[[sqlite3.Connection, Sequence[AuditRecord], int, str], None]
 
     # -- intake ---------------------------------------------------------------
 
@@ -240,6 +250,11 @@ class SqliteQueue:
     def _finish_in(
         self, db: sqlite3.Connection, results: Sequence[AttemptResult], owner: str, now: float
     ) -> int:
+        reports = [r.breaker for r in results if r.breaker is not None]
+        if reports:
+            # Whether or not the delivery is still ours, the request went out and
+            # says how its endpoint is doing.
+            self._breakers_in(db, reports, now)
         deferred = [[r.delivery_id, _real(r.next_due)] for r in results if r.outcome == "deferred"]
         sent = [r for r in results if r.outcome != "deferred"]
         if deferred:
@@ -306,6 +321,81 @@ class SqliteQueue:
             if r.pause_webhook:
                 self._pause_in(db, r.delivery_id, r.pause_webhook)
         return len(recorded)
+
+    # -- circuit breakers -------------------------------------------------------
+
+    def _breakers_in(
+        self, db: sqlite3.Connection, reports: Sequence[BreakerReport], now: float
+    ) -> None:
+        keys = sorted({r.key for r in reports})
+        current = {key: BreakerRecord(*key) for key in keys}
+        for row in _rows(
+            db,
+            f"SELECT json_group_array(json_array({BREAKER_COLUMNS})) FROM webhook_breakers "
+            "WHERE (organization, webhook) IN "
+            "(SELECT value ->> 0, value ->> 1 FROM json_each(?))",
+            (_json(keys),),
+        ):
+            record = breaker_from_row(row)
+            current[record.key] = record
+        before = dict(current)
+        audit: list[AuditRecord] = []
+        for report in reports:
+            current[report.key], entry = fold(current[report.key], report, now)
+            if entry is not None:
+                audit.append(entry)
+        changed = [record.row() for key, record in current.items() if record != before[key]]
+        if changed:
+            db.executemany(
+                f"INSERT INTO webhook_breakers ({BREAKER_COLUMNS}) "
+                "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) "
+                "ON CONFLICT (organization, webhook) DO UPDATE SET state = excluded.state, "
+                "consecutive_failures = excluded.consecutive_failures, "
+                "failing_since = excluded.failing_since, opened_at = excluded.opened_at, "
+                "next_probe_at = excluded.next_probe_at, "
+                "probe_interval = excluded.probe_interval, probe_owner = excluded.probe_owner, "
+                "probe_expires = excluded.probe_expires, "
+                "probes_failed = excluded.probes_failed, last_failure = excluded.last_failure, "
+                "updated_at = excluded.updated_at",
+                changed,
+            )
+        if audit:
+            # A breaker changes no live webhook: the serial (and so a saved plan) stays.
+            serial = int(db.execute("SELECT value FROM meta WHERE key = 'serial'").fetchone()[0])
+            self._append_audit(db, audit, serial, audit_time(now))
+
+    def breakers(self, organizations: Sequence[str] | None = None) -> list[BreakerRecord]:
+        query = (
+            f"SELECT {BREAKER_COLUMNS} FROM webhook_breakers "
+            "WHERE (state != 'closed' OR consecutive_failures > 0)"
+        )
+        args: list[Any] = []
+        if organizations is not None:
+            query += f" AND organization IN ({', '.join('?' * len(organizations))})"
+            args.extend(organizations)
+        query += " ORDER BY organization, webhook"
+        return [breaker_from_row(row) for row in self._db.execute(query, args)]
+
+    def take_probe(
+        self, organization: str, webhook: str, owner: str, now: float, lease: float
+    ) -> tuple[bool, BreakerRecord | None]:
+        with self._write(durable=False) as db:
+            taken = db.execute(
+                f"UPDATE webhook_breakers SET state = 'half-open', probe_owner = ?, "
+                "probe_expires = ?, updated_at = ? WHERE organization = ? AND webhook = ? "
+                "AND ((state = 'open' AND coalesce(next_probe_at, 0) <= ?) "
+                "OR (state = 'half-open' AND coalesce(probe_expires, 0) <= ?)) "
+                f"RETURNING {BREAKER_COLUMNS}",
+                (owner, now + lease, now, organization, webhook, now, now),
+            ).fetchone()
+            if taken is not None:
+                return True, breaker_from_row(taken)
+            row = db.execute(
+                f"SELECT {BREAKER_COLUMNS} FROM webhook_breakers "
+                "WHERE organization = ? AND webhook = ?",
+                (organization, webhook),
+            ).fetchone()
+        return False, breaker_from_row(row) if row is not None else None
 
     def _pause_in(self, db: sqlite3.Connection, delivery_id: str, reason: str) -> None:
         org, name = db.execute(
