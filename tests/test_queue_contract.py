@@ -408,6 +408,7 @@ class QueueContract:
     def test_workers_claiming_at_once_never_share_a_delivery(
         self, store: Any, store_factory: StoreFactory
     ) -> None:
+        commit(store, put("acme", "a", max_in_flight=20), put("acme", "b", max_in_flight=20))
         for n in range(20):
             store.add_event(event(f"e{n}"), NOW)
         connections = [store_factory() for _ in range(4)]

@@ -136,3 +136,12 @@ MIGRATIONS.append(
         ],
     )
 )
+
+# Claims go round the webhooks with due deliveries, each up to its max_in_flight (see
+# store/migrations.py).
+MIGRATIONS.append(
+    (
+        "0006_fair_claims",
+        ["CREATE INDEX deliveries_fair ON deliveries (status, organization, webhook, due_at)"],
+    )
+)
