@@ -474,8 +474,8 @@ class SqliteQueue:
 # (leases not run out), whichever dispatcher holds them; `o` and `h` name the
 # webhook in the query that uses it.
 _ROOM = (
-    "coalesce((SELECT w.spec ->> '$.max_in_flight' FROM webhooks w "
-    "WHERE w.organization = {o} AND w.name = {h}), :cap) - (SELECT "
+    "coalesce((SELECT w2.spec ->> '$.max_in_flight' FROM webhooks w2 "
+    "WHERE w2.organization = {o} AND w2.name = {h}), :cap) - (SELECT "
     "count(*) FILTER (WHERE f.lease_expires > :now) FROM deliveries f "
     "WHERE f.status = 'in_flight' AND f.organization = {o} AND f.webhook = {h})"
 )
