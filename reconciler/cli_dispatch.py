@@ -69,7 +69,8 @@ def _policy(allow_private: bool, cidrs: tuple[str, ...]) -> NetworkPolicy:
     type=click.IntRange(1, 10_000),
     default=200,
     show_default=True,
-    help="Requests in flight at once.",
+    help="Requests in flight at once, shared by every webhook: each webhook takes at "
+    "most its max_in_flight (default 10) of them.",
 )
 @click.option(
     "--grace",

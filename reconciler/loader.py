@@ -279,6 +279,8 @@ def describe(error: ErrorDetails, data: dict[str, Any]) -> tuple[Loc, str, bool]
             return loc, f"{where}: expected a duration such as 15s, got {_kind(value)}", False
         hint = " (quote it in YAML)" if isinstance(value, int | float | bool) else ""
         return loc, f"{where}: expected text, got {_kind(value)}{hint}", False
+    if kind in ("int_type", "int_from_float"):
+        return loc, f"{where}: expected a whole number, got {_kind(value)}", False
     if kind == "bool_type":
         return loc, f"{where}: expected true or false, got {_kind(value)}", False
     if kind in ("dict_type", "model_type", "model_attributes_type"):

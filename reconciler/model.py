@@ -19,6 +19,7 @@ from pydantic import (
     ConfigDict,
     Field,
     StrictBool,
+    StrictInt,
     StrictStr,
     WithJsonSchema,
     field_validator,
@@ -28,6 +29,11 @@ from reconciler import jsonbody, templates
 from reconciler.durations import DURATION_PATTERN, RATE_PATTERN, parse_duration
 
 NAME_PATTERN = r"^[a-z0-9][a-z0-9_-]{0,62}$"
+# Requests to one webhook in flight at once, across every dispatcher sharing the
+# state: a receiver that stops answering holds this many of the dispatchers' slots
+# for its timeout, never more, and the rest keep serving every other webhook.
+DEFAULT_MAX_IN_FLIGHT = 10
+MAX_IN_FLIGHT_LIMIT = 1000
 NAME_RULE = (
     "1 to 63 characters: lower-case letters, digits, '-' and '_', starting with a letter or digit"
 )
@@ -154,6 +160,16 @@ class WebhookSpec(BaseModel):
         default=None,
         description="At most this many requests to this webhook, e.g. 1/s (Slack), 20/m.",
         examples=["1/s"],
+    )
+    max_in_flight: StrictInt | None = Field(
+        default=None,
+        ge=1,
+        le=MAX_IN_FLIGHT_LIMIT,
+        description="At most this many requests to this webhook at once, across every "
+        f"dispatcher sharing the state (default {DEFAULT_MAX_IN_FLIGHT}, "
+        f"1 to {MAX_IN_FLIGHT_LIMIT}). A receiver that stops answering holds no more "
+        "of the dispatchers' slots than this.",
+        examples=[3],
     )
     allow_literal: list[AllowLiteralPath] = Field(
         default_factory=list,

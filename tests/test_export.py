@@ -164,6 +164,7 @@ retry:
   schedule: [1s, 30s, 5m]
   jitter: 0.5
 rate_limit: 20/m
+max_in_flight: 3
 allow_literal: [headers.X-Literal-Key]
 """,
     ),

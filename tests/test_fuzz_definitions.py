@@ -202,6 +202,7 @@ definitions = st.fixed_dictionaries(
             yaml_values,
         ),
         "rate_limit": st.one_of(st.sampled_from(["1/s", "20/m", "0/s"]), hostile_text),
+        "max_in_flight": st.one_of(st.sampled_from([1, 10, 1000, 0, 1001, -1]), huge_numbers),
         "organization": st.one_of(st.just("acme"), hostile_text),
     },
 )
@@ -453,7 +454,7 @@ def test_a_line_break_quoted_in_a_problem_is_escaped(
         "acme/hook.yaml:6:13: headers.X-A\\rB: expected text, got number 5 (quote it in YAML)",
         "acme/hook.yaml:7:1: unknown field 'extra\\u2028field' (known: name, organization, "
         "event, method, url, headers, body, query, description, enabled, protect, "
-        "signing_secret, timeout, retry, rate_limit, allow_literal)",
+        "signing_secret, timeout, retry, rate_limit, max_in_flight, allow_literal)",
     ]
 
 

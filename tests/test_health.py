@@ -53,8 +53,8 @@ def state(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[tuple[Any,
         put_specs(
             store,
             [
-                spec("a"),
-                spec("b"),
+                spec("a", max_in_flight=100),  # every delivery is claimed at once
+                spec("b", max_in_flight=100),
                 spec("c", enabled=False),
                 spec("a", "globex"),
             ],

@@ -12,6 +12,7 @@ import contextlib
 import json
 import os
 import socket
+import threading
 import time
 from collections.abc import AsyncIterator, Iterator, Mapping
 from email.utils import formatdate
@@ -21,7 +22,7 @@ from urllib.parse import unquote
 
 import pytest
 from helpers_state import FakeClock, definition, plan_folder, write_definition
-from receiver import Receiver, hang, ok, redirect, reset, status
+from receiver import Receiver, hang, hold, ok, redirect, reset, status
 from standardwebhooks.webhooks import Webhook, WebhookVerificationError
 
 from reconciler.apply import ApplyOptions, changes_to_writes
@@ -30,7 +31,7 @@ from reconciler.dispatch.retry import RETRY_AFTER_CAP
 from reconciler.dispatch.sender import USER_AGENT
 from reconciler.dispatch.service import make_sender
 from reconciler.dispatch.ssrf import NetworkPolicy
-from reconciler.dispatch.worker import Database, Worker
+from reconciler.dispatch.worker import Database, Worker, WorkerSettings
 from reconciler.store.queue import AttemptRecord, DeliveryRecord, EventKey, IntakeResult
 from reconciler.store.sqlite import SqliteStore
 
@@ -796,3 +797,54 @@ def test_an_allowed_network_does_not_open_the_others(world: World, receiver: Rec
 
     assert world.only_delivery(intake.event_id).status == "failed"
     assert receiver.requests() == []
+
+
+def test_a_hanging_receiver_holds_its_cap_of_slots_and_every_other_webhook_is_served(
+    world: World, receiver: Receiver
+) -> None:
+    """A receiver that accepts the connection and never answers, with a backlog queued
+    before anyone else's: it holds its max_in_flight of the worker's slots, and the
+    deliveries of another organization and of a healthy webhook of the same
+    organization still arrive, through the slots left."""
+    gate = threading.Event()  # the hanging receiver answers only once the test is done
+    receiver.script("/dead", hold(gate))
+    world.define("dead", url=receiver.url("/dead"), timeout="60s", max_in_flight=3)
+    world.define("healthy", url=receiver.url("/healthy"), event="reserved_instance_surplus")
+    world.define("other", "globex", url=receiver.url("/other"))
+    world.apply()
+    for n in range(50):
+        world.fire(event_id=f"stuck-{n}")
+    world.clock.now += 1
+    for n in range(20):
+        world.fire(event_id=f"surplus-{n}", event="reserved_instance_surplus")
+        world.fire(event_id=f"g-{n}", organization="globex")
+
+    async def scenario() -> tuple[int, int]:
+        db = Database(world.store)
+        sender = make_sender(10, LOOPBACK_ALLOWED)
+        settings = WorkerSettings(batch=10, concurrency=10, poll_interval=0.01)
+        worker = Worker(db, sender, clock=world.clock, policy=LOOPBACK_ALLOWED, settings=settings)
+        stopping = threading.Event()
+        running = asyncio.create_task(worker.run_forever(stopping.is_set, asyncio.Event()))
+        try:
+            for path in ("/healthy", "/other"):
+                await asyncio.to_thread(receiver.wait_for, 20, path)
+            held = len(receiver.requests("/dead"))
+            in_flight = sum(
+                1 for r in world.store.deliveries(webhook="dead", limit=100)
+                if r.status == "in_flight"
+            )  # fmt: skip
+        finally:
+            stopping.set()
+            gate.set()
+            await asyncio.wait_for(running, timeout=30)
+            await sender.aclose()
+            db.close()
+        return held, in_flight
+
+    held, in_flight = asyncio.run(scenario())
+    assert (held, in_flight) == (3, 3)
+    for organization, prefix in (("acme", "surplus"), ("globex", "g")):
+        for n in range(20):
+            (record,) = world.deliveries(f"{prefix}-{n}", organization)
+            assert record.status == "delivered"

@@ -121,6 +121,16 @@ def test_a_removed_field_shows_as_unset(store: SqliteStore) -> None:
     assert plan_report.field_line(change.fields[0]) == 'description: "old words" -> (unset)'
 
 
+def test_a_cap_on_requests_in_flight_shows_old_to_new(store: SqliteStore) -> None:
+    put_specs(store, [spec("a")])
+    (change,) = plan_for(store, [spec("a", max_in_flight=3)]).changes
+    assert list(change.fields) == [FieldChange(("max_in_flight",), MISSING, 3)]
+    assert plan_report.field_line(change.fields[0]) == "max_in_flight: (unset) -> 3"
+    put_specs(store, [spec("a", max_in_flight=3)])
+    (change,) = plan_for(store, [spec("a", max_in_flight=20)]).changes
+    assert plan_report.field_line(change.fields[0]) == "max_in_flight: 3 -> 20"
+
+
 def test_a_rename_is_one_delete_and_one_create(store: SqliteStore) -> None:
     put_specs(store, [spec("old-name"), spec("other")])
     plan = plan_for(store, [spec("new-name"), spec("other")])

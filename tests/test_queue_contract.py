@@ -408,6 +408,7 @@ class QueueContract:
     def test_workers_claiming_at_once_never_share_a_delivery(
         self, store: Any, store_factory: StoreFactory
     ) -> None:
+        commit(store, put("acme", "a", max_in_flight=20), put("acme", "b", max_in_flight=20))
         for n in range(20):
             store.add_event(event(f"e{n}"), NOW)
         connections = [store_factory() for _ in range(4)]
@@ -425,6 +426,117 @@ class QueueContract:
         every = [delivery for mine in taken for delivery in mine]
         assert len(every) == 40
         assert len(set(every)) == 40
+
+    # -- each webhook's share: max_in_flight and turns -------------------------------
+
+    def in_flight(self, store: Any, webhook: str) -> int:
+        return sum(
+            1 for r in store.deliveries(webhook=webhook, limit=10_000) if r.status == "in_flight"
+        )
+
+    def test_a_claim_never_takes_more_than_a_webhooks_room(self, store: Any) -> None:
+        commit(store, put("acme", "a", max_in_flight=3))  # b keeps the default, 10
+        store.add_events([event(f"e{n}") for n in range(20)], NOW)
+
+        first = store.claim("w1", 100, NOW, LEASE)
+        assert sorted(c.webhook for c in first).count("a") == 3
+        assert sorted(c.webhook for c in first).count("b") == 10
+        # another owner finds no room: the cap counts every owner's requests in flight
+        assert store.claim("w2", 100, NOW, LEASE) == []
+        assert store.add_events_and_claim([event("late")], NOW, "w2", 10, LEASE)[1] == []
+
+        # one of a's answered: exactly one more of a's may go, whoever claims it
+        done = next(c for c in first if c.webhook == "a")
+        store.finish([result(done, "delivered", status=200)], "w1", NOW)
+        assert [c.webhook for c in store.claim("w2", 100, NOW, LEASE)] == ["a"]
+        assert (self.in_flight(store, "a"), self.in_flight(store, "b")) == (3, 10)
+
+        # leases that ran out hold no room: their deliveries are due again, in turn
+        again = store.claim("w3", 100, NOW + LEASE, LEASE)
+        assert sorted(c.webhook for c in again).count("a") == 3
+        assert sorted(c.webhook for c in again).count("b") == 10
+
+    def test_intake_hands_over_no_more_than_a_webhooks_room(self, store: Any) -> None:
+        commit(store, put("acme", "a", max_in_flight=2))
+        store.add_event(event("first"), NOW)
+        store.claim("w0", 10, NOW, LEASE, event=key("first"))  # a: 1 of 2, b: 1 of 10
+
+        _, claims = store.add_events_and_claim(
+            [event(f"e{n}") for n in range(12)], NOW, "w1", 100, LEASE
+        )
+
+        assert [c.webhook for c in claims].count("a") == 1
+        assert [c.webhook for c in claims].count("b") == 9
+        assert (self.in_flight(store, "a"), self.in_flight(store, "b")) == (2, 10)
+        assert store.claim("w2", 100, NOW, LEASE) == []
+
+    def test_a_claim_for_one_event_keeps_to_the_webhooks_room(self, store: Any) -> None:
+        commit(store, put("acme", "a", max_in_flight=1))
+        store.add_events([event("e1"), event("e2")], NOW)
+        store.claim("w1", 1, NOW, LEASE, event=key("e1"))  # a's one slot, or b's
+        taken = store.claim("w1", 10, NOW, LEASE)
+        assert self.in_flight(store, "a") == 1
+        claims = store.claim("cli", 10, NOW, LEASE, event=key("e2"))
+        assert "a" not in [c.webhook for c in claims]
+        assert len(taken) + len(claims) == 2
+
+    def test_claims_go_round_the_webhooks_not_oldest_first(self, store: Any) -> None:
+        # a deep backlog, queued first, and a webhook with one fresh delivery
+        commit(store, put("acme", "a", max_in_flight=1000), Write("delete", "acme", "b"))
+        commit(store, put("globex", "fresh"))
+        store.add_events([event(f"old{n}") for n in range(1000)], NOW - 100)
+        store.add_event(event("new", "globex"), NOW)
+
+        claims = store.claim("w1", 10, NOW, LEASE)
+
+        assert len(claims) == 10
+        assert [c.webhook for c in claims].count("fresh") == 1
+
+    def test_each_turn_takes_one_delivery_of_every_webhook_with_room(self, store: Any) -> None:
+        commit(store, put("acme", "c"), put("globex", "a"))
+        for n in range(5):
+            store.add_event(event(f"e{n}"), NOW + n)  # acme: a, b, c
+            store.add_event(event(f"g{n}", "globex"), NOW - 100 + n)  # globex: a, older
+        claims = store.claim("w1", 8, NOW + 10, LEASE)
+        counts = {
+            (o, w): sum(1 for c in claims if (c.organization, c.webhook) == (o, w))
+            for o, w in [("acme", "a"), ("acme", "b"), ("acme", "c"), ("globex", "a")]
+        }
+        assert counts == {k: 2 for k in counts}
+        # within a webhook, the longest-waiting first
+        assert sorted(c.event.id for c in claims if c.organization == "acme") == [
+            "e0", "e0", "e0", "e1", "e1", "e1"
+        ]  # fmt: skip
+
+    def test_owners_claiming_at_once_never_exceed_a_webhooks_cap_together(
+        self, store: Any, store_factory: StoreFactory
+    ) -> None:
+        commit(store, put("acme", "a", max_in_flight=4), Write("delete", "acme", "b"))
+        store.add_events([event(f"e{n}") for n in range(200)], NOW)
+        connections = [store_factory() for _ in range(4)]
+        for round_ in range(10):
+            start = threading.Barrier(len(connections))
+            taken: list[list[Claim]] = [[] for _ in connections]
+
+            def work(index: int, start: threading.Barrier, taken: list[list[Claim]]) -> None:
+                start.wait(timeout=30)
+                for _ in range(3):
+                    taken[index] += connections[index].claim(f"w{index}", 3, NOW, LEASE)
+
+            threads = [
+                threading.Thread(target=work, args=(i, start, taken))
+                for i in range(len(connections))
+            ]
+            for thread in threads:
+                thread.start()
+            for thread in threads:
+                thread.join(timeout=60)
+            every = [claim for mine in taken for claim in mine]
+            assert len(every) == 4, f"round {round_}"
+            assert self.in_flight(store, "a") == 4
+            for index, mine in enumerate(taken):
+                done = [result(c, "delivered", status=200) for c in mine]
+                assert store.finish(done, f"w{index}", NOW) == len(mine)
 
     def test_claim_with_an_event_id_takes_only_that_events_deliveries(self, store: Any) -> None:
         store.add_event(event("mine"), NOW)

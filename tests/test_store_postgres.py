@@ -88,6 +88,7 @@ def test_open_store_selects_postgres_and_hides_the_password(postgres_url: str) -
             "0003_retry_schedule_restarts_on_replay",
             "0004_api_tokens",
             "0005_event_id_per_organization",
+            "0006_fair_claims",
             "0007_webhook_breakers",
             "0009_endpoint_health_indexes",
         ]
@@ -158,7 +159,7 @@ def test_processes_starting_at_once_migrate_once(postgres_url: str) -> None:
 
 def test_two_workers_never_claim_the_same_delivery(factory: PostgresFactory) -> None:
     store = factory()
-    store.commit([put("acme", "a")], [], 0)
+    store.commit([put("acme", "a", max_in_flight=50)], [], 0)
     now = time.time()
     store.add_events(
         [EventRecord(f"e{i}", "new_rule_violation", "acme", "n", "d", "t") for i in range(50)], now
@@ -170,11 +171,13 @@ def test_two_workers_never_claim_the_same_delivery(factory: PostgresFactory) -> 
     assert not {c.delivery_id for c in a} & {c.delivery_id for c in b}
 
 
-def test_retries_do_not_starve_fresh_deliveries(factory: PostgresFactory) -> None:
+def test_one_webhooks_retries_do_not_starve_anothers_fresh_deliveries(
+    factory: PostgresFactory,
+) -> None:
     from reconciler.store.queue import AttemptResult
 
     store = factory()
-    store.commit([put("acme", "a")], [], 0)
+    store.commit([put("acme", "a", max_in_flight=50)], [], 0)
     now = time.time()
     old = [EventRecord(f"old{i}", "new_rule_violation", "acme", "n", "d", "t") for i in range(20)]
     store.add_events(old, now - 100)
@@ -187,6 +190,9 @@ def test_retries_do_not_starve_fresh_deliveries(factory: PostgresFactory) -> Non
         "w",
         now - 99,
     )
-    store.add_events([EventRecord("fresh", "new_rule_violation", "acme", "n", "d", "t")], now)
+    store.commit([put("acme", "b", event="reserved_instance_surplus")], [], 1)
+    store.add_events(
+        [EventRecord("fresh", "reserved_instance_surplus", "acme", "n", "d", "t")], now
+    )
     picked = store.claim("w", 4, now, 60)
     assert "fresh" in {c.event.id for c in picked}

@@ -211,6 +211,17 @@ MIGRATIONS.append(
     )
 )
 
+# Claims go round the webhooks with due deliveries, each up to its max_in_flight:
+# the webhooks with a pending delivery are found by skipping through this index
+# (one probe per webhook, however deep its backlog), and each one's due
+# deliveries and its requests in flight are read from it in order.
+MIGRATIONS.append(
+    (
+        "0006_fair_claims",
+        ["CREATE INDEX deliveries_fair ON deliveries (status, organization, webhook, due_at)"],
+    )
+)
+
 # A circuit breaker per webhook (reconciler/store/breakers.py): every dispatcher
 # sharing the state reads and moves the same one.
 MIGRATIONS.append(

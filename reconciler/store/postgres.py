@@ -106,6 +106,8 @@ class PostgresStore(PostgresQueue):
             name: zlib.crc32(f"reconciler:{self.schema}:{name}".encode())
             for name in ("apply", "migrate")
         }
+        # Per-webhook claim locks take two 32-bit keys: this state's, and the webhook's.
+        self._claim_key = zlib.crc32(f"reconciler:{self.schema}:claim".encode()) - 2**31
         try:
             with psycopg.connect(conninfo, autocommit=True, connect_timeout=10) as conn:
                 if create:

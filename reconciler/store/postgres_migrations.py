@@ -137,6 +137,15 @@ MIGRATIONS.append(
     )
 )
 
+# Claims go round the webhooks with due deliveries, each up to its max_in_flight (see
+# store/migrations.py).
+MIGRATIONS.append(
+    (
+        "0006_fair_claims",
+        ["CREATE INDEX deliveries_fair ON deliveries (status, organization, webhook, due_at)"],
+    )
+)
+
 # A circuit breaker per webhook (reconciler/store/breakers.py): every dispatcher
 # sharing the state reads and moves the same one.
 MIGRATIONS.append(

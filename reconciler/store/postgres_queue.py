@@ -1,8 +1,8 @@
 """The delivery queue on PostgreSQL: dispatchers on several machines share it.
 
-Claims use FOR UPDATE SKIP LOCKED, so workers never wait on each other's rows;
-half of each claim goes to fresh deliveries, so a backlog of retries cannot
-starve new events.
+Claims go round the webhooks with due deliveries, each up to its max_in_flight
+(see _CLAIM_LOCK and _CLAIM_PICK), with FOR UPDATE SKIP LOCKED, so workers never
+wait on each other's rows, and no backlog, however deep, starves another webhook.
 """
 
 from __future__ import annotations
@@ -13,6 +13,7 @@ from contextlib import AbstractContextManager
 from typing import Any
 
 from reconciler.ids import new_delivery_id
+from reconciler.model import DEFAULT_MAX_IN_FLIGHT
 from reconciler.store import health_sql
 from reconciler.store.base import AuditRecord
 from reconciler.store.breakers import (
@@ -45,6 +46,7 @@ class PostgresQueue:
     _tx: Callable[..., AbstractContextManager[Any]]
     _pause: Callable[[Any, str, str, str, str], None]  # from PostgresStore
     _append_audit: Callable[[Any, Sequence[AuditRecord], int, str], None]
+    _claim_key: int  # from PostgresStore: the class of the per-webhook advisory locks
 
     # -- intake -------------------------------------------------------------
 
@@ -62,9 +64,12 @@ class PostgresQueue:
         refuse_nul(events)
         results: list[IntakeResult] = []
         claims: list[Claim] = []
+        room: dict[str, int] = {}  # webhook -> how many it may still take, once locked
         with self._tx() as cur:
             for event in events:
-                results.append(self._add_event_in(cur, event, now, (owner, limit, lease), claims))
+                results.append(
+                    self._add_event_in(cur, event, now, (owner, limit, lease), claims, room)
+                )
         return results, claims
 
     def _add_event_in(
@@ -74,6 +79,7 @@ class PostgresQueue:
         now: float,
         hand: tuple[str, int, float],
         claims: list[Claim],
+        room: dict[str, int],
     ) -> IntakeResult:
         cur.execute(
             "INSERT INTO events VALUES (%s, %s, %s, %s, %s, %s, %s, 0) "
@@ -94,19 +100,45 @@ class PostgresQueue:
                 (event.organization, event.id),
             )
             return IntakeResult(event.id, event.organization, cur.fetchone()[0], duplicate=True)
-        cur.execute(
-            "SELECT name, spec FROM webhooks WHERE organization = %s AND paused_reason IS NULL "
-            "AND spec::jsonb ->> 'event' = %s "
-            "AND coalesce((spec::jsonb ->> 'enabled')::boolean, true) ORDER BY name",
-            (event.organization, event.type),
+        owner, limit, lease = hand
+        handing = len(claims) < limit
+        # Handing deliveries over is claiming them: each webhook's lock first (one
+        # that another transaction holds is skipped), then, in a later statement that
+        # sees every commit made under it, the room left under its max_in_flight.
+        lock = (
+            "pg_try_advisory_xact_lock(%s, hashtext(organization || '/' || name))"
+            if handing
+            else "%s IS NULL"
         )
-        webhooks = cur.fetchall()
+        cur.execute(
+            f"SELECT name, spec, {lock} FROM webhooks WHERE organization = %s "
+            "AND paused_reason IS NULL AND spec::jsonb ->> 'event' = %s "
+            "AND coalesce((spec::jsonb ->> 'enabled')::boolean, true) ORDER BY name",
+            (self._claim_key, event.organization, event.type),
+        )
+        found = cur.fetchall()
+        webhooks = [(name, spec) for name, spec, _ in found]
+        locked = [name for name, _, got in found if got and name not in room]
+        room.update((name, 0) for name, _, got in found if not got and name not in room)
+        if handing and locked:
+            cur.execute(
+                f"SELECT w.name, {_ROOM.format(o='w.organization', h='w.name')} "
+                "FROM webhooks w WHERE w.organization = %(organization)s "
+                "AND w.name = ANY(%(names)s)",
+                {
+                    "organization": event.organization,
+                    "names": locked,
+                    "cap": DEFAULT_MAX_IN_FLIGHT,
+                    "now": now,
+                },
+            )
+            room.update(cur.fetchall())
         if webhooks:
-            owner, limit, lease = hand
             rows = []
             for name, spec in webhooks:
                 row = (new_delivery_id(), event.id, event.organization, name, "pending", None, None)
-                if len(claims) < limit:
+                if len(claims) < limit and room.get(name, 0) > 0:
+                    room[name] -= 1
                     row = (*row[:4], "in_flight", owner, now + lease)
                     claims.append(Claim(row[0], 1, event, event.organization, name, spec, None))
                 rows.append((*row, now, now, now))
@@ -133,47 +165,22 @@ class PostgresQueue:
     def _claim_in(
         self, cur: Any, owner: str, limit: int, now: float, lease: float, event: EventKey | None
     ) -> list[Claim]:
-        if event is not None:
-            ids = self._pick(
-                cur,
-                "organization = %s AND event_id = %s AND ((status = 'pending' "
-                "AND due_at <= %s) OR (status = 'in_flight' AND lease_expires <= %s))",
-                (event.organization, event.id, now, now),
-                "due_at",
-                limit,
-            )
-        else:
-            fresh = self._pick(
-                cur,
-                "status = 'pending' AND attempts = 0 AND due_at <= %s",
-                (now,),
-                "due_at",
-                (limit + 1) // 2,
-            )
-            retries = self._pick(
-                cur,
-                "status = 'pending' AND attempts > 0 AND due_at <= %s",
-                (now,),
-                "due_at",
-                limit - len(fresh),
-            )
-            ids = fresh + retries
-            if len(ids) < limit:
-                ids += self._pick(
-                    cur,
-                    "status = 'pending' AND due_at <= %s AND NOT (id = ANY(%s))",
-                    (now, ids),
-                    "due_at",
-                    limit - len(ids),
-                )
-            if len(ids) < limit:
-                ids += self._pick(
-                    cur,
-                    "status = 'in_flight' AND lease_expires <= %s",
-                    (now,),
-                    "lease_expires",
-                    limit - len(ids),
-                )
+        args: dict[str, Any] = {
+            "limit": limit,
+            "now": now,
+            "cap": DEFAULT_MAX_IN_FLIGHT,
+            "key": self._claim_key,
+            "organization": event.organization if event else None,
+            "event": event.id if event else None,
+        }
+        cur.execute(_CLAIM_LOCK_EVENT if event else _CLAIM_LOCK, args)
+        hooks = cur.fetchall()
+        if not hooks:
+            return []
+        args["organizations"] = [organization for organization, _ in hooks]
+        args["webhooks"] = [webhook for _, webhook in hooks]
+        cur.execute(_CLAIM_PICK.format(event="AND d.event_id = %(event)s" if event else ""), args)
+        ids = [row[0] for row in cur.fetchall()]
         if not ids:
             return []
         cur.execute(
@@ -203,18 +210,6 @@ class PostgresQueue:
             )
             for r in rows
         ]
-
-    def _pick(
-        self, cur: Any, where: str, args: tuple[Any, ...], order: str, limit: int
-    ) -> list[str]:
-        if limit <= 0:
-            return []
-        cur.execute(
-            f"SELECT id FROM deliveries WHERE {where} ORDER BY {order} LIMIT %s "
-            "FOR UPDATE SKIP LOCKED",
-            (*args, limit),
-        )
-        return [row[0] for row in cur.fetchall()]
 
     def finish(self, results: Sequence[AttemptResult], owner: str, now: float) -> int:
         with self._tx(durable=False) as cur:
@@ -541,3 +536,97 @@ class PostgresQueue:
             rows = cur.fetchall()
         for organization, event_id in rows:
             yield EventKey(organization, event_id)
+
+
+# What one webhook may still take: its max_in_flight less its requests in flight
+# (leases not run out), whichever dispatcher holds them. Read only under the
+# webhook's lock, in a statement that began after the lock was taken.
+_ROOM = (
+    "coalesce((SELECT (w2.spec::jsonb ->> 'max_in_flight')::int FROM webhooks w2 "
+    "WHERE w2.organization = {o} AND w2.name = {h}), %(cap)s) - (SELECT "
+    "count(*) FILTER (WHERE f.lease_expires > %(now)s) FROM deliveries f "
+    "WHERE f.status = 'in_flight' AND f.organization = {o} AND f.webhook = {h})"
+)
+
+# A claim's first statement. Deliveries whose lease ran out are due again (those no
+# other transaction holds). Then the webhooks with a due delivery, found by skipping
+# through deliveries_fair from one webhook with a pending delivery to the next (one
+# index probe each, however deep a backlog), each locked for this transaction: the
+# per-webhook lock is what makes max_in_flight hold across dispatchers, as two
+# claims for one webhook cannot both count its requests in flight before either
+# commits. A webhook another transaction is claiming for is skipped, as SKIP LOCKED
+# skips a row, and never waited for. (Each ORDER BY ends in due_at, an order only
+# deliveries_fair gives, so that the planner never walks another index filtering out
+# a webhook's delivered history.)
+_CLAIM_LOCK = """
+WITH RECURSIVE expired AS (
+    UPDATE deliveries SET status = 'pending', due_at = lease_expires, lease_owner = NULL,
+        lease_expires = NULL, updated_at = %(now)s
+    WHERE id IN (SELECT id FROM deliveries WHERE status = 'in_flight'
+        AND lease_expires <= %(now)s FOR UPDATE SKIP LOCKED)
+    RETURNING organization, webhook
+), hooks AS (
+    (SELECT organization, webhook FROM deliveries WHERE status = 'pending'
+     ORDER BY organization, webhook, due_at LIMIT 1)
+    UNION ALL
+    SELECT n.organization, n.webhook FROM hooks h CROSS JOIN LATERAL (
+        SELECT organization, webhook FROM deliveries WHERE status = 'pending'
+        AND (organization, webhook) > (h.organization, h.webhook)
+        ORDER BY organization, webhook, due_at LIMIT 1) n
+), candidates AS (
+    SELECT organization, webhook, bool_or(expired) AS expired FROM (
+        SELECT organization, webhook, false AS expired FROM hooks
+        UNION ALL
+        SELECT organization, webhook, true FROM expired
+    ) found GROUP BY organization, webhook
+)
+SELECT organization, webhook FROM candidates c
+WHERE CASE WHEN c.expired OR (
+    SELECT d.due_at FROM deliveries d WHERE d.status = 'pending'
+    AND d.organization = c.organization AND d.webhook = c.webhook
+    ORDER BY d.due_at LIMIT 1) <= %(now)s
+THEN pg_try_advisory_xact_lock(%(key)s, hashtext(organization || '/' || webhook)) END
+"""
+
+# The same for one event's deliveries (`fire --wait`): its few webhooks are waited
+# for, in one order, rather than skipped.
+_CLAIM_LOCK_EVENT = """
+WITH expired AS (
+    UPDATE deliveries SET status = 'pending', due_at = lease_expires, lease_owner = NULL,
+        lease_expires = NULL, updated_at = %(now)s
+    WHERE id IN (SELECT id FROM deliveries WHERE status = 'in_flight'
+        AND lease_expires <= %(now)s FOR UPDATE SKIP LOCKED)
+    RETURNING organization, webhook, event_id
+), due AS (
+    SELECT organization, webhook FROM deliveries WHERE organization = %(organization)s
+    AND event_id = %(event)s AND status = 'pending' AND due_at <= %(now)s
+    UNION
+    SELECT organization, webhook FROM expired
+    WHERE organization = %(organization)s AND event_id = %(event)s
+)
+SELECT organization, webhook FROM (SELECT * FROM due ORDER BY organization, webhook) ordered
+WHERE pg_advisory_xact_lock(%(key)s, hashtext(organization || '/' || webhook)) IS NOT NULL
+"""
+
+# A claim's second statement: round the locked webhooks, the first due delivery of
+# each, then the second of each, ..., each webhook up to its room. The candidate rows
+# are locked in a subquery (FOR UPDATE SKIP LOCKED, per webhook, at most its room),
+# then ranked: a window function cannot sit beside FOR UPDATE.
+_PICK_ROOM = _ROOM.format(o="h.organization", h="h.webhook")
+_CLAIM_PICK = f"""
+WITH room AS (
+    SELECT h.organization, h.webhook, least(%(limit)s, {_PICK_ROOM}) AS free
+    FROM unnest(%(organizations)s::text[], %(webhooks)s::text[]) AS h(organization, webhook)
+)
+SELECT id FROM (
+    SELECT c.id, c.due_at,
+        row_number() OVER (PARTITION BY r.organization, r.webhook ORDER BY c.due_at, c.id)
+            AS turn
+    FROM room r CROSS JOIN LATERAL (
+        SELECT d.id, d.due_at FROM deliveries d WHERE d.status = 'pending'
+        AND d.organization = r.organization AND d.webhook = r.webhook
+        AND d.due_at <= %(now)s {{event}}
+        ORDER BY d.due_at LIMIT greatest(r.free, 0) FOR UPDATE SKIP LOCKED
+    ) c
+) ranked ORDER BY turn, due_at LIMIT %(limit)s
+"""

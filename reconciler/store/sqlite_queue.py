@@ -9,11 +9,12 @@ from __future__ import annotations
 
 import json
 import sqlite3
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import AbstractContextManager
 from typing import Any
 
 from reconciler.ids import new_delivery_id
+from reconciler.model import DEFAULT_MAX_IN_FLIGHT
 from reconciler.store import health_sql
 from reconciler.store.base import AuditRecord
 from reconciler.store.breakers import (
@@ -95,6 +96,7 @@ class SqliteQueue:
             )
         }
         targets: dict[tuple[str, str], list[list[str]]] = {}  # (org, type) -> [name, spec]
+        room: dict[tuple[str, str], int] = {}  # (org, webhook) -> how many it may still take
         event_rows: list[list[Any]] = []
         delivery_rows: list[list[str]] = []
         results: list[IntakeResult] = []
@@ -109,16 +111,22 @@ class SqliteQueue:
             matching = (event.organization, event.type)
             names = targets.get(matching)
             if names is None:
-                names = targets[matching] = sorted(
-                    _rows(
-                        db,
-                        "SELECT json_group_array(json_array(name, spec)) FROM webhooks "
-                        "WHERE organization = ? "
-                        "AND paused_reason IS NULL AND json_extract(spec, '$.event') = ? "
-                        "AND coalesce(json_extract(spec, '$.enabled'), 1) = 1",
-                        matching,
-                    )
+                found = _rows(
+                    db,
+                    "SELECT json_group_array(json_array(w.name, w.spec, "
+                    f"{_ROOM.format(o='w.organization', h='w.name') if limit else '0'})) "
+                    "FROM webhooks w WHERE w.organization = :organization "
+                    "AND w.paused_reason IS NULL AND json_extract(w.spec, '$.event') = :type "
+                    "AND coalesce(json_extract(w.spec, '$.enabled'), 1) = 1",
+                    {
+                        "organization": event.organization,
+                        "type": event.type,
+                        "now": now,
+                        "cap": DEFAULT_MAX_IN_FLIGHT,
+                    },
                 )
+                names = targets[matching] = sorted([name, spec] for name, spec, _ in found)
+                room.update(((event.organization, name), free) for name, _, free in found)
             known[key] = len(names)
             event_rows.append(
                 [
@@ -133,7 +141,9 @@ class SqliteQueue:
             )
             for name, spec in names:
                 row = [new_delivery_id(), event.id, event.organization, name, "pending", None, None]
-                if len(claims) < limit:
+                # Handed over within the webhook's max_in_flight, as a claim would.
+                if len(claims) < limit and room[event.organization, name] > 0:
+                    room[event.organization, name] -= 1
                     row[4:] = "in_flight", owner, _real(now + lease)
                     claims.append(Claim(row[0], 1, event, event.organization, name, spec, None))
                 delivery_rows.append(row)
@@ -172,29 +182,19 @@ class SqliteQueue:
         lease: float,
         event: EventKey | None = None,
     ) -> list[Claim]:
+        # A lease that ran out makes its delivery due again, in its webhook's turn.
+        db.execute(
+            "UPDATE deliveries SET status = 'pending', due_at = lease_expires, "
+            "lease_owner = NULL, lease_expires = NULL, updated_at = ? "
+            "WHERE status = 'in_flight' AND lease_expires <= ?",
+            (now, now),
+        )
+        args = {"limit": limit, "now": now, "cap": DEFAULT_MAX_IN_FLIGHT}
         if event is not None:
-            ids = _rows(
-                db,
-                "SELECT json_group_array(id) FROM (SELECT id FROM deliveries "
-                "WHERE organization = ? AND event_id = ? AND ((status = 'pending' "
-                "AND due_at <= ?) OR (status = 'in_flight' AND lease_expires <= ?)) LIMIT ?)",
-                (event.organization, event.id, now, now, limit),
-            )
+            args.update(organization=event.organization, event=event.id)
+            ids = _rows(db, _CLAIM_EVENT, args)
         else:
-            ids = _rows(
-                db,
-                "SELECT json_group_array(id) FROM (SELECT id FROM deliveries "
-                "WHERE status = 'pending' AND due_at <= ? ORDER BY due_at LIMIT ?)",
-                (now, limit),
-            )
-        if len(ids) < limit and event is None:
-            ids += _rows(
-                db,
-                "SELECT json_group_array(id) FROM (SELECT id FROM deliveries "
-                "WHERE status = 'in_flight' AND lease_expires <= ? "
-                "ORDER BY lease_expires LIMIT ?)",
-                (now, limit - len(ids)),
-            )
+            ids = _rows(db, _CLAIM_FAIR, args)
         if not ids:
             return []
         taken = _json(ids)
@@ -581,6 +581,77 @@ class SqliteQueue:
             yield EventKey(organization, event_id)
 
 
+# What one webhook may still take: its max_in_flight less its requests in flight
+# (leases not run out), whichever dispatcher holds them; `o` and `h` name the
+# webhook in the query that uses it.
+_ROOM = (
+    "coalesce((SELECT w2.spec ->> '$.max_in_flight' FROM webhooks w2 "
+    "WHERE w2.organization = {o} AND w2.name = {h}), :cap) - (SELECT "
+    "count(*) FILTER (WHERE f.lease_expires > :now) FROM deliveries f "
+    "WHERE f.status = 'in_flight' AND f.organization = {o} AND f.webhook = {h})"
+)
+
+# A claim goes round the webhooks: the first due delivery of each, then the second of
+# each, ..., each webhook up to its room, so no backlog, however deep, starves another
+# webhook, and a webhook whose receiver hangs holds no more than its max_in_flight.
+# Everything is read through deliveries_fair, in steps that cost one index probe each:
+# `hooks` skips from one webhook with a pending delivery to the next, `walk` steps
+# through each one's due deliveries in (due_at, rowid) order. (Written as equality
+# plus `>` rather than as row values: SQLite seeks on a row value's first column only.)
+_CLAIM_FAIR = f"""
+WITH RECURSIVE hooks(k) AS (
+    SELECT json_array('', '')
+    UNION ALL
+    SELECT coalesce(
+        (SELECT json_array(organization, webhook) FROM deliveries
+         WHERE status = 'pending' AND organization = hooks.k ->> 0 AND webhook > hooks.k ->> 1
+         ORDER BY webhook LIMIT 1),
+        (SELECT json_array(organization, webhook) FROM deliveries
+         WHERE status = 'pending' AND organization > hooks.k ->> 0
+         ORDER BY organization, webhook LIMIT 1))
+    FROM hooks WHERE k IS NOT NULL
+),
+room(organization, webhook, free) AS (
+    SELECT o, h, min(:limit, {_ROOM.format(o="o", h="h")})
+    FROM (SELECT k ->> 0 AS o, k ->> 1 AS h FROM hooks WHERE k ->> 0 <> '')
+),
+walk(organization, webhook, free, turn, rid, due) AS (
+    SELECT r.organization, r.webhook, r.free, 1, d.rowid, d.due_at
+    FROM room r JOIN deliveries d ON d.rowid = (
+        SELECT rowid FROM deliveries WHERE status = 'pending'
+        AND organization = r.organization AND webhook = r.webhook AND due_at <= :now
+        ORDER BY due_at, rowid LIMIT 1)
+    WHERE r.free > 0
+    UNION ALL
+    SELECT w.organization, w.webhook, w.free, w.turn + 1, d.rowid, d.due_at
+    FROM walk w JOIN deliveries d ON d.rowid = coalesce(
+        (SELECT rowid FROM deliveries WHERE status = 'pending'
+         AND organization = w.organization AND webhook = w.webhook
+         AND due_at = w.due AND rowid > w.rid ORDER BY rowid LIMIT 1),
+        (SELECT rowid FROM deliveries WHERE status = 'pending'
+         AND organization = w.organization AND webhook = w.webhook
+         AND due_at > w.due AND due_at <= :now ORDER BY due_at, rowid LIMIT 1))
+    WHERE w.turn < w.free
+)
+SELECT json_group_array(id) FROM (
+    SELECT d.id FROM walk JOIN deliveries d ON d.rowid = walk.rid
+    ORDER BY walk.turn, walk.due LIMIT :limit
+)
+"""
+
+# One event's due deliveries (`fire --wait`), each webhook up to its room.
+_CLAIM_EVENT = f"""
+SELECT json_group_array(id) FROM (
+    SELECT id FROM (
+        SELECT d.id, d.due_at, {_ROOM.format(o="d.organization", h="d.webhook")} AS free,
+            row_number() OVER (PARTITION BY d.webhook ORDER BY d.due_at, d.rowid) AS turn
+        FROM deliveries d WHERE d.organization = :organization AND d.event_id = :event
+        AND d.status = 'pending' AND d.due_at <= :now
+    ) WHERE turn <= free ORDER BY turn, due_at LIMIT :limit
+)
+"""
+
+
 def _json(value: Any) -> str:
     """A batch as one JSON parameter (text values in it must hold no NUL: SQLite reads
     them out as C strings)."""
@@ -593,7 +664,7 @@ def _real(value: float | None) -> str | None:
     return None if value is None else repr(float(value))
 
 
-def _rows(db: sqlite3.Connection, query: str, args: Sequence[Any]) -> list[Any]:
+def _rows(db: sqlite3.Connection, query: str, args: Sequence[Any] | Mapping[str, Any]) -> list[Any]:
     """The one JSON array `query` aggregates its rows into, as Python.
 
     Statements here take and give a whole batch as one JSON value: the sqlite3
