@@ -108,8 +108,9 @@ def serve_command(
     deliveries, admins do both and replay, each for the token's organizations.
 
     One process uses one core. --processes N runs N dispatchers on one port and
-    one state, under a supervisor that replaces any that dies; each paces a
-    webhook's rate_limit at 1/N, and serves its own /metrics counters.
+    one state, under a supervisor that replaces any that dies; each serves its
+    own /metrics counters. A webhook's rate_limit, and a receiver's Retry-After,
+    hold across every dispatcher sharing the state, on this machine and others.
 
     The port is taken before anything starts: one in use is an error (exit 1).
 
@@ -131,9 +132,7 @@ def serve_command(
     logging.basicConfig(level=logging.INFO, handlers=[handler])
     # httpx logs every request's full URL, and a webhook URL can be a secret.
     logging.getLogger("httpx").setLevel(logging.WARNING)
-    settings = WorkerSettings(
-        batch=max(concurrency, 1), concurrency=concurrency, processes=processes
-    )
+    settings = WorkerSettings(batch=max(concurrency, 1), concurrency=concurrency)
     policy = _policy(allow_private, allow_cidrs)
 
     def run(store: QueueStore, sock: socket.socket, **more: Any) -> None:

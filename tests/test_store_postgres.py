@@ -88,6 +88,7 @@ def test_open_store_selects_postgres_and_hides_the_password(postgres_url: str) -
             "0003_retry_schedule_restarts_on_replay",
             "0004_api_tokens",
             "0005_event_id_per_organization",
+            "0008_rate_limit_slots",
         ]
     finally:
         store.close()
