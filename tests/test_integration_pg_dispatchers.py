@@ -1,7 +1,6 @@
 """Integration on PostgreSQL: several `reconciler serve` processes sharing one state,
 one killed with SIGKILL mid-run; two keeping a webhook to its rate_limit together;
-applies serializing on the advisory lock; concurrent
-migrations.
+applies serializing on the advisory lock; concurrent migrations.
 
 Real processes, real HTTP on loopback, the real server. Every wait polls a condition
 under a deadline and fails with what it waited for (and the servers' logs); every
