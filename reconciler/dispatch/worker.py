@@ -452,12 +452,12 @@ class Worker:
             timeout,
         )
         result = self._result(claim, spec, started, outcome)
-        hold = self._hold(claim, outcome)
+        hold = self._hold(outcome)
         if hold is not None:
             await self._write_hold(key, hold)
         return result
 
-    def _hold(self, claim: Claim, outcome: Outcome) -> float | None:
+    def _hold(self, outcome: Outcome) -> float | None:
         """Until when the receiver asked for a pause, if it did (Retry-After on a
         response that is retried), capped at RETRY_AFTER_CAP."""
         if outcome.kind != "retry":
