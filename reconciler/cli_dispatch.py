@@ -120,8 +120,9 @@ def serve_command(
     deliveries, admins do both and replay, each for the token's organizations.
 
     One process uses one core. --processes N runs N dispatchers on one port and
-    one state, under a supervisor that replaces any that dies; each paces a
-    webhook's rate_limit at 1/N, and serves its own /metrics counters.
+    one state, under a supervisor that replaces any that dies; each serves its
+    own /metrics counters. A webhook's rate_limit, and a receiver's Retry-After,
+    hold across every dispatcher sharing the state, on this machine and others.
 
     A webhook whose endpoint is down (5 timeouts, connection errors or 5xx in a
     row) has its circuit breaker opened: its deliveries wait without spending
@@ -153,7 +154,6 @@ def serve_command(
     settings = WorkerSettings(
         batch=max(concurrency, 1),
         concurrency=concurrency,
-        processes=processes,
         pause_after=_pause_after(pause_after),
     )
     policy = _policy(allow_private, allow_cidrs)

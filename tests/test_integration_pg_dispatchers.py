@@ -1,6 +1,6 @@
 """Integration on PostgreSQL: several `reconciler serve` processes sharing one state,
-one killed with SIGKILL mid-run; applies serializing on the advisory lock; concurrent
-migrations.
+one killed with SIGKILL mid-run; two keeping a webhook to its rate_limit together;
+applies serializing on the advisory lock; concurrent migrations.
 
 Real processes, real HTTP on loopback, the real server. Every wait polls a condition
 under a deadline and fails with what it waited for (and the servers' logs); every
@@ -18,6 +18,7 @@ import signal
 import subprocess
 import sys
 import threading
+import time
 from collections import defaultdict
 from collections.abc import Iterator
 from contextlib import ExitStack
@@ -281,6 +282,71 @@ def test_three_dispatchers_share_the_queue_and_a_sigkill_loses_no_accepted_event
     for server in [s for s in servers if s is not victim] + [restarted]:
         assert server.process.poll() is None, server
         assert "Traceback" not in server.log(), server
+
+
+# -- a rate limit kept by two dispatchers together ---------------------------------------
+
+RATE = 5  # the webhook's rate_limit, requests a second
+RATED_EVENTS = 15  # three seconds' worth at RATE
+# Arrival times are real: each request crosses two event loops and the loopback after
+# its slot comes, a few milliseconds late (more on a busy machine), so a request sent
+# late can share a one-second window with the RATE requests after it, and with one
+# more if it is over one slot (1/RATE s) late. Two dispatchers that each kept to the
+# rate alone put 8 to 10 into one window. Lateness never brings a request forward, so
+# counted from the moment the first event was posted, no tolerance is needed.
+WINDOW_TOLERANCE = 2
+
+
+def test_two_dispatchers_together_keep_a_webhook_to_its_rate_limit(cluster: Cluster) -> None:
+    with Receiver() as receiver:  # answers at once, records each arrival
+        write_definition(
+            cluster.folder,
+            ORG,
+            definition("slack", url=receiver.url("/slack"), body=BODY, rate_limit=f"{RATE}/s"),
+        )
+        applied = cluster.cli("apply", str(cluster.folder), "--auto-approve", "--actor", "it")
+        assert applied.returncode == 0, applied.stdout + applied.stderr
+        headers = api_headers(cluster.state, cluster.root)
+        servers = cluster.start(2, "--concurrency", "10")
+        with httpx.Client(timeout=DEADLINE, headers=headers) as client:
+            posted = time.monotonic()  # the receiver's clock; no slot comes before this
+            for i in range(RATED_EVENTS):  # half to each dispatcher, as fast as they take them
+                response = client.post(
+                    f"{servers[i % 2].url}/v1/events",
+                    json={"type": EVENT, "organization": ORG, "name": "r", "id": f"evt-{i:02d}"},
+                )
+                assert response.status_code == 202, response.text
+        seen = receiver.wait_for(RATED_EVENTS, "/slack")
+        assert not receiver.errors, receiver.errors
+
+    assert len(seen) == RATED_EVENTS, f"some were sent twice{cluster}"
+    assert {r.json()["event_id"] for r in seen} == {f"evt-{i:02d}" for i in range(RATED_EVENTS)}
+    arrivals = sorted(r.arrived for r in seen)
+    crowded = [
+        [round(t - start, 3) for t in arrivals if start <= t < start + 1.0] for start in arrivals
+    ]
+    worst = max(crowded, key=len)
+    assert len(worst) <= RATE + WINDOW_TOLERANCE, (
+        f"{len(worst)} requests arrived within one second (at +s: {worst}); "
+        f"the rate is {RATE}/s{cluster}"
+    )
+    # From the first post on, x seconds hold at most RATE * x + 1 slots: the n-th request
+    # (from 0) arrives no earlier than n slots after it (a millisecond for rounding).
+    since = [round(t - posted, 3) for t in arrivals]
+    early = [(n, at) for n, at in enumerate(since) if at < n / RATE - 0.001]
+    assert not early, f"requests ahead of their turn (n, +s): {early} of {since}{cluster}"
+    # Both dispatchers sent: the rate was kept by the two together, not by one alone.
+    for server in servers:
+        assert re.search(r"outcome=delivered", server.log()), (
+            f"serve {server.number} sent none{cluster}"
+        )
+        assert "Traceback" not in server.log(), server
+
+    def all_delivered() -> bool:
+        counts = dict(rows(cluster.state, "SELECT status, count(*) FROM deliveries GROUP BY 1"))
+        return counts == {"delivered": RATED_EVENTS}
+
+    eventually(all_delivered, "every delivery recorded as delivered", cluster)
 
 
 # -- applies serialize on the advisory lock ---------------------------------------------

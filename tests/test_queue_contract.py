@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from serve_process import rows
 from store_contract import StoreFactory, put
 
 from reconciler.store.base import Write
@@ -905,6 +906,149 @@ class QueueContract:
         assert [a.error for a in attempts] == ["HTTP 500", "HTTP 429", None]
         assert found.as_json()["attempts"] == 3
         assert store.delivery("msg_unknown") is None
+
+    # -- rate limits across dispatchers ---------------------------------------------
+    # Each store_factory() call is another connection, as another dispatcher process
+    # (or machine) has: the slots and holds are the state's, shared by all of them.
+
+    def rated(self, store_factory: StoreFactory) -> tuple[Any, Any]:
+        """Two dispatchers' connections to one state in which acme/slack (5/s) fires on
+        new_rule_violation and acme/plain (no rate limit) on reserved_instance_surplus."""
+        first, second = store_factory(), store_factory()
+        commit(
+            first,
+            put("acme", "slack", rate_limit="5/s", max_in_flight=100),
+            put("acme", "plain", event="reserved_instance_surplus"),
+        )
+        return first, second
+
+    def test_slots_are_spaced_one_over_the_rate_across_two_owners(
+        self, store_factory: StoreFactory
+    ) -> None:
+        first, second = self.rated(store_factory)
+        first.add_events([event(f"e{n}") for n in range(6)], NOW)
+        one = first.claim("one", 3, NOW, LEASE)
+        two = second.claim("two", 3, NOW + 0.01, LEASE)
+        slots = sorted(c.rate_slot for c in one + two)
+        assert slots == pytest.approx([NOW + n * 0.2 for n in range(6)])
+        assert {c.held_until for c in one + two} == {0.0}
+        # Slots in the past are not saved up: after a quiet spell the next goes now.
+        first.add_event(event("e9"), NOW + 60)
+        (late,) = second.claim("two", 3, NOW + 60, LEASE)
+        assert late.rate_slot == pytest.approx(NOW + 60)
+
+    def test_slots_taken_at_once_by_many_owners_are_never_shared(
+        self, store_factory: StoreFactory
+    ) -> None:
+        first, _ = self.rated(store_factory)
+        first.add_events([event(f"e{n:02d}") for n in range(20)], NOW)
+        owners = [store_factory() for _ in range(4)]
+        taken: list[float] = []
+        problems: list[BaseException] = []
+
+        def take(store: Any, owner: str) -> None:
+            # A claim may pass over a webhook another owner is claiming at that moment
+            # (PostgreSQL's per-webhook lock): owners go on until all 20 are taken.
+            try:
+                for _ in range(500):
+                    if len(taken) >= 20:
+                        break
+                    taken.extend(c.rate_slot for c in store.claim(owner, 1, NOW, LEASE))
+            except BaseException as exc:  # reported below, not lost in the thread
+                problems.append(exc)
+
+        threads = [
+            threading.Thread(target=take, args=(store, f"owner-{n}"))
+            for n, store in enumerate(owners)
+        ]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+        assert not problems, problems
+        assert sorted(taken) == pytest.approx([NOW + n * 0.2 for n in range(20)])
+
+    def test_a_delivery_put_off_to_its_slot_keeps_it_whoever_claims_it_next(
+        self, store_factory: StoreFactory
+    ) -> None:
+        first, second = self.rated(store_factory)
+        first.add_events([event("e0"), event("e1")], NOW)
+        _, later = sorted(first.claim("one", 2, NOW, LEASE), key=lambda c: c.rate_slot)
+        assert later.rate_slot == pytest.approx(NOW + 0.2)
+        put_off = result(later, "deferred", next_due=later.rate_slot, keeps_slot=True, sent=False)
+        first.finish([put_off], "one", NOW)
+        assert second.claim("two", 10, NOW + 0.1, LEASE) == []  # not due yet
+        (again,) = second.claim("two", 10, later.rate_slot, LEASE)
+        assert (again.delivery_id, again.rate_slot) == (later.delivery_id, later.rate_slot)
+        # It took no second slot: the next delivery gets the one after it.
+        first.add_event(event("e2"), later.rate_slot)
+        (fresh,) = first.claim("one", 10, later.rate_slot, LEASE)
+        assert fresh.rate_slot == pytest.approx(NOW + 0.4)
+        # A delivery put off without keeping its slot takes a new one when claimed.
+        first.finish([result(fresh, "deferred", next_due=NOW + 0.4, sent=False)], "one", NOW)
+        (anew,) = second.claim("two", 10, NOW + 0.4, LEASE)
+        assert anew.rate_slot == pytest.approx(NOW + 0.6)
+
+    def test_a_hold_from_one_owner_delays_the_others_deliveries(
+        self, store_factory: StoreFactory
+    ) -> None:
+        first, second = self.rated(store_factory)
+        first.hold("acme", "slack", NOW + 30)
+        first.hold("acme", "plain", NOW + 20)
+        second.hold("acme", "slack", NOW + 10)  # a shorter hold never shortens one
+        assert second.holds(NOW) == {("acme", "slack"): NOW + 30, ("acme", "plain"): NOW + 20}
+        assert first.holds(NOW + 25) == {("acme", "slack"): NOW + 30}
+        # A rate-limited webhook's claims carry the hold, and their slots start after it.
+        first.add_events([event("e0"), event("e1")], NOW)
+        claims = sorted(second.claim("two", 2, NOW, LEASE), key=lambda c: c.rate_slot)
+        assert [c.rate_slot for c in claims] == pytest.approx([NOW + 30, NOW + 30.2])
+        assert {c.held_until for c in claims} == {NOW + 30}
+        # One without a rate limit carries nothing: dispatchers read holds() instead.
+        first.add_event(event("p0", type="reserved_instance_surplus"), NOW)
+        (plain,) = second.claim("two", 2, NOW, LEASE)
+        assert (plain.webhook, plain.rate_slot, plain.held_until) == ("plain", None, None)
+
+    def test_webhooks_without_a_rate_limit_never_touch_the_slots(
+        self, store_factory: StoreFactory
+    ) -> None:
+        first, second = self.rated(store_factory)
+        surplus = "reserved_instance_surplus"
+        _, handed = first.add_events_and_claim([event("p0", type=surplus)], NOW, "one", 5, LEASE)
+        first.add_events([event(f"p{n}", type=surplus) for n in range(1, 4)], NOW)
+        claims = handed + second.claim("two", 10, NOW, LEASE)
+        assert len(claims) == 4
+        assert {(c.rate_slot, c.held_until) for c in claims} == {(None, None)}
+        first.finish([result(c, "delivered") for c in handed], "one", NOW)
+        second.finish(
+            [result(c, "retry", status=503, next_due=NOW + 5) for c in claims[1:]], "two", NOW
+        )
+        assert rows(store_factory.url, "SELECT count(*) FROM rate_limit_slots") == [(0,)]
+        assert first.holds(0.0) == {}
+
+    def test_intake_handing_deliveries_over_takes_their_slots(
+        self, store_factory: StoreFactory
+    ) -> None:
+        first, second = self.rated(store_factory)
+        _, handed = first.add_events_and_claim([event("e0"), event("e1")], NOW, "one", 5, LEASE)
+        assert sorted(c.rate_slot for c in handed) == pytest.approx([NOW, NOW + 0.2])
+        first.add_event(event("e2"), NOW)
+        (claimed,) = second.claim("two", 5, NOW, LEASE)
+        assert claimed.rate_slot == pytest.approx(NOW + 0.4)
+
+    def test_one_organizations_slots_and_holds_are_its_own(
+        self, store_factory: StoreFactory
+    ) -> None:
+        first, second = self.rated(store_factory)
+        commit(first, put("globex", "slack", rate_limit="5/s"))
+        first.add_events([event("e0"), event("e0", "globex")], NOW)
+        claims = first.claim("one", 10, NOW, LEASE)
+        assert {c.organization: c.rate_slot for c in claims} == {"acme": NOW, "globex": NOW}
+        first.hold("globex", "slack", NOW + 60)
+        assert second.holds(NOW) == {("globex", "slack"): NOW + 60}
+        first.add_event(event("e1"), NOW)
+        (acme,) = second.claim("two", 10, NOW, LEASE)
+        assert (acme.organization, acme.held_until) == ("acme", 0.0)
+        assert acme.rate_slot == pytest.approx(NOW + 0.2)
 
 
 class SqliteFactory:

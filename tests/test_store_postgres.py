@@ -90,6 +90,7 @@ def test_open_store_selects_postgres_and_hides_the_password(postgres_url: str) -
             "0005_event_id_per_organization",
             "0006_fair_claims",
             "0007_webhook_breakers",
+            "0008_rate_limit_slots",
             "0009_endpoint_health_indexes",
         ]
     finally:

@@ -1,46 +1,72 @@
-"""Per-webhook pacing: a webhook's rate_limit, and the pauses its receiver asks for.
+"""Per-webhook pacing: a webhook's rate_limit, and the pauses its receiver asks for,
+kept across every dispatcher that shares the state.
 
-Requests over the rate are delayed, never dropped: each gets the next free slot
-(spaced 1/rate apart), and its delivery waits in the queue until then. A 429 or
-503 with Retry-After holds every delivery to that webhook, not just the one that
-got it. One limiter serves all the requests of a process; where N processes share
-a queue (`serve --processes N`), each paces a webhook at 1/N of its rate, so
-together they never exceed it.
+Requests over the rate are delayed, never dropped. The state holds, per rate-limited
+webhook, its next free slot: a claim takes one slot per delivery (spaced 1/rate
+apart) in the claim's own transaction, and a delivery whose slot is still to come
+goes back to the queue, due then, keeping its slot. However many processes and
+machines claim, the slots come from one sequence, so together they keep to the
+rate. A 429 or 503 with Retry-After holds every delivery to that webhook, on every
+dispatcher: the hold is written to the state, and the webhook's next slots start
+after it.
+
+Webhooks without a rate_limit cost no database call per delivery: a hold on one of
+them reaches this process through `Holds`, a copy of the state's holds read at most
+once per HOLDS_TTL of the dispatcher's clock (this process's own holds count at once).
+
+Times are the dispatchers' clocks (seconds since the epoch), as due times and leases
+are, so dispatchers on several machines keep their clocks in sync (NTP): a skew of
+d seconds between two machines lets at most rate x d more requests into a window.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from reconciler.store.queue import Claim
+
 Key = tuple[str, str]  # (organization, webhook)
+
+HOLDS_TTL = 1.0  # seconds a process trusts its copy of the state's holds
 
 
 @dataclass
-class RateLimiter:
-    share: float = 1.0  # this process's part of every webhook's rate
-    _next_free: dict[Key, float] = field(default_factory=dict)
-    _held_until: dict[Key, float] = field(default_factory=dict)
-    _slots: dict[str, float] = field(default_factory=dict)  # delivery id -> its slot
+class Holds:
+    """This process's copy of the state's holds (Retry-After), by webhook."""
 
-    def admit(self, key: Key, delivery_id: str, rate: float | None, now: float) -> float | None:
-        """None when the request may go now; else the time it may go."""
-        held = self._held_until.get(key, 0.0)
-        if held > now:
-            self._slots.pop(delivery_id, None)
-            return held
-        if rate is None:
-            return None
-        slot = self._slots.pop(delivery_id, None)
-        if slot is not None and slot <= now:
-            return None  # its reserved turn has come
-        start = max(now, self._next_free.get(key, now))
-        self._next_free[key] = start + 1.0 / (rate * self.share)
-        if start <= now:
-            return None
-        self._slots[delivery_id] = start
-        return start
+    ttl: float = HOLDS_TTL
+    _until: dict[Key, float] = field(default_factory=dict)
+    _read: float | None = None  # when the state's holds were last read (dispatcher clock)
+
+    def stale(self, now: float) -> bool:
+        return self._read is None or not 0 <= now - self._read < self.ttl
+
+    def refreshed(self, read: dict[Key, float], now: float) -> None:
+        """The state's holds as just read; this process's own that the state does not
+        have yet (its write failed, say) are kept until they end."""
+        mine = {key: until for key, until in self._until.items() if until > now}
+        for key, until in mine.items():
+            read[key] = max(read.get(key, 0.0), until)
+        self._until = read
+        self._read = now
 
     def hold(self, key: Key, until: float) -> None:
-        """The receiver asked for a pause (Retry-After): nothing goes to it before `until`."""
-        self._held_until[key] = max(self._held_until.get(key, 0.0), until)
-        self._next_free[key] = max(self._next_free.get(key, 0.0), until)
+        self._until[key] = max(self._until.get(key, 0.0), until)
+
+    def until(self, key: Key) -> float:
+        return self._until.get(key, 0.0)
+
+
+def admit(claim: Claim, now: float, held: float) -> tuple[float | None, bool]:
+    """When `claim` may go: (None, _) now; else (time, keeps), where keeps says the
+    delivery keeps its rate-limit slot for then. `held`: this process's hold on the
+    webhook; the claim carries the state's hold for a rate-limited one."""
+    held = max(held, claim.held_until or 0.0)
+    slot = claim.rate_slot
+    if slot is not None and slot >= held:
+        return (slot, True) if slot > now else (None, False)
+    if held > now:
+        # A slot before the hold's end is given up: the delivery takes another
+        # after it, when it is claimed again.
+        return held, False
+    return None, False

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import heapq
 import logging
 import os
 import random
@@ -25,12 +26,12 @@ from typing import Any, Literal, TypeVar
 from reconciler import templates
 from reconciler.dispatch.logs import info_line
 from reconciler.dispatch.metrics import Metrics
-from reconciler.dispatch.ratelimit import RateLimiter
+from reconciler.dispatch.ratelimit import Holds, admit
 from reconciler.dispatch.retry import RETRY_AFTER_CAP, Backoff, parse_retry_after, utc
 from reconciler.dispatch.sender import Outcome, Sender
 from reconciler.dispatch.signing import SigningSecretError, signature_header
 from reconciler.dispatch.ssrf import NetworkPolicy, TargetRefused
-from reconciler.durations import parse_duration, parse_rate
+from reconciler.durations import parse_duration
 from reconciler.envaccess import EnvAccess
 from reconciler.model import WebhookSpec
 from reconciler.render import EventData, Renderer, RenderError
@@ -50,6 +51,7 @@ ENV_ACCESS_RETRY = 5.0  # when they cannot be read at all, deliveries wait this 
 # failure. The healthy path reads nothing else of them.
 BREAKER_TTL = 1.0
 DEFAULT_PAUSE_AFTER = 3 * 86_400.0  # a breaker failing this long pauses its webhook
+SLOT_MARGIN = 0.001  # a loop waiting for a slot wakes this long after it, not before
 INTERRUPTED = (
     "interrupted: the dispatcher shut down before the receiver answered "
     "(it may have the request); due again at once"
@@ -96,7 +98,6 @@ class WorkerSettings:
     batch: int = 200
     concurrency: int = 200
     poll_interval: float = 0.5
-    processes: int = 1  # dispatcher processes sharing the queue (rate limits are split)
     # A webhook whose endpoint has been down (its circuit breaker open) this long is
     # paused, as after HTTP 410, until an apply or `webhooks resume`.
     pause_after: float = DEFAULT_PAUSE_AFTER
@@ -114,7 +115,7 @@ class Worker:
         settings: WorkerSettings | None = None,
         owner: str | None = None,
         policy: NetworkPolicy | None = None,
-        limiter: RateLimiter | None = None,
+        holds: Holds | None = None,
         metrics: Metrics | None = None,
     ) -> None:
         self.db = db
@@ -125,7 +126,14 @@ class Worker:
         self.settings = settings or WorkerSettings()
         self.owner = owner or owner_id()
         self.policy = policy or NetworkPolicy()
-        self.limiter = limiter or RateLimiter(share=1.0 / self.settings.processes)
+        # Receivers' Retry-After holds, as the state has them (see ratelimit.py).
+        self.holds = holds or Holds()
+        self._holds_lock = asyncio.Lock()
+        # When the rate-limit slots this worker put deliveries off to come (a heap):
+        # the loop looks at the queue then rather than at its next poll, so a
+        # delivery goes at its slot, not up to a poll interval later in a bunch
+        # with the slots after it.
+        self._slots: list[float] = []
         self.metrics = metrics or Metrics()
         self._renderers: dict[str, Renderer] = {}  # a live definition's text -> its renderer
         # Which variables each organization may read, as last read from the state.
@@ -268,7 +276,7 @@ class Worker:
                     return
                 if not completed and not self._handed:
                     with contextlib.suppress(TimeoutError):
-                        async with asyncio.timeout(trouble.pause() or self.settings.poll_interval):
+                        async with asyncio.timeout(trouble.pause() or self._poll_wait()):
                             await wake.wait()
                     if not wake.is_set():
                         drained = False  # the poll: retries may have come due since
@@ -284,6 +292,16 @@ class Worker:
             if unrecorded:
                 await self._record(unrecorded, trouble)  # on failure: logged; leases expire
             raise
+
+    def _poll_wait(self) -> float:
+        """Seconds until the queue is looked at again: the poll interval, or less
+        when a slot this worker put a delivery off to comes sooner."""
+        now = self.clock()
+        while self._slots and self._slots[0] <= now:
+            heapq.heappop(self._slots)
+        if not self._slots:
+            return self.settings.poll_interval
+        return min(self.settings.poll_interval, self._slots[0] - now + SLOT_MARGIN)
 
     async def _claim(self, limit: int, trouble: _StoreTrouble) -> list[Claim]:
         try:
@@ -436,9 +454,11 @@ class Worker:
                 next_due=breaker_wait,
                 sent=False,
             )
-        rate = parse_rate(spec.rate_limit) if spec.rate_limit else None
-        wait_until = self.limiter.admit(key, claim.delivery_id, rate, started)
+        await self._refresh_holds(started)
+        wait_until, keeps_slot = admit(claim, started, self.holds.until(key))
         if wait_until is not None:
+            if keeps_slot:
+                heapq.heappush(self._slots, wait_until)
             return AttemptResult(
                 claim.delivery_id,
                 claim.attempt,
@@ -446,6 +466,7 @@ class Worker:
                 0.0,
                 "deferred",
                 next_due=wait_until,
+                keeps_slot=keeps_slot,
                 sent=False,
             )
         access = await self._env_access()
@@ -480,7 +501,46 @@ class Worker:
             type(request)(request.method, request.url, headers, request.body),
             timeout,
         )
-        return self._result(claim, spec, started, outcome)
+        result = self._result(claim, spec, started, outcome)
+        hold = self._hold(outcome)
+        if hold is not None:
+            await self._write_hold(key, hold)
+        return result
+
+    def _hold(self, outcome: Outcome) -> float | None:
+        """Until when the receiver asked for a pause, if it did (Retry-After on a
+        response that is retried), capped at RETRY_AFTER_CAP."""
+        if outcome.kind != "retry":
+            return None
+        now = self.clock()
+        retry_after = parse_retry_after(outcome.retry_after, now)
+        return None if retry_after is None else now + min(retry_after, RETRY_AFTER_CAP)
+
+    async def _write_hold(self, key: tuple[str, str], until: float) -> None:
+        """Hold the webhook here at once, and in the state for every dispatcher."""
+        self.holds.hold(key, until)
+        try:
+            await self.db.run(self.db.store.hold, key[0], key[1], until)
+        except Exception:
+            log.exception(
+                "the state failed while holding webhook %s/%s; only this process holds it",
+                *key,
+            )
+
+    async def _refresh_holds(self, now: float) -> None:
+        """Read the state's holds if this process's copy is older than its TTL. A
+        failed read keeps the copy (and is tried again after the TTL)."""
+        if not self.holds.stale(now):
+            return
+        async with self._holds_lock:
+            if not self.holds.stale(now):
+                return
+            try:
+                read = await self.db.run(self.db.store.holds, now)
+            except Exception:
+                log.exception("the state failed while reading the webhooks' holds")
+                read = {}
+            self.holds.refreshed(read, now)
 
     def _result(
         self, claim: Claim, spec: WebhookSpec, started: float, outcome: Outcome
@@ -509,9 +569,6 @@ class Worker:
         if outcome.kind == "retry":
             now = self.clock()
             retry_after = parse_retry_after(outcome.retry_after, now)
-            if retry_after is not None:
-                hold = min(retry_after, RETRY_AFTER_CAP)
-                self.limiter.hold((claim.organization, claim.webhook), now + hold)
             backoff = Backoff.from_policy(spec.retry)
             delay = backoff.delay_after(claim.retry_number, self.rng, retry_after)
             if delay is not None:

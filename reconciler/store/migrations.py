@@ -248,6 +248,27 @@ MIGRATIONS.append(
     )
 )
 
+# A webhook's rate_limit and the pauses its receivers ask for (Retry-After), kept in
+# the state so that every dispatcher sharing it keeps to them together: per webhook,
+# the next free slot and the time it is held until (seconds since the epoch). A
+# delivery put off to its slot keeps it in rate_slot, so it goes then without taking
+# another. Rows exist only for webhooks that have a rate_limit or were held.
+MIGRATIONS.append(
+    (
+        "0008_rate_limit_slots",
+        [
+            """CREATE TABLE rate_limit_slots (
+                organization TEXT NOT NULL,
+                webhook TEXT NOT NULL,
+                next_free REAL NOT NULL,
+                held_until REAL NOT NULL,
+                PRIMARY KEY (organization, webhook)
+            )""",
+            "ALTER TABLE deliveries ADD COLUMN rate_slot REAL",
+        ],
+    )
+)
+
 # Endpoint health (reconciler/health.py) reads a webhook's last hour of attempts by
 # their time, and its latest delivered and latest failed delivery, without walking
 # every delivery it ever had. The partial indexes hold only finished deliveries

@@ -172,6 +172,24 @@ MIGRATIONS.append(
     )
 )
 
+# A webhook's rate_limit and its receivers' Retry-After, shared by every dispatcher
+# (see store/migrations.py).
+MIGRATIONS.append(
+    (
+        "0008_rate_limit_slots",
+        [
+            """CREATE TABLE rate_limit_slots (
+                organization TEXT NOT NULL,
+                webhook TEXT NOT NULL,
+                next_free DOUBLE PRECISION NOT NULL,
+                held_until DOUBLE PRECISION NOT NULL,
+                PRIMARY KEY (organization, webhook)
+            )""",
+            "ALTER TABLE deliveries ADD COLUMN rate_slot DOUBLE PRECISION",
+        ],
+    )
+)
+
 # Endpoint health's indexes (see store/migrations.py).
 MIGRATIONS.append(
     (

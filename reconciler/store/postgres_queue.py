@@ -38,6 +38,8 @@ from reconciler.store.queue import (
     attempt_row,
     clean_text,
     refuse_nul,
+    slot_groups,
+    with_slots,
 )
 from reconciler.store.sqlite_queue import DELIVERY_COLUMNS, EVENT_OF_DELIVERY
 
@@ -70,6 +72,7 @@ class PostgresQueue:
                 results.append(
                     self._add_event_in(cur, event, now, (owner, limit, lease), claims, room)
                 )
+            claims = self._slots_in(cur, claims, now)
         return results, claims
 
     def _add_event_in(
@@ -183,21 +186,24 @@ class PostgresQueue:
         ids = [row[0] for row in cur.fetchall()]
         if not ids:
             return []
-        cur.execute(
-            "UPDATE deliveries SET status = 'in_flight', lease_owner = %s, "
-            "lease_expires = %s, updated_at = %s WHERE id = ANY(%s)",
-            (owner, now + lease, now, ids),
-        )
+        # A slot kept from before goes with the claim (rate_slot), and is the
+        # claim's alone from now on.
         cur.execute(
             "SELECT d.id, d.attempts, e.id, e.type, e.organization, e.name, e.description, "
-            "e.time, d.organization, d.webhook, w.spec, w.paused_reason, d.retry_base "
+            "e.time, d.organization, d.webhook, w.spec, w.paused_reason, d.retry_base, "
+            "d.rate_slot "
             f"FROM deliveries d JOIN events e ON {EVENT_OF_DELIVERY} "
             "LEFT JOIN webhooks w ON w.organization = d.organization AND w.name = d.webhook "
             "WHERE d.id = ANY(%s)",
             (ids,),
         )
         rows = cur.fetchall()
-        return [
+        cur.execute(
+            "UPDATE deliveries SET status = 'in_flight', lease_owner = %s, "
+            "lease_expires = %s, updated_at = %s, rate_slot = NULL WHERE id = ANY(%s)",
+            (owner, now + lease, now, ids),
+        )
+        claims = [
             Claim(
                 delivery_id=r[0],
                 attempt=r[1] + 1,
@@ -207,9 +213,58 @@ class PostgresQueue:
                 spec=r[10],
                 paused_reason=r[11],
                 retry_number=r[1] - r[12] + 1,
+                rate_slot=r[13],
             )
             for r in rows
         ]
+        return self._slots_in(cur, claims, now)
+
+    def _slots_in(self, cur: Any, claims: list[Claim], now: float) -> list[Claim]:
+        """Give the claims of rate-limited webhooks their slots (queue.with_slots):
+        one statement for the batch, none when no webhook in it has a rate_limit.
+        Its rows are locked in (organization, webhook) order until the transaction
+        ends, so dispatchers taking slots of the same webhooks wait in turn, never
+        in a cycle."""
+        groups = slot_groups(claims)
+        if not groups:
+            return claims
+        cur.execute(
+            "INSERT INTO rate_limit_slots AS s (organization, webhook, next_free, held_until) "
+            "SELECT v.o, v.w, %(now)s + v.span, 0 "
+            "FROM unnest(%(o)s::text[], %(w)s::text[], %(span)s::float8[]) AS v(o, w, span) "
+            "ORDER BY v.o, v.w "
+            "ON CONFLICT (organization, webhook) DO UPDATE "
+            "SET next_free = GREATEST(s.next_free, %(now)s) + (excluded.next_free - %(now)s) "
+            "RETURNING s.organization, s.webhook, s.next_free, s.held_until",
+            {
+                "now": now,
+                "o": [org for org, _ in groups],
+                "w": [name for _, name in groups],
+                "span": [interval * fresh for interval, fresh in groups.values()],
+            },
+        )
+        taken = {(o, w): (f, h) for o, w, f, h in cur.fetchall()}
+        return with_slots(claims, groups, taken)
+
+    def hold(self, organization: str, webhook: str, until: float) -> None:
+        with self._tx(durable=False) as cur:
+            cur.execute(
+                "INSERT INTO rate_limit_slots AS s (organization, webhook, next_free, "
+                "held_until) VALUES (%(o)s, %(w)s, %(until)s, %(until)s) "
+                "ON CONFLICT (organization, webhook) DO UPDATE "
+                "SET held_until = GREATEST(s.held_until, %(until)s), "
+                "next_free = GREATEST(s.next_free, %(until)s)",
+                {"o": organization, "w": webhook, "until": until},
+            )
+
+    def holds(self, now: float) -> dict[tuple[str, str], float]:
+        with self._tx() as cur:
+            cur.execute(
+                "SELECT organization, webhook, held_until FROM rate_limit_slots "
+                "WHERE held_until > %s",
+                (now,),
+            )
+            return {(o, w): until for o, w, until in cur.fetchall()}
 
     def finish(self, results: Sequence[AttemptResult], owner: str, now: float) -> int:
         with self._tx(durable=False) as cur:
@@ -234,10 +289,17 @@ class PostgresQueue:
         if deferred:
             cur.execute(
                 "UPDATE deliveries d SET status = 'pending', due_at = v.due, "
-                "lease_owner = NULL, lease_expires = NULL, updated_at = %s "
-                "FROM unnest(%s::text[], %s::float8[]) AS v(id, due) "
+                "lease_owner = NULL, lease_expires = NULL, updated_at = %s, "
+                "rate_slot = CASE WHEN v.keeps THEN v.due END "
+                "FROM unnest(%s::text[], %s::float8[], %s::boolean[]) AS v(id, due, keeps) "
                 "WHERE d.id = v.id AND d.status = 'in_flight' AND d.lease_owner = %s",
-                (now, [r.delivery_id for r in deferred], [r.next_due for r in deferred], owner),
+                (
+                    now,
+                    [r.delivery_id for r in deferred],
+                    [r.next_due for r in deferred],
+                    [r.keeps_slot for r in deferred],
+                    owner,
+                ),
             )
         if not results:
             return 0

@@ -8,9 +8,10 @@ from __future__ import annotations
 
 import json
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, Literal, NamedTuple, Protocol
 
+from reconciler.durations import parse_rate
 from reconciler.envaccess import EnvAccess
 from reconciler.store.breakers import BreakerRecord, BreakerReport
 
@@ -77,6 +78,11 @@ class Claim:
     spec: str | None  # the webhook's live definition now; None when it was deleted
     paused_reason: str | None
     retry_number: int = 0  # this attempt's place in the retry schedule (from 1)
+    # Rate-limited webhooks only (see take_slots): the time this delivery's slot
+    # comes (taken by this claim, or kept from an earlier one), and the time the
+    # webhook is held until by a receiver's Retry-After, as the state had them.
+    rate_slot: float | None = None
+    held_until: float | None = None
 
     def __post_init__(self) -> None:
         if not self.retry_number:
@@ -97,7 +103,10 @@ class AttemptResult:
     response_headers: dict[str, str] = field(default_factory=dict)
     response_excerpt: str = ""
     error: str | None = None
-    next_due: float | None = None  # for outcome == "retry"
+    next_due: float | None = None  # for outcome == "retry" (and "deferred")
+    # deferred to its rate-limit slot (next_due), which the delivery keeps: when it
+    # is claimed again, it goes then without taking another slot
+    keeps_slot: bool = False
     pause_webhook: str | None = None  # a reason to pause the webhook (HTTP 410)
     sent: bool = True  # False when nothing went out (cancelled, render error)
     # For the webhook's circuit breaker: set when the attempt failed as an endpoint
@@ -204,6 +213,59 @@ class WebhookAggregates(WebhookQueue):
     last_failure_error: str | None = None
 
 
+def rate_interval(spec: str | None) -> float | None:
+    """Seconds between two requests to the webhook whose live definition is `spec`,
+    by its rate_limit; None when it has none. A definition without one is told
+    apart by a substring test, so most claims cost no JSON parsing."""
+    if spec is None or '"rate_limit"' not in spec:
+        return None
+    data = json.loads(spec)
+    text = data.get("rate_limit")
+    if not text or data.get("enabled") is False:  # a disabled webhook sends nothing
+        return None
+    rate = parse_rate(text)
+    return 1.0 / rate if rate > 0 else None
+
+
+def slot_groups(claims: Sequence[Claim]) -> dict[tuple[str, str], tuple[float, int]]:
+    """The rate-limited webhooks among `claims`, sorted (rows are locked in this order,
+    so two dispatchers never wait on each other in a cycle): (organization, webhook)
+    -> (interval, how many of the claims need a new slot)."""
+    groups: dict[tuple[str, str], tuple[float, int]] = {}
+    for claim in claims:
+        interval = None if claim.paused_reason else rate_interval(claim.spec)
+        if interval is None:
+            continue
+        key = (claim.organization, claim.webhook)
+        fresh = groups.get(key, (interval, 0))[1] + (claim.rate_slot is None)
+        groups[key] = (interval, fresh)
+    return dict(sorted(groups.items()))
+
+
+def with_slots(
+    claims: Sequence[Claim],
+    groups: dict[tuple[str, str], tuple[float, int]],
+    taken: dict[tuple[str, str], tuple[float, float]],
+) -> list[Claim]:
+    """`claims` with their slots: `taken` is, per webhook of `groups`, the next free
+    slot after this batch took its own and the time it is held until. A claim that
+    kept a slot from before keeps it; the others get the batch's, 1/rate apart."""
+    firsts = {key: taken[key][0] - interval * fresh for key, (interval, fresh) in groups.items()}
+    out: list[Claim] = []
+    for claim in claims:
+        key = (claim.organization, claim.webhook)
+        if key not in groups:
+            out.append(claim)
+            continue
+        held_until = taken[key][1]
+        slot = claim.rate_slot
+        if slot is None:
+            slot = firsts[key]
+            firsts[key] += groups[key][0]
+        out.append(replace(claim, rate_slot=slot, held_until=held_until))
+    return out
+
+
 def headers_json(headers: dict[str, str]) -> str:
     return json.dumps(headers, sort_keys=True)
 
@@ -268,6 +330,15 @@ class QueueStore(Protocol):
     ) -> list[Claim]: ...
 
     def release(self, owner: str, now: float) -> int: ...
+
+    def hold(self, organization: str, webhook: str, until: float) -> None:
+        """A receiver asked for a pause (Retry-After): no dispatcher sends to this
+        webhook before `until`, and its rate-limit slots start after it."""
+        ...
+
+    def holds(self, now: float) -> dict[tuple[str, str], float]:
+        """The webhooks held past `now`: (organization, webhook) -> until."""
+        ...
 
     def release_dead(self, alive: Callable[[str], bool], now: float) -> int: ...
 

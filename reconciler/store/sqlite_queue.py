@@ -39,6 +39,8 @@ from reconciler.store.queue import (
     attempt_row,
     clean_text,
     refuse_nul,
+    slot_groups,
+    with_slots,
 )
 
 DELIVERY_COLUMNS = (
@@ -161,7 +163,7 @@ class SqliteQueue:
             "CAST(value ->> 6 AS REAL) FROM json_each(?2)",
             (now, _json(delivery_rows)),
         )
-        return results, claims
+        return results, self._slots_in(db, claims, now)
 
     # -- claims -----------------------------------------------------------------
 
@@ -198,22 +200,25 @@ class SqliteQueue:
         if not ids:
             return []
         taken = _json(ids)
-        db.execute(
-            "UPDATE deliveries SET status = 'in_flight', lease_owner = ?, "
-            "lease_expires = ?, updated_at = ? WHERE id IN (SELECT value FROM json_each(?))",
-            (owner, now + lease, now, taken),
-        )
+        # A slot kept from before goes with the claim (rate_slot), and is the
+        # claim's alone from now on.
         rows = _rows(
             db,
             "SELECT json_group_array(json_array(d.id, d.attempts, e.id, e.type, "
             "e.organization, e.name, e.description, e.time, d.organization, d.webhook, "
-            "w.spec, w.paused_reason, d.retry_base)) "
+            "w.spec, w.paused_reason, d.retry_base, d.rate_slot)) "
             f"FROM deliveries d JOIN events e ON {EVENT_OF_DELIVERY} "
             "LEFT JOIN webhooks w ON w.organization = d.organization AND w.name = d.webhook "
             "WHERE d.id IN (SELECT value FROM json_each(?))",
             (taken,),
         )
-        return [
+        db.execute(
+            "UPDATE deliveries SET status = 'in_flight', lease_owner = ?, "
+            "lease_expires = ?, updated_at = ?, rate_slot = NULL "
+            "WHERE id IN (SELECT value FROM json_each(?))",
+            (owner, now + lease, now, taken),
+        )
+        claims = [
             Claim(
                 delivery_id=r[0],
                 attempt=r[1] + 1,
@@ -223,9 +228,50 @@ class SqliteQueue:
                 spec=r[10],
                 paused_reason=r[11],
                 retry_number=r[1] - r[12] + 1,
+                rate_slot=r[13],
             )
             for r in rows
         ]
+        return self._slots_in(db, claims, now)
+
+    def _slots_in(self, db: sqlite3.Connection, claims: list[Claim], now: float) -> list[Claim]:
+        """Give the claims of rate-limited webhooks their slots (queue.with_slots):
+        one statement for the batch, none when no webhook in it has a rate_limit."""
+        groups = slot_groups(claims)
+        if not groups:
+            return claims
+        spans = [
+            [org, name, _real(interval * fresh)]
+            for (org, name), (interval, fresh) in groups.items()
+        ]
+        taken = db.execute(
+            "INSERT INTO rate_limit_slots (organization, webhook, next_free, held_until) "
+            "SELECT value ->> 0, value ->> 1, ?1 + CAST(value ->> 2 AS REAL), 0 "
+            "FROM json_each(?2) WHERE true ON CONFLICT (organization, webhook) DO UPDATE "
+            "SET next_free = max(next_free, ?1) + (excluded.next_free - ?1) "
+            "RETURNING organization, webhook, next_free, held_until",
+            (now, _json(spans)),
+        ).fetchall()
+        return with_slots(claims, groups, {(o, w): (f, h) for o, w, f, h in taken})
+
+    def hold(self, organization: str, webhook: str, until: float) -> None:
+        with self._write(durable=False) as db:
+            db.execute(
+                "INSERT INTO rate_limit_slots (organization, webhook, next_free, held_until) "
+                "VALUES (?1, ?2, ?3, ?3) ON CONFLICT (organization, webhook) DO UPDATE "
+                "SET held_until = max(held_until, ?3), next_free = max(next_free, ?3)",
+                (organization, webhook, until),
+            )
+
+    def holds(self, now: float) -> dict[tuple[str, str], float]:
+        return {
+            (organization, webhook): until
+            for organization, webhook, until in self._db.execute(
+                "SELECT organization, webhook, held_until FROM rate_limit_slots "
+                "WHERE held_until > ?",
+                (now,),
+            )
+        }
 
     def finish(self, results: Sequence[AttemptResult], owner: str, now: float) -> int:
         """Record attempts and move each delivery on; ignores deliveries no longer ours.
@@ -255,13 +301,19 @@ class SqliteQueue:
             # Whether or not the delivery is still ours, the request went out and
             # says how its endpoint is doing.
             self._breakers_in(db, reports, now)
-        deferred = [[r.delivery_id, _real(r.next_due)] for r in results if r.outcome == "deferred"]
+        deferred = [
+            [r.delivery_id, _real(r.next_due), r.keeps_slot]
+            for r in results
+            if r.outcome == "deferred"
+        ]
         sent = [r for r in results if r.outcome != "deferred"]
         if deferred:
             db.execute(
                 "UPDATE deliveries SET status = 'pending', due_at = CAST(v.due AS REAL), "
-                "lease_owner = NULL, lease_expires = NULL, updated_at = ?1 "
-                "FROM (SELECT value ->> 0 AS id, value ->> 1 AS due FROM json_each(?2)) v "
+                "lease_owner = NULL, lease_expires = NULL, updated_at = ?1, "
+                "rate_slot = CASE WHEN v.keeps THEN CAST(v.due AS REAL) END "
+                "FROM (SELECT value ->> 0 AS id, value ->> 1 AS due, value ->> 2 AS keeps "
+                "FROM json_each(?2)) v "
                 "WHERE deliveries.id = v.id AND status = 'in_flight' AND lease_owner = ?3",
                 (now, _json(deferred), owner),
             )
