@@ -47,7 +47,7 @@ def store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Any]:
         made = PostgresStore(request.getfixturevalue("postgres_url"))
         made.test_url = request.getfixturevalue("postgres_url")  # with its user
     try:
-        put_specs(made, [spec("a", timeout="10s"), spec("g", "globex")])
+        put_specs(made, [spec("a", timeout="10s", max_in_flight=100), spec("g", "globex")])
         yield made
     finally:
         made.close()
@@ -88,7 +88,7 @@ def workers(
                         clock=clock,
                         rng=random.Random(0),
                         owner=f"test-host:1:w{n}",
-                        settings=settings or WorkerSettings(batch=5, concurrency=5),
+                        settings=settings or WorkerSettings(batch=THRESHOLD, concurrency=THRESHOLD),
                     )
                     for n, db in enumerate(dbs)
                 ]
@@ -135,10 +135,10 @@ def test_a_dead_endpoint_opens_its_breaker_and_its_backlog_waits_without_attempt
     store: Any, clock: FakeClock, httpx_mock: HTTPXMock
 ) -> None:
     Endpoint(httpx_mock)
-    fire(store, clock, 20)  # 20 deliveries to acme/a, whose endpoint hangs
+    fire(store, clock, 4 * THRESHOLD)  # deliveries to acme/a, whose endpoint hangs
 
     async def scenario(ws: list[Worker]) -> None:
-        await ws[0].run_once()  # THRESHOLD (5) timeouts in a row
+        await ws[0].run_once()  # THRESHOLD timeouts in a row
         assert sent_to_a(httpx_mock) == THRESHOLD
         fire(store, clock, 3, "globex")
         for _ in range(6):  # the rest is claimed, and put back untouched
@@ -155,7 +155,7 @@ def test_a_dead_endpoint_opens_its_breaker_and_its_backlog_waits_without_attempt
     )
     assert state.last_failure == "timed out after 10s"
     waiting = [r for r in store.deliveries(webhook="a", limit=100) if r.attempts == 0]
-    assert len(waiting) == 20 - THRESHOLD
+    assert len(waiting) == 3 * THRESHOLD
     assert {(r.status, r.due_at) for r in waiting} == {("pending", START + FIRST_PROBE)}
     # another organization's deliveries went out meanwhile
     assert {r.status for r in store.deliveries(organization="globex")} == {"delivered"}
@@ -167,7 +167,7 @@ def test_answers_that_are_not_5xx_never_open_it(
     store: Any, clock: FakeClock, httpx_mock: HTTPXMock, answer: int, headers: dict[str, str]
 ) -> None:
     httpx_mock.add_response(url=A_URL, status_code=answer, headers=headers, is_reusable=True)
-    fire(store, clock, 10)
+    fire(store, clock, 2 * THRESHOLD)
 
     async def scenario(ws: list[Worker]) -> None:
         for _ in range(10):
@@ -182,8 +182,8 @@ def test_answers_that_are_not_5xx_never_open_it(
 def test_a_rendering_error_says_nothing_about_the_endpoint(
     store: Any, clock: FakeClock, httpx_mock: HTTPXMock
 ) -> None:
-    put_specs(store, [spec("a", url="${env:ACME_UNSET}"), spec("g", "globex")])
-    fire(store, clock, 10)
+    put_specs(store, [spec("a", url="${env:ACME_UNSET}", max_in_flight=100), spec("g", "globex")])
+    fire(store, clock, 2 * THRESHOLD)
     workers(store, clock, lambda ws: ws[0].run_once())
     workers(store, clock, lambda ws: ws[0].run_once())
     assert {r.status for r in store.deliveries(webhook="a")} == {"failed"}
@@ -198,7 +198,7 @@ def test_one_probe_at_a_growing_interval_then_an_answer_drains_the_backlog(
     store: Any, clock: FakeClock, httpx_mock: HTTPXMock
 ) -> None:
     endpoint = Endpoint(httpx_mock)
-    fire(store, clock, 20)
+    fire(store, clock, 4 * THRESHOLD)
 
     async def scenario(ws: list[Worker]) -> None:
         await ws[0].run_once()  # opens
@@ -233,7 +233,7 @@ def test_a_probe_answered_with_a_4xx_closes_it(
     store: Any, clock: FakeClock, httpx_mock: HTTPXMock
 ) -> None:
     endpoint = Endpoint(httpx_mock)
-    fire(store, clock, 10)
+    fire(store, clock, 2 * THRESHOLD)
 
     async def scenario(ws: list[Worker]) -> None:
         await ws[0].run_once()
@@ -252,8 +252,8 @@ def test_an_endpoint_down_for_pause_after_is_paused_shown_as_drift_and_resumed(
     store: Any, clock: FakeClock, httpx_mock: HTTPXMock, tmp_path: Path
 ) -> None:
     Endpoint(httpx_mock)
-    fire(store, clock, 10)
-    settings = WorkerSettings(batch=5, concurrency=5, pause_after=3600.0)
+    fire(store, clock, 2 * THRESHOLD)
+    settings = WorkerSettings(batch=THRESHOLD, concurrency=THRESHOLD, pause_after=3600.0)
 
     async def scenario(ws: list[Worker]) -> None:
         await ws[0].run_once()
@@ -300,8 +300,8 @@ def test_pause_after_never_keeps_probing(
     store: Any, clock: FakeClock, httpx_mock: HTTPXMock
 ) -> None:
     Endpoint(httpx_mock)
-    fire(store, clock, 10)
-    settings = WorkerSettings(batch=5, concurrency=5, pause_after=float("inf"))
+    fire(store, clock, 2 * THRESHOLD)
+    settings = WorkerSettings(batch=THRESHOLD, concurrency=THRESHOLD, pause_after=float("inf"))
 
     async def scenario(ws: list[Worker]) -> None:
         await ws[0].run_once()
@@ -379,7 +379,7 @@ def test_a_real_receiver_answering_503_is_probed_then_drained(tmp_path: Path) ->
     with Receiver() as receiver:
         receiver.script("/a", *([status(503)] * (THRESHOLD + 1)), status(200))
         put_specs(store, [spec("a", url=receiver.url("/a"))])
-        fire(store, clock, 12)
+        fire(store, clock, THRESHOLD + 7)
 
         async def go() -> None:
             db = Database(store)
@@ -390,7 +390,7 @@ def test_a_real_receiver_answering_503_is_probed_then_drained(tmp_path: Path) ->
                 env={},
                 clock=clock,
                 policy=policy,
-                settings=WorkerSettings(batch=5, concurrency=5),
+                settings=WorkerSettings(batch=THRESHOLD, concurrency=THRESHOLD),
             )
             try:
                 await worker.run_once()  # five 503s: open

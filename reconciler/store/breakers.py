@@ -26,7 +26,11 @@ from reconciler.store.base import AuditRecord
 BreakerState = Literal["closed", "open", "half-open"]
 Health = Literal["down", "up", "release"]
 
-THRESHOLD = 5  # down-failures in a row that open the breaker
+# Down-failures in a row that open the breaker: two full waves of the default
+# max_in_flight (10), so a dead endpoint trips it within about two of its timeouts,
+# while one that fails a share of its requests (bursts of a few 5xx, resets) does not:
+# at 40% failures, 20 in a row has odds of about 1 in 10^8.
+THRESHOLD = 20
 FIRST_PROBE = 5.0  # seconds from opening to the first probe
 MAX_PROBE = 600.0  # the interval doubles after each failed probe, up to this
 ACTOR = "dispatcher"
