@@ -46,8 +46,9 @@ many were delivered (by the sink and by the state), the dispatcher's CPU, the
 machine's load average, and what the troubled endpoints were sent meanwhile: the
 most requests the hanging endpoint held open at once (its max_in_flight is 10),
 and the rate-limited webhook's arrivals, each checked to come no earlier than its
-turn (the n-th, from 0, no earlier than n seconds after its events were posted)
-and the most in any one-second window.
+turn (the n-th, from 0, no earlier than n seconds after its events were posted),
+the most in any one-second window (2 when a request a few milliseconds late is
+followed by one on time), the closest two and the rate from the first to the last.
 
 Goal: every probe delivered, and the troubled run's probe p99 at most 2x the
 baseline's p99 and never above 250 ms; the rate limit held at the receiver (no
@@ -61,9 +62,11 @@ from __future__ import annotations
 import argparse
 import contextlib
 import http.client
+import itertools
 import json
 import os
 import platform
+import signal
 import sqlite3
 import statistics
 import subprocess
@@ -373,6 +376,7 @@ def run_once(
     since = sorted(t - posted for t in limited)
     early = [(n, round(at, 3)) for n, at in enumerate(since) if at < n / RATE - 0.001]
     window = max((sum(1 for u in since[i:] if u - t < 1.0) for i, t in enumerate(since)), default=0)
+    gaps = [b - a for a, b in itertools.pairwise(since)]
     return {
         "backend": backend,
         "dispatchers": dispatchers,
@@ -397,6 +401,8 @@ def run_once(
         "sent": {name: troubled_now(after, name)["requests"] for name in TROUBLED_NAMES},
         "limited_early": early,
         "limited_window": window,
+        "limited_min_gap": min(gaps, default=float("nan")),
+        "limited_rate": len(gaps) / (since[-1] - since[0]) if gaps else float("nan"),
     }
 
 
@@ -414,6 +420,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--postgres", default=POSTGRES, help="a database URL, without ?schema=")
     parser.add_argument("--json", type=Path, help="also write every run here")
     args = parser.parse_args(argv)
+    # SIGTERM ends the run as Ctrl-C does: the dispatchers, the receiver and the
+    # PostgreSQL schema are cleaned up on the way out.
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     backends = ("sqlite", "postgres") if args.backend == "both" else (args.backend,)
 
     print(
@@ -481,7 +490,9 @@ def main(argv: list[str] | None = None) -> int:
             f"{max(r['hang_most_open'] for r in hit)} open ({'within' if capped else 'OVER'} "
             f"max_in_flight); rate limit at the receiver: "
             f"{'held' if rate_ok else 'BROKEN'} (most in one second: "
-            f"{max(r['limited_window'] for r in hit)})"
+            f"{max(r['limited_window'] for r in hit)}, closest two "
+            f"{min(r['limited_min_gap'] for r in hit):.3f} s apart, "
+            f"{max(r['limited_rate'] for r in hit):.3f}/s from the first to the last)"
         )
     print(f"verdict: {'goal met' if met else 'goal MISSED'}")
     print(f"code at the end of the run: {code_version()}")
