@@ -22,9 +22,13 @@ count and in time. One run measures, in this order:
             child processes at once, N/P requests each, the rate being N over
             the slowest one's time: the baseline of `serve --processes P`;
   durable   a state with organization acme and K webhooks pointing at the sink
-            (definitions written, then `reconciler apply --auto-approve`; a
-            publisher token from `reconciler tokens create` where the API wants
-            one); `reconciler serve --concurrency C --processes P` as a
+            (definitions written, then `reconciler apply --auto-approve`; each
+            with `max_in_flight` at the largest --concurrency times the most
+            --processes: the default cap of 10 requests at once per webhook
+            keeps one endpoint from taking every slot, and this measures one
+            webhook's throughput, not that isolation (bench_isolation.py
+            does); a publisher token from `reconciler tokens create` where
+            the API wants one); `reconciler serve --concurrency C --processes P` as a
             subprocess (with `--allow-cidr 127.0.0.1/32` where it guards
             addresses; its log, INFO per attempt, to a file); wrk -t1
             (bench/loadgen.py where wrk is not installed) posts N/K events to
@@ -95,6 +99,7 @@ HTTPX_REQUESTS = 1000  # httpx's default transport: slow, fewer requests
 BARE_KINDS: list[tuple[str, int]] = []  # (client, requests), set from the arguments
 RUN_LIMIT_SECONDS = 300.0  # no single measurement may take longer
 TICKS = os.sysconf("SC_CLK_TCK")
+MAX_IN_FLIGHT_LIMIT = 1000  # the largest max_in_flight a definition takes
 
 DEFINITION = """\
 name: hook-{i}
@@ -107,6 +112,7 @@ headers:
 body:
   id: "{{{{event_id}}}}"
   t: "{{{{description}}}}"
+max_in_flight: {max_in_flight}
 """
 
 
@@ -581,13 +587,14 @@ class State:
     token: str | None  # a publisher token for acme, where the API takes tokens
 
 
-def make_state(workdir: Path, sink_port: int, webhooks: int) -> State:
+def make_state(workdir: Path, sink_port: int, webhooks: int, max_in_flight: int) -> State:
     """A state file with organization acme and `webhooks` webhooks, through the real CLI,
     and a publisher token for acme if the dispatcher's API asks for one."""
     defs = workdir / f"defs-{webhooks}" / "acme"
     defs.mkdir(parents=True)
     for i in range(1, webhooks + 1):
-        (defs / f"hook-{i}.yaml").write_text(DEFINITION.format(i=i, port=sink_port))
+        text = DEFINITION.format(i=i, port=sink_port, max_in_flight=max_in_flight)
+        (defs / f"hook-{i}.yaml").write_text(text)
     db = workdir / f"state-{webhooks}.db"
     subprocess.run(
         [sys.executable, "-m", "reconciler", "apply", str(defs.parent), "--state",
@@ -609,6 +616,13 @@ def make_state(workdir: Path, sink_port: int, webhooks: int) -> State:
 
 
 LOOPBACK = "127.0.0.1/32"
+
+
+def webhook_cap(concurrencies: list[int], layouts: list[int]) -> int:
+    """`max_in_flight` for the benchmark's webhooks: the largest --concurrency times
+    the most --processes (the cap holds across processes), within the definition's
+    1..1000, so no webhook's cap, only the dispatcher, limits a run."""
+    return max(1, min(MAX_IN_FLIGHT_LIMIT, max(concurrencies) * max(layouts)))
 
 
 def serve_flags() -> list[str]:
@@ -871,7 +885,8 @@ def main(argv: list[str] | None = None) -> int:
         work = Path(tmp)
         sink = Sink(work)
         try:
-            templates = {k: make_state(work, sink.port, k) for k in fanouts}
+            cap = webhook_cap(concurrencies, layouts)
+            templates = {k: make_state(work, sink.port, k, cap) for k in fanouts}
             # Warm-up, untimed: imports, page cache, the first connections.
             bare_client(sink, "sender", concurrencies[0], 2000)
             durable(sink, templates[fanouts[0]], work, fanouts[0], concurrencies[0], 1000)
@@ -922,7 +937,7 @@ def main(argv: list[str] | None = None) -> int:
                 for s in shapes
             }
             if 1 not in templates:
-                templates[1] = make_state(work, sink.port, 1)
+                templates[1] = make_state(work, sink.port, 1, cap)
             lat = latency(
                 sink,
                 templates[1],

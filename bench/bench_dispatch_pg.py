@@ -15,7 +15,10 @@ and in time. Setups, each run on a new state:
   postgres x2  two `reconciler serve` processes on one new schema.
 
 A run: organization acme with K webhooks pointing at the sink, applied through
-`reconciler apply --auto-approve`; the server(s) started with --concurrency C;
+`reconciler apply --auto-approve`, each with `max_in_flight` at twice C (within
+1..1000): the default cap of 10 requests at once per webhook keeps one endpoint
+from taking every slot, and this measures throughput, not that isolation
+(bench/bench_isolation.py does); the server(s) started with --concurrency C;
 two bench/loadgen.py processes, 16 keep-alive connections each, post N/K events
 (half each) to /v1/events as fast as they are taken: both to the one server, or
 one to each of the two. Measured from the first POST to the arrival at the sink
@@ -65,7 +68,7 @@ SETUPS = (("sqlite", 1), ("postgres", 1), ("postgres", 2))
 if str(BENCH) not in sys.path:
     sys.path.insert(0, str(BENCH))
 # The receiver, its control and the process helpers are the SQLite benchmark's.
-from bench_dispatch import DEFINITION, Sink, read_line, stop  # noqa: E402
+from bench_dispatch import DEFINITION, Sink, read_line, stop, webhook_cap  # noqa: E402
 
 # -- processes -------------------------------------------------------------------------
 
@@ -354,11 +357,13 @@ def main(argv: list[str] | None = None) -> int:
         sink = Sink(work)
         try:
             defs = {}
+            cap = webhook_cap([args.concurrency], [max(p for _, p in SETUPS)])
             for k in fanouts:
                 folder = work / f"defs-{k}" / "acme"
                 folder.mkdir(parents=True)
                 for i in range(1, k + 1):
-                    (folder / f"hook-{i}.yaml").write_text(DEFINITION.format(i=i, port=sink.port))
+                    text = DEFINITION.format(i=i, port=sink.port, max_in_flight=cap)
+                    (folder / f"hook-{i}.yaml").write_text(text)
                 defs[k] = folder.parent
             # Warm-up, untimed: page cache, the first connections, the server's caches.
             for backend, processes in SETUPS:

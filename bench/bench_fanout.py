@@ -13,9 +13,12 @@ applied through the CLI, API tokens, the PostgreSQL server's CPU). Loopback
 
   state     organization acme with W webhooks (--webhooks, default 1,000), each
             POSTing {"id": "{{event_id}}", "w": "{{webhook}}"} to its own path
-            of the sink (/hook/1 ... /hook/W), applied with `reconciler apply
-            --auto-approve` into a new SQLite file or a new PostgreSQL schema
-            (dropped afterwards); an admin token from `reconciler tokens create`;
+            of the sink (/hook/1 ... /hook/W), with `max_in_flight` at C (a
+            webhook's default cap of 10 at once is for isolation, which
+            bench/bench_isolation.py measures; here no webhook's cap, only
+            the dispatcher, limits the E events to one webhook), applied with
+            `reconciler apply --auto-approve` into a new SQLite file or a new
+            PostgreSQL schema (dropped afterwards); an admin token from `reconciler tokens create`;
   serve     `reconciler serve --concurrency C --allow-cidr 127.0.0.1/32` as a
             subprocess; three events of another type (no webhook matches them)
             warm its intake up, untimed;
@@ -101,6 +104,7 @@ headers:
 body:
   id: "{{{{event_id}}}}"
   w: "{{{{webhook}}}}"
+max_in_flight: {max_in_flight}
 """
 
 
@@ -180,11 +184,12 @@ def code_version() -> str:
 # -- processes ---------------------------------------------------------------------------------
 
 
-def write_definitions(folder: Path, port: int, webhooks: int) -> Path:
+def write_definitions(folder: Path, port: int, webhooks: int, max_in_flight: int) -> Path:
     org = folder / "acme"
     org.mkdir(parents=True)
     for i in range(1, webhooks + 1):
-        (org / f"hook-{i}.yaml").write_text(DEFINITION.format(i=i, port=port))
+        text = DEFINITION.format(i=i, port=port, max_in_flight=max_in_flight)
+        (org / f"hook-{i}.yaml").write_text(text)
     return folder
 
 
@@ -629,7 +634,9 @@ def main(argv: list[str] | None = None) -> int:
         work = Path(tmp)
         sink = bd.Sink(work)
         try:
-            defs = write_definitions(work / "defs", sink.port, w)
+            defs = write_definitions(
+                work / "defs", sink.port, w, bd.webhook_cap([args.concurrency], [1])
+            )
             # Warm-up, untimed: imports, page cache, the server's caches.
             bare_client(sink, args.concurrency, w)
             for b in backends:

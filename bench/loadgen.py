@@ -2,6 +2,7 @@
 
     .venv/bin/python bench/loadgen.py URL --requests N --connections C [--rate R]
         [--body-kind event|webhook] [--batch B] [--header "Name: value"] [--max-seconds 300]
+        [--organizations acme,globex]
 
 Sends N POSTs to URL over C keep-alive connections and prints one JSON line:
 first send and last answer (time.time()), answers by status, intake latency
@@ -16,8 +17,9 @@ CPU seconds.
                   text), so a receiver can compute intake-to-delivery latency
                   without counting the generator's own queueing out.
 
-Bodies: "event" is a POST /v1/events body for organization acme (with --batch B,
-a POST /v1/events/batch body of B such events); "webhook" is
+Bodies: "event" is a POST /v1/events body for organization acme, or for each of
+--organizations in turn (with --batch B, a POST /v1/events/batch body of B such
+events); "webhook" is
 a small JSON body like a rendered delivery (for a sink). Requests are built as
 bytes, responses parsed just enough (status line, Content-Length or chunked), so
 the generator spends little CPU of the machine it shares with what it measures.
@@ -108,11 +110,13 @@ def build_request(host: str, path: str, body: bytes, extra: str = "") -> bytes:
     ).encode() + body
 
 
-def make_body(kind: str, i: int, due: float, batch: int = 1) -> bytes:
+def make_body(
+    kind: str, i: int, due: float, batch: int = 1, organizations: tuple[str, ...] = ("acme",)
+) -> bytes:
     if kind == "event":
         event = {
             "type": "new_rule_violation",
-            "organization": "acme",
+            "organization": organizations[i % len(organizations)],
             "name": f"bench-rule-{i}",
             "description": repr(due),
         }
@@ -147,6 +151,7 @@ async def run(args: argparse.Namespace) -> dict[str, object]:
     started = time.time()
     rate = args.rate
     extra = "".join(f"{header.strip()}\r\n" for header in args.header)
+    organizations = tuple(args.organizations.split(","))
 
     async def worker(conn: Connection) -> None:
         nonlocal next_index
@@ -158,7 +163,8 @@ async def run(args: argparse.Namespace) -> dict[str, object]:
                 delay = due - time.time()
                 if delay > 0:
                     await asyncio.sleep(delay)
-            data = build_request(host, path, make_body(args.body_kind, i, due, args.batch), extra)
+            body = make_body(args.body_kind, i, due, args.batch, organizations)
+            data = build_request(host, path, body, extra)
             try:
                 status = await asyncio.wait_for(conn.request(data), 60)
             except (ConnectionError, TimeoutError) as exc:
@@ -200,6 +206,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--body-kind", choices=("event", "webhook"), default="event")
     parser.add_argument("--batch", type=int, default=1, help="events per POST (event bodies)")
     parser.add_argument("--max-seconds", type=float, default=300.0)
+    parser.add_argument(
+        "--organizations", default="acme", help="event bodies' organizations, in turn"
+    )
     parser.add_argument(
         "--header", action="append", default=[], help='an extra header, "Name: value"'
     )

@@ -13,6 +13,16 @@ request answers 200 with a 2-byte body and is counted, except the control paths:
   GET  /_dump    the kept [arrival, body] pairs, as JSON;
   POST /_quit    stop.
 
+Troubled receivers, for bench/bench_isolation.py (not counted above):
+
+  /_t/hang/...          accepted and never answered, until the client hangs up;
+  /_t/delay/MS/...      200 after MS milliseconds;
+  /_t/status/CODE/...   CODE at once, with `Retry-After: 1`;
+  /_t/ok/...            200 at once;
+  GET /_trouble         per path under /_t/: {"requests", "open" (not answered,
+                        connection still up), "max_open", "arrivals" (time.time()
+                        of each request)}; zeroed by /_reset.
+
 Request parsing is just enough for well-formed clients: a Content-Length body
 or a chunked one, pipelined requests, keep-alive unless "Connection: close".
 The process stops by itself after --max-seconds.
@@ -31,6 +41,22 @@ _OK = b"HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\nContent-Length: 2\r\n\r\n
 _CLOSE = b"HTTP/1.1 400 Bad Request\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
 
 
+class Trouble:
+    """What one troubled path (under /_t/) was sent and still holds."""
+
+    def __init__(self) -> None:
+        self.requests = 0
+        self.open = 0
+        self.max_open = 0
+        self.arrivals: list[float] = []
+
+    def arrived(self, now: float) -> None:
+        self.requests += 1
+        self.arrivals.append(now)
+        self.open += 1
+        self.max_open = max(self.max_open, self.open)
+
+
 class Stats:
     def __init__(self) -> None:
         self.count = 0
@@ -38,6 +64,7 @@ class Stats:
         self.last = 0.0
         self.record = False
         self.kept: list[tuple[float, bytes]] = []
+        self.trouble: dict[str, Trouble] = {}
         self.stop = asyncio.Event()
 
     def reset(self, record: bool) -> None:
@@ -45,6 +72,7 @@ class Stats:
         self.first = self.last = 0.0
         self.record = record
         self.kept = []
+        self.trouble = {}
 
 
 def _json_response(value: object) -> bytes:
@@ -60,9 +88,23 @@ class SinkProtocol(asyncio.Protocol):
         self.stats = stats
         self.buffer = bytearray()
         self.transport: asyncio.Transport | None = None
+        self.held: Trouble | None = None  # the troubled request this connection holds
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = transport  # type: ignore[assignment]
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._release()
+
+    def _release(self) -> None:
+        if self.held is not None:
+            self.held.open -= 1
+            self.held = None
+
+    def _answer_later(self, response: bytes) -> None:
+        if self.held is not None and self.transport is not None:
+            self._release()
+            self.transport.write(response)
 
     def data_received(self, data: bytes) -> None:
         self.buffer += data
@@ -159,6 +201,10 @@ class SinkProtocol(asyncio.Protocol):
             if path == b"/_quit":
                 stats.stop.set()
                 return _json_response({"quit": True})
+            if path == b"/_trouble":
+                return _json_response({k: vars(v) for k, v in stats.trouble.items()})
+            if path.startswith(b"/_t/"):
+                return self._troubled(path.decode("ascii", errors="replace"))
         now = time.time()
         if not stats.count:
             stats.first = now
@@ -166,6 +212,24 @@ class SinkProtocol(asyncio.Protocol):
         stats.last = now
         if stats.record:
             stats.kept.append((now, body))
+        return _OK
+
+    def _troubled(self, path: str) -> bytes:
+        """A request to a troubled path: b"" (nothing written now) or the answer."""
+        trouble = self.stats.trouble.setdefault(path, Trouble())
+        trouble.arrived(time.time())
+        self.held = trouble
+        kind, _, rest = path.removeprefix("/_t/").partition("/")
+        if kind == "hang":
+            return b""
+        if kind == "delay":
+            delay = int(rest.partition("/")[0]) / 1000
+            asyncio.get_running_loop().call_later(delay, self._answer_later, _OK)
+            return b""
+        self._release()
+        if kind == "status":
+            code = int(rest.partition("/")[0])
+            return b"HTTP/1.1 %d Trouble\r\nRetry-After: 1\r\nContent-Length: 2\r\n\r\nno" % code
         return _OK
 
 

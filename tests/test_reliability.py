@@ -9,7 +9,8 @@ drains, and the database and the receiver must agree: every accepted event has
 all its deliveries, each delivered or failed with its reason; nothing is left
 pending; a delivery reaches the receiver only ever under its own webhook-id; and
 the dispatcher's memory stays bounded. A hanging receiver holds one slot of the
-dispatcher, not its other webhooks.
+dispatcher per request, never more than its webhook's max_in_flight, and healthy
+webhooks of its organization and of another are all delivered meanwhile.
 
 The seed comes from RECONCILER_RELIABILITY_SEED, else a fresh one; it is printed
 (pytest shows it with a failure) and named in every failure message.
@@ -270,13 +271,17 @@ def post_and_step(
 
 
 def post_event(
-    client: httpx.Client, url: str, event_id: str, event: str = VIOLATION
+    client: httpx.Client,
+    url: str,
+    event_id: str,
+    event: str = VIOLATION,
+    organization: str = ORG,
 ) -> httpx.Response | None:
     """POST one event; None when the connection failed (the process was killed)."""
     try:
         return client.post(
             f"{url}/v1/events",
-            json={"type": event, "organization": ORG, "name": "rule", "id": event_id},
+            json={"type": event, "organization": organization, "name": "rule", "id": event_id},
         )
     except httpx.TransportError:
         return None
@@ -489,11 +494,96 @@ def test_hanging_and_endless_receivers_cost_one_slot_each_not_the_process(
     assert {len(excerpt.encode()) for (excerpt,) in excerpts} == {EXCERPT_LIMIT}
 
 
+# -- a hanging endpoint beside healthy ones ---------------------------------------------
+
+CAP = 4  # the hanging webhook's max_in_flight
+BACKLOG = 120  # its deliveries queued first: many times its cap
+HEALTHY = 150  # events to each healthy webhook, queued behind that backlog
+
+
+def test_a_hanging_endpoint_keeps_to_its_cap_while_healthy_webhooks_are_all_delivered(
+    tmp_path: Path, state: str
+) -> None:
+    """The hanging webhook's backlog is queued first, many times its max_in_flight;
+    then events for a healthy webhook of the same organization and one of another.
+    Every healthy delivery arrives while the hanging endpoint has been sent exactly
+    its cap of requests, each a first attempt (its timeout, the longest a definition
+    allows, has not let any be sent again), and the rest of its backlog waits
+    untried: the healthy ones went through the slots it could not take."""
+    with FaultyReceiver(0) as receiver:
+        receiver.always("/stuck", Fault.HANG)
+        apply(
+            tmp_path,
+            state,
+            {
+                "stuck": {
+                    "event": DEFICIT,
+                    "url": receiver.url("/stuck"),
+                    "timeout": "60s",
+                    "max_in_flight": CAP,
+                },
+                "fine": fast_webhook(receiver.url("/fine")),
+                "globex/fine": fast_webhook(receiver.url("/globex-fine")),
+            },
+        )
+        headers = bearer_at(state, ORG, "globex")
+        # Fewer slots than the backlog and the healthy events: the cap, not a spare
+        # slot for everyone, is what lets the healthy ones through.
+        server = Server(tmp_path, state, 0, ("--concurrency", str(2 * CAP)))
+        try:
+            server.wait_ready()
+            with httpx.Client(timeout=DEADLINE, headers=headers) as client:
+                post_all(client, server, [f"stuck-{i:04d}" for i in range(BACKLOG)], DEFICIT)
+                eventually(lambda: receiver.open_count(Fault.HANG) >= CAP, "hung requests", server)
+                healthy = [f"evt-{i:04d}" for i in range(HEALTHY)]
+                post_all(client, server, healthy)
+                post_all(client, server, healthy, organization="globex")
+
+            def healthy_delivered() -> bool:
+                counts = rows(
+                    state,
+                    "SELECT organization, webhook, status, count(*) FROM deliveries "
+                    "WHERE webhook = 'fine' GROUP BY organization, webhook, status",
+                )
+                return sorted(counts) == [
+                    ("acme", "fine", "delivered", HEALTHY),
+                    ("globex", "fine", "delivered", HEALTHY),
+                ]
+
+            eventually(healthy_delivered, "every healthy delivery delivered", server)
+            stuck = receiver.requests("/stuck")
+            attempts = rows(
+                state,
+                "SELECT d.status, d.attempts, count(*) FROM deliveries d "
+                "WHERE d.webhook = 'stuck' GROUP BY d.status, d.attempts",
+            )
+            assert server.process.poll() is None, server
+        finally:
+            server.stop()
+
+    # The hanging endpoint was sent its cap of requests, one per delivery, and no more.
+    assert len(stuck) == CAP, (len(stuck), str(server))
+    assert len({r.header("webhook-id") for r in stuck}) == CAP, server
+    # Those are out still (none timed out and was retried); the rest were never tried.
+    assert sorted(attempts) == [("in_flight", 0, CAP), ("pending", 0, BACKLOG - CAP)], (
+        attempts,
+        str(server),
+    )
+    # Each healthy event reached its own organization's webhook exactly once.
+    for path in ("/fine", "/globex-fine"):
+        ids = [r.json()["event_id"] for r in receiver.requests(path)]
+        assert sorted(set(ids)) == healthy, (path, str(server))
+
+
 def post_all(
-    client: httpx.Client, server: Server, event_ids: list[str], event: str = VIOLATION
+    client: httpx.Client,
+    server: Server,
+    event_ids: list[str],
+    event: str = VIOLATION,
+    organization: str = ORG,
 ) -> None:
     """Post every event, POSTERS at once; each must be accepted."""
-    post = functools.partial(post_event, client, server.url, event=event)
+    post = functools.partial(post_event, client, server.url, event=event, organization=organization)
     with ThreadPoolExecutor(POSTERS, thread_name_prefix="poster") as pool:
         for response in pool.map(post, event_ids):
             assert response is not None and response.status_code == 202, server
@@ -507,11 +597,12 @@ def fast_webhook(url: str) -> dict[str, Any]:
 
 
 def apply(root: Path, state: str, webhooks: dict[str, dict[str, Any]]) -> None:
-    """Write one definition per name (the fields over `definition`'s defaults) and
-    apply them with the CLI."""
+    """Write one definition per name, `name` for ORG's or `organization/name` (the
+    fields over `definition`'s defaults), and apply them with the CLI."""
     folder = root / "webhooks.d"
-    for name, fields in webhooks.items():
-        write_definition(folder, ORG, definition(name, **fields))
+    for key, fields in webhooks.items():
+        organization, _, name = key.rpartition("/")
+        write_definition(folder, organization or ORG, definition(name, **fields))
     result = run_cli(
         ["apply", str(folder), "--auto-approve", "--actor", "it", "--state", state], root
     )
