@@ -121,7 +121,7 @@ def text(plan: Plan, refusals: list[str], *, color: bool = False) -> str:
     lines.extend(paint(style, line) for style, line in _drift_lines(plan))
     lines.append("")
     check = plan.commit_check
-    if check is not None:
+    if check is not None and check.live is not None:
         lines.append(check.live_line())
         if check.warning():
             lines.append(paint("drift", f"Warning: {check.warning()}"))

@@ -76,8 +76,6 @@ class CommitCheck:
 
     def live_line(self) -> str:
         """`Live state: commit def5678 (applied by alice at ...)`."""
-        if self.live is None:
-            return "Live state: no commit recorded by an apply yet"
         return f"Live state: commit {self.live_text()}"
 
     def live_text(self) -> str:
