@@ -15,8 +15,9 @@ from reconciler.envaccess import SHARED_ENV_SCOPE
 from reconciler.errors import ApprovalRefused, PlanRefused, StaleState
 from reconciler.model import canonical_json
 from reconciler.plan import DEFAULT_DELETE_SHARE, Change, LiveView, Plan
+from reconciler.provenance import CommitCheck
 from reconciler.secrets import mask_spec
-from reconciler.store.base import AuditRecord, Store, Write
+from reconciler.store.base import AuditEntry, AuditRecord, Store, Write
 
 
 class Approver(Protocol):
@@ -38,6 +39,9 @@ class ApplyOptions:
     delete_share: float = DEFAULT_DELETE_SHARE
     auto_approve: bool = False
     lock_timeout: float = 0.0
+    # Compares the definitions' commit with the live state's last one (None: no check).
+    commit_check: Callable[[AuditEntry | None], CommitCheck] | None = None
+    allow_rollback: bool = False  # apply a commit older than, or unrelated to, the live one
 
 
 @dataclass(frozen=True)
@@ -67,9 +71,13 @@ def apply(
     with store.lock(holder, options.lock_timeout):
         plan = make()
         live = _check_still_live(store, plan, saved)
+        if options.commit_check is not None:
+            plan.commit_check = commit_check(store, plan, options.commit_check)
+        rollback = plan.commit_check.refusal() if plan.commit_check is not None else None
+        first = [rollback] if rollback is not None and not options.allow_rollback else []
 
         def refusals_with(allow_delete: bool) -> list[str]:
-            return plan.refusals(
+            return first + plan.refusals(
                 allow_delete=allow_delete,
                 force=options.force,
                 delete_share=options.delete_share,
@@ -103,6 +111,24 @@ def apply(
         shared = plan.shared_env.after if plan.shared_env is not None else None
         serial = store.commit(writes, audit, expected_serial=plan.serial, shared_env=shared)
         return ApplyOutcome(plan, serial, applied=True)
+
+
+def commit_check(
+    store: Store, plan: Plan, check: Callable[[AuditEntry | None], CommitCheck]
+) -> CommitCheck:
+    """The definitions' commit beside the live state's: for each organization the plan
+    changes (and the shared list), its own last applied commit, so an apply of one
+    organization never hides another's newer one. The first that refuses, else the
+    first git cannot tell about, else the scope's newest."""
+    scopes = sorted({c.organization for c in plan.changes})
+    if plan.shared_env is not None:
+        scopes.append(SHARED_ENV_SCOPE)
+    checks = [check(store.last_commit(scope)) for scope in scopes]
+    for wanted in (CommitCheck.refusal, CommitCheck.warning):
+        for found in checks:
+            if wanted(found) is not None:
+                return found
+    return check(store.last_commit(plan.organization))
 
 
 def _check_still_live(store: Store, plan: Plan, saved: bool) -> LiveView:
@@ -148,7 +174,7 @@ def changes_to_writes(plan: Plan, options: ApplyOptions) -> tuple[list[Write], l
                 actor=options.actor,
                 git_commit=options.git_commit,
                 plan_checksum=checksum,
-                note=_note(change, plan),
+                note=_note(change, plan, options),
             )
         )
     audit += _shared_env_audit(plan, options, checksum)
@@ -171,13 +197,23 @@ def _shared_env_audit(plan: Plan, options: ApplyOptions, checksum: str) -> list[
             actor=options.actor,
             git_commit=options.git_commit,
             plan_checksum=checksum,
+            note=_rollback_note(plan, options),
         )
         for action, name, _shown in plan.shared_env.lines()
     ]
 
 
-def _note(change: Change, plan: Plan) -> str | None:
+def _rollback_note(plan: Plan, options: ApplyOptions) -> str | None:
+    if not options.allow_rollback or plan.commit_check is None:
+        return None
+    return plan.commit_check.rollback_note()
+
+
+def _note(change: Change, plan: Plan, options: ApplyOptions) -> str | None:
     notes = []
+    rollback = _rollback_note(plan, options)
+    if rollback:
+        notes.append(rollback)
     if change.resumes:
         notes.append(f"resumed a webhook paused outside apply ({change.resumes})")
     drifted = any(

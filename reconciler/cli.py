@@ -27,14 +27,14 @@ from reconciler import (
     scaffold,
     validate_report,
 )
-from reconciler.apply import ApplyOptions
+from reconciler.apply import ApplyOptions, commit_check
 from reconciler.apply import apply as apply_changes
 from reconciler.errors import DefinitionsInvalid, PlanFileError, ReconcilerError
 from reconciler.export import export as export_state
 from reconciler.loader import LoadResult, definitions_root, load_definitions, load_paths
 from reconciler.model import NAME_PATTERN, NAME_RULE, Event
 from reconciler.plan import DEFAULT_DELETE_SHARE, Plan, make_plan
-from reconciler.provenance import detect_actor, git_commit
+from reconciler.provenance import CommitCheck, check_commit, detect_actor, git_commit
 from reconciler.schema import webhook_schema_text
 from reconciler.store import DEFAULT_STATE, Store, open_store
 
@@ -337,9 +337,13 @@ def plan(
     store = open_store(state)
     try:
         the_plan = _plan_from_files(result, store, organization)
+        the_plan.commit_check = commit_check(store, the_plan, _commit_check(path, git_commit(path)))
     finally:
         store.close()
     refusals = the_plan.refusals(allow_delete=False, force=False, delete_share=delete_share)
+    rollback = the_plan.commit_check.refusal() if the_plan.has_changes else None
+    if rollback is not None:
+        refusals.insert(0, rollback)
     if fmt == "text":
         click.echo(plan_report.text(the_plan, refusals, color=True), color=_color())
     else:
@@ -404,6 +408,12 @@ class _TerminalApprover:
     show_default=True,
     help="Seconds to wait for another apply to finish.",
 )
+@click.option(
+    "--allow-rollback",
+    is_flag=True,
+    help="Allow applying definitions at a commit older than, or unrelated to, the one the "
+    "live state was last applied from (the audit log notes it).",
+)
 @click.option("--actor", help="Who applies, for the audit log (default: CI's or git's user).")
 def apply(
     path: Path,
@@ -415,6 +425,7 @@ def apply(
     force: bool,
     delete_share: float,
     lock_timeout: float,
+    allow_rollback: bool,
     actor: str | None,
 ) -> None:
     """Apply the definitions (or a saved plan) to the live state.
@@ -428,14 +439,25 @@ def apply(
     needs --auto-approve. The first apply makes the state when none is there
     (with --plan, the state must be there).
 
+    The definitions' git commit is compared with the one the live state was
+    last applied from (its newest audit entry naming a commit, in the scope):
+    a commit older than it, or on a history that does not contain it, is
+    refused unless --allow-rollback, so re-running an old pipeline never
+    reverts newer changes. When git cannot tell (the live commit is not in
+    this clone, e.g. a shallow one), apply warns and goes on. A tree with
+    uncommitted changes compares by its HEAD.
+
     \b
     Example:
       reconciler apply --auto-approve --allow-delete --actor alice
     """
     who = detect_actor(actor)
+    commit = git_commit(path)
     options = ApplyOptions(
         actor=who,
-        git_commit=git_commit(path),
+        git_commit=commit,
+        commit_check=_commit_check(path, commit),
+        allow_rollback=allow_rollback,
         allow_delete=allow_delete,
         force=force,
         delete_share=delete_share,
@@ -474,6 +496,11 @@ def apply(
         )
     else:
         click.echo("Nothing to apply.")
+
+
+def _commit_check(path: Path, commit: str | None) -> Callable[[Any], CommitCheck]:
+    """Compares the definitions at `path` (at `commit`) with a live state's last commit."""
+    return lambda live: check_commit(path, str(path), commit, live)
 
 
 def _read_plan_file(path: Path) -> Plan:

@@ -28,6 +28,7 @@ from reconciler import envaccess
 from reconciler.diff import MISSING, FieldChange, field_changes
 from reconciler.errors import PlanFileError
 from reconciler.model import WebhookSpec, canonical_json
+from reconciler.provenance import CommitCheck
 from reconciler.secrets import mask_at, mask_spec
 from reconciler.store.base import LiveWebhook, StateInfo
 
@@ -140,6 +141,8 @@ class Plan:
     # The live state the plan was made from; None for a plan read from a file.
     live: LiveView | None = field(default=None, compare=False, repr=False)
     shared_env: SharedEnvChange | None = None  # None: the shared list stays as it is
+    # The definitions' commit beside the live state's; shown, never saved with the plan.
+    commit_check: CommitCheck | None = field(default=None, compare=False, repr=False)
 
     @property
     def has_changes(self) -> bool:

@@ -14,6 +14,7 @@ from reconciler.diff import MISSING, FieldChange
 from reconciler.envaccess import SHARED_ENV_SHOWN
 from reconciler.model import WebhookSpec
 from reconciler.plan import Change, Plan
+from reconciler.provenance import short
 from reconciler.secrets import mask_at, mask_spec
 
 _FIELD_ORDER = list(WebhookSpec.model_fields)
@@ -119,6 +120,11 @@ def text(plan: Plan, refusals: list[str], *, color: bool = False) -> str:
         lines.append("No changes: the live state matches the definitions.")
     lines.extend(paint(style, line) for style, line in _drift_lines(plan))
     lines.append("")
+    check = plan.commit_check
+    if check is not None and check.live is not None:
+        lines.append(check.live_line())
+        if check.warning():
+            lines.append(paint("drift", f"Warning: {check.warning()}"))
     lines.append(summary_line(plan))
     if refusals:
         lines.append(paint("refusal", "Apply will refuse this plan unless:"))
@@ -129,6 +135,7 @@ def text(plan: Plan, refusals: list[str], *, color: bool = False) -> str:
 def as_json(plan: Plan, refusals: list[str]) -> str:
     data = plan.as_json()
     data["refusals"] = refusals
+    data["live_commit"] = plan.commit_check.as_json() if plan.commit_check else None
     return json.dumps(data, indent=2, ensure_ascii=False)
 
 
@@ -170,8 +177,19 @@ def markdown(plan: Plan, refusals: list[str]) -> str:
         out.extend(line for _style, line in list(_drift_lines(plan))[2:])
         out.append("```")
         out.append("")
+    check = plan.commit_check
+    live = ""
+    if check is not None and check.live is not None:
+        entry = check.live
+        live = (
+            f"live commit `{short(check.live_commit)}` (applied by {entry.record.actor} "
+            f"at {entry.at}) · "
+        )
+    if check is not None and check.warning():
+        out.append(f"> [!NOTE]\n> {check.warning()}")
+        out.append("")
     out.append(
-        f"<sub>state serial {plan.serial} · checksum `{plan.checksum()[:19]}` · "
+        f"<sub>state serial {plan.serial} · {live}checksum `{plan.checksum()[:19]}` · "
         "deletes are unrecoverable</sub>"
     )
     return "\n".join(out)

@@ -167,6 +167,10 @@ jobs:
       NO_COLOR: "1"
     steps:
       - uses: actions/checkout@v4
+        with:
+          # The whole history: apply compares the commit with the live state's last
+          # one, and refuses an older one (a re-run of an old pipeline).
+          fetch-depth: 0
       - uses: actions/setup-python@v5
         with:
           python-version: "3.11"

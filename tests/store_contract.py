@@ -244,6 +244,30 @@ class StoreContract:
         assert keys(history(store, name="a", limit=1)) == [("delete", "acme", "a")]
         assert history(store, organization="initech") == []
 
+    def test_last_commit_is_the_newest_entry_naming_one_in_its_scope(self, store: Store) -> None:
+        assert store.last_commit() is None
+        old, new = "1" * 40, "2" * 40
+        store.commit(
+            [put("acme", "a"), put("globex", "a")],
+            [
+                record("create", "acme", "a", git_commit=old),
+                record("create", "globex", "a", git_commit=old),
+            ],
+            expected_serial=0,
+        )
+        store.commit([put("acme", "a", enabled=False)], [record("update", "acme", "a")], 1)
+        store.commit([put("acme", "b")], [record("create", "acme", "b", git_commit=new)], 2)
+        store.pause("acme", "a", "HTTP 410", actor="dispatcher")  # names no commit
+
+        newest = store.last_commit()
+        assert newest is not None
+        assert (newest.record.git_commit, newest.record.name, newest.serial) == (new, "b", 3)
+        by_acme = store.last_commit("acme")
+        assert by_acme is not None and by_acme.record.git_commit == new
+        by_globex = store.last_commit("globex")
+        assert by_globex is not None and by_globex.record.git_commit == old
+        assert store.last_commit("initech") is None
+
     def test_the_history_of_a_deleted_webhook_is_kept(self, store: Store) -> None:
         store.commit([put("acme", "a")], [record("create", "acme", "a")], 0)
         store.commit([Write("delete", "acme", "a")], [record("delete", "acme", "a")], 1)

@@ -118,6 +118,13 @@ def test_apply_runs_on_main_one_at_a_time_and_deletes_only_with_the_label() -> N
     assert "# environment: webhooks" in text  # the documented alternative
 
 
+def test_apply_checks_out_the_whole_history_to_compare_commits() -> None:
+    """apply refuses a commit older than the live state's only where git can prove it."""
+    checkout = steps(workflow("webhooks-apply.yml"), "apply")[0]
+    assert checkout["uses"].startswith("actions/checkout@")
+    assert checkout["with"]["fetch-depth"] == 0
+
+
 # The shell steps, run for real.
 
 

@@ -178,6 +178,11 @@ class Store(Protocol):
         self, organization: str | None = None, name: str | None = None, limit: int | None = None
     ) -> Iterator[AuditEntry]: ...
 
+    def last_commit(self, organization: str | None = None) -> AuditEntry | None:
+        """The newest audit entry that names a git commit (in `organization`, or in
+        any scope): the commit the live state was last applied from."""
+        ...
+
     def migrations(self) -> list[str]:
         """The names of the schema migrations applied, in order."""
         ...

@@ -208,14 +208,24 @@ class PostgresStore(PostgresQueue):
             row = cur.fetchone()
         return EnvAccess(frozenset(organizations), shared_env_from_text(row[0] if row else None))
 
+    def last_commit(self, organization: str | None = None) -> AuditEntry | None:
+        return next(self.history(organization, limit=1, with_commit=True), None)
+
     def history(
-        self, organization: str | None = None, name: str | None = None, limit: int | None = None
+        self,
+        organization: str | None = None,
+        name: str | None = None,
+        limit: int | None = None,
+        *,
+        with_commit: bool = False,
     ) -> Iterator[AuditEntry]:
         query = (
             "SELECT id, at, serial, action, organization, name, before, after, actor, "
             "git_commit, plan_checksum, note FROM audit_log WHERE true"
         )
         args: list[object] = []
+        if with_commit:
+            query += " AND git_commit IS NOT NULL"
         if organization is not None:
             query += " AND organization = %s"
             args.append(organization)

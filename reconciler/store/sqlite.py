@@ -313,11 +313,21 @@ class SqliteStore(SqliteQueue):
         rows = self._db.execute("SELECT DISTINCT organization FROM webhooks")
         return EnvAccess(frozenset(row[0] for row in rows), self.shared_env())
 
+    def last_commit(self, organization: str | None = None) -> AuditEntry | None:
+        return next(self.history(organization, limit=1, with_commit=True), None)
+
     def history(
-        self, organization: str | None = None, name: str | None = None, limit: int | None = None
+        self,
+        organization: str | None = None,
+        name: str | None = None,
+        limit: int | None = None,
+        *,
+        with_commit: bool = False,
     ) -> Iterator[AuditEntry]:
         query = "SELECT * FROM audit_log WHERE 1=1"
         args: list[object] = []
+        if with_commit:
+            query += " AND git_commit IS NOT NULL"
         if organization is not None:
             query += " AND organization = ?"
             args.append(organization)
