@@ -66,8 +66,10 @@ OPERATIONS = [
     ("POST", "/v1/webhooks/{organization}/{name}/resume"),
     ("GET", "/metrics"),
     ("GET", "/healthz"),
+    ("GET", "/readyz"),
 ]
-GUARDED = [(method, path) for method, path in OPERATIONS if path != "/healthz"]
+UNGUARDED = ("/healthz", "/readyz")
+GUARDED = [(method, path) for method, path in OPERATIONS if path not in UNGUARDED]
 # The operations for which invalid data exists: a body or typed query parameters (a
 # delivery id is any text, and the other operations take nothing).
 WITH_INPUT = [("POST", "/v1/events"), ("POST", "/v1/events/batch"), ("GET", "/v1/deliveries")]
@@ -209,7 +211,9 @@ def test_every_operation_answers_as_its_document_says(
     # The cases reached the operation itself, not only its refusals. A webhook to
     # resume is named by organization and name: made-up names reach the operation,
     # which answers 404 for a webhook the state does not hold.
-    if mode is POSITIVE and path == "/v1/webhooks/{organization}/{name}/resume":
+    if mode is POSITIVE and path == "/readyz":
+        assert statuses == {503}, statuses  # no delivery loop runs here
+    elif mode is POSITIVE and path == "/v1/webhooks/{organization}/{name}/resume":
         assert statuses <= {200, 404, 403} and 404 in statuses, statuses
     elif mode is POSITIVE:
         assert any(200 <= status < 300 for status in statuses), statuses
@@ -298,6 +302,20 @@ def test_without_a_valid_token_every_operation_is_401(
 
     run()
     assert fuzzed.sent == []
+
+
+@pytest.mark.parametrize("who", list(NOBODY))
+@pytest.mark.parametrize("path", UNGUARDED)
+def test_liveness_and_readiness_answer_without_a_token(fuzzed: Fuzzed, path: str, who: str) -> None:
+    headers = NOBODY[who](fuzzed)
+
+    @settings(FUZZ, max_examples=5)
+    @given(case=fuzzed.cases("GET", path, headers, [POSITIVE]))
+    def run(case: Any) -> None:
+        response = case.call_and_validate(headers=headers, checks=CONFORMANCE)
+        assert response.status_code != 401, response.text
+
+    run()
 
 
 # A role without the permission an operation needs: 403 whatever was sent.
