@@ -175,6 +175,11 @@ def fuzzed(tmp_path: Path) -> Iterator[Fuzzed]:
     sender = Sender(_refuse_to_send(sent))
     dispatcher = Dispatcher(store, sender, clock=FakeClock(START + 100), env={})
     app = create_app(dispatcher)
+
+    async def turn() -> None:  # one turn of the delivery loop, for /readyz
+        await dispatcher.worker.run_forever(lambda: True, asyncio.Event())
+
+    asyncio.run(turn())
     reader = bearer(store, role="auditor", all_organizations=True, now=START)
     try:
         schema = schemathesis.openapi.from_asgi("/openapi.json", app, config=CONFIG, headers=reader)
@@ -211,9 +216,7 @@ def test_every_operation_answers_as_its_document_says(
     # The cases reached the operation itself, not only its refusals. A webhook to
     # resume is named by organization and name: made-up names reach the operation,
     # which answers 404 for a webhook the state does not hold.
-    if mode is POSITIVE and path == "/readyz":
-        assert statuses == {503}, statuses  # no delivery loop runs here
-    elif mode is POSITIVE and path == "/v1/webhooks/{organization}/{name}/resume":
+    if mode is POSITIVE and path == "/v1/webhooks/{organization}/{name}/resume":
         assert statuses <= {200, 404, 403} and 404 in statuses, statuses
     elif mode is POSITIVE:
         assert any(200 <= status < 300 for status in statuses), statuses
