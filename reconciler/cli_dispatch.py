@@ -115,7 +115,8 @@ def serve_command(
     webhook, retry on 429/5xx/timeouts with backoff, and record every attempt.
     Changes applied while it runs take effect without a restart. SIGTERM stops
     claiming, lets in-flight requests finish within --grace and releases the rest.
-    OpenAPI: GET /openapi.json. Every endpoint but /healthz takes a bearer token
+    OpenAPI: GET /openapi.json. Every endpoint but /healthz (liveness) and
+    /readyz (503 while the state or the workers stall) takes a bearer token
     (`reconciler tokens create`): publishers send events, auditors read
     deliveries, admins do both and replay, each for the token's organizations.
 

@@ -41,7 +41,7 @@ def tokens() -> None:
                  GET /v1/webhooks/status)
       metrics    only what every role may: Prometheus' scraping credential
     Any valid token reads /openapi.json, and /metrics for its organizations
-    (with --all-orgs, the whole installation's too); /healthz needs none.
+    (with --all-orgs, the whole installation's too); /healthz and /readyz need none.
 
     \b
     Example:

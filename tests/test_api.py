@@ -804,6 +804,7 @@ def test_the_openapi_document_lists_every_path(store: SqliteStore, clock: FakeCl
         "/v1/webhooks/{organization}/{name}/resume": {"post"},
         "/metrics": {"get"},
         "/healthz": {"get"},
+        "/readyz": {"get"},
     }
     intake = document["paths"]["/v1/events"]["post"]
     assert {"202", "413", "422"} <= set(intake["responses"])

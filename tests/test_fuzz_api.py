@@ -66,8 +66,10 @@ OPERATIONS = [
     ("POST", "/v1/webhooks/{organization}/{name}/resume"),
     ("GET", "/metrics"),
     ("GET", "/healthz"),
+    ("GET", "/readyz"),
 ]
-GUARDED = [(method, path) for method, path in OPERATIONS if path != "/healthz"]
+UNGUARDED = ("/healthz", "/readyz")
+GUARDED = [(method, path) for method, path in OPERATIONS if path not in UNGUARDED]
 # The operations for which invalid data exists: a body or typed query parameters (a
 # delivery id is any text, and the other operations take nothing).
 WITH_INPUT = [("POST", "/v1/events"), ("POST", "/v1/events/batch"), ("GET", "/v1/deliveries")]
@@ -173,6 +175,11 @@ def fuzzed(tmp_path: Path) -> Iterator[Fuzzed]:
     sender = Sender(_refuse_to_send(sent))
     dispatcher = Dispatcher(store, sender, clock=FakeClock(START + 100), env={})
     app = create_app(dispatcher)
+
+    async def turn() -> None:  # one turn of the delivery loop, for /readyz
+        await dispatcher.worker.run_forever(lambda: True, asyncio.Event())
+
+    asyncio.run(turn())
     reader = bearer(store, role="auditor", all_organizations=True, now=START)
     try:
         schema = schemathesis.openapi.from_asgi("/openapi.json", app, config=CONFIG, headers=reader)
@@ -298,6 +305,20 @@ def test_without_a_valid_token_every_operation_is_401(
 
     run()
     assert fuzzed.sent == []
+
+
+@pytest.mark.parametrize("who", list(NOBODY))
+@pytest.mark.parametrize("path", UNGUARDED)
+def test_liveness_and_readiness_answer_without_a_token(fuzzed: Fuzzed, path: str, who: str) -> None:
+    headers = NOBODY[who](fuzzed)
+
+    @settings(FUZZ, max_examples=5)
+    @given(case=fuzzed.cases("GET", path, headers, [POSITIVE]))
+    def run(case: Any) -> None:
+        response = case.call_and_validate(headers=headers, checks=CONFORMANCE)
+        assert response.status_code != 401, response.text
+
+    run()
 
 
 # A role without the permission an operation needs: 403 whatever was sent.

@@ -6,6 +6,7 @@ from __future__ import annotations
 import subprocess
 import sys
 import time
+import uuid
 from collections.abc import Callable, Iterator
 
 import previous_schema
@@ -197,3 +198,75 @@ def test_one_webhooks_retries_do_not_starve_anothers_fresh_deliveries(
     )
     picked = store.claim("w", 4, now, 60)
     assert "fresh" in {c.event.id for c in picked}
+
+
+# -- connection deadlines ---------------------------------------------------------
+
+
+def _settings(store: PostgresStore) -> dict[str, str]:
+    with store._pool.connection() as conn:
+        shown = {
+            name: conn.execute(f"SHOW {name}").fetchone()[0]  # type: ignore[index]
+            for name in ("statement_timeout", "idle_in_transaction_session_timeout")
+        }
+        used = conn.info.get_parameters()
+    return {**shown, **{k: used[k] for k in used if k.startswith(("keepalives", "tcp_", "conn"))}}
+
+
+def test_store_connections_have_deadlines_below_the_delivery_lease(
+    factory: PostgresFactory,
+) -> None:
+    assert _settings(factory()) == {
+        "statement_timeout": "30s",
+        "idle_in_transaction_session_timeout": "30s",
+        "connect_timeout": "10",
+        "keepalives": "1",
+        "keepalives_idle": "10",
+        "keepalives_interval": "5",
+        "keepalives_count": "3",
+        "tcp_user_timeout": "30000",
+    }
+
+
+def test_the_state_url_overrides_the_connection_deadlines(postgres_url: str) -> None:
+    url = (
+        f"{postgres_url}&statement_timeout=45s&idle_in_transaction_session_timeout=0"
+        "&keepalives_idle=20&tcp_user_timeout=60000"
+    )
+    store = PostgresStore(url)
+    try:
+        settings = _settings(store)
+    finally:
+        store.close()
+    assert settings["statement_timeout"] == "45s"
+    assert settings["idle_in_transaction_session_timeout"] == "0"
+    assert (settings["keepalives_idle"], settings["tcp_user_timeout"]) == ("20", "60000")
+    with pytest.raises(StateError, match="statement_timeout"):
+        PostgresStore(f"{postgres_url}&statement_timeout=1s%20-c%20work_mem=1")
+
+
+def test_a_statement_over_its_deadline_fails_as_a_state_error(postgres_url: str) -> None:
+    store = PostgresStore(f"{postgres_url}&statement_timeout=50ms")
+    try:
+        with pytest.raises(StateError, match="statement timeout"), store._tx() as cur:
+            cur.execute("SELECT pg_sleep(5)")
+        assert store.state().serial == 0  # the next call goes on
+    finally:
+        store.close()
+
+
+def test_a_connection_the_server_ended_is_replaced_not_handed_out(postgres_url: str) -> None:
+    name = f"reconciler_test_{uuid.uuid4().hex[:12]}"  # this test's connections only
+    store = PostgresStore(f"{postgres_url}&application_name={name}")
+    try:
+        store.state()
+        with psycopg.connect(split_url(postgres_url)[0], autocommit=True) as admin:
+            ended = admin.execute(
+                "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
+                "WHERE application_name = %s AND pid <> pg_backend_pid()",
+                (name,),
+            ).fetchall()
+        assert ended and all(row[0] for row in ended)
+        assert store.state().serial == 0  # on a new connection, not an error
+    finally:
+        store.close()

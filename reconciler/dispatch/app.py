@@ -1,7 +1,7 @@
-"""The HTTP API: event intake, deliveries, replay, endpoint health, liveness.
-OpenAPI at /openapi.json.
+"""The HTTP API: event intake, deliveries, replay, endpoint health, liveness,
+readiness. OpenAPI at /openapi.json.
 
-Every route but /healthz takes a bearer token (reconciler/dispatch/auth.py): a
+Every route but /healthz and /readyz takes a bearer token (reconciler/dispatch/auth.py): a
 publisher sends events, an auditor reads deliveries, an admin does both and
 replays, each within the token's organizations. Deliveries of other
 organizations are invisible: left out of lists, 404 one by one; /metrics shows
@@ -82,6 +82,19 @@ class ResumeOut(BaseModel):
 
 class HealthOut(BaseModel):
     status: Literal["ok"]
+
+
+class ReadyOut(BaseModel):
+    ready: Literal[True]
+    state_answered_ago: float = Field(
+        description="Seconds since the dispatcher's last successful call to the state."
+    )
+    workers_turned_ago: float = Field(description="Seconds since the delivery loop last turned.")
+
+
+class NotReadyOut(BaseModel):
+    ready: Literal[False]
+    reasons: list[str] = Field(description="Each reason this dispatcher is not ready.")
 
 
 class DeliveryFilters(BaseModel):
@@ -366,6 +379,35 @@ def create_app(dispatcher: Dispatcher) -> DispatcherAPI:
     @app.get("/healthz", response_model=HealthOut, summary="Liveness (no token needed)")
     async def healthz() -> dict[str, str]:
         return {"status": "ok"}
+
+    @app.get(
+        "/readyz",
+        response_model=None,
+        responses={
+            200: {"model": ReadyOut, "description": "Ready"},
+            503: {"model": NotReadyOut, "description": "Not ready, with the reasons"},
+        },
+        summary="Readiness (no token needed): the state answers and the workers progress",
+        description=(
+            "200 when the dispatcher's last call to the state succeeded within 15 s "
+            "(an idle dispatcher probes it, waiting at most 2 s) and no call failed since, "
+            "and the delivery loop turned within 15 s; else 503 with the reasons."
+        ),
+    )
+    async def readyz() -> JSONResponse:
+        reasons = await dispatcher.readiness.reasons()
+        if reasons:
+            return JSONResponse({"ready": False, "reasons": reasons}, status_code=503)
+        now = dispatcher.clock()
+        answered, turned = dispatcher.db.answered, dispatcher.worker.turned
+        assert answered is not None and turned is not None
+        return JSONResponse(
+            {
+                "ready": True,
+                "state_answered_ago": round(max(0.0, now - answered), 3),
+                "workers_turned_ago": round(max(0.0, now - turned), 3),
+            }
+        )
 
     @app.get("/openapi.json", include_in_schema=False, dependencies=[any_token])
     async def openapi() -> JSONResponse:

@@ -19,6 +19,7 @@ import httpx
 from reconciler.dispatch.events import EventIn
 from reconciler.dispatch.logs import lines_per_turn
 from reconciler.dispatch.metrics import Metrics, QueueGauges, WebhookGauges
+from reconciler.dispatch.readiness import Readiness
 from reconciler.dispatch.sender import Sender
 from reconciler.dispatch.ssrf import GuardedResolver, NetworkPolicy, guarded_socket
 from reconciler.dispatch.transport import ExactUrlTransport
@@ -74,7 +75,7 @@ class Dispatcher:
         env: Mapping[str, str] | None = None,
         policy: NetworkPolicy | None = None,
     ) -> None:
-        self.db = Database(store)
+        self.db = Database(store, clock)
         self.sender = sender
         self.clock = clock
         self.metrics = Metrics()
@@ -88,6 +89,7 @@ class Dispatcher:
             metrics=self.metrics,
         )
         self.settings = self.worker.settings
+        self.readiness = Readiness(self.db, self.worker, clock)
         self._wake = asyncio.Event()
         self._intake: list[_IntakeUnit] = []  # batches waiting for the next commit
         self._flushing: asyncio.Task[None] | None = None

@@ -79,15 +79,30 @@ def owner_alive(owner: str) -> bool:
 
 
 class Database:
-    """Runs store calls one at a time on a dedicated thread."""
+    """Runs store calls one at a time on a dedicated thread, and notes, by `clock`,
+    when one last succeeded (`answered`) and last failed (`failed`), and whether the
+    last one to end failed (`failing`): readiness.py."""
 
-    def __init__(self, store: QueueStore) -> None:
+    def __init__(self, store: QueueStore, clock: Callable[[], float] = time.time) -> None:
         self.store = store
+        self.clock = clock
+        self.answered: float | None = None
+        self.failed: float | None = None
+        self.failing = False
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="reconciler-db")
 
     async def run(self, call: Callable[..., T], *args: Any, **kwargs: Any) -> T:
         loop = asyncio.get_running_loop()
-        return await loop.run_in_executor(self._executor, lambda: call(*args, **kwargs))
+        return await loop.run_in_executor(self._executor, self._noted, call, args, kwargs)
+
+    def _noted(self, call: Callable[..., T], args: Any, kwargs: Any) -> T:
+        try:
+            result = call(*args, **kwargs)
+        except BaseException:
+            self.failed, self.failing = self.clock(), True
+            raise
+        self.answered, self.failing = self.clock(), False
+        return result
 
     def close(self) -> None:
         self._executor.shutdown(wait=True)
@@ -159,6 +174,7 @@ class Worker:
         self._breakers_seen = 0
         self._breakers_lock = asyncio.Lock()
         self._probing: dict[tuple[str, str], tuple[str, BreakerRecord]] = {}
+        self.turned: float | None = None  # when run_forever's loop last turned, by the clock
 
     async def run_once(self, event: EventKey | None = None) -> int:
         """Claim what is due (of one event, if given), deliver it, record the outcomes;
@@ -248,6 +264,7 @@ class Worker:
         self._wake = wake
         try:
             while True:
+                self.turned = self.clock()
                 woken, self._news = self._news, False
                 if time.monotonic() - looked >= self.settings.poll_interval:
                     drained = False  # the poll: retries may have come due since

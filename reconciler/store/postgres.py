@@ -4,6 +4,12 @@ Selected by a state URL `postgresql://user@host:port/db` (optionally
 `?schema=NAME`, to keep several states in one database, and `&pool_size=N`).
 psycopg 3 with a connection pool; applies serialize on an advisory lock, and
 migrations run under another, so processes starting at once migrate once.
+
+Every connection has deadlines (CONNECTION_DEFAULTS, SESSION_DEFAULTS), all below
+the dispatcher's 90 s delivery lease, so a stalled server or a half-open link
+fails a call instead of holding it, and its locked rows, for hours; the URL's own
+query parameters of the same names override them. The pool checks a connection
+before handing it out and replaces a dead one.
 """
 
 from __future__ import annotations
@@ -19,7 +25,7 @@ from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from datetime import UTC, datetime
 from typing import Any
-from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
+from urllib.parse import parse_qsl, quote, urlencode, urlsplit, urlunsplit
 
 from reconciler.envaccess import EnvAccess
 from reconciler.errors import LockTimeout, StaleState, StateError
@@ -43,6 +49,7 @@ from reconciler.store.tokens import TOKEN_COLUMNS, TokenRecord, token_from_row
 
 try:
     import psycopg
+    from psycopg.conninfo import conninfo_to_dict
     from psycopg_pool import ConnectionPool
 except ImportError as exc:  # pragma: no cover - depends on the install
     raise StateError(
@@ -51,6 +58,23 @@ except ImportError as exc:  # pragma: no cover - depends on the install
 
 _POLL_SECONDS = 0.1
 DEFAULT_POOL_SIZE = 5
+# libpq's connection parameters, unless the URL sets them: a connection attempt,
+# an unanswered link (keepalives: probed after 10 s idle, every 5 s, dead after 3
+# misses) and unacknowledged data (tcp_user_timeout, in ms) all end within 30 s.
+CONNECTION_DEFAULTS = {
+    "connect_timeout": "10",
+    "keepalives": "1",
+    "keepalives_idle": "10",
+    "keepalives_interval": "5",
+    "keepalives_count": "3",
+    "tcp_user_timeout": "30000",
+}
+# Server settings of each session, unless the URL's query sets them: no statement
+# runs, and no transaction stays open idle (its rows locked), longer than 30 s.
+SESSION_DEFAULTS = {
+    "statement_timeout": "30s",
+    "idle_in_transaction_session_timeout": "30s",
+}
 
 # The server, its disk, a trigger or a permission refused what a transaction did
 # (psycopg has rolled it back whole): one line for the user. Any other error of a
@@ -68,14 +92,26 @@ def _now() -> str:
 
 
 def split_url(url: str) -> tuple[str, str, int]:
-    """(conninfo without our parameters, schema, pool size)."""
+    """(conninfo without our parameters, schema, pool size). The conninfo carries
+    the deadlines of CONNECTION_DEFAULTS and SESSION_DEFAULTS (as `options`), each
+    unless the URL sets it."""
     parts = urlsplit(url)
     params = dict(parse_qsl(parts.query))
     schema = params.pop("schema", "public")
     pool_size = int(params.pop("pool_size", DEFAULT_POOL_SIZE))
     if not schema.replace("_", "").isalnum():
         raise StateError(f"schema {schema!r}: use letters, digits and _")
-    conninfo = urlunsplit(parts._replace(query=urlencode(params)))
+    for name, value in CONNECTION_DEFAULTS.items():
+        params.setdefault(name, value)
+    options = params.get("options", "")
+    for name, default in SESSION_DEFAULTS.items():
+        value = params.pop(name, default)
+        if not value or any(c.isspace() or c == "\\" for c in value):
+            raise StateError(f"{name} {value!r}: give a duration such as 30s, 0 for none")
+        if name not in options:  # the URL's own options set it
+            options = f"{options} -c {name}={value}".strip()
+    params["options"] = options
+    conninfo = urlunsplit(parts._replace(query=urlencode(params, quote_via=quote)))
     return conninfo, schema, pool_size
 
 
@@ -109,18 +145,21 @@ class PostgresStore(PostgresQueue):
         # Per-webhook claim locks take two 32-bit keys: this state's, and the webhook's.
         self._claim_key = zlib.crc32(f"reconciler:{self.schema}:claim".encode()) - 2**31
         try:
-            with psycopg.connect(conninfo, autocommit=True, connect_timeout=10) as conn:
+            with psycopg.connect(conninfo, autocommit=True) as conn:
                 if create:
                     _create_schema(conn, self.schema)
                 else:
                     _check_there(conn, self.schema, self.url)
         except psycopg.Error as exc:
             raise StateError(f"cannot open the state at {self.url}: {_reason(exc)}") from None
+        options = conninfo_to_dict(conninfo).get("options", "")
         self._pool = ConnectionPool(
             conninfo,
             min_size=1,
             max_size=max(pool_size, 2),
-            kwargs={"options": f"-c search_path={self.schema}", "connect_timeout": 10},
+            kwargs={"options": f"{options} -c search_path={self.schema}".strip()},
+            # A connection the server or the network ended is replaced, not handed out.
+            check=ConnectionPool.check_connection,
             open=True,
             name="reconciler",
         )
@@ -150,6 +189,9 @@ class PostgresStore(PostgresQueue):
 
     def _migrate(self) -> None:
         with self._tx() as cur:
+            # A migration may rewrite a large table, and another process's may hold
+            # the lock meanwhile: neither is cut short by the statement deadline.
+            cur.execute("SET LOCAL statement_timeout = 0")
             cur.execute("SELECT pg_advisory_xact_lock(%s)", (self._keys["migrate"],))
             cur.execute(
                 "CREATE TABLE IF NOT EXISTS schema_migrations "
