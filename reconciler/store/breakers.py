@@ -17,6 +17,7 @@ webhook that is down for days does not fill the append-only log.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from typing import Any, Literal
@@ -121,6 +122,24 @@ class BreakerReport:
     @property
     def key(self) -> tuple[str, str]:
         return (self.organization, self.webhook)
+
+
+def fold_all(
+    current: dict[tuple[str, str], BreakerRecord],
+    reports: Sequence[BreakerReport],
+    now: float,
+) -> tuple[list[tuple[Any, ...]], list[AuditRecord]]:
+    """Fold `reports` into `current` (the breakers they name, as read under lock), in
+    order; returns the rows of the breakers that changed and the audit records of their
+    state changes, for the store to write in the same transaction."""
+    before = dict(current)
+    audit: list[AuditRecord] = []
+    for report in reports:
+        current[report.key], entry = fold(current[report.key], report, now)
+        if entry is not None:
+            audit.append(entry)
+    changed = [record.row() for key, record in current.items() if record != before[key]]
+    return changed, audit
 
 
 def fold(

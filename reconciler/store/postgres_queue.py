@@ -22,7 +22,7 @@ from reconciler.store.breakers import (
     BreakerReport,
     audit_time,
     breaker_from_row,
-    fold,
+    fold_all,
 )
 from reconciler.store.queue import (
     ATTEMPT_COLUMNS,
@@ -362,13 +362,7 @@ class PostgresQueue:
             (organizations, webhooks),
         )
         current = {record.key: record for record in map(breaker_from_row, cur.fetchall())}
-        before = dict(current)
-        audit: list[AuditRecord] = []
-        for report in reports:
-            current[report.key], entry = fold(current[report.key], report, now)
-            if entry is not None:
-                audit.append(entry)
-        changed = [record.row() for key, record in current.items() if record != before[key]]
+        changed, audit = fold_all(current, reports, now)
         if changed:
             cur.executemany(
                 "UPDATE webhook_breakers SET state = %s, consecutive_failures = %s, "

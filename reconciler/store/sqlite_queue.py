@@ -23,7 +23,7 @@ from reconciler.store.breakers import (
     BreakerReport,
     audit_time,
     breaker_from_row,
-    fold,
+    fold_all,
 )
 from reconciler.store.queue import (
     ATTEMPT_COLUMNS,
@@ -390,13 +390,7 @@ class SqliteQueue:
         ):
             record = breaker_from_row(row)
             current[record.key] = record
-        before = dict(current)
-        audit: list[AuditRecord] = []
-        for report in reports:
-            current[report.key], entry = fold(current[report.key], report, now)
-            if entry is not None:
-                audit.append(entry)
-        changed = [record.row() for key, record in current.items() if record != before[key]]
+        changed, audit = fold_all(current, reports, now)
         if changed:
             db.executemany(
                 f"INSERT INTO webhook_breakers ({BREAKER_COLUMNS}) "
