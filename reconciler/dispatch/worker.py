@@ -462,41 +462,16 @@ class Worker:
         if breaker_wait is not None:
             # The endpoint is down and this is not the probe: the delivery waits in
             # the queue, and no attempt is spent.
-            return AttemptResult(
-                claim.delivery_id,
-                claim.attempt,
-                started,
-                0.0,
-                "deferred",
-                next_due=breaker_wait,
-                sent=False,
-            )
+            return _deferred(claim, started, breaker_wait)
         await self._refresh_holds(started)
         wait_until, keeps_slot = admit(claim, started, self.holds.until(key))
         if wait_until is not None:
             if keeps_slot:
                 heapq.heappush(self._slots, wait_until)
-            return AttemptResult(
-                claim.delivery_id,
-                claim.attempt,
-                started,
-                0.0,
-                "deferred",
-                next_due=wait_until,
-                keeps_slot=keeps_slot,
-                sent=False,
-            )
+            return _deferred(claim, started, wait_until, keeps_slot=keeps_slot)
         access = await self._env_access()
         if access is None:
-            return AttemptResult(
-                claim.delivery_id,
-                claim.attempt,
-                started,
-                0.0,
-                "deferred",
-                next_due=started + ENV_ACCESS_RETRY,
-                sent=False,
-            )
+            return _deferred(claim, started, started + ENV_ACCESS_RETRY)
         # The environment as this delivery's organization may read it: a reference
         # to any other variable fails it, whatever wrote the definition.
         env = access.scoped(self.env, claim.organization)
@@ -767,6 +742,23 @@ def _span(seconds: float) -> str:
     if seconds >= 3600:
         return f"{seconds / 3600:.1f}h"
     return f"{seconds / 60:.0f}m"
+
+
+def _deferred(
+    claim: Claim, started: float, next_due: float, *, keeps_slot: bool = False
+) -> AttemptResult:
+    """The delivery goes back to the queue, due at `next_due`, without an attempt spent:
+    a breaker's wait, a rate limit's slot, or a state that could not be read."""
+    return AttemptResult(
+        claim.delivery_id,
+        claim.attempt,
+        started,
+        0.0,
+        "deferred",
+        next_due=next_due,
+        keeps_slot=keeps_slot,
+        sent=False,
+    )
 
 
 def _event_data(event: EventRecord) -> EventData:
