@@ -75,7 +75,9 @@ def run(
     async def go() -> Any:
         sender = Sender(httpx.MockTransport(lambda request: httpx.Response(204)))
         dispatcher = Dispatcher(troubled, sender, clock=clock, env={})  # type: ignore[arg-type]
-        dispatcher.readiness.probe_wait = 0.05  # a stuck probe is not waited for long
+        # A probe that answers is waited for, however loaded the machine; the test of
+        # a stuck probe shortens the wait where it expects none.
+        dispatcher.readiness.probe_wait = 10.0
         transport = httpx.ASGITransport(app=create_app(dispatcher), raise_app_exceptions=False)
         try:
             async with httpx.AsyncClient(transport=transport, base_url="http://test") as http:
@@ -127,6 +129,7 @@ def test_not_ready_while_the_state_blocks_and_ready_again_when_it_answers(store:
         await asyncio.to_thread(troubled.blocked.wait, 10)
         clock.sleep(STALE + 1)
         await turn(dispatcher)  # the workers turn: only the state holds readiness back
+        dispatcher.readiness.probe_wait = 0.05  # a stuck probe is not waited for long
         for _ in range(2):  # the probe is stuck behind the claim, and asked once
             response = await http.get("/readyz")
             assert response.status_code == 503, response.text
