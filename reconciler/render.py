@@ -82,7 +82,7 @@ class Renderer:
     JSON text with a slot for each string that holds a placeholder. Only the slots,
     the references and the parts with a placeholder are worked out per event; the
     result is what substituting into the whole parsed body and serialising it gives
-    (tests/test_render.py holds the two alike)."""
+    (tests/unit/test_render.py holds the two alike)."""
 
     def __init__(self, spec: WebhookSpec) -> None:
         self.spec = spec

@@ -16,7 +16,7 @@ uvicorn's from the start.
 
 uvicorn's protocol keeps its state in attributes of its own (`cycle`, `headers`,
 `scope`, `flow`, `tasks`), so this module is written against the uvicorn release
-pinned in pyproject.toml; tests/test_intake_protocol.py holds it to that release.
+pinned in pyproject.toml; tests/integration/test_intake_protocol.py holds it to that release.
 """
 
 from __future__ import annotations

@@ -2,7 +2,7 @@
 
 A backend holds the applied webhooks (with the state's lineage and serial, for
 stale-plan detection), the append-only audit log and the apply lock. Every
-backend passes the same contract suite (tests/store_contract.py).
+backend passes the same contract suite (tests/support/store_contract.py).
 """
 
 from __future__ import annotations

@@ -1,0 +1,538 @@
+"""The GitOps files: the GitHub workflows, CODEOWNERS, the pre-commit hook, and
+`reconciler init`, which writes them into a new definitions repository.
+
+The workflows' shell steps are run here for real, with bash, against a
+repository made by `init`: the GitHub runner is the only thing not present
+(`gh` is a stand-in script).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import stat
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from reconciler import scaffold
+from reconciler.schema import webhook_schema_text
+from tests.support.helpers_state import REPO, cli_env, make_state, run_cli
+
+WORKFLOWS = REPO / ".github" / "workflows"
+BIN = Path(sys.executable).parent  # where `reconciler` is installed
+
+
+def workflow(name: str) -> dict[str, Any]:
+    document = yaml.safe_load((WORKFLOWS / name).read_text(encoding="utf-8"))
+    assert isinstance(document, dict)
+    document["on"] = document.pop(True, document.get("on"))  # YAML 1.1 reads `on` as true
+    return document
+
+
+def steps(document: dict[str, Any], job: str) -> list[dict[str, Any]]:
+    return list(document["jobs"][job]["steps"])
+
+
+def step(document: dict[str, Any], job: str, name: str) -> dict[str, Any]:
+    (found,) = [s for s in steps(document, job) if s.get("name") == name]
+    return found
+
+
+def runs(document: dict[str, Any], job: str) -> str:
+    return "\n".join(s.get("run", "") for s in steps(document, job))
+
+
+# -- ci.yml -----------------------------------------------------------------------------
+
+
+def test_ci_runs_lint_format_and_every_test_with_postgres_15() -> None:
+    ci = workflow("ci.yml")
+    assert set(ci["on"]) == {"push", "pull_request"}
+    (job,) = ci["jobs"].values()
+    python = next(s for s in job["steps"] if s.get("uses", "").startswith("actions/setup-python"))
+    assert python["with"]["python-version"] == "3.11"
+    commands = "\n".join(s.get("run", "") for s in job["steps"])
+    for command in (
+        "pip install -e '.[dev]'",
+        "ruff check .",
+        "ruff format --check .",
+        "python -m pytest",
+    ):
+        assert command in commands
+    postgres = job["services"]["postgres"]
+    assert postgres["image"] == "postgres:15"
+    assert postgres["env"] == {
+        "POSTGRES_USER": "postgres",
+        "POSTGRES_DB": "test",
+        "POSTGRES_HOST_AUTH_METHOD": "trust",
+    }
+    assert postgres["ports"] == ["5432:5432"]
+    assert "--health-cmd" in postgres["options"] and "pg_isready" in postgres["options"]
+    # What tests/conftest.py connects to by default.
+    assert job["env"]["RECONCILER_TEST_POSTGRES"] == "postgresql://postgres@127.0.0.1:5432/test"
+
+
+# -- the webhooks workflows --------------------------------------------------------------
+
+
+def test_this_repositorys_webhooks_workflows_are_inits_but_for_the_install_step() -> None:
+    for name, text in scaffold.workflows(scaffold.INSTALL_SOURCE).items():
+        assert (WORKFLOWS / name).read_text(encoding="utf-8") == text, (
+            f".github/workflows/{name} differs from reconciler/scaffold.py: change both"
+        )
+
+
+def test_plan_runs_on_pull_requests_that_touch_definitions() -> None:
+    plan = workflow("webhooks-plan.yml")
+    assert plan["on"] == {"pull_request": {"paths": ["webhooks.d/**"]}}
+    assert plan["permissions"]["pull-requests"] == "write"
+    assert plan["jobs"]["plan"]["env"]["RECONCILER_STATE"] == "${{ secrets.RECONCILER_STATE }}"
+    commands = runs(plan, "plan")
+    assert "reconciler validate --format github" in commands
+    assert "reconciler plan --format markdown" in commands
+    assert '>> "$GITHUB_STEP_SUMMARY"' in commands
+    comment = step(plan, "plan", "Comment on the pull request")
+    assert comment["uses"].startswith("actions/github-script@")
+    script = comment["with"]["script"]
+    assert scaffold.MARKER in script
+    assert "updateComment" in script and "createComment" in script
+
+
+def test_apply_runs_on_main_one_at_a_time_and_deletes_only_with_the_label() -> None:
+    apply = workflow("webhooks-apply.yml")
+    assert apply["on"] == {"push": {"branches": ["main"], "paths": ["webhooks.d/**"]}}
+    assert apply["concurrency"] == {"group": "webhooks-apply", "cancel-in-progress": False}
+    assert apply["jobs"]["apply"]["env"]["RECONCILER_STATE"] == "${{ secrets.RECONCILER_STATE }}"
+    commands = runs(apply, "apply")
+    assert 'gh api "repos/${GITHUB_REPOSITORY}/commits/${GITHUB_SHA}/pulls"' in commands
+    assert "allow-delete" in commands
+    assert "(--auto-approve)" in commands
+    text = (WORKFLOWS / "webhooks-apply.yml").read_text(encoding="utf-8")
+    assert "# environment: webhooks" in text  # the documented alternative
+
+
+def test_apply_checks_out_the_whole_history_to_compare_commits() -> None:
+    """apply refuses a commit older than the live state's only where git can prove it."""
+    checkout = steps(workflow("webhooks-apply.yml"), "apply")[0]
+    assert checkout["uses"].startswith("actions/checkout@")
+    assert checkout["with"]["fetch-depth"] == 0
+
+
+# The shell steps, run for real.
+
+
+def _fake_gh(folder: Path, answer: str) -> None:
+    """A `gh` that answers the pull-request lookup as the --jq filter would."""
+    gh = folder / "gh"
+    gh.write_text(f"#!/bin/sh\necho '{answer}'\n", encoding="utf-8")
+    gh.chmod(gh.stat().st_mode | stat.S_IEXEC)
+
+
+class Runner:
+    """Runs a workflow's `run:` steps with bash, as the GitHub runner would."""
+
+    def __init__(self, repo: Path, tmp: Path, state: str | None) -> None:
+        self.repo = repo
+        self.summary = tmp / "summary.md"
+        self.output = tmp / "output.txt"
+        self.bin = tmp / "bin"
+        self.bin.mkdir()
+        env = cli_env(
+            GITHUB_STEP_SUMMARY=str(self.summary),
+            GITHUB_OUTPUT=str(self.output),
+            GITHUB_REPOSITORY="acme-corp/webhooks",
+            GITHUB_SHA="0123456789abcdef0123456789abcdef01234567",
+            GITHUB_ACTOR="alice",
+            NO_COLOR="1",
+            PATH=f"{self.bin}{os.pathsep}{BIN}{os.pathsep}{os.environ['PATH']}",
+        )
+        if state is not None:
+            env["RECONCILER_STATE"] = state
+        self.env = env
+
+    def run(self, document: dict[str, Any], job: str, name: str, **env: str) -> Any:
+        script = step(document, job, name)["run"]
+        return subprocess.run(
+            ["bash", "-e", "-c", script],
+            cwd=self.repo,
+            env={**self.env, **env},
+            capture_output=True,
+            text=True,
+            timeout=120,
+            check=False,
+        )
+
+
+@pytest.fixture
+def definitions(tmp_path: Path) -> Path:
+    repo = tmp_path / "repo"
+    made = run_cli(["init", str(repo), "--org", "acme"], tmp_path)
+    assert made.returncode == 0, made.stderr
+    return repo
+
+
+def test_the_plan_steps_annotate_problems_and_write_one_comment(
+    definitions: Path, tmp_path: Path
+) -> None:
+    plan = workflow("webhooks-plan.yml")
+    runner = Runner(definitions, tmp_path, make_state(f"sqlite:///{tmp_path / 'state.db'}"))
+
+    validated = runner.run(plan, "plan", "Validate")
+    assert validated.returncode == 0, validated.stdout + validated.stderr
+    assert validated.stdout == ""
+    planned = runner.run(plan, "plan", "Plan")
+    assert planned.returncode == 0, planned.stderr
+    comment = (definitions / "plan-comment.md").read_text(encoding="utf-8")
+    assert comment.startswith(scaffold.MARKER + "\n### reconciler plan")
+    assert "**Plan: 1 to create, 0 to update, 0 to delete, 0 unchanged.**" in comment
+    assert runner.summary.read_text(encoding="utf-8") == comment
+
+    example = definitions / "webhooks.d" / "acme" / "example.yaml"
+    example.write_text(example.read_text(encoding="utf-8").replace("method: POST", "method: FETCH"))
+    invalid = runner.run(plan, "plan", "Validate")
+    assert invalid.returncode == 1
+    assert invalid.stdout.startswith("::error file=webhooks.d/acme/example.yaml,line=")
+    comment = (definitions / "plan-comment.md").read_text(encoding="utf-8")
+    assert comment.startswith(scaffold.MARKER)
+    assert "The definitions are invalid" in comment
+    assert "webhooks.d/acme/example.yaml:" in comment and "'FETCH'" in comment
+
+
+def test_the_plan_step_fails_clearly_without_the_state_secret(
+    definitions: Path, tmp_path: Path
+) -> None:
+    runner = Runner(definitions, tmp_path, state=None)
+    planned = runner.run(workflow("webhooks-plan.yml"), "plan", "Plan")
+    assert planned.returncode == 1
+    assert planned.stdout.startswith("::error::No secret RECONCILER_STATE")
+
+
+@pytest.mark.parametrize("label", ["true", "false"])
+def test_the_apply_steps_delete_only_when_the_pull_request_allowed_it(
+    definitions: Path, tmp_path: Path, label: str
+) -> None:
+    state = f"sqlite:///{tmp_path / 'state.db'}"
+    apply = workflow("webhooks-apply.yml")
+    runner = Runner(definitions, tmp_path, state)
+    _fake_gh(runner.bin, label)
+    second = definitions / "webhooks.d" / "acme" / "second.yaml"
+    second.write_text(
+        (definitions / "webhooks.d" / "acme" / "example.yaml")
+        .read_text(encoding="utf-8")
+        .replace("name: slack-new-rule-violation", "name: second"),
+        encoding="utf-8",
+    )
+    first = runner.run(apply, "apply", "Apply", ALLOW_DELETE="false")
+    assert first.returncode == 0, first.stdout + first.stderr
+    assert "Applied: 2 created" in first.stdout
+    second.unlink()  # a pull request that deletes a webhook
+
+    looked_up = runner.run(apply, "apply", "Did the merged pull request allow deletes?")
+    assert looked_up.returncode == 0, looked_up.stderr
+    outputs = dict(
+        line.split("=", 1) for line in runner.output.read_text(encoding="utf-8").splitlines()
+    )
+    assert outputs == {"allow_delete": label}
+    applied = runner.run(apply, "apply", "Apply", ALLOW_DELETE=outputs["allow_delete"])
+
+    summary = runner.summary.read_text(encoding="utf-8")
+    listed = run_cli(["export", str(tmp_path / "live"), "--state", state], definitions)
+    assert listed.returncode == 0, listed.stderr
+    live = sorted(p.stem for p in (tmp_path / "live").rglob("*.yaml"))
+    if label == "true":
+        assert applied.returncode == 0, applied.stdout
+        assert "1 deleted" in applied.stdout
+        assert live == ["slack-new-rule-violation"]
+        assert summary.count(":white_check_mark: **Applied** 0123456 for @alice.") == 2
+        assert "Deletes allowed: true" in summary
+    else:
+        assert applied.returncode == 1
+        assert "--allow-delete" in applied.stdout  # why it refused
+        assert live == ["second", "slack-new-rule-violation"]
+        assert ":x: **Apply failed** (exit 1) for 0123456" in summary
+
+
+# -- CODEOWNERS ----------------------------------------------------------------------------
+
+
+def _owners() -> dict[str, list[str]]:
+    rules = {}
+    for line in (REPO / ".github" / "CODEOWNERS").read_text(encoding="utf-8").splitlines():
+        if line.strip() and not line.startswith("#"):
+            pattern, *owners = line.split()
+            rules[pattern] = owners
+    return rules
+
+
+def test_codeowners_makes_the_webhook_admins_review_every_definition() -> None:
+    rules = _owners()
+    admins = "@acme-corp/webhook-admins"
+    assert rules["/webhooks.d/"] == [admins]
+    folders = sorted(p.name for p in (REPO / "webhooks.d").iterdir() if p.is_dir())
+    assert folders == ["acme", "globex"]
+    for org in folders:
+        # An organization's team and, since the last match wins, the admins again.
+        assert rules[f"/webhooks.d/{org}/"] == [f"@acme-corp/{org}-admins", admins], org
+    for path in ("/.github/workflows/", "/.github/CODEOWNERS", "/.pre-commit-config.yaml"):
+        assert rules[path] == [admins], path
+
+
+# -- pre-commit ----------------------------------------------------------------------------
+
+
+def _hook() -> dict[str, Any]:
+    (hook,) = yaml.safe_load((REPO / ".pre-commit-hooks.yaml").read_text(encoding="utf-8"))
+    return dict(hook)
+
+
+def test_the_pre_commit_hook_validates_the_whole_definitions_folder() -> None:
+    hook = _hook()
+    assert {k: hook[k] for k in ("id", "entry", "language", "pass_filenames")} == {
+        "id": "reconciler-validate",
+        "entry": "reconciler validate webhooks.d",
+        "language": "python",
+        "pass_filenames": False,
+    }
+    files = re.compile(hook["files"])
+    for path in ("webhooks.d/acme/a.yaml", "webhooks.d/acme/b.yml", "webhooks.d/x.yaml"):
+        assert files.search(path), path
+    for path in ("schemas/webhook.schema.json", "tests/webhooks.d/a.yaml", "webhooks.d/a.json"):
+        assert not files.search(path), path
+
+
+def test_this_repository_uses_the_same_hook_as_a_local_one() -> None:
+    config = yaml.safe_load((REPO / ".pre-commit-config.yaml").read_text(encoding="utf-8"))
+    (repo,) = config["repos"]
+    assert repo["repo"] == "local"
+    (hook,) = repo["hooks"]
+    assert hook == _hook()
+
+
+def git(repo: Path, *args: str) -> str:
+    result = subprocess.run(
+        ["git", "-c", "user.name=t", "-c", "user.email=t@example.com", *args],
+        cwd=repo,
+        capture_output=True,
+        text=True,
+        check=True,
+        env={**cli_env(), "GIT_CONFIG_GLOBAL": os.devnull, "GIT_CONFIG_NOSYSTEM": "1"},
+    )
+    return result.stdout
+
+
+def run_hook(hook: dict[str, Any], repo: Path) -> subprocess.CompletedProcess[str] | None:
+    """Run `hook` in `repo` as `git commit` makes pre-commit run it: on the staged
+    files its `files` pattern matches (None: it is skipped, as none does), with
+    their names after `entry` when it passes file names."""
+    staged = git(repo, "diff", "--staged", "--name-only", "--diff-filter=ACMRTUXB").split()
+    matching = [path for path in staged if re.search(hook["files"], path)]
+    if not matching:
+        return None
+    command = [*hook["entry"].split(), *hook.get("args", [])]
+    if hook.get("pass_filenames", True):
+        command += matching
+    return subprocess.run(
+        command,
+        cwd=repo,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+        env=cli_env(PATH=f"{BIN}{os.pathsep}{os.environ.get('PATH', '')}"),
+    )
+
+
+def test_the_hook_catches_a_name_used_in_a_file_the_commit_does_not_touch(
+    tmp_path: Path,
+) -> None:
+    made = run_cli(["init", "defs", "--org", "acme"], tmp_path)
+    assert made.returncode == 0, made.stderr
+    repo = tmp_path / "defs"
+    git(repo, "init", "-q")
+    git(repo, "add", ".")
+    git(repo, "commit", "-q", "-m", "init")
+    example = repo / "webhooks.d" / "acme" / "example.yaml"
+    # A copy that keeps its `name:`, and only the copy is staged.
+    (repo / "webhooks.d" / "acme" / "second.yaml").write_text(
+        example.read_text(encoding="utf-8").replace("rate_limit: 1/s", "rate_limit: 2/s"),
+        encoding="utf-8",
+    )
+    git(repo, "add", "webhooks.d/acme/second.yaml")
+    assert git(repo, "diff", "--staged", "--name-only").split() == ["webhooks.d/acme/second.yaml"]
+
+    result = run_hook(_hook(), repo)
+
+    assert result is not None
+    assert result.returncode == 1, result.stdout + result.stderr
+    assert result.stdout.splitlines() == [
+        "webhooks.d/acme/second.yaml:7:7: name: 'slack-new-rule-violation' is already used "
+        "in organization 'acme' at webhooks.d/acme/example.yaml:7:7",
+        "invalid: 1 error, 0 warnings in 3 files.",
+    ]
+
+
+def test_the_hook_passes_this_repositorys_definitions_and_skips_other_commits(
+    tmp_path: Path,
+) -> None:
+    repo = tmp_path / "repo"
+    shutil.copytree(REPO / "webhooks.d", repo / "webhooks.d")
+    git(repo, "init", "-q")
+    (repo / "README.md").write_text("notes\n", encoding="utf-8")
+    git(repo, "add", "README.md")
+    assert run_hook(_hook(), repo) is None  # no definition in the commit: not run
+    git(repo, "add", "webhooks.d")
+    result = run_hook(_hook(), repo)
+    assert result is not None
+    assert result.returncode == 0, result.stdout + result.stderr
+    # The shared list of variables is checked too, but is not a definition.
+    files = list((repo / "webhooks.d").rglob("*.yaml"))
+    assert repo / "webhooks.d" / "shared-env.yaml" in files
+    assert result.stdout.startswith(f"valid: {len(files) - 1} definitions in 2 organizations")
+
+
+# -- reconciler init -------------------------------------------------------------------------
+
+
+EXPECTED_FILES = {
+    "webhooks.d/acme/example.yaml",
+    "webhooks.d/shared-env.yaml",
+    "schemas/webhook.schema.json",
+    ".github/workflows/webhooks-plan.yml",
+    ".github/workflows/webhooks-apply.yml",
+    ".github/CODEOWNERS",
+    ".pre-commit-config.yaml",
+    ".gitignore",
+}
+
+
+def _files(folder: Path) -> set[str]:
+    return {str(p.relative_to(folder)) for p in folder.rglob("*") if p.is_file()}
+
+
+def test_init_makes_a_repository_that_validates_and_plans_at_once(tmp_path: Path) -> None:
+    made = run_cli(["init", "defs", "--org", "acme"], tmp_path)
+    assert made.returncode == 0, made.stderr
+    repo = tmp_path / "defs"
+    assert _files(repo) == EXPECTED_FILES
+    assert [line.removeprefix("wrote defs/") for line in made.stdout.splitlines()[:-1]] == sorted(
+        EXPECTED_FILES, key=list(scaffold.scaffold("acme").files).index
+    )
+
+    validated = run_cli(["validate"], repo)
+    assert validated.returncode == 0, validated.stdout
+    assert validated.stdout == "valid: 1 definition in 1 organization, 0 warnings.\n"
+    assert "`reconciler migrate`" in made.stdout.splitlines()[-1]  # the Next: line
+    assert run_cli(["plan"], repo).returncode == 1  # no state yet: nothing made
+    assert not (repo / ".reconciler").exists()
+    migrated = run_cli(["migrate"], repo)
+    assert migrated.returncode == 0, migrated.stderr
+    planned = run_cli(["plan", "--detailed-exitcode"], repo)
+    assert planned.returncode == 2, planned.stdout + planned.stderr  # 2: there are changes
+    assert "+ slack-new-rule-violation" in planned.stdout
+    assert '"${env:ACME_SLACK_URL}"' in planned.stdout
+    assert (repo / ".reconciler" / "state.db").exists()
+    assert ".reconciler/" in (repo / ".gitignore").read_text(encoding="utf-8").splitlines()
+
+
+def test_init_writes_what_the_definitions_need(tmp_path: Path) -> None:
+    assert run_cli(["init", "--org", "acme"], tmp_path).returncode == 0  # FOLDER: here
+    example = (tmp_path / "webhooks.d" / "acme" / "example.yaml").read_text(encoding="utf-8")
+    modeline = example.splitlines()[0]
+    found = re.fullmatch(r"# yaml-language-server: \$schema=(\S+)", modeline)
+    assert found, modeline
+    schema = (tmp_path / "webhooks.d" / "acme" / found.group(1)).resolve()
+    assert schema == (tmp_path / "schemas" / "webhook.schema.json").resolve()
+    assert schema.read_text(encoding="utf-8") == webhook_schema_text()
+    assert "url: ${env:ACME_SLACK_URL}" in example
+    for name, text in scaffold.workflows().items():
+        assert (tmp_path / ".github" / "workflows" / name).read_text(encoding="utf-8") == text
+        assert scaffold.INSTALL_RELEASE in text
+    config = yaml.safe_load((tmp_path / ".pre-commit-config.yaml").read_text(encoding="utf-8"))
+    assert config["repos"] == [
+        {
+            "repo": scaffold.HOOK_REPOSITORY,
+            "rev": scaffold.HOOK_REV,
+            "hooks": [{"id": "reconciler-validate"}],
+        }
+    ]
+    owners = (tmp_path / ".github" / "CODEOWNERS").read_text(encoding="utf-8")
+    assert re.search(
+        r"^/webhooks\.d/acme/\s+@acme-corp/acme-admins @acme-corp/webhook-admins$",
+        owners,
+        re.MULTILINE,
+    )
+
+
+def test_init_takes_the_organization_and_the_admins_team(tmp_path: Path) -> None:
+    made = run_cli(["init", "--org", "initech", "--admins", "@initech/platform"], tmp_path)
+    assert made.returncode == 0, made.stderr
+    owners = (tmp_path / ".github" / "CODEOWNERS").read_text(encoding="utf-8")
+    assert re.search(r"^/webhooks\.d/\s+@initech/platform$", owners, re.MULTILINE)
+    assert re.search(
+        r"^/webhooks\.d/initech/\s+@initech/initech-admins @initech/platform$",
+        owners,
+        re.MULTILINE,
+    )
+    assert "url: ${env:INITECH_SLACK_URL}" in (
+        tmp_path / "webhooks.d" / "initech" / "example.yaml"
+    ).read_text(encoding="utf-8")
+
+
+def test_init_refuses_to_overwrite_and_lists_what_exists(tmp_path: Path) -> None:
+    (tmp_path / ".gitignore").write_text("node_modules/\n", encoding="utf-8")
+    (tmp_path / ".github").mkdir()
+    (tmp_path / ".github" / "CODEOWNERS").write_text("* @me\n", encoding="utf-8")
+
+    refused = run_cli(["init", "--org", "acme"], tmp_path)
+    assert refused.returncode == 1
+    assert refused.stdout == ""
+    assert refused.stderr.splitlines() == [
+        "error: 2 files exist already; nothing was written (--force overwrites):",
+        "  .github/CODEOWNERS",
+        "  .gitignore",
+    ]
+    assert _files(tmp_path) == {".gitignore", ".github/CODEOWNERS"}  # nothing written
+    assert (tmp_path / ".gitignore").read_text(encoding="utf-8") == "node_modules/\n"
+
+    forced = run_cli(["init", "--org", "acme", "--force"], tmp_path)
+    assert forced.returncode == 0, forced.stderr
+    assert _files(tmp_path) == EXPECTED_FILES
+    assert ".reconciler/" in (tmp_path / ".gitignore").read_text(encoding="utf-8")
+
+
+@pytest.mark.parametrize(
+    ("args", "words"),
+    [
+        (["--org", "Acme Corp"], "Invalid value for --org"),
+        (["--admins", "webhook-admins"], "Invalid value for --admins"),
+    ],
+)
+def test_init_usage_errors_exit_2(tmp_path: Path, args: list[str], words: str) -> None:
+    result = run_cli(["init", *args], tmp_path)
+    assert result.returncode == 2
+    assert words in result.stderr
+    assert _files(tmp_path) == set()
+
+
+@pytest.mark.parametrize(
+    "command",
+    [["init"], ["tokens"], ["tokens", "create"], ["tokens", "list"], ["tokens", "revoke"]],
+)
+def test_new_commands_have_help_with_an_example(tmp_path: Path, command: list[str]) -> None:
+    result = run_cli([*command, "--help"], tmp_path)
+    assert result.returncode == 0
+    assert "Example:" in result.stdout
+    assert f"reconciler {command[0]}" in result.stdout.split("Example:", 1)[1]
+
+
+def test_init_json_schema_copy_matches_the_committed_schema() -> None:
+    # The copy init writes is the generated schema, which schemas/ commits (drift-tested).
+    committed = json.loads((REPO / "schemas" / "webhook.schema.json").read_text(encoding="utf-8"))
+    assert json.loads(scaffold.scaffold().files["schemas/webhook.schema.json"]) == committed
