@@ -22,16 +22,12 @@ from reconciler.dispatch.views import delivery_json, delivery_line, delivery_tex
 from reconciler.durations import parse_duration
 from reconciler.errors import ReconcilerError
 from reconciler.model import Event
-from reconciler.store import open_store
-from reconciler.store.queue import DeliveryRecord, EventKey, EventRecord, QueueStore
+from reconciler.store import Backend, open_store
+from reconciler.store.queue import DeliveryRecord, EventKey, EventRecord
 from reconciler.tokens import parse_expiry
 
 if TYPE_CHECKING:
     from reconciler.dispatch.ssrf import NetworkPolicy
-
-
-def _queue_store(state: str) -> QueueStore:
-    return open_store(state)  # type: ignore[return-value]
 
 
 def network_options(command: Callable[..., None]) -> Callable[..., None]:
@@ -159,7 +155,7 @@ def serve_command(
     )
     policy = _policy(allow_private, allow_cidrs)
 
-    def run(store: QueueStore, sock: socket.socket, **more: Any) -> None:
+    def run(store: Backend, sock: socket.socket, **more: Any) -> None:
         with asyncio.Runner(loop_factory=event_loop_factory()) as runner:
             runner.run(serve(store, sock, settings=settings, policy=policy, grace=grace, **more))
 
@@ -167,7 +163,7 @@ def serve_command(
     # opened or any worker or thread starts.
     sockets = listen(host, port, processes)
     try:
-        store = _queue_store(state)  # opened (and migrated) once, here
+        store = open_store(state)  # opened (and migrated) once, here
         if processes > 1:
             url = store.url
             store.close()  # no connection, pool or thread may cross the fork
@@ -204,7 +200,7 @@ def _serve_processes(
     def child(slot: int) -> int:
         for other in sockets[:slot] + sockets[slot + 1 :]:
             other.close()
-        store = _queue_store(state)
+        store = open_store(state)
         try:
             run(store, sockets[slot])
         finally:
@@ -294,7 +290,7 @@ def fire(
     if dry_run:
         _dry_run(incoming.record(), state, fmt)
         return
-    store = _queue_store(state)
+    store = open_store(state)
     try:
         result = store.add_event(incoming.record(), time.time())
         records: list[DeliveryRecord] = []
@@ -325,7 +321,7 @@ def _dry_run(record: EventRecord, state: str, fmt: str) -> None:
     store = open_store(state)
     try:
         webhooks = store.webhooks(record.organization)
-        queued = store.event(record.key) is not None  # type: ignore[attr-defined]
+        queued = store.event(record.key) is not None
         access = store.env_access()
     finally:
         store.close()
@@ -353,7 +349,7 @@ def _dry_run(record: EventRecord, state: str, fmt: str) -> None:
 
 
 async def _deliver_now(
-    store: QueueStore, event: EventKey, policy: NetworkPolicy
+    store: Backend, event: EventKey, policy: NetworkPolicy
 ) -> list[DeliveryRecord]:
     from reconciler.dispatch.service import make_sender
     from reconciler.dispatch.worker import Database, Worker, WorkerSettings
@@ -443,7 +439,7 @@ def list_command(
                 "--event goes with --org: an event id names an event only within its organization"
             )
         event = EventKey(organization, event_id)
-    store = _queue_store(state)
+    store = open_store(state)
     try:
         records = store.deliveries(
             status=status,
@@ -474,7 +470,7 @@ def show_command(delivery_id: str, state: str, fmt: str) -> None:
     Example:
       reconciler deliveries show msg_0f4c...
     """
-    store = _queue_store(state)
+    store = open_store(state)
     try:
         found = store.delivery(delivery_id)
     finally:
@@ -510,7 +506,7 @@ def replay_command(
         raise click.UsageError("give delivery ids or --failed, not both and not neither")
     if since is not None and not all_failed:
         raise click.UsageError("--since goes with --failed")
-    store = _queue_store(state)
+    store = open_store(state)
     try:
         ids = list(delivery_ids)
         if all_failed:

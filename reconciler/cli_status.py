@@ -12,7 +12,6 @@ from reconciler.cli_webhooks import webhooks
 from reconciler.health import endpoint_health
 from reconciler.health_report import report_text
 from reconciler.store import open_store
-from reconciler.store.queue import QueueStore
 
 
 @webhooks.command("status")
@@ -40,7 +39,7 @@ def status_command(state: str, organizations: tuple[str, ...], fmt: str) -> None
       reconciler webhooks status
       reconciler webhooks status --org acme --format json
     """
-    store: QueueStore = open_store(state)  # type: ignore[assignment]
+    store = open_store(state)
     try:
         report = endpoint_health(store, list(organizations) or None, time.time())
     finally:

@@ -15,6 +15,7 @@ the state; a state that fails answers 503 with Retry-After (failures.py).
 from __future__ import annotations
 
 import functools
+from collections.abc import Mapping
 from typing import Annotated, Any, Literal
 
 from fastapi import FastAPI, Query, Request
@@ -420,7 +421,7 @@ UNREADABLE_BODY = "not valid JSON: the body must be UTF-8 JSON text"
 EVENT_NEEDS_ORG = "event_id goes with org: an event id names an event only within its organization"
 
 
-def _error(status: int, message: str, headers: dict[str, str] | None = None) -> JSONResponse:
+def _error(status: int, message: str, headers: Mapping[str, str] | None = None) -> JSONResponse:
     return JSONResponse({"error": message, "problems": []}, status_code=status, headers=headers)
 
 

@@ -26,6 +26,7 @@ from reconciler.dispatch.transport import ExactUrlTransport
 from reconciler.dispatch.worker import Database, Worker, WorkerSettings, owner_alive
 from reconciler.errors import ServeError
 from reconciler.health import breaker_states, oldest_due_age
+from reconciler.store import Backend
 from reconciler.store.queue import EventRecord, IntakeResult, QueueStore
 from reconciler.tokens import Access
 
@@ -67,7 +68,7 @@ class Dispatcher:
 
     def __init__(
         self,
-        store: QueueStore,
+        store: Backend,
         sender: Sender,
         *,
         settings: WorkerSettings | None = None,
@@ -291,7 +292,7 @@ def _no_signal_capture() -> Iterator[None]:
 
 
 async def serve(
-    store: QueueStore,
+    store: Backend,
     sock: socket.socket,
     *,
     settings: WorkerSettings,

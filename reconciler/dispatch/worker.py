@@ -35,8 +35,15 @@ from reconciler.durations import parse_duration
 from reconciler.envaccess import EnvAccess
 from reconciler.model import WebhookSpec
 from reconciler.render import EventData, Renderer, RenderError
+from reconciler.store import Backend
 from reconciler.store.breakers import BreakerRecord, BreakerReport, may_probe
-from reconciler.store.queue import AttemptResult, Claim, EventKey, EventRecord, QueueStore
+from reconciler.store.queue import (
+    AttemptOutcome,
+    AttemptResult,
+    Claim,
+    EventKey,
+    EventRecord,
+)
 
 log = logging.getLogger("reconciler.dispatch")
 
@@ -83,7 +90,7 @@ class Database:
     when one last succeeded (`answered`) and last failed (`failed`), and whether the
     last one to end failed (`failing`): readiness.py."""
 
-    def __init__(self, store: QueueStore, clock: Callable[[], float] = time.time) -> None:
+    def __init__(self, store: Backend, clock: Callable[[], float] = time.time) -> None:
         self.store = store
         self.clock = clock
         self.answered: float | None = None
@@ -434,15 +441,9 @@ class Worker:
         return result
 
     async def _attempt(self, claim: Claim, started: float) -> AttemptResult:
-        def unsent(outcome: str, error: str) -> AttemptResult:
+        def unsent(outcome: AttemptOutcome, error: str) -> AttemptResult:
             return AttemptResult(
-                claim.delivery_id,
-                claim.attempt,
-                started,
-                0.0,
-                outcome,
-                error=error,
-                sent=False,  # type: ignore[arg-type]
+                claim.delivery_id, claim.attempt, started, 0.0, outcome, error=error, sent=False
             )
 
         if claim.spec is None:

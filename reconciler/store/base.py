@@ -45,7 +45,8 @@ class LiveWebhook:
         return (self.organization, self.name)
 
     def spec_dict(self) -> dict[str, Any]:
-        return json.loads(self.spec)
+        spec: dict[str, Any] = json.loads(self.spec)
+        return spec
 
     @property
     def drifted(self) -> bool:

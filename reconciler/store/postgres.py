@@ -203,7 +203,7 @@ class PostgresStore(PostgresQueue):
                 if name in done:
                     continue
                 for statement in statements:
-                    cur.execute(statement)  # type: ignore[arg-type]
+                    cur.execute(statement)
                 cur.execute("INSERT INTO schema_migrations VALUES (%s, %s)", (name, _now()))
             cur.execute("SELECT 1 FROM meta WHERE key = 'lineage'")
             if cur.fetchone() is None:
@@ -233,7 +233,7 @@ class PostgresStore(PostgresQueue):
             args = (organization,)
         query += " ORDER BY organization, name"
         with self._tx() as cur:
-            cur.execute(query, args)  # type: ignore[arg-type]
+            cur.execute(query, args)
             return [LiveWebhook(*row) for row in cur.fetchall()]
 
     def shared_env(self) -> dict[str, str]:
@@ -279,7 +279,7 @@ class PostgresStore(PostgresQueue):
             query += " LIMIT %s"
             args.append(limit)
         with self._tx() as cur:
-            cur.execute(query, args)  # type: ignore[arg-type]
+            cur.execute(query, args)
             rows = cur.fetchall()
         for id_, at, serial, action, org, nm, before, after, actor, commit, checksum, note in rows:
             record = AuditRecord(
@@ -483,7 +483,7 @@ class PostgresStore(PostgresQueue):
     def add_token(self, token: TokenRecord) -> None:
         with self._tx() as cur:
             cur.execute(
-                f"INSERT INTO api_tokens ({TOKEN_COLUMNS}) "  # type: ignore[arg-type]
+                f"INSERT INTO api_tokens ({TOKEN_COLUMNS}) "
                 "VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s)",
                 (
                     token.id,
@@ -500,9 +500,7 @@ class PostgresStore(PostgresQueue):
 
     def tokens(self) -> list[TokenRecord]:
         with self._tx() as cur:
-            cur.execute(
-                f"SELECT {TOKEN_COLUMNS} FROM api_tokens ORDER BY created_at, id"  # type: ignore[arg-type]
-            )
+            cur.execute(f"SELECT {TOKEN_COLUMNS} FROM api_tokens ORDER BY created_at, id")
             return [token_from_row(row) for row in cur.fetchall()]
 
     def revoke_token(self, token_id: str, now: float) -> bool:
@@ -516,7 +514,7 @@ class PostgresStore(PostgresQueue):
     def token_by_hash(self, token_hash: str) -> TokenRecord | None:
         with self._tx() as cur:
             cur.execute(
-                f"SELECT {TOKEN_COLUMNS} FROM api_tokens WHERE token_hash = %s",  # type: ignore[arg-type]
+                f"SELECT {TOKEN_COLUMNS} FROM api_tokens WHERE token_hash = %s",
                 (token_hash,),
             )
             row = cur.fetchone()

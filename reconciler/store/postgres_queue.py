@@ -26,6 +26,8 @@ from reconciler.store.breakers import (
 )
 from reconciler.store.queue import (
     ATTEMPT_COLUMNS,
+    DELIVERY_COLUMNS,
+    EVENT_OF_DELIVERY,
     AttemptRecord,
     AttemptResult,
     Claim,
@@ -41,7 +43,6 @@ from reconciler.store.queue import (
     slot_groups,
     with_slots,
 )
-from reconciler.store.sqlite_queue import DELIVERY_COLUMNS, EVENT_OF_DELIVERY
 
 
 class PostgresQueue:
@@ -139,12 +140,30 @@ class PostgresQueue:
         if webhooks:
             rows = []
             for name, spec in webhooks:
-                row = (new_delivery_id(), event.id, event.organization, name, "pending", None, None)
+                delivery_id = new_delivery_id()
+                lease_owner: str | None = None
+                lease_expires: float | None = None
+                status = "pending"
                 if len(claims) < limit and room.get(name, 0) > 0:
                     room[name] -= 1
-                    row = (*row[:4], "in_flight", owner, now + lease)
-                    claims.append(Claim(row[0], 1, event, event.organization, name, spec, None))
-                rows.append((*row, now, now, now))
+                    status, lease_owner, lease_expires = "in_flight", owner, now + lease
+                    claims.append(
+                        Claim(delivery_id, 1, event, event.organization, name, spec, None)
+                    )
+                rows.append(
+                    (
+                        delivery_id,
+                        event.id,
+                        event.organization,
+                        name,
+                        status,
+                        lease_owner,
+                        lease_expires,
+                        now,
+                        now,
+                        now,
+                    )
+                )
             cur.executemany(
                 "INSERT INTO deliveries (id, event_id, organization, webhook, status, "
                 "lease_owner, lease_expires, attempts, due_at, created_at, updated_at) "

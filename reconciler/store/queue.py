@@ -18,6 +18,9 @@ from reconciler.store.breakers import BreakerRecord, BreakerReport
 Status = Literal["pending", "in_flight", "delivered", "failed", "cancelled"]
 FINAL_STATUSES = ("delivered", "failed", "cancelled")
 EXCERPT_LIMIT = 4096
+# What an attempt does to its delivery; deferred: not sent, by the webhook's rate
+# limit or a receiver's Retry-After.
+AttemptOutcome = Literal["delivered", "retry", "failed", "cancelled", "deferred"]
 
 
 class EventKey(NamedTuple):
@@ -97,8 +100,7 @@ class AttemptResult:
     number: int
     started_at: float
     duration_ms: float
-    # deferred: not sent, by the webhook's rate limit or a receiver's Retry-After
-    outcome: Literal["delivered", "retry", "failed", "cancelled", "deferred"]
+    outcome: AttemptOutcome
     status: int | None = None
     response_headers: dict[str, str] = field(default_factory=dict)
     response_excerpt: str = ""
@@ -269,6 +271,14 @@ def with_slots(
 def headers_json(headers: dict[str, str]) -> str:
     return json.dumps(headers, sort_keys=True)
 
+
+# A delivery as listed, from deliveries d joined with its event e (both backends).
+DELIVERY_COLUMNS = (
+    "d.id, d.event_id, e.type, d.organization, d.webhook, d.status, d.attempts, d.due_at, "
+    "d.created_at, d.updated_at, d.last_status, d.last_error"
+)
+# A delivery's event: the same id in another organization is another event.
+EVENT_OF_DELIVERY = "e.organization = d.organization AND e.id = d.event_id"
 
 ATTEMPT_COLUMNS = (
     "delivery_id, number, started_at, duration_ms, status, response_headers, "

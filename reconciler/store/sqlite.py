@@ -45,7 +45,7 @@ from reconciler.store.base import (
     shared_env_from_text,
     shared_env_text,
 )
-from reconciler.store.migrations import MIGRATIONS
+from reconciler.store.sqlite_migrations import MIGRATIONS
 from reconciler.store.sqlite_queue import SqliteQueue
 from reconciler.store.tokens import TOKEN_COLUMNS, TokenRecord, token_from_row
 
@@ -389,7 +389,7 @@ class SqliteStore(SqliteQueue):
             db.execute("UPDATE meta SET value = ? WHERE key = 'serial'", (str(serial),))
         return serial
 
-    def _apply_puts(self, db: sqlite3.Connection, rows: list[tuple[object, ...]]) -> None:
+    def _apply_puts(self, db: sqlite3.Connection, rows: Sequence[tuple[object, ...]]) -> None:
         db.executemany(
             "INSERT INTO webhooks (organization, name, spec, applied_spec, paused_reason, "
             "created_at, updated_at) VALUES (?, ?, ?, ?, NULL, ?, ?) "

@@ -27,6 +27,8 @@ from reconciler.store.breakers import (
 )
 from reconciler.store.queue import (
     ATTEMPT_COLUMNS,
+    DELIVERY_COLUMNS,
+    EVENT_OF_DELIVERY,
     AttemptRecord,
     AttemptResult,
     Claim,
@@ -42,13 +44,6 @@ from reconciler.store.queue import (
     slot_groups,
     with_slots,
 )
-
-DELIVERY_COLUMNS = (
-    "d.id, d.event_id, e.type, d.organization, d.webhook, d.status, d.attempts, d.due_at, "
-    "d.created_at, d.updated_at, d.last_status, d.last_error"
-)
-# A delivery's event: the same id in another organization is another event.
-EVENT_OF_DELIVERY = "e.organization = d.organization AND e.id = d.event_id"
 
 
 class SqliteQueue:
@@ -100,7 +95,7 @@ class SqliteQueue:
         targets: dict[tuple[str, str], list[list[str]]] = {}  # (org, type) -> [name, spec]
         room: dict[tuple[str, str], int] = {}  # (org, webhook) -> how many it may still take
         event_rows: list[list[Any]] = []
-        delivery_rows: list[list[str]] = []
+        delivery_rows: list[list[object]] = []
         results: list[IntakeResult] = []
         claims: list[Claim] = []
         for event in events:
@@ -142,12 +137,23 @@ class SqliteQueue:
                 ]
             )
             for name, spec in names:
-                row = [new_delivery_id(), event.id, event.organization, name, "pending", None, None]
+                delivery_id = new_delivery_id()
+                row: list[object] = [
+                    delivery_id,
+                    event.id,
+                    event.organization,
+                    name,
+                    "pending",
+                    None,
+                    None,
+                ]
                 # Handed over within the webhook's max_in_flight, as a claim would.
                 if len(claims) < limit and room[event.organization, name] > 0:
                     room[event.organization, name] -= 1
                     row[4:] = "in_flight", owner, _real(now + lease)
-                    claims.append(Claim(row[0], 1, event, event.organization, name, spec, None))
+                    claims.append(
+                        Claim(delivery_id, 1, event, event.organization, name, spec, None)
+                    )
                 delivery_rows.append(row)
             results.append(IntakeResult(event.id, event.organization, len(names), duplicate=False))
         db.execute(
@@ -191,7 +197,7 @@ class SqliteQueue:
             "WHERE status = 'in_flight' AND lease_expires <= ?",
             (now, now),
         )
-        args = {"limit": limit, "now": now, "cap": DEFAULT_MAX_IN_FLIGHT}
+        args: dict[str, object] = {"limit": limit, "now": now, "cap": DEFAULT_MAX_IN_FLIGHT}
         if event is not None:
             args.update(organization=event.organization, event=event.id)
             ids = _rows(db, _CLAIM_EVENT, args)
@@ -718,4 +724,5 @@ def _rows(db: sqlite3.Connection, query: str, args: Sequence[Any] | Mapping[str,
     retake waits for the event loop's thread, so one row per statement (rather
     than one per delivery) is what keeps the database thread from crawling while
     the loop is busy (docs/benchmarks.md, Dispatcher)."""
-    return json.loads(db.execute(query, args).fetchone()[0])
+    rows: list[Any] = json.loads(db.execute(query, args).fetchone()[0])
+    return rows

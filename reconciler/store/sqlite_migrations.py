@@ -1,4 +1,4 @@
-"""Named schema migrations, applied in order and recorded in schema_migrations.
+"""SQLite's named schema migrations, applied in order and recorded in schema_migrations.
 
 A migration is never edited once released: a change to the schema is a new
 entry at the end.
