@@ -25,10 +25,10 @@ from hypothesis import strategies as st
 from pytest_httpx import HTTPXMock
 
 from reconciler.dispatch.app import create_app
-from reconciler.dispatch.events import MAX_EVENT_BYTES
 from reconciler.dispatch.sender import Sender
 from reconciler.dispatch.service import Dispatcher
 from reconciler.dispatch.worker import INTERRUPTED
+from reconciler.events import MAX_EVENT_BYTES
 from reconciler.store.queue import EventKey
 from reconciler.store.sqlite import SqliteStore
 

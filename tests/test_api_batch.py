@@ -17,7 +17,7 @@ from helpers_state import FakeClock, bearer, put_specs, spec
 from pytest_httpx import HTTPXMock
 from test_api import EVENT, START, Api, call, problems
 
-from reconciler.dispatch.events import MAX_BATCH_BYTES, MAX_BATCH_EVENTS
+from reconciler.events import MAX_BATCH_BYTES, MAX_BATCH_EVENTS
 from reconciler.store.queue import EventKey, EventRecord
 from reconciler.store.sqlite import SqliteStore
 

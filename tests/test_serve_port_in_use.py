@@ -19,9 +19,9 @@ from pathlib import Path
 import pytest
 from helpers_state import definition, run_cli, write_definition
 
-from reconciler.dispatch.events import EventIn
 from reconciler.dispatch.processes import listen
 from reconciler.errors import ServeError
+from reconciler.events import EventIn
 from reconciler.store import open_store
 from reconciler.store.queue import QueueStore
 

@@ -29,13 +29,6 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from reconciler import __version__
 from reconciler.dispatch import auth, failures, fast_intake
-from reconciler.dispatch.events import (
-    MAX_BATCH_BYTES,
-    MAX_BATCH_EVENTS,
-    MAX_EVENT_BYTES,
-    BatchIn,
-    EventIn,
-)
 from reconciler.dispatch.health_views import StatusFilters, WebhookStatusOut
 from reconciler.dispatch.service import Dispatcher
 from reconciler.dispatch.views import (
@@ -44,7 +37,14 @@ from reconciler.dispatch.views import (
     ReplayOut,
     delivery_json,
 )
-from reconciler.health import endpoint_health
+from reconciler.events import (
+    MAX_BATCH_BYTES,
+    MAX_BATCH_EVENTS,
+    MAX_EVENT_BYTES,
+    BatchIn,
+    EventIn,
+    validation_message,
+)
 from reconciler.store.queue import EventKey, Status
 from reconciler.tokens import Access
 
@@ -251,8 +251,7 @@ def create_app(dispatcher: Dispatcher) -> DispatcherAPI:
             if org is None:
                 return _invalid_request([{"field": "query.org", "message": EVENT_NEEDS_ORG}])
             event = EventKey(org, filters.event_id)
-        records = await dispatcher.db.run(
-            dispatcher.db.store.deliveries,
+        records = await dispatcher.deliveries(
             status=filters.status,
             organizations=access.visible(org),
             webhook=filters.webhook,
@@ -274,7 +273,7 @@ def create_app(dispatcher: Dispatcher) -> DispatcherAPI:
         summary="One delivery with every attempt",
     )
     async def get_delivery(delivery_id: str, access: Access = may_read) -> Any:
-        found = await dispatcher.db.run(dispatcher.db.store.delivery, delivery_id)
+        found = await dispatcher.delivery(delivery_id)
         if found is None or not access.sees(found[0].organization):
             return _error(404, f"no delivery {delivery_id}")
         return delivery_json(*found)
@@ -294,15 +293,12 @@ def create_app(dispatcher: Dispatcher) -> DispatcherAPI:
         summary="Send a finished delivery again, with the same webhook-id",
     )
     async def replay(delivery_id: str, access: Access = may_replay) -> Any:
-        found = await dispatcher.db.run(dispatcher.db.store.delivery, delivery_id)
+        found = await dispatcher.delivery(delivery_id)
         if found is None or not access.sees(found[0].organization):
             return _error(404, f"no delivery {delivery_id}")
-        replayed = await dispatcher.db.run(
-            dispatcher.db.store.replay, [delivery_id], dispatcher.clock()
-        )
+        replayed = await dispatcher.replay([delivery_id])
         if not replayed:
             return _error(409, f"delivery {delivery_id} is {found[0].status}: not replayable yet")
-        dispatcher.wake()
         return {"replayed": replayed}
 
     @app.post(
@@ -323,9 +319,7 @@ def create_app(dispatcher: Dispatcher) -> DispatcherAPI:
     ) -> dict[str, Any] | JSONResponse:
         if not access.sees(organization):
             return _error(404, f"no webhook {organization}/{name}")
-        outcome = await dispatcher.db.run(
-            dispatcher.db.store.resume, organization, name, f"api token {access.token_id}"
-        )
+        outcome = await dispatcher.resume(organization, name, f"api token {access.token_id}")
         if outcome == "no such webhook":
             return _error(404, f"no webhook {organization}/{name}")
         return {"organization": organization, "name": name, "resumed": outcome == "resumed"}
@@ -347,9 +341,7 @@ def create_app(dispatcher: Dispatcher) -> DispatcherAPI:
         org = filters.org
         if org is not None and not access.sees(org):
             raise auth.forbidden(access.out_of_scope(org))
-        report = await dispatcher.db.run(
-            endpoint_health, dispatcher.db.store, access.visible(org), dispatcher.clock()
-        )
+        report = await dispatcher.endpoint_health(access.visible(org))
         return report.as_json()
 
     @app.get(
@@ -437,7 +429,7 @@ def _problem(error: Any) -> dict[str, str]:
         return {"field": "body", "message": f"not valid JSON: {reason} (at character {where})"}
     return {
         "field": ".".join(str(p) for p in error["loc"] if p != "body") or "body",
-        "message": error["msg"].removeprefix("Value error, "),
+        "message": validation_message(error),
     }
 
 

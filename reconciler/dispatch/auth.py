@@ -148,8 +148,7 @@ class Guard:
             task.exception()  # seen here, should every waiter have gone
 
     async def _find(self, digest: str, now: float) -> TokenRecord | None:
-        db = self._dispatcher.db
-        record = await db.run(tokens.find_by_hash, db.store, digest)
+        record = await self._dispatcher.token(digest)
         if record is None:
             self._cache.pop(digest, None)  # unknown secrets are never kept
             return None

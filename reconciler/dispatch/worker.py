@@ -20,21 +20,21 @@ import uuid
 from collections.abc import Callable, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, replace
-from datetime import datetime
 from typing import Any, Literal, TypeVar
 
 from reconciler import templates
 from reconciler.dispatch.logs import info_line
 from reconciler.dispatch.metrics import Metrics
 from reconciler.dispatch.ratelimit import Holds, admit
-from reconciler.dispatch.retry import RETRY_AFTER_CAP, Backoff, parse_retry_after, utc
+from reconciler.dispatch.retry import RETRY_AFTER_CAP, Backoff, parse_retry_after
 from reconciler.dispatch.sender import Outcome, Sender
-from reconciler.dispatch.signing import SigningSecretError, signature_header
 from reconciler.dispatch.ssrf import NetworkPolicy, TargetRefused
 from reconciler.durations import parse_duration
 from reconciler.envaccess import EnvAccess
+from reconciler.events import event_data
 from reconciler.model import WebhookSpec
-from reconciler.render import EventData, Renderer, RenderError
+from reconciler.render import Renderer, RenderError, utc
+from reconciler.signing import SigningSecretError, signature_header
 from reconciler.store import Backend
 from reconciler.store.breakers import BreakerRecord, BreakerReport, may_probe
 from reconciler.store.queue import (
@@ -42,7 +42,6 @@ from reconciler.store.queue import (
     AttemptResult,
     Claim,
     EventKey,
-    EventRecord,
 )
 
 log = logging.getLogger("reconciler.dispatch")
@@ -478,7 +477,7 @@ class Worker:
         env = access.scoped(self.env, claim.organization)
         timestamp = int(started)
         try:
-            request = renderer.render(_event_data(claim.event), env)
+            request = renderer.render(event_data(claim.event), env)
             self.policy.check_url(request.url)
             headers = {**request.headers, "webhook-id": claim.delivery_id}
             headers["webhook-timestamp"] = str(timestamp)
@@ -759,17 +758,6 @@ def _deferred(
         next_due=next_due,
         keeps_slot=keeps_slot,
         sent=False,
-    )
-
-
-def _event_data(event: EventRecord) -> EventData:
-    return EventData(
-        event=event.type,
-        organization=event.organization,
-        name=event.name,
-        description=event.description,
-        time=datetime.fromisoformat(event.time.replace("Z", "+00:00")),
-        id=event.id,
     )
 
 

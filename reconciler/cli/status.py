@@ -7,14 +7,13 @@ import time
 
 import click
 
-from reconciler.cli import FORMATS, state_option
-from reconciler.cli_webhooks import webhooks
+from reconciler.cli.common import FORMATS, state_option
 from reconciler.health import endpoint_health
 from reconciler.health_report import report_text
 from reconciler.store import open_store
 
 
-@webhooks.command("status")
+@click.command("status")
 @state_option
 @click.option(
     "--org",

@@ -8,7 +8,7 @@ import time
 import click
 
 from reconciler import tokens as api_tokens
-from reconciler.cli import FORMATS, cli, state_option
+from reconciler.cli.common import FORMATS, state_option
 from reconciler.errors import TokenError
 from reconciler.store import open_store
 from reconciler.store.tokens import TokenRecord
@@ -24,7 +24,7 @@ def _status(token: TokenRecord, now: float) -> str:
     return "active" if token.usable(now) else "expired"
 
 
-@cli.group()
+@click.group()
 def tokens() -> None:
     """Make, list and revoke the bearer tokens of the HTTP API.
 
