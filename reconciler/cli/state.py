@@ -29,6 +29,14 @@ from reconciler.provenance import CommitCheck, check_commit, detect_actor, git_c
 from reconciler.store import Store, open_store
 from reconciler.validate_report import count
 
+delete_share_option = click.option(
+    "--delete-share",
+    type=click.FloatRange(0, 1),
+    default=DEFAULT_DELETE_SHARE,
+    show_default=True,
+    help="Deleting more than this share of an organization's webhooks needs --force.",
+)
+
 
 def definitions_scope(path: Path, organization: str | None) -> str | None:
     """The organization a plan covers: --org, or the organization folder given as PATH.
@@ -83,13 +91,7 @@ def _plan_from_files(result: LoadResult, store: Store, organization: str | None)
     is_flag=True,
     help="Exit 0 with no changes, 1 on error, 2 when there are changes.",
 )
-@click.option(
-    "--delete-share",
-    type=click.FloatRange(0, 1),
-    default=DEFAULT_DELETE_SHARE,
-    show_default=True,
-    help="Deleting more than this share of an organization's webhooks needs --force.",
-)
+@delete_share_option
 def plan(
     path: Path,
     state: str,
@@ -173,13 +175,7 @@ class _TerminalApprover:
 @click.option(
     "--force", is_flag=True, help="Allow deleting all, or a large share, of an organization."
 )
-@click.option(
-    "--delete-share",
-    type=click.FloatRange(0, 1),
-    default=DEFAULT_DELETE_SHARE,
-    show_default=True,
-    help="Deleting more than this share of an organization's webhooks needs --force.",
-)
+@delete_share_option
 @click.option(
     "--lock-timeout",
     type=click.FloatRange(0),

@@ -195,12 +195,7 @@ def create_app(dispatcher: Dispatcher) -> DispatcherAPI:
         "/v1/events",
         status_code=202,
         response_model=IntakeOut,
-        responses={
-            **auth.RESPONSES,
-            **UNAVAILABLE,
-            413: {"model": ErrorOut, "description": f"A body over {MAX_EVENT_BYTES} bytes"},
-            **INVALID,
-        },
+        responses=_intake_responses(MAX_EVENT_BYTES),
         summary="Queue an event: one delivery per matching enabled webhook",
     )
     async def post_event(event: EventIn, access: Access = may_send) -> dict[str, Any]:
@@ -213,12 +208,7 @@ def create_app(dispatcher: Dispatcher) -> DispatcherAPI:
         "/v1/events/batch",
         status_code=202,
         response_model=BatchOut,
-        responses={
-            **auth.RESPONSES,
-            **UNAVAILABLE,
-            413: {"model": ErrorOut, "description": f"A body over {MAX_BATCH_BYTES} bytes"},
-            **INVALID,
-        },
+        responses=_intake_responses(MAX_BATCH_BYTES),
         summary=f"Queue up to {MAX_BATCH_EVENTS} events at once: all are stored, or none",
         description=(
             "Each event as `POST /v1/events` takes it, and each answered as there, in "
@@ -244,8 +234,7 @@ def create_app(dispatcher: Dispatcher) -> DispatcherAPI:
         filters: Annotated[DeliveryFilters, Query()], access: Access = may_read
     ) -> Any:
         org = filters.org
-        if org is not None and not access.sees(org):
-            raise auth.forbidden(access.out_of_scope(org))
+        organizations = _readable(access, org)
         event = None
         if filters.event_id is not None:
             if org is None:
@@ -253,7 +242,7 @@ def create_app(dispatcher: Dispatcher) -> DispatcherAPI:
             event = EventKey(org, filters.event_id)
         records = await dispatcher.deliveries(
             status=filters.status,
-            organizations=access.visible(org),
+            organizations=organizations,
             webhook=filters.webhook,
             event=event,
             limit=filters.limit,
@@ -338,10 +327,7 @@ def create_app(dispatcher: Dispatcher) -> DispatcherAPI:
     async def webhooks_status(
         filters: Annotated[StatusFilters, Query()], access: Access = may_read
     ) -> Any:
-        org = filters.org
-        if org is not None and not access.sees(org):
-            raise auth.forbidden(access.out_of_scope(org))
-        report = await dispatcher.endpoint_health(access.visible(org))
+        report = await dispatcher.endpoint_health(_readable(access, filters.org))
         return report.as_json()
 
     @app.get(
@@ -411,6 +397,20 @@ def create_app(dispatcher: Dispatcher) -> DispatcherAPI:
 
 UNREADABLE_BODY = "not valid JSON: the body must be UTF-8 JSON text"
 EVENT_NEEDS_ORG = "event_id goes with org: an event id names an event only within its organization"
+
+
+def _readable(access: Access, org: str | None) -> list[str] | None:
+    """The organizations a listing by `access` covers: `org`, which it must see
+    (else 403), or every one it sees (None: all)."""
+    if org is not None and not access.sees(org):
+        raise auth.forbidden(access.out_of_scope(org))
+    return access.visible(org)
+
+
+def _intake_responses(max_bytes: int) -> dict[int | str, dict[str, Any]]:
+    """What an intake route may answer besides its 202."""
+    too_large = {"model": ErrorOut, "description": f"A body over {max_bytes} bytes"}
+    return {**auth.RESPONSES, **UNAVAILABLE, 413: too_large, **INVALID}
 
 
 def _error(status: int, message: str, headers: Mapping[str, str] | None = None) -> JSONResponse:

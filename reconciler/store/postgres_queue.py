@@ -3,6 +3,10 @@
 Claims go round the webhooks with due deliveries, each up to its max_in_flight
 (see _CLAIM_LOCK and _CLAIM_PICK), with FOR UPDATE SKIP LOCKED, so workers never
 wait on each other's rows, and no backlog, however deep, starves another webhook.
+
+It follows sqlite_queue.py method for method, in PostgreSQL's dialect and locking
+(postgres.py says why the parallel statements stay); what both share is in
+queue.py and breakers.py.
 """
 
 from __future__ import annotations
@@ -39,6 +43,7 @@ from reconciler.store.queue import (
     WebhookQueue,
     attempt_row,
     clean_text,
+    deliveries_query,
     refuse_nul,
     slot_groups,
     with_slots,
@@ -493,30 +498,17 @@ class PostgresQueue:
     ) -> list[DeliveryRecord]:
         """Newest first. `event`: that event's (an id names one only with its
         organization). `organizations`: only these (an API token's scope)."""
-        query = (
-            f"SELECT {DELIVERY_COLUMNS} FROM deliveries d JOIN events e ON {EVENT_OF_DELIVERY} "
-            "WHERE true"
+        query, args = deliveries_query(
+            "%s",
+            lambda names: ("= ANY(%s)", [list(names)]),
+            status=status,
+            organization=organization,
+            webhook=webhook,
+            event=event,
+            since=since,
+            limit=limit,
+            organizations=organizations,
         )
-        args: list[Any] = []
-        for column, value in (
-            ("d.status", status),
-            ("d.organization", organization),
-            ("d.webhook", webhook),
-        ):
-            if value is not None:
-                query += f" AND {column} = %s"
-                args.append(value)
-        if event is not None:
-            query += " AND d.organization = %s AND d.event_id = %s"
-            args += [event.organization, event.id]
-        if since is not None:
-            query += " AND d.updated_at >= %s"
-            args.append(since)
-        if organizations is not None:
-            query += " AND d.organization = ANY(%s)"
-            args.append(list(organizations))
-        query += " ORDER BY d.created_at DESC, d.id LIMIT %s"
-        args.append(limit)
         with self._tx() as cur:
             cur.execute(query, args)
             return [DeliveryRecord(*row) for row in cur.fetchall()]

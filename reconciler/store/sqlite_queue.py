@@ -40,6 +40,7 @@ from reconciler.store.queue import (
     WebhookQueue,
     attempt_row,
     clean_text,
+    deliveries_query,
     refuse_nul,
     slot_groups,
     with_slots,
@@ -517,30 +518,17 @@ class SqliteQueue:
     ) -> list[DeliveryRecord]:
         """Newest first. `event`: that event's (an id names one only with its
         organization). `organizations`: only these (an API token's scope)."""
-        query = (
-            f"SELECT {DELIVERY_COLUMNS} FROM deliveries d JOIN events e ON {EVENT_OF_DELIVERY} "
-            "WHERE 1=1"
+        query, args = deliveries_query(
+            "?",
+            lambda names: (f"IN ({', '.join('?' * len(names))})", list(names)),
+            status=status,
+            organization=organization,
+            webhook=webhook,
+            event=event,
+            since=since,
+            limit=limit,
+            organizations=organizations,
         )
-        args: list[Any] = []
-        for column, value in (
-            ("d.status", status),
-            ("d.organization", organization),
-            ("d.webhook", webhook),
-        ):
-            if value is not None:
-                query += f" AND {column} = ?"
-                args.append(value)
-        if event is not None:
-            query += " AND d.organization = ? AND d.event_id = ?"
-            args += [event.organization, event.id]
-        if since is not None:
-            query += " AND d.updated_at >= ?"
-            args.append(since)
-        if organizations is not None:
-            query += f" AND d.organization IN ({', '.join('?' * len(organizations))})"
-            args.extend(organizations)
-        query += " ORDER BY d.created_at DESC, d.id LIMIT ?"
-        args.append(limit)
         return [DeliveryRecord(*row) for row in self._db.execute(query, args)]
 
     def delivery(self, delivery_id: str) -> tuple[DeliveryRecord, list[AttemptRecord]] | None:
