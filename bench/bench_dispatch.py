@@ -538,7 +538,7 @@ def _make_sender(concurrency: int) -> Any:
 def run_on_serve_loop(coroutine: Any) -> Any:
     """Run on the event loop `reconciler serve` uses (uvloop where installed), with
     the garbage collector tuned as `serve` tunes it."""
-    from reconciler.dispatch.service import event_loop_factory, settle_garbage_collector
+    from reconciler.dispatch.server import event_loop_factory, settle_garbage_collector
 
     settle_garbage_collector()
     with asyncio.Runner(loop_factory=event_loop_factory()) as runner:

@@ -15,8 +15,8 @@ from typing import Any, Literal
 from urllib.parse import urlsplit
 
 from reconciler import addresses, credentials, templates
-from reconciler.dispatch.signing import SigningSecretError, secret_key
 from reconciler.model import METHODS_WITH_BODY, WebhookSpec
+from reconciler.signing import SigningSecretError, secret_key
 
 Loc = tuple[str | int, ...]
 

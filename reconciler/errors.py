@@ -9,6 +9,7 @@
      ├── PlanRefused           a safety guard stops the apply (deletes, mass delete)
      ├── ApprovalRefused       nobody approved the changes
      ├── PlanFileError         a saved plan cannot be read
+     ├── EventInvalid          an event given on the command line is not one intake takes
      ├── TokenError            an API token cannot be made or found
      ├── ScaffoldError         `init` would overwrite files
      └── ServeError            `serve` cannot listen on its address or start
@@ -53,6 +54,10 @@ class ApprovalRefused(ReconcilerError):
 
 class PlanFileError(ReconcilerError):
     """A saved plan file cannot be used."""
+
+
+class EventInvalid(ReconcilerError):
+    """An event given on the command line (fire, render) is not one intake would accept."""
 
 
 class TokenError(ReconcilerError):

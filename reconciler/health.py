@@ -15,7 +15,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
 
-from reconciler.dispatch.retry import utc
+from reconciler.render import utc
 from reconciler.secrets import mask_text
 from reconciler.store.queue import QueueStore, WebhookAggregates
 

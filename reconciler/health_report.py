@@ -8,8 +8,8 @@ from __future__ import annotations
 
 import math
 
-from reconciler.dispatch.retry import utc
 from reconciler.health import HealthReport, WebhookHealth
+from reconciler.render import utc
 
 WIDTH = 100
 _HEADERS = (

@@ -15,21 +15,18 @@ import json
 import re
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
-from datetime import datetime
 from typing import Any
 
 from pydantic import ValidationError
 
 from reconciler import credentials, jsonbody, templates
 from reconciler.checks import env_references
-from reconciler.dispatch.events import EventIn
 from reconciler.envaccess import EnvAccess, EnvRefused
 from reconciler.errors import ReconcilerError
 from reconciler.model import WebhookSpec
 from reconciler.render import EventData, RenderError, render
 from reconciler.secrets import MASK, mask_header, mask_url
 from reconciler.store.base import LiveWebhook
-from reconciler.store.queue import EventRecord
 
 PREVIEW_DELIVERY_ID = "msg_preview"
 PREVIEW_EVENT_ID = "evt_preview"
@@ -161,28 +158,6 @@ def find_webhook(specs: Iterable[WebhookSpec], name: str, organization: str | No
     close = difflib.get_close_matches(name, sorted({s.name for s in specs}), n=1)
     hint = f"; did you mean {close[0]}?" if close else ""
     raise PreviewError(f"no webhook {name}{hint}")
-
-
-def checked_event(data: dict[str, Any], now: datetime | None = None) -> EventRecord:
-    """An event as intake would accept it (None values left out), or one error line."""
-    try:
-        incoming = EventIn.model_validate({k: v for k, v in data.items() if v is not None})
-    except ValidationError as exc:
-        error = exc.errors()[0]
-        field = ".".join(str(p) for p in error["loc"])
-        raise PreviewError(f"{field}: {error['msg'].removeprefix('Value error, ')}") from None
-    return incoming.record(now)
-
-
-def event_data(record: EventRecord) -> EventData:
-    return EventData(
-        event=record.type,
-        organization=record.organization,
-        name=record.name,
-        description=record.description,
-        time=datetime.fromisoformat(record.time.replace("Z", "+00:00")),
-        id=record.id,
-    )
 
 
 def matching_live(webhooks: Iterable[LiveWebhook], event_type: str) -> list[WebhookSpec]:

@@ -57,6 +57,11 @@ class RenderedRequest:
     body: bytes | None = None
 
 
+def utc(seconds: float) -> str:
+    """A moment given in seconds since the epoch, as format_time writes it."""
+    return datetime.fromtimestamp(seconds, UTC).isoformat(timespec="seconds").replace("+00:00", "Z")
+
+
 def format_time(moment: datetime) -> str:
     """The one text of an event's time, `{{time}}` wherever it is rendered (sent,
     rendered, previewed) and the time intake stores: ISO 8601 in UTC, whole

@@ -12,6 +12,7 @@ from pathlib import Path
 from reconciler import __version__
 from reconciler.envaccess import SHARED_ENV_FILE, prefix
 from reconciler.errors import ScaffoldError
+from reconciler.plan_report import MARKDOWN_MARKER
 from reconciler.schema import webhook_schema_text
 
 # Where this project's pre-commit hook (.pre-commit-hooks.yaml) is published.
@@ -19,7 +20,8 @@ HOOK_REPOSITORY = "https://github.com/acme-corp/reconciler"
 HOOK_REV = f"v{__version__}"
 DEFAULT_ORGANIZATION = "example"
 DEFAULT_ADMINS = "@acme-corp/webhook-admins"
-MARKER = "<!-- reconciler-plan -->"
+# The plan comment's first line, by which the workflow finds its comment to update.
+MARKER = MARKDOWN_MARKER
 
 _INSTALL_LINE = "      # @install@\n"
 

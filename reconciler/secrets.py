@@ -29,17 +29,17 @@ def secret_bearing_url(url: str) -> bool:
 
 def mask_value(value: str) -> str:
     """A credential-named value: references stay readable; anything literal becomes ****."""
-    return credentials.mask({"headers": {"Authorization": value}})["headers"]["Authorization"]
+    return str(credentials.mask({"headers": {"Authorization": value}})["headers"]["Authorization"])
 
 
 def mask_header(name: str, value: str) -> str:
     """A header value as it may be shown: masked by its name and by its content."""
-    return credentials.mask({"headers": {name: value}})["headers"][name]
+    return str(credentials.mask({"headers": {name: value}})["headers"][name])
 
 
 def mask_url(url: str) -> str:
     """Hide user info, secret query values, secret-bearing paths and token-like parts."""
-    return credentials.mask({"url": url})["url"]
+    return str(credentials.mask({"url": url})["url"])
 
 
 def mask_text(text: str) -> str:

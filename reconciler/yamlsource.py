@@ -64,9 +64,10 @@ class _Composer(_Loader):
             if tag is None:
                 if len(_tags) >= _TAGS_MAX:
                     _tags.clear()
-                tag = _tags[value] = super().resolve(kind, value, implicit)
+                # types-PyYAML leaves BaseResolver.resolve unannotated (here and below).
+                tag = _tags[value] = super().resolve(kind, value, implicit)  # type: ignore[no-untyped-call]
             return tag
-        return super().resolve(kind, value, implicit)
+        return super().resolve(kind, value, implicit)  # type: ignore[no-untyped-call]
 
 
 _TAG_TEXT_MAX = 64

@@ -6,11 +6,13 @@ import os
 import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
 import pytest
 
 from reconciler.loader import load_definitions
+from reconciler.store.sqlite import SqliteStore
 
 
 @pytest.fixture
@@ -65,3 +67,23 @@ def postgres_database() -> Iterator[str]:
 def postgres_url(postgres_database: str) -> str:
     """A state URL of its own: a fresh schema in this run's database."""
     return f"{postgres_database}?schema=t_{uuid.uuid4().hex[:12]}"
+
+
+@pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
+def each_store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Any]:
+    """A new, empty state on each backend (a SQLite file; a PostgreSQL schema of its
+    own), closed after the test. `test_url` is its URL, credentials included."""
+    made: Any
+    if request.param == "sqlite":
+        made = SqliteStore(tmp_path / "state.db")
+        made.test_url = made.url
+    else:
+        from reconciler.store.postgres import PostgresStore
+
+        url = request.getfixturevalue("postgres_url")
+        made = PostgresStore(url)
+        made.test_url = url
+    try:
+        yield made
+    finally:
+        made.close()

@@ -15,6 +15,7 @@ the state; a state that fails answers 503 with Retry-After (failures.py).
 from __future__ import annotations
 
 import functools
+from collections.abc import Mapping
 from typing import Annotated, Any, Literal
 
 from fastapi import FastAPI, Query, Request
@@ -28,13 +29,6 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from reconciler import __version__
 from reconciler.dispatch import auth, failures, fast_intake
-from reconciler.dispatch.events import (
-    MAX_BATCH_BYTES,
-    MAX_BATCH_EVENTS,
-    MAX_EVENT_BYTES,
-    BatchIn,
-    EventIn,
-)
 from reconciler.dispatch.health_views import StatusFilters, WebhookStatusOut
 from reconciler.dispatch.service import Dispatcher
 from reconciler.dispatch.views import (
@@ -43,7 +37,14 @@ from reconciler.dispatch.views import (
     ReplayOut,
     delivery_json,
 )
-from reconciler.health import endpoint_health
+from reconciler.events import (
+    MAX_BATCH_BYTES,
+    MAX_BATCH_EVENTS,
+    MAX_EVENT_BYTES,
+    BatchIn,
+    EventIn,
+    validation_message,
+)
 from reconciler.store.queue import EventKey, Status
 from reconciler.tokens import Access
 
@@ -194,12 +195,7 @@ def create_app(dispatcher: Dispatcher) -> DispatcherAPI:
         "/v1/events",
         status_code=202,
         response_model=IntakeOut,
-        responses={
-            **auth.RESPONSES,
-            **UNAVAILABLE,
-            413: {"model": ErrorOut, "description": f"A body over {MAX_EVENT_BYTES} bytes"},
-            **INVALID,
-        },
+        responses=_intake_responses(MAX_EVENT_BYTES),
         summary="Queue an event: one delivery per matching enabled webhook",
     )
     async def post_event(event: EventIn, access: Access = may_send) -> dict[str, Any]:
@@ -212,12 +208,7 @@ def create_app(dispatcher: Dispatcher) -> DispatcherAPI:
         "/v1/events/batch",
         status_code=202,
         response_model=BatchOut,
-        responses={
-            **auth.RESPONSES,
-            **UNAVAILABLE,
-            413: {"model": ErrorOut, "description": f"A body over {MAX_BATCH_BYTES} bytes"},
-            **INVALID,
-        },
+        responses=_intake_responses(MAX_BATCH_BYTES),
         summary=f"Queue up to {MAX_BATCH_EVENTS} events at once: all are stored, or none",
         description=(
             "Each event as `POST /v1/events` takes it, and each answered as there, in "
@@ -243,17 +234,15 @@ def create_app(dispatcher: Dispatcher) -> DispatcherAPI:
         filters: Annotated[DeliveryFilters, Query()], access: Access = may_read
     ) -> Any:
         org = filters.org
-        if org is not None and not access.sees(org):
-            raise auth.forbidden(access.out_of_scope(org))
+        organizations = _readable(access, org)
         event = None
         if filters.event_id is not None:
             if org is None:
                 return _invalid_request([{"field": "query.org", "message": EVENT_NEEDS_ORG}])
             event = EventKey(org, filters.event_id)
-        records = await dispatcher.db.run(
-            dispatcher.db.store.deliveries,
+        records = await dispatcher.deliveries(
             status=filters.status,
-            organizations=access.visible(org),
+            organizations=organizations,
             webhook=filters.webhook,
             event=event,
             limit=filters.limit,
@@ -273,7 +262,7 @@ def create_app(dispatcher: Dispatcher) -> DispatcherAPI:
         summary="One delivery with every attempt",
     )
     async def get_delivery(delivery_id: str, access: Access = may_read) -> Any:
-        found = await dispatcher.db.run(dispatcher.db.store.delivery, delivery_id)
+        found = await dispatcher.delivery(delivery_id)
         if found is None or not access.sees(found[0].organization):
             return _error(404, f"no delivery {delivery_id}")
         return delivery_json(*found)
@@ -293,15 +282,12 @@ def create_app(dispatcher: Dispatcher) -> DispatcherAPI:
         summary="Send a finished delivery again, with the same webhook-id",
     )
     async def replay(delivery_id: str, access: Access = may_replay) -> Any:
-        found = await dispatcher.db.run(dispatcher.db.store.delivery, delivery_id)
+        found = await dispatcher.delivery(delivery_id)
         if found is None or not access.sees(found[0].organization):
             return _error(404, f"no delivery {delivery_id}")
-        replayed = await dispatcher.db.run(
-            dispatcher.db.store.replay, [delivery_id], dispatcher.clock()
-        )
+        replayed = await dispatcher.replay([delivery_id])
         if not replayed:
             return _error(409, f"delivery {delivery_id} is {found[0].status}: not replayable yet")
-        dispatcher.wake()
         return {"replayed": replayed}
 
     @app.post(
@@ -322,9 +308,7 @@ def create_app(dispatcher: Dispatcher) -> DispatcherAPI:
     ) -> dict[str, Any] | JSONResponse:
         if not access.sees(organization):
             return _error(404, f"no webhook {organization}/{name}")
-        outcome = await dispatcher.db.run(
-            dispatcher.db.store.resume, organization, name, f"api token {access.token_id}"
-        )
+        outcome = await dispatcher.resume(organization, name, f"api token {access.token_id}")
         if outcome == "no such webhook":
             return _error(404, f"no webhook {organization}/{name}")
         return {"organization": organization, "name": name, "resumed": outcome == "resumed"}
@@ -343,12 +327,7 @@ def create_app(dispatcher: Dispatcher) -> DispatcherAPI:
     async def webhooks_status(
         filters: Annotated[StatusFilters, Query()], access: Access = may_read
     ) -> Any:
-        org = filters.org
-        if org is not None and not access.sees(org):
-            raise auth.forbidden(access.out_of_scope(org))
-        report = await dispatcher.db.run(
-            endpoint_health, dispatcher.db.store, access.visible(org), dispatcher.clock()
-        )
+        report = await dispatcher.endpoint_health(_readable(access, filters.org))
         return report.as_json()
 
     @app.get(
@@ -420,7 +399,21 @@ UNREADABLE_BODY = "not valid JSON: the body must be UTF-8 JSON text"
 EVENT_NEEDS_ORG = "event_id goes with org: an event id names an event only within its organization"
 
 
-def _error(status: int, message: str, headers: dict[str, str] | None = None) -> JSONResponse:
+def _readable(access: Access, org: str | None) -> list[str] | None:
+    """The organizations a listing by `access` covers: `org`, which it must see
+    (else 403), or every one it sees (None: all)."""
+    if org is not None and not access.sees(org):
+        raise auth.forbidden(access.out_of_scope(org))
+    return access.visible(org)
+
+
+def _intake_responses(max_bytes: int) -> dict[int | str, dict[str, Any]]:
+    """What an intake route may answer besides its 202."""
+    too_large = {"model": ErrorOut, "description": f"A body over {max_bytes} bytes"}
+    return {**auth.RESPONSES, **UNAVAILABLE, 413: too_large, **INVALID}
+
+
+def _error(status: int, message: str, headers: Mapping[str, str] | None = None) -> JSONResponse:
     return JSONResponse({"error": message, "problems": []}, status_code=status, headers=headers)
 
 
@@ -436,7 +429,7 @@ def _problem(error: Any) -> dict[str, str]:
         return {"field": "body", "message": f"not valid JSON: {reason} (at character {where})"}
     return {
         "field": ".".join(str(p) for p in error["loc"] if p != "body") or "body",
-        "message": error["msg"].removeprefix("Value error, "),
+        "message": validation_message(error),
     }
 
 

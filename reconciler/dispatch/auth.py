@@ -34,7 +34,7 @@ from starlette.routing import BaseRoute, Match
 from starlette.types import Scope
 
 from reconciler import tokens
-from reconciler.store.tokens import TokenRecord, TokenStore
+from reconciler.store.tokens import TokenRecord
 from reconciler.tokens import Access, Permission
 
 if TYPE_CHECKING:
@@ -148,9 +148,7 @@ class Guard:
             task.exception()  # seen here, should every waiter have gone
 
     async def _find(self, digest: str, now: float) -> TokenRecord | None:
-        db = self._dispatcher.db
-        store = cast(TokenStore, db.store)
-        record = await db.run(tokens.find_by_hash, store, digest)
+        record = await self._dispatcher.token(digest)
         if record is None:
             self._cache.pop(digest, None)  # unknown secrets are never kept
             return None

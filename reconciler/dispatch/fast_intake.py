@@ -30,8 +30,8 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from reconciler.dispatch import failures
 from reconciler.dispatch.auth import AuthError, Guard
-from reconciler.dispatch.events import BatchIn, EventIn
 from reconciler.dispatch.service import Dispatcher
+from reconciler.events import BatchIn, EventIn
 from reconciler.store.queue import IntakeResult
 
 PATH = "/v1/events"

@@ -23,9 +23,10 @@ from __future__ import annotations
 
 import asyncio
 import urllib.parse
-from typing import Any
+from typing import Any, cast
 
 import httptools
+from starlette.types import Send
 from uvicorn.protocols.http.httptools_impl import (
     STATUS_LINE,
     HttpToolsProtocol,
@@ -132,7 +133,10 @@ class _IntakeRequest:
             content = await self.protocol.intake.answer(self.path, self.headers, bytes(self.body))
         except Exception as exc:  # the state failed (or a bug): what the route answers
             response = failures.answer(exc, "POST", self.path)
-            await response({"type": "http"}, _nothing, self._cycle().send)
+            # The same ASGI messages: uvicorn types them as TypedDicts, starlette as
+            # mappings.
+            send = cast(Send, self._cycle().send)
+            await response({"type": "http"}, _nothing, send)
             return
         if content is None:
             await self._cycle().run_asgi(self.protocol.app)
@@ -182,7 +186,10 @@ class _IntakeRequest:
         cycle.more_body = False
         cycle.disconnected = self.disconnected
         cycle.message_event.set()  # the whole body is in
-        if protocol.cycle is self:  # not when a pipelined request has come in since
+        # Typed as uvicorn's own cycle, the attribute holds this request since
+        # on_headers_complete put it there.
+        current: object = protocol.cycle
+        if current is self:  # not when a pipelined request has come in since
             protocol.cycle = cycle
         return cycle
 

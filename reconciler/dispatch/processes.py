@@ -127,8 +127,8 @@ class Supervisor:
                 self._start(slot)
             while self.children:
                 pid, code = os.wait()
-                slot = self.children.pop(pid, None)
-                if slot is None or self.stopping:
+                ended = self.children.pop(pid, None)
+                if ended is None or self.stopping:
                     continue
                 log.error("dispatcher process %d %s; starting another", pid, _describe(code))
                 if self._crash_looping():
@@ -140,7 +140,7 @@ class Supervisor:
                     status = 1
                     self.stop()
                     continue
-                self._start(slot)
+                self._start(ended)
         finally:
             for sig, handler in previous.items():
                 signal.signal(sig, handler)

@@ -1,36 +1,42 @@
-"""One dispatcher process: the HTTP API and the delivery workers on one event loop."""
+"""The dispatcher: event intake and the delivery workers over one store, and what
+the HTTP API asks of them (server.py serves it)."""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import gc
 import logging
-import signal
-import socket
 import ssl
 import time
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import TYPE_CHECKING
 
 import aiohttp
 import httpx
 
-from reconciler.dispatch.events import EventIn
-from reconciler.dispatch.logs import lines_per_turn
 from reconciler.dispatch.metrics import Metrics, QueueGauges, WebhookGauges
 from reconciler.dispatch.readiness import Readiness
 from reconciler.dispatch.sender import Sender
 from reconciler.dispatch.ssrf import GuardedResolver, NetworkPolicy, guarded_socket
 from reconciler.dispatch.transport import ExactUrlTransport
 from reconciler.dispatch.worker import Database, Worker, WorkerSettings, owner_alive
-from reconciler.errors import ServeError
-from reconciler.health import breaker_states, oldest_due_age
-from reconciler.store.queue import EventRecord, IntakeResult, QueueStore
-from reconciler.tokens import Access
+from reconciler.events import EventIn
+from reconciler.health import HealthReport, breaker_states, endpoint_health, oldest_due_age
+from reconciler.store import Backend
+from reconciler.store.base import ResumeOutcome
+from reconciler.store.queue import (
+    AttemptRecord,
+    DeliveryRecord,
+    EventKey,
+    EventRecord,
+    IntakeResult,
+    QueueStore,
+)
+from reconciler.store.tokens import TokenRecord
+from reconciler.tokens import Access, find_by_hash
 
 if TYPE_CHECKING:
-    import uvicorn
+    pass
 
 log = logging.getLogger("reconciler.dispatch")
 
@@ -67,7 +73,7 @@ class Dispatcher:
 
     def __init__(
         self,
-        store: QueueStore,
+        store: Backend,
         sender: Sender,
         *,
         settings: WorkerSettings | None = None,
@@ -132,6 +138,51 @@ class Dispatcher:
         oldest = await self.db.run(self.db.store.oldest_due, now)
         age = max(0.0, now - oldest) if oldest else 0.0
         return self.metrics.render(access.sees, QueueGauges(counts, age), webhooks)
+
+    # -- what the HTTP API reads and changes, each a call on the database thread ----
+
+    async def deliveries(
+        self,
+        *,
+        organizations: Sequence[str] | None,
+        status: str | None = None,
+        webhook: str | None = None,
+        event: EventKey | None = None,
+        limit: int = 100,
+    ) -> list[DeliveryRecord]:
+        """The deliveries of `organizations` (None: all), newest first."""
+        return await self.db.run(
+            self.db.store.deliveries,
+            status=status,
+            organizations=organizations,
+            webhook=webhook,
+            event=event,
+            limit=limit,
+        )
+
+    async def delivery(self, delivery_id: str) -> tuple[DeliveryRecord, list[AttemptRecord]] | None:
+        """One delivery with its attempts, or None."""
+        return await self.db.run(self.db.store.delivery, delivery_id)
+
+    async def replay(self, delivery_ids: Sequence[str]) -> list[str]:
+        """Queue finished deliveries again; returns those replayed, and wakes the
+        workers for them."""
+        replayed = await self.db.run(self.db.store.replay, delivery_ids, self.clock())
+        if replayed:
+            self.wake()
+        return replayed
+
+    async def resume(self, organization: str, name: str, actor: str) -> ResumeOutcome:
+        """Lift a pause the dispatcher set, into the audit log by `actor`."""
+        return await self.db.run(self.db.store.resume, organization, name, actor)
+
+    async def endpoint_health(self, organizations: Sequence[str] | None) -> HealthReport:
+        """The webhooks' endpoint health, of `organizations` (None: all), as of now."""
+        return await self.db.run(endpoint_health, self.db.store, organizations, self.clock())
+
+    async def token(self, digest: str) -> TokenRecord | None:
+        """The API token whose secret hashes to `digest`, usable or not."""
+        return await self.db.run(find_by_hash, self.db.store, digest)
 
     async def _flush_intake(self) -> None:
         while self._intake:
@@ -253,108 +304,3 @@ def webhook_gauges(
 
 def _new_deliveries(results: Sequence[IntakeResult]) -> int:
     return sum(result.deliveries for result in results if not result.duplicate)
-
-
-def event_loop_factory() -> Callable[[], asyncio.AbstractEventLoop] | None:
-    """uvloop where it is installed: the same asyncio interface, with the loop, its
-    sockets and its timers in C, which cuts the CPU of every request served and
-    sent. None (asyncio's own loop) elsewhere."""
-    try:
-        import uvloop
-    except ImportError:
-        return None
-    return uvloop.new_event_loop
-
-
-# Objects allocated (net) between collections of the youngest generation; Python's
-# default is 700. Each older generation is collected every 10 of the one before.
-GC_YOUNG_THRESHOLD = 20_000
-
-
-def settle_garbage_collector() -> None:
-    """Tune the cyclic garbage collector for a long-running server, once its code and
-    app are loaded: what exists now (modules, the app, pydantic's and FastAPI's
-    schemas) moves out of the collector's sight for good (gc.freeze), and the young
-    generation is collected every 20,000 allocations rather than every 700. Every
-    request allocates many short-lived objects; with the defaults the collector
-    walked the young generation every few deliveries and, now and then, the
-    whole app. Memory stays bounded: reference counting frees nearly
-    everything at once, and cycles are still collected, less often."""
-    gc.collect()
-    gc.freeze()
-    gc.set_threshold(GC_YOUNG_THRESHOLD, 10, 10)
-
-
-@contextlib.contextmanager
-def _no_signal_capture() -> Iterator[None]:
-    yield
-
-
-async def serve(
-    store: QueueStore,
-    sock: socket.socket,
-    *,
-    settings: WorkerSettings,
-    policy: NetworkPolicy,
-    grace: float = DEFAULT_GRACE,
-    ready: Callable[[int], None] | None = None,
-) -> None:
-    """Serve on `sock`, a listening socket bound by the caller, until SIGTERM or
-    SIGINT, then shut down gracefully.
-
-    The workers start once the server accepts on `sock`, and whatever ends the
-    serving (a signal, a failed start) stops them in order: claiming stops,
-    in-flight requests finish within `grace`, the rest is released, and the
-    database thread is joined. The caller closes `store` only after this returns:
-    a connection closed under a thread still using it crashes the process."""
-    import uvicorn
-
-    from reconciler.dispatch.app import create_app
-    from reconciler.dispatch.intake_protocol import protocol_for
-
-    sender = make_sender(settings.concurrency, policy)
-    dispatcher = Dispatcher(store, sender, settings=settings, policy=policy)
-    app = create_app(dispatcher)
-    assert app.intake is not None
-    # No proxy-header rewriting: nothing reads the client's address, and the
-    # middleware would run on every event.
-    config = uvicorn.Config(
-        app,
-        log_level="warning",
-        access_log=False,
-        lifespan="off",
-        proxy_headers=False,
-        http=protocol_for(app.intake),  # valid events answered on the connection
-    )
-    server = uvicorn.Server(config)
-    settle_garbage_collector()
-    server.capture_signals = _no_signal_capture  # type: ignore[method-assign]
-    loop = asyncio.get_running_loop()
-
-    def on_signal() -> None:
-        dispatcher.stop_claiming()
-        server.should_exit = True
-
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, on_signal)
-    with lines_per_turn(loop):
-        try:
-            serving = asyncio.create_task(_serve_http(server, sock))
-            while not server.started and not serving.done():
-                await asyncio.sleep(0.01)
-            if server.started:
-                dispatcher.start()
-                if ready is not None:
-                    ready(sock.getsockname()[1])
-            await serving
-        finally:
-            await dispatcher.stop(grace)
-
-
-async def _serve_http(server: uvicorn.Server, sock: socket.socket) -> None:
-    try:
-        await server.serve(sockets=[sock])
-    except SystemExit:
-        # uvicorn ends the process when its start fails. Out of a task, that would
-        # leave the event loop at once, with the workers still holding the store.
-        raise ServeError("the HTTP server could not start; see the log above") from None

@@ -6,7 +6,7 @@ from typing import Any
 
 from pydantic import BaseModel, Field
 
-from reconciler.dispatch.retry import utc
+from reconciler.render import utc
 from reconciler.store.queue import AttemptRecord, DeliveryRecord, Status
 
 # What the API answers, as its OpenAPI document declares it. The routes return the

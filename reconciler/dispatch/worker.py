@@ -20,23 +20,29 @@ import uuid
 from collections.abc import Callable, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, replace
-from datetime import datetime
 from typing import Any, Literal, TypeVar
 
 from reconciler import templates
 from reconciler.dispatch.logs import info_line
 from reconciler.dispatch.metrics import Metrics
 from reconciler.dispatch.ratelimit import Holds, admit
-from reconciler.dispatch.retry import RETRY_AFTER_CAP, Backoff, parse_retry_after, utc
+from reconciler.dispatch.retry import RETRY_AFTER_CAP, Backoff, parse_retry_after
 from reconciler.dispatch.sender import Outcome, Sender
-from reconciler.dispatch.signing import SigningSecretError, signature_header
 from reconciler.dispatch.ssrf import NetworkPolicy, TargetRefused
 from reconciler.durations import parse_duration
 from reconciler.envaccess import EnvAccess
+from reconciler.events import event_data
 from reconciler.model import WebhookSpec
-from reconciler.render import EventData, Renderer, RenderError
+from reconciler.render import Renderer, RenderError, utc
+from reconciler.signing import SigningSecretError, signature_header
+from reconciler.store import Backend
 from reconciler.store.breakers import BreakerRecord, BreakerReport, may_probe
-from reconciler.store.queue import AttemptResult, Claim, EventKey, EventRecord, QueueStore
+from reconciler.store.queue import (
+    AttemptOutcome,
+    AttemptResult,
+    Claim,
+    EventKey,
+)
 
 log = logging.getLogger("reconciler.dispatch")
 
@@ -83,7 +89,7 @@ class Database:
     when one last succeeded (`answered`) and last failed (`failed`), and whether the
     last one to end failed (`failing`): readiness.py."""
 
-    def __init__(self, store: QueueStore, clock: Callable[[], float] = time.time) -> None:
+    def __init__(self, store: Backend, clock: Callable[[], float] = time.time) -> None:
         self.store = store
         self.clock = clock
         self.answered: float | None = None
@@ -434,15 +440,9 @@ class Worker:
         return result
 
     async def _attempt(self, claim: Claim, started: float) -> AttemptResult:
-        def unsent(outcome: str, error: str) -> AttemptResult:
+        def unsent(outcome: AttemptOutcome, error: str) -> AttemptResult:
             return AttemptResult(
-                claim.delivery_id,
-                claim.attempt,
-                started,
-                0.0,
-                outcome,
-                error=error,
-                sent=False,  # type: ignore[arg-type]
+                claim.delivery_id, claim.attempt, started, 0.0, outcome, error=error, sent=False
             )
 
         if claim.spec is None:
@@ -477,7 +477,7 @@ class Worker:
         env = access.scoped(self.env, claim.organization)
         timestamp = int(started)
         try:
-            request = renderer.render(_event_data(claim.event), env)
+            request = renderer.render(event_data(claim.event), env)
             self.policy.check_url(request.url)
             headers = {**request.headers, "webhook-id": claim.delivery_id}
             headers["webhook-timestamp"] = str(timestamp)
@@ -758,17 +758,6 @@ def _deferred(
         next_due=next_due,
         keeps_slot=keeps_slot,
         sent=False,
-    )
-
-
-def _event_data(event: EventRecord) -> EventData:
-    return EventData(
-        event=event.type,
-        organization=event.organization,
-        name=event.name,
-        description=event.description,
-        time=datetime.fromisoformat(event.time.replace("Z", "+00:00")),
-        id=event.id,
     )
 
 

@@ -6,6 +6,7 @@ import os
 from pathlib import Path
 
 from reconciler.errors import StateError
+from reconciler.store.backend import Backend
 from reconciler.store.base import (
     AuditEntry,
     AuditRecord,
@@ -21,6 +22,7 @@ __all__ = [
     "DEFAULT_STATE",
     "AuditEntry",
     "AuditRecord",
+    "Backend",
     "LiveWebhook",
     "StateInfo",
     "Store",
@@ -34,7 +36,7 @@ def state_url(explicit: str | None) -> str:
     return explicit or os.environ.get("RECONCILER_STATE") or DEFAULT_STATE
 
 
-def open_store(url: str, *, create: bool = False) -> Store:
+def open_store(url: str, *, create: bool = False) -> Backend:
     """Open the live state at url.
 
     The one rule for every command: only the commands that make a state pass

@@ -45,7 +45,8 @@ class LiveWebhook:
         return (self.organization, self.name)
 
     def spec_dict(self) -> dict[str, Any]:
-        return json.loads(self.spec)
+        spec: dict[str, Any] = json.loads(self.spec)
+        return spec
 
     @property
     def drifted(self) -> bool:
@@ -122,6 +123,55 @@ def audit_rows(audit: Sequence[AuditRecord], serial: int, now: str) -> list[tupl
     ]
 
 
+AUDIT_COLUMNS = (
+    "id, at, serial, action, organization, name, before, after, actor, git_commit, "
+    "plan_checksum, note"
+)
+
+
+def history_query(
+    placeholder: str,
+    organization: str | None,
+    name: str | None,
+    limit: int | None,
+    with_commit: bool,
+) -> tuple[str, list[object]]:
+    """The audit log's entries, newest first, as one query and its arguments; each
+    backend names its own `placeholder` (? or %s)."""
+    query = f"SELECT {AUDIT_COLUMNS} FROM audit_log WHERE 1 = 1"
+    args: list[object] = []
+    if with_commit:
+        query += " AND git_commit IS NOT NULL"
+    if organization is not None:
+        query += f" AND organization = {placeholder}"
+        args.append(organization)
+    if name is not None:
+        query += f" AND name = {placeholder}"
+        args.append(name)
+    query += " ORDER BY id DESC"
+    if limit is not None:
+        query += f" LIMIT {placeholder}"
+        args.append(limit)
+    return query, args
+
+
+def audit_entry_from_row(row: Sequence[Any]) -> AuditEntry:
+    """A row of AUDIT_COLUMNS, from SQLite or PostgreSQL."""
+    id_, at, serial, action, org, nm, before, after, actor, commit, checksum, note = row
+    record = AuditRecord(
+        action,
+        org,
+        nm,
+        json.loads(before) if before else None,
+        json.loads(after) if after else None,
+        actor,
+        commit,
+        checksum,
+        note,
+    )
+    return AuditEntry(id_, at, serial, record)
+
+
 # What `resume` found: the webhook paused (and now resumed), not paused, or not there.
 ResumeOutcome = Literal["resumed", "not paused", "no such webhook"]
 
@@ -131,6 +181,10 @@ def resume_note(reason: str) -> str:
 
 
 class Store(Protocol):
+    """The live state of plan and apply. Each backend restates these signatures, as
+    a protocol's implementations do: mypy holds each to this one (store/backend.py),
+    so the copies cannot drift."""
+
     url: str  # where the state lives, without credentials
 
     def state(self) -> StateInfo: ...

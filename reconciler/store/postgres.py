@@ -10,6 +10,13 @@ the dispatcher's 90 s delivery lease, so a stalled server or a half-open link
 fails a call instead of holding it, and its locked rows, for hours; the URL's own
 query parameters of the same names override them. The pool checks a connection
 before handing it out and replaces a dead one.
+
+This class follows sqlite.py method for method, and postgres_queue.py follows
+sqlite_queue.py: the same statements in each database's dialect, locking and
+driver (psycopg's cursor and %s, FOR UPDATE and advisory locks; sqlite3's
+connection, ? and BEGIN IMMEDIATE). What does not depend on the dialect is
+shared (store/base.py, queue.py, breakers.py, tokens.py, health_sql.py); the
+parallel statements stay, and one contract suite holds both to one behaviour.
 """
 
 from __future__ import annotations
@@ -37,7 +44,9 @@ from reconciler.store.base import (
     ResumeOutcome,
     StateInfo,
     Write,
+    audit_entry_from_row,
     audit_rows,
+    history_query,
     no_state,
     resume_note,
     shared_env_from_text,
@@ -203,7 +212,7 @@ class PostgresStore(PostgresQueue):
                 if name in done:
                     continue
                 for statement in statements:
-                    cur.execute(statement)  # type: ignore[arg-type]
+                    cur.execute(statement)
                 cur.execute("INSERT INTO schema_migrations VALUES (%s, %s)", (name, _now()))
             cur.execute("SELECT 1 FROM meta WHERE key = 'lineage'")
             if cur.fetchone() is None:
@@ -233,7 +242,7 @@ class PostgresStore(PostgresQueue):
             args = (organization,)
         query += " ORDER BY organization, name"
         with self._tx() as cur:
-            cur.execute(query, args)  # type: ignore[arg-type]
+            cur.execute(query, args)
             return [LiveWebhook(*row) for row in cur.fetchall()]
 
     def shared_env(self) -> dict[str, str]:
@@ -261,39 +270,12 @@ class PostgresStore(PostgresQueue):
         *,
         with_commit: bool = False,
     ) -> Iterator[AuditEntry]:
-        query = (
-            "SELECT id, at, serial, action, organization, name, before, after, actor, "
-            "git_commit, plan_checksum, note FROM audit_log WHERE true"
-        )
-        args: list[object] = []
-        if with_commit:
-            query += " AND git_commit IS NOT NULL"
-        if organization is not None:
-            query += " AND organization = %s"
-            args.append(organization)
-        if name is not None:
-            query += " AND name = %s"
-            args.append(name)
-        query += " ORDER BY id DESC"
-        if limit is not None:
-            query += " LIMIT %s"
-            args.append(limit)
+        query, args = history_query("%s", organization, name, limit, with_commit)
         with self._tx() as cur:
-            cur.execute(query, args)  # type: ignore[arg-type]
+            cur.execute(query, args)
             rows = cur.fetchall()
-        for id_, at, serial, action, org, nm, before, after, actor, commit, checksum, note in rows:
-            record = AuditRecord(
-                action,
-                org,
-                nm,
-                json.loads(before) if before else None,
-                json.loads(after) if after else None,
-                actor,
-                commit,
-                checksum,
-                note,
-            )
-            yield AuditEntry(id_, at, serial, record)
+        for row in rows:
+            yield audit_entry_from_row(row)
 
     # -- writing ------------------------------------------------------------
 
@@ -374,14 +356,19 @@ class PostgresStore(PostgresQueue):
         if not cur.rowcount:
             return
         # Resumed later, it starts with a closed circuit breaker.
+        record = AuditRecord("pause", organization, name, None, None, actor, note=reason)
+        self._breaker_reset_audited(cur, record, now)
+
+    def _breaker_reset_audited(self, cur: Any, record: AuditRecord, now: str) -> None:
+        """The webhook's circuit breaker started afresh, and `record` in the audit log
+        under the next serial: what pause and resume both end with."""
         cur.execute(
             "DELETE FROM webhook_breakers WHERE organization = %s AND webhook = %s",
-            (organization, name),
+            (record.organization, record.name),
         )
         cur.execute("SELECT value FROM meta WHERE key = 'serial' FOR UPDATE")
-        serial = int(cur.fetchone()[0]) + 1  # type: ignore[index]
+        serial = int(cur.fetchone()[0]) + 1
         cur.execute("UPDATE meta SET value = %s WHERE key = 'serial'", (str(serial),))
-        record = AuditRecord("pause", organization, name, None, None, actor, note=reason)
         self._append_audit(cur, [record], serial, now)
 
     def resume(self, organization: str, name: str, actor: str) -> ResumeOutcome:
@@ -402,17 +389,10 @@ class PostgresStore(PostgresQueue):
                 "WHERE organization = %s AND name = %s",
                 (now, organization, name),
             )
-            cur.execute(
-                "DELETE FROM webhook_breakers WHERE organization = %s AND webhook = %s",
-                (organization, name),
-            )
-            cur.execute("SELECT value FROM meta WHERE key = 'serial' FOR UPDATE")
-            serial = int(cur.fetchone()[0]) + 1  # type: ignore[index]
-            cur.execute("UPDATE meta SET value = %s WHERE key = 'serial'", (str(serial),))
             record = AuditRecord(
                 "resume", organization, name, None, None, actor, note=resume_note(row[0])
             )
-            self._append_audit(cur, [record], serial, now)
+            self._breaker_reset_audited(cur, record, now)
         return "resumed"
 
     # -- the apply lock -----------------------------------------------------
@@ -483,7 +463,7 @@ class PostgresStore(PostgresQueue):
     def add_token(self, token: TokenRecord) -> None:
         with self._tx() as cur:
             cur.execute(
-                f"INSERT INTO api_tokens ({TOKEN_COLUMNS}) "  # type: ignore[arg-type]
+                f"INSERT INTO api_tokens ({TOKEN_COLUMNS}) "
                 "VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s)",
                 (
                     token.id,
@@ -500,9 +480,7 @@ class PostgresStore(PostgresQueue):
 
     def tokens(self) -> list[TokenRecord]:
         with self._tx() as cur:
-            cur.execute(
-                f"SELECT {TOKEN_COLUMNS} FROM api_tokens ORDER BY created_at, id"  # type: ignore[arg-type]
-            )
+            cur.execute(f"SELECT {TOKEN_COLUMNS} FROM api_tokens ORDER BY created_at, id")
             return [token_from_row(row) for row in cur.fetchall()]
 
     def revoke_token(self, token_id: str, now: float) -> bool:
@@ -516,7 +494,7 @@ class PostgresStore(PostgresQueue):
     def token_by_hash(self, token_hash: str) -> TokenRecord | None:
         with self._tx() as cur:
             cur.execute(
-                f"SELECT {TOKEN_COLUMNS} FROM api_tokens WHERE token_hash = %s",  # type: ignore[arg-type]
+                f"SELECT {TOKEN_COLUMNS} FROM api_tokens WHERE token_hash = %s",
                 (token_hash,),
             )
             row = cur.fetchone()

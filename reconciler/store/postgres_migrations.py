@@ -1,6 +1,6 @@
 """Named schema migrations for PostgreSQL, applied in order, recorded by name.
 
-The same tables as SQLite's (store/migrations.py), in PostgreSQL's types.
+The same tables as SQLite's (store/sqlite_migrations.py), in PostgreSQL's types.
 """
 
 from __future__ import annotations
@@ -138,7 +138,7 @@ MIGRATIONS.append(
 )
 
 # Claims go round the webhooks with due deliveries, each up to its max_in_flight (see
-# store/migrations.py).
+# store/sqlite_migrations.py).
 MIGRATIONS.append(
     (
         "0006_fair_claims",
@@ -173,7 +173,7 @@ MIGRATIONS.append(
 )
 
 # A webhook's rate_limit and its receivers' Retry-After, shared by every dispatcher
-# (see store/migrations.py).
+# (see store/sqlite_migrations.py).
 MIGRATIONS.append(
     (
         "0008_rate_limit_slots",
@@ -190,7 +190,7 @@ MIGRATIONS.append(
     )
 )
 
-# Endpoint health's indexes (see store/migrations.py).
+# Endpoint health's indexes (see store/sqlite_migrations.py).
 MIGRATIONS.append(
     (
         "0009_endpoint_health_indexes",

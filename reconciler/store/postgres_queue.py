@@ -3,6 +3,10 @@
 Claims go round the webhooks with due deliveries, each up to its max_in_flight
 (see _CLAIM_LOCK and _CLAIM_PICK), with FOR UPDATE SKIP LOCKED, so workers never
 wait on each other's rows, and no backlog, however deep, starves another webhook.
+
+It follows sqlite_queue.py method for method, in PostgreSQL's dialect and locking
+(postgres.py says why the parallel statements stay); what both share is in
+queue.py and breakers.py.
 """
 
 from __future__ import annotations
@@ -26,6 +30,8 @@ from reconciler.store.breakers import (
 )
 from reconciler.store.queue import (
     ATTEMPT_COLUMNS,
+    DELIVERY_COLUMNS,
+    EVENT_OF_DELIVERY,
     AttemptRecord,
     AttemptResult,
     Claim,
@@ -37,11 +43,11 @@ from reconciler.store.queue import (
     WebhookQueue,
     attempt_row,
     clean_text,
+    deliveries_query,
     refuse_nul,
     slot_groups,
     with_slots,
 )
-from reconciler.store.sqlite_queue import DELIVERY_COLUMNS, EVENT_OF_DELIVERY
 
 
 class PostgresQueue:
@@ -139,12 +145,30 @@ class PostgresQueue:
         if webhooks:
             rows = []
             for name, spec in webhooks:
-                row = (new_delivery_id(), event.id, event.organization, name, "pending", None, None)
+                delivery_id = new_delivery_id()
+                lease_owner: str | None = None
+                lease_expires: float | None = None
+                status = "pending"
                 if len(claims) < limit and room.get(name, 0) > 0:
                     room[name] -= 1
-                    row = (*row[:4], "in_flight", owner, now + lease)
-                    claims.append(Claim(row[0], 1, event, event.organization, name, spec, None))
-                rows.append((*row, now, now, now))
+                    status, lease_owner, lease_expires = "in_flight", owner, now + lease
+                    claims.append(
+                        Claim(delivery_id, 1, event, event.organization, name, spec, None)
+                    )
+                rows.append(
+                    (
+                        delivery_id,
+                        event.id,
+                        event.organization,
+                        name,
+                        status,
+                        lease_owner,
+                        lease_expires,
+                        now,
+                        now,
+                        now,
+                    )
+                )
             cur.executemany(
                 "INSERT INTO deliveries (id, event_id, organization, webhook, status, "
                 "lease_owner, lease_expires, attempts, due_at, created_at, updated_at) "
@@ -474,30 +498,17 @@ class PostgresQueue:
     ) -> list[DeliveryRecord]:
         """Newest first. `event`: that event's (an id names one only with its
         organization). `organizations`: only these (an API token's scope)."""
-        query = (
-            f"SELECT {DELIVERY_COLUMNS} FROM deliveries d JOIN events e ON {EVENT_OF_DELIVERY} "
-            "WHERE true"
+        query, args = deliveries_query(
+            "%s",
+            lambda names: ("= ANY(%s)", [list(names)]),
+            status=status,
+            organization=organization,
+            webhook=webhook,
+            event=event,
+            since=since,
+            limit=limit,
+            organizations=organizations,
         )
-        args: list[Any] = []
-        for column, value in (
-            ("d.status", status),
-            ("d.organization", organization),
-            ("d.webhook", webhook),
-        ):
-            if value is not None:
-                query += f" AND {column} = %s"
-                args.append(value)
-        if event is not None:
-            query += " AND d.organization = %s AND d.event_id = %s"
-            args += [event.organization, event.id]
-        if since is not None:
-            query += " AND d.updated_at >= %s"
-            args.append(since)
-        if organizations is not None:
-            query += " AND d.organization = ANY(%s)"
-            args.append(list(organizations))
-        query += " ORDER BY d.created_at DESC, d.id LIMIT %s"
-        args.append(limit)
         with self._tx() as cur:
             cur.execute(query, args)
             return [DeliveryRecord(*row) for row in cur.fetchall()]

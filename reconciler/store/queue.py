@@ -18,6 +18,9 @@ from reconciler.store.breakers import BreakerRecord, BreakerReport
 Status = Literal["pending", "in_flight", "delivered", "failed", "cancelled"]
 FINAL_STATUSES = ("delivered", "failed", "cancelled")
 EXCERPT_LIMIT = 4096
+# What an attempt does to its delivery; deferred: not sent, by the webhook's rate
+# limit or a receiver's Retry-After.
+AttemptOutcome = Literal["delivered", "retry", "failed", "cancelled", "deferred"]
 
 
 class EventKey(NamedTuple):
@@ -97,8 +100,7 @@ class AttemptResult:
     number: int
     started_at: float
     duration_ms: float
-    # deferred: not sent, by the webhook's rate limit or a receiver's Retry-After
-    outcome: Literal["delivered", "retry", "failed", "cancelled", "deferred"]
+    outcome: AttemptOutcome
     status: int | None = None
     response_headers: dict[str, str] = field(default_factory=dict)
     response_excerpt: str = ""
@@ -270,6 +272,59 @@ def headers_json(headers: dict[str, str]) -> str:
     return json.dumps(headers, sort_keys=True)
 
 
+# A delivery as listed, from deliveries d joined with its event e (both backends).
+DELIVERY_COLUMNS = (
+    "d.id, d.event_id, e.type, d.organization, d.webhook, d.status, d.attempts, d.due_at, "
+    "d.created_at, d.updated_at, d.last_status, d.last_error"
+)
+# A delivery's event: the same id in another organization is another event.
+EVENT_OF_DELIVERY = "e.organization = d.organization AND e.id = d.event_id"
+
+
+def deliveries_query(
+    placeholder: str,
+    any_of: Callable[[Sequence[str]], tuple[str, list[Any]]],
+    *,
+    status: str | None,
+    organization: str | None,
+    webhook: str | None,
+    event: EventKey | None,
+    since: float | None,
+    limit: int,
+    organizations: Sequence[str] | None,
+) -> tuple[str, list[Any]]:
+    """QueueStore.deliveries as one query and its arguments, in a backend's dialect:
+    its `placeholder` (? or %s) and `any_of`, its test of a column against a list
+    (the SQL after the column, and its arguments)."""
+    p = placeholder
+    query = (
+        f"SELECT {DELIVERY_COLUMNS} FROM deliveries d JOIN events e ON {EVENT_OF_DELIVERY} "
+        "WHERE 1 = 1"
+    )
+    args: list[Any] = []
+    for column, value in (
+        ("d.status", status),
+        ("d.organization", organization),
+        ("d.webhook", webhook),
+    ):
+        if value is not None:
+            query += f" AND {column} = {p}"
+            args.append(value)
+    if event is not None:
+        query += f" AND d.organization = {p} AND d.event_id = {p}"
+        args += [event.organization, event.id]
+    if since is not None:
+        query += f" AND d.updated_at >= {p}"
+        args.append(since)
+    if organizations is not None:
+        test, more = any_of(organizations)
+        query += f" AND d.organization {test}"
+        args += more
+    query += f" ORDER BY d.created_at DESC, d.id LIMIT {p}"
+    args.append(limit)
+    return query, args
+
+
 ATTEMPT_COLUMNS = (
     "delivery_id, number, started_at, duration_ms, status, response_headers, "
     "response_excerpt, error, outcome"
@@ -307,7 +362,10 @@ def clean_text(text: str | None) -> str | None:
 
 
 class QueueStore(Protocol):
-    """What the dispatcher needs of a store; SqliteStore and PostgresStore have it."""
+    """What the dispatcher needs of a store; SqliteStore and PostgresStore have it.
+
+    Each backend restates these signatures, as a protocol's implementations do:
+    mypy holds each to this one (store/backend.py), so the copies cannot drift."""
 
     url: str
 

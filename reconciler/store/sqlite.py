@@ -39,13 +39,15 @@ from reconciler.store.base import (
     ResumeOutcome,
     StateInfo,
     Write,
+    audit_entry_from_row,
     audit_rows,
+    history_query,
     no_state,
     resume_note,
     shared_env_from_text,
     shared_env_text,
 )
-from reconciler.store.migrations import MIGRATIONS
+from reconciler.store.sqlite_migrations import MIGRATIONS
 from reconciler.store.sqlite_queue import SqliteQueue
 from reconciler.store.tokens import TOKEN_COLUMNS, TokenRecord, token_from_row
 
@@ -324,34 +326,9 @@ class SqliteStore(SqliteQueue):
         *,
         with_commit: bool = False,
     ) -> Iterator[AuditEntry]:
-        query = "SELECT * FROM audit_log WHERE 1=1"
-        args: list[object] = []
-        if with_commit:
-            query += " AND git_commit IS NOT NULL"
-        if organization is not None:
-            query += " AND organization = ?"
-            args.append(organization)
-        if name is not None:
-            query += " AND name = ?"
-            args.append(name)
-        query += " ORDER BY id DESC"
-        if limit is not None:
-            query += " LIMIT ?"
-            args.append(limit)
+        query, args = history_query("?", organization, name, limit, with_commit)
         for row in self._db.execute(query, args).fetchall():
-            (id_, at, serial, action, org, nm, before, after, actor, commit, checksum, note) = row
-            record = AuditRecord(
-                action,
-                org,
-                nm,
-                json.loads(before) if before else None,
-                json.loads(after) if after else None,
-                actor,
-                commit,
-                checksum,
-                note,
-            )
-            yield AuditEntry(id_, at, serial, record)
+            yield audit_entry_from_row(row)
 
     # -- writing ------------------------------------------------------------
 
@@ -389,7 +366,7 @@ class SqliteStore(SqliteQueue):
             db.execute("UPDATE meta SET value = ? WHERE key = 'serial'", (str(serial),))
         return serial
 
-    def _apply_puts(self, db: sqlite3.Connection, rows: list[tuple[object, ...]]) -> None:
+    def _apply_puts(self, db: sqlite3.Connection, rows: Sequence[tuple[object, ...]]) -> None:
         db.executemany(
             "INSERT INTO webhooks (organization, name, spec, applied_spec, paused_reason, "
             "created_at, updated_at) VALUES (?, ?, ?, ?, NULL, ?, ?) "
@@ -428,14 +405,19 @@ class SqliteStore(SqliteQueue):
         if not changed:
             return
         # Resumed later, it starts with a closed circuit breaker.
+        record = AuditRecord("pause", organization, name, None, None, actor, note=reason)
+        self._breaker_reset_audited(db, record, now)
+
+    def _breaker_reset_audited(self, db: sqlite3.Connection, record: AuditRecord, now: str) -> None:
+        """The webhook's circuit breaker started afresh, and `record` in the audit log
+        under the next serial: what pause and resume both end with."""
         db.execute(
             "DELETE FROM webhook_breakers WHERE organization = ? AND webhook = ?",
-            (organization, name),
+            (record.organization, record.name),
         )
         serial = int(db.execute("SELECT value FROM meta WHERE key = 'serial'").fetchone()[0])
         serial += 1
         db.execute("UPDATE meta SET value = ? WHERE key = 'serial'", (str(serial),))
-        record = AuditRecord("pause", organization, name, None, None, actor, note=reason)
         self._append_audit(db, [record], serial, now)
 
     def resume(self, organization: str, name: str, actor: str) -> ResumeOutcome:
@@ -454,17 +436,10 @@ class SqliteStore(SqliteQueue):
                 "WHERE organization = ? AND name = ?",
                 (now, organization, name),
             )
-            db.execute(
-                "DELETE FROM webhook_breakers WHERE organization = ? AND webhook = ?",
-                (organization, name),
-            )
-            serial = int(db.execute("SELECT value FROM meta WHERE key = 'serial'").fetchone()[0])
-            serial += 1
-            db.execute("UPDATE meta SET value = ? WHERE key = 'serial'", (str(serial),))
             record = AuditRecord(
                 "resume", organization, name, None, None, actor, note=resume_note(row[0])
             )
-            self._append_audit(db, [record], serial, now)
+            self._breaker_reset_audited(db, record, now)
         return "resumed"
 
     # -- the apply lock -----------------------------------------------------

@@ -27,6 +27,8 @@ from reconciler.store.breakers import (
 )
 from reconciler.store.queue import (
     ATTEMPT_COLUMNS,
+    DELIVERY_COLUMNS,
+    EVENT_OF_DELIVERY,
     AttemptRecord,
     AttemptResult,
     Claim,
@@ -38,17 +40,11 @@ from reconciler.store.queue import (
     WebhookQueue,
     attempt_row,
     clean_text,
+    deliveries_query,
     refuse_nul,
     slot_groups,
     with_slots,
 )
-
-DELIVERY_COLUMNS = (
-    "d.id, d.event_id, e.type, d.organization, d.webhook, d.status, d.attempts, d.due_at, "
-    "d.created_at, d.updated_at, d.last_status, d.last_error"
-)
-# A delivery's event: the same id in another organization is another event.
-EVENT_OF_DELIVERY = "e.organization = d.organization AND e.id = d.event_id"
 
 
 class SqliteQueue:
@@ -100,7 +96,7 @@ class SqliteQueue:
         targets: dict[tuple[str, str], list[list[str]]] = {}  # (org, type) -> [name, spec]
         room: dict[tuple[str, str], int] = {}  # (org, webhook) -> how many it may still take
         event_rows: list[list[Any]] = []
-        delivery_rows: list[list[str]] = []
+        delivery_rows: list[list[object]] = []
         results: list[IntakeResult] = []
         claims: list[Claim] = []
         for event in events:
@@ -142,12 +138,23 @@ class SqliteQueue:
                 ]
             )
             for name, spec in names:
-                row = [new_delivery_id(), event.id, event.organization, name, "pending", None, None]
+                delivery_id = new_delivery_id()
+                row: list[object] = [
+                    delivery_id,
+                    event.id,
+                    event.organization,
+                    name,
+                    "pending",
+                    None,
+                    None,
+                ]
                 # Handed over within the webhook's max_in_flight, as a claim would.
                 if len(claims) < limit and room[event.organization, name] > 0:
                     room[event.organization, name] -= 1
                     row[4:] = "in_flight", owner, _real(now + lease)
-                    claims.append(Claim(row[0], 1, event, event.organization, name, spec, None))
+                    claims.append(
+                        Claim(delivery_id, 1, event, event.organization, name, spec, None)
+                    )
                 delivery_rows.append(row)
             results.append(IntakeResult(event.id, event.organization, len(names), duplicate=False))
         db.execute(
@@ -191,7 +198,7 @@ class SqliteQueue:
             "WHERE status = 'in_flight' AND lease_expires <= ?",
             (now, now),
         )
-        args = {"limit": limit, "now": now, "cap": DEFAULT_MAX_IN_FLIGHT}
+        args: dict[str, object] = {"limit": limit, "now": now, "cap": DEFAULT_MAX_IN_FLIGHT}
         if event is not None:
             args.update(organization=event.organization, event=event.id)
             ids = _rows(db, _CLAIM_EVENT, args)
@@ -511,30 +518,17 @@ class SqliteQueue:
     ) -> list[DeliveryRecord]:
         """Newest first. `event`: that event's (an id names one only with its
         organization). `organizations`: only these (an API token's scope)."""
-        query = (
-            f"SELECT {DELIVERY_COLUMNS} FROM deliveries d JOIN events e ON {EVENT_OF_DELIVERY} "
-            "WHERE 1=1"
+        query, args = deliveries_query(
+            "?",
+            lambda names: (f"IN ({', '.join('?' * len(names))})", list(names)),
+            status=status,
+            organization=organization,
+            webhook=webhook,
+            event=event,
+            since=since,
+            limit=limit,
+            organizations=organizations,
         )
-        args: list[Any] = []
-        for column, value in (
-            ("d.status", status),
-            ("d.organization", organization),
-            ("d.webhook", webhook),
-        ):
-            if value is not None:
-                query += f" AND {column} = ?"
-                args.append(value)
-        if event is not None:
-            query += " AND d.organization = ? AND d.event_id = ?"
-            args += [event.organization, event.id]
-        if since is not None:
-            query += " AND d.updated_at >= ?"
-            args.append(since)
-        if organizations is not None:
-            query += f" AND d.organization IN ({', '.join('?' * len(organizations))})"
-            args.extend(organizations)
-        query += " ORDER BY d.created_at DESC, d.id LIMIT ?"
-        args.append(limit)
         return [DeliveryRecord(*row) for row in self._db.execute(query, args)]
 
     def delivery(self, delivery_id: str) -> tuple[DeliveryRecord, list[AttemptRecord]] | None:
@@ -718,4 +712,5 @@ def _rows(db: sqlite3.Connection, query: str, args: Sequence[Any] | Mapping[str,
     retake waits for the event loop's thread, so one row per statement (rather
     than one per delivery) is what keeps the database thread from crawling while
     the loop is busy (docs/benchmarks.md, Dispatcher)."""
-    return json.loads(db.execute(query, args).fetchone()[0])
+    rows: list[Any] = json.loads(db.execute(query, args).fetchone()[0])
+    return rows

@@ -15,10 +15,10 @@ import pytest
 
 from reconciler.errors import LockTimeout, StaleState, StateError
 from reconciler.store import DEFAULT_STATE, open_store, state_url
-from reconciler.store import migrations as migrations_module
-from reconciler.store.migrations import MIGRATIONS
+from reconciler.store import sqlite_migrations as migrations_module
 from reconciler.store.queue import EventRecord
 from reconciler.store.sqlite import SqliteStore
+from reconciler.store.sqlite_migrations import MIGRATIONS
 from tests.support import previous_schema
 from tests.support.helpers_state import SUBPROCESS_TIMEOUT, FakeClock, sqlite_url
 from tests.support.store_contract import StoreContract, put, record

@@ -24,10 +24,10 @@ from hypothesis import strategies as st
 from pytest_httpx import HTTPXMock
 
 from reconciler.dispatch.app import create_app
-from reconciler.dispatch.events import MAX_EVENT_BYTES
 from reconciler.dispatch.sender import Sender
 from reconciler.dispatch.service import Dispatcher
 from reconciler.dispatch.worker import INTERRUPTED
+from reconciler.events import MAX_EVENT_BYTES
 from reconciler.store.queue import EventKey
 from reconciler.store.sqlite import SqliteStore
 from tests.support.helpers_state import FakeClock, bearer, put_specs, spec
@@ -206,19 +206,10 @@ def test_an_event_nobody_listens_to_is_accepted_with_no_deliveries(
     assert response.json()["deliveries"] == 0
 
 
-@pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
-def any_store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Any]:
-    if request.param == "sqlite":
-        made: Any = SqliteStore(tmp_path / "state.db")
-    else:
-        from reconciler.store.postgres import PostgresStore
-
-        made = PostgresStore(request.getfixturevalue("postgres_url"))
-    try:
-        put_specs(made, [spec("a"), spec("b"), spec("a", "globex")])
-        yield made
-    finally:
-        made.close()
+@pytest.fixture
+def any_store(each_store: Any) -> Any:
+    put_specs(each_store, [spec("a"), spec("b"), spec("a", "globex")])
+    return each_store
 
 
 def test_a_nul_character_in_an_event_is_stored_or_refused_never_a_500(

@@ -15,7 +15,7 @@ import httpx
 import pytest
 from pytest_httpx import HTTPXMock
 
-from reconciler.dispatch.events import MAX_BATCH_BYTES, MAX_BATCH_EVENTS
+from reconciler.events import MAX_BATCH_BYTES, MAX_BATCH_EVENTS
 from reconciler.store.queue import EventKey, EventRecord
 from reconciler.store.sqlite import SqliteStore
 from tests.integration.test_api import EVENT, START, Api, call, problems

@@ -16,8 +16,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import sqlite3
-from collections.abc import Callable, Iterator
-from pathlib import Path
+from collections.abc import Callable
 from typing import Any
 
 import httpx
@@ -43,19 +42,10 @@ EVENT = {
 }
 
 
-@pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
-def store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Any]:
-    if request.param == "sqlite":
-        made: Any = SqliteStore(tmp_path / "state.db")
-    else:
-        from reconciler.store.postgres import PostgresStore
-
-        made = PostgresStore(request.getfixturevalue("postgres_url"))
-    try:
-        put_specs(made, [spec("a"), spec("b"), spec("a", "globex")])
-        yield made
-    finally:
-        made.close()
+@pytest.fixture
+def store(each_store: Any) -> Any:
+    put_specs(each_store, [spec("a"), spec("b"), spec("a", "globex")])
+    return each_store
 
 
 def full_disk(store: Any) -> Exception:

@@ -8,8 +8,6 @@ no request is sent anywhere.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import httpx
@@ -19,45 +17,36 @@ from reconciler.dispatch.app import create_app
 from reconciler.dispatch.sender import Sender
 from reconciler.dispatch.service import Dispatcher
 from reconciler.store.queue import AttemptResult, EventRecord
-from reconciler.store.sqlite import SqliteStore
 from tests.support.helpers_state import FakeClock, bearer, put_specs, spec
 
 NOW = 1_800_000_000.0
 ACME_ERROR = "transport error: https://acme-bot:s3cretpassword@hooks.acme.example/in?token=zz9"
 
 
-@pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
-def store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Any]:
-    if request.param == "sqlite":
-        made: Any = SqliteStore(tmp_path / "state.db")
-    else:
-        from reconciler.store.postgres import PostgresStore
-
-        made = PostgresStore(request.getfixturevalue("postgres_url"))
-    try:
-        put_specs(made, [spec("acme-alerts"), spec("acme-audit"), spec("globex-hook", "globex")])
-        events = [
-            EventRecord(f"e{i}", "new_rule_violation", org, "r", "", "2026-11-29T21:22:42Z")
-            for i, org in enumerate(["acme", "acme", "globex"])
-        ]
-        made.add_events(events, NOW - 600)
-        claims = {
-            (c.organization, c.webhook, c.event.id): c for c in made.claim("w", 10, NOW - 600, 90)
-        }
-        failed = claims[("acme", "acme-alerts", "e0")]
-        ok = claims[("globex", "globex-hook", "e2")]
-        made.finish(
-            [
-                AttemptResult(failed.delivery_id, 1, NOW - 500, 40.0, "failed", error=ACME_ERROR),
-                AttemptResult(ok.delivery_id, 1, NOW - 500, 20.0, "delivered", status=200),
-            ],
-            "w",
-            NOW - 499,
-        )
-        made.release("w", NOW - 300)  # the rest: due since NOW - 300
-        yield made
-    finally:
-        made.close()
+@pytest.fixture
+def store(each_store: Any) -> Any:
+    made = each_store
+    put_specs(made, [spec("acme-alerts"), spec("acme-audit"), spec("globex-hook", "globex")])
+    events = [
+        EventRecord(f"e{i}", "new_rule_violation", org, "r", "", "2026-11-29T21:22:42Z")
+        for i, org in enumerate(["acme", "acme", "globex"])
+    ]
+    made.add_events(events, NOW - 600)
+    claims = {
+        (c.organization, c.webhook, c.event.id): c for c in made.claim("w", 10, NOW - 600, 90)
+    }
+    failed = claims[("acme", "acme-alerts", "e0")]
+    ok = claims[("globex", "globex-hook", "e2")]
+    made.finish(
+        [
+            AttemptResult(failed.delivery_id, 1, NOW - 500, 40.0, "failed", error=ACME_ERROR),
+            AttemptResult(ok.delivery_id, 1, NOW - 500, 20.0, "delivered", status=200),
+        ],
+        "w",
+        NOW - 499,
+    )
+    made.release("w", NOW - 300)  # the rest: due since NOW - 300
+    return made
 
 
 def call(store: Any, *requests: tuple[str, dict[str, str]]) -> list[httpx.Response]:

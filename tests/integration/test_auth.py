@@ -679,6 +679,10 @@ class _GuardHost:
     def clock(self) -> float:
         return self.now
 
+    async def token(self, digest: str) -> Any:
+        """As Dispatcher.token: one lookup on the database thread."""
+        return await self.db.run(tokens.find_by_hash, self.db.store, digest)
+
 
 def _guarded(world: World) -> tuple[Guard, _CountingDatabase, str]:
     secret = world.headers("publisher@acme")["Authorization"].removeprefix("Bearer ")

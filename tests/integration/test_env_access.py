@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import json
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -305,18 +305,9 @@ def test_render_refuses_a_definition_reading_another_organizations_variable(
 # -- plan and apply: the shared list in the state -------------------------------------
 
 
-@pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
-def any_store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Any]:
-    if request.param == "sqlite":
-        made: Any = SqliteStore(tmp_path / "state.db")
-    else:
-        from reconciler.store.postgres import PostgresStore
-
-        made = PostgresStore(request.getfixturevalue("postgres_url"))
-    try:
-        yield made
-    finally:
-        made.close()
+@pytest.fixture
+def any_store(each_store: Any) -> Any:
+    return each_store
 
 
 def _plan(store: Any, folder: Path, organization: str | None = None) -> Plan:

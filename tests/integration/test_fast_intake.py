@@ -21,9 +21,9 @@ from hypothesis import strategies as st
 
 from reconciler.dispatch import fast_intake
 from reconciler.dispatch.app import create_app
-from reconciler.dispatch.events import MAX_BATCH_BYTES, MAX_BATCH_EVENTS, MAX_EVENT_BYTES
 from reconciler.dispatch.sender import Sender
 from reconciler.dispatch.service import Dispatcher
+from reconciler.events import MAX_BATCH_BYTES, MAX_BATCH_EVENTS, MAX_EVENT_BYTES
 from reconciler.store.sqlite import SqliteStore
 from tests.support.helpers_state import FakeClock, bearer, put_specs, spec
 

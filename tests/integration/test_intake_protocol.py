@@ -29,10 +29,10 @@ from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 from reconciler.dispatch import failures
 from reconciler.dispatch.app import create_app
 from reconciler.dispatch.auth import UNAUTHORIZED
-from reconciler.dispatch.events import MAX_BATCH_EVENTS
 from reconciler.dispatch.intake_protocol import protocol_for
 from reconciler.dispatch.sender import Sender
 from reconciler.dispatch.service import Dispatcher
+from reconciler.events import MAX_BATCH_EVENTS
 from reconciler.store.sqlite import SqliteStore
 from tests.support.helpers_state import FakeClock, bearer, put_specs, spec
 

@@ -24,12 +24,12 @@ import pytest
 from standardwebhooks.webhooks import Webhook, WebhookVerificationError
 
 from reconciler.apply import ApplyOptions, changes_to_writes
-from reconciler.dispatch.events import EventIn
 from reconciler.dispatch.retry import RETRY_AFTER_CAP
 from reconciler.dispatch.sender import USER_AGENT
 from reconciler.dispatch.service import make_sender
 from reconciler.dispatch.ssrf import NetworkPolicy
 from reconciler.dispatch.worker import Database, Worker, WorkerSettings
+from reconciler.events import EventIn
 from reconciler.store.queue import AttemptRecord, DeliveryRecord, EventKey, IntakeResult
 from reconciler.store.sqlite import SqliteStore
 from tests.support.helpers_state import FakeClock, definition, plan_folder, write_definition

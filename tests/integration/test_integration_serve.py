@@ -522,7 +522,7 @@ def test_sigkill_mid_run_loses_no_accepted_event(
 
 SETTLED = """
 import gc, json, weakref
-from reconciler.dispatch.service import settle_garbage_collector
+from reconciler.dispatch.server import settle_garbage_collector
 
 class Node:
     pass

@@ -18,7 +18,8 @@ from typing import Any
 
 import pytest
 
-from reconciler import preview
+from reconciler import events, preview
+from reconciler.errors import EventInvalid
 from reconciler.model import WebhookSpec
 from reconciler.render import EventData, render
 from reconciler.store.base import LiveWebhook
@@ -705,13 +706,13 @@ def test_find_webhook() -> None:
 
 
 def test_checked_event_refuses_what_intake_refuses() -> None:
-    record = preview.checked_event(
+    record = events.checked_event(
         {"type": "new_rule_violation", "organization": "acme", "name": "r", "time": None},
         now=MOMENT,
     )
     assert record.time == MOMENT_TEXT
     assert record.id.startswith("evt_")
-    with pytest.raises(preview.PreviewError, match=r"^time: "):
-        preview.checked_event(
+    with pytest.raises(EventInvalid, match=r"^time: "):
+        events.checked_event(
             {"type": "new_rule_violation", "organization": "acme", "name": "r", "time": "x"}
         )

@@ -18,9 +18,9 @@ from pathlib import Path
 
 import pytest
 
-from reconciler.dispatch.events import EventIn
 from reconciler.dispatch.processes import listen
 from reconciler.errors import ServeError
+from reconciler.events import EventIn
 from reconciler.store import open_store
 from reconciler.store.queue import QueueStore
 from tests.support.helpers_state import definition, run_cli, write_definition

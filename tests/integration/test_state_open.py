@@ -22,7 +22,7 @@ import pytest
 import yaml
 from click.testing import CliRunner
 
-import reconciler.cli as cli_module
+import reconciler.cli.state as state_commands
 from reconciler.cli import cli
 from reconciler.errors import StateError
 from reconciler.store import open_store
@@ -323,7 +323,7 @@ def _full_disk(monkeypatch: pytest.MonkeyPatch) -> None:
         store._db.execute(f"PRAGMA max_page_count = {pages}")  # type: ignore[attr-defined]
         return store
 
-    monkeypatch.setattr(cli_module, "open_store", capped)
+    monkeypatch.setattr(state_commands, "open_store", capped)
 
 
 def _snapshot(url: str) -> Any:

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import random
-from collections.abc import Awaitable, Callable, Iterator
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -36,21 +36,10 @@ EVENT_TIME = "2026-11-29T21:22:42Z"
 A_URL = "https://hooks.example.com/a"
 
 
-@pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
-def store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Any]:
-    if request.param == "sqlite":
-        made: Any = SqliteStore(tmp_path / "state.db")
-        made.test_url = made.url
-    else:
-        from reconciler.store.postgres import PostgresStore
-
-        made = PostgresStore(request.getfixturevalue("postgres_url"))
-        made.test_url = request.getfixturevalue("postgres_url")  # with its user
-    try:
-        put_specs(made, [spec("a", timeout="10s", max_in_flight=100), spec("g", "globex")])
-        yield made
-    finally:
-        made.close()
+@pytest.fixture
+def store(each_store: Any) -> Any:
+    put_specs(each_store, [spec("a", timeout="10s", max_in_flight=100), spec("g", "globex")])
+    return each_store
 
 
 @pytest.fixture

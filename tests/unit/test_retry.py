@@ -13,9 +13,9 @@ from reconciler.dispatch.retry import (
     RETRY_AFTER_CAP,
     Backoff,
     parse_retry_after,
-    utc,
 )
 from reconciler.model import RetryPolicy
+from reconciler.render import utc
 
 MINUTE = 60.0
 HOUR = 3600.0

@@ -13,7 +13,7 @@ from hypothesis import strategies as st
 from standardwebhooks import Webhook
 from standardwebhooks.webhooks import WebhookVerificationError
 
-from reconciler.dispatch.signing import (
+from reconciler.signing import (
     SigningSecretError,
     secret_key,
     sign,

@@ -29,11 +29,11 @@ import pytest
 from pytest_httpx import HTTPXMock
 from standardwebhooks import Webhook
 
-from reconciler.dispatch.events import EventIn
 from reconciler.dispatch.retry import DEFAULT_SCHEDULE
 from reconciler.dispatch.sender import Sender
 from reconciler.dispatch.service import Dispatcher
 from reconciler.dispatch.worker import Database, Worker, WorkerSettings, owner_alive, owner_id
+from reconciler.events import EventIn
 from reconciler.model import WebhookSpec
 from reconciler.plan import make_plan
 from reconciler.store.base import Write
@@ -1333,7 +1333,7 @@ class Counting:
 
 
 def _event_in(event_id: str) -> Any:
-    from reconciler.dispatch.events import EventIn
+    from reconciler.events import EventIn
 
     return EventIn.model_validate(
         {"type": "new_rule_violation", "organization": "acme", "name": "n", "id": event_id}

@@ -1,10 +1,11 @@
-"""The `webhooks` command group: `resume` here, `status` in cli_status."""
+"""The `webhooks` command group: `resume` here, `status` in status.py."""
 
 from __future__ import annotations
 
 import click
 
-from reconciler.cli import cli, state_option
+from reconciler.cli.common import state_option
+from reconciler.cli.status import status_command
 from reconciler.errors import ReconcilerError
 from reconciler.provenance import detect_actor
 from reconciler.store import open_store
@@ -20,7 +21,7 @@ def _webhook_ref(text: str) -> tuple[str, str]:
     return organization, name
 
 
-@cli.group()
+@click.group()
 def webhooks() -> None:
     """See how the live webhooks' endpoints are doing, and resume a paused one
     outside apply.
@@ -66,3 +67,6 @@ def resume_command(webhook: str, actor: str | None, state: str) -> None:
         click.echo(f"{organization}/{name} is not paused; nothing changed.")
         return
     click.echo(f"Resumed {organization}/{name} (actor {who}); it takes new events again.")
+
+
+webhooks.add_command(status_command)

@@ -1,254 +1,41 @@
-"""The command line: a thin adapter over the library.
-
-Each command parses options, calls one library function and prints its result.
-Expected failures (ReconcilerError) become one line on stderr and exit 1; click
-turns usage errors into exit 2.
-"""
+"""Commands over the live state: plan, apply, history, export, migrate."""
 
 from __future__ import annotations
 
 import json
-import os
-import re
 import sys
-import time
 from collections.abc import Callable
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 import click
 
-from reconciler import (
-    __version__,
-    history_report,
-    plan_report,
-    preview,
-    scaffold,
-    validate_report,
-)
+from reconciler import history_report, plan_report
 from reconciler.apply import ApplyOptions, commit_check
 from reconciler.apply import apply as apply_changes
-from reconciler.errors import DefinitionsInvalid, PlanFileError, ReconcilerError
+from reconciler.cli.common import (
+    DEFAULT_PATH,
+    FORMATS,
+    color,
+    load_or_fail,
+    org_option,
+    state_option,
+)
+from reconciler.errors import PlanFileError, ReconcilerError
 from reconciler.export import export as export_state
-from reconciler.loader import LoadResult, definitions_root, load_definitions, load_paths
-from reconciler.model import NAME_PATTERN, NAME_RULE, Event
+from reconciler.loader import LoadResult, definitions_root
 from reconciler.plan import DEFAULT_DELETE_SHARE, Plan, make_plan
 from reconciler.provenance import CommitCheck, check_commit, detect_actor, git_commit
-from reconciler.schema import webhook_schema_text
-from reconciler.store import DEFAULT_STATE, Store, open_store
+from reconciler.store import Store, open_store
+from reconciler.validate_report import count
 
-DEFAULT_PATH = "webhooks.d"
-FORMATS = click.Choice(["text", "json"])
-
-
-class _Group(click.Group):
-    def invoke(self, ctx: click.Context) -> Any:
-        try:
-            return super().invoke(ctx)
-        except ReconcilerError as exc:
-            message = str(exc)
-            if message:
-                click.echo(f"error: {message}", err=True)
-            ctx.exit(1)
-
-
-@click.group(cls=_Group, context_settings={"help_option_names": ["-h", "--help"]})
-@click.version_option(__version__, prog_name="reconciler")
-def cli() -> None:
-    """GitOps for outgoing webhooks.
-
-    Webhook definitions live as YAML files in webhooks.d/; reconciler validates
-    them, plans the difference against the live state and applies it.
-
-    \b
-    Example:
-      reconciler validate webhooks.d
-    """
-
-
-def main() -> None:
-    cli(prog_name="reconciler")
-
-
-def load_or_fail(path: Path, *, fmt: str = "text", check_env: bool = False) -> LoadResult:
-    """Load definitions, printing every problem; raise when any is an error."""
-    result = load_definitions(path, check_env=check_env)
-    for problem in result.problems:
-        click.echo(str(problem), err=True)
-    if not result.ok:
-        raise DefinitionsInvalid("")
-    return result
-
-
-@cli.command()
-@click.argument("paths", nargs=-1, type=click.Path(path_type=Path))
-@click.option(
-    "--format",
-    "fmt",
-    type=click.Choice(list(validate_report.REPORTERS)),
-    default="text",
-    help="text, json, or github: one GitHub Actions annotation per problem "
-    "(::error file=...,line=...,col=...::message), nothing else.",
-)
-@click.option(
-    "--check-env",
-    is_flag=True,
-    help="Also fail when a ${env:NAME} reference is not set, or when a signing_secret "
-    "variable does not hold whsec_ and base64.",
-)
-def validate(paths: tuple[Path, ...], fmt: str, check_env: bool) -> None:
-    """Check definitions against the schema and every rule.
-
-    PATHS are definitions folders or files (default: webhooks.d), checked
-    together: a name used twice among them is an error. A definition may read
-    only its organization's ${env:} variables (acme: ACME_*; the longest
-    organization prefix owns a name) and those of webhooks.d/shared-env.yaml,
-    which is checked too. Every problem of every file is printed as
-    path:line:col: message. Exit 0 when all is valid, 1 when anything is not.
-    The pre-commit hook runs it on the whole webhooks.d folder, so a name
-    repeated in a file the commit leaves alone is caught too.
-
-    \b
-    Example:
-      reconciler validate webhooks.d --check-env
-      reconciler validate webhooks.d/acme/slack.yaml webhooks.d/acme/pager.yaml
-      reconciler validate --format github   # in a GitHub Actions step
-    """
-    paths = paths or (Path(DEFAULT_PATH),)
-    for path in paths:
-        if not path.exists():
-            raise ReconcilerError(f"{path}: no such file or folder")
-    result = load_paths(paths, check_env=check_env)
-    for line in validate_report.REPORTERS[fmt](result):
-        click.echo(line)
-    if not result.ok:
-        sys.exit(1)
-
-
-count = validate_report.count
-
-
-@cli.command()
-def schema() -> None:
-    """Print the JSON Schema of a definition file.
-
-    schemas/webhook.schema.json holds this output; editors use it through the
-    yaml-language-server modeline at the top of each example.
-
-    \b
-    Example:
-      reconciler schema > schemas/webhook.schema.json
-    """
-    click.echo(webhook_schema_text(), nl=False)
-
-
-@cli.command()
-@click.argument("name")
-@click.argument("path", type=click.Path(path_type=Path), default=DEFAULT_PATH)
-@click.option(
-    "--org",
-    "organization",
-    help="The webhook's organization (needed when several "
-    "organizations have a webhook of that name).",
-)
-@click.option(
-    "--event-type",
-    type=click.Choice([e.value for e in Event]),
-    help="The event type ({{event}}; default: the webhook's own).",
-)
-@click.option(
-    "--name",
-    "event_name",
-    default=preview.SAMPLE_NAME,
+delete_share_option = click.option(
+    "--delete-share",
+    type=click.FloatRange(0, 1),
+    default=DEFAULT_DELETE_SHARE,
     show_default=True,
-    help="The rule or event name ({{name}}).",
+    help="Deleting more than this share of an organization's webhooks needs --force.",
 )
-@click.option(
-    "--description",
-    default=preview.SAMPLE_DESCRIPTION,
-    show_default=True,
-    help="Details ({{description}}).",
-)
-@click.option("--time", "when", help="When it happened, ISO 8601 with a zone (default: now).")
-@click.option(
-    "--event-id",
-    default=preview.PREVIEW_EVENT_ID,
-    show_default=True,
-    help="The event id ({{event_id}}).",
-)
-@click.option("--format", "fmt", type=FORMATS, default="text", help="Output format.")
-def render(
-    name: str,
-    path: Path,
-    organization: str | None,
-    event_type: str | None,
-    event_name: str,
-    description: str,
-    when: str | None,
-    event_id: str,
-    fmt: str,
-) -> None:
-    """Show the exact request webhook NAME would send for a sample event.
-
-    Loads the definitions under PATH (default: webhooks.d) and prints the method,
-    URL, headers (webhook-id, webhook-timestamp and, with a signing secret, a
-    placeholder for webhook-signature) and body. Secret references are shown as
-    written and never resolved; literal credentials are masked. Nothing is sent
-    and the live state is not read.
-
-    \b
-    Example:
-      reconciler render slack-new-rule-violation --org acme --name no-public-s3 \\
-        --description "bucket logs is public"
-    """
-    if not path.exists():
-        raise ReconcilerError(f"{path}: no such file or folder")
-    result = load_or_fail(path)
-    spec = preview.find_webhook((d.spec for d in result.definitions), name, organization)
-    webhook_organization = spec.key[0]
-    record = preview.checked_event(
-        {
-            "type": event_type or spec.event.value,
-            "organization": webhook_organization,
-            "name": event_name,
-            "description": description,
-            "time": when,
-            "id": event_id,
-        },
-        now=datetime.now(UTC).replace(microsecond=0),
-    )
-    if record.type != spec.event.value:
-        click.echo(
-            f"warning: {name} fires on {spec.event.value} events, not {record.type}", err=True
-        )
-    if not spec.enabled:
-        click.echo(f"warning: {name} is disabled: it never fires", err=True)
-    request = preview.preview(
-        spec, preview.event_data(record), preview.PREVIEW_DELIVERY_ID, int(time.time())
-    )
-    if fmt == "json":
-        click.echo(json.dumps(request.as_json(), indent=2))
-    else:
-        click.echo(preview.request_text(request))
-
-
-# -- the live state -------------------------------------------------------------
-
-state_option = click.option(
-    "--state",
-    "state",
-    envvar="RECONCILER_STATE",
-    default=DEFAULT_STATE,
-    show_default=True,
-    help="Where the live state is: sqlite:///PATH (relative) or sqlite:////ABS/PATH. "
-    "Also RECONCILER_STATE. Only apply and migrate make a state that is not there.",
-)
-org_option = click.option("--org", "organization", help="Only this organization.")
-
-
-def _color() -> bool | None:
-    return False if os.environ.get("NO_COLOR") else None
 
 
 def definitions_scope(path: Path, organization: str | None) -> str | None:
@@ -286,7 +73,7 @@ def _plan_from_files(result: LoadResult, store: Store, organization: str | None)
     )
 
 
-@cli.command()
+@click.command()
 @click.argument("path", type=click.Path(path_type=Path), default=DEFAULT_PATH)
 @state_option
 @org_option
@@ -304,13 +91,7 @@ def _plan_from_files(result: LoadResult, store: Store, organization: str | None)
     is_flag=True,
     help="Exit 0 with no changes, 1 on error, 2 when there are changes.",
 )
-@click.option(
-    "--delete-share",
-    type=click.FloatRange(0, 1),
-    default=DEFAULT_DELETE_SHARE,
-    show_default=True,
-    help="Deleting more than this share of an organization's webhooks needs --force.",
-)
+@delete_share_option
 def plan(
     path: Path,
     state: str,
@@ -345,7 +126,7 @@ def plan(
     if rollback is not None:
         refusals.insert(0, rollback)
     if fmt == "text":
-        click.echo(plan_report.text(the_plan, refusals, color=True), color=_color())
+        click.echo(plan_report.text(the_plan, refusals, color=True), color=color())
     else:
         click.echo(plan_report.REPORTERS[fmt](the_plan, refusals))
     if out is not None:
@@ -378,7 +159,7 @@ class _TerminalApprover:
         return bool(answer.strip() == "yes")
 
 
-@cli.command()
+@click.command()
 @click.argument("path", type=click.Path(path_type=Path), default=DEFAULT_PATH)
 @state_option
 @org_option
@@ -394,13 +175,7 @@ class _TerminalApprover:
 @click.option(
     "--force", is_flag=True, help="Allow deleting all, or a large share, of an organization."
 )
-@click.option(
-    "--delete-share",
-    type=click.FloatRange(0, 1),
-    default=DEFAULT_DELETE_SHARE,
-    show_default=True,
-    help="Deleting more than this share of an organization's webhooks needs --force.",
-)
+@delete_share_option
 @click.option(
     "--lock-timeout",
     type=click.FloatRange(0),
@@ -477,7 +252,7 @@ def apply(
             make = lambda: _plan_from_files(result, store, organization)  # noqa: E731
 
         def show(the_plan: Plan, refusals: list[str]) -> None:
-            click.echo(plan_report.text(the_plan, refusals, color=True), color=_color())
+            click.echo(plan_report.text(the_plan, refusals, color=True), color=color())
 
         outcome = apply_changes(
             store, make, options, _TerminalApprover(), show, saved=plan_file is not None
@@ -515,7 +290,7 @@ def _read_plan_file(path: Path) -> Plan:
     return Plan.from_json(data)
 
 
-@cli.command()
+@click.command()
 @click.argument("name", required=False)
 @state_option
 @org_option
@@ -548,7 +323,7 @@ def history(
         click.echo(history_report.entry_text(entry))
 
 
-@cli.command()
+@click.command()
 @click.argument("folder", type=click.Path(path_type=Path, file_okay=False))
 @state_option
 @org_option
@@ -578,57 +353,7 @@ def export(folder: Path, state: str, organization: str | None) -> None:
     click.echo(f"Exported {webhooks} webhooks{also} to {folder}.")
 
 
-@cli.command()
-@click.argument(
-    "folder", type=click.Path(path_type=Path, file_okay=False), default=".", required=False
-)
-@click.option(
-    "--org",
-    "organization",
-    default=scaffold.DEFAULT_ORGANIZATION,
-    show_default=True,
-    help="The first organization: webhooks.d/ORG/example.yaml.",
-)
-@click.option(
-    "--admins",
-    default=scaffold.DEFAULT_ADMINS,
-    show_default=True,
-    help="The GitHub team (or user) that owns webhooks.d/ in CODEOWNERS.",
-)
-@click.option("--force", is_flag=True, help="Overwrite files that exist.")
-def init(folder: Path, organization: str, admins: str, force: bool) -> None:
-    """Start a definitions repository in FOLDER (default: here).
-
-    Writes webhooks.d/ORG/example.yaml (valid, its URL a ${env:ORG_...}
-    reference, with an editor modeline to schemas/webhook.schema.json, copied
-    beside it), webhooks.d/shared-env.yaml (the variables every organization may
-    read, empty), the GitHub workflows webhooks-plan.yml and webhooks-apply.yml,
-    CODEOWNERS (the shared list the admins' alone), .pre-commit-config.yaml
-    using reconciler's hook, and a .gitignore for .reconciler/. Existing files
-    are listed and left alone (exit 1) unless --force.
-
-    \b
-    Example:
-      reconciler init webhooks-repo --org acme --admins @acme-corp/webhook-admins
-      cd webhooks-repo && reconciler validate && reconciler plan
-    """
-    if not re.match(NAME_PATTERN, organization):
-        raise click.BadParameter(f"{organization!r}: {NAME_RULE}", param_hint="--org")
-    if not re.fullmatch(r"@[A-Za-z0-9-]+(/[A-Za-z0-9._-]+)?", admins):
-        raise click.BadParameter(
-            f"{admins!r}: a GitHub team (@org/team) or user (@name)", param_hint="--admins"
-        )
-    written = scaffold.scaffold(organization, admins).write(folder, force=force)
-    for relative in written:
-        click.echo(f"wrote {folder / relative}")
-    click.echo(
-        "Next: set the repository secret RECONCILER_STATE (the live state's URL), make that "
-        "state once with `reconciler migrate`, protect main with required reviews from code "
-        "owners, and `pre-commit install`."
-    )
-
-
-@cli.command()
+@click.command()
 @state_option
 def migrate(state: str) -> None:
     """Bring the state's database schema up to date, and list its migrations.
@@ -651,13 +376,3 @@ def migrate(state: str) -> None:
     for name in names:
         click.echo(f"applied  {name}")
     click.echo(f"{store.url}: schema up to date ({count(len(names), 'migration')}).")
-
-
-# The dispatcher's, the tokens' and the webhooks' commands register themselves on the
-# same group.
-from reconciler import (  # noqa: E402, F401
-    cli_dispatch,
-    cli_status,
-    cli_tokens,
-    cli_webhooks,
-)

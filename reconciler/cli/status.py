@@ -7,15 +7,13 @@ import time
 
 import click
 
-from reconciler.cli import FORMATS, state_option
-from reconciler.cli_webhooks import webhooks
+from reconciler.cli.common import FORMATS, state_option
 from reconciler.health import endpoint_health
 from reconciler.health_report import report_text
 from reconciler.store import open_store
-from reconciler.store.queue import QueueStore
 
 
-@webhooks.command("status")
+@click.command("status")
 @state_option
 @click.option(
     "--org",
@@ -40,7 +38,7 @@ def status_command(state: str, organizations: tuple[str, ...], fmt: str) -> None
       reconciler webhooks status
       reconciler webhooks status --org acme --format json
     """
-    store: QueueStore = open_store(state)  # type: ignore[assignment]
+    store = open_store(state)
     try:
         report = endpoint_health(store, list(organizations) or None, time.time())
     finally:

@@ -1,4 +1,4 @@
-"""Commands of the runtime dispatcher: serve, fire, deliveries."""
+"""Commands of the runtime dispatcher: serve, and fire an event from the command line."""
 
 from __future__ import annotations
 
@@ -13,25 +13,20 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 import click
-from pydantic import ValidationError
 
 from reconciler import preview
-from reconciler.cli import FORMATS, cli, count, state_option
-from reconciler.dispatch.events import EventIn
-from reconciler.dispatch.views import delivery_json, delivery_line, delivery_text
-from reconciler.durations import parse_duration
+from reconciler.cli.common import FORMATS, state_option
+from reconciler.dispatch.views import delivery_line
 from reconciler.errors import ReconcilerError
+from reconciler.events import checked_event, event_data
 from reconciler.model import Event
-from reconciler.store import open_store
-from reconciler.store.queue import DeliveryRecord, EventKey, EventRecord, QueueStore
+from reconciler.store import Backend, open_store
+from reconciler.store.queue import DeliveryRecord, EventKey, EventRecord
 from reconciler.tokens import parse_expiry
+from reconciler.validate_report import count
 
 if TYPE_CHECKING:
     from reconciler.dispatch.ssrf import NetworkPolicy
-
-
-def _queue_store(state: str) -> QueueStore:
-    return open_store(state)  # type: ignore[return-value]
 
 
 def network_options(command: Callable[..., None]) -> Callable[..., None]:
@@ -60,7 +55,7 @@ def _policy(allow_private: bool, cidrs: tuple[str, ...]) -> NetworkPolicy:
         raise click.BadParameter(str(exc), param_hint="--allow-cidr") from None
 
 
-@cli.command("serve")
+@click.command("serve")
 @state_option
 @click.option("--host", default="127.0.0.1", show_default=True, help="Address to listen on.")
 @click.option("--port", type=click.IntRange(0, 65535), default=8080, show_default=True)
@@ -144,7 +139,7 @@ def serve_command(
     """
     from reconciler.dispatch.logs import LineFormatter, TurnBufferedHandler
     from reconciler.dispatch.processes import listen
-    from reconciler.dispatch.service import event_loop_factory, serve
+    from reconciler.dispatch.server import event_loop_factory, serve
     from reconciler.dispatch.worker import WorkerSettings
 
     handler = TurnBufferedHandler(sys.stderr)  # a write per turn of the loop
@@ -159,7 +154,7 @@ def serve_command(
     )
     policy = _policy(allow_private, allow_cidrs)
 
-    def run(store: QueueStore, sock: socket.socket, **more: Any) -> None:
+    def run(store: Backend, sock: socket.socket, **more: Any) -> None:
         with asyncio.Runner(loop_factory=event_loop_factory()) as runner:
             runner.run(serve(store, sock, settings=settings, policy=policy, grace=grace, **more))
 
@@ -167,7 +162,7 @@ def serve_command(
     # opened or any worker or thread starts.
     sockets = listen(host, port, processes)
     try:
-        store = _queue_store(state)  # opened (and migrated) once, here
+        store = open_store(state)  # opened (and migrated) once, here
         if processes > 1:
             url = store.url
             store.close()  # no connection, pool or thread may cross the fork
@@ -204,7 +199,7 @@ def _serve_processes(
     def child(slot: int) -> int:
         for other in sockets[:slot] + sockets[slot + 1 :]:
             other.close()
-        store = _queue_store(state)
+        store = open_store(state)
         try:
             run(store, sockets[slot])
         finally:
@@ -216,7 +211,7 @@ def _serve_processes(
         raise ReconcilerError("the dispatcher processes stopped; see the log above")
 
 
-@cli.command()
+@click.command()
 @click.argument("event", type=click.Choice([e.value for e in Event]))
 @click.option("--org", "organization", required=True, help="The organization it happened in.")
 @click.option("--name", required=True, help="The rule or event name ({{name}}).")
@@ -277,26 +272,22 @@ def fire(
         raise click.UsageError("--dry-run sends nothing: it does not go with --wait")
     if dry_run and event_id is None:
         event_id = preview.PREVIEW_EVENT_ID
-    data: dict[str, Any] = {
-        "type": event,
-        "organization": organization,
-        "name": name,
-        "description": description,
-        "time": when,
-        "id": event_id,
-    }
-    try:
-        incoming = EventIn.model_validate({k: v for k, v in data.items() if v is not None})
-    except ValidationError as exc:
-        error = exc.errors()[0]
-        field = ".".join(str(p) for p in error["loc"])
-        raise ReconcilerError(f"{field}: {error['msg'].removeprefix('Value error, ')}") from None
+    record = checked_event(
+        {
+            "type": event,
+            "organization": organization,
+            "name": name,
+            "description": description,
+            "time": when,
+            "id": event_id,
+        }
+    )
     if dry_run:
-        _dry_run(incoming.record(), state, fmt)
+        _dry_run(record, state, fmt)
         return
-    store = _queue_store(state)
+    store = open_store(state)
     try:
-        result = store.add_event(incoming.record(), time.time())
+        result = store.add_event(record, time.time())
         records: list[DeliveryRecord] = []
         if wait and result.deliveries:
             policy = _policy(allow_private, allow_cidrs)
@@ -314,8 +305,8 @@ def fire(
             f"event {result.key}: {count(result.deliveries, 'delivery', 'deliveries')} "
             f"queued{again}"
         )
-        for record in records:
-            click.echo(delivery_line(record))
+        for delivery in records:
+            click.echo(delivery_line(delivery))
     if any(r.status in ("failed", "cancelled") for r in records):
         sys.exit(1)
 
@@ -325,13 +316,13 @@ def _dry_run(record: EventRecord, state: str, fmt: str) -> None:
     store = open_store(state)
     try:
         webhooks = store.webhooks(record.organization)
-        queued = store.event(record.key) is not None  # type: ignore[attr-defined]
+        queued = store.event(record.key) is not None
         access = store.env_access()
     finally:
         store.close()
     requests = preview.preview_all(
         preview.matching_live(webhooks, record.type),
-        preview.event_data(record),
+        event_data(record),
         preview.PREVIEW_DELIVERY_ID,
         int(time.time()),
         access=access,
@@ -353,7 +344,7 @@ def _dry_run(record: EventRecord, state: str, fmt: str) -> None:
 
 
 async def _deliver_now(
-    store: QueueStore, event: EventKey, policy: NetworkPolicy
+    store: Backend, event: EventKey, policy: NetworkPolicy
 ) -> list[DeliveryRecord]:
     from reconciler.dispatch.service import make_sender
     from reconciler.dispatch.worker import Database, Worker, WorkerSettings
@@ -384,151 +375,3 @@ def _pause_after(text: str) -> float:
             param_hint="--pause-after",
         )
     return seconds
-
-
-def _since_seconds(text: str) -> float:
-    try:
-        return parse_duration(text)
-    except ValueError as exc:
-        raise click.BadParameter(str(exc), param_hint="--since") from None
-
-
-@cli.group()
-def deliveries() -> None:
-    """Read and replay the delivery log.
-
-    \b
-    Example:
-      reconciler deliveries list --status failed --org acme
-    """
-
-
-@deliveries.command("list")
-@state_option
-@click.option(
-    "--status",
-    type=click.Choice(["pending", "in_flight", "delivered", "failed", "cancelled"]),
-    help="Only deliveries in this state.",
-)
-@click.option("--org", "organization", help="Only this organization.")
-@click.option("--webhook", help="Only this webhook.")
-@click.option(
-    "--event",
-    "event_id",
-    help="Only this event's deliveries (with --org: an id names an event "
-    "only within its organization).",
-)
-@click.option("--limit", type=click.IntRange(1), default=50, show_default=True)
-@click.option("--format", "fmt", type=FORMATS, default="text", help="Output format.")
-def list_command(
-    state: str,
-    status: str | None,
-    organization: str | None,
-    webhook: str | None,
-    event_id: str | None,
-    limit: int,
-    fmt: str,
-) -> None:
-    """List deliveries, newest first.
-
-    \b
-    Example:
-      reconciler deliveries list --status failed
-      reconciler deliveries list --org acme --event r17:2026-11-30
-    """
-    event = None
-    if event_id is not None:
-        if organization is None:
-            raise click.UsageError(
-                "--event goes with --org: an event id names an event only within its organization"
-            )
-        event = EventKey(organization, event_id)
-    store = _queue_store(state)
-    try:
-        records = store.deliveries(
-            status=status,
-            organization=organization,
-            webhook=webhook,
-            event=event,
-            limit=limit,
-        )
-    finally:
-        store.close()
-    if fmt == "json":
-        click.echo(json.dumps([r.as_json() for r in records], indent=2))
-        return
-    if not records:
-        click.echo("No deliveries.")
-    for record in records:
-        click.echo(delivery_line(record))
-
-
-@deliveries.command("show")
-@click.argument("delivery_id")
-@state_option
-@click.option("--format", "fmt", type=FORMATS, default="text", help="Output format.")
-def show_command(delivery_id: str, state: str, fmt: str) -> None:
-    """Show one delivery and every attempt: status, duration, response, error.
-
-    \b
-    Example:
-      reconciler deliveries show msg_0f4c...
-    """
-    store = _queue_store(state)
-    try:
-        found = store.delivery(delivery_id)
-    finally:
-        store.close()
-    if found is None:
-        raise ReconcilerError(f"no delivery {delivery_id}")
-    if fmt == "json":
-        click.echo(json.dumps(delivery_json(*found), indent=2))
-    else:
-        click.echo(delivery_text(*found))
-
-
-@deliveries.command("replay")
-@click.argument("delivery_ids", nargs=-1)
-@state_option
-@click.option("--failed", "all_failed", is_flag=True, help="Replay every failed delivery.")
-@click.option("--since", help="With --failed: only those that failed within this (e.g. 2h).")
-@click.option("--org", "organization", help="With --failed: only this organization.")
-def replay_command(
-    delivery_ids: tuple[str, ...],
-    state: str,
-    all_failed: bool,
-    since: str | None,
-    organization: str | None,
-) -> None:
-    """Queue finished deliveries again, due at once, with the same webhook-id.
-
-    \b
-    Example:
-      reconciler deliveries replay --failed --since 2h
-    """
-    if bool(delivery_ids) == all_failed:
-        raise click.UsageError("give delivery ids or --failed, not both and not neither")
-    if since is not None and not all_failed:
-        raise click.UsageError("--since goes with --failed")
-    store = _queue_store(state)
-    try:
-        ids = list(delivery_ids)
-        if all_failed:
-            cutoff = time.time() - _since_seconds(since) if since else None
-            ids = [
-                r.id
-                for r in store.deliveries(
-                    status="failed", organization=organization, since=cutoff, limit=1_000_000
-                )
-            ]
-        replayed = store.replay(ids, time.time())
-    finally:
-        store.close()
-    for delivery_id in ids:
-        if delivery_id not in replayed:
-            click.echo(f"{delivery_id}: not replayed (unknown, or still queued)", err=True)
-    click.echo(
-        f"replayed {count(len(replayed), 'delivery', 'deliveries')}; `reconciler serve` sends them."
-    )
-    if len(replayed) != len(ids):
-        sys.exit(1)

@@ -4,19 +4,14 @@ from __future__ import annotations
 
 import json
 import time
-from typing import cast
 
 import click
 
 from reconciler import tokens as api_tokens
-from reconciler.cli import FORMATS, cli, state_option
+from reconciler.cli.common import FORMATS, state_option
 from reconciler.errors import TokenError
 from reconciler.store import open_store
-from reconciler.store.tokens import TokenRecord, TokenStore
-
-
-def _token_store(state: str) -> TokenStore:
-    return cast(TokenStore, open_store(state))
+from reconciler.store.tokens import TokenRecord
 
 
 def _scope(token: TokenRecord) -> str:
@@ -29,7 +24,7 @@ def _status(token: TokenRecord, now: float) -> str:
     return "active" if token.usable(now) else "expired"
 
 
-@cli.group()
+@click.group()
 def tokens() -> None:
     """Make, list and revoke the bearer tokens of the HTTP API.
 
@@ -98,7 +93,7 @@ def create_command(
         api_tokens.check_request(role, organizations, all_organizations, expires_in)
     except TokenError as exc:  # each is about the options given
         raise click.UsageError(str(exc)) from None
-    store = _token_store(state)
+    store = open_store(state)
     try:
         record, secret = api_tokens.create_token(
             store,
@@ -135,7 +130,7 @@ def list_command(fmt: str, state: str) -> None:
     Example:
       reconciler tokens list --format json
     """
-    store = _token_store(state)
+    store = open_store(state)
     try:
         found = store.tokens()
     finally:
@@ -182,7 +177,7 @@ def revoke_command(token_id: str, state: str) -> None:
     Example:
       reconciler tokens revoke tok_3f9a0c1d2b4e
     """
-    store = _token_store(state)
+    store = open_store(state)
     try:
         record = api_tokens.revoke_token(store, token_id, time.time())
     finally:

@@ -1,16 +1,19 @@
-"""An event as it arrives, checked before anything is stored."""
+"""An event as it arrives, checked before anything is stored: the one set of rules
+for the HTTP intake, `fire` and `render`, and the event as templates see it."""
 
 from __future__ import annotations
 
 import re
 from datetime import UTC, datetime
-from typing import Annotated
+from typing import Annotated, Any
 
-from pydantic import BaseModel, ConfigDict, Field, JsonValue, field_validator
+from pydantic import BaseModel, ConfigDict, Field, JsonValue, ValidationError, field_validator
+from pydantic_core import ErrorDetails
 
+from reconciler.errors import EventInvalid
 from reconciler.ids import new_event_id
 from reconciler.model import NAME_PATTERN, Event
-from reconciler.render import format_time
+from reconciler.render import EventData, format_time
 from reconciler.store.queue import EventRecord
 
 EVENT_ID_PATTERN = r"^[A-Za-z0-9_.:-]{1,128}$"
@@ -104,4 +107,34 @@ class BatchIn(BaseModel):
         min_length=1,
         max_length=MAX_BATCH_EVENTS,
         description=f"1 to {MAX_BATCH_EVENTS} events, each as POST /v1/events takes it.",
+    )
+
+
+def validation_message(error: ErrorDetails) -> str:
+    """One of pydantic's errors as a sentence: a validator's ValueError without the
+    `Value error, ` pydantic puts before it."""
+    return error["msg"].removeprefix("Value error, ")
+
+
+def checked_event(data: dict[str, Any], now: datetime | None = None) -> EventRecord:
+    """An event as intake would accept it (None values left out), or EventInvalid
+    with one line: the first field refused and why."""
+    try:
+        incoming = EventIn.model_validate({k: v for k, v in data.items() if v is not None})
+    except ValidationError as exc:
+        error = exc.errors()[0]
+        field = ".".join(str(p) for p in error["loc"])
+        raise EventInvalid(f"{field}: {validation_message(error)}") from None
+    return incoming.record(now)
+
+
+def event_data(record: EventRecord) -> EventData:
+    """A stored event as templates see it ({{event}}, {{time}}, ...)."""
+    return EventData(
+        event=record.type,
+        organization=record.organization,
+        name=record.name,
+        description=record.description,
+        time=datetime.fromisoformat(record.time.replace("Z", "+00:00")),
+        id=record.id,
     )

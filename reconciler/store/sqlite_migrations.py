@@ -1,7 +1,10 @@
-"""Named schema migrations, applied in order and recorded in schema_migrations.
+"""SQLite's named schema migrations, applied in order and recorded in schema_migrations.
 
 A migration is never edited once released: a change to the schema is a new
-entry at the end.
+entry at the end. So the lines that repeat here stay: a later migration that
+rebuilds a table (SQLite changes a table by copying it) restates its columns, and
+postgres_migrations.py states the same tables in PostgreSQL's types. Each is the
+record of a released schema, not code to share.
 """
 
 from __future__ import annotations

@@ -1,0 +1,41 @@
+"""What the commands share: the output formats, the options naming the live state
+and the organization, and loading definitions with every problem printed."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import click
+
+from reconciler.errors import DefinitionsInvalid
+from reconciler.loader import LoadResult, load_definitions
+from reconciler.store import DEFAULT_STATE
+
+DEFAULT_PATH = "webhooks.d"
+FORMATS = click.Choice(["text", "json"])
+
+state_option = click.option(
+    "--state",
+    "state",
+    envvar="RECONCILER_STATE",
+    default=DEFAULT_STATE,
+    show_default=True,
+    help="Where the live state is: sqlite:///PATH (relative) or sqlite:////ABS/PATH. "
+    "Also RECONCILER_STATE. Only apply and migrate make a state that is not there.",
+)
+org_option = click.option("--org", "organization", help="Only this organization.")
+
+
+def color() -> bool | None:
+    return False if os.environ.get("NO_COLOR") else None
+
+
+def load_or_fail(path: Path, *, check_env: bool = False) -> LoadResult:
+    """Load definitions, printing every problem; raise when any is an error."""
+    result = load_definitions(path, check_env=check_env)
+    for problem in result.problems:
+        click.echo(str(problem), err=True)
+    if not result.ok:
+        raise DefinitionsInvalid("")
+    return result

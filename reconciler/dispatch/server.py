@@ -1,0 +1,122 @@
+"""`serve` in one process: the HTTP server (uvicorn, with the intake's own protocol)
+and the dispatcher's workers on one event loop, started and stopped in order."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import gc
+import signal
+import socket
+from collections.abc import Callable, Iterator
+
+import uvicorn
+
+from reconciler.dispatch.app import create_app
+from reconciler.dispatch.intake_protocol import protocol_for
+from reconciler.dispatch.logs import lines_per_turn
+from reconciler.dispatch.service import DEFAULT_GRACE, Dispatcher, make_sender
+from reconciler.dispatch.ssrf import NetworkPolicy
+from reconciler.dispatch.worker import WorkerSettings
+from reconciler.errors import ServeError
+from reconciler.store import Backend
+
+
+def event_loop_factory() -> Callable[[], asyncio.AbstractEventLoop] | None:
+    """uvloop where it is installed: the same asyncio interface, with the loop, its
+    sockets and its timers in C, which cuts the CPU of every request served and
+    sent. None (asyncio's own loop) elsewhere."""
+    try:
+        import uvloop
+    except ImportError:
+        return None
+    return uvloop.new_event_loop
+
+
+# Objects allocated (net) between collections of the youngest generation; Python's
+# default is 700. Each older generation is collected every 10 of the one before.
+GC_YOUNG_THRESHOLD = 20_000
+
+
+def settle_garbage_collector() -> None:
+    """Tune the cyclic garbage collector for a long-running server, once its code and
+    app are loaded: what exists now (modules, the app, pydantic's and FastAPI's
+    schemas) moves out of the collector's sight for good (gc.freeze), and the young
+    generation is collected every 20,000 allocations rather than every 700. Every
+    request allocates many short-lived objects; with the defaults the collector
+    walked the young generation every few deliveries and, now and then, the
+    whole app. Memory stays bounded: reference counting frees nearly
+    everything at once, and cycles are still collected, less often."""
+    gc.collect()
+    gc.freeze()
+    gc.set_threshold(GC_YOUNG_THRESHOLD, 10, 10)
+
+
+@contextlib.contextmanager
+def _no_signal_capture() -> Iterator[None]:
+    yield
+
+
+async def serve(
+    store: Backend,
+    sock: socket.socket,
+    *,
+    settings: WorkerSettings,
+    policy: NetworkPolicy,
+    grace: float = DEFAULT_GRACE,
+    ready: Callable[[int], None] | None = None,
+) -> None:
+    """Serve on `sock`, a listening socket bound by the caller, until SIGTERM or
+    SIGINT, then shut down gracefully.
+
+    The workers start once the server accepts on `sock`, and whatever ends the
+    serving (a signal, a failed start) stops them in order: claiming stops,
+    in-flight requests finish within `grace`, the rest is released, and the
+    database thread is joined. The caller closes `store` only after this returns:
+    a connection closed under a thread still using it crashes the process."""
+    sender = make_sender(settings.concurrency, policy)
+    dispatcher = Dispatcher(store, sender, settings=settings, policy=policy)
+    app = create_app(dispatcher)
+    assert app.intake is not None
+    # No proxy-header rewriting: nothing reads the client's address, and the
+    # middleware would run on every event.
+    config = uvicorn.Config(
+        app,
+        log_level="warning",
+        access_log=False,
+        lifespan="off",
+        proxy_headers=False,
+        http=protocol_for(app.intake),  # valid events answered on the connection
+    )
+    server = uvicorn.Server(config)
+    settle_garbage_collector()
+    server.capture_signals = _no_signal_capture  # type: ignore[method-assign]
+    loop = asyncio.get_running_loop()
+
+    def on_signal() -> None:
+        dispatcher.stop_claiming()
+        server.should_exit = True
+
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, on_signal)
+    with lines_per_turn(loop):
+        try:
+            serving = asyncio.create_task(_serve_http(server, sock))
+            while not server.started and not serving.done():
+                await asyncio.sleep(0.01)
+            if server.started:
+                dispatcher.start()
+                if ready is not None:
+                    ready(sock.getsockname()[1])
+            await serving
+        finally:
+            await dispatcher.stop(grace)
+
+
+async def _serve_http(server: uvicorn.Server, sock: socket.socket) -> None:
+    try:
+        await server.serve(sockets=[sock])
+    except SystemExit:
+        # uvicorn ends the process when its start fails. Out of a task, that would
+        # leave the event loop at once, with the workers still holding the store.
+        raise ServeError("the HTTP server could not start; see the log above") from None
