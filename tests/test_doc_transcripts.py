@@ -15,7 +15,9 @@ temporary folder:
 - `port=N`: the port the transcript's `reconciler serve` listens on; the test
   runs it on a free loopback port and shows that one as N;
 - `continue`: the block goes on in the sandbox and shell of the block before it
-  (in the same file), after that block's commands.
+  (in the same file), after that block's commands;
+- `any-order`: each command's output lines may come in any order (deliveries
+  made in the same millisecond).
 
 The commands of a sandbox run in one bash shell, with the installed
 `reconciler` on PATH, no colour and no state variable. A command ending in ` &`
@@ -274,6 +276,21 @@ def _pattern(expected: list[str]) -> re.Pattern[str]:
     return re.compile("".join(parts))
 
 
+def _matches(expected: list[str], actual: str, any_order: bool) -> bool:
+    if not any_order:
+        return _pattern(expected).fullmatch(actual) is not None
+    left = actual.splitlines()
+    if len(left) != len(expected):
+        return False
+    for line in expected:
+        pattern = _pattern([line])
+        found = next((a for a in left if pattern.fullmatch(a + "\n")), None)
+        if found is None:
+            return False
+        left.remove(found)
+    return True
+
+
 def _outputs(output: str) -> dict[str, str]:
     chunks = output.split(SEPARATOR)
     found: dict[str, str] = {}
@@ -320,7 +337,7 @@ def run_session(session: Session, sandbox: Path) -> list[str]:
                 actual = actual.replace(str(real_port), port)
             actual = actual.rstrip("\n")
             actual = actual + "\n" if actual else ""
-            if not _pattern(command.expected).fullmatch(actual):
+            if not _matches(command.expected, actual, "any-order" in block.options):
                 diff = "\n".join(
                     difflib.unified_diff(
                         command.expected, actual.splitlines(), "written", "printed", lineterm=""
