@@ -7,9 +7,17 @@ temporary folder:
 
     <!-- transcript: examples git -->
 
+These steps run in the order written:
+
+- `empty`: nothing (the folder stays empty);
 - `examples`: a copy of this repository's webhooks.d/;
+- `init=ORG`: `reconciler init . --org ORG`;
 - `files=DIR`: the contents of DIR (a folder of this repository) copied in;
-- `git`: the folder made a git repository, its files committed;
+- `git`: the folder made a git repository (once), its files committed;
+- `apply`: the definitions applied to a new state (`--actor alice`).
+
+and these set the block up:
+
 - `receiver`: a local HTTP receiver started, its URL in `$RECEIVER`: `/ok`
   answers 200, `/fail` 500 and `/gone` 410;
 - `port=N`: the port the transcript's `reconciler serve` listens on; the test
@@ -252,13 +260,30 @@ def _environment(sandbox: Path, receiver: str | None) -> dict[str, str]:
 
 
 def _prepare(sandbox: Path, options: dict[str, str]) -> None:
-    if "examples" in options:
-        shutil.copytree(REPO / "webhooks.d", sandbox / "webhooks.d")
-    if options.get("files"):
-        shutil.copytree(REPO / options["files"], sandbox, dirs_exist_ok=True)
-    if "git" in options:
-        for args in (["init", "-q"], ["add", "."], ["commit", "-qm", "webhook definitions"]):
-            subprocess.run(["git", *args], cwd=sandbox, check=True, env=_environment(sandbox, None))
+    env = _environment(sandbox, None)
+
+    def run(*command: str) -> None:
+        done = subprocess.run(
+            command, cwd=sandbox, env=env, capture_output=True, text=True, timeout=TIMEOUT
+        )
+        assert done.returncode == 0, f"{' '.join(command)}: {done.stdout}{done.stderr}"
+
+    for step, value in options.items():
+        if step == "examples":
+            shutil.copytree(REPO / "webhooks.d", sandbox / "webhooks.d")
+        elif step == "init":
+            run("reconciler", "init", ".", "--org", value)
+        elif step == "files":
+            shutil.copytree(REPO / value, sandbox, dirs_exist_ok=True)
+        elif step == "git":
+            if not (sandbox / ".git").exists():
+                run("git", "init", "-q")
+            run("git", "add", ".")
+            run("git", "commit", "-qm", "webhook definitions")
+        elif step == "apply":
+            run("reconciler", "apply", "--auto-approve", "--actor", "alice")
+        else:
+            assert step in ("empty", "receiver", "port", "any-order", "continue"), step
 
 
 def _pattern(expected: list[str]) -> re.Pattern[str]:
