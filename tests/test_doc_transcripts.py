@@ -101,7 +101,11 @@ class Session:
 
     @property
     def options(self) -> dict[str, str]:
-        return self.blocks[0].options
+        """The first block's steps, with the `port` and `receiver` of any block."""
+        merged = dict(self.blocks[0].options)
+        for block in self.blocks[1:]:
+            merged.update({k: v for k, v in block.options.items() if k in ("port", "receiver")})
+        return merged
 
     @property
     def name(self) -> str:
@@ -328,7 +332,7 @@ def _outputs(output: str) -> dict[str, str]:
 def run_session(session: Session, sandbox: Path) -> list[str]:
     """Runs the session; returns one message per command whose output differs."""
     options = session.options
-    _prepare(sandbox, options)
+    _prepare(sandbox, session.blocks[0].options)
     receiver: http.server.ThreadingHTTPServer | None = None
     url = None
     if "receiver" in options:
