@@ -43,7 +43,6 @@ from __future__ import annotations
 
 import difflib
 import http.server
-import os
 import re
 import shutil
 import socket
@@ -51,6 +50,7 @@ import subprocess
 import sys
 import threading
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -62,7 +62,7 @@ BIN = Path(sys.executable).parent
 MARKER = re.compile(r"<!--\s*transcript:(.*?)-->")
 FENCE = re.compile(r"^(\s*)(`{3,})(\S*)\s*$")
 SEPARATOR = "\x1e"
-TIMEOUT = 120
+TIMEOUT = 300  # a whole session, on a loaded machine
 
 PLACEHOLDERS = {
     "<time>": r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d(?:\.\d+)?Z",
@@ -142,8 +142,17 @@ def _commands(body: list[str], first_line: int) -> list[Command]:
     return commands
 
 
-def blocks(page: Path) -> Iterator[Block]:
-    """Every ```console block of a page, with its transcript options."""
+@dataclass
+class Fenced:
+    page: Path
+    line: int  # of the opening fence
+    language: str
+    body: list[str]  # its lines, the fence's indentation removed
+    before: str  # the line before the fence
+
+
+def fenced(page: Path) -> Iterator[Fenced]:
+    """Every fenced code block of a page."""
     lines = page.read_text(encoding="utf-8").splitlines()
     number = 0
     while number < len(lines):
@@ -155,30 +164,40 @@ def blocks(page: Path) -> Iterator[Block]:
         start = number
         number += 1
         body: list[str] = []
-        while not lines[number].strip() == ticks:
+        while lines[number].strip() != ticks:
             body.append(lines[number].removeprefix(indent))
             number += 1
         number += 1
-        if language != "console":
-            continue
-        previous = lines[start - 1] if start else ""
-        comment = MARKER.search(previous)
-        where = f"{page.relative_to(REPO)}:{start + 1}"
-        assert comment, f"{where}: a console block needs a <!-- transcript: ... --> line before it"
-        yield Block(page, start + 1, _options(comment.group(1)), _commands(body, start + 2))
+        yield Fenced(page, start + 1, language, body, lines[start - 1] if start else "")
+
+
+PROBLEMS: list[str] = []  # transcripts that cannot run as written
 
 
 def sessions() -> list[Session]:
+    """The ```console blocks of every page, grouped by sandbox."""
     found: list[Session] = []
     for page in PAGES:
-        for block in blocks(page):
-            if "continue" in block.options:
-                assert found and found[-1].blocks[0].page == page, (
-                    f"{block.where}: `continue` needs a transcript before it on the page"
-                )
-                found[-1].blocks.append(block)
+        for block in fenced(page):
+            if block.language != "console":
+                continue
+            where = f"{page.relative_to(REPO)}:{block.line}"
+            comment = MARKER.search(block.before)
+            if not comment:
+                PROBLEMS.append(f"{where}: a console block needs a <!-- transcript: --> line")
+                continue
+            try:
+                commands = _commands(block.body, block.line + 1)
+            except AssertionError as error:
+                PROBLEMS.append(f"{where}: {error}")
+                continue
+            parsed = Block(page, block.line, _options(comment.group(1)), commands)
+            if "continue" not in parsed.options:
+                found.append(Session([parsed]))
+            elif found and found[-1].blocks[0].page == page:
+                found[-1].blocks.append(parsed)
             else:
-                found.append(Session([block]))
+                PROBLEMS.append(f"{where}: `continue` needs a transcript before it on the page")
     return found
 
 
@@ -226,9 +245,7 @@ def _script(session: Session, port: str, real_port: int) -> str:
             text = command.text.replace(port, str(real_port)) if port else command.text
             if text.endswith(" &"):
                 log = f".server-{index}.log"
-                text = (
-                    f"{text[:-2]} > {log} 2>&1 &\n__ready {real_port} {log}; head -n 1 {log}"
-                )
+                text = f"{text[:-2]} > {log} 2>&1 &\n__ready {real_port} {log}; head -n 1 {log}"
             lines.append(f"__rc=$?; printf '{SEPARATOR}%s\\n' {index}; (exit $__rc)")
             lines.append(text)
             index += 1
@@ -381,11 +398,36 @@ def run_session(session: Session, sandbox: Path) -> list[str]:
 SESSIONS = sessions()
 
 
+@pytest.fixture(scope="module")
+def transcripts(
+    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
+) -> dict[str, list[str]]:
+    """Runs the selected sessions side by side (each is mostly waiting on its
+    processes) and gives each one's failures by name."""
+    selected = [
+        item.callspec.params["session"]
+        for item in request.session.items
+        if isinstance(item, pytest.Function)
+        and item.originalname == "test_transcript_prints_what_the_page_shows"
+    ]
+
+    def run(session: Session) -> list[str]:
+        sandbox = tmp_path_factory.mktemp("transcript") / "sandbox"
+        sandbox.mkdir()
+        try:
+            return run_session(session, sandbox)
+        except (AssertionError, subprocess.SubprocessError) as error:
+            return [f"{session.name}: {error}"]
+
+    with ThreadPoolExecutor(max_workers=4) as pool:
+        return dict(zip([s.name for s in selected], pool.map(run, selected), strict=True))
+
+
 @pytest.mark.parametrize("session", SESSIONS, ids=[s.name for s in SESSIONS])
-def test_transcript_prints_what_the_page_shows(session: Session, tmp_path: Path) -> None:
-    sandbox = tmp_path / "sandbox"
-    sandbox.mkdir()
-    failures = run_session(session, sandbox)
+def test_transcript_prints_what_the_page_shows(
+    session: Session, transcripts: dict[str, list[str]]
+) -> None:
+    failures = transcripts[session.name]
     assert not failures, "\n\n".join(failures)
 
 
@@ -393,26 +435,18 @@ def test_every_transcript_is_a_console_block() -> None:
     """A block that shows a `$ ` command with output must be ```console, so it runs;
     commands shown alone are ```sh."""
     for page in PAGES:
-        lines = page.read_text(encoding="utf-8").splitlines()
-        number = 0
-        while number < len(lines):
-            fence = FENCE.match(lines[number])
-            number += 1
-            if not fence:
+        for block in fenced(page):
+            if block.language in ("console", "sh", "bash"):
                 continue
-            indent, ticks, language = fence.groups()
-            start = number
-            body = []
-            while lines[number].strip() != ticks:
-                body.append(lines[number].strip())
-                number += 1
-            number += 1
-            if language in ("console", "sh", "bash"):
-                continue
-            assert not any(line.startswith("$ ") for line in body), (
-                f"{page.relative_to(REPO)}:{start}: a transcript in a ```{language} block: "
-                "make it ```console with a <!-- transcript: --> line, or ```sh without output"
+            assert not any(line.lstrip().startswith("$ ") for line in block.body), (
+                f"{page.relative_to(REPO)}:{block.line}: a transcript in a "
+                f"```{block.language} block: make it ```console with a <!-- transcript: --> "
+                "line, or ```sh without output"
             )
+
+
+def test_every_console_block_can_run() -> None:
+    assert not PROBLEMS, "\n".join(PROBLEMS)
 
 
 def test_there_are_transcripts_and_each_has_commands() -> None:
@@ -424,7 +458,7 @@ def test_there_are_transcripts_and_each_has_commands() -> None:
 
 def test_the_runner_compares_with_placeholders() -> None:
     pattern = _pattern(["event acme/<id>: 2 deliveries queued", "...", "took <n> ms at <time>"])
-    assert pattern.fullmatch("event acme/evt_1f: 2 deliveries queued\nx\ny\ntook 2.5 ms at 2026-01-02T03:04:05Z\n")
+    assert pattern.fullmatch(
+        "event acme/evt_1f: 2 deliveries queued\nx\ny\ntook 2.5 ms at 2026-01-02T03:04:05Z\n"
+    )
     assert not pattern.fullmatch("event acme/evt_1f: 3 deliveries queued\ntook 2 ms at now\n")
-
-
