@@ -462,3 +462,10 @@ def test_the_runner_compares_with_placeholders() -> None:
         "event acme/evt_1f: 2 deliveries queued\nx\ny\ntook 2.5 ms at 2026-01-02T03:04:05Z\n"
     )
     assert not pattern.fullmatch("event acme/evt_1f: 3 deliveries queued\ntook 2 ms at now\n")
+
+
+def test_the_tools_the_transcripts_use_are_installed() -> None:
+    for tool in ("bash", "git", "curl"):
+        assert shutil.which(tool), (
+            f"the doc transcripts run {tool}: install it (apt-get install {tool})"
+        )
