@@ -1,12 +1,15 @@
 """`reconciler init`: the files of a new definitions repository.
 
-The two GitHub workflows here are also this project's own (.github/workflows/),
-but for the step that installs reconciler: a test keeps them the same.
+The files themselves are templates in reconciler/resources/; this module fills
+them in. The two GitHub workflows are also this project's own
+(.github/workflows/), but for the step that installs reconciler: a test keeps
+them the same.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from importlib import resources
 from pathlib import Path
 
 from reconciler import __version__
@@ -25,205 +28,35 @@ MARKER = MARKDOWN_MARKER
 
 _INSTALL_LINE = "      # @install@\n"
 
+
+def template(name: str, **values: str) -> str:
+    """The text of reconciler/resources/NAME with each `__key__` marker replaced
+    by its value; a marker the file lacks is a bug here, so it raises."""
+    text = resources.files("reconciler.resources").joinpath(name).read_text(encoding="utf-8")
+    for key, value in values.items():
+        marker = f"__{key}__"
+        if marker not in text:
+            raise ValueError(f"reconciler/resources/{name} has no {marker}")
+        text = text.replace(marker, value)
+    return text
+
+
 # The install step of a definitions repository: the reconciler release it uses,
 # pinned in git, so an upgrade is a reviewed pull request like any other change.
-INSTALL_RELEASE = f"""\
-      - name: Install reconciler
-        # Any pip requirement: this release, a private index, a git URL.
-        run: pip install "$RECONCILER_PACKAGE"
-        env:
-          RECONCILER_PACKAGE: reconciler[postgres]=={__version__}
-"""
+INSTALL_RELEASE = template("install-release.yml", version=__version__)
 
 # The install step of this project's repository, which is reconciler's own source.
-INSTALL_SOURCE = """\
-      - name: Install reconciler
-        # This repository is reconciler's source: its definitions are checked by it.
-        run: pip install -e '.[postgres]'
-"""
-
-_PLAN = """\
-# Checks the webhook definitions a pull request changes, and shows what applying
-# them would do: one pull-request comment, updated in place, and the job summary.
-# Needs the repository secret RECONCILER_STATE (the live state's URL).
-name: webhooks plan
-
-on:
-  pull_request:
-    paths:
-      - "webhooks.d/**"
-
-permissions:
-  contents: read
-  pull-requests: write
-
-concurrency:
-  group: webhooks-plan-${{ github.event.pull_request.number }}
-  cancel-in-progress: true
-
-jobs:
-  plan:
-    runs-on: ubuntu-latest
-    timeout-minutes: 15
-    env:
-      RECONCILER_STATE: ${{ secrets.RECONCILER_STATE }}
-      NO_COLOR: "1"
-    steps:
-      - uses: actions/checkout@v4
-      - uses: actions/setup-python@v5
-        with:
-          python-version: "3.11"
-      # @install@
-      - name: Validate
-        # Each problem becomes an annotation on its file and line; invalid fails the job.
-        run: |
-          if reconciler validate --format github; then
-            exit 0
-          fi
-          {
-            echo '<!-- reconciler-plan -->'
-            echo '### reconciler plan'
-            echo
-            echo ':x: **The definitions are invalid: nothing was planned.**'
-            echo 'Each problem is also annotated on its line under "Files changed".'
-            echo
-            echo '```'
-            reconciler validate || true
-            echo '```'
-          } > plan-comment.md
-          cat plan-comment.md >> "$GITHUB_STEP_SUMMARY"
-          exit 1
-      - name: Plan
-        run: |
-          if [ -z "$RECONCILER_STATE" ]; then
-            echo "::error::No secret RECONCILER_STATE (forks get none): no state to plan against."
-            exit 1
-          fi
-          reconciler plan --format markdown > plan-comment.md
-          cat plan-comment.md >> "$GITHUB_STEP_SUMMARY"
-      - name: Comment on the pull request
-        if: ${{ !cancelled() && hashFiles('plan-comment.md') != '' }}
-        uses: actions/github-script@v7
-        with:
-          script: |
-            const fs = require('fs');
-            const { owner, repo } = context.repo;
-            const issue_number = context.issue.number;
-            const marker = '<!-- reconciler-plan -->';
-            let body = fs.readFileSync('plan-comment.md', 'utf8');
-            if (!body.includes(marker)) body = `${marker}\\n${body}`;
-            const limit = 60000;  // GitHub refuses comments over 65,536 characters
-            if (body.length > limit) {
-              const run = `${context.serverUrl}/${owner}/${repo}/actions/runs/${context.runId}`;
-              const fence = '`'.repeat(3);
-              body = `${body.slice(0, limit)}\\n${fence}\\n\\n` +
-                `_Cut short: the whole plan is in the [job summary](${run})._`;
-            }
-            const comments = await github.paginate(github.rest.issues.listComments, {
-              owner, repo, issue_number, per_page: 100,
-            });
-            const previous = comments.find(
-              (c) => c.user?.type === 'Bot' && (c.body ?? '').includes(marker),
-            );
-            if (previous) {
-              const comment_id = previous.id;
-              await github.rest.issues.updateComment({ owner, repo, comment_id, body });
-            } else {
-              await github.rest.issues.createComment({ owner, repo, issue_number, body });
-            }
-"""
-
-_APPLY = """\
-# Applies the webhook definitions when they change on main. Applies never overlap
-# and are never cancelled half-way. Deletes are allowed only when the merged pull
-# request carried the label `allow-delete`.
-# Needs the repository secret RECONCILER_STATE (the live state's URL).
-name: webhooks apply
-
-on:
-  push:
-    branches:
-      - main
-    paths:
-      - "webhooks.d/**"
-
-permissions:
-  contents: read
-  pull-requests: read
-
-concurrency:
-  group: webhooks-apply
-  cancel-in-progress: false
-
-jobs:
-  apply:
-    runs-on: ubuntu-latest
-    timeout-minutes: 30
-    # Instead of (or beside) the label: make every apply wait for an admin's approval.
-    # Create the environment "webhooks" (Settings > Environments) with the required
-    # reviewers @acme-corp/webhook-admins, keep RECONCILER_STATE as its secret, and
-    # uncomment the next line.
-    # environment: webhooks
-    env:
-      RECONCILER_STATE: ${{ secrets.RECONCILER_STATE }}
-      NO_COLOR: "1"
-    steps:
-      - uses: actions/checkout@v4
-        with:
-          # The whole history: apply compares the commit with the live state's last
-          # one, and refuses an older one (a re-run of an old pipeline).
-          fetch-depth: 0
-      - uses: actions/setup-python@v5
-        with:
-          python-version: "3.11"
-      # @install@
-      - name: Did the merged pull request allow deletes?
-        id: labels
-        env:
-          GH_TOKEN: ${{ github.token }}
-        run: |
-          allow=$(gh api "repos/${GITHUB_REPOSITORY}/commits/${GITHUB_SHA}/pulls" \\
-            --jq 'any(.[]; .merged_at != null and any(.labels[]; .name == "allow-delete"))')
-          echo "allow_delete=${allow}" >> "$GITHUB_OUTPUT"
-      - name: Apply
-        env:
-          ALLOW_DELETE: ${{ steps.labels.outputs.allow_delete }}
-        run: |
-          if [ -z "$RECONCILER_STATE" ]; then
-            echo "::error::The secret RECONCILER_STATE is not set: no live state to apply to."
-            exit 1
-          fi
-          flags=(--auto-approve)
-          if [ "$ALLOW_DELETE" = "true" ]; then
-            flags+=(--allow-delete)
-          fi
-          status=0
-          reconciler apply "${flags[@]}" > apply.log 2>&1 || status=$?
-          cat apply.log
-          {
-            echo '### reconciler apply'
-            echo
-            if [ "$status" -eq 0 ]; then
-              echo ":white_check_mark: **Applied** ${GITHUB_SHA::7} for @${GITHUB_ACTOR}."
-            else
-              echo ":x: **Apply failed** (exit ${status}) for ${GITHUB_SHA::7}: see the log below."
-            fi
-            echo
-            echo "Deletes allowed: ${ALLOW_DELETE:-false} (label allow-delete on the pull request)."
-            echo
-            echo '```'
-            cat apply.log
-            echo '```'
-          } >> "$GITHUB_STEP_SUMMARY"
-          exit "$status"
-"""
+INSTALL_SOURCE = template("install-source.yml")
 
 
-def workflows(install: str = INSTALL_RELEASE) -> dict[str, str]:
-    """The two workflows, by file name, with `install` as their install step."""
+def workflows(install: str = INSTALL_RELEASE, admins: str = DEFAULT_ADMINS) -> dict[str, str]:
+    """The two workflows, by file name, with `install` as their install step and
+    `admins` as the reviewers the apply workflow's comment suggests."""
     return {
-        "webhooks-plan.yml": _PLAN.replace(_INSTALL_LINE, install),
-        "webhooks-apply.yml": _APPLY.replace(_INSTALL_LINE, install),
+        "webhooks-plan.yml": template("webhooks-plan.yml").replace(_INSTALL_LINE, install),
+        "webhooks-apply.yml": template("webhooks-apply.yml", admins=admins).replace(
+            _INSTALL_LINE, install
+        ),
     }
 
 
@@ -266,56 +99,20 @@ def _organization_team(organization: str, admins: str) -> str:
 
 
 def example_definition(organization: str) -> str:
-    own = prefix(organization)
-    variable = own + "SLACK_URL"  # its own variables: ${env:ACME_SLACK_URL}
-    return f"""\
-# yaml-language-server: $schema=../../schemas/webhook.schema.json
-# An example: each new rule violation of {organization}, posted to a Slack channel.
-# The URL is a secret: git holds only ${{env:{variable}}}, which the dispatcher
-# resolves when it sends. {organization}'s definitions read its own {own}* variables
-# and those of webhooks.d/shared-env.yaml, nothing else.
-# `reconciler render slack-new-rule-violation` shows the request.
-name: slack-new-rule-violation
-event: new_rule_violation
-method: POST
-url: ${{env:{variable}}}
-description: Posts every new rule violation to a Slack channel.
-headers:
-  Content-Type: application/json
-body:
-  text: "The rule {{{{name}}}} was violated at: {{{{time}}}}. Description {{{{description}}}}."
-rate_limit: 1/s
-"""
+    own = prefix(organization)  # its own variables: ${env:ACME_SLACK_URL}
+    return template(
+        "example-definition.yaml",
+        organization=organization,
+        variable=own + "SLACK_URL",
+        prefix=own,
+    )
 
 
-SHARED_ENV = """\
-# The variables every organization's definitions may read as ${env:NAME}, beside
-# their own: an organization's variables carry its name as a prefix (acme reads
-# ACME_*, acme-corp reads ACME_CORP_*), and nothing else unless it is listed here.
-# Only the platform's admins change this file (see .github/CODEOWNERS). Give each
-# name the reason it is shared. A name with an organization's prefix, or one of the
-# platform's own (RECONCILER_*, HOME, PATH, ...), cannot be listed. `reconciler
-# apply` records the list in the live state, where the dispatcher reads it.
-shared: {}
-#  RELAY_TOKEN: The company relay every organization's alerts go through.
-"""
+SHARED_ENV = template("shared-env.yaml")
 
+PRE_COMMIT_CONFIG = template("pre-commit-config.yaml", repository=HOOK_REPOSITORY, rev=HOOK_REV)
 
-PRE_COMMIT_CONFIG = f"""\
-# pre-commit (https://pre-commit.com): run `pre-commit install` once, then every commit
-# that adds or changes a definition under webhooks.d/ validates the whole folder first
-# (so a name used twice across files is caught, not only errors in the changed files).
-repos:
-  - repo: {HOOK_REPOSITORY}
-    rev: {HOOK_REV}
-    hooks:
-      - id: reconciler-validate
-"""
-
-GITIGNORE = """\
-# reconciler's local state (the SQLite default): never in git.
-.reconciler/
-"""
+GITIGNORE = template("gitignore")
 
 
 @dataclass(frozen=True)
@@ -350,6 +147,6 @@ def scaffold(organization: str = DEFAULT_ORGANIZATION, admins: str = DEFAULT_ADM
         ".pre-commit-config.yaml": PRE_COMMIT_CONFIG,
         ".gitignore": GITIGNORE,
     }
-    for name, text in workflows().items():
+    for name, text in workflows(admins=admins).items():
         files[f".github/workflows/{name}"] = text
     return Scaffold(files)

@@ -29,8 +29,15 @@ WORKFLOWS = REPO / ".github" / "workflows"
 BIN = Path(sys.executable).parent  # where `reconciler` is installed
 
 
-def workflow(name: str) -> dict[str, Any]:
-    document = yaml.safe_load((WORKFLOWS / name).read_text(encoding="utf-8"))
+def workflow_text(name: str, source: str = "repository") -> str:
+    """A workflow as this repository has it, or as `reconciler init` writes it."""
+    if source == "init":
+        return scaffold.workflows(admins="@initech/platform")[name]
+    return (WORKFLOWS / name).read_text(encoding="utf-8")
+
+
+def workflow(name: str, source: str = "repository") -> dict[str, Any]:
+    document = yaml.safe_load(workflow_text(name, source))
     assert isinstance(document, dict)
     document["on"] = document.pop(True, document.get("on"))  # YAML 1.1 reads `on` as true
     return document
@@ -89,8 +96,13 @@ def test_this_repositorys_webhooks_workflows_are_inits_but_for_the_install_step(
         )
 
 
-def test_plan_runs_on_pull_requests_that_touch_definitions() -> None:
-    plan = workflow("webhooks-plan.yml")
+# The workflows init writes are checked as this repository's own are.
+SOURCES = pytest.mark.parametrize("source", ["repository", "init"])
+
+
+@SOURCES
+def test_plan_runs_on_pull_requests_that_touch_definitions(source: str) -> None:
+    plan = workflow("webhooks-plan.yml", source)
     assert plan["on"] == {"pull_request": {"paths": ["webhooks.d/**"]}}
     assert plan["permissions"]["pull-requests"] == "write"
     assert plan["jobs"]["plan"]["env"]["RECONCILER_STATE"] == "${{ secrets.RECONCILER_STATE }}"
@@ -105,8 +117,9 @@ def test_plan_runs_on_pull_requests_that_touch_definitions() -> None:
     assert "updateComment" in script and "createComment" in script
 
 
-def test_apply_runs_on_main_one_at_a_time_and_deletes_only_with_the_label() -> None:
-    apply = workflow("webhooks-apply.yml")
+@SOURCES
+def test_apply_runs_on_main_one_at_a_time_and_deletes_only_with_the_label(source: str) -> None:
+    apply = workflow("webhooks-apply.yml", source)
     assert apply["on"] == {"push": {"branches": ["main"], "paths": ["webhooks.d/**"]}}
     assert apply["concurrency"] == {"group": "webhooks-apply", "cancel-in-progress": False}
     assert apply["jobs"]["apply"]["env"]["RECONCILER_STATE"] == "${{ secrets.RECONCILER_STATE }}"
@@ -114,13 +127,16 @@ def test_apply_runs_on_main_one_at_a_time_and_deletes_only_with_the_label() -> N
     assert 'gh api "repos/${GITHUB_REPOSITORY}/commits/${GITHUB_SHA}/pulls"' in commands
     assert "allow-delete" in commands
     assert "(--auto-approve)" in commands
-    text = (WORKFLOWS / "webhooks-apply.yml").read_text(encoding="utf-8")
+    text = workflow_text("webhooks-apply.yml", source)
     assert "# environment: webhooks" in text  # the documented alternative
+    admins = "@initech/platform" if source == "init" else scaffold.DEFAULT_ADMINS
+    assert f"# reviewers {admins}," in text  # the required reviewers it suggests
 
 
-def test_apply_checks_out_the_whole_history_to_compare_commits() -> None:
+@SOURCES
+def test_apply_checks_out_the_whole_history_to_compare_commits(source: str) -> None:
     """apply refuses a commit older than the live state's only where git can prove it."""
-    checkout = steps(workflow("webhooks-apply.yml"), "apply")[0]
+    checkout = steps(workflow("webhooks-apply.yml", source), "apply")[0]
     assert checkout["uses"].startswith("actions/checkout@")
     assert checkout["with"]["fetch-depth"] == 0
 
