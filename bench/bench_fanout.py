@@ -60,13 +60,9 @@ from __future__ import annotations
 
 import argparse
 import atexit
-import contextlib
-import hashlib
 import http.client
-import importlib
 import json
 import os
-import platform
 import sqlite3
 import statistics
 import subprocess
@@ -86,6 +82,7 @@ for _path in (str(ROOT), str(BENCH)):
 
 import bench_dispatch as bd  # noqa: E402
 import bench_dispatch_pg as bpg  # noqa: E402
+import harness  # noqa: E402
 
 WAIT_LIMIT_SECONDS = 120.0  # no phase may take longer
 HTTP_TIMEOUT = 60.0
@@ -109,76 +106,6 @@ max_in_flight: {max_in_flight}
 
 
 # -- the machine and the code --------------------------------------------------------------
-
-
-def machine_line(postgres: str | None) -> str:
-    import aiohttp
-    import httpx
-
-    model = "unknown CPU"
-    with contextlib.suppress(OSError):
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                model = line.split(":", 1)[1].strip()
-                break
-    parts = [
-        f"{os.cpu_count()} cores ({len(os.sched_getaffinity(0))} usable, {model})",
-        f"Linux {platform.release()}",
-        f"CPython {platform.python_version()}",
-        f"SQLite {sqlite3.sqlite_version}",
-    ]
-    if postgres:
-        import psycopg
-
-        with psycopg.connect(postgres, autocommit=True, connect_timeout=10) as conn:
-            version = conn.execute("SHOW server_version").fetchone()[0]  # type: ignore[index]
-            sync = conn.execute("SHOW synchronous_commit").fetchone()[0]  # type: ignore[index]
-        parts.append(
-            f"PostgreSQL {version} on this machine (synchronous_commit={sync}), "
-            f"psycopg {psycopg.__version__}"
-        )
-    stack = [f"httpx {httpx.__version__}", f"aiohttp {aiohttp.__version__}"]
-    for name in ("uvicorn", "uvloop", "httptools"):
-        try:
-            stack.append(f"{name} {importlib.import_module(name).__version__}")
-        except ImportError:
-            stack.append(f"no {name}")
-    parts.append(", ".join(stack))
-    return "; ".join(parts)
-
-
-def code_version() -> str:
-    """`git describe` of the checkout, and the files changed in reconciler/ and bench/."""
-    try:
-        described = subprocess.run(
-            ["git", "describe", "--always", "--dirty", "--tags"],
-            capture_output=True, text=True, cwd=ROOT, timeout=30,
-        ).stdout.strip()  # fmt: skip
-        commit = subprocess.run(
-            ["git", "rev-parse", "HEAD"], capture_output=True, text=True, cwd=ROOT, timeout=30
-        ).stdout.strip()
-        changed = subprocess.run(
-            ["git", "status", "--porcelain", "--", "reconciler", "bench"],
-            capture_output=True, text=True, cwd=ROOT, timeout=30,
-        ).stdout.splitlines()  # fmt: skip
-    except (OSError, subprocess.TimeoutExpired):
-        return "unknown (no git)"
-    if not commit:
-        return f"unknown ({ROOT} is not a git checkout)"
-    out = f"{described} (commit {commit})"
-    if changed:
-        # Identify the code measured: a hash of reconciler/'s diff and untracked files.
-        diff = subprocess.run(
-            ["git", "diff", "HEAD", "--", "reconciler"], capture_output=True, cwd=ROOT, timeout=30
-        ).stdout
-        digest = hashlib.sha256(diff)
-        for line in sorted(changed):
-            path = ROOT / line[3:]
-            if line.startswith("??") and line[3:].startswith("reconciler/") and path.is_file():
-                digest.update(path.read_bytes())
-        files = ", ".join(line[3:] for line in changed)
-        out += f"; uncommitted (reconciler/ hash {digest.hexdigest()[:12]}): {files}"
-    return out
 
 
 # -- processes ---------------------------------------------------------------------------------
@@ -205,7 +132,7 @@ def start_serve(
         command = [sys.executable, __file__, "--child-serve", str(store_times), "--", *args]
     with (workdir / f"serve-{tag}.log").open("w") as log:
         proc = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=log, text=True, cwd=ROOT)
-    port = int(bpg.read_line(proc, r"serving on http://[\d.]+:(\d+)", 60).group(1))
+    port = int(harness.read_line(proc, r"serving on http://[\d.]+:(\d+)", 60).group(1))
     return proc, f"http://127.0.0.1:{port}"
 
 
@@ -247,7 +174,7 @@ def child_serve(out: str, argv: list[str]) -> None:
 BARE_KIND = "sender"
 
 
-def bare_client(sink: bd.Sink, concurrency: int, n: int) -> dict[str, Any]:
+def bare_client(sink: harness.Sink, concurrency: int, n: int) -> dict[str, Any]:
     return bd.bare_client(sink, BARE_KIND, concurrency, n)
 
 
@@ -364,8 +291,8 @@ class Snapshot:
 
     @classmethod
     def take(cls, serve_pid: int, sink_pid: int) -> Snapshot:
-        serve = bd.cpu_seconds(serve_pid)
-        sink = bd.cpu_seconds(sink_pid)
+        serve = harness.cpu_seconds(serve_pid)
+        sink = harness.cpu_seconds(sink_pid)
         mine = os.times()
         return cls(
             time.time(),
@@ -374,7 +301,7 @@ class Snapshot:
             bpg.postgres_cpu(),
             sink["main"] + sink["other"],
             mine.user + mine.system,
-            bd.machine_busy()[0],
+            harness.machine_busy()[0],
         )
 
 
@@ -415,7 +342,7 @@ class Run:
 
 def phase(
     intake: Intake,
-    sink: bd.Sink,
+    sink: harness.Sink,
     probe: Probe,
     proc: subprocess.Popen[str],
     webhooks: int,
@@ -482,9 +409,9 @@ def wait_quiet(limit: float, threshold: float) -> float:
     began = time.monotonic()
     quiet = 0
     while time.monotonic() - began < limit and quiet < 2:
-        busy0 = bd.machine_busy()[0]
+        busy0 = harness.machine_busy()[0]
         time.sleep(1.0)
-        quiet = quiet + 1 if bd.machine_busy()[0] - busy0 < threshold else 0
+        quiet = quiet + 1 if harness.machine_busy()[0] - busy0 < threshold else 0
     return time.monotonic() - began
 
 
@@ -509,7 +436,7 @@ def store_stats(calls: list[list[Any]], window: tuple[float, float]) -> dict[str
 
 def run_once(
     backend: str,
-    sink: bd.Sink,
+    sink: harness.Sink,
     work: Path,
     defs: Path,
     args: argparse.Namespace,
@@ -537,7 +464,7 @@ def run_once(
         finally:
             if intake is not None:
                 intake.close()
-            bpg.stop(proc)  # SIGTERM: in-flight outcomes are recorded before it exits
+            harness.stop(proc)  # SIGTERM: in-flight outcomes are recorded before it exits
         try:
             probe.check((1 + events) * webhooks, WARM_EVENTS + 1 + events)
         finally:
@@ -618,8 +545,8 @@ def main(argv: list[str] | None = None) -> int:
     backends = BACKENDS if args.backend == "both" else (args.backend,)
     w, e = args.webhooks, args.events
     started = time.monotonic()
-    machine = machine_line(args.postgres if "postgres" in backends else None)
-    code = code_version()
+    machine = harness.machine_line(args.postgres if "postgres" in backends else None)
+    code = harness.code_version()
     print(f"machine: {machine}", flush=True)
     print(f"code: {code}", flush=True)
     print(
@@ -632,7 +559,7 @@ def main(argv: list[str] | None = None) -> int:
     diagnostic: dict[str, Run] = {}
     with tempfile.TemporaryDirectory(prefix="bench-fanout-") as tmp:
         work = Path(tmp)
-        sink = bd.Sink(work)
+        sink = harness.Sink(work)
         try:
             defs = write_definitions(
                 work / "defs", sink.port, w, bd.webhook_cap([args.concurrency], [1])
@@ -682,7 +609,7 @@ def main(argv: list[str] | None = None) -> int:
         finally:
             sink.close()
     elapsed = time.monotonic() - started
-    code_after = code_version()
+    code_after = harness.code_version()
 
     # -- tables --
     b_one = median([r["rate"] for r in bare[w]])
