@@ -106,7 +106,7 @@ def test_without_a_loop_each_line_is_written_at_once(stream: Writes) -> None:
     assert stream.calls == ["INFO one\n", "ERROR two\n"]
 
 
-# -- serve's line format, and the line per attempt without a LogRecord --------------
+# -- serve's line format ------------------------------------------------------------
 
 
 def record(
