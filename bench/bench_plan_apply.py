@@ -72,7 +72,10 @@ POSTGRES = os.environ.get("RECONCILER_BENCH_POSTGRES", "postgresql://postgres@12
 
 
 def apply_into(root: Path, state: str) -> int:
-    store = open_store(state, create=True)  # as apply opens it: the first makes the state
+    try:
+        store = open_store(state, create=True)  # as apply opens it: the first makes the state
+    except TypeError:  # a checkout before open_store(create=), which creates by default
+        store = open_store(state)
     try:
         result = load_definitions(root)
         plan = make_plan((d.spec for d in result.definitions), store.webhooks(), store.state())
