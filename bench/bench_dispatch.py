@@ -66,15 +66,11 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
-import http.client
 import json
 import os
 import platform
 import re
-import resource
-import select
 import shutil
-import signal
 import sqlite3
 import statistics
 import subprocess
@@ -90,15 +86,30 @@ ROOT = BENCH.parent
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
+from harness import (  # noqa: E402
+    INTAKE_CONNECTIONS,
+    RUN_LIMIT_SECONDS,
+    Sink,
+    children,
+    code_version,
+    cpu_seconds,
+    intake_load,
+    loadgen,
+    loadgen_result,
+    machine_busy,
+    percentile,
+    read_line,
+    stop,
+    tree_cpu,
+    tree_disk_written,
+)
+
 GOAL_RATE = 2500.0
 GOAL_RATIO = 0.5
 GOAL_P99_MS = 200.0
 LOADGEN_CONNECTIONS = 32  # the latency run's open-loop generator
-INTAKE_CONNECTIONS = 128
 HTTPX_REQUESTS = 1000  # httpx's default transport: slow, fewer requests
 BARE_KINDS: list[tuple[str, int]] = []  # (client, requests), set from the arguments
-RUN_LIMIT_SECONDS = 300.0  # no single measurement may take longer
-TICKS = os.sysconf("SC_CLK_TCK")
 MAX_IN_FLIGHT_LIMIT = 1000  # the largest max_in_flight a definition takes
 
 DEFINITION = """\
@@ -114,323 +125,6 @@ body:
   t: "{{{{description}}}}"
 max_in_flight: {max_in_flight}
 """
-
-
-# -- processes --------------------------------------------------------------------
-
-
-def cpu_seconds(pid: int) -> dict[str, float]:
-    """user+system CPU seconds of a process: 'main' (its first thread), 'other' threads."""
-    out = {"main": 0.0, "other": 0.0}
-    with contextlib.suppress(FileNotFoundError, ProcessLookupError):
-        for task in os.listdir(f"/proc/{pid}/task"):
-            try:
-                stat = Path(f"/proc/{pid}/task/{task}/stat").read_text()
-            except (FileNotFoundError, ProcessLookupError):
-                continue
-            fields = stat.rpartition(")")[2].split()
-            seconds = (int(fields[11]) + int(fields[12])) / TICKS
-            out["main" if int(task) == pid else "other"] += seconds
-    return out
-
-
-def children(pid: int) -> list[int]:
-    """The live child processes of `pid` (a `serve --processes N` supervisor's)."""
-    found = []
-    for entry in os.listdir("/proc"):
-        if not entry.isdigit():
-            continue
-        try:
-            stat = Path(f"/proc/{entry}/stat").read_text()
-        except OSError:
-            continue
-        if int(stat.rpartition(")")[2].split()[1]) == pid:
-            found.append(int(entry))
-    return found
-
-
-def tree_cpu(pid: int) -> dict[str, float]:
-    """cpu_seconds of `pid` plus its children: one dispatcher or a supervisor's N."""
-    out = cpu_seconds(pid)
-    for child in children(pid):
-        for key, value in cpu_seconds(child).items():
-            out[key] += value
-    return out
-
-
-def tree_disk_written(pid: int) -> int:
-    return disk_written(pid) + sum(disk_written(child) for child in children(pid))
-
-
-def code_version() -> str:
-    """The commit measured, and whether reconciler/ had uncommitted changes."""
-    try:
-        head = subprocess.run(
-            ["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, cwd=ROOT
-        ).stdout.strip()
-        dirty = subprocess.run(
-            ["git", "status", "--porcelain", "--", "reconciler"],
-            capture_output=True, text=True, cwd=ROOT,
-        ).stdout.strip()  # fmt: skip
-    except OSError:
-        return "unknown (no git)"
-    return f"{head or 'unknown'}{' with uncommitted changes in reconciler/' if dirty else ''}"
-
-
-def disk_written(pid: int) -> int:
-    """Bytes `pid` has caused to be written to storage (/proc/PID/io write_bytes)."""
-    try:
-        for line in Path(f"/proc/{pid}/io").read_text().splitlines():
-            if line.startswith("write_bytes:"):
-                return int(line.split(":")[1])
-    except OSError:
-        pass
-    return 0
-
-
-def machine_busy() -> tuple[float, float]:
-    """CPU seconds the whole machine has spent busy, and stolen by the hypervisor."""
-    fields = [int(x) for x in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
-    idle = fields[3] + fields[4]  # idle + iowait
-    steal = fields[7] if len(fields) > 7 else 0
-    return (sum(fields[:8]) - idle - steal) / TICKS, steal / TICKS
-
-
-def read_line(proc: subprocess.Popen[str], pattern: str, timeout: float) -> re.Match[str]:
-    """The first stdout line of `proc` matching `pattern`, within `timeout` seconds."""
-    deadline = time.monotonic() + timeout
-    assert proc.stdout is not None
-    while time.monotonic() < deadline:
-        ready, _, _ = select.select([proc.stdout], [], [], 0.2)
-        if ready:
-            line = proc.stdout.readline()
-            if not line:
-                break
-            found = re.search(pattern, line)
-            if found:
-                return found
-        elif proc.poll() is not None:
-            break
-    proc.kill()
-    proc.wait()
-    raise SystemExit(f"{proc.args[:4]}... did not print {pattern!r} within {timeout}s")
-
-
-def stop(proc: subprocess.Popen[Any], sig: int = signal.SIGTERM, wait: float = 30.0) -> None:
-    if proc.poll() is None:
-        proc.send_signal(sig)
-        try:
-            proc.wait(wait)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
-    if proc.stdout is not None:
-        proc.stdout.close()
-
-
-class Sink:
-    """bench/sink.py in its own process, and a keep-alive connection to its control paths."""
-
-    def __init__(self, workdir: Path) -> None:
-        self._log = (workdir / "sink.log").open("w")
-        self.proc = subprocess.Popen(
-            [sys.executable, str(BENCH / "sink.py"), "--max-seconds", "3600"],
-            stdout=subprocess.PIPE,
-            stderr=self._log,
-            text=True,
-        )
-        self.port = int(read_line(self.proc, r":(\d+)$", 20).group(1))
-        self.url = f"http://127.0.0.1:{self.port}"
-        self._conn = http.client.HTTPConnection("127.0.0.1", self.port, timeout=30)
-
-    def _call(self, method: str, path: str) -> Any:
-        for attempt in range(2):
-            try:
-                self._conn.request(method, path)
-                return json.loads(self._conn.getresponse().read())
-            except (ConnectionError, http.client.HTTPException):
-                self._conn.close()
-                if attempt:
-                    raise
-        return None
-
-    def reset(self, record: bool = False) -> None:
-        self._call("POST", "/_reset?record=1" if record else "/_reset")
-
-    def count(self) -> dict[str, Any]:
-        return self._call("GET", "/_count")
-
-    def dump(self) -> list[list[Any]]:
-        return self._call("GET", "/_dump")
-
-    def wait_for(self, expected: int, timeout: float, stall: float = 20.0) -> dict[str, Any]:
-        """Poll until the sink has counted `expected` requests, or `timeout` passed, or
-        nothing arrived for `stall` seconds."""
-        now = time.monotonic()
-        deadline, last_count, last_change = now + timeout, -1, now
-        while True:
-            seen = self.count()
-            now = time.monotonic()
-            if seen["count"] != last_count:
-                last_count, last_change = seen["count"], now
-            if seen["count"] >= expected or now > deadline or now - last_change > stall:
-                return seen
-            time.sleep(0.05)
-
-    def close(self) -> None:
-        with contextlib.suppress(Exception):
-            self._call("POST", "/_quit")
-        self._conn.close()
-        stop(self.proc, wait=5)
-        self._log.close()
-
-
-def loadgen(
-    url: str,
-    requests: int,
-    *,
-    connections: int,
-    rate: float = 0.0,
-    kind: str = "event",
-    token: str | None = None,
-    batch: int = 1,
-) -> subprocess.Popen[str]:
-    args = [
-        sys.executable,
-        str(BENCH / "loadgen.py"),
-        url,
-        "--requests",
-        str(requests),
-        "--connections",
-        str(connections),
-        "--body-kind",
-        kind,
-        "--max-seconds",
-        str(RUN_LIMIT_SECONDS),
-    ]
-    if rate:
-        args += ["--rate", str(rate)]
-    if batch > 1:
-        args += ["--batch", str(batch)]
-    if token:
-        args += ["--header", f"Authorization: Bearer {token}"]
-    return subprocess.Popen(args, stdout=subprocess.PIPE, text=True)
-
-
-def loadgen_result(proc: subprocess.Popen[str]) -> dict[str, Any]:
-    out, _ = proc.communicate(timeout=RUN_LIMIT_SECONDS + 30)
-    return json.loads(out.strip().splitlines()[-1])
-
-
-# wrk posting exactly `n` events (no id: each is a new event), then idling on
-# /healthz until every answer is in. It says what it sent and what came back at
-# once, since wrk itself only ends when its --duration is over (or on SIGINT).
-WRK_EVENTS_SCRIPT = """\
-function init(args)
-  -- wrk calls request() once right after init, to check what it returns, and
-  -- never sends that one: start one below zero.
-  -- args: POSTs to send, the Authorization header, events per POST (1: /v1/events)
-  n = tonumber(args[1]); sent = -1; accepted = 0; refused = 0
-  local batch = tonumber(args[3])
-  local event = '{"type": "new_rule_violation", "organization": "acme", '
-    .. '"name": "bench-rule", "description": "1700000000.123456"}'
-  local path, body = "/v1/events", event
-  if batch > 1 then
-    path = "/v1/events/batch"
-    body = '{"events": [' .. string.rep(event, batch, ", ") .. ']}'
-  end
-  post = wrk.format("POST", path, {["Content-Type"] = "application/json",
-    ["Authorization"] = args[2]}, body)
-  idle = wrk.format("GET", "/healthz")
-end
-function request()
-  if sent < n then sent = sent + 1; return post end
-  return idle
-end
-function response(status, headers, body)
-  if status == 202 then accepted = accepted + 1
-  elseif status ~= 200 then refused = refused + 1 end
-  if accepted + refused == n then
-    io.write(string.format("EVENTS %d %d %d\\n", sent, accepted, refused))
-    io.flush()
-    wrk.thread:stop()
-  end
-end
-"""
-
-
-def _wait_for_output(proc: subprocess.Popen[bytes], pattern: bytes, timeout: float) -> Any:
-    """The first match of `pattern` in what `proc` writes, read as it comes (wrk's
-    stdout is block-buffered: lines arrive in bunches, not one by one)."""
-    assert proc.stdout is not None
-    seen = b""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        ready, _, _ = select.select([proc.stdout], [], [], 0.2)
-        if ready:
-            chunk = os.read(proc.stdout.fileno(), 65536)
-            if not chunk:
-                break
-            seen += chunk
-            found = re.search(pattern, seen)
-            if found:
-                return found
-        elif proc.poll() is not None:
-            break
-    raise SystemExit(f"wrk did not say {pattern!r} within {timeout:g}s; it said:\n{seen!r}")
-
-
-def intake_load(
-    url: str,
-    events: int,
-    token: str | None,
-    workdir: Path,
-    batch: int = 1,
-    connections: int = INTAKE_CONNECTIONS,
-) -> dict[str, Any]:
-    """Post `events` events to `url` (the dispatcher) as fast as they are taken, over
-    `connections` connections, `batch` events per POST (1: to /v1/events, more:
-    to /v1/events/batch): with wrk where installed (it spends a fraction of the CPU
-    bench/loadgen.py does, and the CPU is shared with what is measured), else with
-    bench/loadgen.py. The same summary either way, counted in events."""
-    if events % batch:
-        raise SystemExit(f"{events} events do not make batches of {batch}")
-    posts = events // batch
-    if not shutil.which("wrk"):
-        path = "/v1/events" if batch == 1 else "/v1/events/batch"
-        result = loadgen_result(
-            loadgen(f"{url}{path}", posts, connections=connections, token=token, batch=batch)
-        )
-        result["statuses"] = {code: count * batch for code, count in result["statuses"].items()}
-        result["rate"] *= batch
-        return result
-    script = workdir / "events.lua"
-    script.write_text(WRK_EVENTS_SCRIPT)
-    before = resource.getrusage(resource.RUSAGE_CHILDREN)
-    started = time.time()
-    proc = subprocess.Popen(
-        ["wrk", "-t1", f"-c{connections}", f"-d{RUN_LIMIT_SECONDS:g}s",
-         "--timeout", "60s", "-s", str(script), url, "--", str(posts),
-         f"Bearer {token}" if token else "", str(batch)],
-        stdout=subprocess.PIPE,
-    )  # fmt: skip
-    try:
-        found = _wait_for_output(proc, rb"EVENTS (\d+) (\d+) (\d+)", RUN_LIMIT_SECONDS)
-        finished = time.time()
-    finally:
-        stop(proc, signal.SIGINT)
-    after = resource.getrusage(resource.RUSAGE_CHILDREN)
-    sent, accepted, refused = (int(x) * batch for x in found.groups())
-    statuses = {"202": accepted} if not refused else {"202": accepted, "other": refused}
-    return {
-        "first_send": started,
-        "last_answer": finished,
-        "sent": sent,
-        "statuses": statuses,
-        "errors": [] if sent == events else [f"wrk sent {sent} of {events} events"],
-        "rate": accepted / (finished - started),
-        "cpu": after.ru_utime + after.ru_stime - before.ru_utime - before.ru_stime,
-    }
 
 
 # -- 1. the sink's capacity -----------------------------------------------------------
@@ -592,8 +286,11 @@ def make_state(workdir: Path, sink_port: int, webhooks: int, max_in_flight: int)
     and a publisher token for acme if the dispatcher's API asks for one."""
     defs = workdir / f"defs-{webhooks}" / "acme"
     defs.mkdir(parents=True)
+    capped = has_max_in_flight()
     for i in range(1, webhooks + 1):
         text = DEFINITION.format(i=i, port=sink_port, max_in_flight=max_in_flight)
+        if not capped:
+            text = "".join(x for x in text.splitlines(True) if not x.startswith("max_in_flight"))
         (defs / f"hook-{i}.yaml").write_text(text)
     db = workdir / f"state-{webhooks}.db"
     subprocess.run(
@@ -616,6 +313,13 @@ def make_state(workdir: Path, sink_port: int, webhooks: int, max_in_flight: int)
 
 
 LOOPBACK = "127.0.0.1/32"
+
+
+def has_max_in_flight() -> bool:
+    """Whether the checkout measured knows `max_in_flight` (from fair delivery on;
+    before it no webhook had a cap to lift)."""
+    schema = ROOT / "schemas" / "webhook.schema.json"
+    return schema.is_file() and "max_in_flight" in schema.read_text()
 
 
 def webhook_cap(concurrencies: list[int], layouts: list[int]) -> int:
@@ -767,11 +471,6 @@ def durable(
 # -- 4. latency ---------------------------------------------------------------------------
 
 
-def percentile(values: list[float], q: float) -> float:
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, max(0, round(q / 100 * (len(ordered) - 1))))]
-
-
 def latency(
     sink: Sink, template: State, workdir: Path, concurrency: int, rate: float, seconds: float
 ) -> dict[str, Any]:
@@ -828,7 +527,7 @@ def fmt_rate(value: float) -> str:
     return f"{value:,.0f}/s"
 
 
-def main(argv: list[str] | None = None) -> int:
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--deliveries", type=int, default=20_000, help="per durable run")
     parser.add_argument("--webhooks", default="1,10", help="webhooks per event (K), a list")
@@ -846,27 +545,45 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--latency-rate", type=float, default=500.0)
     parser.add_argument("--latency-seconds", type=float, default=10.0)
     parser.add_argument("--sink-seconds", type=float, default=3.0, help="per wrk run")
+    parser.add_argument(
+        "--serve-arg",
+        action="append",
+        default=[],
+        help="an extra argument for every `reconciler serve`, e.g. --serve-arg=--stock",
+    )
     parser.add_argument("--json", type=Path, help="also write every figure here")
     parser.add_argument("--child-bare", nargs=4, help=argparse.SUPPRESS)
-    args = parser.parse_args(argv)
-    if args.child_bare:
-        kind, conc, n, url = args.child_bare
-        print(json.dumps(run_on_serve_loop(_bare(url, kind, int(conc), int(n)))))
-        return 0
+    return parser.parse_args(argv)
 
-    fanouts = [int(x) for x in args.webhooks.split(",")]
-    SERVE_FLAGS[:] = serve_flags()
-    BARE_KINDS[:] = [("sender", args.deliveries), ("raw-aiohttp", args.deliveries),
-                     ("httpx", HTTPX_REQUESTS)]  # fmt: skip
-    concurrencies = [int(x) for x in args.concurrency.split(",")]
-    layouts = [int(x) for x in args.processes.split(",")]
-    shapes = [  # (K, events per POST, intake connections)
-        (k, int(b), int(i))
-        for k in fanouts
-        for b in args.batch.split(",")
-        for i in args.intake_connections.split(",")
-    ]
-    n = args.deliveries
+
+Shape = tuple[int, int, int]  # (K, events per POST, intake connections)
+
+
+@dataclass
+class Results:
+    """Every figure of one run of the benchmark."""
+
+    n: int
+    repeat: int
+    concurrencies: list[int]
+    layouts: list[int]
+    shapes: list[Shape]
+    sink: dict[int, list[float]] = field(default_factory=dict)  # connections -> requests/s
+    bare: dict[tuple[str, int, int], list[dict[str, Any]]] = field(default_factory=dict)
+    runs: dict[tuple[int, int, int, int, int], list[DurableRun]] = field(default_factory=dict)
+    latency: dict[str, Any] = field(default_factory=dict)
+
+    def bare_rate(self, kind: str, c: int, p: int = 1) -> float:
+        return statistics.median(r["rate"] for r in self.bare[(kind, c, p)])
+
+    def bare_cpu_us(self, kind: str, c: int, p: int = 1) -> float:
+        return statistics.median(r["cpu_us"] for r in self.bare[(kind, c, p)])
+
+    def durable_rate(self, shape: Shape, c: int, p: int) -> float:
+        return statistics.median(r.rate for r in self.runs[(*shape, c, p)])
+
+
+def print_header(n: int, repeat: int) -> None:
     import aiohttp
     import httpx
     import uvicorn
@@ -876,145 +593,152 @@ def main(argv: list[str] | None = None) -> int:
         f"({len(os.sched_getaffinity(0))} usable), {platform.machine()}; sqlite "
         f"{sqlite3.sqlite_version}; httpx {httpx.__version__}, aiohttp {aiohttp.__version__}, "
         f"uvicorn {uvicorn.__version__}; wrk: {'yes' if shutil.which('wrk') else 'no'}; "
-        f"{n:,} deliveries per run, repeat={args.repeat}",
+        f"{n:,} deliveries per run, repeat={repeat}; serve {' '.join(SERVE_FLAGS)}",
         flush=True,
     )
     print(f"code: {code_version()}", flush=True)
-    results: dict[str, Any] = {"sink": {}, "bare": {}, "durable": {}, "latency": None}
+
+
+def one_repetition(
+    res: Results, rep: int, sink: Sink, templates: dict[int, State], work: Path
+) -> None:
+    """Every bare client and every durable run once, interleaved."""
+    for c in res.concurrencies:
+        for p in res.layouts:
+            # One process: every client, for context; more: the Sender and aiohttp alone.
+            for kind, count in BARE_KINDS if p == 1 else BARE_KINDS[:2]:
+                r = bare_client(sink, kind, c, count, p)
+                res.bare.setdefault((kind, c, p), []).append(r)
+                print(
+                    f"[{rep + 1}] bare {kind:11} c={c:<4} p={p} "
+                    f"{fmt_rate(r['rate']):>9} (cpu {r['cpu']:.1f} s, "
+                    f"{r['cpu_us']:.0f} µs/request)",
+                    flush=True,
+                )
+            for k, b, i in res.shapes:
+                d = durable(sink, templates[k], work, k, c, res.n, p, b, i)
+                res.runs.setdefault((k, b, i, c, p), []).append(d)
+                cpu = ", ".join(f"{name} {s:.1f}" for name, s in d.cpu.items())
+                print(
+                    f"[{rep + 1}] durable K={k:<3} B={b:<3} I={i:<4} c={c:<4} p={p} "
+                    f"{fmt_rate(d.rate):>9} in {d.seconds:.1f} s (intake "
+                    f"{fmt_rate(d.intake_rate)}; cpu s: {cpu}; {d.cpu_us:.0f} "
+                    f"µs/delivery; {d.disk_bytes / 1024:.1f} KiB/delivery "
+                    f"written; other load {d.others:.2f} cores, steal "
+                    f"{d.steal:.2f})",
+                    flush=True,
+                )
+
+
+def measure(res: Results, args: argparse.Namespace, fanouts: list[int]) -> None:
+    """The sink's capacity, --repeat interleaved repetitions, then the latency run."""
     with tempfile.TemporaryDirectory(prefix="bench-dispatch-") as tmp:
         work = Path(tmp)
         sink = Sink(work)
         try:
-            cap = webhook_cap(concurrencies, layouts)
+            cap = webhook_cap(res.concurrencies, res.layouts)
             templates = {k: make_state(work, sink.port, k, cap) for k in fanouts}
             # Warm-up, untimed: imports, page cache, the first connections.
-            bare_client(sink, "sender", concurrencies[0], 2000)
-            durable(sink, templates[fanouts[0]], work, fanouts[0], concurrencies[0], 1000)
+            bare_client(sink, "sender", res.concurrencies[0], 2000)
+            durable(sink, templates[fanouts[0]], work, fanouts[0], res.concurrencies[0], 1000)
 
-            for c in concurrencies:
+            for c in res.concurrencies:
                 rates = [sink_capacity(sink, c, args.sink_seconds, work) for _ in range(3)]
-                results["sink"][c] = rates
+                res.sink[c] = rates
                 print(f"sink, {c} connections: " + " ".join(fmt_rate(r) for r in rates), flush=True)
 
-            bare: dict[tuple[str, int, int], list[dict[str, Any]]] = {}
-            runs: dict[tuple[int, int, int, int, int], list[DurableRun]] = {}
-            for rep in range(args.repeat):
-                for c in concurrencies:
-                    for p in layouts:
-                        # One process: every client, for context; more: the baseline only.
-                        for kind, count in BARE_KINDS if p == 1 else BARE_KINDS[:1]:
-                            r = bare_client(sink, kind, c, count, p)
-                            bare.setdefault((kind, c, p), []).append(r)
-                            print(
-                                f"[{rep + 1}] bare {kind:7} c={c:<4} p={p} "
-                                f"{fmt_rate(r['rate']):>9} (cpu {r['cpu']:.1f} s, "
-                                f"{r['cpu_us']:.0f} µs/request)",
-                                flush=True,
-                            )
-                        for k, b, i in shapes:
-                            d = durable(sink, templates[k], work, k, c, n, p, b, i)
-                            runs.setdefault((k, b, i, c, p), []).append(d)
-                            cpu = ", ".join(f"{name} {s:.1f}" for name, s in d.cpu.items())
-                            print(
-                                f"[{rep + 1}] durable K={k:<3} B={b:<3} I={i:<4} c={c:<4} p={p} "
-                                f"{fmt_rate(d.rate):>9} in {d.seconds:.1f} s (intake "
-                                f"{fmt_rate(d.intake_rate)}; cpu s: {cpu}; {d.cpu_us:.0f} "
-                                f"µs/delivery; {d.disk_bytes / 1024:.1f} KiB/delivery "
-                                f"written; other load {d.others:.2f} cores, steal "
-                                f"{d.steal:.2f})",
-                                flush=True,
-                            )
+            for rep in range(res.repeat):
+                one_repetition(res, rep, sink, templates, work)
 
-            def med_bare(kind: str, c: int, p: int = 1) -> float:
-                return statistics.median(r["rate"] for r in bare[(kind, c, p)])
-
-            def med_durable(shape: tuple[int, int, int], c: int, p: int) -> float:
-                return statistics.median(r.rate for r in runs[(*shape, c, p)])
-
-            setups = [(c, p) for c in concurrencies for p in layouts]
             best_single = {
-                s: max(concurrencies, key=lambda c, s=s: med_durable(s, c, layouts[0]))
-                for s in shapes
+                s: max(res.concurrencies, key=lambda c, s=s: res.durable_rate(s, c, res.layouts[0]))
+                for s in res.shapes
             }
             if 1 not in templates:
                 templates[1] = make_state(work, sink.port, 1, cap)
-            lat = latency(
-                sink,
-                templates[1],
-                work,
-                next(
-                    (c for (k, b, _), c in best_single.items() if (k, b) == (1, 1)),
-                    concurrencies[0],
-                ),
-                args.latency_rate,
-                args.latency_seconds,
+            best = next(
+                (c for (k, b, _), c in best_single.items() if (k, b) == (1, 1)),
+                res.concurrencies[0],
             )
-            print(f"latency: {lat}", flush=True)
+            res.latency = latency(
+                sink, templates[1], work, best, args.latency_rate, args.latency_seconds
+            )
+            print(f"latency: {res.latency}", flush=True)
         finally:
             sink.close()
 
-    # -- tables --
+
+def print_sink_table(res: Results) -> None:
     tool = "wrk -t1" if shutil.which("wrk") else "two bench/loadgen.py processes"
     print(f"\nSink (bench/sink.py, one process) under {tool}, median of 3:\n")
     print("| connections | requests/s |")
     print("|---:|---:|")
-    for c, rates in results["sink"].items():
+    for c, rates in res.sink.items():
         print(f"| {c} | {statistics.median(rates):,.0f} |")
 
-    print(f"\nBare client, {n:,} POSTs to the sink (httpx default: {HTTPX_REQUESTS:,}), median of "
-          f"{args.repeat}:\n")  # fmt: skip
+
+def print_bare_table(res: Results) -> None:
+    print(f"\nBare client, {res.n:,} POSTs to the sink (httpx default: {HTTPX_REQUESTS:,}), "
+          f"median of {res.repeat}:\n")  # fmt: skip
     print(
         "| concurrency | processes | Sender (the dispatcher's stack) | CPU per request "
         "| aiohttp alone | CPU per request | httpx.AsyncClient, default transport |"
     )
     print("|---:|---:|---:|---:|---:|---:|---:|")
-    for c in concurrencies:
-        for p in layouts:
-            us = statistics.median(r["cpu_us"] for r in bare[("sender", c, p)])
-            line = f"| {c} | {p} | {med_bare('sender', c, p):,.0f}/s | {us:,.0f} µs "
-            if p == 1:
-                raw_us = statistics.median(r["cpu_us"] for r in bare[("raw-aiohttp", c, 1)])
-                line += (
-                    f"| {med_bare('raw-aiohttp', c):,.0f}/s | {raw_us:,.0f} µs "
-                    f"| {med_bare('httpx', c):,.0f}/s |"
-                )
-            else:
-                line += "| | | |"
-            print(line)
+    for c in res.concurrencies:
+        for p in res.layouts:
+            print(
+                f"| {c} | {p} | {res.bare_rate('sender', c, p):,.0f}/s "
+                f"| {res.bare_cpu_us('sender', c, p):,.0f} µs "
+                f"| {res.bare_rate('raw-aiohttp', c, p):,.0f}/s "
+                f"| {res.bare_cpu_us('raw-aiohttp', c, p):,.0f} µs "
+                + (f"| {res.bare_rate('httpx', c):,.0f}/s |" if p == 1 else "| |")
+            )
 
-    print(f"\nDurable deliveries, intake to 2xx, {n:,} per run, median of {args.repeat}; the "
-          "bare client runs as many processes as the dispatcher:\n")  # fmt: skip
+
+def print_durable_table(res: Results) -> None:
+    print(f"\nDurable deliveries, intake to 2xx, {res.n:,} per run, median of {res.repeat}; "
+          "both baselines run in as many processes as the dispatcher. Ratio = deliveries/s "
+          "over the Sender's requests/s (the dispatcher's own sending stack, nothing "
+          "stored); to aiohttp = over aiohttp's ClientSession alone (the cheapest Python "
+          "sender, the practical limit):\n")  # fmt: skip
     print(
         "| K | events per POST | intake connections | concurrency | processes "
         "| deliveries/s | spread "
-        "| intake events/s | bare client "
-        "| ratio | of the sink | dispatcher CPU per delivery | written to disk per delivery "
+        "| intake events/s | Sender "
+        "| ratio | aiohttp alone | ratio to aiohttp | of the sink "
+        "| dispatcher CPU per delivery | written to disk per delivery "
         "| CPU s: dispatcher main / other threads / sink / load gen | other load |"
     )
-    print("|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|---:|")
-    for k, b, i in shapes:
-        for c in concurrencies:
-            for p in layouts:
-                rs = runs[(k, b, i, c, p)]
+    print("|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|---:|")
+    for k, b, i in res.shapes:
+        for c in res.concurrencies:
+            for p in res.layouts:
+                rs = res.runs[(k, b, i, c, p)]
                 rates = sorted(r.rate for r in rs)
                 mid = sorted(rs, key=lambda r: r.rate)[len(rs) // 2]
                 cpu = " / ".join(f"{s:.1f}" for s in mid.cpu.values())
-                bare_rate = med_bare("sender", c, p)
-                sink_rate = statistics.median(results["sink"][c])
+                sender = res.bare_rate("sender", c, p)
+                alone = res.bare_rate("raw-aiohttp", c, p)
+                sink_rate = statistics.median(res.sink[c])
                 us = statistics.median(r.cpu_us for r in rs)
                 others = statistics.median(r.others for r in rs)
                 disk = statistics.median(r.disk_bytes for r in rs) / 1024
-                rate = med_durable((k, b, i), c, p)
+                rate = res.durable_rate((k, b, i), c, p)
                 print(
                     f"| {k} | {b} | {i} | {c} | {p} | {rate:,.0f}/s "
                     f"| {rates[0]:,.0f}–{rates[-1]:,.0f} "
                     f"| {statistics.median(r.intake_rate for r in rs):,.0f}/s "
-                    f"| {bare_rate:,.0f}/s | {rate / bare_rate:.2f}x | {rate / sink_rate:.3f}x "
+                    f"| {sender:,.0f}/s | {rate / sender:.2f}x "
+                    f"| {alone:,.0f}/s | {rate / alone:.2f}x | {rate / sink_rate:.3f}x "
                     f"| {us:,.0f} µs "
                     f"| {disk:.1f} KiB | {cpu} (wall {mid.seconds:.1f} s) | {others:.2f} cores |"
                 )
 
-    print(f"\nLatency, 1 webhook, {lat['rate']:.0f} events/s for {args.latency_seconds:g} s "
+
+def print_latency_table(res: Results, seconds: float) -> None:
+    lat = res.latency
+    print(f"\nLatency, 1 webhook, {lat['rate']:.0f} events/s for {seconds:g} s "
           f"({lat['events']:,} events, --concurrency {lat['concurrency']}):\n")  # fmt: skip
     print("| intake to delivery p50 | p99 | max | POST /v1/events p50 | p99 | dispatcher CPU |")
     print("|---:|---:|---:|---:|---:|---:|")
@@ -1024,20 +748,26 @@ def main(argv: list[str] | None = None) -> int:
         f"| {lat['dispatcher_cpu_share']:.0%} of a core |"
     )
 
+
+def verdict(res: Results) -> bool:
+    """Print each layout against the goal; True when it is met for every shape."""
     print()
     met = True
-    for k, b, i in shapes:
+    setups = [(c, p) for c in res.concurrencies for p in res.layouts]
+    for k, b, i in res.shapes:
         # Each layout (--concurrency C --processes P) is judged on its own, against the
-        # bare client in as many processes: the goal asks for a layout that reaches
-        # both halves, and the verdict names the fastest one that does.
+        # Sender in as many processes: the goal asks for a layout that reaches both
+        # halves, and the verdict names the fastest one that does.
         judged = []
-        for c, p in sorted(setups, key=lambda cp: -med_durable((k, b, i), *cp)):
-            rate = med_durable((k, b, i), c, p)
-            ratio = rate / med_bare("sender", c, p)
+        for c, p in sorted(setups, key=lambda cp: -res.durable_rate((k, b, i), *cp)):
+            rate = res.durable_rate((k, b, i), c, p)
+            ratio = rate / res.bare_rate("sender", c, p)
+            alone = rate / res.bare_rate("raw-aiohttp", c, p)
             judged.append((c, p, rate, ratio, rate >= GOAL_RATE and ratio >= GOAL_RATIO))
             print(
                 f"K={k}, {b} per POST, {i} intake connections, --concurrency {c} "
-                f"--processes {p}: {rate:,.0f} deliveries/s, {ratio:.2f}x the bare client"
+                f"--processes {p}: {rate:,.0f} deliveries/s, {ratio:.2f}x the Sender, "
+                f"{alone:.2f}x aiohttp alone"
                 f"{'' if rate >= GOAL_RATE else ' (rate short)'}"
                 f"{'' if ratio >= GOAL_RATIO else ' (ratio short)'}"
             )
@@ -1048,30 +778,72 @@ def main(argv: list[str] | None = None) -> int:
             print(
                 f"K={k}, {b} per POST, {i} intake connections: met by --concurrency {c} "
                 f"--processes {p} ({rate:,.0f}/s, {ratio:.2f}x; goal >= {GOAL_RATE:,.0f}/s "
-                f"and >= {GOAL_RATIO}x in one layout)"
+                f"and >= {GOAL_RATIO}x the Sender in one layout)"
             )
         else:
             print(
                 f"K={k}, {b} per POST, {i} intake connections: MISSED: no layout reaches "
-                f">= {GOAL_RATE:,.0f}/s and >= {GOAL_RATIO}x the bare client at once"
+                f">= {GOAL_RATE:,.0f}/s and >= {GOAL_RATIO}x the Sender at once"
             )
+    lat = res.latency
     lat_ok = lat["p99"] < GOAL_P99_MS
-    met &= lat_ok
     print(
         f"p99 at {lat['rate']:.0f} events/s: {lat['p99']:.1f} ms: "
         f"{'met' if lat_ok else 'MISSED'} (goal < {GOAL_P99_MS:.0f} ms)"
     )
+    return met and lat_ok
+
+
+def write_json(res: Results, path: Path) -> None:
+    path.write_text(
+        json.dumps(
+            {
+                "sink": res.sink,
+                "bare": {f"{k}@{c}x{p}": v for (k, c, p), v in res.bare.items()},
+                "durable": {
+                    f"K{k}B{b}I{i}@{c}x{p}": [{**r.__dict__, "cpu_us": r.cpu_us} for r in v]
+                    for (k, b, i, c, p), v in res.runs.items()
+                },
+                "latency": res.latency,
+            },
+            indent=2,
+        )
+    )
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    if args.child_bare:
+        kind, conc, n, url = args.child_bare
+        print(json.dumps(run_on_serve_loop(_bare(url, kind, int(conc), int(n)))))
+        return 0
+    fanouts = [int(x) for x in args.webhooks.split(",")]
+    SERVE_FLAGS[:] = serve_flags() + args.serve_arg
+    BARE_KINDS[:] = [("sender", args.deliveries), ("raw-aiohttp", args.deliveries),
+                     ("httpx", HTTPX_REQUESTS)]  # fmt: skip
+    res = Results(
+        n=args.deliveries,
+        repeat=args.repeat,
+        concurrencies=[int(x) for x in args.concurrency.split(",")],
+        layouts=[int(x) for x in args.processes.split(",")],
+        shapes=[
+            (k, int(b), int(i))
+            for k in fanouts
+            for b in args.batch.split(",")
+            for i in args.intake_connections.split(",")
+        ],
+    )
+    print_header(res.n, res.repeat)
+    measure(res, args, fanouts)
+    print_sink_table(res)
+    print_bare_table(res)
+    print_durable_table(res)
+    print_latency_table(res, args.latency_seconds)
+    met = verdict(res)
     print(f"verdict: {'goal met' if met else 'goal MISSED'}")
     print(f"code at the end of the run: {code_version()}")
-
     if args.json:
-        results["bare"] = {f"{k}@{c}x{p}": v for (k, c, p), v in bare.items()}
-        results["durable"] = {
-            f"K{k}B{b}I{i}@{c}x{p}": [{**r.__dict__, "cpu_us": r.cpu_us} for r in v]
-            for (k, b, i, c, p), v in runs.items()
-        }
-        results["latency"] = lat
-        args.json.write_text(json.dumps(results, indent=2))
+        write_json(res, args.json)
     return 0 if met else 1
 
 

@@ -59,37 +59,28 @@ from typing import Any
 BENCH = Path(__file__).resolve().parent
 ROOT = BENCH.parent
 POSTGRES = os.environ.get("RECONCILER_BENCH_POSTGRES", "postgresql://postgres@127.0.0.1:5432/test")
-RUN_LIMIT_SECONDS = 300.0  # no single measurement may take longer
 LOADGENS = 2
 CONNECTIONS_EACH = 16
-TICKS = os.sysconf("SC_CLK_TCK")
 SETUPS = (("sqlite", 1), ("postgres", 1), ("postgres", 2))
 
 if str(BENCH) not in sys.path:
     sys.path.insert(0, str(BENCH))
 # The receiver, its control and the process helpers are the SQLite benchmark's.
-from bench_dispatch import DEFINITION, Sink, read_line, stop, webhook_cap  # noqa: E402
+from bench_dispatch import DEFINITION, webhook_cap  # noqa: E402
+from harness import (  # noqa: E402
+    RUN_LIMIT_SECONDS,
+    Sink,
+    cli,
+    code_version,
+    cpu_of,
+    loadgen,
+    loadgen_result,
+    machine_busy,
+    read_line,
+    stop,
+)
 
 # -- processes -------------------------------------------------------------------------
-
-
-def cli(*args: str, timeout: float = 120) -> str:
-    done = subprocess.run(
-        [sys.executable, "-m", "reconciler", *args],
-        capture_output=True, text=True, cwd=ROOT, timeout=timeout,
-    )  # fmt: skip
-    if done.returncode:
-        raise SystemExit(f"reconciler {args[0]} failed: {done.stdout}{done.stderr}")
-    return done.stdout
-
-
-def cpu_of(pid: int) -> float:
-    """user+system CPU seconds of a process (all its threads), 0 if it is gone."""
-    try:
-        fields = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
-    except (FileNotFoundError, ProcessLookupError):
-        return 0.0
-    return (int(fields[11]) + int(fields[12])) / TICKS
 
 
 def postgres_cpu() -> dict[int, float]:
@@ -105,42 +96,6 @@ def postgres_cpu() -> dict[int, float]:
         if comm == "postgres":
             out[int(entry)] = cpu_of(int(entry))
     return out
-
-
-def machine_busy() -> float:
-    """CPU seconds the whole machine has spent busy (not idle, iowait or stolen)."""
-    fields = [int(x) for x in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
-    return (sum(fields[:8]) - fields[3] - fields[4] - fields[7]) / TICKS
-
-
-def code_version() -> str:
-    try:
-        head = subprocess.run(
-            ["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, cwd=ROOT
-        ).stdout.strip()
-        dirty = subprocess.run(
-            ["git", "status", "--porcelain", "--", "reconciler"],
-            capture_output=True, text=True, cwd=ROOT,
-        ).stdout.strip()  # fmt: skip
-    except OSError:
-        return "unknown (no git)"
-    if not head:
-        return f"unknown ({ROOT} is not a git checkout)"
-    return f"{head}{' with uncommitted changes in reconciler/' if dirty else ''}"
-
-
-def loadgen(url: str, requests: int, token: str | None) -> subprocess.Popen[str]:
-    args = [sys.executable, str(BENCH / "loadgen.py"), url, "--requests", str(requests),
-            "--connections", str(CONNECTIONS_EACH), "--body-kind", "event",
-            "--max-seconds", str(RUN_LIMIT_SECONDS)]  # fmt: skip
-    if token is not None:
-        args += ["--header", f"Authorization: Bearer {token}"]
-    return subprocess.Popen(args, stdout=subprocess.PIPE, text=True)
-
-
-def loadgen_result(proc: subprocess.Popen[str]) -> dict[str, Any]:
-    out, _ = proc.communicate(timeout=RUN_LIMIT_SECONDS + 30)
-    return json.loads(out.strip().splitlines()[-1])
 
 
 def api_token(state: str) -> str | None:
@@ -260,17 +215,22 @@ def run_once(
             sink.reset()
             pids = [proc.pid for proc, _ in servers]
             serve0 = sum(cpu_of(pid) for pid in pids)
-            sink0, pg0, busy0 = cpu_of(sink.proc.pid), postgres_cpu(), machine_busy()
+            sink0, pg0, busy0 = cpu_of(sink.proc.pid), postgres_cpu(), machine_busy()[0]
             wall0 = time.time()
             share = [events // LOADGENS + (i < events % LOADGENS) for i in range(LOADGENS)]
             gens = [
-                loadgen(f"{servers[i % processes][1]}/v1/events", share[i], token)
+                loadgen(
+                    f"{servers[i % processes][1]}/v1/events",
+                    share[i],
+                    connections=CONNECTIONS_EACH,
+                    token=token,
+                )
                 for i in range(LOADGENS)
             ]
             intakes = [loadgen_result(gen) for gen in gens]
             seen = sink.wait_for(expected, RUN_LIMIT_SECONDS)
             serve1 = sum(cpu_of(pid) for pid in pids)
-            sink1, pg1, busy1 = cpu_of(sink.proc.pid), postgres_cpu(), machine_busy()
+            sink1, pg1, busy1 = cpu_of(sink.proc.pid), postgres_cpu(), machine_busy()[0]
             wall = time.time() - wall0
         finally:
             for proc, _ in servers:

@@ -60,13 +60,9 @@ from __future__ import annotations
 
 import argparse
 import atexit
-import contextlib
-import hashlib
 import http.client
-import importlib
 import json
 import os
-import platform
 import sqlite3
 import statistics
 import subprocess
@@ -86,6 +82,7 @@ for _path in (str(ROOT), str(BENCH)):
 
 import bench_dispatch as bd  # noqa: E402
 import bench_dispatch_pg as bpg  # noqa: E402
+import harness  # noqa: E402
 
 WAIT_LIMIT_SECONDS = 120.0  # no phase may take longer
 HTTP_TIMEOUT = 60.0
@@ -109,76 +106,6 @@ max_in_flight: {max_in_flight}
 
 
 # -- the machine and the code --------------------------------------------------------------
-
-
-def machine_line(postgres: str | None) -> str:
-    import aiohttp
-    import httpx
-
-    model = "unknown CPU"
-    with contextlib.suppress(OSError):
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                model = line.split(":", 1)[1].strip()
-                break
-    parts = [
-        f"{os.cpu_count()} cores ({len(os.sched_getaffinity(0))} usable, {model})",
-        f"Linux {platform.release()}",
-        f"CPython {platform.python_version()}",
-        f"SQLite {sqlite3.sqlite_version}",
-    ]
-    if postgres:
-        import psycopg
-
-        with psycopg.connect(postgres, autocommit=True, connect_timeout=10) as conn:
-            version = conn.execute("SHOW server_version").fetchone()[0]  # type: ignore[index]
-            sync = conn.execute("SHOW synchronous_commit").fetchone()[0]  # type: ignore[index]
-        parts.append(
-            f"PostgreSQL {version} on this machine (synchronous_commit={sync}), "
-            f"psycopg {psycopg.__version__}"
-        )
-    stack = [f"httpx {httpx.__version__}", f"aiohttp {aiohttp.__version__}"]
-    for name in ("uvicorn", "uvloop", "httptools"):
-        try:
-            stack.append(f"{name} {importlib.import_module(name).__version__}")
-        except ImportError:
-            stack.append(f"no {name}")
-    parts.append(", ".join(stack))
-    return "; ".join(parts)
-
-
-def code_version() -> str:
-    """`git describe` of the checkout, and the files changed in reconciler/ and bench/."""
-    try:
-        described = subprocess.run(
-            ["git", "describe", "--always", "--dirty", "--tags"],
-            capture_output=True, text=True, cwd=ROOT, timeout=30,
-        ).stdout.strip()  # fmt: skip
-        commit = subprocess.run(
-            ["git", "rev-parse", "HEAD"], capture_output=True, text=True, cwd=ROOT, timeout=30
-        ).stdout.strip()
-        changed = subprocess.run(
-            ["git", "status", "--porcelain", "--", "reconciler", "bench"],
-            capture_output=True, text=True, cwd=ROOT, timeout=30,
-        ).stdout.splitlines()  # fmt: skip
-    except (OSError, subprocess.TimeoutExpired):
-        return "unknown (no git)"
-    if not commit:
-        return f"unknown ({ROOT} is not a git checkout)"
-    out = f"{described} (commit {commit})"
-    if changed:
-        # Identify the code measured: a hash of reconciler/'s diff and untracked files.
-        diff = subprocess.run(
-            ["git", "diff", "HEAD", "--", "reconciler"], capture_output=True, cwd=ROOT, timeout=30
-        ).stdout
-        digest = hashlib.sha256(diff)
-        for line in sorted(changed):
-            path = ROOT / line[3:]
-            if line.startswith("??") and line[3:].startswith("reconciler/") and path.is_file():
-                digest.update(path.read_bytes())
-        files = ", ".join(line[3:] for line in changed)
-        out += f"; uncommitted (reconciler/ hash {digest.hexdigest()[:12]}): {files}"
-    return out
 
 
 # -- processes ---------------------------------------------------------------------------------
@@ -205,7 +132,7 @@ def start_serve(
         command = [sys.executable, __file__, "--child-serve", str(store_times), "--", *args]
     with (workdir / f"serve-{tag}.log").open("w") as log:
         proc = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=log, text=True, cwd=ROOT)
-    port = int(bpg.read_line(proc, r"serving on http://[\d.]+:(\d+)", 60).group(1))
+    port = int(harness.read_line(proc, r"serving on http://[\d.]+:(\d+)", 60).group(1))
     return proc, f"http://127.0.0.1:{port}"
 
 
@@ -245,10 +172,13 @@ def child_serve(out: str, argv: list[str]) -> None:
 # bench_dispatch.py's bare client of this kind: `make_sender(C)` and `Sender.send`, the
 # dispatcher's own sending code, on the event loop `serve` runs on; nothing stored.
 BARE_KIND = "sender"
+ALONE_KIND = "raw-aiohttp"  # aiohttp's ClientSession alone: the cheapest Python sender
 
 
-def bare_client(sink: bd.Sink, concurrency: int, n: int) -> dict[str, Any]:
-    return bd.bare_client(sink, BARE_KIND, concurrency, n)
+def bare_client(
+    sink: harness.Sink, concurrency: int, n: int, kind: str = BARE_KIND
+) -> dict[str, Any]:
+    return bd.bare_client(sink, kind, concurrency, n)
 
 
 class Intake:
@@ -364,8 +294,8 @@ class Snapshot:
 
     @classmethod
     def take(cls, serve_pid: int, sink_pid: int) -> Snapshot:
-        serve = bd.cpu_seconds(serve_pid)
-        sink = bd.cpu_seconds(sink_pid)
+        serve = harness.cpu_seconds(serve_pid)
+        sink = harness.cpu_seconds(sink_pid)
         mine = os.times()
         return cls(
             time.time(),
@@ -374,7 +304,7 @@ class Snapshot:
             bpg.postgres_cpu(),
             sink["main"] + sink["other"],
             mine.user + mine.system,
-            bd.machine_busy()[0],
+            harness.machine_busy()[0],
         )
 
 
@@ -415,7 +345,7 @@ class Run:
 
 def phase(
     intake: Intake,
-    sink: bd.Sink,
+    sink: harness.Sink,
     probe: Probe,
     proc: subprocess.Popen[str],
     webhooks: int,
@@ -482,9 +412,9 @@ def wait_quiet(limit: float, threshold: float) -> float:
     began = time.monotonic()
     quiet = 0
     while time.monotonic() - began < limit and quiet < 2:
-        busy0 = bd.machine_busy()[0]
+        busy0 = harness.machine_busy()[0]
         time.sleep(1.0)
-        quiet = quiet + 1 if bd.machine_busy()[0] - busy0 < threshold else 0
+        quiet = quiet + 1 if harness.machine_busy()[0] - busy0 < threshold else 0
     return time.monotonic() - began
 
 
@@ -509,7 +439,7 @@ def store_stats(calls: list[list[Any]], window: tuple[float, float]) -> dict[str
 
 def run_once(
     backend: str,
-    sink: bd.Sink,
+    sink: harness.Sink,
     work: Path,
     defs: Path,
     args: argparse.Namespace,
@@ -537,7 +467,7 @@ def run_once(
         finally:
             if intake is not None:
                 intake.close()
-            bpg.stop(proc)  # SIGTERM: in-flight outcomes are recorded before it exits
+            harness.stop(proc)  # SIGTERM: in-flight outcomes are recorded before it exits
         try:
             probe.check((1 + events) * webhooks, WARM_EVENTS + 1 + events)
         finally:
@@ -577,7 +507,7 @@ def cpu_cell(p: Phase) -> str:
     )
 
 
-def main(argv: list[str] | None = None) -> int:
+def parse_args(argv: list[str] | None) -> tuple[argparse.Namespace, list[str]]:
     class Help(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescriptionHelpFormatter):
         pass
 
@@ -609,188 +539,264 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--json", type=Path, help="also write every figure here")
     parser.add_argument("--child-serve", help=argparse.SUPPRESS)
     args, rest = parser.parse_known_args(argv)
-    if args.child_serve:
-        child_serve(args.child_serve, [a for a in rest if a != "--"])
-        return 0
-    if rest:
+    if rest and not args.child_serve:
         parser.error(f"unrecognized arguments: {' '.join(rest)}")
+    return args, rest
 
-    backends = BACKENDS if args.backend == "both" else (args.backend,)
-    w, e = args.webhooks, args.events
+
+@dataclass
+class Results:
+    """Every figure of one run of the benchmark."""
+
+    args: argparse.Namespace
+    backends: tuple[str, ...]
+    machine: str
+    code: str
+    # (client kind, requests) -> one result per repetition
+    bare: dict[tuple[str, int], list[dict[str, Any]]] = field(default_factory=dict)
+    runs: dict[str, list[Run]] = field(default_factory=dict)  # backend -> repetitions
+    diagnostic: dict[str, Run] = field(default_factory=dict)  # backend -> store calls timed
+    minutes: float = 0.0
+    code_after: str = ""
+
+    def bare_median(self, kind: str, n: int, key: str = "rate") -> float:
+        return median([r[key] for r in self.bare[(kind, n)]])
+
+
+def bare_side(res: Results, sink: harness.Sink, rep: int) -> None:
+    w, e = res.args.webhooks, res.args.events
+    for kind in (BARE_KIND, ALONE_KIND):
+        for n in (w, e * w):
+            r = bare_client(sink, res.args.concurrency, n, kind)
+            res.bare.setdefault((kind, n), []).append(r)
+            print(
+                f"[{rep + 1}] bare client {kind:11} {n:>6,} requests: "
+                f"{r['rate']:>6,.0f}/s in {ms(r['seconds'])} "
+                f"({r['cpu_us']:.0f} µs CPU per request)",
+                flush=True,
+            )
+
+
+def backend_side(
+    res: Results, side: str, sink: harness.Sink, work: Path, defs: Path, rep: int
+) -> None:
+    args = res.args
+    for attempt in range(1, args.attempts + 1):
+        run = run_once(side, sink, work, defs, args, f"{side}-{rep}-{attempt}")
+        if run.others <= args.max_other_load or attempt == args.attempts:
+            break
+        print(
+            f"[{rep + 1}] {LABEL[side]}: another load of {run.others:.2f} cores meanwhile: "
+            "run again",
+            flush=True,
+        )
+    res.runs.setdefault(side, []).append(run)
+    for name, p in (("one event", run.one), (f"{args.events} events", run.sustained)):
+        print(
+            f"[{rep + 1}] {LABEL[side]:10} {name:9}: intake "
+            f"{ms(median(p.intake))} (max {ms(max(p.intake))}), first "
+            f"{ms(p.first)}, last {ms(p.last)}, {p.rate:,.0f} deliveries/s, "
+            f"recorded {ms(p.recorded)}; CPU s loop/threads/postgres/sink "
+            f"{cpu_cell(p)}; other load {p.others:.2f}",
+            flush=True,
+        )
+
+
+def measure(res: Results) -> None:
+    """Warm-up, --repeat interleaved repetitions of every side, then the timed runs."""
+    args = res.args
     started = time.monotonic()
-    machine = machine_line(args.postgres if "postgres" in backends else None)
-    code = code_version()
-    print(f"machine: {machine}", flush=True)
-    print(f"code: {code}", flush=True)
-    print(
-        f"{w:,} webhooks; one event, then {e} in a row ({e * w:,} deliveries); "
-        f"--concurrency {args.concurrency}; repeat={args.repeat}",
-        flush=True,
-    )
-    bare: dict[int, list[dict[str, Any]]] = {w: [], e * w: []}
-    runs: dict[str, list[Run]] = {b: [] for b in backends}
-    diagnostic: dict[str, Run] = {}
     with tempfile.TemporaryDirectory(prefix="bench-fanout-") as tmp:
         work = Path(tmp)
-        sink = bd.Sink(work)
+        sink = harness.Sink(work)
         try:
-            defs = write_definitions(
-                work / "defs", sink.port, w, bd.webhook_cap([args.concurrency], [1])
-            )
+            cap = bd.webhook_cap([args.concurrency], [1])
+            defs = write_definitions(work / "defs", sink.port, args.webhooks, cap)
             # Warm-up, untimed: imports, page cache, the server's caches.
-            bare_client(sink, args.concurrency, w)
-            for b in backends:
+            bare_client(sink, args.concurrency, args.webhooks)
+            for b in res.backends:
                 run_once(b, sink, work, defs, argparse.Namespace(**{**vars(args), "events": 1}),
                          f"warm-{b}")  # fmt: skip
-            sides = ["bare", *backends]
+            sides = ["bare", *res.backends]
             for rep in range(args.repeat):
                 for side in sides if rep % 2 == 0 else sides[::-1]:
                     if side == "bare":
-                        for n in (w, e * w):
-                            r = bare_client(sink, args.concurrency, n)
-                            bare[n].append(r)
-                            print(
-                                f"[{rep + 1}] bare client {n:>6,} requests: "
-                                f"{r['rate']:>6,.0f}/s in {ms(r['seconds'])} "
-                                f"({r['cpu_us']:.0f} µs CPU per request)",
-                                flush=True,
-                            )
-                        continue
-                    for attempt in range(1, args.attempts + 1):
-                        run = run_once(side, sink, work, defs, args, f"{side}-{rep}-{attempt}")
-                        if run.others <= args.max_other_load or attempt == args.attempts:
-                            break
-                        print(
-                            f"[{rep + 1}] {LABEL[side]}: another load of {run.others:.2f} "
-                            "cores meanwhile: run again",
-                            flush=True,
-                        )
-                    runs[side].append(run)
-                    for name, p in (("one event", run.one), (f"{e} events", run.sustained)):
-                        print(
-                            f"[{rep + 1}] {LABEL[side]:10} {name:9}: intake "
-                            f"{ms(median(p.intake))} (max {ms(max(p.intake))}), first "
-                            f"{ms(p.first)}, last {ms(p.last)}, {p.rate:,.0f} deliveries/s, "
-                            f"recorded {ms(p.recorded)}; CPU s loop/threads/postgres/sink "
-                            f"{cpu_cell(p)}; other load {p.others:.2f}",
-                            flush=True,
-                        )
+                        bare_side(res, sink, rep)
+                    else:
+                        backend_side(res, side, sink, work, defs, rep)
             if not args.no_time_store:
-                for b in backends:
-                    diagnostic[b] = run_once(b, sink, work, defs, args, f"timed-{b}", True)
-                    print(f"store calls timed, {LABEL[b]}: {diagnostic[b].store_calls}", flush=True)
+                for b in res.backends:
+                    res.diagnostic[b] = run_once(b, sink, work, defs, args, f"timed-{b}", True)
+                    print(
+                        f"store calls timed, {LABEL[b]}: {res.diagnostic[b].store_calls}",
+                        flush=True,
+                    )
         finally:
             sink.close()
-    elapsed = time.monotonic() - started
-    code_after = code_version()
+    res.minutes = (time.monotonic() - started) / 60
+    res.code_after = harness.code_version()
 
-    # -- tables --
-    b_one = median([r["rate"] for r in bare[w]])
-    b_one_s = median([r["seconds"] for r in bare[w]])
-    b_all = median([r["rate"] for r in bare[e * w]])
-    reps = args.repeat
-    print(f"\nMachine: {machine}.")
-    print(f"Code: {code}" + ("" if code_after == code else f" (at the end: {code_after})") + ".")
+
+def print_preamble(res: Results) -> None:
+    args, code = res.args, res.code
+    print(f"\nMachine: {res.machine}.")
     print(
-        f"Command: .venv/bin/python bench/bench_fanout.py --webhooks {w} --events {e} "
-        f"--repeat {reps} --concurrency {args.concurrency} --backend {args.backend}"
-        f" ({elapsed / 60:.1f} minutes).\n"
+        f"Code: {code}"
+        + ("" if res.code_after == code else f" (at the end: {res.code_after})")
+        + "."
     )
     print(
-        f"Bare client: bench_dispatch.py's {BARE_KIND!r} kind (make_sender(C), Sender.send), "
-        f"C = {args.concurrency}, in a child process, nothing stored.\n"
+        f"Command: .venv/bin/python bench/bench_fanout.py --webhooks {args.webhooks} "
+        f"--events {args.events} --repeat {args.repeat} --concurrency {args.concurrency} "
+        f"--backend {args.backend} ({res.minutes:.1f} minutes).\n"
     )
+    print(
+        f"Bare clients, C = {args.concurrency}, each in a child process, nothing stored: "
+        f"the Sender, bench_dispatch.py's {BARE_KIND!r} kind (make_sender(C), Sender.send, "
+        f"the dispatcher's own sending stack; ratio), and aiohttp's ClientSession alone "
+        f"({ALONE_KIND!r}, the cheapest Python sender; ratio to aiohttp).\n"
+    )
+
+
+def print_one_event_table(res: Results) -> None:
+    w, reps = res.args.webhooks, res.args.repeat
+    sender, alone = res.bare_median(BARE_KIND, w), res.bare_median(ALONE_KIND, w)
+    sender_s = res.bare_median(BARE_KIND, w, "seconds")
     print(f"One event to {w:,} webhooks, median of {reps} (CPU seconds of the median run):\n")
     print(
         "| state | POST → 202 (stores 1 event + "
         f"{w:,} deliveries) | first delivery | {w:,}th delivery | deliveries/s | spread "
-        f"| bare client, {w:,} requests | ratio | all recorded delivered "
+        f"| Sender, {w:,} requests | ratio | aiohttp alone | ratio to aiohttp "
+        "| all recorded delivered "
         "| CPU s: dispatcher loop / other threads / postgres / sink | other load |"
     )
-    print("|---|---:|---:|---:|---:|---:|---:|---:|---:|---|---:|")
-    for b in backends:
-        ps = [r.one for r in runs[b]]
+    print("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|---:|")
+    for b in res.backends:
+        ps = [r.one for r in res.runs[b]]
         mid = sorted(ps, key=lambda p: p.rate)[len(ps) // 2]
+        rate = median([p.rate for p in ps])
         print(
             f"| {LABEL[b]} | {ms(median([p.intake[0] for p in ps]))} "
             f"| {ms(median([p.first for p in ps]))} | {ms(median([p.last for p in ps]))} "
-            f"| {median([p.rate for p in ps]):,.0f}/s | {spread([p.rate for p in ps])} "
-            f"| {ms(b_one_s)} = {b_one:,.0f}/s | {median([p.rate for p in ps]) / b_one:.2f}× "
+            f"| {rate:,.0f}/s | {spread([p.rate for p in ps])} "
+            f"| {ms(sender_s)} = {sender:,.0f}/s | {rate / sender:.2f}× "
+            f"| {alone:,.0f}/s | {rate / alone:.2f}× "
             f"| {ms(median([p.recorded for p in ps]))} | {cpu_cell(mid)} "
             f"| {median([p.others for p in ps]):.2f} cores |"
         )
+
+
+def print_sustained_table(res: Results) -> None:
+    w, e, reps = res.args.webhooks, res.args.events, res.args.repeat
+    sender, alone = res.bare_median(BARE_KIND, e * w), res.bare_median(ALONE_KIND, e * w)
     print(f"\n{e} events in a row to {w:,} webhooks ({e * w:,} deliveries), median of {reps}:\n")
     print(
         "| state | POST → 202, median / max | last delivery | deliveries/s | spread "
-        f"| bare client, {e * w:,} requests | ratio | all recorded delivered "
-        "| CPU per delivery (dispatcher + postgres) "
+        f"| Sender, {e * w:,} requests | ratio | aiohttp alone | ratio to aiohttp "
+        "| all recorded delivered | CPU per delivery (dispatcher + postgres) "
         "| CPU s: dispatcher loop / other threads / postgres / sink | other load |"
     )
-    print("|---|---:|---:|---:|---:|---:|---:|---:|---:|---|---:|")
-    for b in backends:
-        ps = [r.sustained for r in runs[b]]
+    print("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|---:|")
+    for b in res.backends:
+        ps = [r.sustained for r in res.runs[b]]
         mid = sorted(ps, key=lambda p: p.rate)[len(ps) // 2]
+        rate = median([p.rate for p in ps])
         print(
             f"| {LABEL[b]} | {ms(median([median(p.intake) for p in ps]))} / "
             f"{ms(median([max(p.intake) for p in ps]))} | {ms(median([p.last for p in ps]))} "
-            f"| {median([p.rate for p in ps]):,.0f}/s | {spread([p.rate for p in ps])} "
-            f"| {b_all:,.0f}/s | {median([p.rate for p in ps]) / b_all:.2f}× "
+            f"| {rate:,.0f}/s | {spread([p.rate for p in ps])} "
+            f"| {sender:,.0f}/s | {rate / sender:.2f}× | {alone:,.0f}/s | {rate / alone:.2f}× "
             f"| {ms(median([p.recorded for p in ps]))} "
             f"| {median([p.cpu_us for p in ps]):,.0f} µs | {cpu_cell(mid)} "
             f"| {median([p.others for p in ps]):.2f} cores |"
         )
+    for kind in (BARE_KIND, ALONE_KIND):
+        print(
+            f"\n{kind} CPU per request: {res.bare_median(kind, w, 'cpu_us'):.0f} µs "
+            f"({w:,} requests), {res.bare_median(kind, e * w, 'cpu_us'):.0f} µs ({e * w:,})."
+        )
+
+
+def print_store_calls(res: Results) -> None:
+    if not res.diagnostic:
+        return
     print(
-        f"\nBare client CPU per request: {median([r['cpu_us'] for r in bare[w]]):.0f} µs "
-        f"({w:,} requests), {median([r['cpu_us'] for r in bare[e * w]]):.0f} µs "
-        f"({e * w:,})."
+        "\nStore calls of the dispatcher, one run per backend with `serve` wrapped "
+        "(not in the tables above): count, total time, and how busy the database "
+        'thread was from the first POST to all recorded; "first at": the first such '
+        "call, after the first POST:\n"
     )
-    if diagnostic:
-        print(
-            "\nStore calls of the dispatcher, one run per backend with `serve` wrapped "
-            "(not in the tables above): count, total time, and how busy the database "
-            'thread was from the first POST to all recorded; "first at": the first such '
-            "call, after the first POST:\n"
-        )
-        print(
-            "| state | phase | wall | add_events | claim | finish | other | database busy "
-            "| other load |"
-        )
-        print("|---|---|---:|---|---|---|---|---:|---:|")
-        for b, run in diagnostic.items():
-            for key, p in (("one", run.one), ("sustained", run.sustained)):
-                st = run.store_calls.get(key)
-                if not st:
-                    continue
-                calls = dict(st["calls"])
-                cells = []
-                for name in ("add_events", "claim", "finish"):
-                    c = calls.pop(name, None)
-                    cells.append(
-                        f"{c['count']} in {c['ms']:,.0f} ms (max {c['max_ms']:,.0f}, first "
-                        f"at +{c['first_ms']:,.0f})"
-                        if c
-                        else "none"
-                    )
-                rest_ms = sum(c["ms"] for c in calls.values())
-                rest_n = sum(c["count"] for c in calls.values())
-                name = "one event" if key == "one" else f"{e} events"
-                print(
-                    f"| {LABEL[b]} | {name} | {ms(p.recorded)} | {' | '.join(cells)} "
-                    f"| {rest_n} in {rest_ms:,.0f} ms | {st['busy']:.0%} | {p.others:.2f} cores |"
+    print(
+        "| state | phase | wall | add_events | claim | finish | other | database busy "
+        "| other load |"
+    )
+    print("|---|---|---:|---|---|---|---|---:|---:|")
+    for b, run in res.diagnostic.items():
+        for key, p in (("one", run.one), ("sustained", run.sustained)):
+            st = run.store_calls.get(key)
+            if not st:
+                continue
+            calls = dict(st["calls"])
+            cells = []
+            for name in ("add_events", "claim", "finish"):
+                c = calls.pop(name, None)
+                cells.append(
+                    f"{c['count']} in {c['ms']:,.0f} ms (max {c['max_ms']:,.0f}, first "
+                    f"at +{c['first_ms']:,.0f})"
+                    if c
+                    else "none"
                 )
-    if args.json:
-        args.json.write_text(
-            json.dumps(
-                {
-                    "machine": machine,
-                    "code": code,
-                    "bare": {str(n): v for n, v in bare.items()},
-                    "runs": {b: [asdict(r) for r in v] for b, v in runs.items()},
-                    "store_calls": {b: asdict(r) for b, r in diagnostic.items()},
-                },
-                indent=2,
+            rest_ms = sum(c["ms"] for c in calls.values())
+            rest_n = sum(c["count"] for c in calls.values())
+            name = "one event" if key == "one" else f"{res.args.events} events"
+            print(
+                f"| {LABEL[b]} | {name} | {ms(p.recorded)} | {' | '.join(cells)} "
+                f"| {rest_n} in {rest_ms:,.0f} ms | {st['busy']:.0%} | {p.others:.2f} cores |"
             )
+
+
+def write_json(res: Results, path: Path) -> None:
+    path.write_text(
+        json.dumps(
+            {
+                "machine": res.machine,
+                "code": res.code,
+                "bare": {f"{kind}@{n}": v for (kind, n), v in res.bare.items()},
+                "runs": {b: [asdict(r) for r in v] for b, v in res.runs.items()},
+                "store_calls": {b: asdict(r) for b, r in res.diagnostic.items()},
+            },
+            indent=2,
         )
+    )
+
+
+def main(argv: list[str] | None = None) -> int:
+    args, rest = parse_args(argv)
+    if args.child_serve:
+        child_serve(args.child_serve, [a for a in rest if a != "--"])
+        return 0
+    backends = BACKENDS if args.backend == "both" else (args.backend,)
+    res = Results(
+        args,
+        backends,
+        harness.machine_line(args.postgres if "postgres" in backends else None),
+        harness.code_version(),
+    )
+    print(f"machine: {res.machine}", flush=True)
+    print(f"code: {res.code}", flush=True)
+    print(
+        f"{args.webhooks:,} webhooks; one event, then {args.events} in a row "
+        f"({args.events * args.webhooks:,} deliveries); --concurrency {args.concurrency}; "
+        f"repeat={args.repeat}",
+        flush=True,
+    )
+    measure(res)
+    print_preamble(res)
+    print_one_event_table(res)
+    print_sustained_table(res)
+    print_store_calls(res)
+    if args.json:
+        write_json(res, args.json)
     return 0
 
 

@@ -84,7 +84,7 @@ if str(BENCH) not in sys.path:
     sys.path.insert(0, str(BENCH))
 # The receiver's control, the process helpers and CPU from /proc are the throughput
 # benchmark's.
-from bench_dispatch import Sink, code_version, cpu_seconds, percentile, read_line, stop  # noqa: E402
+from harness import Sink, cli, code_version, cpu_seconds, percentile, read_line, stop  # noqa: E402
 
 POSTGRES = os.environ.get("RECONCILER_BENCH_POSTGRES", "postgresql://postgres@127.0.0.1:5432/test")
 GOAL_RATIO = 2.0
@@ -145,16 +145,6 @@ def write_definitions(folder: Path, port: int) -> Path:
 
 
 # -- the state ------------------------------------------------------------------------------
-
-
-def cli(*args: str, timeout: float = 120) -> str:
-    done = subprocess.run(
-        [sys.executable, "-m", "reconciler", *args],
-        capture_output=True, text=True, cwd=ROOT, timeout=timeout,
-    )  # fmt: skip
-    if done.returncode:
-        raise SystemExit(f"reconciler {args[0]} failed: {done.stdout}{done.stderr}")
-    return done.stdout
 
 
 class State:

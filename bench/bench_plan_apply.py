@@ -54,8 +54,10 @@ from typing import TypeVar
 BENCH = Path(__file__).resolve().parent
 sys.path.insert(0, str(BENCH.parent))
 
-from bench.bench_dispatch_pg import machine_busy, postgres_cpu  # noqa: E402
+import bench.bench_validate as bench_validate  # noqa: E402
+from bench.bench_dispatch_pg import postgres_cpu  # noqa: E402
 from bench.bench_validate import baseline, dataset, timed  # noqa: E402
+from bench.harness import machine_busy  # noqa: E402
 from reconciler.apply import ApplyOptions, changes_to_writes  # noqa: E402
 from reconciler.loader import load_definitions  # noqa: E402
 from reconciler.plan import make_plan  # noqa: E402
@@ -70,7 +72,10 @@ POSTGRES = os.environ.get("RECONCILER_BENCH_POSTGRES", "postgresql://postgres@12
 
 
 def apply_into(root: Path, state: str) -> int:
-    store = open_store(state, create=True)  # as apply opens it: the first makes the state
+    try:
+        store = open_store(state, create=True)  # as apply opens it: the first makes the state
+    except TypeError:  # a checkout before open_store(create=), which creates by default
+        store = open_store(state)
     try:
         result = load_definitions(root)
         plan = make_plan((d.spec for d in result.definitions), store.webhooks(), store.state())
@@ -172,9 +177,10 @@ def measure_once(states: States, root: Path) -> tuple[float, float]:
 def other_load(run: Callable[[], T]) -> tuple[T, float]:
     """run()'s result, and the cores the machine spent busy meanwhile on anything but
     this process and the local PostgreSQL server (on a shared machine: someone else)."""
-    busy0, pg0, own0, wall0 = machine_busy(), postgres_cpu(), os.times(), time.monotonic()
+    busy0, pg0, own0, wall0 = machine_busy()[0], postgres_cpu(), os.times(), time.monotonic()
     result = run()
-    busy1, pg1, own1, wall = machine_busy(), postgres_cpu(), os.times(), time.monotonic() - wall0
+    busy1, pg1, own1 = machine_busy()[0], postgres_cpu(), os.times()
+    wall = time.monotonic() - wall0
     ours = own1.user + own1.system - own0.user - own0.system
     ours += sum(pg1.values()) - sum(pg0.get(pid, 0.0) for pid in pg1)
     return result, max(0.0, (busy1 - busy0 - ours) / wall)
@@ -215,11 +221,22 @@ def main(argv: list[str] | None = None) -> int:
         help="measure again when other processes kept more than this many cores busy",
     )
     parser.add_argument("--attempts", type=int, default=4, help="tries per measurement")
+    parser.add_argument(
+        "--clock",
+        choices=bench_validate.CLOCKS,
+        default="wall",
+        help="time by wall time (the default: it counts the disk's flushes and, on "
+        "PostgreSQL, the server's work) or by this process's CPU time",
+    )
     args = parser.parse_args(argv)
     sizes = [int(s) for s in args.sizes.split(",")]
     backends = BACKENDS if args.backend == "both" else (args.backend,)
 
-    print(f"python {platform.python_version()}, {os.cpu_count()} cores, {platform.machine()}")
+    bench_validate.CLOCK = bench_validate.CLOCKS[args.clock]
+    print(
+        f"python {platform.python_version()}, {os.cpu_count()} cores, {platform.machine()}; "
+        f"{args.clock} time; load average {os.getloadavg()[0]:.2f}"
+    )
     rows = []
     failed: dict[str, bool] = dict.fromkeys(backends, False)
     with tempfile.TemporaryDirectory() as tmp:

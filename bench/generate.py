@@ -3,9 +3,10 @@
     python bench/generate.py DIR --orgs 100 --per-org 100 [--seed 0]
 
 writes DIR/<organization>/<name>.yaml, one definition per file, the way a real
-webhooks.d/ looks: Slack posts with YAML bodies or the product page's relaxed
-JSON text, strict JSON text, signed JSON webhooks with retry schedules, GET
-status boards with query strings and bearer headers, the odd PUT and DELETE.
+webhooks.d/ looks: Slack posts with YAML bodies, the product page's relaxed JSON
+text or strict JSON text, signed JSON webhooks with retry schedules, Teams cards,
+GET status boards with query strings and bearer headers, the odd PUT and DELETE.
+About half of the bodies are JSON text (see KINDS).
 Every file is valid (no errors, no warnings).
 
 The output is deterministic. Which organizations and names exist, and what kind
@@ -23,10 +24,13 @@ From other benchmarks:
 from __future__ import annotations
 
 import argparse
+import json
 import random
 import sys
 from collections.abc import Callable
 from pathlib import Path
+
+import yaml
 
 __all__ = [
     "EVENTS",
@@ -66,13 +70,18 @@ _RATES = ("1/s", "2/s", "5/s", "20/m", "60/m", "100/h", "1000/h")
 _DELAYS = ("1s", "5s", "10s", "30s", "1m", "5m", "10m", "30m", "1h", "2h", "5h", "10h")
 _PLACEHOLDER_FIELDS = ("time", "name", "description", "event", "organization", "event_id")
 
-# What kind of webhook a file holds, with how common it is.
+# What kind of webhook a file holds, with how common it is. About half of the bodies
+# are JSON text (relaxed or strict), as in real repositories, where a body is often
+# pasted from the receiver's documentation: 44 of the 83 files with a body.
 KINDS: tuple[tuple[str, int], ...] = (
-    ("slack-yaml", 30),  # POST, body as YAML mapping
+    ("slack-yaml", 18),  # POST, body as YAML mapping
     ("slack-relaxed", 12),  # POST, body as relaxed JSON text (the product page's example)
-    ("json-text", 8),  # POST, body as strict JSON text
-    ("signed", 20),  # POST, nested YAML body, signing_secret, retry, timeout
-    ("teams", 8),  # POST, card-like nested body with a list
+    ("slack-json", 12),  # POST, the Slack body as strict JSON text, indented
+    ("json-text", 8),  # POST, body as strict JSON text, on one line
+    ("signed", 12),  # POST, nested YAML body, signing_secret, retry, timeout
+    ("signed-json", 8),  # the same, its body as indented JSON text
+    ("teams", 4),  # POST, card-like nested body with a list
+    ("teams-json", 4),  # the same, its body as indented JSON text
     ("status-get", 14),  # GET with query and bearer header
     ("ticket-put", 5),  # PUT/PATCH with YAML body
     ("cleanup-delete", 3),  # DELETE with query
@@ -372,12 +381,36 @@ def _cleanup_delete(rng: random.Random, org: str, name: str, event: str) -> str:
     return "\n".join(lines) + "\n"
 
 
+def _body_as_json_text(text: str) -> str:
+    """`text` (a definition with a YAML `body:` mapping) with that body written as
+    indented JSON text instead: the same webhook, as a body pasted from a
+    receiver's documentation reads."""
+    body = yaml.safe_load(text)["body"]
+    dumped = json.dumps(body, indent=2, ensure_ascii=False).splitlines()
+    lines = text.splitlines()
+    start = lines.index("body:")
+    end = start + 1
+    while end < len(lines) and lines[end].startswith(" "):
+        end += 1
+    lines[start:end] = ["body: |", *("  " + line for line in dumped)]
+    return "\n".join(lines) + "\n"
+
+
+def _as_json_text(
+    render: Callable[[random.Random, str, str, str], str],
+) -> Callable[[random.Random, str, str, str], str]:
+    return lambda rng, org, name, event: _body_as_json_text(render(rng, org, name, event))
+
+
 _RENDERERS: dict[str, Callable[[random.Random, str, str, str], str]] = {
     "slack-yaml": _slack_yaml,
     "slack-relaxed": _slack_relaxed,
+    "slack-json": _as_json_text(_slack_yaml),
     "json-text": _json_text,
     "signed": _signed,
+    "signed-json": _as_json_text(_signed),
     "teams": _teams,
+    "teams-json": _as_json_text(_teams),
     "status-get": _status_get,
     "ticket-put": _ticket_put,
     "cleanup-delete": _cleanup_delete,

@@ -6,20 +6,23 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import gc
+import logging
 import signal
 import socket
 from collections.abc import Callable, Iterator
+from typing import Any
 
 import uvicorn
 
 from reconciler.dispatch.app import create_app
-from reconciler.dispatch.intake_protocol import protocol_for
 from reconciler.dispatch.logs import lines_per_turn
 from reconciler.dispatch.service import DEFAULT_GRACE, Dispatcher, make_sender
 from reconciler.dispatch.ssrf import NetworkPolicy
 from reconciler.dispatch.worker import WorkerSettings
 from reconciler.errors import ServeError
 from reconciler.store import Backend
+
+log = logging.getLogger(__name__)
 
 
 def event_loop_factory() -> Callable[[], asyncio.AbstractEventLoop] | None:
@@ -52,6 +55,22 @@ def settle_garbage_collector() -> None:
     gc.set_threshold(GC_YOUNG_THRESHOLD, 10, 10)
 
 
+# The uvicorn releases dispatch/intake_protocol.py is written against and tested on
+# (it builds on uvicorn's private request-cycle attributes): [first, last) as
+# (major, minor). Outside them, serve runs uvicorn's own protocol and says so.
+TUNED_UVICORN = ((0, 30), (0, 56))
+
+
+def tuned_protocol_fits(version: str) -> bool:
+    """Whether serve's own HTTP protocol may run on uvicorn `version`."""
+    try:
+        release = tuple(int(part) for part in version.split(".")[:2])
+    except ValueError:
+        return False
+    first, end = TUNED_UVICORN
+    return first <= release < end
+
+
 @contextlib.contextmanager
 def _no_signal_capture() -> Iterator[None]:
     yield
@@ -65,9 +84,13 @@ async def serve(
     policy: NetworkPolicy,
     grace: float = DEFAULT_GRACE,
     ready: Callable[[int], None] | None = None,
+    stock: bool = False,
 ) -> None:
     """Serve on `sock`, a listening socket bound by the caller, until SIGTERM or
     SIGINT, then shut down gracefully.
+
+    With `stock`, uvicorn's own httptools protocol serves every request (see
+    `tuned_protocol_fits` for the tuned one, intake_protocol.py).
 
     The workers start once the server accepts on `sock`, and whatever ends the
     serving (a signal, a failed start) stops them in order: claiming stops,
@@ -78,6 +101,21 @@ async def serve(
     dispatcher = Dispatcher(store, sender, settings=settings, policy=policy)
     app = create_app(dispatcher)
     assert app.intake is not None
+    http: Any = "httptools"  # uvicorn's own protocol
+    if stock:
+        log.info("serving with uvicorn's own HTTP protocol (--stock)")
+    elif tuned_protocol_fits(uvicorn.__version__):
+        from reconciler.dispatch.intake_protocol import protocol_for
+
+        http = protocol_for(app.intake)  # valid events answered on the connection
+    else:
+        log.warning(
+            "uvicorn %s is outside the releases serve's own HTTP protocol is tested on "
+            "(%d.%d to before %d.%d): serving with uvicorn's protocol",
+            uvicorn.__version__,
+            *TUNED_UVICORN[0],
+            *TUNED_UVICORN[1],
+        )
     # No proxy-header rewriting: nothing reads the client's address, and the
     # middleware would run on every event.
     config = uvicorn.Config(
@@ -86,7 +124,7 @@ async def serve(
         access_log=False,
         lifespan="off",
         proxy_headers=False,
-        http=protocol_for(app.intake),  # valid events answered on the connection
+        http=http,
     )
     server = uvicorn.Server(config)
     settle_garbage_collector()

@@ -23,7 +23,6 @@ from dataclasses import dataclass, replace
 from typing import Any, Literal, TypeVar
 
 from reconciler import templates
-from reconciler.dispatch.logs import info_line
 from reconciler.dispatch.metrics import Metrics
 from reconciler.dispatch.ratelimit import Holds, admit
 from reconciler.dispatch.retry import RETRY_AFTER_CAP, Backoff, parse_retry_after
@@ -422,8 +421,7 @@ class Worker:
                 probe = BreakerReport(claim.organization, claim.webhook, "release", probe=True)
                 result = replace(result, breaker=probe)
         self.metrics.attempt(claim, result)
-        info_line(
-            log,
+        log.info(
             "attempt delivery=%s event=%s/%s webhook=%s/%s attempt=%d outcome=%s status=%s "
             "duration_ms=%.1f%s",
             claim.delivery_id,
@@ -603,8 +601,7 @@ class Worker:
         if taken:
             assert fresh is not None
             self._probing[key] = (claim.delivery_id, fresh)
-            info_line(
-                log,
+            log.info(
                 "breaker probe webhook=%s/%s delivery=%s failures=%d probes_failed=%d",
                 *key,
                 claim.delivery_id,

@@ -62,7 +62,7 @@ def runs(document: dict[str, Any], job: str) -> str:
 def test_ci_runs_lint_format_and_every_test_with_postgres_15() -> None:
     ci = workflow("ci.yml")
     assert set(ci["on"]) == {"push", "pull_request"}
-    (job,) = ci["jobs"].values()
+    job = ci["jobs"]["test"]
     python = next(s for s in job["steps"] if s.get("uses", "").startswith("actions/setup-python"))
     assert python["with"]["python-version"] == "3.11"
     commands = "\n".join(s.get("run", "") for s in job["steps"])
@@ -84,6 +84,30 @@ def test_ci_runs_lint_format_and_every_test_with_postgres_15() -> None:
     assert "--health-cmd" in postgres["options"] and "pg_isready" in postgres["options"]
     # What tests/conftest.py connects to by default.
     assert job["env"]["RECONCILER_TEST_POSTGRES"] == "postgresql://postgres@127.0.0.1:5432/test"
+
+
+def test_ci_runs_the_suite_on_the_newest_uvicorn_with_serves_stock_paths() -> None:
+    ci = workflow("ci.yml")
+    assert set(ci["jobs"]) == {"test", "newest-uvicorn"}
+    job = ci["jobs"]["newest-uvicorn"]
+    assert job["env"]["RECONCILER_SERVE_STOCK"] == "1"
+    assert job["services"] == ci["jobs"]["test"]["services"]
+    assert (
+        job["env"]["RECONCILER_TEST_POSTGRES"]
+        == ci["jobs"]["test"]["env"]["RECONCILER_TEST_POSTGRES"]
+    )
+    commands = runs(ci, "newest-uvicorn")
+    install = commands.index("pip install -e '.[dev]'")
+    assert commands.index("pip install --upgrade uvicorn") > install
+    assert "python -m pytest" in commands
+    # Only the tuned protocol's own tests stay out, and only here.
+    ignored = [part for part in commands.split() if part.startswith("tests/")]
+    assert ignored == [
+        "tests/integration/test_intake_protocol.py",
+        "tests/unit/test_serve_paths.py::test_the_installed_uvicorn_is_one_the_tuned_protocol_is_tested_on",
+    ]
+    for path in ignored:
+        assert (REPO / path.split("::")[0]).is_file()
 
 
 # -- the webhooks workflows --------------------------------------------------------------

@@ -145,12 +145,35 @@ def stopped_listening(server: Server) -> bool:
 # -- the API over real HTTP --------------------------------------------------------------
 
 
-def test_serve_fans_out_events_and_answers_its_api(project: Project, receiver: Receiver) -> None:
+# serve's tuned paths (its own HTTP protocol, the line per attempt without a record)
+# and the stock ones `serve --stock` or RECONCILER_SERVE_STOCK=1 chooses.
+SERVINGS = {
+    "tuned": ((), {}),
+    "stock": (("--stock",), {}),
+    "stock-from-env": ((), {"RECONCILER_SERVE_STOCK": "1"}),
+}
+STOCK_LINE = "serving with uvicorn's own HTTP protocol (--stock)"
+ATTEMPT_LINE = re.compile(
+    r"^\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d{3} INFO attempt delivery=msg_\S+ "
+    r"event=acme/evt-1 webhook=acme/(alpha|beta|gamma) attempt=1 outcome=delivered "
+    r"status=200 duration_ms=[\d.]+$",
+    re.MULTILINE,
+)
+
+
+@pytest.mark.parametrize("serving", SERVINGS)
+def test_serve_fans_out_events_and_answers_its_api(
+    project: Project, receiver: Receiver, serving: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
     for name in ("alpha", "beta", "gamma"):
         project.define(name, url=receiver.url(f"/{name}"), body=BODY)
     project.define("surplus", url=receiver.url("/no"), event="reserved_instance_surplus")
     project.apply_library()
-    server = project.serve("--concurrency", "4")
+    args, env = SERVINGS[serving]
+    monkeypatch.delenv("RECONCILER_SERVE_STOCK", raising=False)
+    for name, value in env.items():
+        monkeypatch.setenv(name, value)
+    server = project.serve("--concurrency", "4", *args)
 
     with httpx.Client(timeout=DEADLINE, headers=project.headers) as client:
         assert client.get(f"{server.url}/healthz").json() == {"status": "ok"}
@@ -205,6 +228,18 @@ def test_serve_fans_out_events_and_answers_its_api(project: Project, receiver: R
         assert invalid.status_code == 422
         assert {p["field"] for p in invalid.json()["problems"]} >= {"type", "name"}
     assert server.process.poll() is None  # still serving
+
+    def attempt_lines() -> list[str]:
+        found = ATTEMPT_LINE.findall(server.log_path.read_text())
+        return found if len(found) == 3 else []
+
+    # The same line per attempt whichever path wrote it.
+    assert sorted(eventually(attempt_lines, "three attempt lines", server)) == [
+        "alpha",
+        "beta",
+        "gamma",
+    ]
+    assert (STOCK_LINE in server.log_path.read_text()) == (serving != "tuned")
 
 
 def test_an_applied_change_reaches_the_running_dispatcher(

@@ -5,15 +5,13 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import re
 import sys
 import threading
 from collections.abc import Iterator
-from typing import Any
 
 import pytest
 
-from reconciler.dispatch.logs import LineFormatter, TurnBufferedHandler, info_line, lines_per_turn
+from reconciler.dispatch.logs import LineFormatter, TurnBufferedHandler, lines_per_turn
 
 
 class Writes:
@@ -108,7 +106,7 @@ def test_without_a_loop_each_line_is_written_at_once(stream: Writes) -> None:
     assert stream.calls == ["INFO one\n", "ERROR two\n"]
 
 
-# -- serve's line format, and the line per attempt without a LogRecord --------------
+# -- serve's line format ------------------------------------------------------------
 
 
 def record(
@@ -127,9 +125,6 @@ def test_serve_lines_read_as_the_standard_format_would_write_them(process_id: bo
     for created in (1764817334.842, 1764817334.999, 1764817335.0, 1764817335.001):
         line = record("attempt delivery=msg_1", logging.WARNING, created)
         assert ours.format(line) == standard.format(line)
-        assert ours.line(logging.WARNING, "attempt delivery=msg_1", created) == standard.format(
-            line
-        )
 
 
 def test_an_exception_still_comes_with_its_traceback() -> None:
@@ -140,118 +135,3 @@ def test_an_exception_still_comes_with_its_traceback() -> None:
     text = LineFormatter().format(failed)
     assert text.splitlines()[0].endswith(" ERROR failed")
     assert "ValueError: boom" in text
-
-
-@pytest.fixture
-def serve_stream() -> Iterator[Writes]:
-    """The root logger as `serve` sets it up: one TurnBufferedHandler, serve's format
-    (call alone() in the test to drop the handlers pytest adds while a test runs)."""
-    yield from root_writing_to(LineFormatter())
-
-
-def alone() -> None:
-    """Leave serve's handler the root logger's only one, as in `serve`."""
-    root = logging.getLogger()
-    root.handlers[:] = [h for h in root.handlers if isinstance(h, TurnBufferedHandler)]
-
-
-LINE = re.compile(r"^\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d{3} INFO attempt n=(\d) outcome=delivered$")
-
-
-def no_records(monkeypatch: pytest.MonkeyPatch) -> list[str]:
-    made: list[str] = []
-    real = logging.Logger.makeRecord
-
-    def counting(self: logging.Logger, *args: Any, **kwargs: Any) -> logging.LogRecord:
-        made.append(args[4])  # the message
-        return real(self, *args, **kwargs)
-
-    monkeypatch.setattr(logging.Logger, "makeRecord", counting)
-    return made
-
-
-def test_the_line_per_attempt_is_gathered_without_a_record(
-    serve_stream: Writes, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    made = no_records(monkeypatch)
-    alone()
-
-    async def main() -> list[str]:
-        with lines_per_turn(asyncio.get_running_loop()):
-            info_line(log, "attempt n=%d outcome=%s", 1, "delivered")
-            info_line(log, "attempt n=%d outcome=%s", 2, "delivered")
-            during = list(serve_stream.calls)
-            await asyncio.sleep(0)
-            return during
-
-    assert asyncio.run(main()) == []  # gathered until the turn ends...
-    assert len(serve_stream.calls) == 1  # ...then one write
-    assert [LINE.match(line).group(1) for line in serve_stream.lines] == ["1", "2"]  # type: ignore[union-attr]
-    assert made == []
-
-
-def test_the_line_per_attempt_keeps_its_place_among_other_lines(serve_stream: Writes) -> None:
-    alone()
-
-    async def main() -> None:
-        with lines_per_turn(asyncio.get_running_loop()):
-            info_line(log, "attempt n=%d outcome=%s", 1, "delivered")
-            log.warning("between")
-            other = threading.Thread(target=log.warning, args=("from a thread",))
-            other.start()
-            other.join()
-            info_line(log, "attempt n=%d outcome=%s", 2, "delivered")
-
-    asyncio.run(main())
-    assert [line.split(" ", 2)[2] for line in serve_stream.lines] == [
-        "INFO attempt n=1 outcome=delivered",
-        "WARNING between",
-        "WARNING from a thread",
-        "INFO attempt n=2 outcome=delivered",
-    ]
-
-
-def test_any_other_handler_gets_the_line_as_an_ordinary_record(
-    serve_stream: Writes, caplog: pytest.LogCaptureFixture
-) -> None:
-    async def main() -> None:
-        with lines_per_turn(asyncio.get_running_loop()):
-            info_line(log, "attempt n=%d outcome=%s", 3, "delivered")
-
-    with caplog.at_level(logging.INFO):
-        asyncio.run(main())
-    [seen] = [r for r in caplog.records if r.name == log.name]
-    assert (seen.msg, seen.args) == ("attempt n=%d outcome=%s", (3, "delivered"))
-    assert [LINE.match(line).group(1) for line in serve_stream.lines] == ["3"]  # type: ignore[union-attr]
-
-
-def test_a_filter_or_a_level_still_decides(serve_stream: Writes) -> None:
-    alone()
-    handler = logging.getLogger().handlers[0]
-
-    async def main() -> None:
-        with lines_per_turn(asyncio.get_running_loop()):
-            info_line(log, "attempt n=%d outcome=%s", 1, "delivered")
-            handler.addFilter(lambda r: "n=2" not in r.getMessage())
-            info_line(log, "attempt n=%d outcome=%s", 2, "delivered")
-            info_line(log, "attempt n=%d outcome=%s", 3, "delivered")
-            handler.filters.clear()
-            handler.setLevel(logging.WARNING)
-            info_line(log, "attempt n=%d outcome=%s", 4, "delivered")
-            handler.setLevel(logging.NOTSET)
-            log.setLevel(logging.WARNING)
-            try:
-                info_line(log, "attempt n=%d outcome=%s", 5, "delivered")
-            finally:
-                log.setLevel(logging.NOTSET)
-            info_line(log, "attempt n=%d outcome=%s", 6, "delivered")
-
-    asyncio.run(main())
-    assert [LINE.match(line).group(1) for line in serve_stream.lines] == ["1", "3", "6"]  # type: ignore[union-attr]
-
-
-def test_without_a_loop_the_line_per_attempt_is_written_at_once(serve_stream: Writes) -> None:
-    alone()
-    info_line(log, "attempt n=%d outcome=%s", 5, "delivered")
-    assert len(serve_stream.calls) == 1
-    assert LINE.match(serve_stream.lines[0])
