@@ -254,7 +254,7 @@ class RetentionContract:
             try:
                 for _ in range(20):
                     runs.append(pruner.prune(Cutoffs(CUTOFF), FakeClock(NEW), "p", batch=3))
-            except BaseException as exc:  # noqa: BLE001 - reported below
+            except BaseException as exc:
                 failures.append(exc)
 
         threads = [threading.Thread(target=prune, args=(p,)) for p in pruners]

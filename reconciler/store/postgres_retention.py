@@ -146,7 +146,9 @@ class PostgresRetention:
         with self._tx() as cur:
             cur.execute(query, args)
             rows = cur.fetchall()
-        return [WebhookDay(org, hook, day, DayTotals.from_row(rest)) for org, hook, day, *rest in rows]
+        return [
+            WebhookDay(org, hook, day, DayTotals.from_row(rest)) for org, hook, day, *rest in rows
+        ]
 
     def retention_runs(self, limit: int = 10) -> list[RetentionRun]:
         with self._tx() as cur:

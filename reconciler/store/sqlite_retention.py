@@ -241,7 +241,8 @@ class SqliteRetention:
             )
         oldest = [
             self._db.execute(
-                f"SELECT min(updated_at) FROM deliveries WHERE organization = ? AND {FINISHED_WHERE}",
+                "SELECT min(updated_at) FROM deliveries "
+                f"WHERE organization = ? AND {FINISHED_WHERE}",
                 (organization,),
             ).fetchone()[0]
             for organization in self._organizations("deliveries", FINISHED_WHERE)
