@@ -657,6 +657,7 @@ def migrate(state: str) -> None:
 # same group.
 from reconciler import (  # noqa: E402, F401
     cli_dispatch,
+    cli_retention,
     cli_status,
     cli_tokens,
     cli_webhooks,
