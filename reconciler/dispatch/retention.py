@@ -137,10 +137,10 @@ class Retention:
         return run
 
     def _between(self, pause: float) -> None:
-        if self._stopping:
-            raise _Stopped  # a run's batches stop with the dispatcher, not its turn
         if pause > 0:
             self._sleep(pause)
+        if self._stopping:
+            raise _Stopped  # a run's batches stop with the dispatcher, not its turn
 
     def stop(self) -> None:
         """Stop after the batch under way (from any thread)."""

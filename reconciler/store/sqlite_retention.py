@@ -95,6 +95,7 @@ class SqliteRetention:
                 (RUNS_KEPT,),
             )
             db.execute("DELETE FROM locks WHERE name = 'retention' AND token = ?", (token,))
+        self.checkpoint()  # what the run wrote to the WAL goes to the file, the WAL to 0
         return run
 
     def _prune_all(
@@ -172,7 +173,6 @@ class SqliteRetention:
                     db.execute("PRAGMA incremental_vacuum(1)")
             released += min(free, VACUUM_STEP) * page_size
             between()
-        self.checkpoint()
         return released
 
     def checkpoint(self) -> bool:
