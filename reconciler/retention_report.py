@@ -52,6 +52,8 @@ def status_text(url: str, size: StateSize, runs: list[RetentionRun], now: float)
     for table in size.tables:
         lines.append(f"{table.name:<18} {table.rows:>12,} {human_bytes(table.bytes):>10}")
     lines.append("")
+    if size.bytes_per_delivery is not None:
+        lines.append(f"bytes per delivery kept: {size.bytes_per_delivery:,.0f}")
     if size.oldest_finished is None:
         lines.append("oldest finished delivery: none kept")
     else:

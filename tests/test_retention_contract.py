@@ -296,6 +296,8 @@ class RetentionContract:
         assert rows["deliveries"] == 4 and rows["webhook_days"] == 2
         assert rows["retention_runs"] == 1
         assert all(t.bytes > 0 for t in size.tables)
+        queue = sum(t.bytes for t in size.tables if t.name in ("events", "deliveries", "attempts"))
+        assert size.bytes_per_delivery == queue / 4
         assert size.oldest_finished == NEW + 1
         assert size.last_run == last
 

@@ -269,6 +269,7 @@ def test_retention_run_and_status_on_the_command_line(
     assert data["runs"][0]["deliveries"] == 5
     assert set(data["files"]) == {"database", "wal"}
     assert data["notes"] == []
+    assert data["bytes_per_delivery"] is None  # none kept
 
     text = run_cli(["retention", "status", *state], tmp_path, cli_env())
     assert text.returncode == 0

@@ -26,7 +26,7 @@ log = logging.getLogger("reconciler.dispatch")
 
 DAY = 86_400.0
 # 30 days: a month of delivery history covers the questions asked of it (what
-# happened to last week's alert, replaying a failed day) at about 26 GB for 10
+# happened to last week's alert, replaying a failed day) at about 22 GB for 10
 # deliveries a second (docs/operations.md); contracts that need longer set it per
 # organization.
 DEFAULT_RETENTION = 30 * DAY

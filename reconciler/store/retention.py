@@ -276,6 +276,16 @@ class StateSize:
     notes: list[str] = field(default_factory=list)  # e.g. a file without auto-vacuum
 
     @property
+    def bytes_per_delivery(self) -> float | None:
+        """The queue's bytes (events, deliveries, attempts) per delivery kept."""
+        by_name = {t.name: t for t in self.tables}
+        kept = by_name["deliveries"].rows if "deliveries" in by_name else 0
+        if not kept:
+            return None
+        queue = sum(by_name[n].bytes for n in ("events", "deliveries", "attempts") if n in by_name)
+        return queue / kept
+
+    @property
     def total_bytes(self) -> int:
         return sum(self.files.values()) if self.files else sum(t.bytes for t in self.tables)
 
@@ -284,6 +294,7 @@ class StateSize:
             "tables": [{"name": t.name, "rows": t.rows, "bytes": t.bytes} for t in self.tables],
             "files": self.files,
             "total_bytes": self.total_bytes,
+            "bytes_per_delivery": self.bytes_per_delivery,
             "oldest_finished_age_seconds": _age(self.oldest_finished, now),
             "last_run": self.last_run.as_json() if self.last_run else None,
             "notes": self.notes,
