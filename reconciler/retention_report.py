@@ -50,7 +50,8 @@ def status_text(url: str, size: StateSize, runs: list[RetentionRun], now: float)
     lines.append("")
     lines.append(f"{'TABLE':<18} {'ROWS':>12} {'BYTES':>10}")
     for table in size.tables:
-        lines.append(f"{table.name:<18} {table.rows:>12,} {human_bytes(table.bytes):>10}")
+        shown = "-" if table.bytes is None else human_bytes(table.bytes)
+        lines.append(f"{table.name:<18} {table.rows:>12,} {shown:>10}")
     lines.append("")
     if size.bytes_per_delivery is not None:
         lines.append(f"bytes per delivery kept: {size.bytes_per_delivery:,.0f}")

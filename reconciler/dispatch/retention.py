@@ -45,7 +45,7 @@ class RetentionStore(Protocol):
         between: Callable[[], None] = ...,
     ) -> RetentionRun | None: ...
 
-    def state_size(self) -> StateSize: ...
+    def state_size(self, detailed: bool = ...) -> StateSize: ...
 
     def checkpoint(self) -> bool: ...
 
@@ -133,7 +133,7 @@ class Retention:
                         run.finished_at - run.started_at,
                     )
         store.checkpoint()
-        self.size = store.state_size()
+        self.size = store.state_size(detailed=False)
         return run
 
     def _between(self, pause: float) -> None:

@@ -18,11 +18,14 @@ def state_lines(size: StateSize, now: float) -> list[str]:
         "# TYPE reconciler_state_rows gauge",
     ]
     lines += [f'reconciler_state_rows{{table="{t.name}"}} {t.rows}' for t in size.tables]
-    lines += [
-        "# HELP reconciler_state_table_bytes Bytes per table of the state, its indexes included.",
-        "# TYPE reconciler_state_table_bytes gauge",
-    ]
-    lines += [f'reconciler_state_table_bytes{{table="{t.name}"}} {t.bytes}' for t in size.tables]
+    measured = [t for t in size.tables if t.bytes is not None]
+    if measured:
+        lines += [
+            "# HELP reconciler_state_table_bytes Bytes per table of the state, its indexes "
+            "included (PostgreSQL; SQLite: see the file gauges).",
+            "# TYPE reconciler_state_table_bytes gauge",
+        ]
+        lines += [f'reconciler_state_table_bytes{{table="{t.name}"}} {t.bytes}' for t in measured]
     if size.files:
         lines += [
             "# HELP reconciler_state_file_bytes Bytes of the SQLite state's files on disk.",

@@ -157,7 +157,8 @@ class PostgresRetention:
             )
             return [run_from_row(row) for row in cur.fetchall()]
 
-    def state_size(self) -> StateSize:
+    def state_size(self, detailed: bool = True) -> StateSize:
+        """Sizes come from the catalog here, at no cost: `detailed` changes nothing."""
         with self._tx() as cur:
             cur.execute(
                 "SELECT c.relname, c.reltuples::bigint, pg_total_relation_size(c.oid) "

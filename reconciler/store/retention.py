@@ -260,7 +260,7 @@ def run_from_row(row: Sequence[Any]) -> RetentionRun:
 class TableSize:
     name: str
     rows: int
-    bytes: int  # the table and its indexes
+    bytes: int | None  # the table and its indexes; None: not measured (see state_size)
 
 
 @dataclass(frozen=True)
@@ -280,14 +280,14 @@ class StateSize:
         """The queue's bytes (events, deliveries, attempts) per delivery kept."""
         by_name = {t.name: t for t in self.tables}
         kept = by_name["deliveries"].rows if "deliveries" in by_name else 0
-        if not kept:
+        sizes = [by_name[n].bytes for n in ("events", "deliveries", "attempts") if n in by_name]
+        if not kept or any(size is None for size in sizes):
             return None
-        queue = sum(by_name[n].bytes for n in ("events", "deliveries", "attempts") if n in by_name)
-        return queue / kept
+        return sum(size or 0 for size in sizes) / kept
 
     @property
     def total_bytes(self) -> int:
-        return sum(self.files.values()) if self.files else sum(t.bytes for t in self.tables)
+        return sum(self.files.values()) if self.files else sum(t.bytes or 0 for t in self.tables)
 
     def as_json(self, now: float) -> dict[str, Any]:
         return {

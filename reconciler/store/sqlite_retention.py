@@ -213,21 +213,25 @@ class SqliteRetention:
         ).fetchall()
         return [run_from_row(row) for row in rows]
 
-    def state_size(self) -> StateSize:
-        index_of = dict(
-            self._db.execute("SELECT name, tbl_name FROM sqlite_master WHERE type = 'index'")
-        )
+    def state_size(self, detailed: bool = True) -> StateSize:
+        """detailed=False leaves out the bytes per table: SQLite finds them by reading
+        every page of the file (the dispatcher's task, every minute, makes do with
+        the files' sizes; `retention status` reads them)."""
         sizes: dict[str, int] = {}
-        for name, size in self._db.execute(
-            "SELECT name, sum(pgsize) FROM dbstat GROUP BY name"
-        ).fetchall():
-            table = index_of.get(name, name)
-            sizes[table] = sizes.get(table, 0) + int(size)
+        if detailed:
+            index_of = dict(
+                self._db.execute("SELECT name, tbl_name FROM sqlite_master WHERE type = 'index'")
+            )
+            for name, size in self._db.execute(
+                "SELECT name, sum(pgsize) FROM dbstat GROUP BY name"
+            ).fetchall():
+                table = index_of.get(name, name)
+                sizes[table] = sizes.get(table, 0) + int(size)
         tables = [
             TableSize(
                 table,
                 int(self._db.execute(f"SELECT count(*) FROM {table}").fetchone()[0]),
-                sizes.get(table, 0),
+                sizes.get(table, 0) if detailed else None,
             )
             for table in SIZED_TABLES
         ]
