@@ -317,3 +317,29 @@ class TestPostgresRetention(RetentionContract):
         made = PostgresFactory(postgres_url)
         yield made
         made.close()
+
+
+@pytest.mark.postgres
+def test_postgres_vacuums_after_a_run_when_its_autovacuum_is_off(postgres_url: str) -> None:
+    import psycopg
+
+    made = PostgresFactory(postgres_url)
+    try:
+        store = made()
+        commit(store, put("acme", "a"))
+        store.add_event(event("e"), OLD)
+        finish(store, claim_all(store, OLD), "delivered", OLD + 1)
+        schema = postgres_url.rpartition("schema=")[2]
+        with psycopg.connect(postgres_url.partition("?")[0], autocommit=True) as conn:
+            autovacuum = conn.execute("SELECT current_setting('autovacuum')").fetchone()
+            store.prune(Cutoffs(CUTOFF), FakeClock(NEW), "me")
+            conn.execute("SELECT pg_stat_clear_snapshot()")
+            row = conn.execute(
+                "SELECT vacuum_count FROM pg_stat_user_tables "
+                "WHERE schemaname = %s AND relname = 'deliveries'",
+                (schema,),
+            ).fetchone()
+        assert autovacuum is not None and row is not None
+        assert (row[0] > 0) == (autovacuum[0] == "off")  # else autovacuum's turn
+    finally:
+        made.close()
