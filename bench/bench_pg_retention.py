@@ -65,7 +65,7 @@ def fill(conn: psycopg.Connection[Any], day: int, rows: int) -> None:
     with conn.cursor() as cur:
         cur.execute(
             "INSERT INTO deliveries SELECT 'msg_' || md5(random()::text || g::text), "
-            "'acme', 'hook-' || (g % 10), 'delivered', %s + g * %s, %s + g * %s + 1, "
+            "'acme', 'hook-' || (g %% 10), 'delivered', %s + g * %s, %s + g * %s + 1, "
             "repeat('x', 300) FROM generate_series(1, %s) g",
             (start, DAY / (rows + 1), start, DAY / (rows + 1), rows),
         )
