@@ -26,6 +26,7 @@ from reconciler.tokens import parse_expiry
 from reconciler.validate_report import count
 
 if TYPE_CHECKING:
+    from reconciler.dispatch.retention import RetentionSettings, RetentionStore
     from reconciler.dispatch.ssrf import NetworkPolicy
 
 
@@ -99,6 +100,30 @@ def _policy(allow_private: bool, cidrs: tuple[str, ...]) -> NetworkPolicy:
     "logging path, without serve's tuned ones (docs/benchmarks.md: about 9% more CPU "
     "per delivery).",
 )
+@click.option(
+    "--retention",
+    default="30d",
+    show_default=True,
+    envvar="RECONCILER_RETENTION",
+    help="Remove delivered, failed and cancelled deliveries, their attempts and events "
+    "this long after they finished, e.g. 30d, 12h, 2w; `forever` keeps them. Pending "
+    "work and the audit log are never removed.",
+)
+@click.option(
+    "--retention-for",
+    "retention_for",
+    multiple=True,
+    envvar="RECONCILER_RETENTION_FOR",
+    metavar="ORG=AGE",
+    help="An organization's own retention, e.g. acme=90d (repeatable; the variable "
+    "takes several, space-separated).",
+)
+@click.option(
+    "--retention-interval",
+    default="1m",
+    show_default=True,
+    help="How often retention runs (and measures the state for /metrics).",
+)
 @network_options
 def serve_command(
     state: str,
@@ -109,6 +134,9 @@ def serve_command(
     processes: int,
     pause_after: str,
     stock: bool,
+    retention: str,
+    retention_for: tuple[str, ...],
+    retention_interval: str,
     allow_private: bool,
     allow_cidrs: tuple[str, ...],
 ) -> None:
@@ -135,6 +163,13 @@ def serve_command(
     closes it. Down for --pause-after, the webhook is paused as after HTTP 410:
     `plan` shows it, and the next apply or `reconciler webhooks resume` resumes it.
 
+    Retention: every --retention-interval, one dispatcher of the state removes,
+    in small batches, the deliveries that finished over --retention ago (per
+    organization with --retention-for), with their attempts and events; per
+    webhook and day, counts and duration percentiles are kept. Pending work and
+    the audit log are never removed. `reconciler retention status` shows the
+    state's size and the last run.
+
     The port is taken before anything starts: one in use is an error (exit 1).
 
     The state must be there (apply or migrate makes it): on a URL where none is,
@@ -145,6 +180,7 @@ def serve_command(
       reconciler serve --port 8080 --concurrency 200
       reconciler serve --port 8080 --processes 2
       reconciler serve --pause-after 12h
+      reconciler serve --retention 30d --retention-for acme=90d
     """
     from reconciler.dispatch.logs import serve_handler
     from reconciler.dispatch.processes import listen
@@ -161,12 +197,28 @@ def serve_command(
         pause_after=_pause_after(pause_after),
     )
     policy = _policy(allow_private, allow_cidrs)
+    retention_settings = retention_options(retention, retention_for, retention_interval)
 
     def run(store: Backend, sock: socket.socket, **more: Any) -> None:
+        from reconciler.dispatch.retention import Retention
+        from reconciler.dispatch.worker import owner_id
+
+        def retention_store() -> RetentionStore:
+            # Its own connection: intake and the workers never wait behind a batch.
+            return open_store(state)  # type: ignore[return-value]
+
+        pruner = Retention(retention_store, retention_settings, owner_id())
         with asyncio.Runner(loop_factory=event_loop_factory()) as runner:
             runner.run(
                 serve(
-                    store, sock, settings=settings, policy=policy, grace=grace, stock=stock, **more
+                    store,
+                    sock,
+                    settings=settings,
+                    policy=policy,
+                    grace=grace,
+                    retention=pruner,
+                    stock=stock,
+                    **more,
                 )
             )
 
@@ -387,3 +439,28 @@ def _pause_after(text: str) -> float:
             param_hint="--pause-after",
         )
     return seconds
+
+
+def retention_options(default: str, overrides: tuple[str, ...], interval: str) -> RetentionSettings:
+    """serve's retention options, each checked, as settings; a bad one is a usage
+    error naming the option and what is accepted."""
+    from reconciler.dispatch.retention import RetentionSettings, parse_age, parse_overrides
+
+    try:
+        age = parse_age(default)
+    except ValueError as exc:
+        raise click.BadParameter(str(exc), param_hint="--retention") from None
+    try:
+        organizations = parse_overrides(overrides)
+    except ValueError as exc:
+        raise click.BadParameter(str(exc), param_hint="--retention-for") from None
+    try:
+        every = parse_expiry(interval.strip())
+    except ValueError:
+        every = 0.0
+    if every <= 0:
+        raise click.BadParameter(
+            f"not a duration: {interval!r} (use e.g. 30s, 1m, 10m)",
+            param_hint="--retention-interval",
+        )
+    return RetentionSettings(age, organizations, interval=every)

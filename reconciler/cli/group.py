@@ -13,7 +13,15 @@ from typing import Any
 import click
 
 from reconciler import __version__
-from reconciler.cli import definitions, deliveries, dispatcher, state, tokens, webhooks
+from reconciler.cli import (
+    definitions,
+    deliveries,
+    dispatcher,
+    retention,
+    state,
+    tokens,
+    webhooks,
+)
 from reconciler.errors import ReconcilerError
 
 
@@ -55,6 +63,7 @@ for command in (
     dispatcher.serve_command,
     dispatcher.fire,
     deliveries.deliveries,
+    retention.retention,
     tokens.tokens,
     webhooks.webhooks,
 ):

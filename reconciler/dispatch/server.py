@@ -16,6 +16,7 @@ import uvicorn
 
 from reconciler.dispatch.app import create_app
 from reconciler.dispatch.logs import lines_per_turn
+from reconciler.dispatch.retention import Retention
 from reconciler.dispatch.service import DEFAULT_GRACE, Dispatcher, make_sender
 from reconciler.dispatch.ssrf import NetworkPolicy
 from reconciler.dispatch.worker import WorkerSettings
@@ -85,6 +86,7 @@ async def serve(
     grace: float = DEFAULT_GRACE,
     ready: Callable[[int], None] | None = None,
     stock: bool = False,
+    retention: Retention | None = None,
 ) -> None:
     """Serve on `sock`, a listening socket bound by the caller, until SIGTERM or
     SIGINT, then shut down gracefully.
@@ -98,7 +100,7 @@ async def serve(
     database thread is joined. The caller closes `store` only after this returns:
     a connection closed under a thread still using it crashes the process."""
     sender = make_sender(settings.concurrency, policy)
-    dispatcher = Dispatcher(store, sender, settings=settings, policy=policy)
+    dispatcher = Dispatcher(store, sender, settings=settings, policy=policy, retention=retention)
     app = create_app(dispatcher)
     assert app.intake is not None
     http: Any = "httptools"  # uvicorn's own protocol

@@ -16,8 +16,10 @@ import httpx
 
 from reconciler.dispatch.metrics import Metrics, QueueGauges, WebhookGauges
 from reconciler.dispatch.readiness import Readiness
+from reconciler.dispatch.retention import Retention
 from reconciler.dispatch.sender import Sender
 from reconciler.dispatch.ssrf import GuardedResolver, NetworkPolicy, guarded_socket
+from reconciler.dispatch.state_metrics import state_lines
 from reconciler.dispatch.transport import ExactUrlTransport
 from reconciler.dispatch.worker import Database, Worker, WorkerSettings, owner_alive
 from reconciler.events import EventIn
@@ -80,8 +82,12 @@ class Dispatcher:
         clock: Callable[[], float] = time.time,
         env: Mapping[str, str] | None = None,
         policy: NetworkPolicy | None = None,
+        retention: Retention | None = None,
     ) -> None:
         self.db = Database(store, clock)
+        self.retention = retention
+        self._retention_stop = asyncio.Event()
+        self._retention_task: asyncio.Task[None] | None = None
         self.sender = sender
         self.clock = clock
         self.metrics = Metrics()
@@ -137,7 +143,10 @@ class Dispatcher:
         counts = await self.db.run(self.db.store.queue_counts)
         oldest = await self.db.run(self.db.store.oldest_due, now)
         age = max(0.0, now - oldest) if oldest else 0.0
-        return self.metrics.render(access.sees, QueueGauges(counts, age), webhooks)
+        text = self.metrics.render(access.sees, QueueGauges(counts, age), webhooks)
+        if self.retention is not None and self.retention.size is not None:
+            text += "\n".join(state_lines(self.retention.size, now)) + "\n"
+        return text
 
     # -- what the HTTP API reads and changes, each a call on the database thread ----
 
@@ -242,6 +251,10 @@ class Dispatcher:
 
     def start(self) -> None:
         self._task = asyncio.create_task(self._run(), name="reconciler-workers")
+        if self.retention is not None:
+            self._retention_task = asyncio.create_task(
+                self.retention.run_forever(self._retention_stop), name="reconciler-retention"
+            )
 
     async def _run(self) -> None:
         released = await self.db.run(self.db.store.release_dead, owner_alive, self.clock())
@@ -260,6 +273,9 @@ class Dispatcher:
     def stop_claiming(self) -> None:
         self._stopping = True
         self._wake.set()
+        self._retention_stop.set()
+        if self.retention is not None:
+            self.retention.stop()
 
     async def stop(self, grace: float = DEFAULT_GRACE) -> None:
         """Stop claiming, let in-flight requests finish within `grace`, release the
@@ -282,6 +298,17 @@ class Dispatcher:
                 await self.sender.aclose()
             finally:
                 self.db.close()
+                await self._stop_retention()
+
+    async def _stop_retention(self) -> None:
+        """Retention ends after its batch under way; its thread is joined and its
+        connection closed."""
+        if self.retention is None:
+            return
+        if self._retention_task is not None:
+            with contextlib.suppress(Exception):
+                await self._retention_task
+        await asyncio.get_running_loop().run_in_executor(None, self.retention.close)
 
 
 def webhook_gauges(

@@ -54,6 +54,7 @@ from reconciler.store.base import (
 )
 from reconciler.store.postgres_migrations import MIGRATIONS
 from reconciler.store.postgres_queue import PostgresQueue
+from reconciler.store.postgres_retention import PostgresRetention
 from reconciler.store.tokens import TOKEN_COLUMNS, TokenRecord, token_from_row
 
 try:
@@ -131,7 +132,7 @@ def shown_url(url: str) -> str:
     return urlunsplit(parts._replace(netloc=netloc))
 
 
-class PostgresStore(PostgresQueue):
+class PostgresStore(PostgresQueue, PostgresRetention):
     def __init__(
         self,
         url: str,
@@ -149,7 +150,7 @@ class PostgresStore(PostgresQueue):
         conninfo, self.schema, pool_size = split_url(url)
         self._keys = {
             name: zlib.crc32(f"reconciler:{self.schema}:{name}".encode())
-            for name in ("apply", "migrate")
+            for name in ("apply", "migrate", "retention")
         }
         # Per-webhook claim locks take two 32-bit keys: this state's, and the webhook's.
         self._claim_key = zlib.crc32(f"reconciler:{self.schema}:claim".encode()) - 2**31
@@ -181,11 +182,15 @@ class PostgresStore(PostgresQueue):
     # -- transactions -------------------------------------------------------
 
     @contextmanager
-    def _tx(self, durable: bool = True) -> Iterator[psycopg.Cursor[Any]]:
+    def _tx(
+        self, durable: bool = True, conn: psycopg.Connection[Any] | None = None
+    ) -> Iterator[psycopg.Cursor[Any]]:
         """One transaction. durable=False: commit without waiting for the flush to
-        disk; only for claims and attempt records (a lost one costs a duplicate)."""
+        disk; only for claims and attempt records (a lost one costs a duplicate).
+        On `conn` (from _session) rather than a connection of the pool's choosing."""
+        held = self._pool.connection() if conn is None else contextlib.nullcontext(conn)
         try:
-            with self._pool.connection() as conn, conn.transaction(), conn.cursor() as cur:
+            with held as conn, conn.transaction(), conn.cursor() as cur:
                 if not durable:
                     cur.execute("SET LOCAL synchronous_commit = off")
                 yield cur
@@ -195,6 +200,17 @@ class PostgresStore(PostgresQueue):
             ) from None
         except _REFUSALS as exc:
             raise StateError(f"the state at {self.url} failed: {_reason(exc)}") from None
+
+    @contextmanager
+    def _session(self) -> Iterator[psycopg.Connection[Any]]:
+        """One connection of the pool for a while, in autocommit (each _tx on it is
+        its own transaction): what a session-level advisory lock is held on."""
+        with self._pool.connection() as conn:
+            conn.autocommit = True
+            try:
+                yield conn
+            finally:
+                conn.autocommit = False
 
     def _migrate(self) -> None:
         with self._tx() as cur:

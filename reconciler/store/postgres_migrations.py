@@ -203,3 +203,55 @@ MIGRATIONS.append(
         ],
     )
 )
+
+# Retention's indexes and tables (see store/migrations.py).
+MIGRATIONS.append(
+    (
+        "0010_retention",
+        [
+            """CREATE INDEX deliveries_finished ON deliveries (organization, updated_at)
+               WHERE status IN ('delivered', 'failed', 'cancelled')""",
+            """CREATE INDEX events_without_deliveries ON events (organization, received_at)
+               WHERE deliveries = 0""",
+            """CREATE TABLE webhook_days (
+                organization TEXT NOT NULL,
+                webhook TEXT NOT NULL,
+                day TEXT NOT NULL,
+                delivered BIGINT NOT NULL DEFAULT 0,
+                failed BIGINT NOT NULL DEFAULT 0,
+                cancelled BIGINT NOT NULL DEFAULT 0,
+                attempts BIGINT NOT NULL DEFAULT 0,
+                retried BIGINT NOT NULL DEFAULT 0,
+                durations TEXT NOT NULL DEFAULT '{}',
+                PRIMARY KEY (organization, webhook, day)
+            )""",
+            """CREATE TABLE retention_runs (
+                id BIGSERIAL PRIMARY KEY,
+                owner TEXT NOT NULL,
+                started_at DOUBLE PRECISION NOT NULL,
+                finished_at DOUBLE PRECISION NOT NULL,
+                deliveries BIGINT NOT NULL,
+                attempts BIGINT NOT NULL,
+                events BIGINT NOT NULL,
+                breakers BIGINT NOT NULL,
+                rate_slots BIGINT NOT NULL,
+                bytes_released BIGINT NOT NULL
+            )""",
+        ],
+    )
+)
+
+# Retention deletes a steady trickle of rows from the queue's tables: autovacuum
+# visits them after 2% of their rows changed (not PostgreSQL's default 20%), so the
+# space of removed rows is reused by new ones and the tables stay the size of the
+# retention window (docs/benchmarks.md, "Soak").
+MIGRATIONS.append(
+    (
+        "0011_space_given_back",
+        [
+            f"ALTER TABLE {table} SET (autovacuum_vacuum_scale_factor = 0.02, "
+            "autovacuum_analyze_scale_factor = 0.02, autovacuum_vacuum_cost_delay = 1)"
+            for table in ("events", "deliveries", "attempts")
+        ],
+    )
+)

@@ -49,6 +49,7 @@ from reconciler.store.base import (
 )
 from reconciler.store.sqlite_migrations import MIGRATIONS
 from reconciler.store.sqlite_queue import SqliteQueue
+from reconciler.store.sqlite_retention import WAL_LIMIT, SqliteRetention
 from reconciler.store.tokens import TOKEN_COLUMNS, TokenRecord, token_from_row
 
 LOCK_LEASE_SECONDS = 3600.0
@@ -122,7 +123,7 @@ def _translating(method: Callable[..., Any]) -> Callable[..., Any]:
 
 
 @_errors_translated
-class SqliteStore(SqliteQueue):
+class SqliteStore(SqliteQueue, SqliteRetention):
     def __init__(
         self,
         path: Path,
@@ -163,9 +164,14 @@ class SqliteStore(SqliteQueue):
         try:
             # The first read, before any write: a file that is not a database (or
             # not one of ours, where nothing may be made) is refused as it is.
-            if not self._has_tables() and not create:
-                raise no_state(self.url, "the file holds no reconciler tables")
+            if not self._has_tables():
+                if not create:
+                    raise no_state(self.url, "the file holds no reconciler tables")
+                # Before the first table: only then does the setting take at once.
+                self._db.execute("PRAGMA auto_vacuum=INCREMENTAL")
             self._db.execute("PRAGMA journal_mode=WAL")
+            # A checkpoint that empties the WAL cuts the file back to this.
+            self._db.execute(f"PRAGMA journal_size_limit={WAL_LIMIT}")
             self._db.execute("PRAGMA synchronous=FULL")
             self._synchronous = "FULL"
             self._db.execute("PRAGMA foreign_keys=ON")

@@ -288,3 +288,59 @@ MIGRATIONS.append(
         ],
     )
 )
+
+# Retention (reconciler/store/retention.py): finished deliveries, their attempts and
+# their events go once older than the retention age, in small batches. What stays is
+# one row per webhook and day (counts by outcome, a histogram of attempt durations),
+# written in the batch's own transaction before its rows go, and a short record of
+# each run. The partial indexes hold only what retention may remove: finished
+# deliveries (in the order they finished, per organization), and events that queued
+# no delivery at all; pending work never enters them.
+MIGRATIONS.append(
+    (
+        "0010_retention",
+        [
+            """CREATE INDEX deliveries_finished ON deliveries (organization, updated_at)
+               WHERE status IN ('delivered', 'failed', 'cancelled')""",
+            """CREATE INDEX events_without_deliveries ON events (organization, received_at)
+               WHERE deliveries = 0""",
+            """CREATE TABLE webhook_days (
+                organization TEXT NOT NULL,
+                webhook TEXT NOT NULL,
+                day TEXT NOT NULL,
+                delivered INTEGER NOT NULL DEFAULT 0,
+                failed INTEGER NOT NULL DEFAULT 0,
+                cancelled INTEGER NOT NULL DEFAULT 0,
+                attempts INTEGER NOT NULL DEFAULT 0,
+                retried INTEGER NOT NULL DEFAULT 0,
+                durations TEXT NOT NULL DEFAULT '{}',
+                PRIMARY KEY (organization, webhook, day)
+            )""",
+            """CREATE TABLE retention_runs (
+                id INTEGER PRIMARY KEY AUTOINCREMENT,
+                owner TEXT NOT NULL,
+                started_at REAL NOT NULL,
+                finished_at REAL NOT NULL,
+                deliveries INTEGER NOT NULL,
+                attempts INTEGER NOT NULL,
+                events INTEGER NOT NULL,
+                breakers INTEGER NOT NULL,
+                rate_slots INTEGER NOT NULL,
+                bytes_released INTEGER NOT NULL
+            )""",
+        ],
+    )
+)
+
+# The file gives back the pages retention frees: incremental auto-vacuum, released
+# a few hundred pages at a time after each retention run. A new state has it from
+# its first page (SqliteStore sets it before any table exists). A file made before
+# keeps its mode until it is rebuilt: `PRAGMA auto_vacuum = INCREMENTAL; VACUUM;`,
+# once, with every dispatcher stopped (docs/operations.md); until then this is a
+# no-op and retention's freed pages are reused rather than given back.
+MIGRATIONS.append(
+    (
+        "0011_space_given_back",
+        ["PRAGMA auto_vacuum = INCREMENTAL"],
+    )
+)

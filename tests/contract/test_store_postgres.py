@@ -93,6 +93,8 @@ def test_open_store_selects_postgres_and_hides_the_password(postgres_url: str) -
             "0007_webhook_breakers",
             "0008_rate_limit_slots",
             "0009_endpoint_health_indexes",
+            "0010_retention",
+            "0011_space_given_back",
         ]
     finally:
         store.close()
