@@ -96,6 +96,16 @@ def _policy(allow_private: bool, cidrs: tuple[str, ...]) -> NetworkPolicy:
     help="Pause a webhook whose endpoint has been down (its circuit breaker open) this "
     "long, e.g. 12h, 3d, 1w; `never` keeps probing it.",
 )
+@click.option(
+    "--intake-deadline",
+    type=click.FloatRange(0.1, 300),
+    default=10.0,
+    show_default=True,
+    envvar="RECONCILER_INTAKE_DEADLINE",
+    help="Seconds within which POST /v1/events answers: 202, a refusal, or, when the "
+    "state has not answered by then, 503 'outcome unknown' (send the event again with "
+    "the same id: it is queued at most once).",
+)
 @network_options
 def serve_command(
     state: str,
@@ -105,6 +115,7 @@ def serve_command(
     grace: float,
     processes: int,
     pause_after: str,
+    intake_deadline: float,
     allow_private: bool,
     allow_cidrs: tuple[str, ...],
 ) -> None:
@@ -141,6 +152,7 @@ def serve_command(
       reconciler serve --port 8080 --concurrency 200
       reconciler serve --port 8080 --processes 2
       reconciler serve --pause-after 12h
+      reconciler serve --intake-deadline 5
     """
     from reconciler.dispatch.logs import LineFormatter, TurnBufferedHandler
     from reconciler.dispatch.processes import listen
@@ -161,7 +173,17 @@ def serve_command(
 
     def run(store: QueueStore, sock: socket.socket, **more: Any) -> None:
         with asyncio.Runner(loop_factory=event_loop_factory()) as runner:
-            runner.run(serve(store, sock, settings=settings, policy=policy, grace=grace, **more))
+            runner.run(
+                serve(
+                    store,
+                    sock,
+                    settings=settings,
+                    policy=policy,
+                    grace=grace,
+                    intake_deadline=intake_deadline,
+                    **more,
+                )
+            )
 
     # The port first: one that is in use ends here, in one line, before the state is
     # opened or any worker or thread starts.
