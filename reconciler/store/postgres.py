@@ -58,6 +58,10 @@ except ImportError as exc:  # pragma: no cover - depends on the install
 
 _POLL_SECONDS = 0.1
 DEFAULT_POOL_SIZE = 5
+# How long a call waits for a connection from the pool (psycopg_pool's default is
+# 30 s): as long as one connection attempt may take, so a server that refuses or
+# drops every connection fails the call within it.
+POOL_WAIT = 10.0
 # libpq's connection parameters, unless the URL sets them: a connection attempt,
 # an unanswered link (keepalives: probed after 10 s idle, every 5 s, dead after 3
 # misses) and unacknowledged data (tcp_user_timeout, in ms) all end within 30 s.
@@ -160,6 +164,7 @@ class PostgresStore(PostgresQueue):
             kwargs={"options": f"{options} -c search_path={self.schema}".strip()},
             # A connection the server or the network ended is replaced, not handed out.
             check=ConnectionPool.check_connection,
+            timeout=POOL_WAIT,
             open=True,
             name="reconciler",
         )
