@@ -80,6 +80,8 @@ class Proxy:
         self._loop.call_soon_threadsafe(go)
 
     def close(self) -> None:
+        """Cut every connection, stop, and close the loop (nothing left pending)."""
+
         async def shut() -> None:
             if self._server is not None:
                 self._server.close()
@@ -87,11 +89,19 @@ class Proxy:
                 link.flowing.set()
                 for writer in link.writers:
                     writer.transport.abort()
+            tasks = [t for t in asyncio.all_tasks() if t is not asyncio.current_task()]
+            for task in tasks:
+                task.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
+            if self._server is not None:
+                await self._server.wait_closed()
 
         if self._thread.is_alive():
             asyncio.run_coroutine_threadsafe(shut(), self._loop).result(10)
             self._loop.call_soon_threadsafe(self._loop.stop)
             self._thread.join(10)
+        if not self._loop.is_closed():
+            self._loop.close()
 
     def __enter__(self) -> Proxy:
         return self.start()
@@ -110,14 +120,16 @@ class Proxy:
         link = _Link(asyncio.Event(), writers=[client_w, server_w])
         link.flowing.set()
         self._links.append(link)
-        await asyncio.gather(
-            self._pump(client_r, server_w, link, upstream=True),
-            self._pump(server_r, client_w, link, upstream=False),
-            return_exceptions=True,
-        )
-        for writer in link.writers:
-            writer.transport.abort()
-        self._links.remove(link)
+        try:
+            await asyncio.gather(
+                self._pump(client_r, server_w, link, upstream=True),
+                self._pump(server_r, client_w, link, upstream=False),
+                return_exceptions=True,
+            )
+        finally:
+            for writer in link.writers:
+                writer.transport.abort()
+            self._links.remove(link)
 
     async def _pump(
         self,

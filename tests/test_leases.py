@@ -220,7 +220,7 @@ def test_the_heartbeat_renews_and_reaps_on_its_own(store: Any) -> None:
         await asyncio.wait_for(loop, 30)
 
     async def go() -> None:
-        db = Database(Counted(), clock)  # type: ignore[arg-type]
+        db = Database(Counted(), clock)
         try:
             async with Sender(httpx.AsyncHTTPTransport()) as sender:
                 settings = WorkerSettings(heartbeat=0.01)
@@ -267,7 +267,7 @@ def test_intake_answers_outcome_unknown_at_its_deadline_and_the_retry_queues_onc
     async def go() -> list[httpx.Response]:
         sender = Sender(httpx.AsyncHTTPTransport())
         dispatcher = Dispatcher(
-            stuck,  # type: ignore[arg-type]
+            stuck,
             sender,
             clock=FakeClock(START),
             env={},

@@ -5,10 +5,11 @@ Selected by a state URL `postgresql://user@host:port/db` (optionally
 psycopg 3 with a connection pool; applies serialize on an advisory lock, and
 migrations run under another, so processes starting at once migrate once.
 
-Every connection has deadlines (CONNECTION_DEFAULTS, SESSION_DEFAULTS), all below
-the dispatcher's 90 s delivery lease, so a stalled server or a half-open link
-fails a call instead of holding it, and its locked rows, for hours; the URL's own
-query parameters of the same names override them. The pool checks a connection
+Every connection has deadlines (CONNECTION_DEFAULTS, SESSION_DEFAULTS), so a
+stalled server or a half-open link fails a call instead of holding it, and its
+locked rows, for hours; a transaction left idle (a link that stalled mid-claim)
+ends within the shortest delivery lease (queue.LEASE_MARGIN). The URL's own query
+parameters of the same names override them. The pool checks a connection
 before handing it out and replaces a dead one.
 """
 
@@ -74,10 +75,13 @@ CONNECTION_DEFAULTS = {
     "tcp_user_timeout": "30000",
 }
 # Server settings of each session, unless the URL's query sets them: no statement
-# runs, and no transaction stays open idle (its rows locked), longer than 30 s.
+# runs longer than 30 s, and no transaction stays open idle (its rows locked) longer
+# than 10 s, the shortest delivery lease: the dispatcher never leaves a transaction
+# idle, so only a stalled link or a wedged client does, and the rows it locked are
+# free again before a lease of theirs could have run out.
 SESSION_DEFAULTS = {
     "statement_timeout": "30s",
-    "idle_in_transaction_session_timeout": "30s",
+    "idle_in_transaction_session_timeout": "10s",
 }
 
 # The server, its disk, a trigger or a permission refused what a transaction did
