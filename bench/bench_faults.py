@@ -89,15 +89,21 @@ def stall(fleet: Fleet) -> dict[str, Any]:
     if not proxy.tripped.wait(WAIT):
         raise SystemExit("no claim went through the proxy")
     tripped = time.monotonic()
+    posted: list[tuple[Any, float]] = []  # intake's answer meanwhile, from another thread
+    poster = threading.Thread(
+        target=lambda: posted.append(fleet.post(stalled, "during-the-stall")), daemon=True
+    )
+    poster.start()
     until(lambda: not fleet.ready(stalled), "unready")
     unready = time.monotonic() - tripped
-    response, intake = fleet.post(stalled, "during-the-stall")
     free_sql = (
         "SELECT count(*) FROM (SELECT id FROM deliveries WHERE status = 'pending' "
         "FOR UPDATE SKIP LOCKED) free"
     )
     until(lambda: rows(fleet.state, free_sql)[0][0] == EVENTS, "rows free")
     released = time.monotonic() - tripped
+    poster.join(WAIT)
+    ((response, intake),) = posted
     fleet.start()
     until(delivered(fleet, EVENTS), "delivered by the other")
     taken = time.monotonic() - tripped
@@ -124,12 +130,27 @@ def late(fleet: Fleet, lease: float) -> dict[str, Any]:
     if not proxy.tripped.wait(WAIT):
         raise SystemExit("no claim committed through the proxy")
     tripped = time.monotonic()
+    leased_sql = "SELECT id FROM deliveries WHERE status = 'in_flight'"
+    until(lambda: bool(rows(fleet.state, leased_sql)), "the claim committed")
+    leased = {row[0] for row in rows(fleet.state, leased_sql)}  # up to max_in_flight
+    claimed = len(leased)
     fleet.start()
     until(delivered(fleet, EVENTS), "delivered by the other")
-    taken = time.monotonic() - tripped
-    until(lambda: slow.log().count("lease too short to send") >= EVENTS, "put back", lease + 30)
+    arrived = [
+        r.arrived - tripped for r in fleet.receiver.requests() if r.header("webhook-id") in leased
+    ]
+    first, taken = min(arrived), max(arrived)
+    put_back = "lease too short to send"
+    until(lambda: slow.log().count(put_back) >= claimed, "put back", lease + 30)
     time.sleep(1.0)
-    return {"fault": "late", "takeover_s": taken, "duplicates": duplicates(fleet)}
+    return {
+        "fault": "late",
+        "claimed": claimed,
+        "takeover_first_s": first,
+        "takeover_last_s": taken,
+        "put_back_unsent": slow.log().count(put_back),
+        "duplicates": duplicates(fleet),
+    }
 
 
 def kill(fleet: Fleet) -> dict[str, Any]:

@@ -126,6 +126,8 @@ class Proxy:
                 self._pump(server_r, client_w, link, upstream=False),
                 return_exceptions=True,
             )
+        except asyncio.CancelledError:
+            pass  # close(): ended here, so the server's callback finds no error to log
         finally:
             for writer in link.writers:
                 writer.transport.abort()

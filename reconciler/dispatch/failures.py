@@ -61,7 +61,11 @@ def responses(model: Any) -> dict[int | str, dict[str, Any]]:
     return {
         503: {
             "model": model,
-            "description": "The state cannot take the request now: send it again later",
+            "description": (
+                "The state cannot take the request now, or (intake) did not answer within "
+                "the intake deadline, so the outcome is unknown: send it again later, an "
+                "event with the same id"
+            ),
             "headers": {
                 "Retry-After": {
                     "description": "Seconds to wait before sending it again.",
