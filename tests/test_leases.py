@@ -197,8 +197,9 @@ def test_a_dead_dispatcher_of_this_host_is_noticed_while_running(store: Any) -> 
     assert (record.id, record.status, record.due_at) == (claim.delivery_id, "pending", START)
 
 
-def test_the_heartbeat_renews_and_reaps_on_its_own(store: Any) -> None:
-    """run_forever runs the heartbeat: a short one here, on the real clock."""
+def test_the_running_loop_looks_for_dead_dispatchers_at_every_heartbeat(store: Any) -> None:
+    """run_forever runs the heartbeat, not only a start: a short one here, on the real
+    clock."""
     clock = FakeClock(START)
     calls: list[str] = []
 
