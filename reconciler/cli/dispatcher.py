@@ -124,6 +124,16 @@ def _policy(allow_private: bool, cidrs: tuple[str, ...]) -> NetworkPolicy:
     show_default=True,
     help="How often retention runs (and measures the state for /metrics).",
 )
+@click.option(
+    "--intake-deadline",
+    type=click.FloatRange(0.1, 300),
+    default=10.0,
+    show_default=True,
+    envvar="RECONCILER_INTAKE_DEADLINE",
+    help="Seconds within which POST /v1/events answers: 202, a refusal, or, when the "
+    "state has not answered by then, 503 'outcome unknown' (send the event again with "
+    "the same id: it is queued at most once).",
+)
 @network_options
 def serve_command(
     state: str,
@@ -137,6 +147,7 @@ def serve_command(
     retention: str,
     retention_for: tuple[str, ...],
     retention_interval: str,
+    intake_deadline: float,
     allow_private: bool,
     allow_cidrs: tuple[str, ...],
 ) -> None:
@@ -181,6 +192,7 @@ def serve_command(
       reconciler serve --port 8080 --processes 2
       reconciler serve --pause-after 12h
       reconciler serve --retention 30d --retention-for acme=90d
+      reconciler serve --intake-deadline 5
     """
     from reconciler.dispatch.logs import serve_handler
     from reconciler.dispatch.processes import listen
@@ -218,6 +230,7 @@ def serve_command(
                     grace=grace,
                     retention=pruner,
                     stock=stock,
+                    intake_deadline=intake_deadline,
                     **more,
                 )
             )

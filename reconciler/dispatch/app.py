@@ -14,6 +14,7 @@ the state; a state that fails answers 503 with Retry-After (failures.py).
 
 from __future__ import annotations
 
+import asyncio
 import functools
 from collections.abc import Mapping
 from typing import Annotated, Any, Literal
@@ -161,7 +162,14 @@ def create_app(dispatcher: Dispatcher) -> DispatcherAPI:
     app.add_middleware(
         _BodyLimit, limits=limits, default=MAX_EVENT_BYTES, guard=guard, routes=app.router.routes
     )
-    app.add_middleware(_Failures)  # around the rest: every failure answered in one shape
+    # Around the rest: every failure answered in one shape, intake within its deadline.
+    app.add_middleware(
+        _Failures,
+        deadlines={
+            fast_intake.PATH: dispatcher.intake_deadline,
+            fast_intake.BATCH_PATH: dispatcher.intake_deadline,
+        },
+    )
     app.intake = fast_intake.FastIntake(
         functools.partial(FastAPI.__call__, app), dispatcher, guard, limits
     )
@@ -435,10 +443,13 @@ def _problem(error: Any) -> dict[str, str]:
 
 class _Failures:
     """Answer a request whose handling failed (the state, or a bug) in the shape of
-    every refusal, logged once (failures.py), rather than as the server's plain 500."""
+    every refusal, logged once (failures.py), rather than as the server's plain 500.
+    A request to a path of `deadlines` not answered within its seconds is answered
+    503 "outcome unknown" (failures.OutcomeUnknown)."""
 
-    def __init__(self, app: ASGIApp) -> None:
+    def __init__(self, app: ASGIApp, deadlines: dict[str, float] | None = None) -> None:
         self.app = app
+        self.deadlines = deadlines or {}
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -451,12 +462,18 @@ class _Failures:
             started = started or message["type"] == "http.response.start"
             await send(message)
 
+        deadline = self.deadlines.get(scope["path"]) if scope["method"] == "POST" else None
+        limit = asyncio.timeout(deadline)
         try:
-            await self.app(scope, receive, watched)
+            async with limit:
+                await self.app(scope, receive, watched)
         except Exception as exc:
             if started:  # too late to answer otherwise: the server ends the response
                 raise
-            response = failures.answer(exc, scope["method"], scope["path"])
+            failure: Exception = exc
+            if deadline is not None and limit.expired():
+                failure = failures.OutcomeUnknown(deadline)
+            response = failures.answer(failure, scope["method"], scope["path"])
             await response(scope, _nothing, send)
 
 

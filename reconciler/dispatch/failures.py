@@ -6,6 +6,10 @@ the shape of every other refusal:
     503 {"error": "the state is unavailable: ...", "problems": []}  + Retry-After
         the database failed (a full disk, a lost connection, a lock held too long):
         nothing the caller sent was wrong, and the same request may be sent again
+    503 {"error": "outcome unknown: ...", "problems": []}  + Retry-After
+        intake's deadline passed before the state answered (OutcomeUnknown): the
+        events may yet be stored, or not; sent again with the same ids, they are
+        queued at most once
     500 {"error": "internal error", "problems": []}
         anything else
 
@@ -35,12 +39,33 @@ UNAVAILABLE = (
 INTERNAL = "internal error"
 
 
+class OutcomeUnknown(Exception):
+    """The state did not answer intake within its deadline: what was sent may yet be
+    stored, or not."""
+
+    def __init__(self, deadline: float) -> None:
+        super().__init__(f"the state did not answer within {deadline:g}s")
+        self.deadline = deadline
+
+
+def unknown(deadline: float) -> str:
+    return (
+        f"outcome unknown: the state did not answer within {deadline:g}s, and the event "
+        "may or may not be queued; retry with the same event id (an event id is queued "
+        "at most once per organization)"
+    )
+
+
 def responses(model: Any) -> dict[int | str, dict[str, Any]]:
     """The 503 for a route's `responses=`, with `model` the shape of every refusal."""
     return {
         503: {
             "model": model,
-            "description": "The state cannot take the request now: send it again later",
+            "description": (
+                "The state cannot take the request now, or (intake) did not answer within "
+                "the intake deadline, so the outcome is unknown: send it again later, an "
+                "event with the same id"
+            ),
             "headers": {
                 "Retry-After": {
                     "description": "Seconds to wait before sending it again.",
@@ -62,6 +87,13 @@ def of_state(exc: BaseException) -> bool:
 
 def answer(exc: Exception, method: str, path: str) -> JSONResponse:
     """The answer to a request that failed with `exc`, logged once."""
+    if isinstance(exc, OutcomeUnknown):
+        log.error("%s %s: %s; answered 503, outcome unknown", method, path, exc)
+        return JSONResponse(
+            {"error": unknown(exc.deadline), "problems": []},
+            status_code=503,
+            headers={"Retry-After": str(RETRY_AFTER)},
+        )
     if not of_state(exc):
         log.error("%s %s failed unexpectedly; answered 500", method, path, exc_info=exc)
         return JSONResponse({"error": INTERNAL, "problems": []}, status_code=500)

@@ -15,11 +15,14 @@ not a valid event, another content type, a body over its limit) is handed, with
 the body as it came, to the FastAPI route, which gives every other answer: there
 is one place for each refusal and its wording, and the OpenAPI document describes
 it. A state that fails while the fast path stores the events is answered here as
-the route would answer it (failures.py: 503 with Retry-After).
+the route would answer it (failures.py: 503 with Retry-After), and so is one that
+has not answered within the dispatcher's intake deadline, token lookup included
+(503 "outcome unknown").
 """
 
 from __future__ import annotations
 
+import asyncio
 import json
 from collections.abc import Iterable
 from email.message import Message as MimeHeader
@@ -91,7 +94,16 @@ class FastIntake:
 
     async def answer(self, path: str, headers: dict[bytes, bytes], body: bytes) -> bytes | None:
         """The 202 body once the events are queued, or None for the route to answer.
-        `path` is PATH or BATCH_PATH; `headers` as `wanted_headers` gives them."""
+        `path` is PATH or BATCH_PATH; `headers` as `wanted_headers` gives them.
+        Raises failures.OutcomeUnknown past the dispatcher's intake deadline."""
+        deadline = self.dispatcher.intake_deadline
+        try:
+            async with asyncio.timeout(deadline):
+                return await self._answer(path, headers, body)
+        except TimeoutError:
+            raise failures.OutcomeUnknown(deadline) from None
+
+    async def _answer(self, path: str, headers: dict[bytes, bytes], body: bytes) -> bytes | None:
         if len(body) > self.limits[path]:
             return None
         if not _json_content(headers.get(b"content-type")):

@@ -6,7 +6,9 @@ thread succeeded within STALE seconds, and no call failed since), and the
 delivery loop turned within STALE seconds. An idle dispatcher makes no store
 calls, so /readyz then asks the state a cheap question of its own (a probe), at
 most one at a time, and waits for it at most PROBE_WAIT seconds: a database
-thread that is stuck shows as a probe that does not come back.
+thread that is stuck shows as a probe that does not come back, and /readyz says
+so at once (so a stalled link makes a dispatcher unready within PROBE_AFTER plus
+PROBE_WAIT seconds, not STALE).
 
 Ages are read from the dispatcher's injected clock; the probe's wait is real time.
 """
@@ -38,6 +40,7 @@ class Readiness:
 
     async def reasons(self) -> list[str]:
         """Why this dispatcher is not ready; empty when it is."""
+        stuck = False  # a probe was asked for, and has not come back within probe_wait
         if self._wants_probe():
             if self._probe is None or self._probe.done():
                 self._probe = asyncio.create_task(self.db.run(self.db.store.state))
@@ -46,6 +49,7 @@ class Readiness:
             with contextlib.suppress(Exception):
                 # Shielded: a probe that outlasts this request stays the one probe out.
                 await asyncio.wait_for(asyncio.shield(self._probe), self.probe_wait)
+            stuck = not self._probe.done()
         now = self.clock()
         found = []
         answered, failed = self.db.answered, self.db.failed
@@ -53,6 +57,11 @@ class Readiness:
             found.append(f"the state's last call failed {_ago(now - failed)}")
         elif answered is None:
             found.append("the state has not answered yet")
+        elif stuck:
+            found.append(
+                f"the state has not answered a probe within {self.probe_wait:g}s "
+                f"(last answer {_ago(now - answered)})"
+            )
         elif now - answered > self.stale:
             found.append(f"the state has not answered for {_ago(now - answered, '')}")
         turned = self.worker.turned

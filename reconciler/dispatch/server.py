@@ -17,7 +17,7 @@ import uvicorn
 from reconciler.dispatch.app import create_app
 from reconciler.dispatch.logs import lines_per_turn
 from reconciler.dispatch.retention import Retention
-from reconciler.dispatch.service import DEFAULT_GRACE, Dispatcher, make_sender
+from reconciler.dispatch.service import DEFAULT_GRACE, INTAKE_DEADLINE, Dispatcher, make_sender
 from reconciler.dispatch.ssrf import NetworkPolicy
 from reconciler.dispatch.worker import WorkerSettings
 from reconciler.errors import ServeError
@@ -87,6 +87,7 @@ async def serve(
     ready: Callable[[int], None] | None = None,
     stock: bool = False,
     retention: Retention | None = None,
+    intake_deadline: float = INTAKE_DEADLINE,
 ) -> None:
     """Serve on `sock`, a listening socket bound by the caller, until SIGTERM or
     SIGINT, then shut down gracefully.
@@ -100,7 +101,14 @@ async def serve(
     database thread is joined. The caller closes `store` only after this returns:
     a connection closed under a thread still using it crashes the process."""
     sender = make_sender(settings.concurrency, policy)
-    dispatcher = Dispatcher(store, sender, settings=settings, policy=policy, retention=retention)
+    dispatcher = Dispatcher(
+        store,
+        sender,
+        settings=settings,
+        policy=policy,
+        retention=retention,
+        intake_deadline=intake_deadline,
+    )
     app = create_app(dispatcher)
     assert app.intake is not None
     http: Any = "httptools"  # uvicorn's own protocol

@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING
 import aiohttp
 import httpx
 
+from reconciler.dispatch.failures import OutcomeUnknown
 from reconciler.dispatch.metrics import Metrics, QueueGauges, WebhookGauges
 from reconciler.dispatch.readiness import Readiness
 from reconciler.dispatch.retention import Retention
@@ -43,6 +44,10 @@ if TYPE_CHECKING:
 log = logging.getLogger("reconciler.dispatch")
 
 DEFAULT_GRACE = 20.0
+# Intake answers within this many seconds: accepted (202), refused, or 503 "outcome
+# unknown" when the state has not answered by then (failures.py). Below the 30 s
+# most HTTP clients wait, and above a commit on a loaded but healthy database.
+INTAKE_DEADLINE = 10.0
 INTAKE_BATCH = 500  # events per intake transaction, unless one batch is larger
 
 # A batch of events on its way to the store, and who waits for its results.
@@ -83,8 +88,10 @@ class Dispatcher:
         env: Mapping[str, str] | None = None,
         policy: NetworkPolicy | None = None,
         retention: Retention | None = None,
+        intake_deadline: float = INTAKE_DEADLINE,
     ) -> None:
         self.db = Database(store, clock)
+        self.intake_deadline = intake_deadline
         self.retention = retention
         self._retention_stop = asyncio.Event()
         self._retention_task: asyncio.Task[None] | None = None
@@ -121,12 +128,19 @@ class Dispatcher:
         Batches arriving together are committed in one transaction (group commit),
         so the disk's flush is paid once per turn, not once per request; a batch is
         never split between transactions.
+
+        Raises failures.OutcomeUnknown when the state has not answered within
+        `intake_deadline` seconds: the events stay queued for the state, which may
+        yet store them.
         """
         future: asyncio.Future[list[IntakeResult]] = asyncio.get_running_loop().create_future()
         self._intake.append(([event.record() for event in events], future))
         if self._flushing is None or self._flushing.done():
             self._flushing = asyncio.create_task(self._flush_intake())
-        results = await future
+        try:
+            results = await asyncio.wait_for(asyncio.shield(future), self.intake_deadline)
+        except TimeoutError:
+            raise OutcomeUnknown(self.intake_deadline) from None
         for event, result in zip(events, results, strict=True):
             if not result.duplicate:
                 self.metrics.event_received(event.organization, event.type.value)
@@ -206,11 +220,12 @@ class Dispatcher:
             # The worker takes what it has room for at once: those deliveries are
             # stored leased to it and handed over at commit, the rest wait their turn.
             room = self.worker.reserve()
+            since = self.clock()
             try:
                 results, handed = await self.db.run(
                     self.db.store.add_events_and_claim,
                     [record for records, _ in units for record in records],
-                    self.clock(),
+                    since,
                     self.worker.owner,
                     room,
                     self.worker.lease(),
@@ -222,7 +237,7 @@ class Dispatcher:
                 await self._store_one_by_one(units)
                 continue
             self.worker.unreserve(room)
-            self.worker.hand(handed)
+            self.worker.hand(handed, since)
             if _new_deliveries(results) > len(handed):
                 self.wake()
             start = 0

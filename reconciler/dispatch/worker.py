@@ -17,7 +17,7 @@ import random
 import socket
 import time
 import uuid
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, replace
 from typing import Any, Literal, TypeVar
@@ -37,16 +37,22 @@ from reconciler.signing import SigningSecretError, signature_header
 from reconciler.store import Backend
 from reconciler.store.breakers import BreakerRecord, BreakerReport, may_probe
 from reconciler.store.queue import (
+    DEFAULT_TIMEOUT,
+    LEASE_MARGIN,
     AttemptOutcome,
     AttemptResult,
     Claim,
     EventKey,
+    lease_of,
 )
 
 log = logging.getLogger("reconciler.dispatch")
 
-DEFAULT_TIMEOUT = 15.0
-LEASE_MARGIN = 30.0  # a lease outlives the longest request by this much
+# A delivery is sent only while its lease, counted from before the claim was sent
+# to the state, has the request's timeout and this much left: a claim that came back
+# late (a stalled link, a slow commit) is put back, never sent.
+SEND_MARGIN = 1.0
+HEARTBEAT = 3.0  # seconds between renewals of held leases and looks for dead owners
 # How long the live state's organizations and shared list are trusted before they
 # are read again: an apply that changes them reaches running workers this fast.
 ENV_ACCESS_TTL = 1.0
@@ -121,6 +127,20 @@ class WorkerSettings:
     # A webhook whose endpoint has been down (its circuit breaker open) this long is
     # paused, as after HTTP 410, until an apply or `webhooks resume`.
     pause_after: float = DEFAULT_PAUSE_AFTER
+    # Every `heartbeat` seconds the loop renews the leases it has held that long and
+    # gives back deliveries held by dead dispatchers of this host.
+    heartbeat: float = HEARTBEAT
+
+
+@dataclass
+class _Held:
+    """A delivery this worker holds: its lease (seconds), and by the worker's clock
+    when the lease was last stamped and when it ends, both counted from before the
+    call that stamped it (the state stamped it then or later, never sooner)."""
+
+    lease: float
+    stamped: float
+    until: float
 
 
 class Worker:
@@ -180,6 +200,7 @@ class Worker:
         self._breakers_lock = asyncio.Lock()
         self._probing: dict[tuple[str, str], tuple[str, BreakerRecord]] = {}
         self.turned: float | None = None  # when run_forever's loop last turned, by the clock
+        self._held: dict[str, _Held] = {}  # delivery id -> its lease, until recorded
 
     async def run_once(self, event: EventKey | None = None) -> int:
         """Claim what is due (of one event, if given), deliver it, record the outcomes;
@@ -191,6 +212,7 @@ class Worker:
         claims = await self.db.run(self.db.store.claim, self.owner, limit, now, self.lease(), event)
         if not claims:
             return 0
+        self._took(claims, now)
         results = await asyncio.gather(*(self._deliver(claim) for claim in claims))
         await self.db.run(self.db.store.finish, results, self.owner, self.clock())
         self._recorded(results)
@@ -218,10 +240,12 @@ class Worker:
     def unreserve(self, count: int) -> None:
         self._reserved -= count
 
-    def hand(self, claims: list[Claim]) -> None:
-        """Deliveries stored leased to this worker, to send now. A worker that has
-        stopped leaves them to the release at shutdown."""
+    def hand(self, claims: list[Claim], since: float) -> None:
+        """Deliveries stored leased to this worker, to send now; `since`: the clock
+        before the call that stored them. A worker that has stopped leaves them to
+        the release at shutdown."""
         if claims:
+            self._took(claims, since)
             self._handed += claims
             if self._wake is not None:
                 self._wake.set()
@@ -267,6 +291,7 @@ class Worker:
         drained = False
         looked = time.monotonic()  # when the queue was last looked at
         self._wake = wake
+        beat = asyncio.create_task(self._heartbeat(), name="reconciler-leases")
         try:
             while True:
                 self.turned = self.clock()
@@ -314,6 +339,10 @@ class Worker:
             if unrecorded:
                 await self._record(unrecorded, trouble)  # on failure: logged; leases expire
             raise
+        finally:
+            beat.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await beat
 
     def _poll_wait(self) -> float:
         """Seconds until the queue is looked at again: the poll interval, or less
@@ -326,14 +355,14 @@ class Worker:
         return min(self.settings.poll_interval, self._slots[0] - now + SLOT_MARGIN)
 
     async def _claim(self, limit: int, trouble: _StoreTrouble) -> list[Claim]:
+        now = self.clock()
         try:
-            claims = await self.db.run(
-                self.db.store.claim, self.owner, limit, self.clock(), self.lease()
-            )
+            claims = await self.db.run(self.db.store.claim, self.owner, limit, now, self.lease())
         except Exception:
             trouble.failed("claiming deliveries")
             return []
         trouble.recovered()
+        self._took(claims, now)
         return claims
 
     async def _record(
@@ -356,31 +385,96 @@ class Worker:
         what is still to record (all of it, on failure) and the claims."""
         if not limit:
             return await self._record(results, trouble), []
+        now = self.clock()
         try:
             claims = await self.db.run(
-                self.db.store.finish_and_claim,
-                results,
-                self.owner,
-                self.clock(),
-                limit,
-                self.lease(),
+                self.db.store.finish_and_claim, results, self.owner, now, limit, self.lease()
             )
         except Exception:
             trouble.failed(f"recording {len(results)} attempts")
             return results, []
         trouble.recovered()
         self._recorded(results)
+        self._took(claims, now)
         return [], claims
 
-    def _recorded(self, results: list[AttemptResult]) -> None:
-        """Outcomes are in the state: when any moved a circuit breaker, the view of
-        them is read again before the next attempt."""
+    def _recorded(self, results: Sequence[AttemptResult]) -> None:
+        """Outcomes are in the state: their leases are no longer held; when any moved
+        a circuit breaker, the view of them is read again before the next attempt."""
+        for r in results:
+            self._held.pop(r.delivery_id, None)
         if any(r.breaker is not None for r in results):
             self._breakers_moved += 1
 
     def lease(self) -> float:
-        """How long a claim holds a delivery."""
-        return 60.0 + LEASE_MARGIN  # definitions cap timeout at 60s
+        """The shortest lease a claim takes: the store leases each delivery for its
+        webhook's timeout plus LEASE_MARGIN (queue.lease_of)."""
+        return LEASE_MARGIN
+
+    # -- leases -------------------------------------------------------------------
+
+    def _took(self, claims: Sequence[Claim], since: float) -> None:
+        """`claims` were leased by a call made at `since` (by the clock, before the
+        call): their leases end, as this worker counts them, `lease` after that,
+        however late the call came back."""
+        for claim in claims:
+            if claim.lease:
+                self._held[claim.delivery_id] = _Held(claim.lease, since, since + claim.lease)
+
+    def may_send(self, claim: Claim, timeout: float, now: float) -> bool:
+        """Whether `claim`'s lease, as this worker counts it, outlasts a request of
+        `timeout` started `now`, with SEND_MARGIN to spare."""
+        held = self._held.get(claim.delivery_id)
+        return held is None or now + timeout + SEND_MARGIN <= held.until
+
+    async def renew_leases(self) -> int:
+        """Renew the leases held at least one heartbeat since they were stamped (the
+        state re-checks that each is still this worker's); a lease another dispatcher
+        took is marked lost, and its delivery, if not sent yet, is not sent.
+        Returns how many were renewed."""
+        now = self.clock()
+        due = [
+            (delivery, held.lease)
+            for delivery, held in self._held.items()
+            if now - held.stamped >= self.settings.heartbeat
+        ]
+        if not due:
+            return 0
+        renewed = set(await self.db.run(self.db.store.renew, self.owner, due, now))
+        for delivery, lease in due:
+            held = self._held.get(delivery)
+            if held is None:
+                continue  # recorded meanwhile
+            if delivery in renewed:
+                held.stamped, held.until = now, now + lease
+            elif held.until != float("-inf"):
+                held.until = float("-inf")
+                log.warning("lost the lease of delivery %s: it is not sent from here", delivery)
+        return len(renewed)
+
+    async def reap_dead(self) -> int:
+        """Give back, due at once, the deliveries held by dispatchers of this host
+        that are gone (a SIGKILL, a crash), without waiting for their leases."""
+        released = await self.db.run(self.db.store.release_dead, owner_alive, self.clock())
+        if released:
+            log.info("took back %d deliveries from a dispatcher that died", released)
+            self.notify()
+        return released
+
+    async def _heartbeat(self) -> None:
+        while True:
+            await asyncio.sleep(self.settings.heartbeat)
+            for what, call in (
+                ("renewing leases", self.renew_leases),
+                ("looking for dead dispatchers", self.reap_dead),
+            ):
+                try:
+                    await call()
+                except Exception as exc:
+                    reason = (str(exc).strip().splitlines() or [""])[0]
+                    log.warning(
+                        "the state failed while %s: %s: %s", what, type(exc).__name__, reason
+                    )
 
     async def _deliver(self, claim: Claim) -> AttemptResult:
         async with self._limit:
@@ -487,6 +581,12 @@ class Worker:
         except (RenderError, SigningSecretError, TargetRefused) as exc:
             return unsent("failed", str(exc))
         timeout = parse_duration(spec.timeout) if spec.timeout else DEFAULT_TIMEOUT
+        now = self.clock()
+        if not self.may_send(claim, timeout, now):
+            # The claim came back too late (or its lease was lost): another
+            # dispatcher may hold the delivery by now. Back to the queue, unsent.
+            log.info("lease too short to send delivery=%s; put back", claim.delivery_id)
+            return _deferred(claim, started, now)
         outcome = await self.sender.send(
             type(request)(request.method, request.url, headers, request.body),
             timeout,
@@ -589,7 +689,7 @@ class Worker:
             return min(wait, record.probe_expires or wait)
         try:
             taken, fresh = await self.db.run(
-                self.db.store.take_probe, *key, self.owner, now, self.lease()
+                self.db.store.take_probe, *key, self.owner, now, lease_of(claim.spec, self.lease())
             )
         except Exception:
             log.exception("the state failed while taking the probe of %s/%s", *key)

@@ -5,10 +5,11 @@ Selected by a state URL `postgresql://user@host:port/db` (optionally
 psycopg 3 with a connection pool; applies serialize on an advisory lock, and
 migrations run under another, so processes starting at once migrate once.
 
-Every connection has deadlines (CONNECTION_DEFAULTS, SESSION_DEFAULTS), all below
-the dispatcher's 90 s delivery lease, so a stalled server or a half-open link
-fails a call instead of holding it, and its locked rows, for hours; the URL's own
-query parameters of the same names override them. The pool checks a connection
+Every connection has deadlines (CONNECTION_DEFAULTS, SESSION_DEFAULTS), so a
+stalled server or a half-open link fails a call instead of holding it, and its
+locked rows, for hours; a transaction left idle (a link that stalled mid-claim)
+ends within the shortest delivery lease (queue.LEASE_MARGIN). The URL's own query
+parameters of the same names override them. The pool checks a connection
 before handing it out and replaces a dead one.
 
 This class follows sqlite.py method for method, and postgres_queue.py follows
@@ -68,6 +69,10 @@ except ImportError as exc:  # pragma: no cover - depends on the install
 
 _POLL_SECONDS = 0.1
 DEFAULT_POOL_SIZE = 5
+# How long a call waits for a connection from the pool (psycopg_pool's default is
+# 30 s): as long as one connection attempt may take, so a server that refuses or
+# drops every connection fails the call within it.
+POOL_WAIT = 10.0
 # libpq's connection parameters, unless the URL sets them: a connection attempt,
 # an unanswered link (keepalives: probed after 10 s idle, every 5 s, dead after 3
 # misses) and unacknowledged data (tcp_user_timeout, in ms) all end within 30 s.
@@ -80,10 +85,13 @@ CONNECTION_DEFAULTS = {
     "tcp_user_timeout": "30000",
 }
 # Server settings of each session, unless the URL's query sets them: no statement
-# runs, and no transaction stays open idle (its rows locked), longer than 30 s.
+# runs longer than 30 s, and no transaction stays open idle (its rows locked) longer
+# than 10 s, the shortest delivery lease: the dispatcher never leaves a transaction
+# idle, so only a stalled link or a wedged client does, and the rows it locked are
+# free again before a lease of theirs could have run out.
 SESSION_DEFAULTS = {
     "statement_timeout": "30s",
-    "idle_in_transaction_session_timeout": "30s",
+    "idle_in_transaction_session_timeout": "10s",
 }
 
 # The server, its disk, a trigger or a permission refused what a transaction did
@@ -170,6 +178,7 @@ class PostgresStore(PostgresQueue, PostgresRetention):
             kwargs={"options": f"{options} -c search_path={self.schema}".strip()},
             # A connection the server or the network ended is replaced, not handed out.
             check=ConnectionPool.check_connection,
+            timeout=POOL_WAIT,
             open=True,
             name="reconciler",
         )

@@ -44,6 +44,7 @@ from reconciler.store.queue import (
     attempt_row,
     clean_text,
     deliveries_query,
+    lease_of,
     refuse_nul,
     slot_groups,
     with_slots,
@@ -151,9 +152,12 @@ class PostgresQueue:
                 status = "pending"
                 if len(claims) < limit and room.get(name, 0) > 0:
                     room[name] -= 1
-                    status, lease_owner, lease_expires = "in_flight", owner, now + lease
+                    held = lease_of(spec, lease)
+                    status, lease_owner, lease_expires = "in_flight", owner, now + held
                     claims.append(
-                        Claim(delivery_id, 1, event, event.organization, name, spec, None)
+                        Claim(
+                            delivery_id, 1, event, event.organization, name, spec, None, lease=held
+                        )
                     )
                 rows.append(
                     (
@@ -222,10 +226,13 @@ class PostgresQueue:
             (ids,),
         )
         rows = cur.fetchall()
+        # Each delivery leased for its webhook's timeout and a margin (lease_of).
+        leases = [lease_of(r[10], lease) for r in rows]
         cur.execute(
-            "UPDATE deliveries SET status = 'in_flight', lease_owner = %s, "
-            "lease_expires = %s, updated_at = %s, rate_slot = NULL WHERE id = ANY(%s)",
-            (owner, now + lease, now, ids),
+            "UPDATE deliveries d SET status = 'in_flight', lease_owner = %s, "
+            "lease_expires = %s + v.lease, updated_at = %s, rate_slot = NULL "
+            "FROM unnest(%s::text[], %s::float8[]) AS v(id, lease) WHERE d.id = v.id",
+            (owner, now, now, [r[0] for r in rows], leases),
         )
         claims = [
             Claim(
@@ -238,8 +245,9 @@ class PostgresQueue:
                 paused_reason=r[11],
                 retry_number=r[1] - r[12] + 1,
                 rate_slot=r[13],
+                lease=held,
             )
-            for r in rows
+            for r, held in zip(rows, leases, strict=True)
         ]
         return self._slots_in(cur, claims, now)
 
@@ -449,6 +457,19 @@ class PostgresQueue:
                 (now, now, owner),
             )
             return int(cur.rowcount)
+
+    def renew(self, owner: str, leases: Sequence[tuple[str, float]], now: float) -> list[str]:
+        if not leases:
+            return []
+        with self._tx(durable=False) as cur:
+            cur.execute(
+                "UPDATE deliveries d SET lease_expires = %s + v.lease "
+                "FROM unnest(%s::text[], %s::float8[]) AS v(id, lease) "
+                "WHERE d.id = v.id AND d.status = 'in_flight' AND d.lease_owner = %s "
+                "RETURNING d.id",
+                (now, [i for i, _ in leases], [s for _, s in leases], owner),
+            )
+            return [row[0] for row in cur.fetchall()]
 
     def release_dead(self, alive: Callable[[str], bool], now: float) -> int:
         with self._tx() as cur:

@@ -6,12 +6,13 @@ injected clock, so tests move time instead of sleeping.
 
 from __future__ import annotations
 
+import functools
 import json
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any, Literal, NamedTuple, Protocol
 
-from reconciler.durations import parse_rate
+from reconciler.durations import parse_duration, parse_rate
 from reconciler.envaccess import EnvAccess
 from reconciler.store.breakers import BreakerRecord, BreakerReport
 
@@ -21,6 +22,14 @@ EXCERPT_LIMIT = 4096
 # What an attempt does to its delivery; deferred: not sent, by the webhook's rate
 # limit or a receiver's Retry-After.
 AttemptOutcome = Literal["delivered", "retry", "failed", "cancelled", "deferred"]
+# Leases. A claim holds a delivery for its webhook's timeout plus LEASE_MARGIN (a
+# webhook without a timeout: DEFAULT_TIMEOUT), so that a request sent while its
+# lease is fresh ends before the lease does even when the database cannot be reached
+# meanwhile; the dispatcher renews the leases of what it still holds, and sends
+# nothing whose lease, counted from before its claim was sent, has less than the
+# request's timeout left (dispatch/worker.py).
+DEFAULT_TIMEOUT = 15.0
+LEASE_MARGIN = 10.0
 
 
 class EventKey(NamedTuple):
@@ -86,6 +95,9 @@ class Claim:
     # webhook is held until by a receiver's Retry-After, as the state had them.
     rate_slot: float | None = None
     held_until: float | None = None
+    # Seconds the claim leases the delivery for (lease_of), from the `now` it was
+    # claimed at.
+    lease: float = 0.0
 
     def __post_init__(self) -> None:
         if not self.retry_number:
@@ -213,6 +225,20 @@ class WebhookAggregates(WebhookQueue):
     last_failure_at: float | None = None  # when its latest failed attempt started
     last_failure_status: int | None = None
     last_failure_error: str | None = None
+
+
+@functools.lru_cache(maxsize=1024)
+def webhook_timeout(spec: str | None) -> float:
+    """The request timeout of the webhook whose live definition is `spec` (parsed
+    once per version of a definition)."""
+    timeout = json.loads(spec).get("timeout") if spec else None
+    return parse_duration(timeout) if timeout else DEFAULT_TIMEOUT
+
+
+def lease_of(spec: str | None, shortest: float) -> float:
+    """How long a claim leases a delivery of the webhook whose live definition is
+    `spec`: its timeout plus LEASE_MARGIN, or `shortest` when that is longer."""
+    return max(shortest, webhook_timeout(spec) + LEASE_MARGIN)
 
 
 def rate_interval(spec: str | None) -> float | None:
@@ -388,6 +414,13 @@ class QueueStore(Protocol):
     ) -> list[Claim]: ...
 
     def release(self, owner: str, now: float) -> int: ...
+
+    def renew(self, owner: str, leases: Sequence[tuple[str, float]], now: float) -> list[str]:
+        """Extend the leases `owner` still holds: each (delivery id, seconds) to `now`
+        plus those seconds, if the delivery is still in flight under `owner` (checked
+        under the row's lock, so never one another dispatcher took over). Returns the
+        ids renewed; the others are no longer `owner`'s to send."""
+        ...
 
     def hold(self, organization: str, webhook: str, until: float) -> None:
         """A receiver asked for a pause (Retry-After): no dispatcher sends to this

@@ -41,6 +41,7 @@ from reconciler.store.queue import (
     attempt_row,
     clean_text,
     deliveries_query,
+    lease_of,
     refuse_nul,
     slot_groups,
     with_slots,
@@ -151,9 +152,12 @@ class SqliteQueue:
                 # Handed over within the webhook's max_in_flight, as a claim would.
                 if len(claims) < limit and room[event.organization, name] > 0:
                     room[event.organization, name] -= 1
-                    row[4:] = "in_flight", owner, _real(now + lease)
+                    held = lease_of(spec, lease)
+                    row[4:] = "in_flight", owner, _real(now + held)
                     claims.append(
-                        Claim(delivery_id, 1, event, event.organization, name, spec, None)
+                        Claim(
+                            delivery_id, 1, event, event.organization, name, spec, None, lease=held
+                        )
                     )
                 delivery_rows.append(row)
             results.append(IntakeResult(event.id, event.organization, len(names), duplicate=False))
@@ -219,11 +223,13 @@ class SqliteQueue:
             "WHERE d.id IN (SELECT value FROM json_each(?))",
             (taken,),
         )
+        # Each delivery leased for its webhook's timeout and a margin (lease_of).
+        leases = [lease_of(r[10], lease) for r in rows]
         db.execute(
-            "UPDATE deliveries SET status = 'in_flight', lease_owner = ?, "
-            "lease_expires = ?, updated_at = ?, rate_slot = NULL "
-            "WHERE id IN (SELECT value FROM json_each(?))",
-            (owner, now + lease, now, taken),
+            "UPDATE deliveries SET status = 'in_flight', lease_owner = ?1, "
+            "lease_expires = ?2 + CAST(v.value ->> 1 AS REAL), updated_at = ?2, "
+            "rate_slot = NULL FROM json_each(?3) v WHERE deliveries.id = v.value ->> 0",
+            (owner, now, _json([[r[0], held] for r, held in zip(rows, leases, strict=True)])),
         )
         claims = [
             Claim(
@@ -236,8 +242,9 @@ class SqliteQueue:
                 paused_reason=r[11],
                 retry_number=r[1] - r[12] + 1,
                 rate_slot=r[13],
+                lease=held,
             )
-            for r in rows
+            for r, held in zip(rows, leases, strict=True)
         ]
         return self._slots_in(db, claims, now)
 
@@ -466,8 +473,30 @@ class SqliteQueue:
                 (now, now, owner),
             ).rowcount
 
+    def renew(self, owner: str, leases: Sequence[tuple[str, float]], now: float) -> list[str]:
+        if not leases:
+            return []
+        with self._write(durable=False) as db:
+            return [
+                row[0]
+                for row in db.execute(
+                    "UPDATE deliveries SET lease_expires = ?1 + CAST(v.value ->> 1 AS REAL) "
+                    "FROM json_each(?2) v WHERE deliveries.id = v.value ->> 0 "
+                    "AND status = 'in_flight' AND lease_owner = ?3 RETURNING deliveries.id",
+                    (now, _json([list(pair) for pair in leases]), owner),
+                ).fetchall()
+            ]
+
     def release_dead(self, alive: Callable[[str], bool], now: float) -> int:
-        """Give back deliveries held by owners that `alive` says are gone."""
+        """Give back deliveries held by owners that `alive` says are gone. Looking
+        takes no write lock: a dispatcher looks every few seconds (worker.py)."""
+        if not any(
+            owner is not None and not alive(owner)
+            for (owner,) in self._db.execute(
+                "SELECT DISTINCT lease_owner FROM deliveries WHERE status = 'in_flight'"
+            )
+        ):
+            return 0
         with self._write() as db:
             owners = [
                 owner

@@ -18,6 +18,8 @@ import pytest
 
 from reconciler.store.base import Write
 from reconciler.store.queue import (
+    DEFAULT_TIMEOUT,
+    LEASE_MARGIN,
     AttemptResult,
     Claim,
     DeliveryRecord,
@@ -709,6 +711,53 @@ class QueueContract:
         store.pause("acme", "a", "HTTP 410", actor="dispatcher")
         (claim,) = store.claim("w1", 10, NOW, LEASE)
         assert claim.paused_reason == "HTTP 410"
+
+    # -- leases sized from the webhook's timeout, renewed while held ----------------
+
+    def test_a_lease_lasts_its_webhooks_timeout_and_a_margin(
+        self, store: Any, store_factory: StoreFactory
+    ) -> None:
+        commit(store, put("acme", "a", timeout="2s"))  # b: no timeout, the default 15s
+        store.add_event(event("claimed"), NOW)
+        claims = {c.webhook: c for c in store.claim("w1", 10, NOW, 1.0)}
+        assert {w: c.lease for w, c in claims.items()} == {
+            "a": 2 + LEASE_MARGIN,
+            "b": DEFAULT_TIMEOUT + LEASE_MARGIN,
+        }
+        _, handed = store.add_events_and_claim([event("handed")], NOW, "w1", 10, 1.0)
+        assert sorted((c.webhook, c.lease) for c in handed) == sorted(
+            (w, c.lease) for w, c in claims.items()
+        )
+        # a shorter timeout is taken over sooner; `lease` is only the shortest
+        other = store_factory()
+        assert other.claim("w2", 10, NOW + 2 + LEASE_MARGIN - 0.5, 1.0) == []
+        taken = other.claim("w2", 10, NOW + 2 + LEASE_MARGIN, 1.0)
+        assert sorted((c.event.id, c.webhook) for c in taken) == [("claimed", "a"), ("handed", "a")]
+        assert len(other.claim("w2", 10, NOW + 1, 1_000.0)) == 0
+        # every lease run out by NOW + 40: each claimed again, for the shortest given
+        again = store.claim("w3", 10, NOW + 40, 100.0)
+        assert (len(again), {c.lease for c in again}) == (4, {100.0})
+
+    def test_renew_extends_only_the_leases_the_owner_still_holds(
+        self, store: Any, store_factory: StoreFactory
+    ) -> None:
+        commit(store, put("acme", "a", timeout="2s"), put("acme", "b", timeout="2s"))
+        store.add_event(event("e1"), NOW)
+        mine = store.claim("w1", 10, NOW, 1.0)
+        held = [(c.delivery_id, c.lease) for c in mine]
+        assert sorted(store.renew("w1", held, NOW + 8)) == sorted(d for d, _ in held)
+        other = store_factory()
+        # renewed at NOW + 8 for 12s: not anyone else's before NOW + 20
+        assert other.claim("w2", 10, NOW + 19.5, 1.0) == []
+        taken = other.claim("w2", 10, NOW + 20, 1.0)
+        assert sorted(c.delivery_id for c in taken) == sorted(d for d, _ in held)
+        # taken over: w1 renews nothing, w2's leases stay as they were
+        assert store.renew("w1", held, NOW + 21) == []
+        assert other.claim("w3", 10, NOW + 21, 1.0) == []
+        assert store.renew("w1", [], NOW + 21) == []
+        # a delivery recorded is no longer leased: nothing to renew
+        other.finish([result(c, "delivered", status=200) for c in taken], "w2", NOW + 22)
+        assert other.renew("w2", held, NOW + 23) == []
 
     # -- giving deliveries back ----------------------------------------------------
 

@@ -135,7 +135,10 @@ def test_not_ready_while_the_state_blocks_and_ready_again_when_it_answers(store:
             assert response.status_code == 503, response.text
             assert response.json() == {
                 "ready": False,
-                "reasons": [f"the state has not answered for {STALE + 1:.0f}s"],
+                "reasons": [
+                    f"the state has not answered a probe within 0.05s "
+                    f"(last answer {STALE + 1:.0f}s ago)"
+                ],
             }
         health = await http.get("/healthz")
         assert (health.status_code, health.json()) == (200, {"status": "ok"})
