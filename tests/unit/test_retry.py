@@ -192,7 +192,7 @@ def test_garbage_is_none(value: str | None) -> None:
 def test_digits_that_float_refuses_are_garbage_not_a_crash(value: str) -> None:
     # BUG: str.isdigit() is true for superscripts, float() refuses them, and the
     # ValueError escapes parse_retry_after: a receiver answering 429 with
-    # `Retry-After: ²` crashes the worker's whole batch (see test_worker.py).
+    # `Retry-After: ²` crashes the worker's whole batch (see tests/unit/worker/test_bad_answers.py).
     assert parse_retry_after(value, NOW) is None
 
 

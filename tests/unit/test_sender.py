@@ -276,7 +276,7 @@ def test_a_multibyte_character_cut_at_the_limit_is_replaced(httpx_mock: HTTPXMoc
 # -- requests httpx refuses to build --------------------------------------------------
 # "httpx errors never leave this module": a request httpx cannot even build must
 # still become an Outcome. Both of these escape `send` today and take the
-# worker's whole batch down with them (see test_worker.py).
+# worker's whole batch down with them (see tests/unit/worker/test_bad_answers.py).
 
 
 @pytest.mark.httpx_mock(assert_all_responses_were_requested=False)
