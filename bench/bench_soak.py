@@ -395,6 +395,9 @@ def setup(state: State, workdir: Path, port: int) -> tuple[str, str]:
 
 
 async def soak(args: argparse.Namespace) -> dict[str, Any]:
+    code = subprocess.run(
+        ["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, cwd=ROOT
+    ).stdout.strip()  # the code that runs: taken now, before the half hour
     workdir = Path(tempfile.mkdtemp(prefix=f"soak-{args.backend}-"))
     port_file = workdir / "receiver.port"
     receiver = subprocess.Popen(
@@ -463,9 +466,7 @@ async def soak(args: argparse.Namespace) -> dict[str, Any]:
         "retention": args.retention,
         "retention_ten": args.retention_ten,
         "retention_interval": args.retention_interval,
-        "code": subprocess.run(
-            ["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, cwd=ROOT
-        ).stdout.strip(),
+        "code": code,
         "cores": os.cpu_count(),
         "samples": samples,
         "longest_gap_between_202s": max(gaps) if gaps else None,
