@@ -204,7 +204,7 @@ MIGRATIONS.append(
     )
 )
 
-# Retention's indexes and tables (see store/migrations.py).
+# Retention's indexes and tables (see store/sqlite_migrations.py).
 MIGRATIONS.append(
     (
         "0010_retention",
