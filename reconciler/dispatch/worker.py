@@ -36,6 +36,7 @@ from reconciler.render import Renderer, RenderError, utc
 from reconciler.signing import SigningSecretError, signature_header
 from reconciler.store import Backend
 from reconciler.store.breakers import BreakerRecord, BreakerReport, may_probe
+from reconciler.store.liveness import gone_here
 from reconciler.store.queue import (
     DEFAULT_TIMEOUT,
     LEASE_MARGIN,
@@ -79,14 +80,7 @@ def owner_alive(owner: str) -> bool:
     host, _, rest = owner.partition(":")
     if host != socket.gethostname():
         return True  # another machine's: its lease expires on its own
-    pid = int(rest.partition(":")[0] or 0)
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
+    return not gone_here(int(rest.partition(":")[0] or 0), host)
 
 
 class Database:

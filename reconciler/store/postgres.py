@@ -53,6 +53,7 @@ from reconciler.store.base import (
     shared_env_from_text,
     shared_env_text,
 )
+from reconciler.store.liveness import gone_here
 from reconciler.store.postgres_migrations import MIGRATIONS
 from reconciler.store.postgres_queue import PostgresQueue
 from reconciler.store.postgres_retention import PostgresRetention
@@ -462,7 +463,7 @@ class PostgresStore(PostgresQueue, PostgresRetention):
         if conn.execute("SELECT pg_try_advisory_lock(%s)", (key,)).fetchone()[0]:  # type: ignore[index]
             return True
         row = conn.execute("SELECT pid, host FROM locks WHERE name = 'apply'").fetchone()
-        if row is None or not _dead_here(*row):
+        if row is None or not gone_here(*row):
             return False
         # The holder died on this host; its session is going or gone. Wait for the
         # server to drop it, and end it if it lingers.
@@ -551,18 +552,6 @@ def _check_there(conn: psycopg.Connection[Any], schema: str, url: str) -> None:
         raise no_state(url, f"the schema {schema} does not exist")
     if not tables_there:
         raise no_state(url, f"the schema {schema} holds no reconciler tables")
-
-
-def _dead_here(pid: int, host: str) -> bool:
-    if host != socket.gethostname():
-        return False
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return True
-    except PermissionError:
-        return False
-    return False
 
 
 def _reason(exc: Exception) -> str:

@@ -47,6 +47,7 @@ from reconciler.store.base import (
     shared_env_from_text,
     shared_env_text,
 )
+from reconciler.store.liveness import gone_here
 from reconciler.store.sqlite_migrations import MIGRATIONS
 from reconciler.store.sqlite_queue import SqliteQueue
 from reconciler.store.sqlite_retention import WAL_LIMIT, SqliteRetention
@@ -543,12 +544,4 @@ def _abandoned(row: tuple[str, int, str, str, float], host: str) -> bool:
     _, pid, lock_host, _, expires_at = row
     if expires_at < time.time():
         return True
-    if lock_host != host:
-        return False
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return True
-    except PermissionError:
-        return False
-    return False
+    return gone_here(pid, lock_host, host)

@@ -22,6 +22,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from reconciler.store.liveness import gone_here
 from reconciler.store.retention import (
     DEFAULT_BATCH,
     FINISHED_WHERE,
@@ -350,15 +351,7 @@ def _lease_abandoned(row: tuple[int, str, float], host: str, now: float) -> bool
     pid, lock_host, expires_at = row
     if expires_at < now:
         return True
-    if lock_host != host or pid == os.getpid():
-        return False
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return True
-    except PermissionError:
-        return False
-    return False
+    return pid != os.getpid() and gone_here(pid, lock_host, host)
 
 
 def _size(path: Path) -> int:
