@@ -442,14 +442,19 @@ async def _deliver_now(
 def _pause_after(text: str) -> float:
     if text.strip().lower() == "never":
         return math.inf
+    return _duration(text, "--pause-after", "90m, 12h, 3d, 1w, or never")
+
+
+def _duration(text: str, option: str, examples: str) -> float:
+    """A positive duration given to `option`; anything else is a usage error naming
+    the option and `examples` of what it takes."""
     try:
         seconds = parse_expiry(text.strip())
     except ValueError:
         seconds = 0.0
     if seconds <= 0:
         raise click.BadParameter(
-            f"not a duration: {text!r} (use e.g. 90m, 12h, 3d, 1w, or never)",
-            param_hint="--pause-after",
+            f"not a duration: {text!r} (use e.g. {examples})", param_hint=option
         )
     return seconds
 
@@ -467,13 +472,5 @@ def retention_options(default: str, overrides: tuple[str, ...], interval: str) -
         organizations = parse_overrides(overrides)
     except ValueError as exc:
         raise click.BadParameter(str(exc), param_hint="--retention-for") from None
-    try:
-        every = parse_expiry(interval.strip())
-    except ValueError:
-        every = 0.0
-    if every <= 0:
-        raise click.BadParameter(
-            f"not a duration: {interval!r} (use e.g. 30s, 1m, 10m)",
-            param_hint="--retention-interval",
-        )
+    every = _duration(interval, "--retention-interval", "30s, 1m, 10m")
     return RetentionSettings(age, organizations, interval=every)
