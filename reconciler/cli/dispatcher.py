@@ -26,8 +26,9 @@ from reconciler.tokens import parse_expiry
 from reconciler.validate_report import count
 
 if TYPE_CHECKING:
-    from reconciler.dispatch.retention import RetentionSettings, RetentionStore
+    from reconciler.dispatch.retention import RetentionSettings
     from reconciler.dispatch.ssrf import NetworkPolicy
+    from reconciler.store.retention import RetentionStore
 
 
 def network_options(command: Callable[..., None]) -> Callable[..., None]:
@@ -217,7 +218,7 @@ def serve_command(
 
         def retention_store() -> RetentionStore:
             # Its own connection: intake and the workers never wait behind a batch.
-            return open_store(state)  # type: ignore[return-value]
+            return open_store(state)
 
         pruner = Retention(retention_store, retention_settings, owner_id())
         with asyncio.Runner(loop_factory=event_loop_factory()) as runner:

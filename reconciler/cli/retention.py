@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import time
-from typing import Any
 
 import click
 
@@ -46,7 +45,7 @@ def status_command(state: str, runs: int, fmt: str) -> None:
       reconciler retention status
       reconciler retention status --format json
     """
-    store: Any = open_store(state)
+    store = open_store(state)
     try:
         size = store.state_size()
         latest = store.retention_runs(runs)
@@ -96,7 +95,7 @@ def run_command(state: str, age: str, overrides: tuple[str, ...]) -> None:
     if not settings.enabled:
         click.echo("retention: every record is kept (forever); nothing to do")
         return
-    pruner = Retention(lambda: open_store(state), settings, owner_id())  # type: ignore[arg-type, return-value]
+    pruner = Retention(lambda: open_store(state), settings, owner_id())
     try:
         run = pruner.run_once()
     finally:

@@ -16,10 +16,15 @@ import time
 from collections.abc import Callable, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from typing import Protocol
 
 from reconciler.model import NAME_PATTERN
-from reconciler.store.retention import DEFAULT_BATCH, Cutoffs, RetentionRun, StateSize
+from reconciler.store.retention import (
+    DEFAULT_BATCH,
+    Cutoffs,
+    RetentionRun,
+    RetentionStore,
+    StateSize,
+)
 from reconciler.tokens import parse_expiry
 
 log = logging.getLogger("reconciler.dispatch")
@@ -32,24 +37,6 @@ DAY = 86_400.0
 DEFAULT_RETENTION = 30 * DAY
 DEFAULT_INTERVAL = 60.0  # seconds between runs (and between WAL checkpoints)
 BATCH_PAUSE = 0.002  # seconds between batches: intake takes the write lock meanwhile
-
-
-class RetentionStore(Protocol):
-    def prune(
-        self,
-        cutoffs: Cutoffs,
-        clock: Callable[[], float],
-        owner: str,
-        *,
-        batch: int = ...,
-        between: Callable[[], None] = ...,
-    ) -> RetentionRun | None: ...
-
-    def state_size(self, detailed: bool = ...) -> StateSize: ...
-
-    def checkpoint(self) -> bool: ...
-
-    def close(self) -> None: ...
 
 
 @dataclass(frozen=True)

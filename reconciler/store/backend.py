@@ -1,10 +1,11 @@
 """What `open_store` returns: one backend that keeps all of the live state.
 
-A backend is the union of three interfaces, each named after its callers: `Store`
+A backend is the union of four interfaces, each named after its callers: `Store`
 (the applied webhooks, the audit log and the apply lock: plan, apply, history),
-`QueueStore` (events, deliveries and attempts: the dispatcher) and `TokenStore`
-(the API's tokens). SqliteStore and PostgresStore have all three; callers that
-need one part take that part, and whatever opens a state by its URL gets this.
+`QueueStore` (events, deliveries and attempts: the dispatcher), `TokenStore` (the
+API's tokens) and `RetentionStore` (retention's batches and the state's size).
+SqliteStore and PostgresStore have all four; callers that need one part take that
+part, and whatever opens a state by its URL gets this.
 """
 
 from __future__ import annotations
@@ -13,8 +14,9 @@ from typing import Protocol
 
 from reconciler.store.base import Store
 from reconciler.store.queue import QueueStore
+from reconciler.store.retention import RetentionStore
 from reconciler.store.tokens import TokenStore
 
 
-class Backend(Store, QueueStore, TokenStore, Protocol):
-    """The live state of one installation: webhooks, queue and tokens."""
+class Backend(Store, QueueStore, TokenStore, RetentionStore, Protocol):
+    """The live state of one installation: webhooks, queue, tokens and retention."""

@@ -19,10 +19,10 @@ from __future__ import annotations
 
 import json
 import math
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, Protocol
 
 FINISHED = ("delivered", "failed", "cancelled")
 DEFAULT_BATCH = 200  # deliveries per transaction: a few milliseconds of the write lock
@@ -332,3 +332,26 @@ SELECT org FROM o WHERE org IS NOT NULL
 """
 FINISHED_WHERE = "status IN ('delivered', 'failed', 'cancelled')"
 NO_DELIVERIES_WHERE = "deliveries = 0"
+
+
+class RetentionStore(Protocol):
+    """Retention's part of a backend: pruning in batches under a turn of its own,
+    the state's size, the WAL's checkpoint and the record of the latest runs."""
+
+    def prune(
+        self,
+        cutoffs: Cutoffs,
+        clock: Callable[[], float],
+        owner: str,
+        *,
+        batch: int = ...,
+        between: Callable[[], None] = ...,
+    ) -> RetentionRun | None: ...
+
+    def state_size(self, detailed: bool = ...) -> StateSize: ...
+
+    def checkpoint(self) -> bool: ...
+
+    def retention_runs(self, limit: int = ...) -> list[RetentionRun]: ...
+
+    def close(self) -> None: ...
