@@ -520,7 +520,13 @@ def test_migrate_succeeds_when_its_schema_is_being_created_at_the_same_moment(
     must go on rather than fail with a duplicate key."""
     conninfo, schema, _ = split_url(postgres_url)
     migrations = [name for name, _ in MIGRATIONS]
-    with ExitStack() as children, psycopg.connect(conninfo, connect_timeout=10) as creator:
+    # The creator's transaction stays open, idle, for as long as four processes take to
+    # start on a loaded machine: without the state's idle-in-transaction deadline.
+    idle_ok = "-c idle_in_transaction_session_timeout=0"
+    with (
+        ExitStack() as children,
+        psycopg.connect(conninfo, connect_timeout=10, options=idle_ok) as creator,
+    ):
         creator.execute(f'CREATE SCHEMA "{schema}"')  # the transaction stays open
         runs = []
         for _ in range(4):
