@@ -485,13 +485,17 @@ def test_hanging_and_endless_receivers_cost_one_slot_each_not_the_process(
     # The dispatcher hung up on every one, far before its end (or the cap).
     assert all(a.hung_up and not a.capped for a in streamed), server
     assert all(a.body_bytes < STREAM_CAP for a in streamed)
+    # Every delivery kept an excerpt of what it was streamed, cut at the limit; an
+    # attempt a loaded machine timed out early keeps less, or none.
     excerpts = rows(
         state,
-        "SELECT a.response_excerpt FROM attempts a JOIN deliveries d ON d.id = a.delivery_id "
-        "WHERE d.webhook IN ('endless', 'huge')",
+        "SELECT d.id, a.response_excerpt FROM attempts a JOIN deliveries d "
+        "ON d.id = a.delivery_id WHERE d.webhook IN ('endless', 'huge') "
+        "AND a.response_excerpt IS NOT NULL",
     )
-    assert len(excerpts) == 2 * STREAMS
-    assert {len(excerpt.encode()) for (excerpt,) in excerpts} == {EXCERPT_LIMIT}
+    full = {delivery for delivery, excerpt in excerpts if len(excerpt.encode()) == EXCERPT_LIMIT}
+    assert len(full) == 2 * STREAMS
+    assert all(len(excerpt.encode()) <= EXCERPT_LIMIT for _, excerpt in excerpts)
 
 
 # -- a hanging endpoint beside healthy ones ---------------------------------------------
