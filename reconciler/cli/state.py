@@ -23,7 +23,7 @@ from reconciler.cli.common import (
 )
 from reconciler.errors import PlanFileError, ReconcilerError
 from reconciler.export import export as export_state
-from reconciler.loader import LoadResult, definitions_root
+from reconciler.loader import LoadResult, definitions_root, load_definitions
 from reconciler.plan import DEFAULT_DELETE_SHARE, Plan, make_plan
 from reconciler.provenance import CommitCheck, check_commit, detect_actor, git_commit
 from reconciler.store import Store, open_store
@@ -114,7 +114,7 @@ def plan(
       reconciler plan --format markdown --out plan.json --detailed-exitcode
     """
     organization = definitions_scope(path, organization)
-    result = load_or_fail(path)
+    result = _load_for_plan(path, fmt)
     store = open_store(state)
     try:
         the_plan = _plan_from_files(result, store, organization)
@@ -136,6 +136,15 @@ def plan(
             raise ReconcilerError(f"{out}: cannot write the plan: {exc.strerror}") from None
     if detailed_exitcode and the_plan.has_changes:
         sys.exit(2)
+
+
+def _load_for_plan(path: Path, fmt: str) -> LoadResult:
+    """The definitions; when invalid, the problems also go to stdout in the format
+    asked for (JSON, or a pull-request comment), since nothing else will."""
+    result = load_definitions(path)
+    if not result.ok and fmt != "text":
+        click.echo(plan_report.INVALID_REPORTERS[fmt](result.problems))
+    return load_or_fail(path, loaded=result)
 
 
 class _TerminalApprover:
