@@ -20,7 +20,11 @@ from reconciler.secrets import mask_at, mask_spec
 
 _FIELD_ORDER = list(WebhookSpec.model_fields)
 MARKDOWN_MARKER = "<!-- reconciler-plan -->"
-UNRECOVERABLE = "unrecoverable: its definition and delivery history are gone for good"
+# What a delete does, exactly: the delivery log stays for auditors (never sent again).
+UNRECOVERABLE = (
+    "the definition is gone for good and cannot be recovered; "
+    "its delivery history is kept until retention removes it"
+)
 
 
 def summary_line(plan: Plan) -> str:

@@ -37,6 +37,7 @@ from reconciler.dispatch.views import (
     DeliveryWithAttemptsOut,
     ReplayOut,
     delivery_json,
+    replay_refusal,
 )
 from reconciler.events import (
     MAX_BATCH_BYTES,
@@ -284,7 +285,11 @@ def create_app(dispatcher: Dispatcher) -> DispatcherAPI:
             **auth.RESPONSES,
             **UNAVAILABLE,
             **NOT_FOUND,
-            409: {"model": ErrorOut, "description": "The delivery is not finished yet"},
+            409: {
+                "model": ErrorOut,
+                "description": "The delivery is not finished yet, or its webhook was deleted "
+                "(its delivery history is kept, but it is never sent again)",
+            },
             **INVALID,
         },
         summary="Send a finished delivery again, with the same webhook-id",
@@ -295,7 +300,9 @@ def create_app(dispatcher: Dispatcher) -> DispatcherAPI:
             return _error(404, f"no delivery {delivery_id}")
         replayed = await dispatcher.replay([delivery_id])
         if not replayed:
-            return _error(409, f"delivery {delivery_id} is {found[0].status}: not replayable yet")
+            record = found[0]
+            live = await dispatcher.webhook_live(record.organization, record.webhook)
+            return _error(409, replay_refusal(record, live))
         return {"replayed": replayed}
 
     @app.post(

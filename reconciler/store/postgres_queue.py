@@ -581,7 +581,9 @@ class PostgresQueue:
             cur.execute(
                 "UPDATE deliveries SET status = 'pending', due_at = %s, updated_at = %s, "
                 "last_error = NULL, retry_base = attempts WHERE id = ANY(%s) AND status IN "
-                "('failed', 'cancelled', 'delivered') RETURNING id",
+                "('failed', 'cancelled', 'delivered') AND EXISTS (SELECT 1 FROM webhooks w "
+                "WHERE w.organization = deliveries.organization "
+                "AND w.name = deliveries.webhook) RETURNING id",
                 (now, now, list(delivery_ids)),
             )
             done = {row[0] for row in cur.fetchall()}

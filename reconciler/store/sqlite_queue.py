@@ -605,7 +605,9 @@ class SqliteQueue:
                 changed = db.execute(
                     "UPDATE deliveries SET status = 'pending', due_at = ?, updated_at = ?, "
                     "last_error = NULL, retry_base = attempts WHERE id = ? AND status IN "
-                    "('failed', 'cancelled', 'delivered')",
+                    "('failed', 'cancelled', 'delivered') AND EXISTS (SELECT 1 FROM webhooks w "
+                    "WHERE w.organization = deliveries.organization "
+                    "AND w.name = deliveries.webhook)",
                     (now, now, delivery_id),
                 ).rowcount
                 if changed:
