@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import difflib
 import json
 import sys
 from collections.abc import Callable
@@ -62,6 +63,29 @@ def definitions_scope(path: Path, organization: str | None) -> str | None:
     return parts[0]
 
 
+def check_organization(organization: str | None, result: LoadResult, store: Store) -> None:
+    """--org names an organization of the files or of the live state: another is a
+    typo, refused with the closest known one, rather than planned as "no changes"."""
+    if organization is None:
+        return
+    known = set(result.organizations) | {d.spec.key[0] for d in result.definitions}
+    if organization in known:
+        return
+    known |= {w.organization for w in store.webhooks()}
+    if organization in known:
+        return
+    close = difflib.get_close_matches(organization, sorted(known), n=1, cutoff=0.6)
+    if close:
+        hint = f" (did you mean '{close[0]}'?)"
+    elif known:
+        hint = f" (known: {', '.join(sorted(known))})"
+    else:
+        hint = " (there is none yet)"
+    raise ReconcilerError(
+        f"--org {organization}: no such organization in the definitions or the live state{hint}"
+    )
+
+
 def _plan_from_files(result: LoadResult, store: Store, organization: str | None) -> Plan:
     return make_plan(
         (d.spec for d in result.definitions),
@@ -117,6 +141,7 @@ def plan(
     result = _load_for_plan(path, fmt)
     store = open_store(state)
     try:
+        check_organization(organization, result, store)
         the_plan = _plan_from_files(result, store, organization)
         the_plan.commit_check = commit_check(store, the_plan, _commit_check(path, git_commit(path)))
     finally:
@@ -258,6 +283,7 @@ def apply(
     store = open_store(state, create=plan_file is None)
     try:
         if plan_file is None:
+            check_organization(organization, result, store)
             make = lambda: _plan_from_files(result, store, organization)  # noqa: E731
 
         def show(the_plan: Plan, refusals: list[str]) -> None:

@@ -59,6 +59,13 @@ class IntakeOut(BaseModel):
         description="True when this organization sent an event with this id before (then "
         "`deliveries` is that event's). The same id in another organization is another event."
     )
+    note: str | None = Field(
+        default=None,
+        description="Set when `deliveries` is 0: the event is stored, but no enabled webhook "
+        "of the organization fires on its type, so nothing is sent (e.g. `no enabled "
+        "webhook of acme fires on new_rule_violation: the event is stored, and nothing is "
+        "sent`); absent otherwise.",
+    )
 
 
 class BatchOut(BaseModel):
@@ -204,6 +211,7 @@ def create_app(dispatcher: Dispatcher) -> DispatcherAPI:
         "/v1/events",
         status_code=202,
         response_model=IntakeOut,
+        response_model_exclude_none=True,
         responses=_intake_responses(MAX_EVENT_BYTES),
         summary="Queue an event: one delivery per matching enabled webhook",
     )
@@ -217,6 +225,7 @@ def create_app(dispatcher: Dispatcher) -> DispatcherAPI:
         "/v1/events/batch",
         status_code=202,
         response_model=BatchOut,
+        response_model_exclude_none=True,
         responses=_intake_responses(MAX_BATCH_BYTES),
         summary=f"Queue up to {MAX_BATCH_EVENTS} events at once: all are stored, or none",
         description=(

@@ -64,18 +64,34 @@ class IntakeResult:
     organization: str
     deliveries: int
     duplicate: bool  # this organization had an event with this id already
+    event_type: str = ""
 
     @property
     def key(self) -> EventKey:
         return EventKey(self.organization, self.event_id)
 
+    @property
+    def note(self) -> str | None:
+        """Said when nothing is queued: the event is stored, but no webhook gets it."""
+        if self.deliveries:
+            return None
+        return (
+            f"no enabled webhook of {self.organization} fires on {self.event_type or 'it'}: "
+            "the event is stored, and nothing is sent"
+        )
+
     def as_json(self) -> dict[str, Any]:
-        return {
+        """The intake's answer; `note` only when there is one (older clients see
+        the four fields they always saw)."""
+        answer: dict[str, Any] = {
             "event_id": self.event_id,
             "organization": self.organization,
             "deliveries": self.deliveries,
             "duplicate": self.duplicate,
         }
+        if self.note is not None:
+            answer["note"] = self.note
+        return answer
 
 
 @dataclass(frozen=True)

@@ -133,6 +133,25 @@ def test_an_event_is_accepted_with_its_deliveries_queued(
     )
 
 
+def test_an_event_of_an_organization_without_webhooks_is_stored_and_says_so(
+    store: SqliteStore, clock: FakeClock
+) -> None:
+    async def scenario(api: Api) -> httpx.Response:
+        return await api.post_event(organization="initech", id="i1")
+
+    response = call(store, clock, scenario)
+    assert response.status_code == 202
+    assert response.json() == {
+        "event_id": "i1",
+        "organization": "initech",
+        "deliveries": 0,
+        "duplicate": False,
+        "note": "no enabled webhook of initech fires on new_rule_violation: "
+        "the event is stored, and nothing is sent",
+    }
+    assert store.event(EventKey("initech", "i1")) is not None
+
+
 def test_an_event_id_makes_intake_idempotent(store: SqliteStore, clock: FakeClock) -> None:
     async def scenario(api: Api) -> list[httpx.Response]:
         first = await api.post_event(id="rule-42:2026-11-29")

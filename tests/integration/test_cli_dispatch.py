@@ -265,12 +265,47 @@ def test_fire_wait_with_a_malformed_secret_url_fails_without_showing_it(
     assert all("SECHOST4" not in (a.error or "") for a in found[1])
 
 
-def test_fire_wait_with_nothing_to_deliver_succeeds(state: Path) -> None:
-    result = cli(
-        state, "fire", "reserved_instance_surplus", "--org", "acme", "--name", "x", "--wait"
+NO_MATCH = "no enabled webhook of {org} fires on {event}: the event is stored, and nothing is sent"
+
+
+@pytest.mark.parametrize("wait", [[], ["--wait"]])
+def test_fire_with_nothing_to_deliver_says_so_and_exits_1(
+    state: Path, store: SqliteStore, wait: list[str]
+) -> None:
+    fired = cli(state, "fire", "reserved_instance_surplus", "--org", "acme", "--name", "x", *wait)
+    assert fired.returncode == 1
+    assert ": 0 deliveries queued" in fired.stdout
+    note = NO_MATCH.format(org="acme", event="reserved_instance_surplus")
+    assert fired.stderr == f"error: {note}\n"
+    event_id = fired.stdout.split()[1].rstrip(":").removeprefix("acme/")
+    assert store.event(EventKey("acme", event_id)) is not None  # stored all the same
+
+
+def test_fire_for_an_organization_without_webhooks_exits_1_unless_allowed(
+    state: Path, store: SqliteStore
+) -> None:
+    typo = cli(state, "fire", "new_rule_violation", "--org", "nosuchorg", "--name", "x")
+    assert typo.returncode == 1
+    assert (
+        typo.stderr
+        == "error: " + NO_MATCH.format(org="nosuchorg", event="new_rule_violation") + "\n"
     )
-    assert result.returncode == 0
-    assert ": 0 deliveries queued" in result.stdout
+
+    expected = cli(
+        state,
+        *("fire", "new_rule_violation", "--org", "nosuchorg", "--name", "x"),
+        *("--allow-no-match", "--format", "json"),
+    )
+    assert expected.returncode == 0, expected.stderr
+    answer = json_out(expected)
+    assert (answer["deliveries"], answer["note"]) == (
+        0,
+        NO_MATCH.format(org="nosuchorg", event="new_rule_violation"),
+    )
+    assert expected.stderr.startswith("note: no enabled webhook of nosuchorg")
+
+    matched = json_out(fire(state, "--format", "json"))
+    assert matched["deliveries"] == 2 and "note" not in matched
 
 
 # -- deliveries list / show ---------------------------------------------------------------
