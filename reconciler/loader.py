@@ -243,14 +243,14 @@ def _rule_problems(
     doc: YamlDocument, spec: WebhookSpec, check_env: bool, skip: tuple[str, ...]
 ) -> list[Problem]:
     return [
-        Problem(doc.locate(f.loc, key=f.at_key), f.message, f.severity)
+        Problem(doc.locate(f.loc, key=f.at_key), f.message, f.severity, dotted(f.loc) or None)
         for f in check_spec(spec, check_env=check_env)
         if f.loc[0] not in skip
     ]
 
 
 def _problem(doc: YamlDocument, loc: Loc, message: str, at_key: bool) -> Problem:
-    return Problem(doc.locate(loc, key=at_key), message)
+    return Problem(doc.locate(loc, key=at_key), message, field=dotted(loc) or None)
 
 
 def describe(error: ErrorDetails, data: dict[str, Any]) -> tuple[Loc, str, bool]:
@@ -345,6 +345,7 @@ def _duplicate_names(definitions: Iterable[Definition]) -> list[Problem]:
                     definition.name_at,
                     f"name: '{key[1]}' is already used in organization '{key[0]}' "
                     f"at {other.name_at}",
+                    field="name",
                 )
             )
         else:
@@ -453,7 +454,7 @@ def _env_access_problems(result: LoadResult) -> list[Problem]:
     for name, at in result._shared_at.items():
         why = envaccess.shared_name_problem(name, organizations)
         if why is not None:
-            problems.append(Problem(at, f"shared.{name}: {why}"))
+            problems.append(Problem(at, f"shared.{name}: {why}", field=f"shared.{name}"))
             del result.shared_env[name]
     access = envaccess.EnvAccess(organizations, dict(result.shared_env), result.shared_env_file)
     for group in access.collisions():
@@ -476,5 +477,5 @@ def _env_access_problems(result: LoadResult) -> list[Problem]:
         reported.add((ref.at, ref.name))
         why = access.refusal(ref.organization, ref.name)
         if why is not None:
-            problems.append(Problem(ref.at, f"{dotted(ref.loc)}: {why}"))
+            problems.append(Problem(ref.at, f"{dotted(ref.loc)}: {why}", field=dotted(ref.loc)))
     return problems

@@ -14,12 +14,17 @@ from reconciler.diff import MISSING, FieldChange
 from reconciler.envaccess import SHARED_ENV_SHOWN
 from reconciler.model import WebhookSpec
 from reconciler.plan import Change, Plan
+from reconciler.problems import Problem
 from reconciler.provenance import short
 from reconciler.secrets import mask_at, mask_spec
 
 _FIELD_ORDER = list(WebhookSpec.model_fields)
 MARKDOWN_MARKER = "<!-- reconciler-plan -->"
-UNRECOVERABLE = "unrecoverable: its definition and delivery history are gone for good"
+# What a delete does, exactly: the delivery log stays for auditors (never sent again).
+UNRECOVERABLE = (
+    "the definition is gone for good and cannot be recovered; "
+    "its delivery history is kept until retention removes it"
+)
 
 
 def summary_line(plan: Plan) -> str:
@@ -200,4 +205,57 @@ _DIFF_PREFIX = {"create": "+", "update": "!", "delete": "-"}
 REPORTERS: dict[str, Callable[[Plan, list[str]], str]] = {
     "json": as_json,
     "markdown": markdown,
+}
+
+
+# When the definitions are invalid nothing is planned: the problems come out in the
+# format asked for, so a pull-request comment or a JSON consumer still gets an answer.
+
+
+def _problem_json(problem: Problem) -> dict[str, object]:
+    return {
+        "file": problem.location.path,
+        "line": problem.location.line,
+        "column": problem.location.col,
+        "field": problem.field,
+        "severity": problem.severity,
+        "message": problem.message,
+    }
+
+
+def invalid_json(problems: list[Problem]) -> str:
+    document = {
+        "valid": False,
+        "planned": False,
+        "errors": sum(1 for p in problems if p.severity == "error"),
+        "problems": [_problem_json(p) for p in problems],
+    }
+    return json.dumps(document, indent=2, ensure_ascii=False)
+
+
+def invalid_markdown(problems: list[Problem]) -> str:
+    errors = sum(1 for p in problems if p.severity == "error")
+    out = [
+        MARKDOWN_MARKER,
+        "### reconciler plan",
+        "",
+        f":x: **The definitions are invalid ({errors} error{'s' if errors != 1 else ''}): "
+        "nothing was planned.**",
+        "",
+    ]
+    for problem in problems:
+        where = str(problem.location)
+        said = str(problem)[len(where) + 2 :]  # one line: line breaks come escaped
+        out.append(f"- `{where}`: {_md_escape(said)}")
+    return "\n".join(out)
+
+
+def _md_escape(value: str) -> str:
+    """A message in running text: no HTML, no markdown that changes its meaning."""
+    return "".join(f"\\{c}" if c in "\\`*_[]<>|#" else c for c in value)
+
+
+INVALID_REPORTERS: dict[str, Callable[[list[Problem]], str]] = {
+    "json": invalid_json,
+    "markdown": invalid_markdown,
 }

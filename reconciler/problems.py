@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Literal
 
 # What ends a line for str.splitlines(), terminals and editors. A key or value quoted
@@ -25,6 +25,8 @@ class Problem:
     location: Location
     message: str
     severity: Literal["error", "warning"] = "error"
+    # The field it is about, dotted (`body.text`, `headers.Authorization`), when one is.
+    field: str | None = field(default=None, compare=False)
 
     def __str__(self) -> str:
         prefix = "warning: " if self.severity == "warning" else ""
@@ -35,6 +37,7 @@ class Problem:
             "path": self.location.path,
             "line": self.location.line,
             "column": self.location.col,
+            "field": self.field,
             "severity": self.severity,
             "message": self.message,
         }

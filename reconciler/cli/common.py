@@ -31,9 +31,12 @@ def color() -> bool | None:
     return False if os.environ.get("NO_COLOR") else None
 
 
-def load_or_fail(path: Path, *, check_env: bool = False) -> LoadResult:
-    """Load definitions, printing every problem; raise when any is an error."""
-    result = load_definitions(path, check_env=check_env)
+def load_or_fail(
+    path: Path, *, check_env: bool = False, loaded: LoadResult | None = None
+) -> LoadResult:
+    """Load definitions (or take those `loaded`), printing every problem to stderr;
+    raise when any is an error."""
+    result = loaded if loaded is not None else load_definitions(path, check_env=check_env)
     for problem in result.problems:
         click.echo(str(problem), err=True)
     if not result.ok:

@@ -9,10 +9,15 @@ import time
 import click
 
 from reconciler.cli.common import FORMATS, state_option
-from reconciler.dispatch.views import delivery_json, delivery_line, delivery_text
+from reconciler.dispatch.views import (
+    delivery_json,
+    delivery_line,
+    delivery_text,
+    replay_refusal,
+)
 from reconciler.durations import parse_duration
 from reconciler.errors import ReconcilerError
-from reconciler.store import open_store
+from reconciler.store import Backend, open_store
 from reconciler.store.queue import EventKey
 from reconciler.validate_report import count
 
@@ -118,6 +123,15 @@ def show_command(delivery_id: str, state: str, fmt: str) -> None:
         click.echo(delivery_text(*found))
 
 
+def _refusal(store: Backend, delivery_id: str) -> str:
+    found = store.delivery(delivery_id)
+    if found is None:
+        return f"no delivery {delivery_id}"
+    record = found[0]
+    live = any(w.name == record.webhook for w in store.webhooks(record.organization))
+    return replay_refusal(record, live)
+
+
 @deliveries.command("replay")
 @click.argument("delivery_ids", nargs=-1)
 @state_option
@@ -133,6 +147,11 @@ def replay_command(
 ) -> None:
     """Queue finished deliveries again, due at once, with the same webhook-id.
 
+    A delivery of a deleted webhook is refused: its history is kept for
+    auditors (until retention removes it), but it is never sent again. Each
+    delivery named but not queued is given with the reason, and the exit code
+    is 1; --failed leaves out those of deleted webhooks and says how many.
+
     \b
     Example:
       reconciler deliveries replay --failed --since 2h
@@ -142,22 +161,29 @@ def replay_command(
     if since is not None and not all_failed:
         raise click.UsageError("--since goes with --failed")
     store = open_store(state)
+    gone = 0
     try:
         ids = list(delivery_ids)
         if all_failed:
             cutoff = time.time() - _since_seconds(since) if since else None
-            ids = [
-                r.id
-                for r in store.deliveries(
-                    status="failed", organization=organization, since=cutoff, limit=1_000_000
-                )
-            ]
+            failed = store.deliveries(
+                status="failed", organization=organization, since=cutoff, limit=1_000_000
+            )
+            live = {w.key for w in store.webhooks(organization)}
+            ids = [r.id for r in failed if (r.organization, r.webhook) in live]
+            gone = len(failed) - len(ids)
         replayed = store.replay(ids, time.time())
+        refusals = [_refusal(store, d) for d in ids if d not in replayed]
     finally:
         store.close()
-    for delivery_id in ids:
-        if delivery_id not in replayed:
-            click.echo(f"{delivery_id}: not replayed (unknown, or still queued)", err=True)
+    for refusal in refusals:
+        click.echo(f"error: {refusal}", err=True)
+    if gone:
+        click.echo(
+            f"skipped {count(gone, 'failed delivery', 'failed deliveries')} of deleted "
+            "webhooks (kept as history, never sent again)",
+            err=True,
+        )
     click.echo(
         f"replayed {count(len(replayed), 'delivery', 'deliveries')}; `reconciler serve` sends them."
     )

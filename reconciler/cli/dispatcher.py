@@ -307,6 +307,12 @@ def _serve_processes(
     help="Queue nothing: print the request each matching webhook would receive "
     "(secrets masked or shown as ${env:NAME}).",
 )
+@click.option(
+    "--allow-no-match",
+    is_flag=True,
+    help="Exit 0 even when no enabled webhook of the organization fires on the event "
+    "(then nothing is sent).",
+)
 @click.option("--format", "fmt", type=FORMATS, default="text", help="Output format.")
 @state_option
 @network_options
@@ -319,6 +325,7 @@ def fire(
     event_id: str | None,
     wait: bool,
     dry_run: bool,
+    allow_no_match: bool,
     fmt: str,
     state: str,
     allow_private: bool,
@@ -331,7 +338,9 @@ def fire(
     queues nothing new, in another --org it is another event. With --wait the
     deliveries are attempted before the command returns; a delivery that must
     be retried later stays queued for `reconciler serve`. Exit 1 when a
-    delivery failed.
+    delivery failed, and when no enabled webhook of the organization fires on
+    the event (the event is stored, nothing is sent; say so, and exit 1, in a
+    dry run too) unless --allow-no-match.
 
     With --dry-run nothing is queued or sent: the request each matching live
     webhook would receive is printed instead, secret references as written,
@@ -361,7 +370,8 @@ def fire(
         }
     )
     if dry_run:
-        _dry_run(record, state, fmt)
+        if not _dry_run(record, state, fmt, allow_no_match) and not allow_no_match:
+            sys.exit(1)
         return
     store = open_store(state)
     try:
@@ -385,12 +395,17 @@ def fire(
         )
         for delivery in records:
             click.echo(delivery_line(delivery))
+    if result.note is not None:
+        click.echo(f"{'note' if allow_no_match else 'error'}: {result.note}", err=True)
+        if not allow_no_match:
+            sys.exit(1)
     if any(r.status in ("failed", "cancelled") for r in records):
         sys.exit(1)
 
 
-def _dry_run(record: EventRecord, state: str, fmt: str) -> None:
-    """Print what fire would make the dispatcher send for `record`; store nothing."""
+def _dry_run(record: EventRecord, state: str, fmt: str, allow_no_match: bool) -> bool:
+    """Print what fire would make the dispatcher send for `record`; store nothing.
+    Whether any webhook would get it."""
     store = open_store(state)
     try:
         webhooks = store.webhooks(record.organization)
@@ -411,14 +426,21 @@ def _dry_run(record: EventRecord, state: str, fmt: str) -> None:
         )
     if fmt == "json":
         click.echo(json.dumps([r.as_json() for r in requests], indent=2))
-        return
-    for request in requests:
-        click.echo(preview.request_text(request, title=True))
-        click.echo()
-    click.echo(
-        f"dry run: event {record.key} would queue "
-        f"{count(len(requests), 'delivery', 'deliveries')}; nothing was queued."
-    )
+    else:
+        for request in requests:
+            click.echo(preview.request_text(request, title=True))
+            click.echo()
+        click.echo(
+            f"dry run: event {record.key} would queue "
+            f"{count(len(requests), 'delivery', 'deliveries')}; nothing was queued."
+        )
+    if not requests:
+        click.echo(
+            f"{'note' if allow_no_match else 'error'}: no enabled webhook of "
+            f"{record.organization} fires on {record.type}: nothing would be sent",
+            err=True,
+        )
+    return bool(requests)
 
 
 async def _deliver_now(

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import difflib
 import json
 import sys
 from collections.abc import Callable
@@ -23,7 +24,7 @@ from reconciler.cli.common import (
 )
 from reconciler.errors import PlanFileError, ReconcilerError
 from reconciler.export import export as export_state
-from reconciler.loader import LoadResult, definitions_root
+from reconciler.loader import LoadResult, definitions_root, load_definitions
 from reconciler.plan import DEFAULT_DELETE_SHARE, Plan, make_plan
 from reconciler.provenance import CommitCheck, check_commit, detect_actor, git_commit
 from reconciler.store import Store, open_store
@@ -60,6 +61,29 @@ def definitions_scope(path: Path, organization: str | None) -> str | None:
     if organization is not None and organization != parts[0]:
         raise ReconcilerError(f"--org {organization} contradicts the folder {path}")
     return parts[0]
+
+
+def check_organization(organization: str | None, result: LoadResult, store: Store) -> None:
+    """--org names an organization of the files or of the live state: another is a
+    typo, refused with the closest known one, rather than planned as "no changes"."""
+    if organization is None:
+        return
+    known = set(result.organizations) | {d.spec.key[0] for d in result.definitions}
+    if organization in known:
+        return
+    known |= {w.organization for w in store.webhooks()}
+    if organization in known:
+        return
+    close = difflib.get_close_matches(organization, sorted(known), n=1, cutoff=0.6)
+    if close:
+        hint = f" (did you mean '{close[0]}'?)"
+    elif known:
+        hint = f" (known: {', '.join(sorted(known))})"
+    else:
+        hint = " (there is none yet)"
+    raise ReconcilerError(
+        f"--org {organization}: no such organization in the definitions or the live state{hint}"
+    )
 
 
 def _plan_from_files(result: LoadResult, store: Store, organization: str | None) -> Plan:
@@ -114,9 +138,10 @@ def plan(
       reconciler plan --format markdown --out plan.json --detailed-exitcode
     """
     organization = definitions_scope(path, organization)
-    result = load_or_fail(path)
+    result = _load_for_plan(path, fmt)
     store = open_store(state)
     try:
+        check_organization(organization, result, store)
         the_plan = _plan_from_files(result, store, organization)
         the_plan.commit_check = commit_check(store, the_plan, _commit_check(path, git_commit(path)))
     finally:
@@ -136,6 +161,15 @@ def plan(
             raise ReconcilerError(f"{out}: cannot write the plan: {exc.strerror}") from None
     if detailed_exitcode and the_plan.has_changes:
         sys.exit(2)
+
+
+def _load_for_plan(path: Path, fmt: str) -> LoadResult:
+    """The definitions; when invalid, the problems also go to stdout in the format
+    asked for (JSON, or a pull-request comment), since nothing else will."""
+    result = load_definitions(path)
+    if not result.ok and fmt != "text":
+        click.echo(plan_report.INVALID_REPORTERS[fmt](result.problems))
+    return load_or_fail(path, loaded=result)
 
 
 class _TerminalApprover:
@@ -249,6 +283,7 @@ def apply(
     store = open_store(state, create=plan_file is None)
     try:
         if plan_file is None:
+            check_organization(organization, result, store)
             make = lambda: _plan_from_files(result, store, organization)  # noqa: E731
 
         def show(the_plan: Plan, refusals: list[str]) -> None:

@@ -37,6 +37,7 @@ from reconciler.dispatch.views import (
     DeliveryWithAttemptsOut,
     ReplayOut,
     delivery_json,
+    replay_refusal,
 )
 from reconciler.events import (
     MAX_BATCH_BYTES,
@@ -57,6 +58,13 @@ class IntakeOut(BaseModel):
     duplicate: bool = Field(
         description="True when this organization sent an event with this id before (then "
         "`deliveries` is that event's). The same id in another organization is another event."
+    )
+    note: str | None = Field(
+        default=None,
+        description="Set when `deliveries` is 0: the event is stored, but no enabled webhook "
+        "of the organization fires on its type, so nothing is sent (e.g. `no enabled "
+        "webhook of acme fires on new_rule_violation: the event is stored, and nothing is "
+        "sent`); absent otherwise.",
     )
 
 
@@ -203,6 +211,7 @@ def create_app(dispatcher: Dispatcher) -> DispatcherAPI:
         "/v1/events",
         status_code=202,
         response_model=IntakeOut,
+        response_model_exclude_none=True,
         responses=_intake_responses(MAX_EVENT_BYTES),
         summary="Queue an event: one delivery per matching enabled webhook",
     )
@@ -216,6 +225,7 @@ def create_app(dispatcher: Dispatcher) -> DispatcherAPI:
         "/v1/events/batch",
         status_code=202,
         response_model=BatchOut,
+        response_model_exclude_none=True,
         responses=_intake_responses(MAX_BATCH_BYTES),
         summary=f"Queue up to {MAX_BATCH_EVENTS} events at once: all are stored, or none",
         description=(
@@ -284,7 +294,11 @@ def create_app(dispatcher: Dispatcher) -> DispatcherAPI:
             **auth.RESPONSES,
             **UNAVAILABLE,
             **NOT_FOUND,
-            409: {"model": ErrorOut, "description": "The delivery is not finished yet"},
+            409: {
+                "model": ErrorOut,
+                "description": "The delivery is not finished yet, or its webhook was deleted "
+                "(its delivery history is kept, but it is never sent again)",
+            },
             **INVALID,
         },
         summary="Send a finished delivery again, with the same webhook-id",
@@ -295,7 +309,9 @@ def create_app(dispatcher: Dispatcher) -> DispatcherAPI:
             return _error(404, f"no delivery {delivery_id}")
         replayed = await dispatcher.replay([delivery_id])
         if not replayed:
-            return _error(409, f"delivery {delivery_id} is {found[0].status}: not replayable yet")
+            record = found[0]
+            live = await dispatcher.webhook_live(record.organization, record.webhook)
+            return _error(409, replay_refusal(record, live))
         return {"replayed": replayed}
 
     @app.post(

@@ -195,6 +195,11 @@ class Dispatcher:
             self.wake()
         return replayed
 
+    async def webhook_live(self, organization: str, name: str) -> bool:
+        """Whether the webhook is in the live state (not deleted by apply)."""
+        live = await self.db.run(self.db.store.webhooks, organization)
+        return any(w.name == name for w in live)
+
     async def resume(self, organization: str, name: str, actor: str) -> ResumeOutcome:
         """Lift a pause the dispatcher set, into the audit log by `actor`."""
         return await self.db.run(self.db.store.resume, organization, name, actor)

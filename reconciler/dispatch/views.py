@@ -57,6 +57,17 @@ def delivery_json(record: DeliveryRecord, attempts: list[AttemptRecord]) -> dict
     return {**record.as_json(), "attempts_log": [a.as_json() for a in attempts]}
 
 
+def replay_refusal(record: DeliveryRecord, webhook_live: bool) -> str:
+    """Why `record` was not queued again: not finished yet, or its webhook was deleted
+    (its deliveries stay, as history for auditors, until retention removes them)."""
+    if not webhook_live:
+        return (
+            f"delivery {record.id} is of the webhook {record.organization}/{record.webhook}, "
+            "which was deleted: its delivery history is kept, but it is never sent again"
+        )
+    return f"delivery {record.id} is {record.status}: not replayable yet"
+
+
 def delivery_line(record: DeliveryRecord) -> str:
     due = f" due {utc(record.due_at)}" if record.status == "pending" and record.due_at else ""
     status = f" HTTP {record.last_status}" if record.last_status else ""
@@ -79,9 +90,15 @@ def delivery_text(record: DeliveryRecord, attempts: list[AttemptRecord]) -> str:
     ]
     if record.last_error:
         lines.append(f"error     {record.last_error}")
-    lines.append(f"attempts  {len(attempts)}")
+    # `attempts` counts the requests sent, as `deliveries list` shows it; the log also
+    # holds the tries where nothing was sent (cancelled: the webhook was disabled...).
+    unsent = len(attempts) - record.attempts
+    more = f" sent, {unsent} more recorded without sending" if unsent > 0 else ""
+    lines.append(f"attempts  {record.attempts}{more}")
     for attempt in attempts:
         status = f"HTTP {attempt.status}" if attempt.status is not None else "no response"
+        if attempt.outcome == "cancelled":
+            status = "not sent"
         lines.append(
             f"  #{attempt.number}  {utc(attempt.started_at)}  {attempt.outcome:<9}  {status}  "
             f"{attempt.duration_ms:.0f} ms" + (f"  {attempt.error}" if attempt.error else "")

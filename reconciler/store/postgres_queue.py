@@ -109,7 +109,13 @@ class PostgresQueue:
                 "SELECT deliveries FROM events WHERE organization = %s AND id = %s",
                 (event.organization, event.id),
             )
-            return IntakeResult(event.id, event.organization, cur.fetchone()[0], duplicate=True)
+            return IntakeResult(
+                event.id,
+                event.organization,
+                cur.fetchone()[0],
+                duplicate=True,
+                event_type=event.type,
+            )
         owner, limit, lease = hand
         handing = len(claims) < limit
         # Handing deliveries over is claiming them: each webhook's lock first (one
@@ -183,7 +189,9 @@ class PostgresQueue:
                 "UPDATE events SET deliveries = %s WHERE organization = %s AND id = %s",
                 (len(webhooks), event.organization, event.id),
             )
-        return IntakeResult(event.id, event.organization, len(webhooks), duplicate=False)
+        return IntakeResult(
+            event.id, event.organization, len(webhooks), duplicate=False, event_type=event.type
+        )
 
     # -- claims ---------------------------------------------------------------
 
@@ -581,7 +589,9 @@ class PostgresQueue:
             cur.execute(
                 "UPDATE deliveries SET status = 'pending', due_at = %s, updated_at = %s, "
                 "last_error = NULL, retry_base = attempts WHERE id = ANY(%s) AND status IN "
-                "('failed', 'cancelled', 'delivered') RETURNING id",
+                "('failed', 'cancelled', 'delivered') AND EXISTS (SELECT 1 FROM webhooks w "
+                "WHERE w.organization = deliveries.organization "
+                "AND w.name = deliveries.webhook) RETURNING id",
                 (now, now, list(delivery_ids)),
             )
             done = {row[0] for row in cur.fetchall()}

@@ -64,18 +64,35 @@ class IntakeResult:
     organization: str
     deliveries: int
     duplicate: bool  # this organization had an event with this id already
+    # For the answer's note only: two results are equal whatever it says.
+    event_type: str = field(default="", compare=False)
 
     @property
     def key(self) -> EventKey:
         return EventKey(self.organization, self.event_id)
 
+    @property
+    def note(self) -> str | None:
+        """Said when nothing is queued: the event is stored, but no webhook gets it."""
+        if self.deliveries:
+            return None
+        return (
+            f"no enabled webhook of {self.organization} fires on {self.event_type or 'it'}: "
+            "the event is stored, and nothing is sent"
+        )
+
     def as_json(self) -> dict[str, Any]:
-        return {
+        """The intake's answer; `note` only when there is one (older clients see
+        the four fields they always saw)."""
+        answer: dict[str, Any] = {
             "event_id": self.event_id,
             "organization": self.organization,
             "deliveries": self.deliveries,
             "duplicate": self.duplicate,
         }
+        if self.note is not None:
+            answer["note"] = self.note
+        return answer
 
 
 @dataclass(frozen=True)
@@ -449,7 +466,10 @@ class QueueStore(Protocol):
 
     def event(self, key: EventKey) -> EventRecord | None: ...
 
-    def replay(self, delivery_ids: Sequence[str], now: float) -> list[str]: ...
+    def replay(self, delivery_ids: Sequence[str], now: float) -> list[str]:
+        """Queue finished deliveries of live webhooks again, due at once; returns those
+        queued. A delivery of a deleted webhook is kept as history, never sent again."""
+        ...
 
     def queue_counts(self) -> dict[str, int]: ...
 

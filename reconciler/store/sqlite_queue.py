@@ -104,7 +104,13 @@ class SqliteQueue:
             key = event.key
             if key in known:
                 results.append(
-                    IntakeResult(event.id, event.organization, known[key], duplicate=True)
+                    IntakeResult(
+                        event.id,
+                        event.organization,
+                        known[key],
+                        duplicate=True,
+                        event_type=event.type,
+                    )
                 )
                 continue
             matching = (event.organization, event.type)
@@ -160,7 +166,11 @@ class SqliteQueue:
                         )
                     )
                 delivery_rows.append(row)
-            results.append(IntakeResult(event.id, event.organization, len(names), duplicate=False))
+            results.append(
+                IntakeResult(
+                    event.id, event.organization, len(names), duplicate=False, event_type=event.type
+                )
+            )
         db.execute(
             "INSERT INTO events (id, type, organization, name, description, time, deliveries, "
             "received_at) SELECT value ->> 0, value ->> 1, value ->> 2, value ->> 3, "
@@ -605,7 +615,9 @@ class SqliteQueue:
                 changed = db.execute(
                     "UPDATE deliveries SET status = 'pending', due_at = ?, updated_at = ?, "
                     "last_error = NULL, retry_base = attempts WHERE id = ? AND status IN "
-                    "('failed', 'cancelled', 'delivered')",
+                    "('failed', 'cancelled', 'delivered') AND EXISTS (SELECT 1 FROM webhooks w "
+                    "WHERE w.organization = deliveries.organization "
+                    "AND w.name = deliveries.webhook)",
                     (now, now, delivery_id),
                 ).rowcount
                 if changed:

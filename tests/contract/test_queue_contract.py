@@ -830,6 +830,19 @@ class QueueContract:
         ids = [c.delivery_id for c in claims]
         assert store.replay(ids, NOW) == [ids[0]]
 
+    def test_replay_refuses_a_delivery_of_a_deleted_webhook_and_keeps_it(self, store: Any) -> None:
+        store.add_event(event("evt-1"), NOW)
+        claims = sorted(store.claim("w1", 10, NOW, LEASE), key=lambda c: c.webhook)
+        store.finish([result(c, "failed", status=400) for c in claims], "w1", NOW)
+        ids = [c.delivery_id for c in claims]  # a's, then b's
+        commit(store, Write("delete", "acme", "b"))
+
+        assert store.replay(ids, NOW + 5) == [ids[0]]
+
+        kept, attempts = store.delivery(ids[1])  # history for auditors, not sent again
+        assert (kept.webhook, kept.status, kept.attempts, len(attempts)) == ("b", "failed", 1, 1)
+        assert ids[1] in {r.id for r in store.deliveries(status="failed")}
+
     # -- deletes through apply -----------------------------------------------------
 
     def test_deleting_a_webhook_cancels_its_queued_deliveries(self, store: Any) -> None:

@@ -28,6 +28,7 @@ from reconciler.dispatch.sender import Sender
 from reconciler.dispatch.service import Dispatcher
 from reconciler.dispatch.worker import INTERRUPTED
 from reconciler.events import MAX_EVENT_BYTES
+from reconciler.store.base import Write
 from reconciler.store.queue import EventKey
 from reconciler.store.sqlite import SqliteStore
 from tests.support.helpers_state import FakeClock, bearer, put_specs, spec
@@ -130,6 +131,25 @@ def test_an_event_is_accepted_with_its_deliveries_queued(
         "bucket logs is public",
         "2026-11-29T21:22:42Z",
     )
+
+
+def test_an_event_of_an_organization_without_webhooks_is_stored_and_says_so(
+    store: SqliteStore, clock: FakeClock
+) -> None:
+    async def scenario(api: Api) -> httpx.Response:
+        return await api.post_event(organization="initech", id="i1")
+
+    response = call(store, clock, scenario)
+    assert response.status_code == 202
+    assert response.json() == {
+        "event_id": "i1",
+        "organization": "initech",
+        "deliveries": 0,
+        "duplicate": False,
+        "note": "no enabled webhook of initech fires on new_rule_violation: "
+        "the event is stored, and nothing is sent",
+    }
+    assert store.event(EventKey("initech", "i1")) is not None
 
 
 def test_an_event_id_makes_intake_idempotent(store: SqliteStore, clock: FakeClock) -> None:
@@ -691,6 +711,40 @@ def test_replay_of_a_queued_delivery_is_409(store: SqliteStore, clock: FakeClock
     response = call(store, clock, scenario)
     assert response.status_code == 409
     assert response.json()["problems"] == []
+
+
+def test_replay_of_a_delivery_of_a_deleted_webhook_is_refused(
+    store: SqliteStore, clock: FakeClock, httpx_mock: HTTPXMock
+) -> None:
+    """Deleting a webhook keeps its delivery history (listed, shown), but a replay of
+    it is a 409 saying why, in the shape of every refusal; nothing is sent."""
+    httpx_mock.add_response(url="https://hooks.example.com/a", status_code=400)
+
+    async def scenario(api: Api) -> dict[str, Any]:
+        await api.post_event(id="e1", organization="globex")
+        await api.deliver()
+        (record,) = await api.dispatcher.db.run(store.deliveries, event=EventKey("globex", "e1"))
+        delete = [Write("delete", "globex", "a")]
+        await api.dispatcher.db.run(
+            lambda: store.commit(delete, [], expected_serial=store.state().serial)
+        )
+        refused = await api.http.post(f"/v1/deliveries/{record.id}/replay")
+        await api.deliver()
+        listed = (await api.http.get("/v1/deliveries", params={"org": "globex"})).json()
+        shown = (await api.http.get(f"/v1/deliveries/{record.id}")).json()
+        return {"id": record.id, "refused": refused, "listed": listed, "shown": shown}
+
+    got = call(store, clock, scenario)
+    assert got["refused"].status_code == 409
+    assert got["refused"].json() == {
+        "error": f"delivery {got['id']} is of the webhook globex/a, which was deleted: "
+        "its delivery history is kept, but it is never sent again",
+        "problems": [],
+    }
+    assert got["id"] in json.dumps(got["listed"])
+    assert (got["shown"]["status"], got["shown"]["attempts"]) == ("failed", 1)
+    assert len(got["shown"]["attempts_log"]) == 1
+    assert len(httpx_mock.get_requests()) == 1  # the first attempt; no replay went out
 
 
 # -- end to end, health, the document -----------------------------------------------------

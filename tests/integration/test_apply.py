@@ -994,7 +994,7 @@ def test_terminal_typed_delete_confirms_deletes(project: Path) -> None:
     assert cli(project, "apply", "--auto-approve", "--actor", "a").returncode == 0
     (project / "webhooks.d" / "acme" / "slack-ri-deficit.yaml").unlink()
     child = spawn(project)
-    child.expect("unrecoverable")
+    child.expect("cannot be recovered; its delivery history is kept until retention removes it")
     child.expect("This deletes 1 webhook, which cannot be recovered. " + CONFIRM_DELETE)
     child.sendline("delete")
     child.expect(APPROVE)

@@ -16,6 +16,7 @@ from typing import Any
 
 import pytest
 
+from reconciler.store.base import Write
 from reconciler.store.queue import AttemptResult, EventKey, EventRecord
 from reconciler.store.sqlite import SqliteStore
 from tests.support.helpers_state import cli_env, json_out, put_specs, run_cli, spec, sqlite_url
@@ -264,12 +265,47 @@ def test_fire_wait_with_a_malformed_secret_url_fails_without_showing_it(
     assert all("SECHOST4" not in (a.error or "") for a in found[1])
 
 
-def test_fire_wait_with_nothing_to_deliver_succeeds(state: Path) -> None:
-    result = cli(
-        state, "fire", "reserved_instance_surplus", "--org", "acme", "--name", "x", "--wait"
+NO_MATCH = "no enabled webhook of {org} fires on {event}: the event is stored, and nothing is sent"
+
+
+@pytest.mark.parametrize("wait", [[], ["--wait"]])
+def test_fire_with_nothing_to_deliver_says_so_and_exits_1(
+    state: Path, store: SqliteStore, wait: list[str]
+) -> None:
+    fired = cli(state, "fire", "reserved_instance_surplus", "--org", "acme", "--name", "x", *wait)
+    assert fired.returncode == 1
+    assert ": 0 deliveries queued" in fired.stdout
+    note = NO_MATCH.format(org="acme", event="reserved_instance_surplus")
+    assert fired.stderr == f"error: {note}\n"
+    event_id = fired.stdout.split()[1].rstrip(":").removeprefix("acme/")
+    assert store.event(EventKey("acme", event_id)) is not None  # stored all the same
+
+
+def test_fire_for_an_organization_without_webhooks_exits_1_unless_allowed(
+    state: Path, store: SqliteStore
+) -> None:
+    typo = cli(state, "fire", "new_rule_violation", "--org", "nosuchorg", "--name", "x")
+    assert typo.returncode == 1
+    assert (
+        typo.stderr
+        == "error: " + NO_MATCH.format(org="nosuchorg", event="new_rule_violation") + "\n"
     )
-    assert result.returncode == 0
-    assert ": 0 deliveries queued" in result.stdout
+
+    expected = cli(
+        state,
+        *("fire", "new_rule_violation", "--org", "nosuchorg", "--name", "x"),
+        *("--allow-no-match", "--format", "json"),
+    )
+    assert expected.returncode == 0, expected.stderr
+    answer = json_out(expected)
+    assert (answer["deliveries"], answer["note"]) == (
+        0,
+        NO_MATCH.format(org="nosuchorg", event="new_rule_violation"),
+    )
+    assert expected.stderr.startswith("note: no enabled webhook of nosuchorg")
+
+    matched = json_out(fire(state, "--format", "json"))
+    assert matched["deliveries"] == 2 and "note" not in matched
 
 
 # -- deliveries list / show ---------------------------------------------------------------
@@ -368,9 +404,76 @@ def test_replay_of_a_queued_or_unknown_delivery_says_so_and_exits_1(
     result = cli(state, "deliveries", "replay", delivery, pending, "msg_nope")
     assert result.returncode == 1
     assert result.stdout.startswith("replayed 1 delivery;")
-    assert f"{pending}: not replayed" in result.stderr
-    assert "msg_nope: not replayed" in result.stderr
-    assert delivery not in result.stderr
+    assert result.stderr.splitlines() == [
+        f"error: delivery {pending} is pending: not replayable yet",
+        "error: no delivery msg_nope",
+    ]
+
+
+def test_replay_of_a_delivery_of_a_deleted_webhook_is_refused_and_kept(
+    state: Path, store: SqliteStore
+) -> None:
+    """Deleting a webhook keeps its deliveries for auditors: listed and shown as they
+    were, never sent again; named, the replay is an error, and --failed skips them."""
+    now = time.time()
+    gone = finished(store, "e1", "globex", "failed", 404, now)
+    kept = finished(store, "e2", "acme", "failed", 500, now)  # acme/a, which stays
+    store.commit([Write("delete", "globex", "a")], [], expected_serial=store.state().serial)
+
+    named = cli(state, "deliveries", "replay", gone)
+    assert named.returncode == 1
+    assert named.stdout.startswith("replayed 0 deliveries;")
+    assert named.stderr == (
+        f"error: delivery {gone} is of the webhook globex/a, which was deleted: "
+        "its delivery history is kept, but it is never sent again\n"
+    )
+    assert store.delivery(gone)[0].status == "failed"  # type: ignore[index]
+    listed = cli(state, "deliveries", "list", "--org", "globex")
+    assert f"{gone}  failed     globex/a" in listed.stdout
+
+    every = cli(state, "deliveries", "replay", "--failed")
+    assert every.returncode == 0, every.stderr
+    assert every.stdout.startswith("replayed 2 deliveries;")  # acme's a and b
+    assert every.stderr == (
+        "skipped 1 failed delivery of deleted webhooks (kept as history, never sent again)\n"
+    )
+    assert store.delivery(kept)[0].status == "pending"  # type: ignore[index]
+    assert store.delivery(gone)[0].status == "failed"  # type: ignore[index]
+
+
+def test_list_and_show_agree_on_attempts_after_a_cancelled_try(
+    state: Path, store: SqliteStore
+) -> None:
+    """A replayed delivery the worker cancels (nothing sent) keeps one attempt sent:
+    list says 1, and show says 1 sent and lists the cancelled try as not sent."""
+    now = time.time()
+    delivery = finished(store, "e1", "globex", "failed", 404, now)
+    assert store.replay([delivery], now + 1) == [delivery]
+    (claim,) = store.claim("test", 10, now + 1, 90)
+    store.finish(
+        [
+            AttemptResult(
+                claim.delivery_id,
+                claim.attempt,
+                now + 1,
+                0.0,
+                "cancelled",
+                error="cancelled: the webhook is disabled",
+                sent=False,
+            )
+        ],
+        "test",
+        now + 1,
+    )
+    listed = cli(state, "deliveries", "list", "--org", "globex")
+    assert f"{delivery}  cancelled  globex/a  new_rule_violation  attempts 1" in listed.stdout
+    shown = cli(state, "deliveries", "show", delivery).stdout.splitlines()
+    assert "attempts  1 sent, 1 more recorded without sending" in shown
+    (cancelled,) = [line for line in shown if line.startswith("  #2")]
+    assert "cancelled  not sent" in cancelled
+    as_json = json_out(cli(state, "deliveries", "show", delivery, "--format", "json"))
+    assert as_json["attempts"] == 1
+    assert [a["outcome"] for a in as_json["attempts_log"]] == ["failed", "cancelled"]
 
 
 def test_replay_failed_with_since_and_org(state: Path, store: SqliteStore) -> None:

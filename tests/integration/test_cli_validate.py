@@ -94,6 +94,7 @@ def test_validate_json_output_shape() -> None:
         "path": "acme/empty.yaml",
         "line": 1,
         "column": 1,
+        "field": None,
         "severity": "error",
         "message": "file is empty: expected a webhook definition",
     }

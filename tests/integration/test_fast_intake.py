@@ -311,3 +311,35 @@ def test_any_batch_gets_the_same_answer_either_way(
     finally:
         for side in pair:
             side.store.close()
+
+
+def test_an_event_no_webhook_gets_says_so_the_same_on_either_path(
+    sides: tuple[Side, Side], taken: list[bool]
+) -> None:
+    """Stored (202) with 0 deliveries, and a note saying nothing is sent; the batch's
+    answer carries it for that event only, on the fast path as on the route."""
+    note = (
+        "no enabled webhook of acme fires on reserved_instance_deficit: "
+        "the event is stored, and nothing is sent"
+    )
+    unmatched = body(type="reserved_instance_deficit", id="evt-none")
+    answer = same_answer(sides, "publisher", unmatched, "application/json")
+    assert answer.status_code == 202
+    assert answer.json() == {
+        "event_id": "evt-none",
+        "organization": "acme",
+        "deliveries": 0,
+        "duplicate": False,
+        "note": note,
+    }
+    mixed = same_answer(
+        sides,
+        "admin",
+        batch({"id": "evt-2"}, {"id": "evt-3", "type": "reserved_instance_deficit"}),
+        "application/json",
+        BATCH,
+    )
+    results = mixed.json()["results"]
+    assert "note" not in results[0] and results[0]["deliveries"] == 2
+    assert results[1]["note"] == note
+    assert taken == [True, True]

@@ -245,6 +245,23 @@ def test_the_plan_steps_annotate_problems_and_write_one_comment(
     assert "webhooks.d/acme/example.yaml:" in comment and "'FETCH'" in comment
 
 
+def test_the_plan_step_comments_the_problems_when_definitions_are_invalid(
+    definitions: Path, tmp_path: Path
+) -> None:
+    """The Plan step alone (e.g. a definition valid for validate but not with its
+    state) never leaves an empty comment: plan writes the problems as the comment."""
+    runner = Runner(definitions, tmp_path, make_state(f"sqlite:///{tmp_path / 'state.db'}"))
+    example = definitions / "webhooks.d" / "acme" / "example.yaml"
+    example.write_text(example.read_text(encoding="utf-8").replace("method: POST", "method: FETCH"))
+    planned = runner.run(workflow("webhooks-plan.yml"), "plan", "Plan")
+    assert planned.returncode == 1
+    comment = (definitions / "plan-comment.md").read_text(encoding="utf-8")
+    assert comment.startswith(scaffold.MARKER + "\n### reconciler plan")
+    assert "The definitions are invalid (1 error)" in comment
+    assert "- `webhooks.d/acme/example.yaml:" in comment and "'FETCH'" in comment
+    assert runner.summary.read_text(encoding="utf-8") == comment
+
+
 def test_the_plan_step_fails_clearly_without_the_state_secret(
     definitions: Path, tmp_path: Path
 ) -> None:

@@ -561,10 +561,21 @@ def test_dry_run_of_another_organization_or_event_type(state: Path) -> None:
         sqlite_url(state),
         "--dry-run",
     )
-    assert nobody.returncode == 0
+    assert nobody.returncode == 1
     assert nobody.stdout == (
         "dry run: event acme/evt_preview would queue 0 deliveries; nothing was queued.\n"
     )
+    assert nobody.stderr == (
+        "error: no enabled webhook of acme fires on reserved_instance_deficit: "
+        "nothing would be sent\n"
+    )
+    allowed = run(
+        state.parent,
+        *("fire", "reserved_instance_deficit", "--org", "acme", "--name", "r"),
+        *("--state", sqlite_url(state), "--dry-run", "--allow-no-match"),
+    )
+    assert allowed.returncode == 0
+    assert allowed.stderr.startswith("note: no enabled webhook of acme")
     assert queue_rows(state) == ([], [])
 
 

@@ -537,15 +537,24 @@ def test_text_shows_signs_fields_and_summary(secret_plan: Plan) -> None:
     assert lines[0] == "Organization acme"
     assert "  + new" in lines
     assert "  ~ changed" in lines
-    assert any(line.startswith("  - gone  (unrecoverable") for line in lines)
+    assert (
+        "  - gone  (the definition is gone for good and cannot be recovered; "
+        "its delivery history is kept until retention removes it)"
+    ) in lines
     assert '      headers.Authorization: "****" -> "Bearer ${env:ACME_TOKEN}"' in lines
     assert lines[-1] == "Plan: 2 to create, 2 to update, 1 to delete, 5 unchanged."
 
 
 def test_deletes_are_marked_unrecoverable_in_every_format(secret_plan: Plan) -> None:
     reports = _all_reports(secret_plan)
-    assert "unrecoverable" in reports["text"]
-    assert "unrecoverable" in reports["markdown"]
+    # What a delete does, exactly: the definition goes, the delivery log stays.
+    said = (
+        "the definition is gone for good and cannot be recovered; "
+        "its delivery history is kept until retention removes it"
+    )
+    assert said in reports["text"]
+    assert said in reports["markdown"]
+    assert "deletes are unrecoverable" in reports["markdown"]
     (delete,) = [c for c in json.loads(reports["json"])["changes"] if c["action"] == "delete"]
     assert delete["unrecoverable"] is True
     assert delete["protected"] is False
