@@ -176,12 +176,13 @@ def load_one(
     if not isinstance(data, dict):
         kind = _kind(data)
         return None, [
+            *doc.problems,
             Problem(
                 doc.locate(()),
                 f"expected a mapping of fields (name, event, method, url, ...), got {kind}",
-            )
+            ),
         ]
-    problems: list[Problem] = []
+    problems: list[Problem] = list(doc.problems)
     declared = data.get("organization")
     if folder_org and isinstance(declared, str) and declared != folder_org:
         problems.append(
@@ -266,7 +267,11 @@ def describe(error: ErrorDetails, data: dict[str, Any]) -> tuple[Loc, str, bool]
         return loc, _unknown_field(loc), True
     if kind == "enum":
         expected = ctx.get("expected", "").replace("'", "").replace(" or ", ", ")
-        return loc, f"{where}: {value!r} is not one of: {expected}", False
+        return (
+            loc,
+            f"{where}: {value!r} is not one of: {expected}{_value_hint(value, expected)}",
+            False,
+        )
     if kind == "string_pattern_mismatch":
         field_name = next((p for p in reversed(loc) if isinstance(p, str)), "")
         if field_name in ("name", "organization"):
@@ -321,6 +326,25 @@ def _kind(value: Any) -> str:
     if isinstance(value, dict):
         return "a mapping"
     return type(value).__name__
+
+
+def _value_hint(value: Any, expected: str) -> str:
+    """A did-you-mean for a value one of a few words: the same word in another case
+    or with dashes for underscores (`post`, `new-rule-violation`) first, else the
+    closest spelling."""
+    if not isinstance(value, str):
+        return ""
+    choices = [c.strip() for c in expected.split(",") if c.strip()]
+    folded = {_fold(c): c for c in choices}
+    match = folded.get(_fold(value))
+    if match is None:
+        close = difflib.get_close_matches(_fold(value), list(folded), n=1, cutoff=0.7)
+        match = folded[close[0]] if close else None
+    return f" (did you mean '{match}'?)" if match else ""
+
+
+def _fold(word: str) -> str:
+    return word.strip().lower().replace("-", "_").replace(" ", "_")
 
 
 def _unknown_field(loc: Loc) -> str:
@@ -405,6 +429,7 @@ def _read_shared(result: LoadResult, shown: str, raw: bytes) -> None:
         if not doc.message.startswith("file is empty"):  # empty: nothing is shared
             result.problems.append(doc)
         return
+    result.problems.extend(doc.problems)
     data = doc.data
     if not isinstance(data, dict):
         result.problems.append(Problem(doc.locate(()), f"{_SHARED_HELP}, got {_kind(data)}"))

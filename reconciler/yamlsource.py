@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import yaml
@@ -90,6 +90,9 @@ class YamlDocument:
     path: str
     data: Any
     root: Node
+    # Problems found while building the data that did not stop it: each duplicate
+    # key (its first value is kept), so the file's other problems still show.
+    problems: list[Problem] = field(default_factory=list)
 
     def locate(self, loc: Sequence[str | int], *, key: bool = False) -> Location:
         """Where the value at `loc` is written; with key=True, where its key is.
@@ -159,9 +162,14 @@ def load_document(path: str, raw: bytes) -> YamlDocument | Problem:
     try:
         data = builder.build(root, 0)
     except _Refused as exc:
-        mark = exc.node.start_mark
-        return Problem(Location(path, mark.line + 1, mark.column + 1), exc.message)
-    return YamlDocument(path, data, root)
+        return _at(path, exc.node, exc.message)
+    found = [_at(path, node, message) for node, message in builder.duplicates]
+    return YamlDocument(path, data, root, found)
+
+
+def _at(path: str, node: Node, message: str) -> Problem:
+    mark = node.start_mark
+    return Problem(Location(path, mark.line + 1, mark.column + 1), message)
 
 
 def _syntax_problem(path: str, text: str, exc: yaml.MarkedYAMLError) -> Problem:
@@ -174,8 +182,73 @@ def _syntax_problem(path: str, text: str, exc: yaml.MarkedYAMLError) -> Problem:
         message = "more than one YAML document: a file holds one webhook definition"
     else:
         context = f" ({exc.context})" if exc.context else ""
-        message = f"YAML syntax error: {problem}{context}"
+        message = f"YAML syntax error: {problem}{context}{_hint(text, exc)}"
     return Problem(Location(path, line, col), message)
+
+
+# `key: value` on one line, the key plain or quoted, after any indentation or `- `.
+_KEY_VALUE = re.compile(
+    r"""^\s*(?:-\s+)?(?:"[^"]*"|'[^']*'|[^\s#'"{\[][^:#]*?):[ \t]+(?P<value>.*?)\s*$"""
+)
+
+
+def _hint(text: str, exc: yaml.MarkedYAMLError) -> str:
+    """Words for the mistakes people make most, where libyaml's own are cryptic:
+    an unquoted value that YAML reads as something else, a quote never closed."""
+    if exc.context == "while scanning a quoted scalar" and exc.context_mark is not None:
+        opened = exc.context_mark
+        return (
+            f"; the quote opened at line {opened.line + 1}, column {opened.column + 1} "
+            "is never closed"
+        )
+    lines = text.splitlines()
+    marks = [m for m in (exc.context_mark, exc.problem_mark) if m is not None]
+    for mark in marks:
+        if mark.line >= len(lines):
+            continue
+        line = lines[mark.line]
+        found = _KEY_VALUE.match(line)
+        if found is None:
+            continue
+        value = found["value"]
+        why = _unquoted_why(value)
+        if why:
+            key_part = line[: found.start("value")].strip()
+            return f"; {why}: quote the whole value, as in {key_part} {quoted(value)}"
+    return ""
+
+
+def _unquoted_why(value: str) -> str | None:
+    """Why an unquoted value does not read as text, or None when it would (or is quoted)."""
+    if not value or value[0] in "'\"":
+        return None
+    if value.startswith("{{") or (value[0] in "{[" and "{{" in value):
+        return "a value starting with {{ is read as a YAML mapping, not as a placeholder"
+    if value[0] in "{[":
+        return f"a value starting with {value[0]} is read as a YAML flow collection"
+    if value[0] in "@`":
+        return f"YAML reserves {value[0]} at the start of a value"
+    if value[0] == "*":
+        return "a value starting with * is read as a YAML alias"
+    if ": " in value or value.endswith(":"):
+        return "a colon followed by a space inside a value starts a YAML mapping"
+    return None
+
+
+def _flow_hint(node: MappingNode) -> str:
+    """The hint for `text: {{time}}`, which YAML reads as a mapping keyed by a mapping."""
+    if node.flow_style and isinstance(node.value[0][0], MappingNode):
+        return (
+            "; a value starting with {{ is read as a YAML mapping, not as a placeholder: "
+            'quote the whole value, as in "{{time}}"'
+        )
+    return ""
+
+
+def quoted(value: str) -> str:
+    """VALUE as a double-quoted YAML scalar."""
+    escaped = value.replace("\\", "\\\\").replace('"', '\\"')
+    return f'"{escaped}"'
 
 
 _YAML_LINE_BREAK = re.compile("\r\n|[\n\r\x85\u2028\u2029]")
@@ -210,6 +283,7 @@ class _Builder:
     def __init__(self) -> None:
         self.budget = MAX_NODES
         self._scalar = _SCALARS
+        self.duplicates: list[tuple[Node, str]] = []
 
     def build(self, node: Node, depth: int) -> Any:
         self.budget -= 1
@@ -242,15 +316,18 @@ class _Builder:
                 merged.update(self._merge(value_node, depth))
                 continue
             if not isinstance(key_node, ScalarNode):
-                raise _Refused(key_node, "mapping keys must be plain text")
+                raise _Refused(key_node, "mapping keys must be plain text" + _flow_hint(node))
             key = key_node.value
             if key in seen:
                 first = seen[key].start_mark
-                raise _Refused(
-                    key_node,
-                    f"duplicate key '{key}' (first defined at line {first.line + 1}); "
-                    "each key may appear once",
+                self.duplicates.append(
+                    (
+                        key_node,
+                        f"duplicate key '{key}' (first defined at line {first.line + 1}); "
+                        "each key may appear once",
+                    )
                 )
+                continue
             seen[key] = key_node
             if (
                 type(value_node) is ScalarNode
