@@ -16,6 +16,7 @@ from reconciler import __version__
 from reconciler.cli import (
     definitions,
     deliveries,
+    demo,
     dispatcher,
     retention,
     state,
@@ -62,6 +63,7 @@ for command in (
     state.migrate,
     dispatcher.serve_command,
     dispatcher.fire,
+    demo.demo,
     deliveries.deliveries,
     retention.retention,
     tokens.tokens,
