@@ -22,7 +22,7 @@ from reconciler.cli.common import (
     org_option,
     state_option,
 )
-from reconciler.errors import PlanFileError, ReconcilerError
+from reconciler.errors import NoState, PlanFileError, ReconcilerError
 from reconciler.export import export as export_state
 from reconciler.loader import LoadResult, definitions_root, load_definitions
 from reconciler.plan import DEFAULT_DELETE_SHARE, Plan, make_plan
@@ -63,15 +63,17 @@ def definitions_scope(path: Path, organization: str | None) -> str | None:
     return parts[0]
 
 
-def check_organization(organization: str | None, result: LoadResult, store: Store) -> None:
-    """--org names an organization of the files or of the live state: another is a
-    typo, refused with the closest known one, rather than planned as "no changes"."""
+def check_organization(organization: str | None, result: LoadResult, store: Store | None) -> None:
+    """--org names an organization of the files or of the live state (None: there is
+    no state yet): another is a typo, refused with the closest known one, rather
+    than planned as "no changes"."""
     if organization is None:
         return
     known = set(result.organizations) | {d.spec.key[0] for d in result.definitions}
     if organization in known:
         return
-    known |= {w.organization for w in store.webhooks()}
+    if store is not None:
+        known |= {w.organization for w in store.webhooks()}
     if organization in known:
         return
     close = difflib.get_close_matches(organization, sorted(known), n=1, cutoff=0.6)
@@ -84,6 +86,15 @@ def check_organization(organization: str | None, result: LoadResult, store: Stor
     raise ReconcilerError(
         f"--org {organization}: no such organization in the definitions or the live state{hint}"
     )
+
+
+def state_exists(url: str) -> bool:
+    """Whether the live state at `url` is there (opening it without making it)."""
+    try:
+        open_store(url).close()
+    except NoState:
+        return False
+    return True
 
 
 def _plan_from_files(result: LoadResult, store: Store, organization: str | None) -> Plan:
@@ -279,6 +290,9 @@ def apply(
     else:
         organization = definitions_scope(path, organization)
         result = load_or_fail(path)  # files are read once, before the lock is taken
+        if organization is not None and not state_exists(state):
+            # A typo in --org must not make the state it then refuses to apply to.
+            check_organization(organization, result, None)
     # The first apply starts the state; a saved plan was made against one that exists.
     store = open_store(state, create=plan_file is None)
     try:

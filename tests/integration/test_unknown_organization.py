@@ -65,3 +65,21 @@ def test_an_organization_only_in_the_files_or_only_live_is_known(
     live_only = run_cli(["plan", "--org", "globex"], cwd, env)
     assert live_only.returncode == 0, live_only.stderr
     assert "- old" in live_only.stdout
+
+
+def test_a_first_apply_with_an_unknown_organization_makes_no_state(tmp_path: Path) -> None:
+    folder = tmp_path / "webhooks.d"
+    write_definition(folder, "acme", definition("a"))
+    db = tmp_path / "new" / "state.db"
+    env = cli_env(RECONCILER_STATE=f"sqlite:///{db}")
+    typo = run_cli(["apply", "--auto-approve", "--actor", "a", "--org", "acmee"], tmp_path, env)
+    assert typo.returncode == 1
+    assert typo.stderr == (
+        "error: --org acmee: no such organization in the definitions or the live state "
+        "(did you mean 'acme'?)\n"
+    )
+    assert not db.exists()
+    assert not db.parent.exists()
+    first = run_cli(["apply", "--auto-approve", "--actor", "a", "--org", "acme"], tmp_path, env)
+    assert first.returncode == 0, first.stderr
+    assert db.is_file()
