@@ -5,8 +5,6 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from deepdiff import DeepDiff
-
 _MISSING = object()
 
 
@@ -31,6 +29,9 @@ def field_changes(old: dict[str, Any], new: dict[str, Any]) -> list[FieldChange]
     """Each leaf that differs, old -> new, in a stable order."""
     if old == new:
         return []
+    # deepdiff takes a tenth of a second to import: only a plan that compares pays it.
+    from deepdiff import DeepDiff
+
     diff = DeepDiff(old, new, view="tree", ignore_order=False)
     changes: list[FieldChange] = []
     for kind, items in diff.items():
