@@ -181,9 +181,10 @@ def render(
 )
 @click.option(
     "--admins",
-    default=scaffold.DEFAULT_ADMINS,
-    show_default=True,
-    help="The GitHub team (or user) that owns webhooks.d/ in CODEOWNERS.",
+    required=True,
+    help="The GitHub team (@org/team) or user (@name) of the webhook admins: the "
+    "code owners of webhooks.d/ and of the workflows, and the reviewers the apply "
+    "workflow suggests. The only team the files name.",
 )
 @click.option("--force", is_flag=True, help="Overwrite files that exist.")
 def init(folder: Path, organization: str, admins: str, force: bool) -> None:
@@ -194,8 +195,12 @@ def init(folder: Path, organization: str, admins: str, force: bool) -> None:
     beside it), webhooks.d/shared-env.yaml (the variables every organization may
     read, empty), the GitHub workflows webhooks-plan.yml and webhooks-apply.yml,
     CODEOWNERS (the shared list the admins' alone), .pre-commit-config.yaml
-    using reconciler's hook, and a .gitignore for .reconciler/. Existing files
+    with reconciler's hook, and a .gitignore for .reconciler/. Existing files
     are listed and left alone (exit 1) unless --force.
+
+    The workflows and the hook install this release from PyPI, pinned:
+    webhook-reconciler==VERSION (the command and package are `reconciler`), so
+    an upgrade is a reviewed change. --admins is the only team the files name.
 
     \b
     Example:

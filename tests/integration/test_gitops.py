@@ -15,24 +15,28 @@ import shutil
 import stat
 import subprocess
 import sys
+import tomllib
+from importlib import metadata
 from pathlib import Path
 from typing import Any
 
 import pytest
 import yaml
 
-from reconciler import scaffold
+from reconciler import DISTRIBUTION, __version__, scaffold
 from reconciler.schema import webhook_schema_text
 from tests.support.helpers_state import REPO, cli_env, make_state, run_cli
 
 WORKFLOWS = REPO / ".github" / "workflows"
 BIN = Path(sys.executable).parent  # where `reconciler` is installed
+# This repository's own team, as its CODEOWNERS and apply workflow name it.
+ADMINS = "@acme-corp/webhook-admins"
 
 
 def workflow_text(name: str, source: str = "repository") -> str:
     """A workflow as this repository has it, or as `reconciler init` writes it."""
     if source == "init":
-        return scaffold.workflows(admins="@initech/platform")[name]
+        return scaffold.workflows("@initech/platform")[name]
     return (WORKFLOWS / name).read_text(encoding="utf-8")
 
 
@@ -114,7 +118,7 @@ def test_ci_runs_the_suite_on_the_newest_uvicorn_with_serves_stock_paths() -> No
 
 
 def test_this_repositorys_webhooks_workflows_are_inits_but_for_the_install_step() -> None:
-    for name, text in scaffold.workflows(scaffold.INSTALL_SOURCE).items():
+    for name, text in scaffold.workflows(ADMINS, scaffold.INSTALL_SOURCE).items():
         assert (WORKFLOWS / name).read_text(encoding="utf-8") == text, (
             f".github/workflows/{name} differs from reconciler/scaffold.py: change both"
         )
@@ -153,7 +157,7 @@ def test_apply_runs_on_main_one_at_a_time_and_deletes_only_with_the_label(source
     assert "(--auto-approve)" in commands
     text = workflow_text("webhooks-apply.yml", source)
     assert "# environment: webhooks" in text  # the documented alternative
-    admins = "@initech/platform" if source == "init" else scaffold.DEFAULT_ADMINS
+    admins = "@initech/platform" if source == "init" else ADMINS
     assert f"# reviewers {admins}," in text  # the required reviewers it suggests
 
 
@@ -213,7 +217,7 @@ class Runner:
 @pytest.fixture
 def definitions(tmp_path: Path) -> Path:
     repo = tmp_path / "repo"
-    made = run_cli(["init", str(repo), "--org", "acme"], tmp_path)
+    made = run_cli(["init", str(repo), "--org", "acme", "--admins", ADMINS], tmp_path)
     assert made.returncode == 0, made.stderr
     return repo
 
@@ -316,6 +320,45 @@ def test_the_apply_steps_delete_only_when_the_pull_request_allowed_it(
         assert ":x: **Apply failed** (exit 1) for 0123456" in summary
 
 
+# -- release.yml ---------------------------------------------------------------------------
+
+
+def test_a_v_tag_builds_the_release_and_publishes_it() -> None:
+    release = workflow("release.yml")
+    assert release["on"] == {"push": {"tags": ["v*"]}}
+    build = runs(release, "build")
+    assert "python -m build" in build
+    assert release["jobs"]["publish"]["needs"] == "build"
+    (publish,) = [s for s in steps(release, "publish") if "uses" in s and "pypi" in s["uses"]]
+    assert publish["uses"].startswith("pypa/gh-action-pypi-publish@")
+    assert release["jobs"]["publish"]["permissions"] == {"id-token": "write"}
+
+
+@pytest.mark.parametrize(("tag", "ok"), [(f"v{__version__}", True), ("v99.0.0", False)])
+def test_a_tag_that_is_not_the_package_version_fails_the_release(
+    tmp_path: Path, tag: str, ok: bool
+) -> None:
+    shutil.copy(REPO / "pyproject.toml", tmp_path / "pyproject.toml")
+    script = step(workflow("release.yml"), "build", "The tag names the package's version")["run"]
+    result = subprocess.run(
+        ["bash", "-e", "-c", script],
+        cwd=tmp_path,
+        env=cli_env(GITHUB_REF_NAME=tag),
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    if ok:
+        assert result.returncode == 0, result.stdout + result.stderr
+        assert result.stdout == f"Releasing webhook-reconciler {__version__}.\n"
+    else:
+        assert result.returncode == 1
+        assert result.stdout.startswith(
+            f"::error::The tag v99.0.0 is not v{__version__}, the version in pyproject.toml"
+        )
+
+
 # -- CODEOWNERS ----------------------------------------------------------------------------
 
 
@@ -409,7 +452,7 @@ def run_hook(hook: dict[str, Any], repo: Path) -> subprocess.CompletedProcess[st
 def test_the_hook_catches_a_name_used_in_a_file_the_commit_does_not_touch(
     tmp_path: Path,
 ) -> None:
-    made = run_cli(["init", "defs", "--org", "acme"], tmp_path)
+    made = run_cli(["init", "defs", "--org", "acme", "--admins", ADMINS], tmp_path)
     assert made.returncode == 0, made.stderr
     repo = tmp_path / "defs"
     git(repo, "init", "-q")
@@ -474,12 +517,12 @@ def _files(folder: Path) -> set[str]:
 
 
 def test_init_makes_a_repository_that_validates_and_plans_at_once(tmp_path: Path) -> None:
-    made = run_cli(["init", "defs", "--org", "acme"], tmp_path)
+    made = run_cli(["init", "defs", "--org", "acme", "--admins", ADMINS], tmp_path)
     assert made.returncode == 0, made.stderr
     repo = tmp_path / "defs"
     assert _files(repo) == EXPECTED_FILES
     assert [line.removeprefix("wrote defs/") for line in made.stdout.splitlines()[:-1]] == sorted(
-        EXPECTED_FILES, key=list(scaffold.scaffold("acme").files).index
+        EXPECTED_FILES, key=list(scaffold.scaffold("acme", ADMINS).files).index
     )
 
     validated = run_cli(["validate"], repo)
@@ -499,7 +542,8 @@ def test_init_makes_a_repository_that_validates_and_plans_at_once(tmp_path: Path
 
 
 def test_init_writes_what_the_definitions_need(tmp_path: Path) -> None:
-    assert run_cli(["init", "--org", "acme"], tmp_path).returncode == 0  # FOLDER: here
+    made = run_cli(["init", "--org", "acme", "--admins", ADMINS], tmp_path)  # FOLDER: here
+    assert made.returncode == 0, made.stderr
     example = (tmp_path / "webhooks.d" / "acme" / "example.yaml").read_text(encoding="utf-8")
     modeline = example.splitlines()[0]
     found = re.fullmatch(r"# yaml-language-server: \$schema=(\S+)", modeline)
@@ -508,23 +552,87 @@ def test_init_writes_what_the_definitions_need(tmp_path: Path) -> None:
     assert schema == (tmp_path / "schemas" / "webhook.schema.json").resolve()
     assert schema.read_text(encoding="utf-8") == webhook_schema_text()
     assert "url: ${env:ACME_SLACK_URL}" in example
-    for name, text in scaffold.workflows().items():
+    for name, text in scaffold.workflows(ADMINS).items():
         assert (tmp_path / ".github" / "workflows" / name).read_text(encoding="utf-8") == text
         assert scaffold.INSTALL_RELEASE in text
-    config = yaml.safe_load((tmp_path / ".pre-commit-config.yaml").read_text(encoding="utf-8"))
-    assert config["repos"] == [
-        {
-            "repo": scaffold.HOOK_REPOSITORY,
-            "rev": scaffold.HOOK_REV,
-            "hooks": [{"id": "reconciler-validate"}],
-        }
+
+
+def _written(tmp_path: Path, admins: str = ADMINS) -> dict[str, str]:
+    made = run_cli(["init", "--org", "acme", "--admins", admins], tmp_path)
+    assert made.returncode == 0, made.stderr
+    return {
+        str(p.relative_to(tmp_path)): p.read_text(encoding="utf-8")
+        for p in tmp_path.rglob("*")
+        if p.is_file() and p.suffix != ".json"
+    }
+
+
+def test_what_init_writes_installs_this_project_pinned_to_the_release_that_wrote_it(
+    tmp_path: Path,
+) -> None:
+    """`reconciler` on PyPI is another project: every file installs
+    webhook-reconciler, at the version pip has installed (importlib.metadata)."""
+    pyproject = tomllib.loads((REPO / "pyproject.toml").read_text(encoding="utf-8"))
+    assert pyproject["project"]["name"] == "webhook-reconciler" == DISTRIBUTION
+    release = metadata.version("webhook-reconciler")
+    assert release == __version__ == pyproject["project"]["version"]
+    files = _written(tmp_path)
+    installs = {
+        path: re.findall(r"(\S*reconciler\S*)==(\S+?)[\"'\s]", text) for path, text in files.items()
+    }
+    assert installs[".github/workflows/webhooks-plan.yml"] == [
+        ("webhook-reconciler[postgres]", release)
     ]
-    owners = (tmp_path / ".github" / "CODEOWNERS").read_text(encoding="utf-8")
-    assert re.search(
-        r"^/webhooks\.d/acme/\s+@acme-corp/acme-admins @acme-corp/webhook-admins$",
-        owners,
-        re.MULTILINE,
-    )
+    assert installs[".github/workflows/webhooks-apply.yml"] == [
+        ("webhook-reconciler[postgres]", release)
+    ]
+    assert installs[".pre-commit-config.yaml"] == [('["webhook-reconciler', release)]
+    for path, text in files.items():
+        # No install of the unrelated PyPI project, and no guessed repository or tag.
+        assert not re.search(r"(?<![\w-])reconciler\[postgres\]", text), path
+        assert "github.com/acme-corp/reconciler" not in text, path
+        assert not re.search(r"\brev:", text), path
+
+
+def test_inits_pre_commit_hook_is_local_and_validates_the_whole_folder(tmp_path: Path) -> None:
+    """A local hook: pre-commit installs the release into the hook's environment
+    (additional_dependencies), so it needs no repository URL or tag."""
+    config = yaml.safe_load(_written(tmp_path)[".pre-commit-config.yaml"])
+    (repo,) = config["repos"]
+    assert repo["repo"] == "local"
+    assert "rev" not in repo
+    (hook,) = repo["hooks"]
+    assert hook["additional_dependencies"] == [
+        f"webhook-reconciler=={metadata.version('webhook-reconciler')}"
+    ]
+    # What runs is this project's hook: the whole folder, never the staged files alone.
+    published = _hook()
+    for key in ("id", "name", "entry", "language", "files", "pass_filenames"):
+        assert hook[key] == published[key], key
+    assert hook["pass_filenames"] is False
+
+
+def test_init_names_no_team_but_the_admins(tmp_path: Path) -> None:
+    files = _written(tmp_path, "@initech/platform")
+    teams = {
+        path: set(re.findall(r"(?<![\w/@])@[A-Za-z0-9-]+/[A-Za-z0-9._-]+", text))
+        for path, text in files.items()
+    }
+    for path, found in teams.items():
+        assert found <= {"@initech/platform"}, (path, found)
+    assert teams[".github/CODEOWNERS"] == {"@initech/platform"}
+    assert teams[".github/workflows/webhooks-apply.yml"] == {"@initech/platform"}
+    owners = files[".github/CODEOWNERS"]
+    assert re.search(r"^/webhooks\.d/\s+@initech/platform$", owners, re.MULTILINE)
+    # An organization's team is left to fill in, as a comment.
+    assert re.search(r"^# /webhooks\.d/acme/\s+@<team> @initech/platform$", owners, re.MULTILINE)
+
+
+def test_init_needs_the_admins_team(tmp_path: Path) -> None:
+    result = run_cli(["init", "--org", "acme"], tmp_path)
+    assert result.returncode == 2
+    assert "Missing option '--admins'" in result.stderr
+    assert _files(tmp_path) == set()
 
 
 def test_init_takes_the_organization_and_the_admins_team(tmp_path: Path) -> None:
@@ -532,11 +640,6 @@ def test_init_takes_the_organization_and_the_admins_team(tmp_path: Path) -> None
     assert made.returncode == 0, made.stderr
     owners = (tmp_path / ".github" / "CODEOWNERS").read_text(encoding="utf-8")
     assert re.search(r"^/webhooks\.d/\s+@initech/platform$", owners, re.MULTILINE)
-    assert re.search(
-        r"^/webhooks\.d/initech/\s+@initech/initech-admins @initech/platform$",
-        owners,
-        re.MULTILINE,
-    )
     assert "url: ${env:INITECH_SLACK_URL}" in (
         tmp_path / "webhooks.d" / "initech" / "example.yaml"
     ).read_text(encoding="utf-8")
@@ -547,7 +650,7 @@ def test_init_refuses_to_overwrite_and_lists_what_exists(tmp_path: Path) -> None
     (tmp_path / ".github").mkdir()
     (tmp_path / ".github" / "CODEOWNERS").write_text("* @me\n", encoding="utf-8")
 
-    refused = run_cli(["init", "--org", "acme"], tmp_path)
+    refused = run_cli(["init", "--org", "acme", "--admins", ADMINS], tmp_path)
     assert refused.returncode == 1
     assert refused.stdout == ""
     assert refused.stderr.splitlines() == [
@@ -558,7 +661,7 @@ def test_init_refuses_to_overwrite_and_lists_what_exists(tmp_path: Path) -> None
     assert _files(tmp_path) == {".gitignore", ".github/CODEOWNERS"}  # nothing written
     assert (tmp_path / ".gitignore").read_text(encoding="utf-8") == "node_modules/\n"
 
-    forced = run_cli(["init", "--org", "acme", "--force"], tmp_path)
+    forced = run_cli(["init", "--org", "acme", "--admins", ADMINS, "--force"], tmp_path)
     assert forced.returncode == 0, forced.stderr
     assert _files(tmp_path) == EXPECTED_FILES
     assert ".reconciler/" in (tmp_path / ".gitignore").read_text(encoding="utf-8")
@@ -567,7 +670,7 @@ def test_init_refuses_to_overwrite_and_lists_what_exists(tmp_path: Path) -> None
 @pytest.mark.parametrize(
     ("args", "words"),
     [
-        (["--org", "Acme Corp"], "Invalid value for --org"),
+        (["--org", "Acme Corp", "--admins", ADMINS], "Invalid value for --org"),
         (["--admins", "webhook-admins"], "Invalid value for --admins"),
     ],
 )
@@ -592,4 +695,7 @@ def test_new_commands_have_help_with_an_example(tmp_path: Path, command: list[st
 def test_init_json_schema_copy_matches_the_committed_schema() -> None:
     # The copy init writes is the generated schema, which schemas/ commits (drift-tested).
     committed = json.loads((REPO / "schemas" / "webhook.schema.json").read_text(encoding="utf-8"))
-    assert json.loads(scaffold.scaffold().files["schemas/webhook.schema.json"]) == committed
+    made = scaffold.scaffold(scaffold.DEFAULT_ORGANIZATION, ADMINS).files[
+        "schemas/webhook.schema.json"
+    ]
+    assert json.loads(made) == committed
