@@ -23,7 +23,7 @@ from reconciler.cli.common import (
     state_option,
 )
 from reconciler.errors import PlanFileError, ReconcilerError
-from reconciler.export import export as export_state
+from reconciler.export import export_tree
 from reconciler.loader import LoadResult, definitions_root, load_definitions
 from reconciler.plan import DEFAULT_DELETE_SHARE, Plan, make_plan
 from reconciler.provenance import CommitCheck, check_commit, detect_actor, git_commit
@@ -362,7 +362,14 @@ def history(
 @click.argument("folder", type=click.Path(path_type=Path, file_okay=False))
 @state_option
 @org_option
-def export(folder: Path, state: str, organization: str | None) -> None:
+@click.option(
+    "--force",
+    is_flag=True,
+    help="Write into a FOLDER that is not empty, making it match the live state: "
+    "files are rewritten where they are, those of webhooks not in the state removed.",
+)
+@click.option("--format", "fmt", type=FORMATS, default="text", help="Output format.")
+def export(folder: Path, state: str, organization: str | None, force: bool, fmt: str) -> None:
     """Write the live state as definition files, one per webhook.
 
     Files go to FOLDER/<organization>/<name>.yaml, and the shared list of
@@ -373,19 +380,38 @@ def export(folder: Path, state: str, organization: str | None) -> None:
     in definition files are, and every path must stay inside FOLDER: a row that
     fails is named, and nothing is written.
 
+    A FOLDER that is not empty is refused (exit 1, nothing written) unless
+    --force. With --force FOLDER is made to match the live state (within --org):
+    a webhook whose definition file is already there is rewritten at that path,
+    whatever its file name (its comments and layout are not kept: the file is
+    written from the state); a new one goes to <organization>/<name>.yaml; the
+    definition files of webhooks the state does not hold are removed, and
+    listed. A YAML file that holds no definition stops it, nothing written.
+    Files that are not YAML are left alone.
+
+    --format json: {"folder", "webhooks": [paths], "shared_env": path or null,
+    "removed": [paths]}, paths relative to FOLDER.
+
     \b
     Example:
       reconciler export recovered.d && reconciler plan recovered.d
+      reconciler export webhooks.d --force && git diff webhooks.d
     """
     store = open_store(state)
     try:
         shared = store.shared_env() if organization is None else None
-        written = export_state(store.webhooks(organization), folder, shared)
+        result = export_tree(
+            store.webhooks(organization), folder, shared, force=force, organization=organization
+        )
     finally:
         store.close()
-    webhooks = len(written) - (1 if shared else 0)
-    also = " and the shared list of variables" if shared else ""
-    click.echo(f"Exported {webhooks} webhooks{also} to {folder}.")
+    if fmt == "json":
+        click.echo(json.dumps(result.as_json(folder), indent=2))
+        return
+    also = " and the shared list of variables" if result.shared else ""
+    click.echo(f"Exported {len(result.webhooks)} webhooks{also} to {folder}.")
+    for path in result.removed:
+        click.echo(f"removed {path} (its webhook is not in the live state)")
 
 
 @click.command()
