@@ -109,7 +109,12 @@ def _plan_from_files(result: LoadResult, store: Store, organization: str | None)
     help="text (coloured on a terminal; NO_COLOR turns colour off), json, or markdown "
     "for a pull-request comment.",
 )
-@click.option("--out", type=click.Path(path_type=Path), help="Save the plan for apply --plan.")
+@click.option(
+    "--out",
+    type=click.Path(path_type=Path),
+    help="Save the plan for apply --plan (the plan workflow saves the pull request's, "
+    "which the apply workflow applies after the merge).",
+)
 @click.option(
     "--detailed-exitcode",
     is_flag=True,

@@ -154,7 +154,7 @@ def test_apply_runs_on_main_one_at_a_time_and_deletes_only_with_the_label(source
     commands = runs(apply, "apply")
     assert 'gh api "repos/${GITHUB_REPOSITORY}/commits/${GITHUB_SHA}/pulls"' in commands
     assert "allow-delete" in commands
-    assert "(--auto-approve)" in commands
+    assert "--auto-approve)" in commands
     text = workflow_text("webhooks-apply.yml", source)
     assert "# environment: webhooks" in text  # the documented alternative
     admins = "@initech/platform" if source == "init" else ADMINS
@@ -172,11 +172,47 @@ def test_apply_checks_out_the_whole_history_to_compare_commits(source: str) -> N
 # The shell steps, run for real.
 
 
-def _fake_gh(folder: Path, answer: str) -> None:
-    """A `gh` that answers the pull-request lookup as the --jq filter would."""
-    gh = folder / "gh"
-    gh.write_text(f"#!/bin/sh\necho '{answer}'\n", encoding="utf-8")
-    gh.chmod(gh.stat().st_mode | stat.S_IEXEC)
+HEAD = "fedcba9876543210fedcba9876543210fedcba98"  # the pull request's head commit
+ARTIFACT = f"webhooks-plan-{HEAD}"
+
+
+class FakeGitHub:
+    """A `gh` that answers as GitHub would, from files: the merged pull request of
+    the pushed commit (number, head commit, label: what the --jq filter prints), the
+    saved plans by artifact name, and `gh run download` copying one out."""
+
+    def __init__(self, bin_folder: Path, tmp: Path) -> None:
+        self.root = tmp / "github"
+        self.artifacts = self.root / "artifacts"
+        self.artifacts.mkdir(parents=True)
+        gh = bin_folder / "gh"
+        gh.write_text(
+            f"""#!/bin/sh
+root={self.root}
+if [ "$1" = api ]; then
+  case "$2" in
+    */commits/*/pulls) cat "$root/pulls" 2>/dev/null ;;
+    */actions/artifacts\\?name=*) [ -d "$root/artifacts/${{2##*name=}}" ] && echo 4242 ;;
+  esac
+  exit 0
+fi
+if [ "$1 $2 $3 $4 $6" = "run download 4242 --name --dir" ]; then
+  mkdir -p "$7" && cp "$root/artifacts/$5/"* "$7/"
+  exit 0
+fi
+echo "unexpected: gh $*" >&2
+exit 2
+""",
+            encoding="utf-8",
+        )
+        gh.chmod(gh.stat().st_mode | stat.S_IEXEC)
+
+    def merged(self, label: str = "false", number: int = 7) -> None:
+        (self.root / "pulls").write_text(f"{number} {HEAD} {label}\n", encoding="utf-8")
+
+    def upload(self, name: str, file: Path) -> None:
+        (self.artifacts / name).mkdir()
+        shutil.copy(file, self.artifacts / name / file.name)
 
 
 class Runner:
@@ -275,14 +311,63 @@ def test_the_plan_step_fails_clearly_without_the_state_secret(
     assert planned.stdout.startswith("::error::No secret RECONCILER_STATE")
 
 
-@pytest.mark.parametrize("label", ["true", "false"])
-def test_the_apply_steps_delete_only_when_the_pull_request_allowed_it(
-    definitions: Path, tmp_path: Path, label: str
-) -> None:
-    state = f"sqlite:///{tmp_path / 'state.db'}"
+@SOURCES
+def test_the_plan_workflow_saves_the_plan_for_the_pull_requests_head_commit(source: str) -> None:
+    plan = workflow("webhooks-plan.yml", source)
+    assert "reconciler plan --format markdown --out webhooks-plan.json" in runs(plan, "plan")
+    saved = step(plan, "plan", "Save the plan for the apply after the merge")
+    assert saved["uses"].startswith("actions/upload-artifact@")
+    assert saved["with"]["name"] == "webhooks-plan-${{ github.event.pull_request.head.sha }}"
+    assert saved["with"]["path"] == "webhooks-plan.json"
+    assert saved["with"]["if-no-files-found"] == "error"
+    names = [s.get("name") for s in steps(plan, "plan")]
+    assert names.index("Plan") < names.index("Save the plan for the apply after the merge")
+
+
+@SOURCES
+def test_the_apply_workflow_applies_the_saved_plan_and_nothing_else(source: str) -> None:
+    apply = workflow("webhooks-apply.yml", source)
+    assert apply["permissions"]["actions"] == "read"
+    names = [s.get("name") for s in steps(apply, "apply")]
+    assert names.index("Find the plan reviewed on the pull request") < names.index("Apply")
+    found = runs(apply, "apply")
+    assert 'gh run download "$run" --name "$artifact" --dir reviewed-plan' in found
+    assert 'artifact="webhooks-plan-${head}"' in found
+    applied = step(apply, "apply", "Apply")
+    assert applied["env"]["PLAN"] == "${{ steps.reviewed.outputs.plan }}"
+    assert 'flags=(--plan "$PLAN" --auto-approve)' in applied["run"]
+    # Every apply goes through the saved plan: no apply of the files as they are.
+    assert re.findall(r"reconciler apply [^\n]*", found) == [
+        'reconciler apply "${flags[@]}" > apply.log 2>&1 || status=$?'
+    ]
+
+
+def _plan_on_the_pull_request(runner: Runner, github: FakeGitHub, repo: Path) -> None:
+    """The plan workflow's Plan step, then its upload of the saved plan."""
+    planned = runner.run(workflow("webhooks-plan.yml"), "plan", "Plan")
+    assert planned.returncode == 0, planned.stdout + planned.stderr
+    github.upload(ARTIFACT, repo / "webhooks-plan.json")
+    (repo / "webhooks-plan.json").unlink()
+
+
+def _apply_after_the_merge(runner: Runner) -> tuple[Any, Any]:
     apply = workflow("webhooks-apply.yml")
-    runner = Runner(definitions, tmp_path, state)
-    _fake_gh(runner.bin, label)
+    found = runner.run(apply, "apply", "Find the plan reviewed on the pull request")
+    if found.returncode != 0:
+        return found, None
+    outputs = dict(
+        line.split("=", 1) for line in runner.output.read_text(encoding="utf-8").splitlines()
+    )
+    runner.output.unlink()
+    env = {
+        "ALLOW_DELETE": outputs["allow_delete"],
+        "PULL_REQUEST": outputs["pull_request"],
+        "PLAN": outputs["plan"],
+    }
+    return found, runner.run(apply, "apply", "Apply", **env)
+
+
+def _second(definitions: Path) -> Path:
     second = definitions / "webhooks.d" / "acme" / "second.yaml"
     second.write_text(
         (definitions / "webhooks.d" / "acme" / "example.yaml")
@@ -290,28 +375,114 @@ def test_the_apply_steps_delete_only_when_the_pull_request_allowed_it(
         .replace("name: slack-new-rule-violation", "name: second"),
         encoding="utf-8",
     )
-    first = runner.run(apply, "apply", "Apply", ALLOW_DELETE="false")
-    assert first.returncode == 0, first.stdout + first.stderr
-    assert "Applied: 2 created" in first.stdout
-    second.unlink()  # a pull request that deletes a webhook
+    return second
 
-    looked_up = runner.run(apply, "apply", "Did the merged pull request allow deletes?")
-    assert looked_up.returncode == 0, looked_up.stderr
-    outputs = dict(
-        line.split("=", 1) for line in runner.output.read_text(encoding="utf-8").splitlines()
+
+def _live_names(state: str, tmp_path: Path, cwd: Path) -> list[str]:
+    out = tmp_path / f"live-{len(list(tmp_path.glob('live-*')))}"
+    listed = run_cli(["export", str(out), "--state", state], cwd)
+    assert listed.returncode == 0, listed.stderr
+    return sorted(p.stem for p in out.rglob("*.yaml") if p.name != "shared-env.yaml")
+
+
+def test_the_reviewed_plan_is_applied_after_the_merge(definitions: Path, tmp_path: Path) -> None:
+    state = make_state(f"sqlite:///{tmp_path / 'state.db'}")
+    runner = Runner(definitions, tmp_path, state)
+    github = FakeGitHub(runner.bin, tmp_path)
+    _plan_on_the_pull_request(runner, github, definitions)
+    github.merged()
+
+    found, applied = _apply_after_the_merge(runner)
+
+    assert found.returncode == 0, found.stdout + found.stderr
+    assert applied.returncode == 0, applied.stdout + applied.stderr
+    assert "Applied: 1 created" in applied.stdout
+    summary = runner.summary.read_text(encoding="utf-8")
+    assert ":white_check_mark: **Applied** the plan reviewed on #7 (0123456) for @alice." in summary
+    assert _live_names(state, tmp_path, definitions) == ["slack-new-rule-violation"]
+
+
+def test_a_plan_the_live_state_moved_away_from_is_refused_after_the_merge(
+    definitions: Path, tmp_path: Path
+) -> None:
+    state = make_state(f"sqlite:///{tmp_path / 'state.db'}")
+    runner = Runner(definitions, tmp_path, state)
+    github = FakeGitHub(runner.bin, tmp_path)
+    _plan_on_the_pull_request(runner, github, definitions)
+    github.merged()
+    # Meanwhile another pull request's plan is applied: the live state moves.
+    other = tmp_path / "other"
+    shutil.copytree(definitions / "webhooks.d", other / "webhooks.d")
+    (other / "webhooks.d" / "acme" / "example.yaml").rename(
+        other / "webhooks.d" / "acme" / "other.yaml"
     )
-    assert outputs == {"allow_delete": label}
-    applied = runner.run(apply, "apply", "Apply", ALLOW_DELETE=outputs["allow_delete"])
+    text = (other / "webhooks.d" / "acme" / "other.yaml").read_text(encoding="utf-8")
+    (other / "webhooks.d" / "acme" / "other.yaml").write_text(
+        text.replace("name: slack-new-rule-violation", "name: other"), encoding="utf-8"
+    )
+    moved = run_cli(["apply", "--auto-approve", "--state", state], other)
+    assert moved.returncode == 0, moved.stderr
+
+    found, applied = _apply_after_the_merge(runner)
+
+    assert found.returncode == 0, found.stdout + found.stderr
+    assert applied.returncode == 1
+    assert "error: the live state changed since the plan was made" in applied.stdout
+    assert (
+        "::error::The live state changed after pull request #7's plan was made, so that plan "
+        "is not what would happen now. Nothing was applied: re-plan with a new pull request"
+    ) in applied.stdout
+    summary = runner.summary.read_text(encoding="utf-8")
+    assert ":x: **Refused**: The live state changed after pull request #7's plan" in summary
+    assert _live_names(state, tmp_path, definitions) == ["other"]
+
+
+def test_no_merged_pull_request_or_no_saved_plan_fails_and_applies_nothing(
+    definitions: Path, tmp_path: Path
+) -> None:
+    state = make_state(f"sqlite:///{tmp_path / 'state.db'}")
+    runner = Runner(definitions, tmp_path, state)
+    github = FakeGitHub(runner.bin, tmp_path)
+
+    pushed, _ = _apply_after_the_merge(runner)  # a push to main, no pull request
+    assert pushed.returncode == 1
+    assert pushed.stdout.startswith(
+        "::error::No merged pull request holds 0123456: only a plan reviewed on a pull "
+        "request is applied. Nothing was applied."
+    )
+
+    github.merged()  # its plan workflow saved nothing (it failed, or the plan expired)
+    unsaved, _ = _apply_after_the_merge(runner)
+    assert unsaved.returncode == 1
+    assert unsaved.stdout.startswith(
+        f"::error::No saved plan for pull request #7 at fedcba9 (artifact {ARTIFACT}): "
+    )
+    assert _live_names(state, tmp_path, definitions) == []
+
+
+@pytest.mark.parametrize("label", ["true", "false"])
+def test_the_apply_steps_delete_only_when_the_pull_request_allowed_it(
+    definitions: Path, tmp_path: Path, label: str
+) -> None:
+    state = make_state(f"sqlite:///{tmp_path / 'state.db'}")
+    second = _second(definitions)
+    first = run_cli(["apply", "--auto-approve", "--state", state], definitions)
+    assert first.returncode == 0, first.stdout + first.stderr
+    second.unlink()  # a pull request that deletes a webhook
+    runner = Runner(definitions, tmp_path, state)
+    github = FakeGitHub(runner.bin, tmp_path)
+    _plan_on_the_pull_request(runner, github, definitions)
+    github.merged(label)
+
+    _found, applied = _apply_after_the_merge(runner)
 
     summary = runner.summary.read_text(encoding="utf-8")
-    listed = run_cli(["export", str(tmp_path / "live"), "--state", state], definitions)
-    assert listed.returncode == 0, listed.stderr
-    live = sorted(p.stem for p in (tmp_path / "live").rglob("*.yaml"))
+    live = _live_names(state, tmp_path, definitions)
     if label == "true":
         assert applied.returncode == 0, applied.stdout
         assert "1 deleted" in applied.stdout
         assert live == ["slack-new-rule-violation"]
-        assert summary.count(":white_check_mark: **Applied** 0123456 for @alice.") == 2
+        assert ":white_check_mark: **Applied** the plan reviewed on #7" in summary
         assert "Deletes allowed: true" in summary
     else:
         assert applied.returncode == 1
