@@ -2,12 +2,11 @@
 
 from __future__ import annotations
 
-import json
 import time
 
 import click
 
-from reconciler.cli.common import FORMATS, state_option
+from reconciler.cli.common import FORMATS, echo_json, state_option
 from reconciler.retention_report import run_line, status_text
 from reconciler.store import open_store
 
@@ -55,7 +54,7 @@ def status_command(state: str, runs: int, fmt: str) -> None:
     now = time.time()
     if fmt == "json":
         data = size.as_json(now) | {"state": url, "runs": [r.as_json() for r in latest]}
-        click.echo(json.dumps(data, indent=2))
+        echo_json(data)
     else:
         click.echo(status_text(url, size, latest, now))
 

@@ -16,8 +16,9 @@ from reconciler.apply import ApplyOptions, commit_check
 from reconciler.apply import apply as apply_changes
 from reconciler.cli.common import (
     DEFAULT_PATH,
-    FORMATS,
     color,
+    echo_json,
+    format_option,
     load_or_fail,
     org_option,
     state_option,
@@ -229,6 +230,7 @@ class _TerminalApprover:
     "live state was last applied from (the audit log notes it).",
 )
 @click.option("--actor", help="Who applies, for the audit log (default: CI's or git's user).")
+@format_option
 def apply(
     path: Path,
     state: str,
@@ -241,6 +243,7 @@ def apply(
     lock_timeout: float,
     allow_rollback: bool,
     actor: str | None,
+    fmt: str,
 ) -> None:
     """Apply the definitions (or a saved plan) to the live state.
 
@@ -260,6 +263,9 @@ def apply(
     reverts newer changes. When git cannot tell (the live commit is not in
     this clone, e.g. a shallow one), apply warns and goes on. A tree with
     uncommitted changes compares by its HEAD.
+
+    --format json prints {"applied", "serial", "actor", "plan"} (the plan as
+    plan --format json gives it) on stdout, and the plan's text on stderr.
 
     \b
     Example:
@@ -292,14 +298,24 @@ def apply(
             make = lambda: _plan_from_files(result, store, organization)  # noqa: E731
 
         def show(the_plan: Plan, refusals: list[str]) -> None:
-            click.echo(plan_report.text(the_plan, refusals, color=True), color=color())
+            shown = plan_report.text(the_plan, refusals, color=True)
+            click.echo(shown, color=color(), err=fmt == "json")
 
         outcome = apply_changes(
             store, make, options, _TerminalApprover(), show, saved=plan_file is not None
         )
     finally:
         store.close()
-    if outcome.applied:
+    if fmt == "json":
+        echo_json(
+            {
+                "applied": outcome.applied,
+                "serial": outcome.serial,
+                "actor": who,
+                "plan": outcome.plan.as_json(),
+            }
+        )
+    elif outcome.applied:
         counts = outcome.plan.counts()
         shared = outcome.plan.shared_env
         changed = len(shared.lines()) if shared else 0
@@ -335,7 +351,7 @@ def _read_plan_file(path: Path) -> Plan:
 @state_option
 @org_option
 @click.option("--limit", type=click.IntRange(1), help="Show at most this many entries.")
-@click.option("--format", "fmt", type=FORMATS, default="text", help="Output format.")
+@format_option
 def history(
     name: str | None, state: str, organization: str | None, limit: int | None, fmt: str
 ) -> None:
@@ -343,7 +359,8 @@ def history(
 
     Newest first. Secret references are shown as written; a literal credential
     (one allowed by allow_literal, or one stored before the rule refused it) is
-    masked, in the stored rows and again when shown.
+    masked, in the stored rows and again when shown. A NAME the audit log does
+    not know (in --org, when given) is an error, exit 1.
 
     \b
     Example:
@@ -354,8 +371,11 @@ def history(
         entries = list(store.history(organization, name, limit))
     finally:
         store.close()
+    if name is not None and not entries:
+        where = f" of organization {organization}" if organization else ""
+        raise ReconcilerError(f"no webhook {name}{where} in the audit log at {store.url}")
     if fmt == "json":
-        click.echo(json.dumps([history_report.entry_json(e) for e in entries], indent=2))
+        echo_json([history_report.entry_json(e) for e in entries])
         return
     if not entries:
         click.echo("No history.")
@@ -373,7 +393,7 @@ def history(
     help="Write into a FOLDER that is not empty, making it match the live state: "
     "files are rewritten where they are, those of webhooks not in the state removed.",
 )
-@click.option("--format", "fmt", type=FORMATS, default="text", help="Output format.")
+@format_option
 def export(folder: Path, state: str, organization: str | None, force: bool, fmt: str) -> None:
     """Write the live state as definition files, one per webhook.
 
@@ -411,7 +431,7 @@ def export(folder: Path, state: str, organization: str | None, force: bool, fmt:
     finally:
         store.close()
     if fmt == "json":
-        click.echo(json.dumps(result.as_json(folder), indent=2))
+        echo_json(result.as_json(folder))
         return
     also = " and the shared list of variables" if result.shared else ""
     click.echo(f"Exported {len(result.webhooks)} webhooks{also} to {folder}.")
@@ -421,14 +441,15 @@ def export(folder: Path, state: str, organization: str | None, force: bool, fmt:
 
 @click.command()
 @state_option
-def migrate(state: str) -> None:
+@format_option
+def migrate(state: str, fmt: str) -> None:
     """Bring the state's database schema up to date, and list its migrations.
 
     Every command migrates when it opens the state; this does it explicitly,
     e.g. before starting several dispatchers. Where there is no state yet it makes
     a new, empty one: with apply, the only command that does; every other
     command refuses a state that is not there. Concurrent runs are safe: one
-    migrates, the others wait.
+    migrates, the others wait. --format json: {"state", "migrations"}.
 
     \b
     Example:
@@ -439,6 +460,9 @@ def migrate(state: str) -> None:
         names = store.migrations()
     finally:
         store.close()
+    if fmt == "json":
+        echo_json({"state": store.url, "migrations": names})
+        return
     for name in names:
         click.echo(f"applied  {name}")
     click.echo(f"{store.url}: schema up to date ({count(len(names), 'migration')}).")
