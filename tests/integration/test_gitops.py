@@ -342,6 +342,51 @@ def test_the_apply_workflow_applies_the_saved_plan_and_nothing_else(source: str)
     ]
 
 
+def _jq(filter_: str, document: Any) -> str:
+    jq = shutil.which("jq")
+    assert jq, "jq is missing (gh --jq uses the same language): apt-get install jq"
+    result = subprocess.run(
+        [jq, "-r", filter_],
+        input=json.dumps(document),
+        capture_output=True,
+        text=True,
+        timeout=30,
+        check=True,
+    )
+    return result.stdout
+
+
+def test_the_apply_workflows_jq_filters_read_githubs_answers() -> None:
+    """The fake gh answers as the filters would: here the filters themselves run,
+    with jq, on answers shaped as GitHub's REST API gives them."""
+    script = step(
+        workflow("webhooks-apply.yml"), "apply", "Find the plan reviewed on the pull request"
+    )
+    pulls_filter, artifacts_filter = re.findall(r"--jq '([^']*)'", script["run"])
+    pulls = [
+        {"number": 3, "merged_at": None, "head": {"sha": "aaa"}, "labels": []},
+        {
+            "number": 7,
+            "merged_at": "2026-12-01T10:00:00Z",
+            "head": {"sha": HEAD},
+            "labels": [{"name": "bug"}, {"name": "allow-delete"}],
+        },
+    ]
+    assert _jq(pulls_filter, pulls) == f"7 {HEAD} true\n"
+    pulls[1]["labels"] = []
+    assert _jq(pulls_filter, pulls) == f"7 {HEAD} false\n"
+    assert _jq(pulls_filter, pulls[:1]) == ""  # no merged pull request
+    artifacts = {
+        "total_count": 2,
+        "artifacts": [
+            {"name": ARTIFACT, "expired": True, "workflow_run": {"id": 11}},
+            {"name": ARTIFACT, "expired": False, "workflow_run": {"id": 12}},
+        ],
+    }
+    assert _jq(artifacts_filter, artifacts) == "12\n"
+    assert _jq(artifacts_filter, {"total_count": 0, "artifacts": []}) == ""
+
+
 def _plan_on_the_pull_request(runner: Runner, github: FakeGitHub, repo: Path) -> None:
     """The plan workflow's Plan step, then its upload of the saved plan."""
     planned = runner.run(workflow("webhooks-plan.yml"), "plan", "Plan")
