@@ -137,7 +137,11 @@ class Plan:
     # What the plan saw, for people and tools reading it; no guard reads these two.
     live_counts: dict[str, int] = field(default_factory=dict)
     desired_empty: bool = False  # no definitions at all were found
-    created_at: str = field(default_factory=lambda: datetime.now(UTC).isoformat(timespec="seconds"))
+    created_at: str = field(
+        default_factory=lambda: (
+            datetime.now(UTC).isoformat(timespec="seconds").replace("+00:00", "Z")
+        )
+    )
     # The live state the plan was made from; None for a plan read from a file.
     live: LiveView | None = field(default=None, compare=False, repr=False)
     shared_env: SharedEnvChange | None = None  # None: the shared list stays as it is

@@ -172,7 +172,7 @@ def markdown(plan: Plan, refusals: list[str]) -> str:
         out.append(f"#### {shared[0][1]}")
         out.append("")
         out.append("```diff")
-        out.extend(line.strip().replace("~", "!", 1) for _style, line in shared[1:])
+        out.extend(line.strip() for _style, line in shared[1:])
         out.append("```")
         out.append("")
     if plan.drift:
@@ -200,7 +200,9 @@ def markdown(plan: Plan, refusals: list[str]) -> str:
     return "\n".join(out)
 
 
-_DIFF_PREFIX = {"create": "+", "update": "!", "delete": "-"}
+# The text's markers, one per action (create +, update ~, delete -; drift is !):
+# GitHub colours + and - lines of a diff block and leaves ~ and ! lines plain.
+_DIFF_PREFIX = {"create": "+", "update": "~", "delete": "-"}
 
 REPORTERS: dict[str, Callable[[Plan, list[str]], str]] = {
     "json": as_json,

@@ -12,17 +12,18 @@ from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
 
-from reconciler import __version__
+from reconciler import DISTRIBUTION, __version__
 from reconciler.envaccess import SHARED_ENV_FILE, prefix
 from reconciler.errors import ScaffoldError
 from reconciler.plan_report import MARKDOWN_MARKER
 from reconciler.schema import webhook_schema_text
 
-# Where this project's pre-commit hook (.pre-commit-hooks.yaml) is published.
-HOOK_REPOSITORY = "https://github.com/acme-corp/reconciler"
-HOOK_REV = f"v{__version__}"
 DEFAULT_ORGANIZATION = "example"
-DEFAULT_ADMINS = "@acme-corp/webhook-admins"
+# What a definitions repository installs: this release, the one that wrote its files
+# (the installed distribution's version, read by importlib.metadata).
+REQUIREMENT = f"{DISTRIBUTION}=={__version__}"
+# The workflows also reach a PostgreSQL state.
+WORKFLOW_REQUIREMENT = f"{DISTRIBUTION}[postgres]=={__version__}"
 # The plan comment's first line, by which the workflow finds its comment to update.
 MARKER = MARKDOWN_MARKER
 
@@ -43,13 +44,13 @@ def template(name: str, **values: str) -> str:
 
 # The install step of a definitions repository: the reconciler release it uses,
 # pinned in git, so an upgrade is a reviewed pull request like any other change.
-INSTALL_RELEASE = template("install-release.yml", version=__version__)
+INSTALL_RELEASE = template("install-release.yml", requirement=WORKFLOW_REQUIREMENT)
 
 # The install step of this project's repository, which is reconciler's own source.
 INSTALL_SOURCE = template("install-source.yml")
 
 
-def workflows(install: str = INSTALL_RELEASE, admins: str = DEFAULT_ADMINS) -> dict[str, str]:
+def workflows(admins: str, install: str = INSTALL_RELEASE) -> dict[str, str]:
     """The two workflows, by file name, with `install` as their install step and
     `admins` as the reviewers the apply workflow's comment suggests."""
     return {
@@ -61,10 +62,10 @@ def workflows(install: str = INSTALL_RELEASE, admins: str = DEFAULT_ADMINS) -> d
 
 
 def codeowners(organization: str, admins: str) -> str:
-    team = _organization_team(organization, admins)
+    """CODEOWNERS naming no team but `admins`: an organization's own team is a
+    commented line to fill in, since a guessed team name would be wrong."""
     folders = [
         ("/webhooks.d/", admins),
-        (f"/webhooks.d/{organization}/", f"{team} {admins}"),
         # Which variables every organization may read: the platform's admins alone.
         (f"/webhooks.d/{SHARED_ENV_FILE}", admins),
     ]
@@ -79,23 +80,20 @@ def codeowners(organization: str, admins: str) -> str:
     def lines(entries: list[tuple[str, str]]) -> str:
         return "".join(f"{pattern.ljust(width)}{owners}\n" for pattern, owners in entries)
 
+    folder = f"/webhooks.d/{organization}/"
     return (
         "# Only admins set up webhooks: a change to a definition needs the approval of\n"
         f'# {admins} (turn on "Require review from Code Owners" in\n'
-        "# the branch protection of main). An organization's own admins review its folder\n"
-        "# too; the last matching line wins, so each organization's line names the webhook\n"
-        "# admins again. Add one such line per organization folder. The shared list of\n"
-        "# variables is the webhook admins' alone: no organization's admins approve it.\n"
+        "# the branch protection of main). The shared list of variables is the webhook\n"
+        "# admins' alone: no organization's admins approve it.\n"
         + lines(folders)
+        + "\n# An organization's own admins may review its folder too: add one line per folder\n"
+        "# naming a team that exists, and the webhook admins again (the last matching line\n"
+        "# wins), e.g.:\n"
+        f"# {folder.ljust(width - 2)}@<team> {admins}\n"
         + "\n# What runs plan and apply, and who reviews: admins only.\n"
         + lines(tooling)
     )
-
-
-def _organization_team(organization: str, admins: str) -> str:
-    """@acme-corp/webhook-admins and acme -> @acme-corp/acme-admins."""
-    owner = admins.split("/", 1)[0] if "/" in admins else admins
-    return f"{owner}/{organization}-admins"
 
 
 def example_definition(organization: str) -> str:
@@ -110,7 +108,7 @@ def example_definition(organization: str) -> str:
 
 SHARED_ENV = template("shared-env.yaml")
 
-PRE_COMMIT_CONFIG = template("pre-commit-config.yaml", repository=HOOK_REPOSITORY, rev=HOOK_REV)
+PRE_COMMIT_CONFIG = template("pre-commit-config.yaml", requirement=REQUIREMENT)
 
 GITIGNORE = template("gitignore")
 
@@ -138,7 +136,7 @@ class Scaffold:
         return list(self.files)
 
 
-def scaffold(organization: str = DEFAULT_ORGANIZATION, admins: str = DEFAULT_ADMINS) -> Scaffold:
+def scaffold(organization: str, admins: str) -> Scaffold:
     files = {
         f"webhooks.d/{organization}/example.yaml": example_definition(organization),
         f"webhooks.d/{SHARED_ENV_FILE}": SHARED_ENV,
@@ -147,6 +145,6 @@ def scaffold(organization: str = DEFAULT_ORGANIZATION, admins: str = DEFAULT_ADM
         ".pre-commit-config.yaml": PRE_COMMIT_CONFIG,
         ".gitignore": GITIGNORE,
     }
-    for name, text in workflows(admins=admins).items():
+    for name, text in workflows(admins).items():
         files[f".github/workflows/{name}"] = text
     return Scaffold(files)

@@ -3,12 +3,15 @@ and the organization, and loading definitions with every problem printed."""
 
 from __future__ import annotations
 
+import json
 import os
 from pathlib import Path
+from typing import Any
 
 import click
 
 from reconciler.errors import DefinitionsInvalid
+from reconciler.jsontimes import with_iso_times
 from reconciler.loader import LoadResult, load_definitions
 from reconciler.store import DEFAULT_STATE
 
@@ -21,10 +24,23 @@ state_option = click.option(
     envvar="RECONCILER_STATE",
     default=DEFAULT_STATE,
     show_default=True,
-    help="Where the live state is: sqlite:///PATH (relative) or sqlite:////ABS/PATH. "
-    "Also RECONCILER_STATE. Only apply and migrate make a state that is not there.",
+    help="Where the live state is: sqlite:///PATH (relative), sqlite:////ABS/PATH, or "
+    "postgresql://USER@HOST:PORT/DATABASE (optionally ?schema=NAME). Also "
+    "RECONCILER_STATE. Only apply and migrate make a state that is not there.",
 )
 org_option = click.option("--org", "organization", help="Only this organization.")
+format_option = click.option(
+    "--format",
+    "fmt",
+    type=FORMATS,
+    default="text",
+    help="Output format: text, or json (times in ISO 8601 UTC).",
+)
+
+
+def echo_json(document: Any) -> None:
+    """Print a command's JSON result, its times as ISO 8601 UTC text (jsontimes.py)."""
+    click.echo(json.dumps(with_iso_times(document), indent=2))
 
 
 def color() -> bool | None:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import re
 import sys
 import time
@@ -12,7 +11,7 @@ from pathlib import Path
 import click
 
 from reconciler import events, preview, scaffold, validate_report
-from reconciler.cli.common import DEFAULT_PATH, FORMATS, load_or_fail
+from reconciler.cli.common import DEFAULT_PATH, FORMATS, echo_json, load_or_fail
 from reconciler.errors import ReconcilerError
 from reconciler.loader import load_paths
 from reconciler.model import NAME_PATTERN, NAME_RULE, Event
@@ -107,11 +106,12 @@ def schema() -> None:
 )
 @click.option("--time", "when", help="When it happened, ISO 8601 with a zone (default: now).")
 @click.option(
-    "--event-id",
-    default=preview.PREVIEW_EVENT_ID,
-    show_default=True,
-    help="The event id ({{event_id}}).",
+    "--id",
+    "event_id",
+    help=f"The event id ({{{{event_id}}}}), as fire's --id (default: {preview.PREVIEW_EVENT_ID}).",
 )
+# The old spelling, before render and fire spelled the event id alike.
+@click.option("--event-id", "old_event_id", hidden=True)
 @click.option("--format", "fmt", type=FORMATS, default="text", help="Output format.")
 def render(
     name: str,
@@ -121,12 +121,14 @@ def render(
     event_name: str,
     description: str,
     when: str | None,
-    event_id: str,
+    event_id: str | None,
+    old_event_id: str | None,
     fmt: str,
 ) -> None:
     """Show the exact request webhook NAME would send for a sample event.
 
-    Loads the definitions under PATH (default: webhooks.d) and prints the method,
+    The event's options are spelled as fire's: --name (the rule), --description,
+    --time, --id. Loads the definitions under PATH (default: webhooks.d) and prints the method,
     URL, headers (webhook-id, webhook-timestamp and, with a signing secret, a
     placeholder for webhook-signature) and body. Secret references are shown as
     written and never resolved; literal credentials are masked. Nothing is sent
@@ -137,6 +139,11 @@ def render(
       reconciler render slack-new-rule-violation --org acme --name no-public-s3 \\
         --description "bucket logs is public"
     """
+    if event_id is not None and old_event_id is not None:
+        raise click.UsageError("--event-id is the old spelling of --id: give one of them")
+    if old_event_id is not None:
+        click.echo("warning: --event-id is deprecated: use --id, as fire does", err=True)
+    event_id = event_id or old_event_id or preview.PREVIEW_EVENT_ID
     if not path.exists():
         raise ReconcilerError(f"{path}: no such file or folder")
     result = load_or_fail(path)
@@ -163,7 +170,7 @@ def render(
         spec, events.event_data(record), preview.PREVIEW_DELIVERY_ID, int(time.time())
     )
     if fmt == "json":
-        click.echo(json.dumps(request.as_json(), indent=2))
+        echo_json(request.as_json())
     else:
         click.echo(preview.request_text(request))
 
@@ -181,9 +188,10 @@ def render(
 )
 @click.option(
     "--admins",
-    default=scaffold.DEFAULT_ADMINS,
-    show_default=True,
-    help="The GitHub team (or user) that owns webhooks.d/ in CODEOWNERS.",
+    required=True,
+    help="The GitHub team (@org/team) or user (@name) of the webhook admins: the "
+    "code owners of webhooks.d/ and of the workflows, and the reviewers the apply "
+    "workflow suggests. The only team the files name.",
 )
 @click.option("--force", is_flag=True, help="Overwrite files that exist.")
 def init(folder: Path, organization: str, admins: str, force: bool) -> None:
@@ -194,8 +202,12 @@ def init(folder: Path, organization: str, admins: str, force: bool) -> None:
     beside it), webhooks.d/shared-env.yaml (the variables every organization may
     read, empty), the GitHub workflows webhooks-plan.yml and webhooks-apply.yml,
     CODEOWNERS (the shared list the admins' alone), .pre-commit-config.yaml
-    using reconciler's hook, and a .gitignore for .reconciler/. Existing files
+    with reconciler's hook, and a .gitignore for .reconciler/. Existing files
     are listed and left alone (exit 1) unless --force.
+
+    The workflows and the hook install this release from PyPI, pinned:
+    webhook-reconciler==VERSION (the command and package are `reconciler`), so
+    an upgrade is a reviewed change. --admins is the only team the files name.
 
     \b
     Example:

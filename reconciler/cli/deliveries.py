@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
-import json
 import sys
 import time
 
 import click
 
-from reconciler.cli.common import FORMATS, state_option
+from reconciler.cli.common import FORMATS, echo_json, format_option, state_option
 from reconciler.dispatch.views import (
     delivery_json,
     delivery_line,
@@ -91,7 +90,7 @@ def list_command(
     finally:
         store.close()
     if fmt == "json":
-        click.echo(json.dumps([r.as_json() for r in records], indent=2))
+        echo_json([r.as_json() for r in records])
         return
     if not records:
         click.echo("No deliveries.")
@@ -118,7 +117,7 @@ def show_command(delivery_id: str, state: str, fmt: str) -> None:
     if found is None:
         raise ReconcilerError(f"no delivery {delivery_id}")
     if fmt == "json":
-        click.echo(json.dumps(delivery_json(*found), indent=2))
+        echo_json(delivery_json(*found))
     else:
         click.echo(delivery_text(*found))
 
@@ -138,12 +137,14 @@ def _refusal(store: Backend, delivery_id: str) -> str:
 @click.option("--failed", "all_failed", is_flag=True, help="Replay every failed delivery.")
 @click.option("--since", help="With --failed: only those that failed within this (e.g. 2h).")
 @click.option("--org", "organization", help="With --failed: only this organization.")
+@format_option
 def replay_command(
     delivery_ids: tuple[str, ...],
     state: str,
     all_failed: bool,
     since: str | None,
     organization: str | None,
+    fmt: str,
 ) -> None:
     """Queue finished deliveries again, due at once, with the same webhook-id.
 
@@ -151,6 +152,8 @@ def replay_command(
     auditors (until retention removes it), but it is never sent again. Each
     delivery named but not queued is given with the reason, and the exit code
     is 1; --failed leaves out those of deleted webhooks and says how many.
+    --format json: {"replayed": [ids], "refused": [{"id", "reason"}],
+    "skipped_deleted": N}.
 
     \b
     Example:
@@ -173,9 +176,18 @@ def replay_command(
             ids = [r.id for r in failed if (r.organization, r.webhook) in live]
             gone = len(failed) - len(ids)
         replayed = store.replay(ids, time.time())
-        refusals = [_refusal(store, d) for d in ids if d not in replayed]
+        refused = [(d, _refusal(store, d)) for d in ids if d not in replayed]
     finally:
         store.close()
+    refusals = [reason for _id, reason in refused]
+    if fmt == "json":
+        echo_json(
+            {
+                "replayed": list(replayed),
+                "refused": [{"id": d, "reason": reason} for d, reason in refused],
+                "skipped_deleted": gone,
+            }
+        )
     for refusal in refusals:
         click.echo(f"error: {refusal}", err=True)
     if gone:
@@ -184,8 +196,10 @@ def replay_command(
             "webhooks (kept as history, never sent again)",
             err=True,
         )
-    click.echo(
-        f"replayed {count(len(replayed), 'delivery', 'deliveries')}; `reconciler serve` sends them."
-    )
+    if fmt != "json":
+        click.echo(
+            f"replayed {count(len(replayed), 'delivery', 'deliveries')}; "
+            "`reconciler serve` sends them."
+        )
     if len(replayed) != len(ids):
         sys.exit(1)

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
 import math
 import socket
@@ -15,7 +14,7 @@ from typing import TYPE_CHECKING, Any
 import click
 
 from reconciler import preview
-from reconciler.cli.common import FORMATS, state_option
+from reconciler.cli.common import FORMATS, echo_json, state_option
 from reconciler.dispatch.views import delivery_line
 from reconciler.errors import ReconcilerError
 from reconciler.events import checked_event, event_data
@@ -386,7 +385,7 @@ def fire(
         store.close()
     if fmt == "json":
         out = {**result.as_json(), "deliveries_log": [r.as_json() for r in records]}
-        click.echo(json.dumps(out, indent=2))
+        echo_json(out)
     else:
         again = " (already queued: nothing new)" if result.duplicate else ""
         click.echo(
@@ -425,7 +424,7 @@ def _dry_run(record: EventRecord, state: str, fmt: str, allow_no_match: bool) ->
             f"note: event {record.key} is already queued: fire would queue nothing new", err=True
         )
     if fmt == "json":
-        click.echo(json.dumps([r.as_json() for r in requests], indent=2))
+        echo_json([r.as_json() for r in requests])
     else:
         for request in requests:
             click.echo(preview.request_text(request, title=True))

@@ -2,12 +2,11 @@
 
 from __future__ import annotations
 
-import json
 import time
 
 import click
 
-from reconciler.cli.common import FORMATS, state_option
+from reconciler.cli.common import FORMATS, echo_json, format_option, state_option
 from reconciler.retention_report import run_line, status_text
 from reconciler.store import open_store
 
@@ -55,7 +54,7 @@ def status_command(state: str, runs: int, fmt: str) -> None:
     now = time.time()
     if fmt == "json":
         data = size.as_json(now) | {"state": url, "runs": [r.as_json() for r in latest]}
-        click.echo(json.dumps(data, indent=2))
+        echo_json(data)
     else:
         click.echo(status_text(url, size, latest, now))
 
@@ -78,9 +77,11 @@ def status_command(state: str, runs: int, fmt: str) -> None:
     envvar="RECONCILER_RETENTION_FOR",
     help="An organization's own retention, e.g. acme=90d (repeatable).",
 )
-def run_command(state: str, age: str, overrides: tuple[str, ...]) -> None:
+@format_option
+def run_command(state: str, age: str, overrides: tuple[str, ...], fmt: str) -> None:
     """Run retention once, now, as `reconciler serve` does every minute: exit 1
-    when a dispatcher is running it at this moment.
+    when a dispatcher is running it at this moment. --format json: the run, as
+    `retention status` lists it (null when every record is kept).
 
     \b
     Example:
@@ -93,7 +94,10 @@ def run_command(state: str, age: str, overrides: tuple[str, ...]) -> None:
 
     settings = retention_options(age, overrides, "1m")
     if not settings.enabled:
-        click.echo("retention: every record is kept (forever); nothing to do")
+        if fmt == "json":
+            echo_json(None)
+        else:
+            click.echo("retention: every record is kept (forever); nothing to do")
         return
     pruner = Retention(lambda: open_store(state), settings, owner_id())
     try:
@@ -102,4 +106,7 @@ def run_command(state: str, age: str, overrides: tuple[str, ...]) -> None:
         pruner.close()
     if run is None:
         raise ReconcilerError("a dispatcher is running retention on this state now; try later")
-    click.echo(f"retention: {run_line(run, time.time())}")
+    if fmt == "json":
+        echo_json(run.as_json())
+    else:
+        click.echo(f"retention: {run_line(run, time.time())}")

@@ -16,14 +16,15 @@ from reconciler.apply import ApplyOptions, commit_check
 from reconciler.apply import apply as apply_changes
 from reconciler.cli.common import (
     DEFAULT_PATH,
-    FORMATS,
     color,
+    echo_json,
+    format_option,
     load_or_fail,
     org_option,
     state_option,
 )
 from reconciler.errors import NoState, PlanFileError, ReconcilerError
-from reconciler.export import export as export_state
+from reconciler.export import export_tree
 from reconciler.loader import LoadResult, definitions_root, load_definitions
 from reconciler.plan import DEFAULT_DELETE_SHARE, Plan, make_plan
 from reconciler.provenance import CommitCheck, check_commit, detect_actor, git_commit
@@ -120,7 +121,12 @@ def _plan_from_files(result: LoadResult, store: Store, organization: str | None)
     help="text (coloured on a terminal; NO_COLOR turns colour off), json, or markdown "
     "for a pull-request comment.",
 )
-@click.option("--out", type=click.Path(path_type=Path), help="Save the plan for apply --plan.")
+@click.option(
+    "--out",
+    type=click.Path(path_type=Path),
+    help="Save the plan for apply --plan (the plan workflow saves the pull request's, "
+    "which the apply workflow applies after the merge).",
+)
 @click.option(
     "--detailed-exitcode",
     is_flag=True,
@@ -235,6 +241,7 @@ class _TerminalApprover:
     "live state was last applied from (the audit log notes it).",
 )
 @click.option("--actor", help="Who applies, for the audit log (default: CI's or git's user).")
+@format_option
 def apply(
     path: Path,
     state: str,
@@ -247,6 +254,7 @@ def apply(
     lock_timeout: float,
     allow_rollback: bool,
     actor: str | None,
+    fmt: str,
 ) -> None:
     """Apply the definitions (or a saved plan) to the live state.
 
@@ -266,6 +274,9 @@ def apply(
     reverts newer changes. When git cannot tell (the live commit is not in
     this clone, e.g. a shallow one), apply warns and goes on. A tree with
     uncommitted changes compares by its HEAD.
+
+    --format json prints {"applied", "serial", "actor", "plan"} (the plan as
+    plan --format json gives it) on stdout, and the plan's text on stderr.
 
     \b
     Example:
@@ -301,14 +312,24 @@ def apply(
             make = lambda: _plan_from_files(result, store, organization)  # noqa: E731
 
         def show(the_plan: Plan, refusals: list[str]) -> None:
-            click.echo(plan_report.text(the_plan, refusals, color=True), color=color())
+            shown = plan_report.text(the_plan, refusals, color=True)
+            click.echo(shown, color=color(), err=fmt == "json")
 
         outcome = apply_changes(
             store, make, options, _TerminalApprover(), show, saved=plan_file is not None
         )
     finally:
         store.close()
-    if outcome.applied:
+    if fmt == "json":
+        echo_json(
+            {
+                "applied": outcome.applied,
+                "serial": outcome.serial,
+                "actor": who,
+                "plan": outcome.plan.as_json(),
+            }
+        )
+    elif outcome.applied:
         counts = outcome.plan.counts()
         shared = outcome.plan.shared_env
         changed = len(shared.lines()) if shared else 0
@@ -344,7 +365,7 @@ def _read_plan_file(path: Path) -> Plan:
 @state_option
 @org_option
 @click.option("--limit", type=click.IntRange(1), help="Show at most this many entries.")
-@click.option("--format", "fmt", type=FORMATS, default="text", help="Output format.")
+@format_option
 def history(
     name: str | None, state: str, organization: str | None, limit: int | None, fmt: str
 ) -> None:
@@ -352,7 +373,8 @@ def history(
 
     Newest first. Secret references are shown as written; a literal credential
     (one allowed by allow_literal, or one stored before the rule refused it) is
-    masked, in the stored rows and again when shown.
+    masked, in the stored rows and again when shown. A NAME the audit log does
+    not know (in --org, when given) is an error, exit 1.
 
     \b
     Example:
@@ -363,8 +385,11 @@ def history(
         entries = list(store.history(organization, name, limit))
     finally:
         store.close()
+    if name is not None and not entries:
+        where = f" of organization {organization}" if organization else ""
+        raise ReconcilerError(f"no webhook {name}{where} in the audit log at {store.url}")
     if fmt == "json":
-        click.echo(json.dumps([history_report.entry_json(e) for e in entries], indent=2))
+        echo_json([history_report.entry_json(e) for e in entries])
         return
     if not entries:
         click.echo("No history.")
@@ -376,7 +401,14 @@ def history(
 @click.argument("folder", type=click.Path(path_type=Path, file_okay=False))
 @state_option
 @org_option
-def export(folder: Path, state: str, organization: str | None) -> None:
+@click.option(
+    "--force",
+    is_flag=True,
+    help="Write into a FOLDER that is not empty, making it match the live state: "
+    "files are rewritten where they are, those of webhooks not in the state removed.",
+)
+@format_option
+def export(folder: Path, state: str, organization: str | None, force: bool, fmt: str) -> None:
     """Write the live state as definition files, one per webhook.
 
     Files go to FOLDER/<organization>/<name>.yaml, and the shared list of
@@ -387,31 +419,51 @@ def export(folder: Path, state: str, organization: str | None) -> None:
     in definition files are, and every path must stay inside FOLDER: a row that
     fails is named, and nothing is written.
 
+    A FOLDER that is not empty is refused (exit 1, nothing written) unless
+    --force. With --force FOLDER is made to match the live state (within --org):
+    a webhook whose definition file is already there is rewritten at that path,
+    whatever its file name (its comments and layout are not kept: the file is
+    written from the state); a new one goes to <organization>/<name>.yaml; the
+    definition files of webhooks the state does not hold are removed, and
+    listed. A YAML file that holds no definition stops it, nothing written.
+    Files that are not YAML are left alone.
+
+    --format json: {"folder", "webhooks": [paths], "shared_env": path or null,
+    "removed": [paths]}, paths relative to FOLDER.
+
     \b
     Example:
       reconciler export recovered.d && reconciler plan recovered.d
+      reconciler export webhooks.d --force && git diff webhooks.d
     """
     store = open_store(state)
     try:
         shared = store.shared_env() if organization is None else None
-        written = export_state(store.webhooks(organization), folder, shared)
+        result = export_tree(
+            store.webhooks(organization), folder, shared, force=force, organization=organization
+        )
     finally:
         store.close()
-    webhooks = len(written) - (1 if shared else 0)
-    also = " and the shared list of variables" if shared else ""
-    click.echo(f"Exported {webhooks} webhooks{also} to {folder}.")
+    if fmt == "json":
+        echo_json(result.as_json(folder))
+        return
+    also = " and the shared list of variables" if result.shared else ""
+    click.echo(f"Exported {len(result.webhooks)} webhooks{also} to {folder}.")
+    for path in result.removed:
+        click.echo(f"removed {path} (its webhook is not in the live state)")
 
 
 @click.command()
 @state_option
-def migrate(state: str) -> None:
+@format_option
+def migrate(state: str, fmt: str) -> None:
     """Bring the state's database schema up to date, and list its migrations.
 
     Every command migrates when it opens the state; this does it explicitly,
     e.g. before starting several dispatchers. Where there is no state yet it makes
     a new, empty one: with apply, the only command that does; every other
     command refuses a state that is not there. Concurrent runs are safe: one
-    migrates, the others wait.
+    migrates, the others wait. --format json: {"state", "migrations"}.
 
     \b
     Example:
@@ -422,6 +474,9 @@ def migrate(state: str) -> None:
         names = store.migrations()
     finally:
         store.close()
+    if fmt == "json":
+        echo_json({"state": store.url, "migrations": names})
+        return
     for name in names:
         click.echo(f"applied  {name}")
     click.echo(f"{store.url}: schema up to date ({count(len(names), 'migration')}).")

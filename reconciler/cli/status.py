@@ -2,12 +2,11 @@
 
 from __future__ import annotations
 
-import json
 import time
 
 import click
 
-from reconciler.cli.common import FORMATS, state_option
+from reconciler.cli.common import FORMATS, echo_json, state_option
 from reconciler.health import endpoint_health
 from reconciler.health_report import report_text
 from reconciler.store import open_store
@@ -44,6 +43,6 @@ def status_command(state: str, organizations: tuple[str, ...], fmt: str) -> None
     finally:
         store.close()
     if fmt == "json":
-        click.echo(json.dumps(report.as_json(), indent=2))
+        echo_json(report.as_json())
     else:
         click.echo(report_text(report))

@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-import json
 import time
+from dataclasses import replace
 
 import click
 
 from reconciler import tokens as api_tokens
-from reconciler.cli.common import FORMATS, state_option
+from reconciler.cli.common import FORMATS, echo_json, format_option, state_option
 from reconciler.errors import TokenError
 from reconciler.store import open_store
 from reconciler.store.tokens import TokenRecord
@@ -107,7 +107,7 @@ def create_command(
     finally:
         store.close()
     if fmt == "json":
-        click.echo(json.dumps({"token": secret, **record.as_json()}, indent=2))
+        echo_json({"token": secret, **record.as_json()})
         return
     click.echo(secret)
     expiry = f"expires {api_tokens.when(record.expires_at)}" if record.expires_at else "no expiry"
@@ -137,9 +137,7 @@ def list_command(fmt: str, state: str) -> None:
         store.close()
     now = time.time()
     if fmt == "json":
-        click.echo(
-            json.dumps([{**t.as_json(), "status": _status(t, now)} for t in found], indent=2)
-        )
+        echo_json([{**t.as_json(), "status": _status(t, now)} for t in found])
         return
     if not found:
         click.echo("No tokens.")
@@ -168,10 +166,13 @@ def list_command(fmt: str, state: str) -> None:
 @tokens.command("revoke")
 @click.argument("token_id")
 @state_option
-def revoke_command(token_id: str, state: str) -> None:
+@format_option
+def revoke_command(token_id: str, state: str, fmt: str) -> None:
     """Revoke a token by its id (from `tokens list`): it is refused from then on.
 
     A running dispatcher notices within a second. Revoking twice is harmless.
+    An unknown id is an error (exit 1). --format json: the token's details
+    (as tokens list gives them) and "already_revoked".
 
     \b
     Example:
@@ -179,9 +180,15 @@ def revoke_command(token_id: str, state: str) -> None:
     """
     store = open_store(state)
     try:
-        record = api_tokens.revoke_token(store, token_id, time.time())
+        now = time.time()
+        record = api_tokens.revoke_token(store, token_id, now)
     finally:
         store.close()
+    if fmt == "json":
+        already = record.revoked_at is not None
+        revoked = record if already else replace(record, revoked_at=now)
+        echo_json({**revoked.as_json(), "status": "revoked", "already_revoked": already})
+        return
     if record.revoked_at is not None:
         click.echo(f"{record.id} was already revoked at {api_tokens.when(record.revoked_at)}.")
     else:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import click
 
-from reconciler.cli.common import state_option
+from reconciler.cli.common import echo_json, format_option, state_option
 from reconciler.cli.status import status_command
 from reconciler.errors import ReconcilerError
 from reconciler.provenance import detect_actor
@@ -37,7 +37,8 @@ def webhooks() -> None:
 @click.argument("webhook", metavar="ORGANIZATION/NAME")
 @click.option("--actor", help="Who resumes, for the audit log (default: CI's or git's user).")
 @state_option
-def resume_command(webhook: str, actor: str | None, state: str) -> None:
+@format_option
+def resume_command(webhook: str, actor: str | None, state: str, fmt: str) -> None:
     """Resume a webhook the dispatcher paused, without an apply.
 
     The dispatcher pauses a webhook after HTTP 410, or when its endpoint has
@@ -47,7 +48,8 @@ def resume_command(webhook: str, actor: str | None, state: str) -> None:
     entry in the history (actor: --actor, else CI's or git's user). Deliveries
     that failed while it was paused stay failed: `deliveries replay` sends them
     again. The next apply resumes it too. Exit 1 when there is no such webhook; a
-    webhook that is not paused is left as it is (exit 0).
+    webhook that is not paused is left as it is (exit 0). --format json:
+    {"webhook": "ORGANIZATION/NAME", "resumed": true|false, "actor"}.
 
     \b
     Example:
@@ -63,6 +65,10 @@ def resume_command(webhook: str, actor: str | None, state: str) -> None:
         store.close()
     if outcome == "no such webhook":
         raise ReconcilerError(f"no webhook {organization}/{name} in the state at {store.url}")
+    if fmt == "json":
+        resumed = outcome != "not paused"
+        echo_json({"webhook": f"{organization}/{name}", "resumed": resumed, "actor": who})
+        return
     if outcome == "not paused":
         click.echo(f"{organization}/{name} is not paused; nothing changed.")
         return

@@ -57,7 +57,7 @@ def open_store(url: str, *, create: bool = False) -> Backend:
             import psycopg_pool  # noqa: F401
         except ImportError:
             raise StateError(
-                "the PostgreSQL backend needs psycopg: pip install 'reconciler[postgres]'"
+                "the PostgreSQL backend needs psycopg: pip install 'webhook-reconciler[postgres]'"
             ) from None
         from reconciler.store.postgres import PostgresStore
 

@@ -65,7 +65,7 @@ try:
     from psycopg_pool import ConnectionPool
 except ImportError as exc:  # pragma: no cover - depends on the install
     raise StateError(
-        "the PostgreSQL backend needs psycopg: pip install 'reconciler[postgres]'"
+        "the PostgreSQL backend needs psycopg: pip install 'webhook-reconciler[postgres]'"
     ) from exc
 
 _POLL_SECONDS = 0.1

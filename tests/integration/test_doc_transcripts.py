@@ -11,7 +11,7 @@ These steps run in the order written:
 
 - `empty`: nothing (the folder stays empty);
 - `examples`: a copy of this repository's webhooks.d/;
-- `init=ORG`: `reconciler init . --org ORG`;
+- `init=ORG`: `reconciler init . --org ORG --admins @acme-corp/webhook-admins`;
 - `files=DIR`: the contents of DIR (a folder of this repository) copied in;
 - `git`: the folder made a git repository (once), its files committed;
 - `apply`: the definitions applied to a new state (`--actor alice`).
@@ -294,7 +294,7 @@ def _prepare(sandbox: Path, options: dict[str, str]) -> None:
         if step == "examples":
             shutil.copytree(REPO / "webhooks.d", sandbox / "webhooks.d")
         elif step == "init":
-            run("reconciler", "init", ".", "--org", value)
+            run("reconciler", "init", ".", "--org", value, "--admins", "@acme-corp/webhook-admins")
         elif step == "files":
             shutil.copytree(REPO / value, sandbox, dirs_exist_ok=True)
         elif step == "git":

@@ -416,8 +416,8 @@ def _insert_row(url: str, organization: str, name: str) -> None:
         conn.execute(f"INSERT INTO webhooks ({columns}) VALUES (%s, %s, %s, %s, %s, %s)", row)
 
 
-def _export_error(project: Path, url: str, folder: str = "out.d") -> str:
-    result = run_cli(["export", folder, "--state", url], project)
+def _export_error(project: Path, url: str, folder: str = "out.d", *more: str) -> str:
+    result = run_cli(["export", folder, "--state", url, *more], project)
     assert result.returncode == 1, result.stdout
     (line,) = result.stderr.splitlines()
     return line
@@ -470,8 +470,100 @@ def test_export_refuses_a_path_that_leads_outside_its_folder(tmp_path: Path, liv
     elsewhere.mkdir()
     (tmp_path / "out.d").mkdir()
     (tmp_path / "out.d" / "acme").symlink_to(elsewhere)
-    line = _export_error(tmp_path, live)
+    line = _export_error(tmp_path, live, "out.d", "--force")
     assert "organization='acme' name='slack-new-rule-violation'" in line
     assert "leads outside out.d" in line
     assert list(elsewhere.iterdir()) == []
     assert list((tmp_path / "out.d").iterdir()) == [tmp_path / "out.d" / "acme"]
+
+
+# -- into a folder that is not empty -------------------------------------------------------
+
+
+def _tree(folder: Path) -> dict[str, str]:
+    return {
+        str(p.relative_to(folder)): p.read_text(encoding="utf-8")
+        for p in sorted(folder.rglob("*"))
+        if p.is_file()
+    }
+
+
+def test_export_refuses_a_folder_that_is_not_empty_and_writes_nothing(applied: Path) -> None:
+    shutil.copytree(applied / "webhooks.d", applied / "tree.d")
+    (applied / "tree.d" / "acme" / "slack-new-rule-violation.yaml").rename(
+        applied / "tree.d" / "acme" / "renamed.yaml"
+    )
+    before = _tree(applied / "tree.d")
+    result = run_cli(["export", "tree.d"], applied, env(applied))
+    assert result.returncode == 1
+    assert result.stdout == ""
+    (line,) = result.stderr.splitlines()
+    assert line.startswith("error: tree.d is not empty; nothing was written (--force writes into")
+    assert _tree(applied / "tree.d") == before
+
+
+def test_export_force_keeps_each_files_path_and_removes_the_stale_ones(applied: Path) -> None:
+    """A renamed file keeps its name (no duplicate beside it), a file of a webhook
+    the state no longer holds is removed and listed, a file that is not YAML stays:
+    the tree validates and plans no change."""
+    tree = applied / "tree.d"
+    shutil.copytree(applied / "webhooks.d", tree)
+    renamed = tree / "acme" / "renamed.yaml"
+    original = (tree / "acme" / "slack-new-rule-violation.yaml").read_text(encoding="utf-8")
+    (tree / "acme" / "slack-new-rule-violation.yaml").unlink()
+    renamed.write_text("# a comment export does not keep\n" + original, encoding="utf-8")
+    stale = tree / "acme" / "gone.yaml"
+    stale.write_text(original.replace("name: slack-new-rule-violation", "name: gone"), "utf-8")
+    (tree / "README.md").write_text("notes\n", encoding="utf-8")
+
+    result = run_cli(["export", "tree.d", "--force"], applied, env(applied))
+
+    assert result.returncode == 0, result.stderr
+    expected = len(load_specs(applied / "webhooks.d"))
+    assert result.stdout.splitlines() == [
+        f"Exported {expected} webhooks and the shared list of variables to tree.d.",
+        "removed tree.d/acme/gone.yaml (its webhook is not in the live state)",
+    ]
+    assert not stale.exists()
+    assert not (tree / "acme" / "slack-new-rule-violation.yaml").exists()
+    assert renamed.read_text(encoding="utf-8").startswith("name: slack-new-rule-violation\n")
+    assert (tree / "README.md").read_text(encoding="utf-8") == "notes\n"
+    validated = run_cli(["validate", "tree.d"], applied, env(applied))
+    assert validated.returncode == 0, validated.stdout
+    planned = run_cli(["plan", "tree.d", "--detailed-exitcode"], applied, env(applied))
+    assert planned.returncode == 0, planned.stdout + planned.stderr
+    assert "No changes" in planned.stdout
+
+
+def test_export_force_with_org_touches_only_that_organizations_files(applied: Path) -> None:
+    tree = applied / "tree.d"
+    shutil.copytree(applied / "webhooks.d", tree)
+    (tree / "globex" / "extra.yaml").write_text(
+        "name: extra\nevent: new_rule_violation\nmethod: GET\nurl: https://x.example/\n", "utf-8"
+    )
+    (tree / "acme" / "extra.yaml").write_text(
+        "name: extra\nevent: new_rule_violation\nmethod: GET\nurl: https://x.example/\n", "utf-8"
+    )
+    result = run_cli(
+        ["export", "tree.d", "--force", "--org", "acme", "--format", "json"], applied, env(applied)
+    )
+    assert result.returncode == 0, result.stderr
+    data = json.loads(result.stdout)
+    assert data["removed"] == ["acme/extra.yaml"]
+    assert data["shared_env"] is None
+    assert sorted(data["webhooks"]) == sorted(
+        str(p.relative_to(tree)) for p in (tree / "acme").glob("*.yaml")
+    )
+    assert (tree / "globex" / "extra.yaml").exists()
+
+
+def test_export_force_refuses_a_yaml_file_that_holds_no_definition(applied: Path) -> None:
+    tree = applied / "tree.d"
+    shutil.copytree(applied / "webhooks.d", tree)
+    (tree / "acme" / "notes.yaml").write_text("- just\n- a list\n", encoding="utf-8")
+    before = _tree(tree)
+    result = run_cli(["export", "tree.d", "--force"], applied, env(applied))
+    assert result.returncode == 1
+    assert "tree.d/acme/notes.yaml" in result.stderr
+    assert result.stderr.rstrip().endswith("nothing was written")
+    assert _tree(tree) == before

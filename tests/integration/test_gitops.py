@@ -15,24 +15,28 @@ import shutil
 import stat
 import subprocess
 import sys
+import tomllib
+from importlib import metadata
 from pathlib import Path
 from typing import Any
 
 import pytest
 import yaml
 
-from reconciler import scaffold
+from reconciler import DISTRIBUTION, __version__, scaffold
 from reconciler.schema import webhook_schema_text
 from tests.support.helpers_state import REPO, cli_env, make_state, run_cli
 
 WORKFLOWS = REPO / ".github" / "workflows"
 BIN = Path(sys.executable).parent  # where `reconciler` is installed
+# This repository's own team, as its CODEOWNERS and apply workflow name it.
+ADMINS = "@acme-corp/webhook-admins"
 
 
 def workflow_text(name: str, source: str = "repository") -> str:
     """A workflow as this repository has it, or as `reconciler init` writes it."""
     if source == "init":
-        return scaffold.workflows(admins="@initech/platform")[name]
+        return scaffold.workflows("@initech/platform")[name]
     return (WORKFLOWS / name).read_text(encoding="utf-8")
 
 
@@ -114,7 +118,7 @@ def test_ci_runs_the_suite_on_the_newest_uvicorn_with_serves_stock_paths() -> No
 
 
 def test_this_repositorys_webhooks_workflows_are_inits_but_for_the_install_step() -> None:
-    for name, text in scaffold.workflows(scaffold.INSTALL_SOURCE).items():
+    for name, text in scaffold.workflows(ADMINS, scaffold.INSTALL_SOURCE).items():
         assert (WORKFLOWS / name).read_text(encoding="utf-8") == text, (
             f".github/workflows/{name} differs from reconciler/scaffold.py: change both"
         )
@@ -150,10 +154,10 @@ def test_apply_runs_on_main_one_at_a_time_and_deletes_only_with_the_label(source
     commands = runs(apply, "apply")
     assert 'gh api "repos/${GITHUB_REPOSITORY}/commits/${GITHUB_SHA}/pulls"' in commands
     assert "allow-delete" in commands
-    assert "(--auto-approve)" in commands
+    assert "--auto-approve)" in commands
     text = workflow_text("webhooks-apply.yml", source)
     assert "# environment: webhooks" in text  # the documented alternative
-    admins = "@initech/platform" if source == "init" else scaffold.DEFAULT_ADMINS
+    admins = "@initech/platform" if source == "init" else ADMINS
     assert f"# reviewers {admins}," in text  # the required reviewers it suggests
 
 
@@ -168,11 +172,47 @@ def test_apply_checks_out_the_whole_history_to_compare_commits(source: str) -> N
 # The shell steps, run for real.
 
 
-def _fake_gh(folder: Path, answer: str) -> None:
-    """A `gh` that answers the pull-request lookup as the --jq filter would."""
-    gh = folder / "gh"
-    gh.write_text(f"#!/bin/sh\necho '{answer}'\n", encoding="utf-8")
-    gh.chmod(gh.stat().st_mode | stat.S_IEXEC)
+HEAD = "fedcba9876543210fedcba9876543210fedcba98"  # the pull request's head commit
+ARTIFACT = f"webhooks-plan-{HEAD}"
+
+
+class FakeGitHub:
+    """A `gh` that answers as GitHub would, from files: the merged pull request of
+    the pushed commit (number, head commit, label: what the --jq filter prints), the
+    saved plans by artifact name, and `gh run download` copying one out."""
+
+    def __init__(self, bin_folder: Path, tmp: Path) -> None:
+        self.root = tmp / "github"
+        self.artifacts = self.root / "artifacts"
+        self.artifacts.mkdir(parents=True)
+        gh = bin_folder / "gh"
+        gh.write_text(
+            f"""#!/bin/sh
+root={self.root}
+if [ "$1" = api ]; then
+  case "$2" in
+    */commits/*/pulls) cat "$root/pulls" 2>/dev/null ;;
+    */actions/artifacts\\?name=*) [ -d "$root/artifacts/${{2##*name=}}" ] && echo 4242 ;;
+  esac
+  exit 0
+fi
+if [ "$1 $2 $3 $4 $6" = "run download 4242 --name --dir" ]; then
+  mkdir -p "$7" && cp "$root/artifacts/$5/"* "$7/"
+  exit 0
+fi
+echo "unexpected: gh $*" >&2
+exit 2
+""",
+            encoding="utf-8",
+        )
+        gh.chmod(gh.stat().st_mode | stat.S_IEXEC)
+
+    def merged(self, label: str = "false", number: int = 7) -> None:
+        (self.root / "pulls").write_text(f"{number} {HEAD} {label}\n", encoding="utf-8")
+
+    def upload(self, name: str, file: Path) -> None:
+        (self.artifacts / name).mkdir()
+        shutil.copy(file, self.artifacts / name / file.name)
 
 
 class Runner:
@@ -213,7 +253,7 @@ class Runner:
 @pytest.fixture
 def definitions(tmp_path: Path) -> Path:
     repo = tmp_path / "repo"
-    made = run_cli(["init", str(repo), "--org", "acme"], tmp_path)
+    made = run_cli(["init", str(repo), "--org", "acme", "--admins", ADMINS], tmp_path)
     assert made.returncode == 0, made.stderr
     return repo
 
@@ -271,14 +311,108 @@ def test_the_plan_step_fails_clearly_without_the_state_secret(
     assert planned.stdout.startswith("::error::No secret RECONCILER_STATE")
 
 
-@pytest.mark.parametrize("label", ["true", "false"])
-def test_the_apply_steps_delete_only_when_the_pull_request_allowed_it(
-    definitions: Path, tmp_path: Path, label: str
-) -> None:
-    state = f"sqlite:///{tmp_path / 'state.db'}"
+@SOURCES
+def test_the_plan_workflow_saves_the_plan_for_the_pull_requests_head_commit(source: str) -> None:
+    plan = workflow("webhooks-plan.yml", source)
+    assert "reconciler plan --format markdown --out webhooks-plan.json" in runs(plan, "plan")
+    saved = step(plan, "plan", "Save the plan for the apply after the merge")
+    assert saved["uses"].startswith("actions/upload-artifact@")
+    assert saved["with"]["name"] == "webhooks-plan-${{ github.event.pull_request.head.sha }}"
+    assert saved["with"]["path"] == "webhooks-plan.json"
+    assert saved["with"]["if-no-files-found"] == "error"
+    names = [s.get("name") for s in steps(plan, "plan")]
+    assert names.index("Plan") < names.index("Save the plan for the apply after the merge")
+
+
+@SOURCES
+def test_the_apply_workflow_applies_the_saved_plan_and_nothing_else(source: str) -> None:
+    apply = workflow("webhooks-apply.yml", source)
+    assert apply["permissions"]["actions"] == "read"
+    names = [s.get("name") for s in steps(apply, "apply")]
+    assert names.index("Find the plan reviewed on the pull request") < names.index("Apply")
+    found = runs(apply, "apply")
+    assert 'gh run download "$run" --name "$artifact" --dir reviewed-plan' in found
+    assert 'artifact="webhooks-plan-${head}"' in found
+    applied = step(apply, "apply", "Apply")
+    assert applied["env"]["PLAN"] == "${{ steps.reviewed.outputs.plan }}"
+    assert 'flags=(--plan "$PLAN" --auto-approve)' in applied["run"]
+    # Every apply goes through the saved plan: no apply of the files as they are.
+    assert re.findall(r"reconciler apply [^\n]*", found) == [
+        'reconciler apply "${flags[@]}" > apply.log 2>&1 || status=$?'
+    ]
+
+
+def _jq(filter_: str, document: Any) -> str:
+    jq = shutil.which("jq")
+    assert jq, "jq is missing (gh --jq uses the same language): apt-get install jq"
+    result = subprocess.run(
+        [jq, "-r", filter_],
+        input=json.dumps(document),
+        capture_output=True,
+        text=True,
+        timeout=30,
+        check=True,
+    )
+    return result.stdout
+
+
+def test_the_apply_workflows_jq_filters_read_githubs_answers() -> None:
+    """The fake gh answers as the filters would: here the filters themselves run,
+    with jq, on answers shaped as GitHub's REST API gives them."""
+    script = step(
+        workflow("webhooks-apply.yml"), "apply", "Find the plan reviewed on the pull request"
+    )
+    pulls_filter, artifacts_filter = re.findall(r"--jq '([^']*)'", script["run"])
+    pulls = [
+        {"number": 3, "merged_at": None, "head": {"sha": "aaa"}, "labels": []},
+        {
+            "number": 7,
+            "merged_at": "2026-12-01T10:00:00Z",
+            "head": {"sha": HEAD},
+            "labels": [{"name": "bug"}, {"name": "allow-delete"}],
+        },
+    ]
+    assert _jq(pulls_filter, pulls) == f"7 {HEAD} true\n"
+    pulls[1]["labels"] = []
+    assert _jq(pulls_filter, pulls) == f"7 {HEAD} false\n"
+    assert _jq(pulls_filter, pulls[:1]) == ""  # no merged pull request
+    artifacts = {
+        "total_count": 2,
+        "artifacts": [
+            {"name": ARTIFACT, "expired": True, "workflow_run": {"id": 11}},
+            {"name": ARTIFACT, "expired": False, "workflow_run": {"id": 12}},
+        ],
+    }
+    assert _jq(artifacts_filter, artifacts) == "12\n"
+    assert _jq(artifacts_filter, {"total_count": 0, "artifacts": []}) == ""
+
+
+def _plan_on_the_pull_request(runner: Runner, github: FakeGitHub, repo: Path) -> None:
+    """The plan workflow's Plan step, then its upload of the saved plan."""
+    planned = runner.run(workflow("webhooks-plan.yml"), "plan", "Plan")
+    assert planned.returncode == 0, planned.stdout + planned.stderr
+    github.upload(ARTIFACT, repo / "webhooks-plan.json")
+    (repo / "webhooks-plan.json").unlink()
+
+
+def _apply_after_the_merge(runner: Runner) -> tuple[Any, Any]:
     apply = workflow("webhooks-apply.yml")
-    runner = Runner(definitions, tmp_path, state)
-    _fake_gh(runner.bin, label)
+    found = runner.run(apply, "apply", "Find the plan reviewed on the pull request")
+    if found.returncode != 0:
+        return found, None
+    outputs = dict(
+        line.split("=", 1) for line in runner.output.read_text(encoding="utf-8").splitlines()
+    )
+    runner.output.unlink()
+    env = {
+        "ALLOW_DELETE": outputs["allow_delete"],
+        "PULL_REQUEST": outputs["pull_request"],
+        "PLAN": outputs["plan"],
+    }
+    return found, runner.run(apply, "apply", "Apply", **env)
+
+
+def _second(definitions: Path) -> Path:
     second = definitions / "webhooks.d" / "acme" / "second.yaml"
     second.write_text(
         (definitions / "webhooks.d" / "acme" / "example.yaml")
@@ -286,34 +420,159 @@ def test_the_apply_steps_delete_only_when_the_pull_request_allowed_it(
         .replace("name: slack-new-rule-violation", "name: second"),
         encoding="utf-8",
     )
-    first = runner.run(apply, "apply", "Apply", ALLOW_DELETE="false")
-    assert first.returncode == 0, first.stdout + first.stderr
-    assert "Applied: 2 created" in first.stdout
-    second.unlink()  # a pull request that deletes a webhook
+    return second
 
-    looked_up = runner.run(apply, "apply", "Did the merged pull request allow deletes?")
-    assert looked_up.returncode == 0, looked_up.stderr
-    outputs = dict(
-        line.split("=", 1) for line in runner.output.read_text(encoding="utf-8").splitlines()
+
+def _live_names(state: str, tmp_path: Path, cwd: Path) -> list[str]:
+    out = tmp_path / f"live-{len(list(tmp_path.glob('live-*')))}"
+    listed = run_cli(["export", str(out), "--state", state], cwd)
+    assert listed.returncode == 0, listed.stderr
+    return sorted(p.stem for p in out.rglob("*.yaml") if p.name != "shared-env.yaml")
+
+
+def test_the_reviewed_plan_is_applied_after_the_merge(definitions: Path, tmp_path: Path) -> None:
+    state = make_state(f"sqlite:///{tmp_path / 'state.db'}")
+    runner = Runner(definitions, tmp_path, state)
+    github = FakeGitHub(runner.bin, tmp_path)
+    _plan_on_the_pull_request(runner, github, definitions)
+    github.merged()
+
+    found, applied = _apply_after_the_merge(runner)
+
+    assert found.returncode == 0, found.stdout + found.stderr
+    assert applied.returncode == 0, applied.stdout + applied.stderr
+    assert "Applied: 1 created" in applied.stdout
+    summary = runner.summary.read_text(encoding="utf-8")
+    assert ":white_check_mark: **Applied** the plan reviewed on #7 (0123456) for @alice." in summary
+    assert _live_names(state, tmp_path, definitions) == ["slack-new-rule-violation"]
+
+
+def test_a_plan_the_live_state_moved_away_from_is_refused_after_the_merge(
+    definitions: Path, tmp_path: Path
+) -> None:
+    state = make_state(f"sqlite:///{tmp_path / 'state.db'}")
+    runner = Runner(definitions, tmp_path, state)
+    github = FakeGitHub(runner.bin, tmp_path)
+    _plan_on_the_pull_request(runner, github, definitions)
+    github.merged()
+    # Meanwhile another pull request's plan is applied: the live state moves.
+    other = tmp_path / "other"
+    shutil.copytree(definitions / "webhooks.d", other / "webhooks.d")
+    (other / "webhooks.d" / "acme" / "example.yaml").rename(
+        other / "webhooks.d" / "acme" / "other.yaml"
     )
-    assert outputs == {"allow_delete": label}
-    applied = runner.run(apply, "apply", "Apply", ALLOW_DELETE=outputs["allow_delete"])
+    text = (other / "webhooks.d" / "acme" / "other.yaml").read_text(encoding="utf-8")
+    (other / "webhooks.d" / "acme" / "other.yaml").write_text(
+        text.replace("name: slack-new-rule-violation", "name: other"), encoding="utf-8"
+    )
+    moved = run_cli(["apply", "--auto-approve", "--state", state], other)
+    assert moved.returncode == 0, moved.stderr
+
+    found, applied = _apply_after_the_merge(runner)
+
+    assert found.returncode == 0, found.stdout + found.stderr
+    assert applied.returncode == 1
+    assert "error: the live state changed since the plan was made" in applied.stdout
+    assert (
+        "::error::The live state changed after pull request #7's plan was made, so that plan "
+        "is not what would happen now. Nothing was applied: re-plan with a new pull request"
+    ) in applied.stdout
+    summary = runner.summary.read_text(encoding="utf-8")
+    assert ":x: **Refused**: The live state changed after pull request #7's plan" in summary
+    assert _live_names(state, tmp_path, definitions) == ["other"]
+
+
+def test_no_merged_pull_request_or_no_saved_plan_fails_and_applies_nothing(
+    definitions: Path, tmp_path: Path
+) -> None:
+    state = make_state(f"sqlite:///{tmp_path / 'state.db'}")
+    runner = Runner(definitions, tmp_path, state)
+    github = FakeGitHub(runner.bin, tmp_path)
+
+    pushed, _ = _apply_after_the_merge(runner)  # a push to main, no pull request
+    assert pushed.returncode == 1
+    assert pushed.stdout.startswith(
+        "::error::No merged pull request holds 0123456: only a plan reviewed on a pull "
+        "request is applied. Nothing was applied."
+    )
+
+    github.merged()  # its plan workflow saved nothing (it failed, or the plan expired)
+    unsaved, _ = _apply_after_the_merge(runner)
+    assert unsaved.returncode == 1
+    assert unsaved.stdout.startswith(
+        f"::error::No saved plan for pull request #7 at fedcba9 (artifact {ARTIFACT}): "
+    )
+    assert _live_names(state, tmp_path, definitions) == []
+
+
+@pytest.mark.parametrize("label", ["true", "false"])
+def test_the_apply_steps_delete_only_when_the_pull_request_allowed_it(
+    definitions: Path, tmp_path: Path, label: str
+) -> None:
+    state = make_state(f"sqlite:///{tmp_path / 'state.db'}")
+    second = _second(definitions)
+    first = run_cli(["apply", "--auto-approve", "--state", state], definitions)
+    assert first.returncode == 0, first.stdout + first.stderr
+    second.unlink()  # a pull request that deletes a webhook
+    runner = Runner(definitions, tmp_path, state)
+    github = FakeGitHub(runner.bin, tmp_path)
+    _plan_on_the_pull_request(runner, github, definitions)
+    github.merged(label)
+
+    _found, applied = _apply_after_the_merge(runner)
 
     summary = runner.summary.read_text(encoding="utf-8")
-    listed = run_cli(["export", str(tmp_path / "live"), "--state", state], definitions)
-    assert listed.returncode == 0, listed.stderr
-    live = sorted(p.stem for p in (tmp_path / "live").rglob("*.yaml"))
+    live = _live_names(state, tmp_path, definitions)
     if label == "true":
         assert applied.returncode == 0, applied.stdout
         assert "1 deleted" in applied.stdout
         assert live == ["slack-new-rule-violation"]
-        assert summary.count(":white_check_mark: **Applied** 0123456 for @alice.") == 2
+        assert ":white_check_mark: **Applied** the plan reviewed on #7" in summary
         assert "Deletes allowed: true" in summary
     else:
         assert applied.returncode == 1
         assert "--allow-delete" in applied.stdout  # why it refused
         assert live == ["second", "slack-new-rule-violation"]
         assert ":x: **Apply failed** (exit 1) for 0123456" in summary
+
+
+# -- release.yml ---------------------------------------------------------------------------
+
+
+def test_a_v_tag_builds_the_release_and_publishes_it() -> None:
+    release = workflow("release.yml")
+    assert release["on"] == {"push": {"tags": ["v*"]}}
+    build = runs(release, "build")
+    assert "python -m build" in build
+    assert release["jobs"]["publish"]["needs"] == "build"
+    (publish,) = [s for s in steps(release, "publish") if "uses" in s and "pypi" in s["uses"]]
+    assert publish["uses"].startswith("pypa/gh-action-pypi-publish@")
+    assert release["jobs"]["publish"]["permissions"] == {"id-token": "write"}
+
+
+@pytest.mark.parametrize(("tag", "ok"), [(f"v{__version__}", True), ("v99.0.0", False)])
+def test_a_tag_that_is_not_the_package_version_fails_the_release(
+    tmp_path: Path, tag: str, ok: bool
+) -> None:
+    shutil.copy(REPO / "pyproject.toml", tmp_path / "pyproject.toml")
+    script = step(workflow("release.yml"), "build", "The tag names the package's version")["run"]
+    result = subprocess.run(
+        ["bash", "-e", "-c", script],
+        cwd=tmp_path,
+        env=cli_env(GITHUB_REF_NAME=tag),
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    if ok:
+        assert result.returncode == 0, result.stdout + result.stderr
+        assert result.stdout == f"Releasing webhook-reconciler {__version__}.\n"
+    else:
+        assert result.returncode == 1
+        assert result.stdout.startswith(
+            f"::error::The tag v99.0.0 is not v{__version__}, the version in pyproject.toml"
+        )
 
 
 # -- CODEOWNERS ----------------------------------------------------------------------------
@@ -409,7 +668,7 @@ def run_hook(hook: dict[str, Any], repo: Path) -> subprocess.CompletedProcess[st
 def test_the_hook_catches_a_name_used_in_a_file_the_commit_does_not_touch(
     tmp_path: Path,
 ) -> None:
-    made = run_cli(["init", "defs", "--org", "acme"], tmp_path)
+    made = run_cli(["init", "defs", "--org", "acme", "--admins", ADMINS], tmp_path)
     assert made.returncode == 0, made.stderr
     repo = tmp_path / "defs"
     git(repo, "init", "-q")
@@ -474,12 +733,12 @@ def _files(folder: Path) -> set[str]:
 
 
 def test_init_makes_a_repository_that_validates_and_plans_at_once(tmp_path: Path) -> None:
-    made = run_cli(["init", "defs", "--org", "acme"], tmp_path)
+    made = run_cli(["init", "defs", "--org", "acme", "--admins", ADMINS], tmp_path)
     assert made.returncode == 0, made.stderr
     repo = tmp_path / "defs"
     assert _files(repo) == EXPECTED_FILES
     assert [line.removeprefix("wrote defs/") for line in made.stdout.splitlines()[:-1]] == sorted(
-        EXPECTED_FILES, key=list(scaffold.scaffold("acme").files).index
+        EXPECTED_FILES, key=list(scaffold.scaffold("acme", ADMINS).files).index
     )
 
     validated = run_cli(["validate"], repo)
@@ -499,7 +758,8 @@ def test_init_makes_a_repository_that_validates_and_plans_at_once(tmp_path: Path
 
 
 def test_init_writes_what_the_definitions_need(tmp_path: Path) -> None:
-    assert run_cli(["init", "--org", "acme"], tmp_path).returncode == 0  # FOLDER: here
+    made = run_cli(["init", "--org", "acme", "--admins", ADMINS], tmp_path)  # FOLDER: here
+    assert made.returncode == 0, made.stderr
     example = (tmp_path / "webhooks.d" / "acme" / "example.yaml").read_text(encoding="utf-8")
     modeline = example.splitlines()[0]
     found = re.fullmatch(r"# yaml-language-server: \$schema=(\S+)", modeline)
@@ -508,23 +768,87 @@ def test_init_writes_what_the_definitions_need(tmp_path: Path) -> None:
     assert schema == (tmp_path / "schemas" / "webhook.schema.json").resolve()
     assert schema.read_text(encoding="utf-8") == webhook_schema_text()
     assert "url: ${env:ACME_SLACK_URL}" in example
-    for name, text in scaffold.workflows().items():
+    for name, text in scaffold.workflows(ADMINS).items():
         assert (tmp_path / ".github" / "workflows" / name).read_text(encoding="utf-8") == text
         assert scaffold.INSTALL_RELEASE in text
-    config = yaml.safe_load((tmp_path / ".pre-commit-config.yaml").read_text(encoding="utf-8"))
-    assert config["repos"] == [
-        {
-            "repo": scaffold.HOOK_REPOSITORY,
-            "rev": scaffold.HOOK_REV,
-            "hooks": [{"id": "reconciler-validate"}],
-        }
+
+
+def _written(tmp_path: Path, admins: str = ADMINS) -> dict[str, str]:
+    made = run_cli(["init", "--org", "acme", "--admins", admins], tmp_path)
+    assert made.returncode == 0, made.stderr
+    return {
+        str(p.relative_to(tmp_path)): p.read_text(encoding="utf-8")
+        for p in tmp_path.rglob("*")
+        if p.is_file() and p.suffix != ".json"
+    }
+
+
+def test_what_init_writes_installs_this_project_pinned_to_the_release_that_wrote_it(
+    tmp_path: Path,
+) -> None:
+    """`reconciler` on PyPI is another project: every file installs
+    webhook-reconciler, at the version pip has installed (importlib.metadata)."""
+    pyproject = tomllib.loads((REPO / "pyproject.toml").read_text(encoding="utf-8"))
+    assert pyproject["project"]["name"] == "webhook-reconciler" == DISTRIBUTION
+    release = metadata.version("webhook-reconciler")
+    assert release == __version__ == pyproject["project"]["version"]
+    files = _written(tmp_path)
+    installs = {
+        path: re.findall(r"(\S*reconciler\S*)==(\S+?)[\"'\s]", text) for path, text in files.items()
+    }
+    assert installs[".github/workflows/webhooks-plan.yml"] == [
+        ("webhook-reconciler[postgres]", release)
     ]
-    owners = (tmp_path / ".github" / "CODEOWNERS").read_text(encoding="utf-8")
-    assert re.search(
-        r"^/webhooks\.d/acme/\s+@acme-corp/acme-admins @acme-corp/webhook-admins$",
-        owners,
-        re.MULTILINE,
-    )
+    assert installs[".github/workflows/webhooks-apply.yml"] == [
+        ("webhook-reconciler[postgres]", release)
+    ]
+    assert installs[".pre-commit-config.yaml"] == [('["webhook-reconciler', release)]
+    for path, text in files.items():
+        # No install of the unrelated PyPI project, and no guessed repository or tag.
+        assert not re.search(r"(?<![\w-])reconciler\[postgres\]", text), path
+        assert "github.com/acme-corp/reconciler" not in text, path
+        assert not re.search(r"\brev:", text), path
+
+
+def test_inits_pre_commit_hook_is_local_and_validates_the_whole_folder(tmp_path: Path) -> None:
+    """A local hook: pre-commit installs the release into the hook's environment
+    (additional_dependencies), so it needs no repository URL or tag."""
+    config = yaml.safe_load(_written(tmp_path)[".pre-commit-config.yaml"])
+    (repo,) = config["repos"]
+    assert repo["repo"] == "local"
+    assert "rev" not in repo
+    (hook,) = repo["hooks"]
+    assert hook["additional_dependencies"] == [
+        f"webhook-reconciler=={metadata.version('webhook-reconciler')}"
+    ]
+    # What runs is this project's hook: the whole folder, never the staged files alone.
+    published = _hook()
+    for key in ("id", "name", "entry", "language", "files", "pass_filenames"):
+        assert hook[key] == published[key], key
+    assert hook["pass_filenames"] is False
+
+
+def test_init_names_no_team_but_the_admins(tmp_path: Path) -> None:
+    files = _written(tmp_path, "@initech/platform")
+    teams = {
+        path: set(re.findall(r"(?<![\w/@])@[A-Za-z0-9-]+/[A-Za-z0-9._-]+", text))
+        for path, text in files.items()
+    }
+    for path, found in teams.items():
+        assert found <= {"@initech/platform"}, (path, found)
+    assert teams[".github/CODEOWNERS"] == {"@initech/platform"}
+    assert teams[".github/workflows/webhooks-apply.yml"] == {"@initech/platform"}
+    owners = files[".github/CODEOWNERS"]
+    assert re.search(r"^/webhooks\.d/\s+@initech/platform$", owners, re.MULTILINE)
+    # An organization's team is left to fill in, as a comment.
+    assert re.search(r"^# /webhooks\.d/acme/\s+@<team> @initech/platform$", owners, re.MULTILINE)
+
+
+def test_init_needs_the_admins_team(tmp_path: Path) -> None:
+    result = run_cli(["init", "--org", "acme"], tmp_path)
+    assert result.returncode == 2
+    assert "Missing option '--admins'" in result.stderr
+    assert _files(tmp_path) == set()
 
 
 def test_init_takes_the_organization_and_the_admins_team(tmp_path: Path) -> None:
@@ -532,11 +856,6 @@ def test_init_takes_the_organization_and_the_admins_team(tmp_path: Path) -> None
     assert made.returncode == 0, made.stderr
     owners = (tmp_path / ".github" / "CODEOWNERS").read_text(encoding="utf-8")
     assert re.search(r"^/webhooks\.d/\s+@initech/platform$", owners, re.MULTILINE)
-    assert re.search(
-        r"^/webhooks\.d/initech/\s+@initech/initech-admins @initech/platform$",
-        owners,
-        re.MULTILINE,
-    )
     assert "url: ${env:INITECH_SLACK_URL}" in (
         tmp_path / "webhooks.d" / "initech" / "example.yaml"
     ).read_text(encoding="utf-8")
@@ -547,7 +866,7 @@ def test_init_refuses_to_overwrite_and_lists_what_exists(tmp_path: Path) -> None
     (tmp_path / ".github").mkdir()
     (tmp_path / ".github" / "CODEOWNERS").write_text("* @me\n", encoding="utf-8")
 
-    refused = run_cli(["init", "--org", "acme"], tmp_path)
+    refused = run_cli(["init", "--org", "acme", "--admins", ADMINS], tmp_path)
     assert refused.returncode == 1
     assert refused.stdout == ""
     assert refused.stderr.splitlines() == [
@@ -558,7 +877,7 @@ def test_init_refuses_to_overwrite_and_lists_what_exists(tmp_path: Path) -> None
     assert _files(tmp_path) == {".gitignore", ".github/CODEOWNERS"}  # nothing written
     assert (tmp_path / ".gitignore").read_text(encoding="utf-8") == "node_modules/\n"
 
-    forced = run_cli(["init", "--org", "acme", "--force"], tmp_path)
+    forced = run_cli(["init", "--org", "acme", "--admins", ADMINS, "--force"], tmp_path)
     assert forced.returncode == 0, forced.stderr
     assert _files(tmp_path) == EXPECTED_FILES
     assert ".reconciler/" in (tmp_path / ".gitignore").read_text(encoding="utf-8")
@@ -567,7 +886,7 @@ def test_init_refuses_to_overwrite_and_lists_what_exists(tmp_path: Path) -> None
 @pytest.mark.parametrize(
     ("args", "words"),
     [
-        (["--org", "Acme Corp"], "Invalid value for --org"),
+        (["--org", "Acme Corp", "--admins", ADMINS], "Invalid value for --org"),
         (["--admins", "webhook-admins"], "Invalid value for --admins"),
     ],
 )
@@ -592,4 +911,7 @@ def test_new_commands_have_help_with_an_example(tmp_path: Path, command: list[st
 def test_init_json_schema_copy_matches_the_committed_schema() -> None:
     # The copy init writes is the generated schema, which schemas/ commits (drift-tested).
     committed = json.loads((REPO / "schemas" / "webhook.schema.json").read_text(encoding="utf-8"))
-    assert json.loads(scaffold.scaffold().files["schemas/webhook.schema.json"]) == committed
+    made = scaffold.scaffold(scaffold.DEFAULT_ORGANIZATION, ADMINS).files[
+        "schemas/webhook.schema.json"
+    ]
+    assert json.loads(made) == committed

@@ -263,8 +263,14 @@ def test_history_filters_by_organization(story: Story) -> None:
     entries = story.history_json("--org", "globex")
     assert [(e["action"], e["name"]) for e in entries] == [("delete", "delta"), ("create", "delta")]
     assert story.history_json("delta", "--org", "globex") == entries
-    assert story.history_json("alpha", "--org", "globex") == []
-    assert story.history("alpha", "--org", "globex").strip() == "No history."
+    # A webhook the audit log does not know in that organization: not found, exit 1.
+    for fmt in ("text", "json"):
+        unknown = story.cli("history", "alpha", "--org", "globex", "--format", fmt)
+        assert unknown.returncode == 1
+        assert unknown.stdout == ""
+        assert unknown.stderr.startswith(
+            "error: no webhook alpha of organization globex in the audit log at "
+        )
 
 
 def test_history_limit(story: Story) -> None:

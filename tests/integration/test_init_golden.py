@@ -37,7 +37,7 @@ def init_transcript(folder: Path, args: list[str]) -> str:
 @pytest.mark.parametrize(
     ("golden", "args"),
     [
-        ("init-default.txt", []),
+        ("init-default.txt", ["--admins", "@acme-corp/webhook-admins"]),
         ("init-acme-corp.txt", ["--org", "acme-corp", "--admins", "@acme-corp/platform"]),
     ],
 )

@@ -327,7 +327,7 @@ def test_placeholders_take_the_overrides(tmp_path: Path, defs: Path) -> None:
         "line one\nline \\two",
         "--time",
         "2026-11-29T22:22:42+01:00",
-        "--event-id",
+        "--id",
         "evt_42",
         "--event-type",
         "reserved_instance_surplus",
@@ -416,7 +416,7 @@ def test_a_missing_folder_and_a_bad_time_are_one_error_line(tmp_path: Path, defs
     assert missing.endswith("nowhere: no such file or folder")
     bad_time = one_line_error(render_cli(tmp_path, "off", defs, "--time", "2026-11-29T21:22:42"))
     assert bad_time.startswith("error: time: ")
-    bad_id = one_line_error(render_cli(tmp_path, "off", defs, "--event-id", "a b"))
+    bad_id = one_line_error(render_cli(tmp_path, "off", defs, "--id", "a b"))
     assert bad_id.startswith("error: id: ")
 
 

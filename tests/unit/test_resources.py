@@ -49,9 +49,7 @@ def test_init_leaves_no_marker_unfilled() -> None:
     made = scaffold.scaffold("acme-corp", "@acme-corp/platform")
     for path, text in made.files.items():
         assert "# @install@" not in text, path
-        assert not re.search(
-            r"__(organization|variable|prefix|admins|version|repository|rev)__", text
-        ), path
+        assert not re.search(r"__(organization|variable|prefix|admins|requirement)__", text), path
         if path.endswith((".yml", ".yaml")):
             assert yaml.safe_load(text) is not None, path
 
