@@ -18,7 +18,7 @@ from reconciler.dispatch.views import (
 from reconciler.durations import parse_duration
 from reconciler.errors import ReconcilerError
 from reconciler.store import Backend, open_store
-from reconciler.store.queue import EventKey
+from reconciler.store.queue import STATUSES, EventKey
 from reconciler.validate_report import count
 
 
@@ -43,7 +43,7 @@ def deliveries() -> None:
 @state_option
 @click.option(
     "--status",
-    type=click.Choice(["pending", "in_flight", "delivered", "failed", "cancelled"]),
+    type=click.Choice(STATUSES),
     help="Only deliveries in this state.",
 )
 @click.option("--org", "organization", help="Only this organization.")

@@ -19,6 +19,7 @@ from reconciler.cli.common import FORMATS, state_option
 from reconciler.dispatch.views import delivery_line
 from reconciler.errors import ReconcilerError
 from reconciler.events import checked_event, event_data
+from reconciler.fire_target import checked_target
 from reconciler.model import Event
 from reconciler.store import Backend, open_store
 from reconciler.store.queue import DeliveryRecord, EventKey, EventRecord
@@ -300,6 +301,12 @@ def _serve_processes(
     "event_id",
     help="Your event id; the same id twice in one organization is queued once.",
 )
+@click.option(
+    "--webhook",
+    "only",
+    metavar="NAME",
+    help="Only this webhook of the organization (to test one endpoint); it must fire on EVENT.",
+)
 @click.option("--wait", is_flag=True, help="Deliver it now and print each outcome.")
 @click.option(
     "--dry-run",
@@ -323,6 +330,7 @@ def fire(
     description: str,
     when: str | None,
     event_id: str | None,
+    only: str | None,
     wait: bool,
     dry_run: bool,
     allow_no_match: bool,
@@ -335,7 +343,11 @@ def fire(
 
     One delivery is queued per matching enabled webhook of the organization.
     An event is its organization and id: the same --id again in the same --org
-    queues nothing new, in another --org it is another event. With --wait the
+    queues nothing new, in another --org it is another event. --webhook NAME
+    queues it for that one webhook alone (an unknown name, or a webhook of
+    another event type or disabled, is an error and stores nothing). A paused
+    webhook's delivery is held, not lost: it is listed with the reason, and
+    `webhooks resume` sends it. With --wait the
     deliveries are attempted before the command returns; a delivery that must
     be retried later stays queued for `reconciler serve`. Exit 1 when a
     delivery failed, and when no enabled webhook of the organization fires on
@@ -354,6 +366,7 @@ def fire(
       reconciler fire new_rule_violation --org acme --name no-public-s3 \\
         --description "bucket logs is public" --wait
       reconciler fire new_rule_violation --org acme --name no-public-s3 --dry-run
+      reconciler fire new_rule_violation --org acme --name test --webhook slack-alerts
     """
     if dry_run and wait:
         raise click.UsageError("--dry-run sends nothing: it does not go with --wait")
@@ -370,12 +383,14 @@ def fire(
         }
     )
     if dry_run:
-        if not _dry_run(record, state, fmt, allow_no_match) and not allow_no_match:
+        if not _dry_run(record, state, fmt, allow_no_match, only) and not allow_no_match:
             sys.exit(1)
         return
     store = open_store(state)
     try:
-        result = store.add_event(record, time.time())
+        if only is not None:
+            checked_target(store.webhooks(organization), organization, only, record.type)
+        result = store.add_event(record, time.time(), only)
         records: list[DeliveryRecord] = []
         if wait and result.deliveries:
             policy = _policy(allow_private, allow_cidrs)
@@ -389,12 +404,15 @@ def fire(
         click.echo(json.dumps(out, indent=2))
     else:
         again = " (already queued: nothing new)" if result.duplicate else ""
+        queued = result.deliveries - len(result.held)
+        held = f", {len(result.held)} held" if result.held else ""
         click.echo(
-            f"event {result.key}: {count(result.deliveries, 'delivery', 'deliveries')} "
-            f"queued{again}"
+            f"event {result.key}: {count(queued, 'delivery', 'deliveries')} queued{held}{again}"
         )
         for delivery in records:
             click.echo(delivery_line(delivery))
+        for one in result.held:
+            click.echo(f"held  {result.organization}/{one.webhook}: {one.reason}")
     if result.note is not None:
         click.echo(f"{'note' if allow_no_match else 'error'}: {result.note}", err=True)
         if not allow_no_match:
@@ -403,7 +421,9 @@ def fire(
         sys.exit(1)
 
 
-def _dry_run(record: EventRecord, state: str, fmt: str, allow_no_match: bool) -> bool:
+def _dry_run(
+    record: EventRecord, state: str, fmt: str, allow_no_match: bool, only: str | None
+) -> bool:
     """Print what fire would make the dispatcher send for `record`; store nothing.
     Whether any webhook would get it."""
     store = open_store(state)
@@ -413,6 +433,8 @@ def _dry_run(record: EventRecord, state: str, fmt: str, allow_no_match: bool) ->
         access = store.env_access()
     finally:
         store.close()
+    if only is not None:
+        webhooks = [checked_target(webhooks, record.organization, only, record.type)]
     requests = preview.preview_all(
         preview.matching_live(webhooks, record.type),
         event_data(record),

@@ -9,6 +9,7 @@ from reconciler.cli.status import status_command
 from reconciler.errors import ReconcilerError
 from reconciler.provenance import detect_actor
 from reconciler.store import open_store
+from reconciler.validate_report import count
 
 
 def _webhook_ref(text: str) -> tuple[str, str]:
@@ -44,10 +45,13 @@ def resume_command(webhook: str, actor: str | None, state: str) -> None:
     been down (its circuit breaker open) for `serve --pause-after`; a paused
     webhook takes no new events, and `plan` shows the pause as drift. This lifts
     the pause at once, with the circuit breaker closed, and records a `resume`
-    entry in the history (actor: --actor, else CI's or git's user). Deliveries
-    that failed while it was paused stay failed: `deliveries replay` sends them
-    again. The next apply resumes it too. Exit 1 when there is no such webhook; a
-    webhook that is not paused is left as it is (exit 0).
+    entry in the history (actor: --actor, else CI's or git's user). The
+    deliveries held while it was paused (events that came in meanwhile) become
+    pending, due at once, and `reconciler serve` sends them; the entry says how
+    many. Deliveries that failed (the one that got the 410) stay failed:
+    `deliveries replay` sends them again. The next apply resumes it too. Exit 1
+    when there is no such webhook; a webhook that is not paused is left as it is
+    (exit 0).
 
     \b
     Example:
@@ -58,6 +62,11 @@ def resume_command(webhook: str, actor: str | None, state: str) -> None:
     who = detect_actor(actor)
     store = open_store(state)
     try:
+        held = len(
+            store.deliveries(
+                status="held", organization=organization, webhook=name, limit=10_000_000
+            )
+        )
         outcome = store.resume(organization, name, who)
     finally:
         store.close()
@@ -67,6 +76,11 @@ def resume_command(webhook: str, actor: str | None, state: str) -> None:
         click.echo(f"{organization}/{name} is not paused; nothing changed.")
         return
     click.echo(f"Resumed {organization}/{name} (actor {who}); it takes new events again.")
+    if held:
+        click.echo(
+            f"Released {count(held, 'held delivery', 'held deliveries')}, due at once: "
+            "`reconciler serve` sends them."
+        )
 
 
 webhooks.add_command(status_command)

@@ -51,10 +51,30 @@ from reconciler.store.queue import EventKey, Status
 from reconciler.tokens import Access
 
 
+class HeldOut(BaseModel):
+    webhook: str = Field(description="A paused webhook of the organization that fires on it.")
+    reason: str = Field(
+        description="Why its delivery is held: the pause, since when (e.g. `held: the "
+        "webhook is paused since 2026-12-07T01:02:03Z (paused by the dispatcher after HTTP "
+        "410 on msg_...); resuming it sends this`)."
+    )
+
+
 class IntakeOut(BaseModel):
     event_id: str = Field(description="The event's id, which names it within its organization.")
     organization: str = Field(description="The event's organization.")
-    deliveries: int = Field(description="Deliveries queued: one per matching enabled webhook.")
+    deliveries: int = Field(
+        description="Deliveries recorded: one per matching enabled webhook, queued, or held "
+        "for a paused webhook (listed in `held`)."
+    )
+    held: list[HeldOut] | None = Field(
+        default=None,
+        description="The webhooks whose delivery is held because the webhook is paused "
+        "(after HTTP 410, or an endpoint down for `serve --pause-after`): kept, never "
+        "sent while paused, and due at once when it is resumed (`reconciler webhooks "
+        "resume`, POST /v1/webhooks/{organization}/{name}/resume, or an apply). Absent "
+        "when none is, and on a duplicate.",
+    )
     duplicate: bool = Field(
         description="True when this organization sent an event with this id before (then "
         "`deliveries` is that event's). The same id in another organization is another event."
@@ -88,6 +108,10 @@ class ResumeOut(BaseModel):
     organization: str
     name: str
     resumed: bool = Field(description="False when the webhook was not paused.")
+    released: int = Field(
+        default=0,
+        description="Deliveries held while it was paused, now pending and due at once.",
+    )
 
 
 class HealthOut(BaseModel):
@@ -321,7 +345,9 @@ def create_app(dispatcher: Dispatcher) -> DispatcherAPI:
         summary="Resume a webhook the dispatcher paused (admin), without an apply",
         description=(
             "Lifts a pause the dispatcher set (after HTTP 410, or an endpoint down for "
-            "`serve --pause-after`), with the webhook's circuit breaker closed, and records "
+            "`serve --pause-after`), with the webhook's circuit breaker closed; the "
+            "deliveries held while it was paused become pending, due at once "
+            "(`released`); and records "
             "a `resume` entry in the history by the token's name. A webhook that is not "
             "paused is left as it is (`resumed: false`). Another organization's webhook "
             "is answered as one that is not there (404)."
@@ -332,10 +358,19 @@ def create_app(dispatcher: Dispatcher) -> DispatcherAPI:
     ) -> dict[str, Any] | JSONResponse:
         if not access.sees(organization):
             return _error(404, f"no webhook {organization}/{name}")
+        held = await dispatcher.deliveries(
+            organizations=[organization], status="held", webhook=name, limit=10_000_000
+        )
         outcome = await dispatcher.resume(organization, name, f"api token {access.token_id}")
         if outcome == "no such webhook":
             return _error(404, f"no webhook {organization}/{name}")
-        return {"organization": organization, "name": name, "resumed": outcome == "resumed"}
+        resumed = outcome == "resumed"
+        return {
+            "organization": organization,
+            "name": name,
+            "resumed": resumed,
+            "released": len(held) if resumed else 0,
+        }
 
     @app.get(
         "/v1/webhooks/status",

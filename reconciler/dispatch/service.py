@@ -201,8 +201,12 @@ class Dispatcher:
         return any(w.name == name for w in live)
 
     async def resume(self, organization: str, name: str, actor: str) -> ResumeOutcome:
-        """Lift a pause the dispatcher set, into the audit log by `actor`."""
-        return await self.db.run(self.db.store.resume, organization, name, actor)
+        """Lift a pause the dispatcher set, into the audit log by `actor`; what was
+        held for it is due at once, and the workers are woken for it."""
+        outcome = await self.db.run(self.db.store.resume, organization, name, actor)
+        if outcome == "resumed":
+            self.wake()
+        return outcome
 
     async def endpoint_health(self, organizations: Sequence[str] | None) -> HealthReport:
         """The webhooks' endpoint health, of `organizations` (None: all), as of now."""

@@ -16,7 +16,11 @@ from reconciler.durations import parse_duration, parse_rate
 from reconciler.envaccess import EnvAccess
 from reconciler.store.breakers import BreakerRecord, BreakerReport
 
-Status = Literal["pending", "in_flight", "delivered", "failed", "cancelled"]
+# held: recorded while its webhook is paused (after HTTP 410, or down for
+# `serve --pause-after`); never claimed, never removed by retention, and pending,
+# due at once, when the webhook is resumed (`webhooks resume`, the API, an apply).
+Status = Literal["pending", "held", "in_flight", "delivered", "failed", "cancelled"]
+STATUSES: tuple[str, ...] = ("pending", "held", "in_flight", "delivered", "failed", "cancelled")
 FINAL_STATUSES = ("delivered", "failed", "cancelled")
 EXCERPT_LIMIT = 4096
 # What an attempt does to its delivery; deferred: not sent, by the webhook's rate
@@ -58,14 +62,32 @@ class EventRecord:
         return EventKey(self.organization, self.id)
 
 
+def held_reason(paused_reason: str, since: str) -> str:
+    """Why a delivery is held: its webhook's pause, and since when."""
+    return f"held: the webhook is paused since {since} ({paused_reason}); resuming it sends this"
+
+
+@dataclass(frozen=True)
+class Held:
+    """A webhook an event's delivery was held for, and why."""
+
+    webhook: str
+    reason: str
+
+    def as_json(self) -> dict[str, str]:
+        return {"webhook": self.webhook, "reason": self.reason}
+
+
 @dataclass(frozen=True)
 class IntakeResult:
     event_id: str
     organization: str
-    deliveries: int
+    deliveries: int  # recorded: queued, and held for paused webhooks
     duplicate: bool  # this organization had an event with this id already
     # For the answer's note only: two results are equal whatever it says.
     event_type: str = field(default="", compare=False)
+    # The deliveries among `deliveries` held for a paused webhook (a new event only).
+    held: tuple[Held, ...] = ()
 
     @property
     def key(self) -> EventKey:
@@ -90,6 +112,8 @@ class IntakeResult:
             "deliveries": self.deliveries,
             "duplicate": self.duplicate,
         }
+        if self.held:
+            answer["held"] = [h.as_json() for h in self.held]
         if self.note is not None:
             answer["note"] = self.note
         return answer
@@ -311,6 +335,21 @@ def with_slots(
     return out
 
 
+# A webhook's pause holds its pending deliveries; its resume (or an apply, which
+# lifts a pause too) makes them pending again, due at once. In a backend's
+# placeholder `{p}`: (reason, now, organization, webhook) and (now, now,
+# organization, webhook).
+HOLD_PENDING = (
+    "UPDATE deliveries SET status = 'held', due_at = NULL, rate_slot = NULL, "
+    "last_error = {p}, updated_at = {p} WHERE organization = {p} AND webhook = {p} "
+    "AND status = 'pending'"
+)
+RELEASE_HELD = (
+    "UPDATE deliveries SET status = 'pending', due_at = {p}, last_error = NULL, "
+    "updated_at = {p} WHERE organization = {p} AND webhook = {p} AND status = 'held'"
+)
+
+
 def headers_json(headers: dict[str, str]) -> str:
     return json.dumps(headers, sort_keys=True)
 
@@ -412,7 +451,10 @@ class QueueStore(Protocol):
 
     url: str
 
-    def add_event(self, event: EventRecord, now: float) -> IntakeResult: ...
+    def add_event(self, event: EventRecord, now: float, webhook: str | None = None) -> IntakeResult:
+        """Store the event and one delivery per matching enabled webhook (`webhook`:
+        that one alone, if it matches): pending, or held for a paused webhook."""
+        ...
 
     def add_events(self, events: Sequence[EventRecord], now: float) -> list[IntakeResult]: ...
 

@@ -266,14 +266,17 @@ def test_an_endpoint_down_for_pause_after_is_paused_shown_as_drift_and_resumed(
     )
     assert [(d.name, d.paused_reason) for d in plan.drift] == [("a", live.paused_reason)]
 
-    # a paused webhook takes no new events; `webhooks resume` lifts the pause
-    before = len(store.deliveries(webhook="a", limit=100))
+    # a paused webhook's new events are held; `webhooks resume` lifts the pause and
+    # releases them
     fire(store, clock, 1)
-    assert len(store.deliveries(webhook="a", limit=100)) == before
+    held = store.deliveries(webhook="a", status="held", limit=100)
+    assert len(held) >= 1
     url = store.test_url
     done = run_cli(["webhooks", "resume", "acme/a", "--actor", "alice", "--state", url], tmp_path)
     assert done.returncode == 0, done.stderr
     assert "Resumed acme/a" in done.stdout
+    assert f"Released {len(held)} held deliver" in done.stdout
+    assert store.deliveries(webhook="a", status="held", limit=100) == []
     (live,) = [w for w in store.webhooks("acme") if w.name == "a"]
     assert live.paused_reason is None
     assert actions(store)[-1] == ("resume", "alice")
