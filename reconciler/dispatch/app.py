@@ -29,6 +29,7 @@ from starlette.routing import BaseRoute
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from reconciler import __version__
+from reconciler.delivery_filters import DeliveryFilter
 from reconciler.dispatch import auth, failures, fast_intake
 from reconciler.dispatch.health_views import StatusFilters, WebhookStatusOut
 from reconciler.dispatch.service import Dispatcher
@@ -36,8 +37,10 @@ from reconciler.dispatch.views import (
     DeliveryListOut,
     DeliveryWithAttemptsOut,
     ReplayOut,
+    RetryOut,
     delivery_json,
     replay_refusal,
+    retry_refusal,
 )
 from reconciler.events import (
     MAX_BATCH_BYTES,
@@ -144,6 +147,17 @@ class DeliveryFilters(BaseModel):
         default=None,
         description="Only this event's deliveries; needs `org` (an id names an "
         "event only within its organization).",
+    )
+    since: str | None = Field(
+        default=None,
+        description="Only deliveries whose last change (queued, attempted, finished) is "
+        "at or after this: an age (`30m`, `2h`, `3d`, `1w`) or an ISO 8601 time.",
+    )
+    until: str | None = Field(
+        default=None, description="Only those whose last change is before this (as `since`)."
+    )
+    status_code: int | None = Field(
+        default=None, ge=100, le=599, description="Only those whose last attempt got this status."
     )
     limit: int = Field(default=100, ge=1, le=1000)
 
@@ -282,12 +296,22 @@ def create_app(dispatcher: Dispatcher) -> DispatcherAPI:
             if org is None:
                 return _invalid_request([{"field": "query.org", "message": EVENT_NEEDS_ORG}])
             event = EventKey(org, filters.event_id)
+        try:
+            chosen = DeliveryFilter.parse(
+                dispatcher.clock(), since=filters.since, until=filters.until
+            )
+        except ValueError as exc:
+            name, _, message = str(exc).partition(": ")
+            return _invalid_request([{"field": f"query.{name}", "message": message}])
         records = await dispatcher.deliveries(
             status=filters.status,
             organizations=organizations,
             webhook=filters.webhook,
             event=event,
             limit=filters.limit,
+            since=chosen.since,
+            until=chosen.until,
+            status_code=filters.status_code,
         )
         return {"deliveries": [record.as_json() for record in records]}
 
@@ -337,6 +361,39 @@ def create_app(dispatcher: Dispatcher) -> DispatcherAPI:
             live = await dispatcher.webhook_live(record.organization, record.webhook)
             return _error(409, replay_refusal(record, live))
         return {"replayed": replayed}
+
+    @app.post(
+        "/v1/deliveries/{delivery_id}/retry",
+        status_code=202,
+        response_model=None,
+        responses={
+            202: {"model": RetryOut},
+            **auth.RESPONSES,
+            **UNAVAILABLE,
+            **NOT_FOUND,
+            409: {
+                "model": ErrorOut,
+                "description": "The delivery is not pending: finished (replay it), held "
+                "(resume its webhook) or being sent",
+            },
+            **INVALID,
+        },
+        summary="Make a pending delivery due now instead of waiting out its backoff (admin)",
+        description=(
+            "Keeps its attempts, its place in the retry schedule and its webhook-id; the "
+            "next worker turn sends it (a webhook whose circuit breaker is open still waits "
+            "for its probe). Logged as `retry now delivery=... by=api token ...`."
+        ),
+    )
+    async def retry(delivery_id: str, access: Access = may_replay) -> Any:
+        found = await dispatcher.delivery(delivery_id)
+        if found is None or not access.sees(found[0].organization):
+            return _error(404, f"no delivery {delivery_id}")
+        retried = await dispatcher.retry_now([delivery_id], f"api token {access.token_id}")
+        if not retried:
+            refreshed = await dispatcher.delivery(delivery_id)
+            return _error(409, retry_refusal((refreshed or found)[0]))
+        return {"retried": retried}
 
     @app.post(
         "/v1/webhooks/{organization}/{name}/resume",

@@ -68,6 +68,26 @@ def replay_refusal(record: DeliveryRecord, webhook_live: bool) -> str:
     return f"delivery {record.id} is {record.status}: not replayable yet"
 
 
+class RetryOut(BaseModel):
+    retried: list[str] = Field(description="The ids of the deliveries made due now.")
+
+
+def retry_refusal(record: DeliveryRecord) -> str:
+    """Why `record` was not made due now: retry is for a pending delivery waiting
+    out a backoff; a finished one is replayed, a held one waits for its webhook."""
+    if record.status == "held":
+        return (
+            f"delivery {record.id} is held while its webhook is paused: "
+            f"`reconciler webhooks resume {record.organization}/{record.webhook}` sends it"
+        )
+    if record.status == "in_flight":
+        return f"delivery {record.id} is being sent now: nothing to retry"
+    return (
+        f"delivery {record.id} is {record.status}: retry makes a pending delivery due now; "
+        f"`reconciler deliveries replay {record.id}` sends a finished one again"
+    )
+
+
 def delivery_line(record: DeliveryRecord) -> str:
     due = f" due {utc(record.due_at)}" if record.status == "pending" and record.due_at else ""
     status = f" HTTP {record.last_status}" if record.last_status else ""

@@ -172,6 +172,19 @@ def audit_entry_from_row(row: Sequence[Any]) -> AuditEntry:
     return AuditEntry(id_, at, serial, record)
 
 
+# Every action an audit entry may record (`history --action`).
+AUDIT_ACTIONS = (
+    "create",
+    "update",
+    "delete",
+    "pause",
+    "resume",
+    "breaker-open",
+    "breaker-close",
+    "share",
+    "unshare",
+)
+
 # What `resume` found: the webhook paused (and now resumed), not paused, or not there.
 ResumeOutcome = Literal["resumed", "not paused", "no such webhook"]
 

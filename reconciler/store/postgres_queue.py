@@ -32,6 +32,7 @@ from reconciler.store.queue import (
     ATTEMPT_COLUMNS,
     DELIVERY_COLUMNS,
     EVENT_OF_DELIVERY,
+    RETRY_NOW,
     AttemptRecord,
     AttemptResult,
     Claim,
@@ -540,6 +541,8 @@ class PostgresQueue:
         since: float | None = None,
         limit: int = 100,
         organizations: Sequence[str] | None = None,
+        until: float | None = None,
+        status_code: int | None = None,
     ) -> list[DeliveryRecord]:
         """Newest first. `event`: that event's (an id names one only with its
         organization). `organizations`: only these (an API token's scope)."""
@@ -553,6 +556,8 @@ class PostgresQueue:
             since=since,
             limit=limit,
             organizations=organizations,
+            until=until,
+            status_code=status_code,
         )
         with self._tx() as cur:
             cur.execute(query, args)
@@ -612,6 +617,12 @@ class PostgresQueue:
             )
             done = {row[0] for row in cur.fetchall()}
         return [d for d in delivery_ids if d in done]
+
+    def retry_now(self, delivery_ids: Sequence[str], now: float) -> list[str]:
+        with self._tx() as cur:
+            cur.execute(RETRY_NOW.format(p="%s", ids="= ANY(%s)"), (now, now, list(delivery_ids)))
+            done = {row[0] for row in cur.fetchall()}
+        return [d for d in dict.fromkeys(delivery_ids) if d in done]
 
     def oldest_due(self, now: float) -> float | None:
         """The due time of the longest-waiting due delivery, if any is due."""

@@ -344,6 +344,12 @@ HOLD_PENDING = (
     "last_error = {p}, updated_at = {p} WHERE organization = {p} AND webhook = {p} "
     "AND status = 'pending'"
 )
+# Retry now: a pending delivery due at once (a kept rate-limit slot dropped, so the
+# claim takes a fresh one), in a backend's placeholder `{p}`: (now, now, ids...).
+RETRY_NOW = (
+    "UPDATE deliveries SET due_at = {p}, updated_at = {p}, rate_slot = NULL "
+    "WHERE status = 'pending' AND id {ids} RETURNING id"
+)
 RELEASE_HELD = (
     "UPDATE deliveries SET status = 'pending', due_at = {p}, last_error = NULL, "
     "updated_at = {p} WHERE organization = {p} AND webhook = {p} AND status = 'held'"
@@ -374,6 +380,8 @@ def deliveries_query(
     since: float | None,
     limit: int,
     organizations: Sequence[str] | None,
+    until: float | None = None,
+    status_code: int | None = None,
 ) -> tuple[str, list[Any]]:
     """QueueStore.deliveries as one query and its arguments, in a backend's dialect:
     its `placeholder` (? or %s) and `any_of`, its test of a column against a list
@@ -388,6 +396,7 @@ def deliveries_query(
         ("d.status", status),
         ("d.organization", organization),
         ("d.webhook", webhook),
+        ("d.last_status", status_code),
     ):
         if value is not None:
             query += f" AND {column} = {p}"
@@ -398,6 +407,9 @@ def deliveries_query(
     if since is not None:
         query += f" AND d.updated_at >= {p}"
         args.append(since)
+    if until is not None:
+        query += f" AND d.updated_at < {p}"
+        args.append(until)
     if organizations is not None:
         test, more = any_of(organizations)
         query += f" AND d.organization {test}"
@@ -502,7 +514,13 @@ class QueueStore(Protocol):
         since: float | None = None,
         limit: int = 100,
         organizations: Sequence[str] | None = None,
-    ) -> list[DeliveryRecord]: ...
+        until: float | None = None,
+        status_code: int | None = None,
+    ) -> list[DeliveryRecord]:
+        """Newest first, by any of these filters: `since` and `until` bound the
+        delivery's last change (updated_at in [since, until)), `status_code` its last
+        attempt's HTTP status, `organizations` an API token's scope."""
+        ...
 
     def delivery(self, delivery_id: str) -> tuple[DeliveryRecord, list[AttemptRecord]] | None: ...
 
@@ -511,6 +529,13 @@ class QueueStore(Protocol):
     def replay(self, delivery_ids: Sequence[str], now: float) -> list[str]:
         """Queue finished deliveries of live webhooks again, due at once; returns those
         queued. A delivery of a deleted webhook is kept as history, never sent again."""
+        ...
+
+    def retry_now(self, delivery_ids: Sequence[str], now: float) -> list[str]:
+        """Make pending deliveries (waiting out a retry's backoff, a rate limit or a
+        Retry-After) due at `now`, keeping their attempts and webhook-id; returns
+        those made due. Any other status is left as it is (held: until its webhook
+        is resumed; finished: `replay`)."""
         ...
 
     def queue_counts(self) -> dict[str, int]: ...

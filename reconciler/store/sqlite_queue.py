@@ -29,6 +29,7 @@ from reconciler.store.queue import (
     ATTEMPT_COLUMNS,
     DELIVERY_COLUMNS,
     EVENT_OF_DELIVERY,
+    RETRY_NOW,
     AttemptRecord,
     AttemptResult,
     Claim,
@@ -575,6 +576,8 @@ class SqliteQueue:
         since: float | None = None,
         limit: int = 100,
         organizations: Sequence[str] | None = None,
+        until: float | None = None,
+        status_code: int | None = None,
     ) -> list[DeliveryRecord]:
         """Newest first. `event`: that event's (an id names one only with its
         organization). `organizations`: only these (an API token's scope)."""
@@ -588,6 +591,8 @@ class SqliteQueue:
             since=since,
             limit=limit,
             organizations=organizations,
+            until=until,
+            status_code=status_code,
         )
         return [DeliveryRecord(*row) for row in self._db.execute(query, args)]
 
@@ -644,6 +649,17 @@ class SqliteQueue:
                 if changed:
                     replayed.append(delivery_id)
         return replayed
+
+    def retry_now(self, delivery_ids: Sequence[str], now: float) -> list[str]:
+        with self._write() as db:
+            done = {
+                row[0]
+                for row in db.execute(
+                    RETRY_NOW.format(p="?", ids="IN (SELECT value FROM json_each(?))"),
+                    (now, now, _json(list(delivery_ids))),
+                ).fetchall()
+            }
+        return [d for d in dict.fromkeys(delivery_ids) if d in done]
 
     def oldest_due(self, now: float) -> float | None:
         """The due time of the longest-waiting due delivery, if any is due."""

@@ -4,7 +4,9 @@ resume, `fire --webhook`, `deliveries retry`, and the deliveries' filters."""
 from __future__ import annotations
 
 import json
+import time
 from collections.abc import Iterator
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -12,7 +14,7 @@ import pytest
 from click.testing import CliRunner, Result
 
 from reconciler.cli import cli
-from reconciler.store.queue import EventKey
+from reconciler.store.queue import AttemptResult, EventKey, EventRecord
 from reconciler.store.sqlite import SqliteStore
 from tests.support.helpers_state import put_specs, spec, sqlite_url
 
@@ -153,3 +155,146 @@ def test_fire_webhook_dry_run_previews_that_webhook_alone(state: Path) -> None:
     done = fire(state, "--dry-run", "--webhook", "pager", "--format", "json")
     assert done.exit_code == 0, done.output
     assert [r["webhook"] for r in json.loads(done.output)] == ["pager"]
+
+
+# -- 2. retry now ---------------------------------------------------------------------
+
+
+def ev(event_id: str) -> EventRecord:
+    return EventRecord(event_id, "new_rule_violation", "acme", "r", "", "2026-01-01T00:00:00Z")
+
+
+def backing_off(store: SqliteStore, event_id: str, webhook: str, when: float) -> str:
+    """An event fired at `webhook` alone, its first attempt a 503: due again in 2h."""
+    store.add_event(ev(event_id), when, webhook)
+    (claim,) = store.claim("t", 10, when, 90, EventKey("acme", event_id))
+    store.finish(
+        [AttemptResult(claim.delivery_id, 1, when, 5.0, "retry", 503, next_due=when + 7200)],
+        "t",
+        when,
+    )
+    return claim.delivery_id
+
+
+def test_retry_makes_a_pending_delivery_due_now(state: Path, store: SqliteStore) -> None:
+    now = time.time()
+    waiting = backing_off(store, "e1", "pager", now)
+
+    done = run(state, "deliveries", "retry", waiting)
+
+    assert done.exit_code == 0, done.output
+    assert "retried 1 delivery: due now" in done.output
+    ((record, _),) = [store.delivery(waiting)]  # type: ignore[misc]
+    assert record.status == "pending"
+    assert record.due_at is not None and record.due_at <= time.time()
+    assert record.attempts == 1
+
+
+def test_retry_by_filter_takes_only_the_pending_ones_it_selects(
+    state: Path, store: SqliteStore
+) -> None:
+    now = time.time()
+    pager = backing_off(store, "e1", "pager", now)
+    slack = backing_off(store, "e2", "slack-alerts", now)
+
+    done = run(state, "deliveries", "retry", "--org", "acme", "--webhook", "pager")
+
+    assert done.exit_code == 0, done.output
+    due = {d: store.delivery(d)[0].due_at for d in (pager, slack)}  # type: ignore[index]
+    assert due[pager] is not None and due[pager] <= time.time()
+    assert due[slack] is not None and due[slack] > now + 3600
+
+
+def test_retry_of_a_finished_delivery_points_at_replay(state: Path, store: SqliteStore) -> None:
+    now = time.time()
+    store.add_event(ev("e1"), now, "pager")
+    (claim,) = store.claim("t", 10, now, 90)
+    store.finish([AttemptResult(claim.delivery_id, 1, now, 5.0, "failed", 404)], "t", now)
+
+    done = run(state, "deliveries", "retry", claim.delivery_id)
+
+    assert done.exit_code == 1
+    assert (
+        f"error: delivery {claim.delivery_id} is failed: retry makes a pending delivery due "
+        f"now; `reconciler deliveries replay {claim.delivery_id}` sends a finished one again"
+    ) in done.output
+
+
+def test_retry_of_a_held_delivery_points_at_resume(state: Path, store: SqliteStore) -> None:
+    store.pause("acme", "pager", GONE, actor="dispatcher")
+    fire(state, "--id", "e1", "--webhook", "pager")
+    (held,) = store.deliveries(status="held")
+    done = run(state, "deliveries", "retry", held.id)
+    assert done.exit_code == 1
+    assert "`reconciler webhooks resume acme/pager` sends it" in done.output
+
+
+def test_retry_needs_ids_or_a_filter(state: Path) -> None:
+    assert run(state, "deliveries", "retry").exit_code == 2
+    assert run(state, "deliveries", "retry", "msg_x", "--org", "acme").exit_code == 2
+
+
+# -- 5. filters -------------------------------------------------------------------------
+
+
+def finished_at(store: SqliteStore, event_id: str, when: float, status: int) -> str:
+    store.add_event(ev(event_id), when, "pager")
+    (claim,) = store.claim("t", 10, when, 90, EventKey("acme", event_id))
+    store.finish([AttemptResult(claim.delivery_id, 1, when, 5.0, "failed", status)], "t", when)
+    return claim.delivery_id
+
+
+def listed(state: Path, *args: str) -> list[str]:
+    done = run(state, "deliveries", "list", "--format", "json", *args)
+    assert done.exit_code == 0, done.output
+    return [r["id"] for r in json.loads(done.output)]
+
+
+def test_list_filters_by_time_status_code_and_webhook(state: Path, store: SqliteStore) -> None:
+    now = time.time()
+    old = finished_at(store, "e1", now - 3 * 3600, 404)
+    new = finished_at(store, "e2", now - 60, 503)
+
+    assert listed(state, "--since", "2h") == [new]
+    assert listed(state, "--until", "2h") == [old]
+    assert listed(state, "--status-code", "404") == [old]
+    assert listed(state, "--webhook", "pager", "--status", "failed") == [new, old]
+    iso = datetime.fromtimestamp(now - 3600, UTC).isoformat().replace("+00:00", "Z")
+    assert listed(state, "--since", iso) == [new]
+    assert listed(state, "--webhook", "slack-alerts") == []
+
+
+def test_a_bad_time_is_a_usage_error_naming_the_option(state: Path) -> None:
+    done = run(state, "deliveries", "list", "--since", "yesterday")
+    assert done.exit_code == 2
+    assert "--since" in done.output and "2h" in done.output
+
+
+def test_replay_by_filter(state: Path, store: SqliteStore) -> None:
+    now = time.time()
+    old = finished_at(store, "e1", now - 3 * 3600, 404)
+    new = finished_at(store, "e2", now - 60, 503)
+
+    done = run(state, "deliveries", "replay", "--failed", "--status-code", "503", "--since", "1h")
+
+    assert done.exit_code == 0, done.output
+    assert "replayed 1 delivery" in done.output
+    assert store.delivery(new)[0].status == "pending"  # type: ignore[index]
+    assert store.delivery(old)[0].status == "failed"  # type: ignore[index]
+
+
+def test_history_filters_by_time_actor_and_action(state: Path, store: SqliteStore) -> None:
+    store.pause("acme", "pager", GONE, actor="dispatcher")
+    store.resume("acme", "pager", "alice")
+
+    def actions(*args: str) -> list[tuple[str, str]]:
+        done = run(state, "history", "--format", "json", *args)
+        assert done.exit_code == 0, done.output
+        return [(e["action"], e["actor"]) for e in json.loads(done.output)]
+
+    assert actions("--action", "pause") == [("pause", "dispatcher")]
+    assert actions("--actor", "alice") == [("resume", "alice")]
+    assert actions("--since", "1h", "--action", "resume") == [("resume", "alice")]
+    assert actions("--until", "1h") == []
+    assert len(actions("--since", "1h", "--limit", "1")) == 1
+    assert run(state, "history", "--action", "paws").exit_code == 2
