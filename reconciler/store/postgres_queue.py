@@ -11,7 +11,6 @@ queue.py and breakers.py.
 
 from __future__ import annotations
 
-import json
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import AbstractContextManager
 from typing import Any
@@ -30,6 +29,7 @@ from reconciler.store.breakers import (
 )
 from reconciler.store.queue import (
     ATTEMPT_COLUMNS,
+    ATTEMPT_READ,
     DELIVERY_COLUMNS,
     EVENT_OF_DELIVERY,
     RETRY_NOW,
@@ -43,6 +43,7 @@ from reconciler.store.queue import (
     IntakeResult,
     WebhookAggregates,
     WebhookQueue,
+    attempt_from_row,
     attempt_row,
     clean_text,
     deliveries_query,
@@ -383,7 +384,7 @@ class PostgresQueue:
         if recorded:
             cur.executemany(
                 f"INSERT INTO attempts ({ATTEMPT_COLUMNS}) "
-                "VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s)",
+                "VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s)",
                 [attempt_row(r) for r in recorded],
             )
         for r in recorded:
@@ -574,25 +575,10 @@ class PostgresQueue:
             if row is None:
                 return None
             cur.execute(
-                "SELECT number, started_at, duration_ms, outcome, status, response_headers, "
-                "response_excerpt, error FROM attempts WHERE delivery_id = %s ORDER BY id",
+                f"SELECT {ATTEMPT_READ} FROM attempts WHERE delivery_id = %s ORDER BY id",
                 (delivery_id,),
             )
-            attempts = [
-                AttemptRecord(
-                    number,
-                    started,
-                    duration,
-                    outcome,
-                    code,
-                    json.loads(headers or "{}"),
-                    excerpt or "",
-                    error,
-                )
-                for number, started, duration, outcome, code, headers, excerpt, error in (
-                    cur.fetchall()
-                )
-            ]
+            attempts = [attempt_from_row(r) for r in cur.fetchall()]
         return DeliveryRecord(*row), attempts
 
     def event(self, key: EventKey) -> EventRecord | None:

@@ -146,6 +146,21 @@ class Claim:
 
 
 @dataclass(frozen=True)
+class SentRequest:
+    """A request as it was sent, as the state keeps it: secrets put back as their
+    `${env:NAME}` references and credentials masked before it gets here
+    (reconciler/sent_request.py)."""
+
+    method: str
+    url: str
+    headers: dict[str, str]
+    body: str | None
+
+    def as_json(self) -> dict[str, Any]:
+        return {"method": self.method, "url": self.url, "headers": self.headers, "body": self.body}
+
+
+@dataclass(frozen=True)
 class AttemptResult:
     """What one attempt did, and what becomes of its delivery."""
 
@@ -168,6 +183,8 @@ class AttemptResult:
     # that is down fails, was a probe, or succeeded after failures; None otherwise
     # (the healthy case costs the store nothing).
     breaker: BreakerReport | None = None
+    # What was sent (None when nothing went out, or no request was built).
+    request: SentRequest | None = None
 
 
 @dataclass(frozen=True)
@@ -180,6 +197,7 @@ class AttemptRecord:
     response_headers: dict[str, str]
     response_excerpt: str
     error: str | None
+    request: SentRequest | None = None
 
     def as_json(self) -> dict[str, Any]:
         return {
@@ -188,6 +206,7 @@ class AttemptRecord:
             "duration_ms": round(self.duration_ms, 3),
             "outcome": self.outcome,
             "status": self.status,
+            "request": self.request.as_json() if self.request is not None else None,
             "response_headers": self.response_headers,
             "response_excerpt": self.response_excerpt,
             "error": self.error,
@@ -421,13 +440,20 @@ def deliveries_query(
 
 ATTEMPT_COLUMNS = (
     "delivery_id, number, started_at, duration_ms, status, response_headers, "
-    "response_excerpt, error, outcome"
+    "response_excerpt, error, outcome, request_method, request_url, request_headers, "
+    "request_body"
+)
+# An attempt as read back (deliveries show), the request's four columns last.
+ATTEMPT_READ = (
+    "number, started_at, duration_ms, outcome, status, response_headers, response_excerpt, "
+    "error, request_method, request_url, request_headers, request_body"
 )
 
 
 def attempt_row(r: AttemptResult) -> list[Any]:
     """One attempt as stored, in ATTEMPT_COLUMNS' order (started_at and duration_ms
     third and fourth)."""
+    sent = r.request
     return [
         r.delivery_id,
         r.number,
@@ -438,7 +464,31 @@ def attempt_row(r: AttemptResult) -> list[Any]:
         clean_text(r.response_excerpt),
         clean_text(r.error),
         r.outcome,
+        sent.method if sent else None,
+        sent.url if sent else None,
+        headers_json(sent.headers) if sent else None,
+        clean_text(sent.body) if sent else None,
     ]
+
+
+def attempt_from_row(row: Sequence[Any]) -> AttemptRecord:
+    """An AttemptRecord from a row of ATTEMPT_READ."""
+    number, started, duration, outcome, status, headers, excerpt, error = row[:8]
+    method, url, sent_headers, body = row[8:]
+    request = None
+    if method is not None:
+        request = SentRequest(method, url, json.loads(sent_headers or "{}"), body)
+    return AttemptRecord(
+        number,
+        started,
+        duration,
+        outcome,
+        status,
+        json.loads(headers or "{}"),
+        excerpt or "",
+        error,
+        request,
+    )
 
 
 def refuse_nul(events: Sequence[EventRecord]) -> None:

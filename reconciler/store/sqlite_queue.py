@@ -27,6 +27,7 @@ from reconciler.store.breakers import (
 )
 from reconciler.store.queue import (
     ATTEMPT_COLUMNS,
+    ATTEMPT_READ,
     DELIVERY_COLUMNS,
     EVENT_OF_DELIVERY,
     RETRY_NOW,
@@ -40,6 +41,7 @@ from reconciler.store.queue import (
     IntakeResult,
     WebhookAggregates,
     WebhookQueue,
+    attempt_from_row,
     attempt_row,
     clean_text,
     deliveries_query,
@@ -411,7 +413,8 @@ class SqliteQueue:
             f"INSERT INTO attempts ({ATTEMPT_COLUMNS}) "
             "SELECT value ->> 0, value ->> 1, CAST(value ->> 2 AS REAL), "
             "CAST(value ->> 3 AS REAL), value ->> 4, value ->> 5, value ->> 6, value ->> 7, "
-            "value ->> 8 FROM json_each(?)",
+            "value ->> 8, value ->> 9, value ->> 10, value ->> 11, value ->> 12 "
+            "FROM json_each(?)",
             (_json(rows),),
         )
         for r in recorded:
@@ -605,22 +608,10 @@ class SqliteQueue:
         if row is None:
             return None
         attempts = [
-            AttemptRecord(
-                number,
-                started,
-                duration,
-                outcome,
-                status,
-                json.loads(headers or "{}"),
-                excerpt or "",
-                error,
-            )
-            for number, started, duration, outcome, status, headers, excerpt, error in (
-                self._db.execute(
-                    "SELECT number, started_at, duration_ms, outcome, status, response_headers, "
-                    "response_excerpt, error FROM attempts WHERE delivery_id = ? ORDER BY id",
-                    (delivery_id,),
-                )
+            attempt_from_row(r)
+            for r in self._db.execute(
+                f"SELECT {ATTEMPT_READ} FROM attempts WHERE delivery_id = ? ORDER BY id",
+                (delivery_id,),
             )
         ]
         return DeliveryRecord(*row), attempts

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from reconciler.store.queue import AttemptResult
+from reconciler.store.queue import AttemptResult, SentRequest
 from tests.contract.test_queue_contract import LEASE, NOW, commit, event
 from tests.support.store_contract import put
 
@@ -77,3 +77,36 @@ def test_deliveries_filter_by_last_change_and_status_code(each_store: Any) -> No
     # a token's scope and a filter together: another organization's stays out
     scoped = store.deliveries(organizations=["acme"], since=NOW + 150)
     assert scoped == []
+
+
+def test_an_attempt_keeps_the_request_it_sent(each_store: Any) -> None:
+    store = each_store
+    commit(store, put("acme", "a"))
+    store.add_event(event("evt-1"), NOW)
+    (claim,) = store.claim("w1", 10, NOW, LEASE)
+    sent = SentRequest(
+        "POST",
+        "https://hooks.example.com/a?key=${env:ACME_KEY}",
+        {"Authorization": "****", "webhook-id": claim.delivery_id},
+        '{"text": "caf\u00e9 \\u0000 ok"}',
+    )
+    store.finish(
+        [
+            AttemptResult(
+                claim.delivery_id, 1, NOW, 5.0, "retry", 503, next_due=NOW + 5, request=sent
+            )
+        ],
+        "w1",
+        NOW,
+    )
+    (again,) = store.claim("w1", 10, NOW + 5, LEASE)
+    store.finish([AttemptResult(again.delivery_id, 2, NOW + 5, 5.0, "delivered", 200)], "w1", NOW)
+
+    _, attempts = store.delivery(claim.delivery_id)
+    assert [a.request for a in attempts] == [sent, None]
+    assert attempts[0].as_json()["request"] == {
+        "method": "POST",
+        "url": "https://hooks.example.com/a?key=${env:ACME_KEY}",
+        "headers": {"Authorization": "****", "webhook-id": claim.delivery_id},
+        "body": '{"text": "caf\u00e9 \\u0000 ok"}',
+    }
