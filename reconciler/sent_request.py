@@ -13,6 +13,7 @@ values, and is kept as sent, up to BODY_LIMIT characters.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Mapping
 
 from reconciler.render import RenderedRequest, Renderer
@@ -43,10 +44,23 @@ def as_sent(request: RenderedRequest, renderer: Renderer, env: Mapping[str, str]
                 text = text.replace(value, reference)
         return text
 
-    headers = {name: mask_header(name, unresolved(v)) for name, v in request.headers.items()}
+    headers = {
+        name: value if name in _STANDARD else _masked_header(name, unresolved(value))
+        for name, value in request.headers.items()
+    }
     body = None
     if request.body is not None:
         body = request.body.decode("utf-8", errors="replace")
         if len(body) > BODY_LIMIT:
             body = body[:BODY_LIMIT] + f"... ({len(body) - BODY_LIMIT} more characters not kept)"
-    return SentRequest(request.method, mask_url(unresolved(request.url)), headers, body)
+    return SentRequest(request.method, _masked_url(unresolved(request.url)), headers, body)
+
+
+# The Standard Webhooks headers the worker adds: an id, a time and a signature (an
+# HMAC, which tells nothing of its secret), shown as sent.
+_STANDARD = frozenset({"webhook-id", "webhook-timestamp", "webhook-signature"})
+
+# A definition's URL and headers are the same for most of its deliveries: each is
+# masked once, not once per delivery (masking parses and matches; docs/benchmarks.md).
+_masked_header = functools.lru_cache(maxsize=4096)(mask_header)
+_masked_url = functools.lru_cache(maxsize=4096)(mask_url)

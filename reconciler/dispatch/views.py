@@ -82,6 +82,8 @@ def replay_refusal(record: DeliveryRecord, webhook_live: bool) -> str:
             f"delivery {record.id} is of the webhook {record.organization}/{record.webhook}, "
             "which was deleted: its delivery history is kept, but it is never sent again"
         )
+    if record.status == "held":
+        return retry_refusal(record)
     return f"delivery {record.id} is {record.status}: not replayable yet"
 
 

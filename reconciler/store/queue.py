@@ -466,7 +466,7 @@ def attempt_row(r: AttemptResult) -> list[Any]:
         r.outcome,
         sent.method if sent else None,
         sent.url if sent else None,
-        headers_json(sent.headers) if sent else None,
+        json.dumps(sent.headers) if sent else None,  # in the order sent
         clean_text(sent.body) if sent else None,
     ]
 

@@ -227,6 +227,9 @@ def test_retry_of_a_held_delivery_points_at_resume(state: Path, store: SqliteSto
     done = run(state, "deliveries", "retry", held.id)
     assert done.exit_code == 1
     assert "`reconciler webhooks resume acme/pager` sends it" in done.output
+    replayed = run(state, "deliveries", "replay", held.id)
+    assert replayed.exit_code == 1
+    assert "`reconciler webhooks resume acme/pager` sends it" in replayed.output
 
 
 def test_retry_needs_ids_or_a_filter(state: Path) -> None:
