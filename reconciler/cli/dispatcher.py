@@ -121,6 +121,15 @@ def _policy(allow_private: bool, cidrs: tuple[str, ...]) -> NetworkPolicy:
     "takes several, space-separated).",
 )
 @click.option(
+    "--retention-bodies",
+    "retention_bodies",
+    envvar="RECONCILER_RETENTION_BODIES",
+    metavar="AGE",
+    help="Drop the request body and response excerpt kept with each attempt this long "
+    "after it was made, e.g. 7d, keeping the delivery and its attempts (default: kept as "
+    "long as the attempt).",
+)
+@click.option(
     "--retention-interval",
     default="1m",
     show_default=True,
@@ -148,6 +157,7 @@ def serve_command(
     stock: bool,
     retention: str,
     retention_for: tuple[str, ...],
+    retention_bodies: str | None,
     retention_interval: str,
     intake_deadline: float,
     allow_private: bool,
@@ -174,14 +184,16 @@ def serve_command(
     row) has its circuit breaker opened: its deliveries wait without spending
     attempts while one probe goes out every 5s, doubling up to 10m; an answer
     closes it. Down for --pause-after, the webhook is paused as after HTTP 410:
-    `plan` shows it, and the next apply or `reconciler webhooks resume` resumes it.
+    `plan` shows it, its events are held (not sent, not lost), and the next apply
+    or `reconciler webhooks resume` resumes it and sends what was held.
 
     Retention: every --retention-interval, one dispatcher of the state removes,
     in small batches, the deliveries that finished over --retention ago (per
     organization with --retention-for), with their attempts and events; per
-    webhook and day, counts and duration percentiles are kept. Pending work and
-    the audit log are never removed. `reconciler retention status` shows the
-    state's size and the last run.
+    webhook and day, counts and duration percentiles are kept. Pending and held
+    work and the audit log are never removed. --retention-bodies drops the
+    request body and response excerpt kept with each attempt sooner. `reconciler
+    retention status` shows the state's size and the last run.
 
     The port is taken before anything starts: one in use is an error (exit 1).
 
@@ -211,7 +223,9 @@ def serve_command(
         pause_after=_pause_after(pause_after),
     )
     policy = _policy(allow_private, allow_cidrs)
-    retention_settings = retention_options(retention, retention_for, retention_interval)
+    retention_settings = retention_options(
+        retention, retention_for, retention_interval, retention_bodies
+    )
 
     def run(store: Backend, sock: socket.socket, **more: Any) -> None:
         from reconciler.dispatch.retention import Retention
@@ -504,7 +518,9 @@ def _duration(text: str, option: str, examples: str) -> float:
     return seconds
 
 
-def retention_options(default: str, overrides: tuple[str, ...], interval: str) -> RetentionSettings:
+def retention_options(
+    default: str, overrides: tuple[str, ...], interval: str, bodies: str | None = None
+) -> RetentionSettings:
     """serve's retention options, each checked, as settings; a bad one is a usage
     error naming the option and what is accepted."""
     from reconciler.dispatch.retention import RetentionSettings, parse_age, parse_overrides
@@ -518,4 +534,8 @@ def retention_options(default: str, overrides: tuple[str, ...], interval: str) -
     except ValueError as exc:
         raise click.BadParameter(str(exc), param_hint="--retention-for") from None
     every = _duration(interval, "--retention-interval", "30s, 1m, 10m")
-    return RetentionSettings(age, organizations, interval=every)
+    try:
+        body_age = parse_age(bodies) if bodies is not None else None
+    except ValueError as exc:
+        raise click.BadParameter(str(exc), param_hint="--retention-bodies") from None
+    return RetentionSettings(age, organizations, interval=every, bodies=body_age)

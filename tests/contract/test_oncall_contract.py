@@ -5,7 +5,9 @@ from __future__ import annotations
 from typing import Any
 
 from reconciler.store.queue import AttemptResult, SentRequest
+from reconciler.store.retention import Cutoffs
 from tests.contract.test_queue_contract import LEASE, NOW, commit, event
+from tests.support.helpers_state import FakeClock
 from tests.support.store_contract import put
 
 
@@ -110,3 +112,37 @@ def test_an_attempt_keeps_the_request_it_sent(each_store: Any) -> None:
         "headers": {"Authorization": "****", "webhook-id": claim.delivery_id},
         "body": '{"text": "caf\u00e9 \\u0000 ok"}',
     }
+
+
+def test_retention_drops_old_bodies_and_keeps_the_rest(each_store: Any) -> None:
+    store = each_store
+    commit(store, put("acme", "a"))
+    sent = SentRequest("POST", "https://hooks.example.com/a", {"X": "1"}, '{"k": "body"}')
+    for number, when in enumerate((NOW, NOW + 100, NOW + 200)):
+        store.add_event(event(f"evt-{number}"), when)
+        (claim,) = store.claim("w1", 10, when, LEASE)
+        done = AttemptResult(
+            claim.delivery_id, 1, when, 5.0, "delivered", 200, response_excerpt="ok", request=sent
+        )
+        store.finish([done], "w1", when)
+
+    # bodies before NOW + 150 go, in batches of 1; the deliveries stay (kept for ever)
+    store.prune(Cutoffs(-1.0, bodies=NOW + 150), FakeClock(NOW + 300), "me", batch=1)
+
+    kept = {}
+    for record in store.deliveries():
+        _, (attempt,) = store.delivery(record.id)
+        kept[record.event_id] = attempt
+    assert len(kept) == 3
+    for old in ("evt-0", "evt-1"):
+        request = kept[old].request
+        assert request is not None and request.body is None
+        assert (request.method, request.url, request.headers) == ("POST", sent.url, {"X": "1"})
+        assert kept[old].response_excerpt == ""
+    assert kept["evt-2"].request == sent
+    assert kept["evt-2"].response_excerpt == "ok"
+
+    # the next run goes on from there: a later cutoff takes the last one
+    store.prune(Cutoffs(-1.0, bodies=NOW + 250), FakeClock(NOW + 400), "me")
+    _, (last,) = store.delivery(next(r.id for r in store.deliveries() if r.event_id == "evt-2"))
+    assert last.request is not None and last.request.body is None

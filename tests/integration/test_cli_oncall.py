@@ -301,3 +301,18 @@ def test_history_filters_by_time_actor_and_action(state: Path, store: SqliteStor
     assert actions("--until", "1h") == []
     assert len(actions("--since", "1h", "--limit", "1")) == 1
     assert run(state, "history", "--action", "paws").exit_code == 2
+
+
+def test_serve_refuses_a_bad_retention_bodies_age(state: Path) -> None:
+    done = run(state, "serve", "--retention-bodies", "soon")
+    assert done.exit_code == 2
+    assert "--retention-bodies" in done.output
+
+
+def test_retention_settings_carry_the_bodies_age() -> None:
+    from reconciler.cli.dispatcher import retention_options
+
+    settings = retention_options("30d", (), "1m", "7d")
+    assert settings.bodies == 7 * 86400
+    assert settings.cutoffs(1_000_000.0).bodies == 1_000_000.0 - 7 * 86400
+    assert retention_options("30d", (), "1m").cutoffs(0.0).bodies is None
