@@ -460,6 +460,13 @@ def _dry_run(
         click.echo(
             f"note: event {record.key} is already queued: fire would queue nothing new", err=True
         )
+    held = preview.paused_matching(webhooks, record.type)
+    for live in held:
+        click.echo(
+            f"note: {live.organization}/{live.name} is paused ({live.paused_reason}): its "
+            "delivery would be held, and sent when it is resumed",
+            err=True,
+        )
     if fmt == "json":
         click.echo(json.dumps([r.as_json() for r in requests], indent=2))
     else:
@@ -470,13 +477,13 @@ def _dry_run(
             f"dry run: event {record.key} would queue "
             f"{count(len(requests), 'delivery', 'deliveries')}; nothing was queued."
         )
-    if not requests:
+    if not requests and not held:
         click.echo(
             f"{'note' if allow_no_match else 'error'}: no enabled webhook of "
             f"{record.organization} fires on {record.type}: nothing would be sent",
             err=True,
         )
-    return bool(requests)
+    return bool(requests or held)
 
 
 async def _deliver_now(

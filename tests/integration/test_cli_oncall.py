@@ -316,3 +316,13 @@ def test_retention_settings_carry_the_bodies_age() -> None:
     assert settings.bodies == 7 * 86400
     assert settings.cutoffs(1_000_000.0).bodies == 1_000_000.0 - 7 * 86400
     assert retention_options("30d", (), "1m").cutoffs(0.0).bodies is None
+
+
+def test_a_dry_run_says_a_paused_webhooks_delivery_would_be_held(
+    state: Path, store: SqliteStore
+) -> None:
+    store.pause("acme", "pager", GONE, actor="dispatcher")
+    done = fire(state, "--dry-run", "--webhook", "pager")
+    assert done.exit_code == 0, done.output
+    assert f"note: acme/pager is paused ({GONE}): its delivery would be held" in done.output
+    assert store.deliveries() == []
