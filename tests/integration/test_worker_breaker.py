@@ -350,12 +350,19 @@ def test_the_api_resumes_only_the_tokens_organizations_webhooks(
             await sender.aclose()
             dispatcher.db.close()
 
+    held = len(store.deliveries(status="held", organization="acme", webhook="a", limit=1000))
     other, auditor, missing, resumed, again = asyncio.run(go())
     assert (other.status_code, other.json()["error"]) == (404, "no webhook acme/a")
     assert auditor.status_code == 403
     assert missing.status_code == 404
     assert resumed.status_code == 200
-    assert resumed.json() == {"organization": "acme", "name": "a", "resumed": True}
+    assert resumed.json() == {
+        "organization": "acme",
+        "name": "a",
+        "resumed": True,
+        "released": held,  # what it held while paused, due now
+    }
+    assert store.deliveries(status="held", organization="acme", limit=1000) == []
     assert again.json()["resumed"] is False
     (action, actor) = actions(store)[-1]
     assert action == "resume" and actor.startswith("api token tok_")
