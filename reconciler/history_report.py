@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import replace
 from typing import Any
 
 from reconciler.diff import field_changes
+from reconciler.moments import parse_at
 from reconciler.plan_report import field_line
 from reconciler.secrets import mask_spec
 from reconciler.store.base import AuditEntry
@@ -23,6 +25,35 @@ def shown(entry: AuditEntry) -> AuditEntry:
             after=mask_spec(r.after) if r.after is not None else None,
         ),
     )
+
+
+def selected(
+    entries: Iterable[AuditEntry],
+    *,
+    since: float | None = None,
+    until: float | None = None,
+    actor: str | None = None,
+    action: str | None = None,
+    limit: int | None = None,
+) -> list[AuditEntry]:
+    """The entries (newest first) recorded in [since, until), by `actor` (exactly, as
+    shown), of `action` (create, update, delete, pause, resume, breaker-open...), at
+    most `limit` of them."""
+    out: list[AuditEntry] = []
+    for entry in entries:
+        if limit is not None and len(out) >= limit:
+            break
+        at = parse_at(entry.at)
+        if since is not None and at < since:
+            continue
+        if until is not None and at >= until:
+            continue
+        if actor is not None and entry.record.actor != actor:
+            continue
+        if action is not None and entry.record.action != action:
+            continue
+        out.append(entry)
+    return out
 
 
 def entry_json(entry: AuditEntry) -> dict[str, Any]:

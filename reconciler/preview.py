@@ -160,6 +160,18 @@ def find_webhook(specs: Iterable[WebhookSpec], name: str, organization: str | No
     raise PreviewError(f"no webhook {name}{hint}")
 
 
+def paused_matching(webhooks: Iterable[LiveWebhook], event_type: str) -> list[LiveWebhook]:
+    """The live webhooks an event of this type would hold a delivery for: enabled,
+    this event type, but paused (store's add_event records those as held)."""
+    return [
+        live
+        for live in sorted(webhooks, key=lambda w: w.key)
+        if live.paused_reason is not None
+        and live.spec_dict().get("event") == event_type
+        and live.spec_dict().get("enabled", True) is True
+    ]
+
+
 def matching_live(webhooks: Iterable[LiveWebhook], event_type: str) -> list[WebhookSpec]:
     """The live webhooks an event of this type queues deliveries for, by name: the
     rules of the store's add_event (enabled, not paused, this event type)."""

@@ -97,6 +97,9 @@ class Renderer:
             (name, value, templates.has_references(value)) for name, value in spec.headers.items()
         ]
         self._body = None if spec.body is None else _BodyTemplate(spec.body)
+        # The variables its URL, query and headers refer to (the body takes none).
+        texts = [spec.url, *spec.query.values(), *spec.headers.values()]
+        self.references = tuple(sorted({n for text in texts for n in templates.env_names(text)}))
         self._json_type = not any(name.lower() == "content-type" for name in spec.headers)
 
     def render(self, event: EventData, env: Mapping[str, str] | None) -> RenderedRequest:

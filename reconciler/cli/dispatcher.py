@@ -18,6 +18,7 @@ from reconciler.cli.common import FORMATS, echo_json, state_option
 from reconciler.dispatch.views import delivery_line
 from reconciler.errors import ReconcilerError
 from reconciler.events import checked_event, event_data
+from reconciler.fire_target import checked_target
 from reconciler.model import Event
 from reconciler.store import Backend, open_store
 from reconciler.store.queue import DeliveryRecord, EventKey, EventRecord
@@ -119,6 +120,15 @@ def _policy(allow_private: bool, cidrs: tuple[str, ...]) -> NetworkPolicy:
     "takes several, space-separated).",
 )
 @click.option(
+    "--retention-bodies",
+    "retention_bodies",
+    envvar="RECONCILER_RETENTION_BODIES",
+    metavar="AGE",
+    help="Drop the request body and response excerpt kept with each attempt this long "
+    "after it was made, e.g. 7d, keeping the delivery and its attempts (default: kept as "
+    "long as the attempt).",
+)
+@click.option(
     "--retention-interval",
     default="1m",
     show_default=True,
@@ -146,6 +156,7 @@ def serve_command(
     stock: bool,
     retention: str,
     retention_for: tuple[str, ...],
+    retention_bodies: str | None,
     retention_interval: str,
     intake_deadline: float,
     allow_private: bool,
@@ -172,14 +183,16 @@ def serve_command(
     row) has its circuit breaker opened: its deliveries wait without spending
     attempts while one probe goes out every 5s, doubling up to 10m; an answer
     closes it. Down for --pause-after, the webhook is paused as after HTTP 410:
-    `plan` shows it, and the next apply or `reconciler webhooks resume` resumes it.
+    `plan` shows it, its events are held (not sent, not lost), and the next apply
+    or `reconciler webhooks resume` resumes it and sends what was held.
 
     Retention: every --retention-interval, one dispatcher of the state removes,
     in small batches, the deliveries that finished over --retention ago (per
     organization with --retention-for), with their attempts and events; per
-    webhook and day, counts and duration percentiles are kept. Pending work and
-    the audit log are never removed. `reconciler retention status` shows the
-    state's size and the last run.
+    webhook and day, counts and duration percentiles are kept. Pending and held
+    work and the audit log are never removed. --retention-bodies drops the
+    request body and response excerpt kept with each attempt sooner. `reconciler
+    retention status` shows the state's size and the last run.
 
     The port is taken before anything starts: one in use is an error (exit 1).
 
@@ -209,7 +222,9 @@ def serve_command(
         pause_after=_pause_after(pause_after),
     )
     policy = _policy(allow_private, allow_cidrs)
-    retention_settings = retention_options(retention, retention_for, retention_interval)
+    retention_settings = retention_options(
+        retention, retention_for, retention_interval, retention_bodies
+    )
 
     def run(store: Backend, sock: socket.socket, **more: Any) -> None:
         from reconciler.dispatch.retention import Retention
@@ -299,6 +314,12 @@ def _serve_processes(
     "event_id",
     help="Your event id; the same id twice in one organization is queued once.",
 )
+@click.option(
+    "--webhook",
+    "only",
+    metavar="NAME",
+    help="Only this webhook of the organization (to test one endpoint); it must fire on EVENT.",
+)
 @click.option("--wait", is_flag=True, help="Deliver it now and print each outcome.")
 @click.option(
     "--dry-run",
@@ -322,6 +343,7 @@ def fire(
     description: str,
     when: str | None,
     event_id: str | None,
+    only: str | None,
     wait: bool,
     dry_run: bool,
     allow_no_match: bool,
@@ -334,7 +356,11 @@ def fire(
 
     One delivery is queued per matching enabled webhook of the organization.
     An event is its organization and id: the same --id again in the same --org
-    queues nothing new, in another --org it is another event. With --wait the
+    queues nothing new, in another --org it is another event. --webhook NAME
+    queues it for that one webhook alone (an unknown name, or a webhook of
+    another event type or disabled, is an error and stores nothing). A paused
+    webhook's delivery is held, not lost: it is listed with the reason, and
+    `webhooks resume` sends it. With --wait the
     deliveries are attempted before the command returns; a delivery that must
     be retried later stays queued for `reconciler serve`. Exit 1 when a
     delivery failed, and when no enabled webhook of the organization fires on
@@ -353,6 +379,7 @@ def fire(
       reconciler fire new_rule_violation --org acme --name no-public-s3 \\
         --description "bucket logs is public" --wait
       reconciler fire new_rule_violation --org acme --name no-public-s3 --dry-run
+      reconciler fire new_rule_violation --org acme --name test --webhook slack-alerts
     """
     if dry_run and wait:
         raise click.UsageError("--dry-run sends nothing: it does not go with --wait")
@@ -369,12 +396,14 @@ def fire(
         }
     )
     if dry_run:
-        if not _dry_run(record, state, fmt, allow_no_match) and not allow_no_match:
+        if not _dry_run(record, state, fmt, allow_no_match, only) and not allow_no_match:
             sys.exit(1)
         return
     store = open_store(state)
     try:
-        result = store.add_event(record, time.time())
+        if only is not None:
+            checked_target(store.webhooks(organization), organization, only, record.type)
+        result = store.add_event(record, time.time(), only)
         records: list[DeliveryRecord] = []
         if wait and result.deliveries:
             policy = _policy(allow_private, allow_cidrs)
@@ -388,12 +417,15 @@ def fire(
         echo_json(out)
     else:
         again = " (already queued: nothing new)" if result.duplicate else ""
+        queued = result.deliveries - len(result.held)
+        held = f", {len(result.held)} held" if result.held else ""
         click.echo(
-            f"event {result.key}: {count(result.deliveries, 'delivery', 'deliveries')} "
-            f"queued{again}"
+            f"event {result.key}: {count(queued, 'delivery', 'deliveries')} queued{held}{again}"
         )
         for delivery in records:
             click.echo(delivery_line(delivery))
+        for one in result.held:
+            click.echo(f"held  {result.organization}/{one.webhook}: {one.reason}")
     if result.note is not None:
         click.echo(f"{'note' if allow_no_match else 'error'}: {result.note}", err=True)
         if not allow_no_match:
@@ -402,7 +434,9 @@ def fire(
         sys.exit(1)
 
 
-def _dry_run(record: EventRecord, state: str, fmt: str, allow_no_match: bool) -> bool:
+def _dry_run(
+    record: EventRecord, state: str, fmt: str, allow_no_match: bool, only: str | None
+) -> bool:
     """Print what fire would make the dispatcher send for `record`; store nothing.
     Whether any webhook would get it."""
     store = open_store(state)
@@ -412,6 +446,8 @@ def _dry_run(record: EventRecord, state: str, fmt: str, allow_no_match: bool) ->
         access = store.env_access()
     finally:
         store.close()
+    if only is not None:
+        webhooks = [checked_target(webhooks, record.organization, only, record.type)]
     requests = preview.preview_all(
         preview.matching_live(webhooks, record.type),
         event_data(record),
@@ -423,6 +459,13 @@ def _dry_run(record: EventRecord, state: str, fmt: str, allow_no_match: bool) ->
         click.echo(
             f"note: event {record.key} is already queued: fire would queue nothing new", err=True
         )
+    held = preview.paused_matching(webhooks, record.type)
+    for live in held:
+        click.echo(
+            f"note: {live.organization}/{live.name} is paused ({live.paused_reason}): its "
+            "delivery would be held, and sent when it is resumed",
+            err=True,
+        )
     if fmt == "json":
         echo_json([r.as_json() for r in requests])
     else:
@@ -433,13 +476,13 @@ def _dry_run(record: EventRecord, state: str, fmt: str, allow_no_match: bool) ->
             f"dry run: event {record.key} would queue "
             f"{count(len(requests), 'delivery', 'deliveries')}; nothing was queued."
         )
-    if not requests:
+    if not requests and not held:
         click.echo(
             f"{'note' if allow_no_match else 'error'}: no enabled webhook of "
             f"{record.organization} fires on {record.type}: nothing would be sent",
             err=True,
         )
-    return bool(requests)
+    return bool(requests or held)
 
 
 async def _deliver_now(
@@ -481,7 +524,9 @@ def _duration(text: str, option: str, examples: str) -> float:
     return seconds
 
 
-def retention_options(default: str, overrides: tuple[str, ...], interval: str) -> RetentionSettings:
+def retention_options(
+    default: str, overrides: tuple[str, ...], interval: str, bodies: str | None = None
+) -> RetentionSettings:
     """serve's retention options, each checked, as settings; a bad one is a usage
     error naming the option and what is accepted."""
     from reconciler.dispatch.retention import RetentionSettings, parse_age, parse_overrides
@@ -495,4 +540,8 @@ def retention_options(default: str, overrides: tuple[str, ...], interval: str) -
     except ValueError as exc:
         raise click.BadParameter(str(exc), param_hint="--retention-for") from None
     every = _duration(interval, "--retention-interval", "30s, 1m, 10m")
-    return RetentionSettings(age, organizations, interval=every)
+    try:
+        body_age = parse_age(bodies) if bodies is not None else None
+    except ValueError as exc:
+        raise click.BadParameter(str(exc), param_hint="--retention-bodies") from None
+    return RetentionSettings(age, organizations, interval=every, bodies=body_age)

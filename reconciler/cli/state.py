@@ -5,6 +5,7 @@ from __future__ import annotations
 import difflib
 import json
 import sys
+import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -26,9 +27,11 @@ from reconciler.cli.common import (
 from reconciler.errors import NoState, PlanFileError, ReconcilerError
 from reconciler.export import export_tree
 from reconciler.loader import LoadResult, definitions_root, load_definitions
+from reconciler.moments import parse_moment
 from reconciler.plan import DEFAULT_DELETE_SHARE, Plan, make_plan
 from reconciler.provenance import CommitCheck, check_commit, detect_actor, git_commit
 from reconciler.store import Store, open_store
+from reconciler.store.base import AUDIT_ACTIONS
 from reconciler.validate_report import count
 
 delete_share_option = click.option(
@@ -365,24 +368,59 @@ def _read_plan_file(path: Path) -> Plan:
 @state_option
 @org_option
 @click.option("--limit", type=click.IntRange(1), help="Show at most this many entries.")
+@click.option(
+    "--since",
+    help="Only entries recorded at or after this: an age (30m, 2h, 3d, 1w) or an ISO 8601 time.",
+)
+@click.option("--until", help="Only entries recorded before this (as --since).")
+@click.option("--actor", help="Only this actor's entries (exactly as shown, e.g. alice).")
+@click.option(
+    "--action",
+    type=click.Choice(AUDIT_ACTIONS),
+    help="Only entries of this action.",
+)
 @format_option
 def history(
-    name: str | None, state: str, organization: str | None, limit: int | None, fmt: str
+    name: str | None,
+    state: str,
+    organization: str | None,
+    limit: int | None,
+    since: str | None,
+    until: str | None,
+    actor: str | None,
+    action: str | None,
+    fmt: str,
 ) -> None:
     """Show the audit log: who changed which webhook, when, from which commit.
 
     Newest first. Secret references are shown as written; a literal credential
     (one allowed by allow_literal, or one stored before the rule refused it) is
-    masked, in the stored rows and again when shown. A NAME the audit log does
-    not know (in --org, when given) is an error, exit 1.
+    masked, in the stored rows and again when shown. --since, --until, --actor
+    and --action narrow it (--limit counts what is left). A NAME the audit
+    log does not know (in --org, when given) is an error, exit 1.
 
     \b
     Example:
       reconciler history slack-new-rule-violation --org acme
+      reconciler history --org acme --since 1d --action pause
     """
+    now = time.time()
+    bounds: dict[str, float | None] = {}
+    for option, text in (("since", since), ("until", until)):
+        try:
+            bounds[option] = parse_moment(text, now) if text is not None else None
+        except ValueError as exc:
+            raise click.BadParameter(str(exc), param_hint=f"--{option}") from None
+    narrowed = any(v is not None for v in (since, until, actor, action))
     store = open_store(state)
     try:
-        entries = list(store.history(organization, name, limit))
+        entries = history_report.selected(
+            store.history(organization, name, None if narrowed else limit),
+            actor=actor,
+            action=action,
+            limit=limit,
+            **bounds,
+        )
     finally:
         store.close()
     if name is not None and not entries:

@@ -29,6 +29,7 @@ from starlette.routing import BaseRoute
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from reconciler import __version__
+from reconciler.delivery_filters import DeliveryFilter
 from reconciler.dispatch import auth, failures, fast_intake
 from reconciler.dispatch.health_views import StatusFilters, WebhookStatusOut
 from reconciler.dispatch.service import Dispatcher
@@ -36,8 +37,10 @@ from reconciler.dispatch.views import (
     DeliveryListOut,
     DeliveryWithAttemptsOut,
     ReplayOut,
+    RetryOut,
     delivery_json,
     replay_refusal,
+    retry_refusal,
 )
 from reconciler.events import (
     MAX_BATCH_BYTES,
@@ -51,10 +54,30 @@ from reconciler.store.queue import EventKey, Status
 from reconciler.tokens import Access
 
 
+class HeldOut(BaseModel):
+    webhook: str = Field(description="A paused webhook of the organization that fires on it.")
+    reason: str = Field(
+        description="Why its delivery is held: the pause, since when (e.g. `held: the "
+        "webhook is paused since 2026-12-07T01:02:03Z (paused by the dispatcher after HTTP "
+        "410 on msg_...); resuming it sends this`)."
+    )
+
+
 class IntakeOut(BaseModel):
     event_id: str = Field(description="The event's id, which names it within its organization.")
     organization: str = Field(description="The event's organization.")
-    deliveries: int = Field(description="Deliveries queued: one per matching enabled webhook.")
+    deliveries: int = Field(
+        description="Deliveries recorded: one per matching enabled webhook, queued, or held "
+        "for a paused webhook (listed in `held`)."
+    )
+    held: list[HeldOut] | None = Field(
+        default=None,
+        description="The webhooks whose delivery is held because the webhook is paused "
+        "(after HTTP 410, or an endpoint down for `serve --pause-after`): kept, never "
+        "sent while paused, and due at once when it is resumed (`reconciler webhooks "
+        "resume`, POST /v1/webhooks/{organization}/{name}/resume, or an apply). Absent "
+        "when none is, and on a duplicate.",
+    )
     duplicate: bool = Field(
         description="True when this organization sent an event with this id before (then "
         "`deliveries` is that event's). The same id in another organization is another event."
@@ -88,6 +111,10 @@ class ResumeOut(BaseModel):
     organization: str
     name: str
     resumed: bool = Field(description="False when the webhook was not paused.")
+    released: int = Field(
+        default=0,
+        description="Deliveries held while it was paused, now pending and due at once.",
+    )
 
 
 class HealthOut(BaseModel):
@@ -120,6 +147,17 @@ class DeliveryFilters(BaseModel):
         default=None,
         description="Only this event's deliveries; needs `org` (an id names an "
         "event only within its organization).",
+    )
+    since: str | None = Field(
+        default=None,
+        description="Only deliveries whose last change (queued, attempted, finished) is "
+        "at or after this: an age (`30m`, `2h`, `3d`, `1w`) or an ISO 8601 time.",
+    )
+    until: str | None = Field(
+        default=None, description="Only those whose last change is before this (as `since`)."
+    )
+    status_code: int | None = Field(
+        default=None, ge=100, le=599, description="Only those whose last attempt got this status."
     )
     limit: int = Field(default=100, ge=1, le=1000)
 
@@ -258,12 +296,22 @@ def create_app(dispatcher: Dispatcher) -> DispatcherAPI:
             if org is None:
                 return _invalid_request([{"field": "query.org", "message": EVENT_NEEDS_ORG}])
             event = EventKey(org, filters.event_id)
+        try:
+            chosen = DeliveryFilter.parse(
+                dispatcher.clock(), since=filters.since, until=filters.until
+            )
+        except ValueError as exc:
+            name, _, message = str(exc).partition(": ")
+            return _invalid_request([{"field": f"query.{name}", "message": message}])
         records = await dispatcher.deliveries(
             status=filters.status,
             organizations=organizations,
             webhook=filters.webhook,
             event=event,
             limit=filters.limit,
+            since=chosen.since,
+            until=chosen.until,
+            status_code=filters.status_code,
         )
         return {"deliveries": [record.as_json() for record in records]}
 
@@ -315,13 +363,48 @@ def create_app(dispatcher: Dispatcher) -> DispatcherAPI:
         return {"replayed": replayed}
 
     @app.post(
+        "/v1/deliveries/{delivery_id}/retry",
+        status_code=202,
+        response_model=None,
+        responses={
+            202: {"model": RetryOut},
+            **auth.RESPONSES,
+            **UNAVAILABLE,
+            **NOT_FOUND,
+            409: {
+                "model": ErrorOut,
+                "description": "The delivery is not pending: finished (replay it), held "
+                "(resume its webhook) or being sent",
+            },
+            **INVALID,
+        },
+        summary="Make a pending delivery due now instead of waiting out its backoff (admin)",
+        description=(
+            "Keeps its attempts, its place in the retry schedule and its webhook-id; the "
+            "next worker turn sends it (a webhook whose circuit breaker is open still waits "
+            "for its probe). Logged as `retry now delivery=... by=api token ...`."
+        ),
+    )
+    async def retry(delivery_id: str, access: Access = may_replay) -> Any:
+        found = await dispatcher.delivery(delivery_id)
+        if found is None or not access.sees(found[0].organization):
+            return _error(404, f"no delivery {delivery_id}")
+        retried = await dispatcher.retry_now([delivery_id], f"api token {access.token_id}")
+        if not retried:
+            refreshed = await dispatcher.delivery(delivery_id)
+            return _error(409, retry_refusal((refreshed or found)[0]))
+        return {"retried": retried}
+
+    @app.post(
         "/v1/webhooks/{organization}/{name}/resume",
         response_model=ResumeOut,
         responses={**auth.RESPONSES, **UNAVAILABLE, **NO_WEBHOOK, **INVALID},
         summary="Resume a webhook the dispatcher paused (admin), without an apply",
         description=(
             "Lifts a pause the dispatcher set (after HTTP 410, or an endpoint down for "
-            "`serve --pause-after`), with the webhook's circuit breaker closed, and records "
+            "`serve --pause-after`), with the webhook's circuit breaker closed; the "
+            "deliveries held while it was paused become pending, due at once "
+            "(`released`); and records "
             "a `resume` entry in the history by the token's name. A webhook that is not "
             "paused is left as it is (`resumed: false`). Another organization's webhook "
             "is answered as one that is not there (404)."
@@ -332,10 +415,19 @@ def create_app(dispatcher: Dispatcher) -> DispatcherAPI:
     ) -> dict[str, Any] | JSONResponse:
         if not access.sees(organization):
             return _error(404, f"no webhook {organization}/{name}")
+        held = await dispatcher.deliveries(
+            organizations=[organization], status="held", webhook=name, limit=10_000_000
+        )
         outcome = await dispatcher.resume(organization, name, f"api token {access.token_id}")
         if outcome == "no such webhook":
             return _error(404, f"no webhook {organization}/{name}")
-        return {"organization": organization, "name": name, "resumed": outcome == "resumed"}
+        resumed = outcome == "resumed"
+        return {
+            "organization": organization,
+            "name": name,
+            "resumed": resumed,
+            "released": len(held) if resumed else 0,
+        }
 
     @app.get(
         "/v1/webhooks/status",

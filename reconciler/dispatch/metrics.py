@@ -20,7 +20,7 @@ from collections import Counter
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
-from reconciler.store.queue import AttemptResult, Claim
+from reconciler.store.queue import STATUSES, AttemptResult, Claim
 
 LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0)
 # An attempt's outcome, as counted: a retry that will be tried again is "retried".
@@ -122,7 +122,7 @@ class Metrics:
             "# HELP reconciler_queue_deliveries Deliveries in the queue by status.",
             "# TYPE reconciler_queue_deliveries gauge",
         ]
-        for status in ("pending", "in_flight", "delivered", "failed", "cancelled"):
+        for status in STATUSES:
             lines.append(
                 f'reconciler_queue_deliveries{{status="{status}"}} {queue.counts.get(status, 0)}'
             )

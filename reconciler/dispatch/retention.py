@@ -49,11 +49,16 @@ class RetentionSettings:
     interval: float = DEFAULT_INTERVAL
     batch: int = DEFAULT_BATCH
     pause: float = BATCH_PAUSE
+    # How long attempts keep the request's body and the response's excerpt (None:
+    # as long as the attempt itself).
+    bodies: float | None = None
 
     @property
     def enabled(self) -> bool:
-        return self.default is not None or any(
-            age is not None for age in self.organizations.values()
+        return (
+            self.default is not None
+            or self.bodies is not None
+            or any(age is not None for age in self.organizations.values())
         )
 
     def cutoffs(self, now: float) -> Cutoffs:
@@ -61,6 +66,7 @@ class RetentionSettings:
         return Cutoffs(
             _cutoff(self.default, now),
             {org: _cutoff(age, now) for org, age in self.organizations.items()},
+            None if self.bodies is None else now - self.bodies,
         )
 
 

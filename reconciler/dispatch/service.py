@@ -172,8 +172,12 @@ class Dispatcher:
         webhook: str | None = None,
         event: EventKey | None = None,
         limit: int = 100,
+        since: float | None = None,
+        until: float | None = None,
+        status_code: int | None = None,
     ) -> list[DeliveryRecord]:
-        """The deliveries of `organizations` (None: all), newest first."""
+        """The deliveries of `organizations` (None: all), newest first, by the
+        filters of QueueStore.deliveries."""
         return await self.db.run(
             self.db.store.deliveries,
             status=status,
@@ -181,6 +185,9 @@ class Dispatcher:
             webhook=webhook,
             event=event,
             limit=limit,
+            since=since,
+            until=until,
+            status_code=status_code,
         )
 
     async def delivery(self, delivery_id: str) -> tuple[DeliveryRecord, list[AttemptRecord]] | None:
@@ -191,9 +198,21 @@ class Dispatcher:
         """Queue finished deliveries again; returns those replayed, and wakes the
         workers for them."""
         replayed = await self.db.run(self.db.store.replay, delivery_ids, self.clock())
+        for delivery_id in replayed:
+            log.info("replay delivery=%s", delivery_id)
         if replayed:
             self.wake()
         return replayed
+
+    async def retry_now(self, delivery_ids: Sequence[str], actor: str) -> list[str]:
+        """Make pending deliveries due now; returns those made due, logged with
+        `actor`, and wakes the workers for them."""
+        retried = await self.db.run(self.db.store.retry_now, delivery_ids, self.clock())
+        for delivery_id in retried:
+            log.info("retry now delivery=%s by=%s", delivery_id, actor)
+        if retried:
+            self.wake()
+        return retried
 
     async def webhook_live(self, organization: str, name: str) -> bool:
         """Whether the webhook is in the live state (not deleted by apply)."""
@@ -201,8 +220,12 @@ class Dispatcher:
         return any(w.name == name for w in live)
 
     async def resume(self, organization: str, name: str, actor: str) -> ResumeOutcome:
-        """Lift a pause the dispatcher set, into the audit log by `actor`."""
-        return await self.db.run(self.db.store.resume, organization, name, actor)
+        """Lift a pause the dispatcher set, into the audit log by `actor`; what was
+        held for it is due at once, and the workers are woken for it."""
+        outcome = await self.db.run(self.db.store.resume, organization, name, actor)
+        if outcome == "resumed":
+            self.wake()
+        return outcome
 
     async def endpoint_health(self, organizations: Sequence[str] | None) -> HealthReport:
         """The webhooks' endpoint health, of `organizations` (None: all), as of now."""

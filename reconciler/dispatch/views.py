@@ -30,12 +30,29 @@ class DeliveryOut(BaseModel):
     last_error: str | None
 
 
+class SentRequestOut(BaseModel):
+    method: str
+    url: str = Field(
+        description="As sent, with every resolved `${env:NAME}` value shown as its reference "
+        "and credentials (user info, secret query values, token paths) masked."
+    )
+    headers: dict[str, str] = Field(
+        description="As sent (webhook-id, webhook-timestamp, webhook-signature included), "
+        "references for resolved values, Authorization and other credential headers masked."
+    )
+    body: str | None = Field(description="The body as sent (UTF-8), up to 16,384 characters.")
+
+
 class AttemptOut(BaseModel):
     number: int
     started_at: float
     duration_ms: float
     outcome: str = Field(description="delivered, retry, failed, cancelled or deferred.")
     status: int | None = Field(description="The receiver's HTTP status; none without a response.")
+    request: SentRequestOut | None = Field(
+        description="The request this attempt sent; none when nothing was sent (or the "
+        "attempt was made before requests were kept)."
+    )
     response_headers: dict[str, str]
     response_excerpt: str
     error: str | None
@@ -65,7 +82,29 @@ def replay_refusal(record: DeliveryRecord, webhook_live: bool) -> str:
             f"delivery {record.id} is of the webhook {record.organization}/{record.webhook}, "
             "which was deleted: its delivery history is kept, but it is never sent again"
         )
+    if record.status == "held":
+        return retry_refusal(record)
     return f"delivery {record.id} is {record.status}: not replayable yet"
+
+
+class RetryOut(BaseModel):
+    retried: list[str] = Field(description="The ids of the deliveries made due now.")
+
+
+def retry_refusal(record: DeliveryRecord) -> str:
+    """Why `record` was not made due now: retry is for a pending delivery waiting
+    out a backoff; a finished one is replayed, a held one waits for its webhook."""
+    if record.status == "held":
+        return (
+            f"delivery {record.id} is held while its webhook is paused: "
+            f"`reconciler webhooks resume {record.organization}/{record.webhook}` sends it"
+        )
+    if record.status == "in_flight":
+        return f"delivery {record.id} is being sent now: nothing to retry"
+    return (
+        f"delivery {record.id} is {record.status}: retry makes a pending delivery due now; "
+        f"`reconciler deliveries replay {record.id}` sends a finished one again"
+    )
 
 
 def delivery_line(record: DeliveryRecord) -> str:
@@ -103,6 +142,13 @@ def delivery_text(record: DeliveryRecord, attempts: list[AttemptRecord]) -> str:
             f"  #{attempt.number}  {utc(attempt.started_at)}  {attempt.outcome:<9}  {status}  "
             f"{attempt.duration_ms:.0f} ms" + (f"  {attempt.error}" if attempt.error else "")
         )
+        if attempt.request is not None:
+            sent = attempt.request
+            lines.append(f"       request:  {sent.method} {sent.url}")
+            for name, value in sent.headers.items():
+                lines.append(f"                 {name}: {value}")
+            if sent.body is not None:
+                lines.append(f"                 body: {sent.body.replace(chr(10), ' ')[:200]}")
         if attempt.response_excerpt:
             excerpt = attempt.response_excerpt.replace("\n", " ")
             lines.append(f"       response: {excerpt[:200]}")

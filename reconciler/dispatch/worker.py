@@ -33,6 +33,7 @@ from reconciler.envaccess import EnvAccess
 from reconciler.events import event_data
 from reconciler.model import WebhookSpec
 from reconciler.render import Renderer, RenderError, utc
+from reconciler.sent_request import as_sent
 from reconciler.signing import SigningSecretError, signature_header
 from reconciler.store import Backend
 from reconciler.store.breakers import BreakerRecord, BreakerReport, may_probe
@@ -44,6 +45,7 @@ from reconciler.store.queue import (
     AttemptResult,
     Claim,
     EventKey,
+    SentRequest,
     lease_of,
 )
 
@@ -581,11 +583,9 @@ class Worker:
             # dispatcher may hold the delivery by now. Back to the queue, unsent.
             log.info("lease too short to send delivery=%s; put back", claim.delivery_id)
             return _deferred(claim, started, now)
-        outcome = await self.sender.send(
-            type(request)(request.method, request.url, headers, request.body),
-            timeout,
-        )
-        result = self._result(claim, spec, started, outcome)
+        sending = type(request)(request.method, request.url, headers, request.body)
+        outcome = await self.sender.send(sending, timeout)
+        result = self._result(claim, spec, started, outcome, as_sent(sending, renderer, env))
         hold = self._hold(outcome)
         if hold is not None:
             await self._write_hold(key, hold)
@@ -627,9 +627,15 @@ class Worker:
             self.holds.refreshed(read, now)
 
     def _result(
-        self, claim: Claim, spec: WebhookSpec, started: float, outcome: Outcome
+        self,
+        claim: Claim,
+        spec: WebhookSpec,
+        started: float,
+        outcome: Outcome,
+        request: SentRequest | None = None,
     ) -> AttemptResult:
         common: dict[str, Any] = {
+            "request": request,
             "delivery_id": claim.delivery_id,
             "number": claim.attempt,
             "started_at": started,

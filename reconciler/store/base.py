@@ -172,12 +172,29 @@ def audit_entry_from_row(row: Sequence[Any]) -> AuditEntry:
     return AuditEntry(id_, at, serial, record)
 
 
+# Every action an audit entry may record (`history --action`).
+AUDIT_ACTIONS = (
+    "create",
+    "update",
+    "delete",
+    "pause",
+    "resume",
+    "breaker-open",
+    "breaker-close",
+    "share",
+    "unshare",
+)
+
 # What `resume` found: the webhook paused (and now resumed), not paused, or not there.
 ResumeOutcome = Literal["resumed", "not paused", "no such webhook"]
 
 
-def resume_note(reason: str) -> str:
-    return f"resumed without an apply; it was paused: {reason}"
+def resume_note(reason: str, released: int = 0) -> str:
+    note = f"resumed without an apply; it was paused: {reason}"
+    if released:
+        held = "1 held delivery" if released == 1 else f"{released} held deliveries"
+        note += f"; {held} released, due at once"
+    return note
 
 
 class Store(Protocol):

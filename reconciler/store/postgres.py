@@ -57,6 +57,7 @@ from reconciler.store.liveness import gone_here
 from reconciler.store.postgres_migrations import MIGRATIONS
 from reconciler.store.postgres_queue import PostgresQueue
 from reconciler.store.postgres_retention import PostgresRetention
+from reconciler.store.queue import HOLD_PENDING, RELEASE_HELD, held_reason
 from reconciler.store.tokens import TOKEN_COLUMNS, TokenRecord, token_from_row
 
 try:
@@ -337,6 +338,12 @@ class PostgresStore(PostgresQueue, PostgresRetention):
                     "updated_at = excluded.updated_at",
                     puts,
                 )
+                # An apply lifts a pause as `webhooks resume` does: what was held goes.
+                moment = time.time()
+                cur.executemany(
+                    RELEASE_HELD.format(p="%s"),
+                    [(moment, moment, put[0], put[1]) for put in puts],
+                )
             if deletes:
                 cur.executemany(
                     "DELETE FROM webhooks WHERE organization = %s AND name = %s", deletes
@@ -381,6 +388,11 @@ class PostgresStore(PostgresQueue, PostgresRetention):
         )
         if not cur.rowcount:
             return
+        # What waits for it is held, not failed or sent, until it is resumed.
+        cur.execute(
+            HOLD_PENDING.format(p="%s"),
+            (held_reason(reason, now), time.time(), organization, name),
+        )
         # Resumed later, it starts with a closed circuit breaker.
         record = AuditRecord("pause", organization, name, None, None, actor, note=reason)
         self._breaker_reset_audited(cur, record, now)
@@ -415,8 +427,15 @@ class PostgresStore(PostgresQueue, PostgresRetention):
                 "WHERE organization = %s AND name = %s",
                 (now, organization, name),
             )
+            cur.execute(RELEASE_HELD.format(p="%s"), (time.time(), time.time(), organization, name))
             record = AuditRecord(
-                "resume", organization, name, None, None, actor, note=resume_note(row[0])
+                "resume",
+                organization,
+                name,
+                None,
+                None,
+                actor,
+                note=resume_note(row[0], cur.rowcount),
             )
             self._breaker_reset_audited(cur, record, now)
         return "resumed"

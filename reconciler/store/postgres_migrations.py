@@ -255,3 +255,14 @@ MIGRATIONS.append(
         ],
     )
 )
+
+# What each attempt sent (sqlite_migrations.py says why).
+MIGRATIONS.append(
+    (
+        "0012_attempt_request_as_sent",
+        [
+            f"ALTER TABLE attempts ADD COLUMN {column} TEXT"
+            for column in ("request_method", "request_url", "request_headers", "request_body")
+        ],
+    )
+)

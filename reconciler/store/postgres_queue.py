@@ -11,7 +11,6 @@ queue.py and breakers.py.
 
 from __future__ import annotations
 
-import json
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import AbstractContextManager
 from typing import Any
@@ -30,20 +29,25 @@ from reconciler.store.breakers import (
 )
 from reconciler.store.queue import (
     ATTEMPT_COLUMNS,
+    ATTEMPT_READ,
     DELIVERY_COLUMNS,
     EVENT_OF_DELIVERY,
+    RETRY_NOW,
     AttemptRecord,
     AttemptResult,
     Claim,
     DeliveryRecord,
     EventKey,
     EventRecord,
+    Held,
     IntakeResult,
     WebhookAggregates,
     WebhookQueue,
+    attempt_from_row,
     attempt_row,
     clean_text,
     deliveries_query,
+    held_reason,
     lease_of,
     refuse_nul,
     slot_groups,
@@ -59,8 +63,10 @@ class PostgresQueue:
 
     # -- intake -------------------------------------------------------------
 
-    def add_event(self, event: EventRecord, now: float) -> IntakeResult:
-        return self.add_events([event], now)[0]
+    def add_event(self, event: EventRecord, now: float, webhook: str | None = None) -> IntakeResult:
+        refuse_nul([event])
+        with self._tx() as cur:
+            return self._add_event_in(cur, event, now, ("", 0, 0.0), [], {}, webhook)
 
     def add_events(self, events: Sequence[EventRecord], now: float) -> list[IntakeResult]:
         return self.add_events_and_claim(events, now, "", 0, 0.0)[0]
@@ -90,6 +96,7 @@ class PostgresQueue:
         hand: tuple[str, int, float],
         claims: list[Claim],
         room: dict[str, int],
+        only: str | None = None,
     ) -> IntakeResult:
         cur.execute(
             "INSERT INTO events VALUES (%s, %s, %s, %s, %s, %s, %s, 0) "
@@ -127,15 +134,19 @@ class PostgresQueue:
             else "%s IS NULL"
         )
         cur.execute(
-            f"SELECT name, spec, {lock} FROM webhooks WHERE organization = %s "
-            "AND paused_reason IS NULL AND spec::jsonb ->> 'event' = %s "
-            "AND coalesce((spec::jsonb ->> 'enabled')::boolean, true) ORDER BY name",
-            (self._claim_key, event.organization, event.type),
+            f"SELECT name, spec, {lock}, paused_reason, updated_at FROM webhooks "
+            "WHERE organization = %s AND spec::jsonb ->> 'event' = %s "
+            "AND coalesce((spec::jsonb ->> 'enabled')::boolean, true) "
+            "AND (%s::text IS NULL OR name = %s) ORDER BY name",
+            (self._claim_key, event.organization, event.type, only, only),
         )
         found = cur.fetchall()
-        webhooks = [(name, spec) for name, spec, _ in found]
-        locked = [name for name, _, got in found if got and name not in room]
-        room.update((name, 0) for name, _, got in found if not got and name not in room)
+        webhooks = [
+            (name, spec, held_reason(paused, since) if paused else None)
+            for name, spec, _, paused, since in found
+        ]
+        locked = [name for name, _, got, _, _ in found if got and name not in room]
+        room.update((name, 0) for name, _, got, _, _ in found if not got and name not in room)
         if handing and locked:
             cur.execute(
                 f"SELECT w.name, {_ROOM.format(o='w.organization', h='w.name')} "
@@ -151,12 +162,12 @@ class PostgresQueue:
             room.update(cur.fetchall())
         if webhooks:
             rows = []
-            for name, spec in webhooks:
+            for name, spec, why_held in webhooks:
                 delivery_id = new_delivery_id()
                 lease_owner: str | None = None
                 lease_expires: float | None = None
-                status = "pending"
-                if len(claims) < limit and room.get(name, 0) > 0:
+                status = "held" if why_held else "pending"
+                if not why_held and len(claims) < limit and room.get(name, 0) > 0:
                     room[name] -= 1
                     held = lease_of(spec, lease)
                     status, lease_owner, lease_expires = "in_flight", owner, now + held
@@ -174,15 +185,16 @@ class PostgresQueue:
                         status,
                         lease_owner,
                         lease_expires,
+                        None if why_held else now,
                         now,
                         now,
-                        now,
+                        why_held,
                     )
                 )
             cur.executemany(
                 "INSERT INTO deliveries (id, event_id, organization, webhook, status, "
-                "lease_owner, lease_expires, attempts, due_at, created_at, updated_at) "
-                "VALUES (%s, %s, %s, %s, %s, %s, %s, 0, %s, %s, %s)",
+                "lease_owner, lease_expires, attempts, due_at, created_at, updated_at, "
+                "last_error) VALUES (%s, %s, %s, %s, %s, %s, %s, 0, %s, %s, %s, %s)",
                 rows,
             )
             cur.execute(
@@ -190,7 +202,12 @@ class PostgresQueue:
                 (len(webhooks), event.organization, event.id),
             )
         return IntakeResult(
-            event.id, event.organization, len(webhooks), duplicate=False, event_type=event.type
+            event.id,
+            event.organization,
+            len(webhooks),
+            duplicate=False,
+            event_type=event.type,
+            held=tuple(Held(name, why) for name, _, why in webhooks if why),
         )
 
     # -- claims ---------------------------------------------------------------
@@ -367,7 +384,7 @@ class PostgresQueue:
         if recorded:
             cur.executemany(
                 f"INSERT INTO attempts ({ATTEMPT_COLUMNS}) "
-                "VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s)",
+                "VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s)",
                 [attempt_row(r) for r in recorded],
             )
         for r in recorded:
@@ -506,7 +523,8 @@ class PostgresQueue:
             cur.execute(
                 "UPDATE deliveries SET status = 'cancelled', due_at = NULL, lease_owner = NULL, "
                 "lease_expires = NULL, last_error = %s, updated_at = %s "
-                "WHERE organization = %s AND webhook = %s AND status IN ('pending', 'in_flight')",
+                "WHERE organization = %s AND webhook = %s "
+                "AND status IN ('pending', 'held', 'in_flight')",
                 (reason, now, organization, webhook),
             )
             cancelled += cur.rowcount
@@ -524,6 +542,8 @@ class PostgresQueue:
         since: float | None = None,
         limit: int = 100,
         organizations: Sequence[str] | None = None,
+        until: float | None = None,
+        status_code: int | None = None,
     ) -> list[DeliveryRecord]:
         """Newest first. `event`: that event's (an id names one only with its
         organization). `organizations`: only these (an API token's scope)."""
@@ -537,6 +557,8 @@ class PostgresQueue:
             since=since,
             limit=limit,
             organizations=organizations,
+            until=until,
+            status_code=status_code,
         )
         with self._tx() as cur:
             cur.execute(query, args)
@@ -553,25 +575,10 @@ class PostgresQueue:
             if row is None:
                 return None
             cur.execute(
-                "SELECT number, started_at, duration_ms, outcome, status, response_headers, "
-                "response_excerpt, error FROM attempts WHERE delivery_id = %s ORDER BY id",
+                f"SELECT {ATTEMPT_READ} FROM attempts WHERE delivery_id = %s ORDER BY id",
                 (delivery_id,),
             )
-            attempts = [
-                AttemptRecord(
-                    number,
-                    started,
-                    duration,
-                    outcome,
-                    code,
-                    json.loads(headers or "{}"),
-                    excerpt or "",
-                    error,
-                )
-                for number, started, duration, outcome, code, headers, excerpt, error in (
-                    cur.fetchall()
-                )
-            ]
+            attempts = [attempt_from_row(r) for r in cur.fetchall()]
         return DeliveryRecord(*row), attempts
 
     def event(self, key: EventKey) -> EventRecord | None:
@@ -596,6 +603,12 @@ class PostgresQueue:
             )
             done = {row[0] for row in cur.fetchall()}
         return [d for d in delivery_ids if d in done]
+
+    def retry_now(self, delivery_ids: Sequence[str], now: float) -> list[str]:
+        with self._tx() as cur:
+            cur.execute(RETRY_NOW.format(p="%s", ids="= ANY(%s)"), (now, now, list(delivery_ids)))
+            done = {row[0] for row in cur.fetchall()}
+        return [d for d in dict.fromkeys(delivery_ids) if d in done]
 
     def oldest_due(self, now: float) -> float | None:
         """The due time of the longest-waiting due delivery, if any is due."""

@@ -17,8 +17,11 @@ from contextlib import AbstractContextManager
 from typing import Any
 
 from reconciler.store.retention import (
+    BODIES_FROM,
     DEFAULT_BATCH,
+    DROP_BODIES,
     FINISHED_WHERE,
+    NEXT_BODIES,
     NO_DELIVERIES_WHERE,
     ORGANIZATIONS_SQL,
     RUN_COLUMNS,
@@ -88,6 +91,23 @@ class PostgresRetention:
         self, conn: Any, cutoffs: Cutoffs, batch: int, between: Callable[[], None]
     ) -> Removed:
         removed = Removed()
+        while cutoffs.bodies is not None:
+            with self._tx(conn=conn) as cur:
+                cur.execute("SELECT value FROM meta WHERE key = %s", (BODIES_FROM,))
+                row = cur.fetchone()
+                start = float(row[0]) if row else 0.0
+                cur.execute(NEXT_BODIES.format(p="%s"), (start, cutoffs.bodies, batch))
+                found = cur.fetchall()
+                cur.execute(DROP_BODIES.format(ids="= ANY(%s)"), ([r[0] for r in found],))
+                done = found[-1][1] if len(found) == batch else cutoffs.bodies
+                cur.execute(
+                    "INSERT INTO meta VALUES (%s, %s) ON CONFLICT (key) DO UPDATE "
+                    "SET value = excluded.value",
+                    (BODIES_FROM, repr(max(start, done))),
+                )
+            between()
+            if len(found) < batch:
+                break
         for organization in self._organizations(conn, "deliveries", FINISHED_WHERE):
             cutoff = cutoffs.of(organization)
             while True:

@@ -16,7 +16,11 @@ from reconciler.durations import parse_duration, parse_rate
 from reconciler.envaccess import EnvAccess
 from reconciler.store.breakers import BreakerRecord, BreakerReport
 
-Status = Literal["pending", "in_flight", "delivered", "failed", "cancelled"]
+# held: recorded while its webhook is paused (after HTTP 410, or down for
+# `serve --pause-after`); never claimed, never removed by retention, and pending,
+# due at once, when the webhook is resumed (`webhooks resume`, the API, an apply).
+Status = Literal["pending", "held", "in_flight", "delivered", "failed", "cancelled"]
+STATUSES: tuple[str, ...] = ("pending", "held", "in_flight", "delivered", "failed", "cancelled")
 FINAL_STATUSES = ("delivered", "failed", "cancelled")
 EXCERPT_LIMIT = 4096
 # What an attempt does to its delivery; deferred: not sent, by the webhook's rate
@@ -58,14 +62,32 @@ class EventRecord:
         return EventKey(self.organization, self.id)
 
 
+def held_reason(paused_reason: str, since: str) -> str:
+    """Why a delivery is held: its webhook's pause, and since when."""
+    return f"held: the webhook is paused since {since} ({paused_reason}); resuming it sends this"
+
+
+@dataclass(frozen=True)
+class Held:
+    """A webhook an event's delivery was held for, and why."""
+
+    webhook: str
+    reason: str
+
+    def as_json(self) -> dict[str, str]:
+        return {"webhook": self.webhook, "reason": self.reason}
+
+
 @dataclass(frozen=True)
 class IntakeResult:
     event_id: str
     organization: str
-    deliveries: int
+    deliveries: int  # recorded: queued, and held for paused webhooks
     duplicate: bool  # this organization had an event with this id already
     # For the answer's note only: two results are equal whatever it says.
     event_type: str = field(default="", compare=False)
+    # The deliveries among `deliveries` held for a paused webhook (a new event only).
+    held: tuple[Held, ...] = ()
 
     @property
     def key(self) -> EventKey:
@@ -90,6 +112,8 @@ class IntakeResult:
             "deliveries": self.deliveries,
             "duplicate": self.duplicate,
         }
+        if self.held:
+            answer["held"] = [h.as_json() for h in self.held]
         if self.note is not None:
             answer["note"] = self.note
         return answer
@@ -122,6 +146,21 @@ class Claim:
 
 
 @dataclass(frozen=True)
+class SentRequest:
+    """A request as it was sent, as the state keeps it: secrets put back as their
+    `${env:NAME}` references and credentials masked before it gets here
+    (reconciler/sent_request.py)."""
+
+    method: str
+    url: str
+    headers: dict[str, str]
+    body: str | None
+
+    def as_json(self) -> dict[str, Any]:
+        return {"method": self.method, "url": self.url, "headers": self.headers, "body": self.body}
+
+
+@dataclass(frozen=True)
 class AttemptResult:
     """What one attempt did, and what becomes of its delivery."""
 
@@ -144,6 +183,8 @@ class AttemptResult:
     # that is down fails, was a probe, or succeeded after failures; None otherwise
     # (the healthy case costs the store nothing).
     breaker: BreakerReport | None = None
+    # What was sent (None when nothing went out, or no request was built).
+    request: SentRequest | None = None
 
 
 @dataclass(frozen=True)
@@ -156,6 +197,7 @@ class AttemptRecord:
     response_headers: dict[str, str]
     response_excerpt: str
     error: str | None
+    request: SentRequest | None = None
 
     def as_json(self) -> dict[str, Any]:
         return {
@@ -164,6 +206,7 @@ class AttemptRecord:
             "duration_ms": round(self.duration_ms, 3),
             "outcome": self.outcome,
             "status": self.status,
+            "request": self.request.as_json() if self.request is not None else None,
             "response_headers": self.response_headers,
             "response_excerpt": self.response_excerpt,
             "error": self.error,
@@ -311,6 +354,27 @@ def with_slots(
     return out
 
 
+# A webhook's pause holds its pending deliveries; its resume (or an apply, which
+# lifts a pause too) makes them pending again, due at once. In a backend's
+# placeholder `{p}`: (reason, now, organization, webhook) and (now, now,
+# organization, webhook).
+HOLD_PENDING = (
+    "UPDATE deliveries SET status = 'held', due_at = NULL, rate_slot = NULL, "
+    "last_error = {p}, updated_at = {p} WHERE organization = {p} AND webhook = {p} "
+    "AND status = 'pending'"
+)
+# Retry now: a pending delivery due at once (a kept rate-limit slot dropped, so the
+# claim takes a fresh one), in a backend's placeholder `{p}`: (now, now, ids...).
+RETRY_NOW = (
+    "UPDATE deliveries SET due_at = {p}, updated_at = {p}, rate_slot = NULL "
+    "WHERE status = 'pending' AND id {ids} RETURNING id"
+)
+RELEASE_HELD = (
+    "UPDATE deliveries SET status = 'pending', due_at = {p}, last_error = NULL, "
+    "updated_at = {p} WHERE organization = {p} AND webhook = {p} AND status = 'held'"
+)
+
+
 def headers_json(headers: dict[str, str]) -> str:
     return json.dumps(headers, sort_keys=True)
 
@@ -335,6 +399,8 @@ def deliveries_query(
     since: float | None,
     limit: int,
     organizations: Sequence[str] | None,
+    until: float | None = None,
+    status_code: int | None = None,
 ) -> tuple[str, list[Any]]:
     """QueueStore.deliveries as one query and its arguments, in a backend's dialect:
     its `placeholder` (? or %s) and `any_of`, its test of a column against a list
@@ -349,6 +415,7 @@ def deliveries_query(
         ("d.status", status),
         ("d.organization", organization),
         ("d.webhook", webhook),
+        ("d.last_status", status_code),
     ):
         if value is not None:
             query += f" AND {column} = {p}"
@@ -359,6 +426,9 @@ def deliveries_query(
     if since is not None:
         query += f" AND d.updated_at >= {p}"
         args.append(since)
+    if until is not None:
+        query += f" AND d.updated_at < {p}"
+        args.append(until)
     if organizations is not None:
         test, more = any_of(organizations)
         query += f" AND d.organization {test}"
@@ -370,13 +440,20 @@ def deliveries_query(
 
 ATTEMPT_COLUMNS = (
     "delivery_id, number, started_at, duration_ms, status, response_headers, "
-    "response_excerpt, error, outcome"
+    "response_excerpt, error, outcome, request_method, request_url, request_headers, "
+    "request_body"
+)
+# An attempt as read back (deliveries show), the request's four columns last.
+ATTEMPT_READ = (
+    "number, started_at, duration_ms, outcome, status, response_headers, response_excerpt, "
+    "error, request_method, request_url, request_headers, request_body"
 )
 
 
 def attempt_row(r: AttemptResult) -> list[Any]:
     """One attempt as stored, in ATTEMPT_COLUMNS' order (started_at and duration_ms
     third and fourth)."""
+    sent = r.request
     return [
         r.delivery_id,
         r.number,
@@ -387,7 +464,31 @@ def attempt_row(r: AttemptResult) -> list[Any]:
         clean_text(r.response_excerpt),
         clean_text(r.error),
         r.outcome,
+        sent.method if sent else None,
+        sent.url if sent else None,
+        json.dumps(sent.headers) if sent else None,  # in the order sent
+        clean_text(sent.body) if sent else None,
     ]
+
+
+def attempt_from_row(row: Sequence[Any]) -> AttemptRecord:
+    """An AttemptRecord from a row of ATTEMPT_READ."""
+    number, started, duration, outcome, status, headers, excerpt, error = row[:8]
+    method, url, sent_headers, body = row[8:]
+    request = None
+    if method is not None:
+        request = SentRequest(method, url, json.loads(sent_headers or "{}"), body)
+    return AttemptRecord(
+        number,
+        started,
+        duration,
+        outcome,
+        status,
+        json.loads(headers or "{}"),
+        excerpt or "",
+        error,
+        request,
+    )
 
 
 def refuse_nul(events: Sequence[EventRecord]) -> None:
@@ -412,7 +513,10 @@ class QueueStore(Protocol):
 
     url: str
 
-    def add_event(self, event: EventRecord, now: float) -> IntakeResult: ...
+    def add_event(self, event: EventRecord, now: float, webhook: str | None = None) -> IntakeResult:
+        """Store the event and one delivery per matching enabled webhook (`webhook`:
+        that one alone, if it matches): pending, or held for a paused webhook."""
+        ...
 
     def add_events(self, events: Sequence[EventRecord], now: float) -> list[IntakeResult]: ...
 
@@ -460,7 +564,13 @@ class QueueStore(Protocol):
         since: float | None = None,
         limit: int = 100,
         organizations: Sequence[str] | None = None,
-    ) -> list[DeliveryRecord]: ...
+        until: float | None = None,
+        status_code: int | None = None,
+    ) -> list[DeliveryRecord]:
+        """Newest first, by any of these filters: `since` and `until` bound the
+        delivery's last change (updated_at in [since, until)), `status_code` its last
+        attempt's HTTP status, `organizations` an API token's scope."""
+        ...
 
     def delivery(self, delivery_id: str) -> tuple[DeliveryRecord, list[AttemptRecord]] | None: ...
 
@@ -469,6 +579,13 @@ class QueueStore(Protocol):
     def replay(self, delivery_ids: Sequence[str], now: float) -> list[str]:
         """Queue finished deliveries of live webhooks again, due at once; returns those
         queued. A delivery of a deleted webhook is kept as history, never sent again."""
+        ...
+
+    def retry_now(self, delivery_ids: Sequence[str], now: float) -> list[str]:
+        """Make pending deliveries (waiting out a retry's backoff, a rate limit or a
+        Retry-After) due at `now`, keeping their attempts and webhook-id; returns
+        those made due. Any other status is left as it is (held: until its webhook
+        is resumed; finished: `replay`)."""
         ...
 
     def queue_counts(self) -> dict[str, int]: ...

@@ -183,9 +183,25 @@ class Cutoffs:
 
     default: float
     organizations: Mapping[str, float] = field(default_factory=dict)
+    # Attempts started before this keep their row, request line and headers, but
+    # lose the request's body and the response's excerpt (None: kept as long as the
+    # attempt). Every organization alike: bodies are what a receiver sent or got.
+    bodies: float | None = None
 
     def of(self, organization: str) -> float:
         return self.organizations.get(organization, self.default)
+
+
+# Dropping bodies goes forward from where the last run stopped (a meta row), so a
+# run reads the attempts made since, not every attempt kept: BODIES_FROM is the
+# meta key; NEXT_BODIES takes (from, cutoff, batch) and gives the next batch's ids
+# and times in time order; DROP_BODIES empties them. In a backend's placeholder `{p}`.
+BODIES_FROM = "bodies_dropped_before"
+NEXT_BODIES = (
+    "SELECT id, started_at FROM attempts WHERE started_at >= {p} AND started_at < {p} "
+    "AND (request_body IS NOT NULL OR response_excerpt <> '') ORDER BY started_at LIMIT {p}"
+)
+DROP_BODIES = "UPDATE attempts SET request_body = NULL, response_excerpt = '' WHERE id {ids}"
 
 
 @dataclass

@@ -48,6 +48,7 @@ from reconciler.store.base import (
     shared_env_text,
 )
 from reconciler.store.liveness import gone_here
+from reconciler.store.queue import HOLD_PENDING, RELEASE_HELD, held_reason
 from reconciler.store.sqlite_migrations import MIGRATIONS
 from reconciler.store.sqlite_queue import SqliteQueue
 from reconciler.store.sqlite_retention import WAL_LIMIT, SqliteRetention
@@ -382,6 +383,9 @@ class SqliteStore(SqliteQueue, SqliteRetention):
             "updated_at = excluded.updated_at",
             rows,
         )
+        # An apply lifts a pause as `webhooks resume` does: what was held goes.
+        now = time.time()
+        db.executemany(RELEASE_HELD.format(p="?"), [(now, now, row[0], row[1]) for row in rows])
 
     def _apply_deletes(self, db: sqlite3.Connection, rows: list[tuple[str, str]]) -> None:
         db.executemany("DELETE FROM webhooks WHERE organization = ? AND name = ?", rows)
@@ -411,6 +415,11 @@ class SqliteStore(SqliteQueue, SqliteRetention):
         ).rowcount
         if not changed:
             return
+        # What waits for it is held, not failed or sent, until it is resumed.
+        db.execute(
+            HOLD_PENDING.format(p="?"),
+            (held_reason(reason, now), time.time(), organization, name),
+        )
         # Resumed later, it starts with a closed circuit breaker.
         record = AuditRecord("pause", organization, name, None, None, actor, note=reason)
         self._breaker_reset_audited(db, record, now)
@@ -443,8 +452,17 @@ class SqliteStore(SqliteQueue, SqliteRetention):
                 "WHERE organization = ? AND name = ?",
                 (now, organization, name),
             )
+            released = db.execute(
+                RELEASE_HELD.format(p="?"), (time.time(), time.time(), organization, name)
+            ).rowcount
             record = AuditRecord(
-                "resume", organization, name, None, None, actor, note=resume_note(row[0])
+                "resume",
+                organization,
+                name,
+                None,
+                None,
+                actor,
+                note=resume_note(row[0], released),
             )
             self._breaker_reset_audited(db, record, now)
         return "resumed"

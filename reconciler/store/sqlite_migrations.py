@@ -344,3 +344,17 @@ MIGRATIONS.append(
         ["PRAGMA auto_vacuum = INCREMENTAL"],
     )
 )
+
+# What each attempt sent, beside its response (`deliveries show`): the request as
+# rendered, secrets put back as references and credentials masked before it is
+# written (reconciler/sent_request.py). NULL for attempts made before, and for those
+# where nothing went out.
+MIGRATIONS.append(
+    (
+        "0012_attempt_request_as_sent",
+        [
+            f"ALTER TABLE attempts ADD COLUMN {column} TEXT"
+            for column in ("request_method", "request_url", "request_headers", "request_body")
+        ],
+    )
+)

@@ -27,20 +27,25 @@ from reconciler.store.breakers import (
 )
 from reconciler.store.queue import (
     ATTEMPT_COLUMNS,
+    ATTEMPT_READ,
     DELIVERY_COLUMNS,
     EVENT_OF_DELIVERY,
+    RETRY_NOW,
     AttemptRecord,
     AttemptResult,
     Claim,
     DeliveryRecord,
     EventKey,
     EventRecord,
+    Held,
     IntakeResult,
     WebhookAggregates,
     WebhookQueue,
+    attempt_from_row,
     attempt_row,
     clean_text,
     deliveries_query,
+    held_reason,
     lease_of,
     refuse_nul,
     slot_groups,
@@ -56,9 +61,11 @@ class SqliteQueue:
 
     # -- intake ---------------------------------------------------------------
 
-    def add_event(self, event: EventRecord, now: float) -> IntakeResult:
-        """Store the event and one delivery per matching enabled webhook, at once."""
-        return self.add_events([event], now)[0]
+    def add_event(self, event: EventRecord, now: float, webhook: str | None = None) -> IntakeResult:
+        """Store the event and one delivery per matching enabled webhook, at once;
+        with `webhook`, for that webhook alone (if it matches)."""
+        with self._write() as db:
+            return self._add_events_in(db, [event], now, "", 0, 0.0, webhook)[0][0]
 
     def add_events(self, events: Sequence[EventRecord], now: float) -> list[IntakeResult]:
         """add_event for many events in one transaction (the intake's group commit)."""
@@ -80,6 +87,7 @@ class SqliteQueue:
         owner: str,
         limit: int,
         lease: float,
+        only: str | None = None,
     ) -> tuple[list[IntakeResult], list[Claim]]:
         refuse_nul(events)
         keys = list(dict.fromkeys(event.key for event in events))
@@ -94,7 +102,8 @@ class SqliteQueue:
                 (_json(keys),),
             )
         }
-        targets: dict[tuple[str, str], list[list[str]]] = {}  # (org, type) -> [name, spec]
+        # (org, type) -> [name, spec, why held or None]
+        targets: dict[tuple[str, str], list[list[Any]]] = {}
         room: dict[tuple[str, str], int] = {}  # (org, webhook) -> how many it may still take
         event_rows: list[list[Any]] = []
         delivery_rows: list[list[object]] = []
@@ -119,19 +128,25 @@ class SqliteQueue:
                 found = _rows(
                     db,
                     "SELECT json_group_array(json_array(w.name, w.spec, "
-                    f"{_ROOM.format(o='w.organization', h='w.name') if limit else '0'})) "
+                    f"{_ROOM.format(o='w.organization', h='w.name') if limit else '0'}, "
+                    "w.paused_reason, w.updated_at)) "
                     "FROM webhooks w WHERE w.organization = :organization "
-                    "AND w.paused_reason IS NULL AND json_extract(w.spec, '$.event') = :type "
-                    "AND coalesce(json_extract(w.spec, '$.enabled'), 1) = 1",
+                    "AND json_extract(w.spec, '$.event') = :type "
+                    "AND coalesce(json_extract(w.spec, '$.enabled'), 1) = 1 "
+                    "AND (:only IS NULL OR w.name = :only)",
                     {
                         "organization": event.organization,
                         "type": event.type,
                         "now": now,
                         "cap": DEFAULT_MAX_IN_FLIGHT,
+                        "only": only,
                     },
                 )
-                names = targets[matching] = sorted([name, spec] for name, spec, _ in found)
-                room.update(((event.organization, name), free) for name, _, free in found)
+                names = targets[matching] = sorted(
+                    [name, spec, held_reason(paused, since) if paused else None]
+                    for name, spec, _, paused, since in found
+                )
+                room.update(((event.organization, name), free) for name, _, free, _, _ in found)
             known[key] = len(names)
             event_rows.append(
                 [
@@ -144,22 +159,24 @@ class SqliteQueue:
                     len(names),
                 ]
             )
-            for name, spec in names:
+            for name, spec, why_held in names:
                 delivery_id = new_delivery_id()
                 row: list[object] = [
                     delivery_id,
                     event.id,
                     event.organization,
                     name,
-                    "pending",
+                    "held" if why_held else "pending",
                     None,
                     None,
+                    why_held,
                 ]
-                # Handed over within the webhook's max_in_flight, as a claim would.
-                if len(claims) < limit and room[event.organization, name] > 0:
+                # Handed over within the webhook's max_in_flight, as a claim would
+                # (never a held one).
+                if not why_held and len(claims) < limit and room[event.organization, name] > 0:
                     room[event.organization, name] -= 1
                     held = lease_of(spec, lease)
-                    row[4:] = "in_flight", owner, _real(now + held)
+                    row[4:7] = "in_flight", owner, _real(now + held)
                     claims.append(
                         Claim(
                             delivery_id, 1, event, event.organization, name, spec, None, lease=held
@@ -168,7 +185,12 @@ class SqliteQueue:
                 delivery_rows.append(row)
             results.append(
                 IntakeResult(
-                    event.id, event.organization, len(names), duplicate=False, event_type=event.type
+                    event.id,
+                    event.organization,
+                    len(names),
+                    duplicate=False,
+                    event_type=event.type,
+                    held=tuple(Held(name, why) for name, _, why in names if why),
                 )
             )
         db.execute(
@@ -179,9 +201,10 @@ class SqliteQueue:
         )
         db.execute(
             "INSERT INTO deliveries (id, event_id, organization, webhook, status, attempts, "
-            "due_at, created_at, updated_at, lease_owner, lease_expires) SELECT value ->> 0, "
-            "value ->> 1, value ->> 2, value ->> 3, value ->> 4, 0, ?1, ?1, ?1, value ->> 5, "
-            "CAST(value ->> 6 AS REAL) FROM json_each(?2)",
+            "due_at, created_at, updated_at, lease_owner, lease_expires, last_error) "
+            "SELECT value ->> 0, value ->> 1, value ->> 2, value ->> 3, value ->> 4, 0, "
+            "CASE WHEN value ->> 7 IS NULL THEN ?1 END, ?1, ?1, value ->> 5, "
+            "CAST(value ->> 6 AS REAL), value ->> 7 FROM json_each(?2)",
             (now, _json(delivery_rows)),
         )
         return results, self._slots_in(db, claims, now)
@@ -390,7 +413,8 @@ class SqliteQueue:
             f"INSERT INTO attempts ({ATTEMPT_COLUMNS}) "
             "SELECT value ->> 0, value ->> 1, CAST(value ->> 2 AS REAL), "
             "CAST(value ->> 3 AS REAL), value ->> 4, value ->> 5, value ->> 6, value ->> 7, "
-            "value ->> 8 FROM json_each(?)",
+            "value ->> 8, value ->> 9, value ->> 10, value ->> 11, value ->> 12 "
+            "FROM json_each(?)",
             (_json(rows),),
         )
         for r in recorded:
@@ -537,7 +561,8 @@ class SqliteQueue:
             cancelled += db.execute(
                 "UPDATE deliveries SET status = 'cancelled', due_at = NULL, lease_owner = NULL, "
                 "lease_expires = NULL, last_error = ?, updated_at = ? "
-                "WHERE organization = ? AND webhook = ? AND status IN ('pending', 'in_flight')",
+                "WHERE organization = ? AND webhook = ? "
+                "AND status IN ('pending', 'held', 'in_flight')",
                 (reason, now, organization, webhook),
             ).rowcount
         return cancelled
@@ -554,6 +579,8 @@ class SqliteQueue:
         since: float | None = None,
         limit: int = 100,
         organizations: Sequence[str] | None = None,
+        until: float | None = None,
+        status_code: int | None = None,
     ) -> list[DeliveryRecord]:
         """Newest first. `event`: that event's (an id names one only with its
         organization). `organizations`: only these (an API token's scope)."""
@@ -567,6 +594,8 @@ class SqliteQueue:
             since=since,
             limit=limit,
             organizations=organizations,
+            until=until,
+            status_code=status_code,
         )
         return [DeliveryRecord(*row) for row in self._db.execute(query, args)]
 
@@ -579,22 +608,10 @@ class SqliteQueue:
         if row is None:
             return None
         attempts = [
-            AttemptRecord(
-                number,
-                started,
-                duration,
-                outcome,
-                status,
-                json.loads(headers or "{}"),
-                excerpt or "",
-                error,
-            )
-            for number, started, duration, outcome, status, headers, excerpt, error in (
-                self._db.execute(
-                    "SELECT number, started_at, duration_ms, outcome, status, response_headers, "
-                    "response_excerpt, error FROM attempts WHERE delivery_id = ? ORDER BY id",
-                    (delivery_id,),
-                )
+            attempt_from_row(r)
+            for r in self._db.execute(
+                f"SELECT {ATTEMPT_READ} FROM attempts WHERE delivery_id = ? ORDER BY id",
+                (delivery_id,),
             )
         ]
         return DeliveryRecord(*row), attempts
@@ -623,6 +640,17 @@ class SqliteQueue:
                 if changed:
                     replayed.append(delivery_id)
         return replayed
+
+    def retry_now(self, delivery_ids: Sequence[str], now: float) -> list[str]:
+        with self._write() as db:
+            done = {
+                row[0]
+                for row in db.execute(
+                    RETRY_NOW.format(p="?", ids="IN (SELECT value FROM json_each(?))"),
+                    (now, now, _json(list(delivery_ids))),
+                ).fetchall()
+            }
+        return [d for d in dict.fromkeys(delivery_ids) if d in done]
 
     def oldest_due(self, now: float) -> float | None:
         """The due time of the longest-waiting due delivery, if any is due."""

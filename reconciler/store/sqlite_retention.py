@@ -24,8 +24,11 @@ from typing import Any
 
 from reconciler.store.liveness import gone_here
 from reconciler.store.retention import (
+    BODIES_FROM,
     DEFAULT_BATCH,
+    DROP_BODIES,
     FINISHED_WHERE,
+    NEXT_BODIES,
     NO_DELIVERIES_WHERE,
     ORGANIZATIONS_SQL,
     RUN_COLUMNS,
@@ -109,6 +112,27 @@ class SqliteRetention:
         between: Callable[[], None],
         removed: Removed,
     ) -> None:
+        while cutoffs.bodies is not None:
+            with self._write() as db:
+                _renew(db, token, clock() + lease)
+                row = db.execute("SELECT value FROM meta WHERE key = ?", (BODIES_FROM,)).fetchone()
+                start = float(row[0]) if row else 0.0
+                found = db.execute(
+                    NEXT_BODIES.format(p="?"), (start, cutoffs.bodies, batch)
+                ).fetchall()
+                db.execute(
+                    DROP_BODIES.format(ids="IN (SELECT value FROM json_each(?))"),
+                    (json.dumps([r[0] for r in found]),),
+                )
+                done = found[-1][1] if len(found) == batch else cutoffs.bodies
+                db.execute(
+                    "INSERT INTO meta VALUES (?, ?) ON CONFLICT (key) DO UPDATE "
+                    "SET value = excluded.value",
+                    (BODIES_FROM, repr(max(start, done))),
+                )
+            between()
+            if len(found) < batch:
+                break
         for organization in self._organizations("deliveries", FINISHED_WHERE):
             cutoff = cutoffs.of(organization)
             while True:

@@ -97,10 +97,9 @@ class QueueContract:
             store,
             put("acme", "off", enabled=False),
             put("acme", "surplus", event="reserved_instance_surplus"),
-            put("acme", "paused"),
             put("globex", "a"),
         )
-        store.pause("acme", "paused", "HTTP 410", actor="dispatcher")
+        # (a paused webhook's delivery is held: test_held_contract.py)
 
         got = store.add_event(event("evt-1"), NOW)
 
@@ -589,6 +588,7 @@ class QueueContract:
             "started_at": NOW,
             "duration_ms": 12.5,
             "outcome": "delivered",
+            "request": None,  # none given here: test_oncall_contract.py keeps one
             "status": 204,
             "response_headers": {"server": "x"},
             "response_excerpt": "ok",
@@ -702,15 +702,24 @@ class QueueContract:
         (entry,) = list(store.history(name="a"))
         assert (entry.record.action, entry.record.organization) == ("pause", "acme")
         assert (entry.record.actor, entry.record.note) == ("dispatcher", "HTTP 410 on msg_x")
-        # a paused webhook takes no new deliveries; claims show the pause
-        assert store.add_event(event("evt-2"), NOW).deliveries == 1
-        assert [r.webhook for r in store.deliveries(event=key("evt-2"))] == ["b"]
+        # a paused webhook's new deliveries are held, never claimed
+        assert [h.webhook for h in store.add_event(event("evt-2"), NOW).held] == ["a"]
+        assert [c.webhook for c in store.claim("w1", 10, NOW, LEASE)] == ["b"]
 
     def test_a_claim_of_a_paused_webhooks_delivery_carries_the_reason(self, store: Any) -> None:
+        # A pause holds what is pending; one in flight then, whose lease runs out,
+        # is claimed again with the pause to see.
+        self.one(store)
+        (first,) = store.claim("w1", 10, NOW, LEASE)
+        store.pause("acme", "a", "HTTP 410", actor="dispatcher")
+        (claim,) = store.claim("w2", 10, NOW + first.lease + 1, LEASE)
+        assert claim.paused_reason == "HTTP 410"
+
+    def test_a_pause_holds_the_webhooks_pending_deliveries(self, store: Any) -> None:
         self.one(store)
         store.pause("acme", "a", "HTTP 410", actor="dispatcher")
-        (claim,) = store.claim("w1", 10, NOW, LEASE)
-        assert claim.paused_reason == "HTTP 410"
+        assert store.claim("w1", 10, NOW, LEASE) == []
+        assert [r.status for r in store.deliveries()] == ["held"]
 
     # -- leases sized from the webhook's timeout, renewed while held ----------------
 

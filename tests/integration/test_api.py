@@ -641,10 +641,12 @@ def test_one_delivery_with_every_attempt(
         "duration_ms",
         "outcome",
         "status",
+        "request",
         "response_headers",
         "response_excerpt",
         "error",
     }
+    assert log[0]["request"]["method"] == "POST"
 
 
 def test_an_unknown_delivery_is_404(store: SqliteStore, clock: FakeClock) -> None:
@@ -845,6 +847,7 @@ def test_the_openapi_document_lists_every_path(store: SqliteStore, clock: FakeCl
         "/v1/deliveries": {"get"},
         "/v1/deliveries/{delivery_id}": {"get"},
         "/v1/deliveries/{delivery_id}/replay": {"post"},
+        "/v1/deliveries/{delivery_id}/retry": {"post"},
         "/v1/webhooks/status": {"get"},
         "/v1/webhooks/{organization}/{name}/resume": {"post"},
         "/metrics": {"get"},

@@ -62,6 +62,7 @@ OPERATIONS = [
     ("GET", "/v1/deliveries"),
     ("GET", "/v1/deliveries/{delivery_id}"),
     ("POST", "/v1/deliveries/{delivery_id}/replay"),
+    ("POST", "/v1/deliveries/{delivery_id}/retry"),
     ("GET", "/v1/webhooks/status"),
     ("POST", "/v1/webhooks/{organization}/{name}/resume"),
     ("GET", "/metrics"),

@@ -368,9 +368,20 @@ def test_a_410_fails_and_pauses_the_webhook_which_plan_shows_as_drift(
     (entry,) = [e for e in world.store.history(ORG, "gone") if e.record.action == "pause"]
     assert entry.record.actor == "dispatcher"
 
-    # A paused webhook gets no new deliveries until apply resumes it.
+    # A paused webhook's new deliveries are held, said so at intake, never sent...
     later = world.fire(event_id="after-the-410")
-    assert [d.webhook for d in world.deliveries(later.event_id)] == ["other"]
+    assert [h.webhook for h in later.held] == ["gone"]
+    by_webhook = {d.webhook: d for d in world.deliveries(later.event_id)}
+    assert by_webhook["gone"].status == "held"
+    receiver.script("/gone", status(200))
+    assert world.run() == [1]
+    assert [r.path for r in receiver.requests()].count("/gone") == 1
+    # ...until it is resumed: then what was held is sent.
+    assert world.store.resume(ORG, "gone", "alice") == "resumed"
+    world.clock.now = time.time() + 1
+    assert world.run() == [1]
+    by_webhook = {d.webhook: d for d in world.deliveries(later.event_id)}
+    assert by_webhook["gone"].status == "delivered"
 
 
 @pytest.mark.parametrize("code", [301, 302, 307, 308])

@@ -487,7 +487,11 @@ def test_dry_run_prints_one_request_per_matching_webhook(state: Path) -> None:
     before = queue_rows(state)
     result = dry_run(state, "--time", MOMENT_TEXT)
     assert result.returncode == 0, result.stderr
-    assert result.stderr == ""
+    # a paused webhook's delivery would be held, not sent: said, not previewed
+    assert result.stderr == (
+        "note: acme/d-paused is paused (HTTP 410): its delivery would be held, and sent "
+        "when it is resumed\n"
+    )
     assert queue_rows(state) == before == ([], [])
 
     titles = [line for line in result.stdout.splitlines() if line.startswith("# ")]
@@ -585,11 +589,12 @@ def test_dry_run_of_an_event_already_queued_says_so(state: Path) -> None:
         *("fire", "new_rule_violation", "--org", "acme", "--name", "r"),
         *("--id", "evt_9", "--state", sqlite_url(state)),
     )
-    assert fired.stdout == "event acme/evt_9: 3 deliveries queued\n"
+    assert fired.stdout.startswith("event acme/evt_9: 3 deliveries queued, 1 held\n")
+    assert "held  acme/d-paused: held: the webhook is paused since " in fired.stdout
     before = queue_rows(state)
     again = dry_run(state, "--id", "evt_9")
     assert again.returncode == 0
-    assert again.stderr == (
+    assert again.stderr.startswith(
         "note: event acme/evt_9 is already queued: fire would queue nothing new\n"
     )
     assert queue_rows(state) == before

@@ -266,14 +266,17 @@ def test_an_endpoint_down_for_pause_after_is_paused_shown_as_drift_and_resumed(
     )
     assert [(d.name, d.paused_reason) for d in plan.drift] == [("a", live.paused_reason)]
 
-    # a paused webhook takes no new events; `webhooks resume` lifts the pause
-    before = len(store.deliveries(webhook="a", limit=100))
+    # a paused webhook's new events are held; `webhooks resume` lifts the pause and
+    # releases them
     fire(store, clock, 1)
-    assert len(store.deliveries(webhook="a", limit=100)) == before
+    held = store.deliveries(webhook="a", status="held", limit=100)
+    assert len(held) >= 1
     url = store.test_url
     done = run_cli(["webhooks", "resume", "acme/a", "--actor", "alice", "--state", url], tmp_path)
     assert done.returncode == 0, done.stderr
     assert "Resumed acme/a" in done.stdout
+    assert f"Released {len(held)} held deliver" in done.stdout
+    assert store.deliveries(webhook="a", status="held", limit=100) == []
     (live,) = [w for w in store.webhooks("acme") if w.name == "a"]
     assert live.paused_reason is None
     assert actions(store)[-1] == ("resume", "alice")
@@ -347,12 +350,19 @@ def test_the_api_resumes_only_the_tokens_organizations_webhooks(
             await sender.aclose()
             dispatcher.db.close()
 
+    held = len(store.deliveries(status="held", organization="acme", webhook="a", limit=1000))
     other, auditor, missing, resumed, again = asyncio.run(go())
     assert (other.status_code, other.json()["error"]) == (404, "no webhook acme/a")
     assert auditor.status_code == 403
     assert missing.status_code == 404
     assert resumed.status_code == 200
-    assert resumed.json() == {"organization": "acme", "name": "a", "resumed": True}
+    assert resumed.json() == {
+        "organization": "acme",
+        "name": "a",
+        "resumed": True,
+        "released": held,  # what it held while paused, due now
+    }
+    assert store.deliveries(status="held", organization="acme", limit=1000) == []
     assert again.json()["resumed"] is False
     (action, actor) = actions(store)[-1]
     assert action == "resume" and actor.startswith("api token tok_")

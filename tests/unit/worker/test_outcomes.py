@@ -300,25 +300,26 @@ def test_410_fails_and_pauses_the_webhook_as_drift(
         webhooks["a"].paused_reason,
     )
 
-    # a paused webhook takes no new events
+    # a paused webhook's new events are held, never sent while it is paused
     store.add_event(
         EventRecord("evt-2", "new_rule_violation", "acme", "n", "", EVENT_TIME), clock()
     )
-    assert [r.webhook for r in store.deliveries(event=EventKey("acme", "evt-2"))] == ["b"]
+    statuses = {r.webhook: r.status for r in store.deliveries(event=EventKey("acme", "evt-2"))}
+    assert statuses == {"a": "held", "b": "pending"}
 
 
-def test_a_delivery_queued_before_a_pause_fails_without_being_sent(
+def test_a_delivery_queued_before_a_pause_is_held_without_being_sent(
     store: SqliteStore, clock: FakeClock, httpx_mock: HTTPXMock
 ) -> None:
     live(store, spec("a"))
     delivery = queue(store, clock)
     store.pause("acme", "a", "HTTP 410 earlier", actor="dispatcher")
-    assert once(store, clock) == 1
+    assert once(store, clock) == 0
     record, attempts = shown(store, delivery)
-    assert (record.status, record.attempts) == ("failed", 0)
-    assert "paused" in (record.last_error or "")
+    assert (record.status, record.attempts) == ("held", 0)
+    assert "HTTP 410 earlier" in (record.last_error or "")
     assert httpx_mock.get_requests() == []
-    assert attempts[0].status is None
+    assert attempts == []
 
 
 def test_one_batch_holds_every_kind_of_outcome(
