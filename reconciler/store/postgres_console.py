@@ -10,15 +10,16 @@ from typing import Any
 from reconciler.store.base import AuditEntry, LiveWebhook, audit_entry_from_row
 from reconciler.store.console import (
     SESSION_COLUMNS,
-    AttemptPoint,
     DeliveryFilter,
     HistoryFilter,
+    MinuteCount,
     SessionRecord,
     WebhookFilter,
     WebhookOutcomes,
-    attempt_points_query,
+    attempt_minutes_query,
     delivery_page_query,
     history_page_query,
+    minute_count,
     outcomes_of,
     outcomes_queries,
     session_from_row,
@@ -109,10 +110,12 @@ class PostgresConsole:
             cur.execute(sql, args)
             return [audit_entry_from_row(row) for row in cur.fetchall()]
 
-    def attempt_points(
+    def attempt_minutes(
         self, organizations: Sequence[str] | None, start: float, end: float
-    ) -> list[AttemptPoint]:
-        sql, args = attempt_points_query("%s", _any_of, organizations, start, end)
+    ) -> list[MinuteCount]:
+        sql, args = attempt_minutes_query(
+            "%s", _any_of, "FLOOR(a.started_at / 60)::bigint", organizations, start, end
+        )
         with self._tx() as cur:
             cur.execute(sql, args)
-            return [AttemptPoint(*row) for row in cur.fetchall()]
+            return [minute_count(row) for row in cur.fetchall()]

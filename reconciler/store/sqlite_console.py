@@ -10,15 +10,16 @@ from typing import Any
 from reconciler.store.base import AuditEntry, LiveWebhook, audit_entry_from_row
 from reconciler.store.console import (
     SESSION_COLUMNS,
-    AttemptPoint,
     DeliveryFilter,
     HistoryFilter,
+    MinuteCount,
     SessionRecord,
     WebhookFilter,
     WebhookOutcomes,
-    attempt_points_query,
+    attempt_minutes_query,
     delivery_page_query,
     history_page_query,
+    minute_count,
     outcomes_of,
     outcomes_queries,
     session_from_row,
@@ -102,8 +103,10 @@ class SqliteConsole:
         sql, args = history_page_query("?", _any_of, query)
         return [audit_entry_from_row(row) for row in self._db.execute(sql, args).fetchall()]
 
-    def attempt_points(
+    def attempt_minutes(
         self, organizations: Sequence[str] | None, start: float, end: float
-    ) -> list[AttemptPoint]:
-        sql, args = attempt_points_query("?", _any_of, organizations, start, end)
-        return [AttemptPoint(*row) for row in self._db.execute(sql, args)]
+    ) -> list[MinuteCount]:
+        sql, args = attempt_minutes_query(
+            "?", _any_of, "CAST(a.started_at / 60 AS INTEGER)", organizations, start, end
+        )
+        return [minute_count(row) for row in self._db.execute(sql, args)]

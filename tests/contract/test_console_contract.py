@@ -7,12 +7,14 @@ from typing import Any
 
 from reconciler.store.base import AuditRecord, Write
 from reconciler.store.console import (
+    BUCKET_SQL,
     DeliveryFilter,
     HistoryFilter,
     SessionRecord,
     WebhookFilter,
 )
 from reconciler.store.queue import AttemptResult, EventRecord
+from reconciler.store.retention import bucket_of
 from tests.support.helpers_state import put_specs, spec
 
 NOW = 1_800_000_000.0
@@ -135,17 +137,35 @@ def test_webhook_outcomes_count_the_window_and_find_the_latest(each_store: Any) 
     )
 
 
-def test_attempt_points_are_of_the_organizations_asked(each_store: Any) -> None:
+def test_attempt_minutes_count_the_organizations_asked(each_store: Any) -> None:
     store = each_store
     put_specs(store, [spec("slack"), spec("ops", "globex")])
     _events(store, "acme", 2)
     _events(store, "globex", 1)
-    _finish(store, ["delivered", "failed", "delivered"], NOW + 5)
-    acme = store.attempt_points(["acme"], NOW, NOW + 6)
-    assert len(acme) == 2 and {p.organization for p in acme} == {"acme"}
-    assert sorted(p.outcome for p in acme) in (["delivered", "failed"], ["delivered", "delivered"])
-    assert len(store.attempt_points(None, NOW, NOW + 6)) == 3
-    assert store.attempt_points(None, NOW + 6, NOW + 60) == []  # [start, end)
+    _finish(store, ["delivered", "failed", "delivered"], NOW + 125)
+    acme = store.attempt_minutes(["acme"], NOW, NOW + 126)
+    assert sum(r.count for r in acme) == 2
+    assert {r.minute for r in acme} == {int((NOW + 125) // 60)}
+    everyone = store.attempt_minutes(None, NOW, NOW + 126)
+    assert sum(r.count for r in everyone) == 3
+    # durations 100, 200, 300 ms (in claim order): retention's buckets, counted in SQL
+    assert sorted(r.bucket for r in everyone) == [
+        bucket_of(100.0),
+        bucket_of(200.0),
+        bucket_of(300.0),
+    ]
+    assert store.attempt_minutes(None, NOW + 126, NOW + 600) == []  # [start, end)
+
+
+def test_the_bucket_sql_is_retentions_bucket_of() -> None:
+    import sqlite3
+
+    with sqlite3.connect(":memory:") as db:
+        for duration in (0.2, 1.0, 1.01, 19.0, 120.0, 999.9, 60_000.0, 10.0**9):
+            (bucket,) = db.execute(
+                f"SELECT {BUCKET_SQL} FROM (SELECT ? AS duration_ms) a", (duration,)
+            ).fetchone()
+            assert bucket == bucket_of(duration), duration
 
 
 def test_history_page_filters_and_pages_by_id(each_store: Any) -> None:
@@ -164,4 +184,3 @@ def test_history_page_filters_and_pages_by_id(each_store: Any) -> None:
     assert [e.record.action for e in older] == ["create"]
     assert store.history_page(HistoryFilter(organizations=None, actor="bob"))[0].record.name == "b"
     assert len(store.history_page(HistoryFilter(organizations=None, action="update"))) == 1
-    assert store.history_page(HistoryFilter(organizations=None, since="2999-01-01T00:00:00Z")) == []

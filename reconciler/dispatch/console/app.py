@@ -302,7 +302,7 @@ class Console:
             return self.refused(request, signed, 404, f"no organization {org}")
         visible = signed.access.visible(None)
         orgs = await self.dispatcher.read(reads.organizations_of, visible)
-        chosen = [org] if org else orgs
+        chosen = signed.access.visible(org)  # None: every organization
         shown = await self.dispatcher.read(
             lambda store: activity_chart.activity(
                 self.minutes, store, chosen, self.dispatcher.clock()
