@@ -43,7 +43,8 @@ class SessionRecord:
 @dataclass(frozen=True)
 class WebhookFilter:
     """The webhooks page's query: organizations (None: all), an event type, a state
-    (enabled, disabled, paused), and the key after which the page starts."""
+    (enabled, disabled, paused, breaker-open), and the key after which the page
+    starts."""
 
     organizations: Sequence[str] | None
     event: str | None = None
@@ -173,6 +174,11 @@ def webhook_page_query(
         sql += f" AND paused_reason IS NULL AND COALESCE({enabled_of_spec}, 'true') = 'false'"
     elif query.state == "enabled":
         sql += f" AND paused_reason IS NULL AND COALESCE({enabled_of_spec}, 'true') <> 'false'"
+    elif query.state == "breaker-open":  # open or half-open: held back, probing
+        sql += (
+            " AND EXISTS (SELECT 1 FROM webhook_breakers b WHERE b.organization = "
+            "webhooks.organization AND b.webhook = webhooks.name AND b.state <> 'closed')"
+        )
     if query.after is not None:
         sql += f" AND (organization > {p} OR (organization = {p} AND name > {p}))"
         args += [query.after[0], query.after[0], query.after[1]]

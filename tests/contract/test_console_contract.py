@@ -6,6 +6,7 @@ from __future__ import annotations
 from typing import Any
 
 from reconciler.store.base import AuditRecord, Write
+from reconciler.store.breakers import THRESHOLD
 from reconciler.store.console import (
     BUCKET_SQL,
     DeliveryFilter,
@@ -15,6 +16,7 @@ from reconciler.store.console import (
 )
 from reconciler.store.queue import AttemptResult, EventRecord
 from reconciler.store.retention import bucket_of
+from tests.contract.test_breaker_contract import down, report
 from tests.support.helpers_state import put_specs, spec
 
 NOW = 1_800_000_000.0
@@ -99,6 +101,10 @@ def test_webhooks_page_by_keyset_with_event_and_state(each_store: Any) -> None:
     assert names(WebhookFilter(organizations=None, state="paused")) == ["a"]
     assert names(WebhookFilter(organizations=None, state="disabled")) == ["c"]
     assert names(WebhookFilter(organizations=None, state="enabled")) == ["b", "d"]
+    assert names(WebhookFilter(organizations=None, state="breaker-open")) == []
+    for _ in range(THRESHOLD):
+        report(store, down("b"), NOW)
+    assert names(WebhookFilter(organizations=None, state="breaker-open")) == ["b"]
 
 
 def _finish(store: Any, outcomes: list[str], at: float) -> list[str]:

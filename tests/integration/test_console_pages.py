@@ -125,9 +125,11 @@ def test_replay_as_admin_sends_again_and_is_refused_to_an_auditor(
         f"/ui/deliveries/{record.id}/replay", data={"csrf_token": csrf_of(page.text)}
     )
     assert answer.status_code == 303
-    assert answer.headers["location"].startswith(f"/ui/deliveries/{record.id}?notice=")
+    assert answer.headers["location"] == f"/ui/deliveries/{record.id}?replayed=1"
     queued = admin.get(answer.headers["location"]).text
     assert "Queued again" in queued and "pending" in queued
+    again = admin.post(f"/ui/deliveries/{record.id}/replay", data={"csrf_token": csrf_of(queued)})
+    assert again.status_code == 409 and "not replayable yet" in again.text  # pending
     deliver(console)
     after = admin.get(f"/ui/deliveries/{record.id}").text
     assert re.search(r'id="delivery-status">delivered', after)
