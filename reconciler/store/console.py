@@ -216,21 +216,47 @@ def outcomes_of(counts: Sequence[Any], latest: Sequence[Any]) -> WebhookOutcomes
     )
 
 
+# A token's organizations up to this many are read as one short walk of
+# deliveries_newest_by_org each, merged; more walk deliveries_newest, filtered.
+UNION_LIMIT = 16
+
+
 def delivery_page_query(p: str, any_of: AnyOf, query: DeliveryFilter) -> tuple[str, list[Any]]:
-    """Newest first by (created_at, id): index deliveries_newest (or
-    deliveries_newest_by_org for one organization) walked from the cursor on."""
+    """Newest first by (created_at, id), from the cursor on: for one organization a
+    walk of deliveries_newest_by_org; for a few, one such walk each (UNION ALL, each
+    at most a page), merged; for many or all, a walk of deliveries_newest. Never a
+    sort of every delivery of an organization or a status."""
+    orgs = query.organizations
+    if orgs is not None and 1 < len(orgs) <= UNION_LIMIT:
+        parts: list[str] = []
+        args: list[Any] = []
+        for org in orgs:
+            part, more = _delivery_walk(p, any_of, query, [org])
+            parts.append(f"SELECT * FROM ({part}) w{len(parts)}")
+            args += more
+        sql = (
+            f"SELECT * FROM ({' UNION ALL '.join(parts)}) merged "
+            f"ORDER BY created_at DESC, id DESC LIMIT {p}"
+        )
+        return sql, [*args, query.limit]
+    return _delivery_walk(p, any_of, query, orgs)
+
+
+def _delivery_walk(
+    p: str, any_of: AnyOf, query: DeliveryFilter, orgs: Sequence[str] | None
+) -> tuple[str, list[Any]]:
     sql = (
         f"SELECT {DELIVERY_COLUMNS} FROM deliveries d JOIN events e ON {EVENT_OF_DELIVERY} "
         "WHERE 1 = 1"
     )
     args: list[Any] = []
-    if query.organizations is not None:
-        if len(query.organizations) == 1:
+    if orgs is not None:
+        if len(orgs) == 1:
             sql += f" AND d.organization = {p}"
-            args.append(query.organizations[0])
-        else:
-            test, more = any_of(query.organizations)
-            sql += f" AND d.organization {test}"
+            args.append(orgs[0])
+        else:  # many: a filter on the walk of deliveries_newest, not an index
+            test, more = any_of(orgs)
+            sql += f" AND d.organization || '' {test}"
             args += more
     # `d.status || ''`: the status is a filter on the newest-first walk, never an
     # index of its own (deliveries_due would find every row of a status, to sort).

@@ -74,6 +74,13 @@ def test_deliveries_page_by_keyset_newest_first_within_organizations(each_store:
     both = store.delivery_page(DeliveryFilter(organizations=["acme", "globex"], limit=100))
     assert len(both) == 30
     assert len(store.delivery_page(DeliveryFilter(organizations=None, limit=100))) == 30
+    many = ["acme", "globex", *(f"org-{n}" for n in range(20))]  # past UNION_LIMIT
+    assert store.delivery_page(DeliveryFilter(organizations=many, limit=100)) == both
+    merged = store.delivery_page(DeliveryFilter(organizations=["acme", "globex"], limit=7))
+    assert merged == both[:7]
+    last = merged[-1]
+    after = DeliveryFilter(organizations=["acme", "globex"], before=(last.created_at, last.id))
+    assert store.delivery_page(after) == both[7:]
     window = DeliveryFilter(organizations=None, since=NOW + 2, until=NOW + 4, limit=100)
     assert {d.created_at for d in store.delivery_page(window)} == {NOW + 2, NOW + 3}
     typed = DeliveryFilter(organizations=None, event_type="reserved_instance_surplus")
