@@ -187,33 +187,51 @@ def webhook_page_query(
     return sql, args
 
 
-def outcomes_queries(p: str) -> tuple[str, str]:
-    """A webhook's counts by status since a moment, and its latest finished delivery:
-    both range scans of the partial indexes deliveries_delivered/_failed."""
-    counts = (
-        f"SELECT status, count(*) FROM deliveries WHERE organization = {p} AND webhook = {p} "
-        f"AND status IN ('delivered', 'failed') AND updated_at >= {p} GROUP BY status"
-    )
-    latest = (
-        "SELECT status, updated_at FROM ("
-        f"SELECT status, updated_at FROM deliveries WHERE organization = {p} AND webhook = {p} "
-        "AND status = 'delivered' ORDER BY updated_at DESC LIMIT 1) a UNION ALL "
-        "SELECT status, updated_at FROM ("
-        f"SELECT status, updated_at FROM deliveries WHERE organization = {p} AND webhook = {p} "
-        "AND status = 'failed' ORDER BY updated_at DESC LIMIT 1) b"
-    )
-    return counts, latest
+def outcomes_query(p: str, keys: Sequence[tuple[str, str]], since: float) -> tuple[str, list[Any]]:
+    """Each webhook's finished deliveries since a moment and its latest one, by
+    status, in one statement (one round trip for a page of webhooks): two rows a
+    webhook, each two lookups of a partial index (deliveries_delivered, _failed)."""
+    parts: list[str] = []
+    args: list[Any] = []
+    for index, (organization, webhook) in enumerate(keys):
+        for status in ("delivered", "failed"):
+            of = (
+                f"FROM deliveries WHERE organization = {p} AND webhook = {p} "
+                f"AND status = '{status}'"
+            )
+            parts.append(
+                f"SELECT {index} AS k, '{status}' AS status, "
+                f"(SELECT count(*) {of} AND updated_at >= {p}) AS n, "
+                f"(SELECT max(updated_at) {of}) AS latest"
+            )
+            args += [organization, webhook, since, organization, webhook]
+    return " UNION ALL ".join(parts), args
 
 
-def outcomes_of(counts: Sequence[Any], latest: Sequence[Any]) -> WebhookOutcomes:
-    by_status = {str(status): int(n) for status, n in counts}
-    last = max(latest, key=lambda row: float(row[1]), default=None)
-    return WebhookOutcomes(
-        by_status.get("delivered", 0),
-        by_status.get("failed", 0),
-        str(last[0]) if last else None,
-        float(last[1]) if last else None,
-    )
+def outcomes_of(
+    keys: Sequence[tuple[str, str]], rows: Sequence[Any]
+) -> dict[tuple[str, str], WebhookOutcomes]:
+    """outcomes_query's rows, by webhook."""
+    counts: dict[int, dict[str, tuple[int, float | None]]] = {}
+    for index, status, n, latest in rows:
+        counts.setdefault(int(index), {})[str(status)] = (
+            int(n),
+            None if latest is None else float(latest),
+        )
+    found = {}
+    for index, key in enumerate(keys):
+        mine = counts.get(index, {})
+        delivered, last_delivered = mine.get("delivered", (0, None))
+        failed, last_failed = mine.get("failed", (0, None))
+        latest = max(
+            ((at, status) for status, at in (("delivered", last_delivered), ("failed", last_failed))
+             if at is not None),
+            default=None,
+        )  # fmt: skip
+        found[key] = WebhookOutcomes(
+            delivered, failed, latest[1] if latest else None, latest[0] if latest else None
+        )
+    return found
 
 
 # A token's organizations up to this many are read as one short walk of

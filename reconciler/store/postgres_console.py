@@ -21,7 +21,7 @@ from reconciler.store.console import (
     history_page_query,
     minute_count,
     outcomes_of,
-    outcomes_queries,
+    outcomes_query,
     session_from_row,
     webhook_page_query,
 )
@@ -88,15 +88,12 @@ class PostgresConsole:
     def webhook_outcomes(
         self, keys: Sequence[tuple[str, str]], since: float
     ) -> dict[tuple[str, str], WebhookOutcomes]:
-        counts, latest = outcomes_queries("%s")
-        found = {}
+        if not keys:
+            return {}
+        sql, args = outcomes_query("%s", keys, since)
         with self._tx() as cur:
-            for organization, webhook in keys:
-                cur.execute(counts, (organization, webhook, since))
-                counted = cur.fetchall()
-                cur.execute(latest, (organization, webhook, organization, webhook))
-                found[(organization, webhook)] = outcomes_of(counted, cur.fetchall())
-        return found
+            cur.execute(sql, args)
+            return outcomes_of(keys, cur.fetchall())
 
     def delivery_page(self, query: DeliveryFilter) -> list[DeliveryRecord]:
         sql, args = delivery_page_query("%s", _any_of, query)

@@ -21,7 +21,7 @@ from reconciler.store.console import (
     history_page_query,
     minute_count,
     outcomes_of,
-    outcomes_queries,
+    outcomes_query,
     session_from_row,
     webhook_page_query,
 )
@@ -86,14 +86,10 @@ class SqliteConsole:
     def webhook_outcomes(
         self, keys: Sequence[tuple[str, str]], since: float
     ) -> dict[tuple[str, str], WebhookOutcomes]:
-        counts, latest = outcomes_queries("?")
-        found = {}
-        for organization, webhook in keys:
-            found[(organization, webhook)] = outcomes_of(
-                self._db.execute(counts, (organization, webhook, since)).fetchall(),
-                self._db.execute(latest, (organization, webhook, organization, webhook)).fetchall(),
-            )
-        return found
+        if not keys:
+            return {}
+        sql, args = outcomes_query("?", keys, since)
+        return outcomes_of(keys, self._db.execute(sql, args).fetchall())
 
     def delivery_page(self, query: DeliveryFilter) -> list[DeliveryRecord]:
         sql, args = delivery_page_query("?", _any_of, query)
