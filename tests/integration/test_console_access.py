@@ -216,3 +216,52 @@ def test_a_secret_never_appears_on_a_page(console: Console) -> None:
 def test_without_the_console_ui_is_not_mounted(tmp_path: Path) -> None:
     with console_over(tmp_path / "state.db", console=False) as bare:
         assert bare.client().get("/ui/sign-in").status_code == 404
+
+
+def test_a_session_made_by_one_serve_is_good_on_another_sharing_the_state(
+    console: Console, tmp_path: Path
+) -> None:
+    client = console.signed_in("acme")
+    cookie = client.cookies.get(COOKIE)
+    with console_over(tmp_path / "state.db") as other:
+        other.clock.now = console.clock.now
+        elsewhere = other.client()
+        elsewhere.cookies.set(COOKIE, cookie or "", path="/ui/")
+        assert elsewhere.get("/ui/webhooks").status_code == 200
+
+
+def test_errors_and_excerpts_are_masked_on_the_delivery_page(console: Console) -> None:
+    import sqlite3
+
+    (delivery,) = console.store.deliveries(organizations=["acme"], webhook="slack")
+    leaked = "https://hooks.example.com/x?token=s3cr3t-literal-value-0123456789"
+    with sqlite3.connect(console.store.url.removeprefix("sqlite:///")) as db:
+        db.execute(
+            "UPDATE deliveries SET status = 'failed', last_error = ? WHERE id = ?",
+            (f"connect failed for {leaked}", delivery.id),
+        )
+        db.execute(
+            "INSERT INTO attempts (delivery_id, number, started_at, duration_ms, status, "
+            "response_excerpt, error, outcome) VALUES (?, 1, ?, 5, 401, ?, ?, 'failed')",
+            (delivery.id, console.clock(), f"bad {SECRET_HEADER}", f"refused {leaked}"),
+        )
+    client = console.signed_in("acme", role="auditor")
+    for page in (f"/ui/deliveries/{delivery.id}", "/ui/deliveries", "/ui/webhooks/acme/slack"):
+        text = client.get(page).text
+        assert "s3cr3t-literal-value" not in text, page
+
+
+def test_one_organizations_activity_is_not_counted_for_another(console: Console) -> None:
+    import sqlite3
+
+    (delivery,) = console.store.deliveries(organizations=["acme"], webhook="slack")
+    with sqlite3.connect(console.store.url.removeprefix("sqlite:///")) as db:
+        db.execute(
+            "INSERT INTO attempts (delivery_id, number, started_at, duration_ms, status, "
+            "outcome) VALUES (?, 1, ?, 5, 200, 'delivered')",
+            (delivery.id, console.clock() - 3600),
+        )
+    partner = console.signed_in("acme", "globex")
+    assert "delivered 1" in partner.get("/ui/activity").text
+    assert "delivered 0" in partner.get("/ui/activity?org=globex").text
+    assert "delivered 0" in console.signed_in("globex").get("/ui/activity").text

@@ -79,7 +79,7 @@ def _environment() -> Environment:
         lstrip_blocks=True,
     )
     env.filters["utc"] = lambda t: utc(t) if t is not None else "-"
-    env.filters["masked"] = lambda text: mask_text(text) if text else ""
+    env.filters["masked"] = reads.shown_text
     env.globals["mask_header"] = mask_header
     env.globals["ms"] = activity_chart.ms
     return env
