@@ -299,9 +299,12 @@ def history_page_query(p: str, any_of: AnyOf, query: HistoryFilter) -> tuple[str
     """Newest first by id (the primary key), from the cursor on."""
     sql = f"SELECT {AUDIT_COLUMNS} FROM audit_log WHERE 1 = 1"
     args: list[Any] = []
-    if query.organizations is not None:
+    if query.organizations is not None and len(query.organizations) == 1:
+        sql += f" AND organization = {p}"  # audit_log_by_webhook: its entries, sorted
+        args.append(query.organizations[0])
+    elif query.organizations is not None:  # a filter on the walk of the primary key
         test, more = any_of(query.organizations)
-        sql += f" AND organization {test}"
+        sql += f" AND organization || '' {test}"
         args += more
     for column, value in (
         ("actor", query.actor),
