@@ -75,6 +75,16 @@ def test_sign_in_keeps_a_random_session_id_in_a_strict_cookie_never_the_token(
         assert secret not in shown.text
 
 
+def test_over_https_the_cookie_is_secure(console: Console) -> None:
+    client = console.client("https://console.example")
+    form = client.get("/ui/sign-in")
+    answer = client.post(
+        "/ui/sign-in", data={"token": console.token("acme"), "csrf_token": csrf_of(form.text)}
+    )
+    cookie = next(h for h in answer.headers.get_list("set-cookie") if h.startswith(COOKIE))
+    assert "secure" in [part.strip().lower() for part in cookie.split(";")]
+
+
 def test_a_bad_token_is_refused_on_the_form(console: Console) -> None:
     client = console.client()
     form = client.get("/ui/sign-in")

@@ -1,5 +1,5 @@
 """The web console under test: the real app (the API with /ui/ mounted) over a
-SQLite state, a fake clock, and a signed-in starlette TestClient per token."""
+SQLite state, a fake clock, and a signed-in httpx client per token (over ASGI)."""
 
 from __future__ import annotations
 
@@ -35,10 +35,12 @@ class Client:
     """An httpx client over the app's ASGI interface, called synchronously: its
     coroutines run on one event loop in a thread, cookies kept between calls."""
 
-    def __init__(self, app: Any, loop: asyncio.AbstractEventLoop) -> None:
+    def __init__(
+        self, app: Any, loop: asyncio.AbstractEventLoop, base_url: str = "http://testserver"
+    ) -> None:
         self.loop = loop
         transport = httpx.ASGITransport(app=app, raise_app_exceptions=False)
-        self.http = httpx.AsyncClient(transport=transport, base_url="http://testserver")
+        self.http = httpx.AsyncClient(transport=transport, base_url=base_url)
         self.cookies = self.http.cookies
 
     def _run(self, call: Any) -> httpx.Response:
@@ -49,9 +51,6 @@ class Client:
 
     def post(self, url: str, **kwargs: Any) -> httpx.Response:
         return self._run(self.http.post(url, **kwargs))
-
-
-TestClient = Client
 
 
 @dataclass
@@ -76,10 +75,10 @@ class Console:
         )
         return secret
 
-    def client(self) -> TestClient:
-        return Client(self.app, self.loop)
+    def client(self, base_url: str = "http://testserver") -> Client:
+        return Client(self.app, self.loop, base_url)
 
-    def sign_in(self, secret: str, client: TestClient | None = None) -> TestClient:
+    def sign_in(self, secret: str, client: Client | None = None) -> Client:
         client = client or self.client()
         form = client.get("/ui/sign-in")
         answer = client.post(
@@ -89,7 +88,7 @@ class Console:
         assert answer.headers["location"] == "/ui/webhooks"
         return client
 
-    def signed_in(self, *organizations: str, role: str = "admin") -> TestClient:
+    def signed_in(self, *organizations: str, role: str = "admin") -> Client:
         return self.sign_in(
             self.token(*organizations, role=role, all_organizations=not organizations)
         )
