@@ -42,9 +42,10 @@ from reconciler.dispatch.console.sessions import (
 )
 from reconciler.dispatch.service import Dispatcher
 from reconciler.dispatch.views import replay_refusal
+from reconciler.errors import ReconcilerError
 from reconciler.model import Event
 from reconciler.render import utc
-from reconciler.secrets import mask_header, mask_text
+from reconciler.secrets import mask_header
 from reconciler.store.console import DeliveryFilter, HistoryFilter, WebhookFilter
 from reconciler.store.queue import Status
 
@@ -195,11 +196,10 @@ class Console:
         detail = await self.dispatcher.read(reads.webhook_detail, org, name)
         if detail is None:
             return self.refused(request, signed, 404, f"no webhook {org}/{name}")
-        request_text = None
         try:
             request_text = newform.preview_live(detail.live)
-        except Exception as exc:  # a live definition that no longer renders
-            request_text = f"cannot render: {mask_text(str(exc))}"
+        except (ReconcilerError, ValueError) as exc:  # a live definition that no longer renders
+            request_text = f"cannot render: {reads.shown_text(str(exc))}"
         return self.page("webhook.html", request, signed, d=detail, request_text=request_text)
 
     async def deliveries(self, request: Request, signed: Signed) -> Response:
@@ -317,21 +317,12 @@ class Console:
 
     # -- new webhook ----------------------------------------------------------------
 
-    async def _may_use(self, signed: Signed) -> list[str] | None:
-        visible = signed.access.visible(None)
-        if visible is None:
-            return None
-        return visible
-
     async def new_form(self, request: Request, signed: Signed) -> Response:
         values = newform.form_values(
             {"body": newform.DEFAULT_BODY, "headers": "Content-Type: application/json"},
-            await self._orgs_for_form(signed),
+            await self.dispatcher.read(reads.organizations_of, signed.access.visible(None)),
         )
         return self._new_page(request, signed, newform.FormResult(values))
-
-    async def _orgs_for_form(self, signed: Signed) -> list[str]:
-        return await self.dispatcher.read(reads.organizations_of, signed.access.visible(None))
 
     def _new_page(self, request: Request, signed: Signed, result: newform.FormResult) -> Response:
         download = None
@@ -346,22 +337,21 @@ class Console:
             methods=newform.METHODS,
             placeholders=newform.PLACEHOLDERS,
             download=download,
-            status=200,
         )
 
     async def new_post(self, request: Request, signed: Signed, form: dict[str, str]) -> Response:
-        result = newform.check(form, await self._may_use(signed))
+        result = newform.check(form, signed.access.visible(None))
         return self._new_page(request, signed, result)
 
     async def new_check(self, request: Request, signed: Signed, form: dict[str, str]) -> Response:
-        result = newform.check(form, await self._may_use(signed))
+        result = newform.check(form, signed.access.visible(None))
         answer = result.as_json()
         if result.yaml is not None:
             answer["download"] = f"{PREFIX}/new/download?" + urlencode(result.values)
         return JSONResponse(answer)
 
     async def new_download(self, request: Request, signed: Signed) -> Response:
-        result = newform.check(dict(request.query_params), await self._may_use(signed))
+        result = newform.check(dict(request.query_params), signed.access.visible(None))
         if result.yaml is None:
             return self.refused(request, signed, 422, "the form has problems: check it first")
         return Response(
