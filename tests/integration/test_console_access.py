@@ -233,11 +233,18 @@ def test_a_session_made_by_one_serve_is_good_on_another_sharing_the_state(
 ) -> None:
     client = console.signed_in("acme")
     cookie = client.cookies.get(COOKIE)
-    with console_over(tmp_path / "state.db") as other:
+    # the other reads on a connection of its own, as under serve
+    with console_over(tmp_path / "state.db", own_connection=True) as other:
         other.clock.now = console.clock.now
         elsewhere = other.client()
         elsewhere.cookies.set(COOKIE, cookie or "", path="/ui/")
-        assert elsewhere.get("/ui/webhooks").status_code == 200
+        for page in PAGES:
+            assert elsewhere.get(page).status_code == 200, page
+        out = elsewhere.post(
+            "/ui/sign-out", data={"csrf_token": csrf_of(elsewhere.get("/ui/new").text)}
+        )
+        assert out.status_code == 303
+    assert client.get("/ui/webhooks").headers["location"] == "/ui/sign-in"  # ended there
 
 
 def test_errors_and_excerpts_are_masked_on_the_delivery_page(console: Console) -> None:

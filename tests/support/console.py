@@ -95,17 +95,26 @@ class Console:
 
 
 @contextmanager
-def console_over(path: Path, *, console: bool = True) -> Iterator[Console]:
+def console_over(
+    path: Path, *, console: bool = True, own_connection: bool = False
+) -> Iterator[Console]:
+    """With `own_connection`, the console reads on a thread and a SQLite connection of
+    its own, as under `serve`; else on the dispatcher's database thread."""
     store = SqliteStore(path)
     clock = FakeClock(START)
     sender = Sender(httpx.AsyncHTTPTransport())
     dispatcher = Dispatcher(store, sender, clock=clock, env={})
+    app = None
     loop = asyncio.new_event_loop()
     thread = threading.Thread(target=loop.run_forever, daemon=True)
     thread.start()
     try:
-        yield Console(store, clock, dispatcher, create_app(dispatcher, console=console), loop)
+        opener = (lambda: SqliteStore(path)) if own_connection else None
+        app = create_app(dispatcher, console=console, console_store=opener)
+        yield Console(store, clock, dispatcher, app, loop)
     finally:
+        if app is not None:
+            app.close()
         asyncio.run_coroutine_threadsafe(sender.aclose(), loop).result(10)
         loop.call_soon_threadsafe(loop.stop)
         thread.join(10)

@@ -32,6 +32,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from reconciler.dispatch.auth import Guard
 from reconciler.dispatch.console import activity as activity_chart
 from reconciler.dispatch.console import newform, reads
+from reconciler.dispatch.console.reader import Reader
 from reconciler.dispatch.console.sessions import (
     ABSOLUTE_SECONDS,
     COOKIE,
@@ -87,9 +88,10 @@ def _environment() -> Environment:
 
 
 class Console:
-    def __init__(self, dispatcher: Dispatcher, guard: Guard) -> None:
+    def __init__(self, dispatcher: Dispatcher, guard: Guard, read: Reader) -> None:
         self.dispatcher = dispatcher
-        self.sessions = Sessions(dispatcher, guard)
+        self.read = read
+        self.sessions = Sessions(dispatcher, guard, read)
         self.templates = _environment()
         self.minutes = activity_chart.MinuteCache()
 
@@ -170,13 +172,13 @@ class Console:
             after=(str(after[0]), str(after[1])) if after else None,
             limit=PAGE + 1,
         )
-        rows = await self.dispatcher.read(reads.webhook_rows, query, self.dispatcher.clock())
+        rows = await self.read(reads.webhook_rows, query, self.dispatcher.clock())
         more = len(rows) > PAGE
         rows = rows[:PAGE]
         older = (
             _link(request, after=_encode([rows[-1].organization, rows[-1].name])) if more else None
         )
-        orgs = await self.dispatcher.read(reads.organizations_of, signed.access.visible(None))
+        orgs = await self.read(reads.organizations_of, signed.access.visible(None))
         return self.page(
             "webhooks.html",
             request,
@@ -193,7 +195,7 @@ class Console:
         org, name = request.path_params["org"], request.path_params["name"]
         if not signed.access.sees(org):
             return self.refused(request, signed, 404, f"no webhook {org}/{name}")
-        detail = await self.dispatcher.read(reads.webhook_detail, org, name)
+        detail = await self.read(reads.webhook_detail, org, name)
         if detail is None:
             return self.refused(request, signed, 404, f"no webhook {org}/{name}")
         try:
@@ -219,11 +221,11 @@ class Console:
             before=(float(before[0]), str(before[1])) if before else None,
             limit=PAGE + 1,
         )
-        rows = await self.dispatcher.read(reads.delivery_rows, query)
+        rows = await self.read(reads.delivery_rows, query)
         more = len(rows) > PAGE
         rows = rows[:PAGE]
         older = _link(request, after=_encode([rows[-1].created_at, rows[-1].id])) if more else None
-        orgs = await self.dispatcher.read(reads.organizations_of, signed.access.visible(None))
+        orgs = await self.read(reads.organizations_of, signed.access.visible(None))
         filters = {k: q.get(k, "") for k in ("status", "org", "webhook", "event", "since", "until")}
         return self.page(
             "deliveries.html",
@@ -246,7 +248,7 @@ class Console:
     async def _delivery_page(
         self, request: Request, signed: Signed, delivery_id: str, status: int, notice: str
     ) -> Response:
-        found = await self.dispatcher.read(reads.delivery, delivery_id)
+        found = await self.read(reads.delivery, delivery_id)
         if found is None or not signed.access.sees(found[0].organization):
             return self.refused(request, signed, 404, f"no delivery {delivery_id}")
         record, attempts = found
@@ -263,7 +265,7 @@ class Console:
 
     async def replay(self, request: Request, signed: Signed) -> Response:
         delivery_id = request.path_params["delivery_id"]
-        found = await self.dispatcher.read(reads.delivery, delivery_id)
+        found = await self.read(reads.delivery, delivery_id)
         if found is None or not signed.access.sees(found[0].organization):
             return self.refused(request, signed, 404, f"no delivery {delivery_id}")
         if not signed.access.may("replay"):
@@ -292,7 +294,7 @@ class Console:
             before=int(before[0]) if before else None,
             limit=PAGE + 1,
         )
-        rows = await self.dispatcher.read(reads.history_rows, query)
+        rows = await self.read(reads.history_rows, query)
         more = len(rows) > PAGE
         rows = rows[:PAGE]
         older = _link(request, after=_encode([rows[-1].entry.id])) if more else None
@@ -306,9 +308,9 @@ class Console:
         if org is not None and not signed.access.sees(org):
             return self.refused(request, signed, 404, f"no organization {org}")
         visible = signed.access.visible(None)
-        orgs = await self.dispatcher.read(reads.organizations_of, visible)
+        orgs = await self.read(reads.organizations_of, visible)
         chosen = signed.access.visible(org)  # None: every organization
-        shown = await self.dispatcher.read(
+        shown = await self.read(
             lambda store: activity_chart.activity(
                 self.minutes, store, chosen, self.dispatcher.clock()
             )
@@ -320,7 +322,7 @@ class Console:
     async def new_form(self, request: Request, signed: Signed) -> Response:
         values = newform.form_values(
             {"body": newform.DEFAULT_BODY, "headers": "Content-Type: application/json"},
-            await self.dispatcher.read(reads.organizations_of, signed.access.visible(None)),
+            await self.read(reads.organizations_of, signed.access.visible(None)),
         )
         return self._new_page(request, signed, newform.FormResult(values))
 
@@ -415,8 +417,9 @@ def _iso(text: str | None) -> str | None:
     return moment.astimezone(UTC).isoformat(timespec="microseconds").replace("+00:00", "Z")
 
 
-def create_console(dispatcher: Dispatcher, guard: Guard) -> ASGIApp:
-    console = Console(dispatcher, guard)
+def create_console(dispatcher: Dispatcher, guard: Guard, read: Reader) -> ASGIApp:
+    """The console's ASGI app, to mount at /ui; its reads go through `read`."""
+    console = Console(dispatcher, guard, read)
 
     def signed_in(handler: Handler) -> Callable[[Request], Awaitable[Response]]:
         async def route(request: Request) -> Response:
