@@ -132,7 +132,7 @@ class ConsoleStore(Protocol):
         self, keys: Sequence[tuple[str, str]], since: float
     ) -> dict[tuple[str, str], WebhookOutcomes]: ...
 
-    def delivery_page(self, query: DeliveryFilter) -> list[DeliveryRecord]:
+    def delivery_page(self, query: DeliveryFilter) -> DeliveryPage:
         """Deliveries newest first by (created_at, id), before `query.before`."""
         ...
 
@@ -232,67 +232,123 @@ def outcomes_of(
 # A token's organizations up to this many are read as one short walk of
 # deliveries_newest_by_org each, merged; more walk deliveries_newest, filtered.
 UNION_LIMIT = 16
+# A page filtered by what no index orders (a status, an event type, many
+# organizations) looks through at most this many of the newest deliveries from its
+# cursor; short of a full page, it says where it stopped, and the next page goes on
+# from there. However rare the match, a page reads a bounded number of rows.
+SEARCH_ROWS = 2_000
 
 
-def delivery_page_query(p: str, any_of: AnyOf, query: DeliveryFilter) -> tuple[str, list[Any]]:
-    """Newest first by (created_at, id), from the cursor on: for one organization a
-    walk of deliveries_newest_by_org; for a few, one such walk each (UNION ALL, each
-    at most a page), merged; for many or all, a walk of deliveries_newest. Never a
-    sort of every delivery of an organization or a status."""
+@dataclass(frozen=True)
+class DeliveryPage:
+    records: list[DeliveryRecord]
+    # Set when the search of SEARCH_ROWS rows ended before the page was full: the
+    # key to go on from (the next page's `before`); the rows past it are not read yet.
+    searched_to: tuple[float, str] | None = None
+    searched: int = 0  # the rows a search looks through (SEARCH_ROWS), when it stopped
+
+
+@dataclass(frozen=True)
+class _Walk:
+    """One walk of an index, newest first. With filters no index of the walk orders,
+    `bound` finds the oldest key of the SEARCH_ROWS newest rows of the walk (an
+    OFFSET within that bounded window, read from the index alone), and `matches`
+    walks no further than it."""
+
+    bound: tuple[str, list[Any]] | None
+    matches: Callable[[Sequence[Any] | None], tuple[str, list[Any]]]
+
+
+def delivery_walks(p: str, any_of: AnyOf, query: DeliveryFilter) -> list[_Walk]:
+    """Newest first by (created_at, id), from the cursor on, as index walks whose
+    results merge_delivery_walks puts together: for one organization a walk of
+    deliveries_newest_by_org (deliveries_by_webhook with a webhook); for a few, one
+    such walk each; for many or all, a walk of deliveries_newest. Never a sort of
+    every delivery of an organization or a status."""
     orgs = query.organizations
     if orgs is not None and 1 < len(orgs) <= UNION_LIMIT:
-        parts: list[str] = []
-        args: list[Any] = []
-        for org in orgs:
-            part, more = _delivery_walk(p, any_of, query, [org])
-            parts.append(f"SELECT * FROM ({part}) w{len(parts)}")
-            args += more
-        sql = (
-            f"SELECT * FROM ({' UNION ALL '.join(parts)}) merged "
-            f"ORDER BY created_at DESC, id DESC LIMIT {p}"
-        )
-        return sql, [*args, query.limit]
-    return _delivery_walk(p, any_of, query, orgs)
+        return [_delivery_walk(p, any_of, query, [org]) for org in orgs]
+    return [_delivery_walk(p, any_of, query, orgs)]
+
+
+def merge_delivery_walks(
+    query: DeliveryFilter,
+    results: Sequence[tuple[list[DeliveryRecord], Sequence[Any] | None]],
+) -> DeliveryPage:
+    """The walks' matches, each with the bound it searched to (None: it was not
+    bounded, or fewer than SEARCH_ROWS rows were left), as one page."""
+    stopped = [
+        (float(bound[0]), str(bound[1]))
+        for records, bound in results
+        if bound is not None and len(records) < query.limit
+    ]
+    resume = max(stopped) if stopped else None
+    merged = sorted(
+        (r for records, _ in results for r in records),
+        key=lambda r: (r.created_at, r.id),
+        reverse=True,
+    )
+    if resume is not None:  # what is older comes on the next page, once
+        merged = [r for r in merged if (r.created_at, r.id) >= resume]
+    if len(merged) >= query.limit:
+        return DeliveryPage(merged[: query.limit])
+    return DeliveryPage(merged, resume, SEARCH_ROWS if resume is not None else 0)
 
 
 def _delivery_walk(
     p: str, any_of: AnyOf, query: DeliveryFilter, orgs: Sequence[str] | None
-) -> tuple[str, list[Any]]:
-    sql = (
-        f"SELECT {DELIVERY_COLUMNS} FROM deliveries d JOIN events e ON {EVENT_OF_DELIVERY} "
-        "WHERE 1 = 1"
-    )
+) -> _Walk:
+    where = ""
     args: list[Any] = []
-    if orgs is not None:
-        if len(orgs) == 1:
-            sql += f" AND d.organization = {p}"
-            args.append(orgs[0])
-        else:  # many: a filter on the walk of deliveries_newest, not an index
-            test, more = any_of(orgs)
-            sql += f" AND d.organization || '' {test}"
-            args += more
-    # `d.status || ''`: the status is a filter on the newest-first walk, never an
-    # index of its own (deliveries_due would find every row of a status, to sort).
+    if orgs is not None and len(orgs) == 1:
+        where += f" AND d.organization = {p}"
+        args.append(orgs[0])
+        if query.webhook is not None:  # deliveries_by_webhook, in order
+            where += f" AND d.webhook = {p}"
+            args.append(query.webhook)
+    if query.since is not None:
+        where += f" AND d.created_at >= {p}"
+        args.append(query.since)
+    if query.until is not None:
+        where += f" AND d.created_at < {p}"
+        args.append(query.until)
+    if query.before is not None:  # a row value: one range of the index
+        where += f" AND (d.created_at, d.id) < ({p}, {p})"
+        args += [query.before[0], query.before[1]]
+    order = "ORDER BY d.created_at DESC, d.id DESC"
+    # What no index of the walk orders, tested on each row it passes; `|| ''` keeps
+    # each a filter, so that no index of a status or a webhook drives the query.
+    rest = ""
+    more: list[Any] = []
+    if orgs is not None and len(orgs) > 1:
+        test, listed = any_of(orgs)
+        rest += f" AND d.organization || '' {test}"
+        more += listed
     for column, value in (
         ("d.status || ''", query.status),
-        ("d.webhook", query.webhook),
+        ("d.webhook || ''", None if orgs is not None and len(orgs) == 1 else query.webhook),
         ("e.type", query.event_type),
     ):
         if value is not None:
-            sql += f" AND {column} = {p}"
-            args.append(value)
-    if query.since is not None:
-        sql += f" AND d.created_at >= {p}"
-        args.append(query.since)
-    if query.until is not None:
-        sql += f" AND d.created_at < {p}"
-        args.append(query.until)
-    if query.before is not None:
-        sql += f" AND (d.created_at < {p} OR (d.created_at = {p} AND d.id < {p}))"
-        args += [query.before[0], query.before[0], query.before[1]]
-    sql += f" ORDER BY d.created_at DESC, d.id DESC LIMIT {p}"
-    args.append(query.limit)
-    return sql, args
+            rest += f" AND {column} = {p}"
+            more.append(value)
+    select = f"SELECT {DELIVERY_COLUMNS} FROM deliveries d JOIN events e ON {EVENT_OF_DELIVERY}"
+
+    def matches(bound: Sequence[Any] | None) -> tuple[str, list[Any]]:
+        sql = f"{select} WHERE 1 = 1{where}{rest}"
+        extra: list[Any] = []
+        if bound is not None:
+            sql += f" AND (d.created_at, d.id) >= ({p}, {p})"
+            extra = [bound[0], bound[1]]
+        return f"{sql} {order} LIMIT {p}", [*args, *more, *extra, query.limit]
+
+    if not rest:
+        return _Walk(None, matches)
+    bound = (
+        f"SELECT d.created_at, d.id FROM deliveries d WHERE 1 = 1{where} {order} "
+        f"LIMIT 1 OFFSET {SEARCH_ROWS - 1}"
+    )
+    return _Walk((bound, list(args)), matches)
 
 
 def history_page_query(p: str, any_of: AnyOf, query: HistoryFilter) -> tuple[str, list[Any]]:

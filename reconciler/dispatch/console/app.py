@@ -221,10 +221,14 @@ class Console:
             before=(float(before[0]), str(before[1])) if before else None,
             limit=PAGE + 1,
         )
-        rows = await self.read(reads.delivery_rows, query)
-        more = len(rows) > PAGE
-        rows = rows[:PAGE]
-        older = _link(request, after=_encode([rows[-1].created_at, rows[-1].id])) if more else None
+        found = await self.read(reads.delivery_rows, query)
+        rows = found.records[:PAGE]
+        older = searched = None
+        if len(found.records) > PAGE:
+            older = _link(request, after=_encode([rows[-1].created_at, rows[-1].id]))
+        elif found.searched_to is not None:
+            older = _link(request, after=_encode(list(found.searched_to)))
+            searched = found.searched
         orgs = await self.read(reads.organizations_of, signed.access.visible(None))
         filters = {k: q.get(k, "") for k in ("status", "org", "webhook", "event", "since", "until")}
         return self.page(
@@ -233,6 +237,7 @@ class Console:
             signed,
             rows=rows,
             more=older,
+            searched=searched,
             orgs=orgs,
             statuses=STATUSES,
             events=[e.value for e in Event],

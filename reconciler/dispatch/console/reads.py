@@ -23,6 +23,7 @@ from reconciler.store.backend import Backend
 from reconciler.store.base import AuditEntry, LiveWebhook
 from reconciler.store.console import (
     DeliveryFilter,
+    DeliveryPage,
     HistoryFilter,
     WebhookFilter,
     WebhookOutcomes,
@@ -160,7 +161,7 @@ def webhook_detail(store: Backend, organization: str, name: str) -> WebhookDetai
     commit = next((e.record.git_commit for e in entries if e.record.git_commit), None)
     deliveries = store.delivery_page(
         DeliveryFilter(organizations=[organization], webhook=name, limit=20)
-    )
+    ).records
     return WebhookDetail(
         live,
         definition_yaml(spec),
@@ -173,7 +174,7 @@ def webhook_detail(store: Backend, organization: str, name: str) -> WebhookDetai
     )
 
 
-def delivery_rows(store: Backend, query: DeliveryFilter) -> list[DeliveryRecord]:
+def delivery_rows(store: Backend, query: DeliveryFilter) -> DeliveryPage:
     return store.delivery_page(query)
 
 
