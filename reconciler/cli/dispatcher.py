@@ -144,6 +144,13 @@ def _policy(allow_private: bool, cidrs: tuple[str, ...]) -> NetworkPolicy:
     "state has not answered by then, 503 'outcome unknown' (send the event again with "
     "the same id: it is queued at most once).",
 )
+@click.option(
+    "--no-console",
+    "no_console",
+    is_flag=True,
+    envvar="RECONCILER_NO_CONSOLE",
+    help="Leave the web console (/ui/) unmounted: the API only.",
+)
 @network_options
 def serve_command(
     state: str,
@@ -159,6 +166,7 @@ def serve_command(
     retention_bodies: str | None,
     retention_interval: str,
     intake_deadline: float,
+    no_console: bool,
     allow_private: bool,
     allow_cidrs: tuple[str, ...],
 ) -> None:
@@ -194,6 +202,11 @@ def serve_command(
     request body and response excerpt kept with each attempt sooner. `reconciler
     retention status` shows the state's size and the last run.
 
+    The web console is served under /ui/ on the same port (docs/console.md):
+    sign in with a token, read webhooks, deliveries, history and activity,
+    replay as an admin, and write a new definition's file to commit.
+    --no-console leaves it out.
+
     The port is taken before anything starts: one in use is an error (exit 1).
 
     The state must be there (apply or migrate makes it): on a URL where none is,
@@ -206,6 +219,7 @@ def serve_command(
       reconciler serve --pause-after 12h
       reconciler serve --retention 30d --retention-for acme=90d
       reconciler serve --intake-deadline 5
+      reconciler serve --no-console
     """
     from reconciler.dispatch.logs import serve_handler
     from reconciler.dispatch.processes import listen
@@ -246,6 +260,10 @@ def serve_command(
                     retention=pruner,
                     stock=stock,
                     intake_deadline=intake_deadline,
+                    console=not no_console,
+                    # Its own connection too: a page that reads for a while never
+                    # holds up intake or the workers.
+                    console_store=lambda: open_store(state),
                     **more,
                 )
             )

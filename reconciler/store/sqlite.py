@@ -49,6 +49,7 @@ from reconciler.store.base import (
 )
 from reconciler.store.liveness import gone_here
 from reconciler.store.queue import HOLD_PENDING, RELEASE_HELD, held_reason
+from reconciler.store.sqlite_console import SqliteConsole
 from reconciler.store.sqlite_migrations import MIGRATIONS
 from reconciler.store.sqlite_queue import SqliteQueue
 from reconciler.store.sqlite_retention import WAL_LIMIT, SqliteRetention
@@ -125,7 +126,7 @@ def _translating(method: Callable[..., Any]) -> Callable[..., Any]:
 
 
 @_errors_translated
-class SqliteStore(SqliteQueue, SqliteRetention):
+class SqliteStore(SqliteQueue, SqliteRetention, SqliteConsole):
     def __init__(
         self,
         path: Path,
