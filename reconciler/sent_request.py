@@ -26,26 +26,46 @@ BODY_LIMIT = 16_384  # characters of a body kept; the rest is cut, and said to b
 SHORTEST_SECRET = 4
 
 
-def as_sent(request: RenderedRequest, renderer: Renderer, env: Mapping[str, str]) -> SentRequest:
-    """`request` as it is kept: references back in place of their values, literal
-    credentials masked, the body cut at BODY_LIMIT."""
-    values = sorted(
+def secret_values(renderer: Renderer, env: Mapping[str, str]) -> list[tuple[str, str]]:
+    """Each resolved `${env:NAME}` value the definition reads, with its reference,
+    longest first (a value inside a longer one goes after it)."""
+    return sorted(
         (
             (value, f"${{env:{name}}}")
             for name in renderer.references
             if len(value := env.get(name, "")) >= SHORTEST_SECRET
         ),
-        key=lambda pair: -len(pair[0]),  # a value inside a longer one goes after it
+        key=lambda pair: -len(pair[0]),
     )
 
-    def unresolved(text: str) -> str:
-        for value, reference in values:
-            if value in text:
-                text = text.replace(value, reference)
-        return text
+
+def unresolved(text: str, values: list[tuple[str, str]]) -> str:
+    """`text` with every secret value of `values` put back as its reference: for what
+    a receiver answered too, which may echo the request (its Authorization header,
+    its URL) back."""
+    for value, reference in values:
+        if value in text:
+            text = text.replace(value, reference)
+    return text
+
+
+def as_sent(
+    request: RenderedRequest,
+    renderer: Renderer,
+    env: Mapping[str, str],
+    values: list[tuple[str, str]] | None = None,
+) -> SentRequest:
+    """`request` as it is kept: references back in place of their values, literal
+    credentials masked, the body cut at BODY_LIMIT. `values`: secret_values(renderer,
+    env), when the caller has them already."""
+    if values is None:
+        values = secret_values(renderer, env)
+
+    def unresolved_here(text: str) -> str:
+        return unresolved(text, values)
 
     headers = {
-        name: value if name in _STANDARD else _masked_header(name, unresolved(value))
+        name: value if name in _STANDARD else _masked_header(name, unresolved_here(value))
         for name, value in request.headers.items()
     }
     body = None
@@ -53,7 +73,7 @@ def as_sent(request: RenderedRequest, renderer: Renderer, env: Mapping[str, str]
         body = request.body.decode("utf-8", errors="replace")
         if len(body) > BODY_LIMIT:
             body = body[:BODY_LIMIT] + f"... ({len(body) - BODY_LIMIT} more characters not kept)"
-    return SentRequest(request.method, _masked_url(unresolved(request.url)), headers, body)
+    return SentRequest(request.method, _masked_url(unresolved_here(request.url)), headers, body)
 
 
 # The Standard Webhooks headers the worker adds: an id, a time and a signature (an

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import heapq
 import logging
 import os
@@ -33,7 +34,7 @@ from reconciler.envaccess import EnvAccess
 from reconciler.events import event_data
 from reconciler.model import WebhookSpec
 from reconciler.render import Renderer, RenderError, utc
-from reconciler.sent_request import as_sent
+from reconciler.sent_request import as_sent, secret_values, unresolved
 from reconciler.signing import SigningSecretError, signature_header
 from reconciler.store import Backend
 from reconciler.store.breakers import BreakerRecord, BreakerReport, may_probe
@@ -585,7 +586,14 @@ class Worker:
             return _deferred(claim, started, now)
         sending = type(request)(request.method, request.url, headers, request.body)
         outcome = await self.sender.send(sending, timeout)
-        result = self._result(claim, spec, started, outcome, as_sent(sending, renderer, env))
+        values = secret_values(renderer, env)
+        if values:
+            # A receiver may echo what it got (an Authorization header, the URL):
+            # what it answered is kept with the secrets put back as references.
+            outcome = _without(outcome, values)
+        result = self._result(
+            claim, spec, started, outcome, as_sent(sending, renderer, env, values)
+        )
         hold = self._hold(outcome)
         if hold is not None:
             await self._write_hold(key, hold)
@@ -867,3 +875,14 @@ def _signing_secrets(spec: WebhookSpec, env: Mapping[str, str]) -> list[str]:
             raise RenderError(f"environment variable {name} is not set")
         secrets.append(env[name])
     return secrets
+
+
+def _without(outcome: Outcome, values: list[tuple[str, str]]) -> Outcome:
+    """`outcome` with the secret `values` put back as references in what the receiver
+    answered (excerpt and headers) and in the error."""
+    return dataclasses.replace(
+        outcome,
+        excerpt=unresolved(outcome.excerpt, values),
+        response_headers={k: unresolved(v, values) for k, v in outcome.response_headers.items()},
+        error=None if outcome.error is None else unresolved(outcome.error, values),
+    )

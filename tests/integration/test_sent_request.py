@@ -102,3 +102,52 @@ def test_a_literal_credential_header_is_masked_before_it_is_kept(
     assert "bGl0ZXJhbDpzZWNyZXQ=" not in json.dumps(shown)
     # (the definition itself holds it here, put without validate; a literal credential
     # needs allow_literal, and plans and history mask it)
+
+
+def test_a_receiver_that_echoes_the_request_leaves_no_secret_in_the_state(
+    tmp_path: Path, clock: FakeClock, httpx_mock: HTTPXMock
+) -> None:
+    """What the receiver answers is kept too (excerpt, headers): a receiver that
+    echoes the request's Authorization header and URL back has the secret values put
+    back as their references before anything is written."""
+    path = tmp_path / "state.db"
+    store = SqliteStore(path)
+    put_specs(
+        store,
+        [
+            spec(
+                "s",
+                url="https://hooks.example.com/secret?key=${env:ACME_HOOK_KEY}",
+                headers={"Authorization": "Bearer ${env:ACME_TOKEN}"},
+            )
+        ],
+    )
+    echoed = f'{{"you_sent": "Bearer {TOKEN}", "url": "{SENT_URL}"}}'
+    httpx_mock.add_response(
+        url=SENT_URL,
+        status_code=400,
+        text=echoed,
+        headers={"Location": SENT_URL, "Content-Type": "application/json"},
+    )
+
+    async def scenario(api: Api) -> dict[str, Any]:
+        await api.post_event(id="e1")
+        await api.deliver()
+        (record,) = await api.dispatcher.deliveries(organizations=None)
+        return (await api.http.get(f"/v1/deliveries/{record.id}")).json()
+
+    try:
+        shown = call(store, clock, scenario, env=ENV)
+    finally:
+        store.close()
+    (attempt,) = shown["attempts_log"]
+    assert attempt["response_excerpt"] == (
+        '{"you_sent": "Bearer ${env:ACME_TOKEN}", '
+        '"url": "https://hooks.example.com/secret?key=${env:ACME_HOOK_KEY}"}'
+    )
+    assert attempt["response_headers"]["location"] == (
+        "https://hooks.example.com/secret?key=${env:ACME_HOOK_KEY}"
+    )
+    for file in tmp_path.glob("state.db*"):
+        data = file.read_bytes()
+        assert TOKEN.encode() not in data and KEY.encode() not in data, file.name
