@@ -151,7 +151,8 @@ class DispatcherAPI(FastAPI):
             await self.intake(scope, receive, send)
 
 
-def create_app(dispatcher: Dispatcher) -> DispatcherAPI:
+def create_app(dispatcher: Dispatcher, *, console: bool = True) -> DispatcherAPI:
+    """The API; with `console`, the web console under /ui/ (dispatch/console/)."""
     app = DispatcherAPI(
         title="reconciler dispatcher",
         version=__version__,
@@ -411,6 +412,11 @@ def create_app(dispatcher: Dispatcher) -> DispatcherAPI:
                 "workers_turned_ago": round(max(0.0, now - turned), 3),
             }
         )
+
+    if console:
+        from reconciler.dispatch.console.app import create_console
+
+        app.mount("/ui", create_console(dispatcher, guard))
 
     @app.get("/openapi.json", include_in_schema=False, dependencies=[any_token])
     async def openapi() -> JSONResponse:

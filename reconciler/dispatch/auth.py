@@ -125,7 +125,11 @@ class Guard:
         if not presented or not presented.startswith(tokens.PREFIX):
             raise AuthError(401, UNAUTHORIZED)
         now = self._dispatcher.clock()
-        record = await self._lookup(tokens.token_hash(presented), now)
+        return self.verified(await self._lookup(tokens.token_hash(presented), now), now)
+
+    def verified(self, record: TokenRecord | None, now: float) -> Access:
+        """What `record` may do, if it is usable at `now`; else AuthError 401. The
+        console checks its sessions' tokens through this too."""
         if record is None or not record.usable(now):
             raise AuthError(401, UNAUTHORIZED)
         return Access.of(record)

@@ -9,7 +9,7 @@ import logging
 import ssl
 import time
 from collections.abc import Callable, Mapping, Sequence
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import aiohttp
 import httpx
@@ -42,6 +42,7 @@ if TYPE_CHECKING:
     pass
 
 log = logging.getLogger("reconciler.dispatch")
+T = TypeVar("T")
 
 DEFAULT_GRACE = 20.0
 # Intake answers within this many seconds: accepted (202), refused, or 503 "outcome
@@ -211,6 +212,18 @@ class Dispatcher:
     async def token(self, digest: str) -> TokenRecord | None:
         """The API token whose secret hashes to `digest`, usable or not."""
         return await self.db.run(find_by_hash, self.db.store, digest)
+
+    async def token_by_id(self, token_id: str) -> TokenRecord | None:
+        """The API token with this id, usable or not (a console session names its
+        token by id)."""
+        found = await self.db.run(self.db.store.tokens)
+        return next((t for t in found if t.id == token_id), None)
+
+    async def read(self, call: Callable[..., T], *args: Any) -> T:
+        """`call(store, *args)` on the database thread, where every call of the
+        dispatcher's runs: the console's reads (reconciler/dispatch/console/reads.py)
+        and its sessions."""
+        return await self.db.run(call, self.db.store, *args)
 
     async def _flush_intake(self) -> None:
         while self._intake:

@@ -54,6 +54,7 @@ from reconciler.store.base import (
     shared_env_text,
 )
 from reconciler.store.liveness import gone_here
+from reconciler.store.postgres_console import PostgresConsole
 from reconciler.store.postgres_migrations import MIGRATIONS
 from reconciler.store.postgres_queue import PostgresQueue
 from reconciler.store.postgres_retention import PostgresRetention
@@ -141,7 +142,7 @@ def shown_url(url: str) -> str:
     return urlunsplit(parts._replace(netloc=netloc))
 
 
-class PostgresStore(PostgresQueue, PostgresRetention):
+class PostgresStore(PostgresQueue, PostgresRetention, PostgresConsole):
     def __init__(
         self,
         url: str,

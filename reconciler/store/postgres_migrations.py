@@ -255,3 +255,24 @@ MIGRATIONS.append(
         ],
     )
 )
+
+# The web console's sessions and the deliveries page's keyset indexes
+# (store/sqlite_migrations.py says why).
+MIGRATIONS.append(
+    (
+        "0012_console_sessions",
+        [
+            """CREATE TABLE console_sessions (
+                id_hash TEXT PRIMARY KEY,
+                token_id TEXT NOT NULL,
+                csrf_secret TEXT NOT NULL,
+                created_at DOUBLE PRECISION NOT NULL,
+                idle_expires_at DOUBLE PRECISION NOT NULL,
+                expires_at DOUBLE PRECISION NOT NULL
+            )""",
+            "CREATE INDEX console_sessions_by_expiry ON console_sessions (idle_expires_at)",
+            "CREATE INDEX deliveries_newest ON deliveries (created_at, id)",
+            "CREATE INDEX deliveries_newest_by_org ON deliveries (organization, created_at, id)",
+        ],
+    )
+)

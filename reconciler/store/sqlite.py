@@ -48,6 +48,7 @@ from reconciler.store.base import (
     shared_env_text,
 )
 from reconciler.store.liveness import gone_here
+from reconciler.store.sqlite_console import SqliteConsole
 from reconciler.store.sqlite_migrations import MIGRATIONS
 from reconciler.store.sqlite_queue import SqliteQueue
 from reconciler.store.sqlite_retention import WAL_LIMIT, SqliteRetention
@@ -124,7 +125,7 @@ def _translating(method: Callable[..., Any]) -> Callable[..., Any]:
 
 
 @_errors_translated
-class SqliteStore(SqliteQueue, SqliteRetention):
+class SqliteStore(SqliteQueue, SqliteRetention, SqliteConsole):
     def __init__(
         self,
         path: Path,

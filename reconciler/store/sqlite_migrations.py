@@ -344,3 +344,27 @@ MIGRATIONS.append(
         ["PRAGMA auto_vacuum = INCREMENTAL"],
     )
 )
+
+# The web console (reconciler/dispatch/console/): its sessions live in the state, so
+# every `serve` sharing it knows them; a row holds the SHA-256 of the session id and
+# the id of the token it was opened with, never either secret. The deliveries page
+# walks deliveries newest first from a cursor (keyset paging): by (created_at, id)
+# across organizations, by (organization, created_at, id) within one.
+MIGRATIONS.append(
+    (
+        "0012_console_sessions",
+        [
+            """CREATE TABLE console_sessions (
+                id_hash TEXT PRIMARY KEY,
+                token_id TEXT NOT NULL,
+                csrf_secret TEXT NOT NULL,
+                created_at REAL NOT NULL,
+                idle_expires_at REAL NOT NULL,
+                expires_at REAL NOT NULL
+            )""",
+            "CREATE INDEX console_sessions_by_expiry ON console_sessions (idle_expires_at)",
+            "CREATE INDEX deliveries_newest ON deliveries (created_at, id)",
+            "CREATE INDEX deliveries_newest_by_org ON deliveries (organization, created_at, id)",
+        ],
+    )
+)

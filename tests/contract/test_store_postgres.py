@@ -95,6 +95,7 @@ def test_open_store_selects_postgres_and_hides_the_password(postgres_url: str) -
             "0009_endpoint_health_indexes",
             "0010_retention",
             "0011_space_given_back",
+            "0012_console_sessions",
         ]
     finally:
         store.close()
