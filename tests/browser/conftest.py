@@ -135,7 +135,7 @@ def console(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Console]:
     shutil.copytree(EXAMPLES, root / "webhooks.d")
     state = f"sqlite:///{root / 'state.db'}"
     applied = run_cli(
-        ["apply", "webhooks.d", "--state", state, "--auto-approve", "--actor", "alice@acme"],
+        ["apply", "webhooks.d", "--state", state, "--auto-approve", "--actor", "platform-ci"],
         root,
     )
     assert applied.returncode == 0, applied.stdout + applied.stderr
