@@ -491,12 +491,14 @@ def measure_pages(state: str, workdir: Path, backend: str, n: int) -> dict[str, 
     served = start_serve(state, workdir, f"pages-{backend}")
     try:
         client = signed_in(served.url, token)
-        with client:
+        try:
             busy0, _ = machine_busy()
             wall0 = time.monotonic()
             figures = time_pages(client, pages(client), n)
             busy1, _ = machine_busy()
             load = (busy1 - busy0) / (time.monotonic() - wall0)
+        finally:
+            client.close()
     finally:
         stop(served.proc)
     return {"pages": figures, "machine_busy_cores": load}
