@@ -135,6 +135,13 @@ def _policy(allow_private: bool, cidrs: tuple[str, ...]) -> NetworkPolicy:
     "state has not answered by then, 503 'outcome unknown' (send the event again with "
     "the same id: it is queued at most once).",
 )
+@click.option(
+    "--no-console",
+    "no_console",
+    is_flag=True,
+    envvar="RECONCILER_NO_CONSOLE",
+    help="Leave the web console (/ui/) unmounted: the API only.",
+)
 @network_options
 def serve_command(
     state: str,
@@ -149,6 +156,7 @@ def serve_command(
     retention_for: tuple[str, ...],
     retention_interval: str,
     intake_deadline: float,
+    no_console: bool,
     allow_private: bool,
     allow_cidrs: tuple[str, ...],
 ) -> None:
@@ -182,6 +190,11 @@ def serve_command(
     the audit log are never removed. `reconciler retention status` shows the
     state's size and the last run.
 
+    The web console is served under /ui/ on the same port (docs/console.md):
+    sign in with a token, read webhooks, deliveries, history and activity,
+    replay as an admin, and write a new definition's file to commit.
+    --no-console leaves it out.
+
     The port is taken before anything starts: one in use is an error (exit 1).
 
     The state must be there (apply or migrate makes it): on a URL where none is,
@@ -194,6 +207,7 @@ def serve_command(
       reconciler serve --pause-after 12h
       reconciler serve --retention 30d --retention-for acme=90d
       reconciler serve --intake-deadline 5
+      reconciler serve --no-console
     """
     from reconciler.dispatch.logs import serve_handler
     from reconciler.dispatch.processes import listen
@@ -232,6 +246,7 @@ def serve_command(
                     retention=pruner,
                     stock=stock,
                     intake_deadline=intake_deadline,
+                    console=not no_console,
                     **more,
                 )
             )

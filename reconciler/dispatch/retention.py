@@ -94,7 +94,7 @@ class Retention:
 
     def run_once(self) -> RetentionRun | None:
         """One turn, on the calling thread: prune (unless another dispatcher is),
-        give the WAL back, measure."""
+        remove the console's expired sessions, give the WAL back, measure."""
         if self._store is None:
             self._store = self._open_store()
         store = self._store
@@ -119,6 +119,7 @@ class Retention:
                         r.events,
                         run.finished_at - run.started_at,
                     )
+        store.delete_expired_sessions(self.clock())
         store.checkpoint()
         self.size = store.state_size(detailed=False)
         return run

@@ -88,9 +88,12 @@ async def serve(
     stock: bool = False,
     retention: Retention | None = None,
     intake_deadline: float = INTAKE_DEADLINE,
+    console: bool = True,
 ) -> None:
     """Serve on `sock`, a listening socket bound by the caller, until SIGTERM or
     SIGINT, then shut down gracefully.
+
+    With `console` (the default), the web console is served under /ui/.
 
     With `stock`, uvicorn's own httptools protocol serves every request (see
     `tuned_protocol_fits` for the tuned one, intake_protocol.py).
@@ -109,7 +112,7 @@ async def serve(
         retention=retention,
         intake_deadline=intake_deadline,
     )
-    app = create_app(dispatcher)
+    app = create_app(dispatcher, console=console)
     assert app.intake is not None
     http: Any = "httptools"  # uvicorn's own protocol
     if stock:

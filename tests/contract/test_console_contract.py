@@ -1,0 +1,167 @@
+"""The console's part of the store (store/console.py): sessions and the pages'
+keyset-paged queries, the same tests on SQLite and PostgreSQL (`each_store`)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from reconciler.store.base import AuditRecord, Write
+from reconciler.store.console import (
+    DeliveryFilter,
+    HistoryFilter,
+    SessionRecord,
+    WebhookFilter,
+)
+from reconciler.store.queue import AttemptResult, EventRecord
+from tests.support.helpers_state import put_specs, spec
+
+NOW = 1_800_000_000.0
+
+
+def _session(id_hash: str, idle: float, absolute: float) -> SessionRecord:
+    return SessionRecord(id_hash, "tok_1", "csrf-" + id_hash, NOW, NOW + idle, NOW + absolute)
+
+
+def test_sessions_are_stored_touched_deleted_and_swept(each_store: Any) -> None:
+    store = each_store
+    store.add_session(_session("a" * 64, 60, 600))
+    store.add_session(_session("b" * 64, 10, 600))
+    assert store.session("a" * 64) == _session("a" * 64, 60, 600)
+    assert store.session("c" * 64) is None
+    store.touch_session("a" * 64, NOW + 1000)  # never past the absolute limit
+    assert store.session("a" * 64).idle_expires_at == NOW + 600
+    assert store.delete_expired_sessions(NOW + 30) == 1
+    assert store.session("b" * 64) is None
+    store.delete_session("a" * 64)
+    assert store.session("a" * 64) is None
+
+
+def _events(store: Any, organization: str, count: int, start: float = NOW) -> None:
+    for n in range(count):
+        store.add_events(
+            [
+                EventRecord(
+                    f"e{n:04}", "new_rule_violation", organization, "r", "d",
+                    "2027-01-15T08:00:00Z",
+                )
+            ],
+            start + n // 2,  # two deliveries share each created_at: the id breaks ties
+        )  # fmt: skip
+
+
+def test_deliveries_page_by_keyset_newest_first_within_organizations(each_store: Any) -> None:
+    store = each_store
+    put_specs(store, [spec("slack"), spec("ops", "globex")])
+    _events(store, "acme", 25)
+    _events(store, "globex", 5)
+    seen: list[Any] = []
+    query = DeliveryFilter(organizations=["acme"], limit=10)
+    while True:
+        page = store.delivery_page(query)
+        seen += page
+        if len(page) < 10:
+            break
+        last = page[-1]
+        query = DeliveryFilter(organizations=["acme"], limit=10, before=(last.created_at, last.id))
+    assert len(seen) == len({d.id for d in seen}) == 25
+    assert all(d.organization == "acme" for d in seen)
+    keys = [(d.created_at, d.id) for d in seen]
+    assert keys == sorted(keys, reverse=True)
+    both = store.delivery_page(DeliveryFilter(organizations=["acme", "globex"], limit=100))
+    assert len(both) == 30
+    assert len(store.delivery_page(DeliveryFilter(organizations=None, limit=100))) == 30
+    window = DeliveryFilter(organizations=None, since=NOW + 2, until=NOW + 4, limit=100)
+    assert {d.created_at for d in store.delivery_page(window)} == {NOW + 2, NOW + 3}
+    typed = DeliveryFilter(organizations=None, event_type="reserved_instance_surplus")
+    assert store.delivery_page(typed) == []
+    assert len(store.delivery_page(DeliveryFilter(organizations=None, webhook="ops"))) == 5
+
+
+def test_webhooks_page_by_keyset_with_event_and_state(each_store: Any) -> None:
+    store = each_store
+    put_specs(
+        store,
+        [
+            spec("a"),
+            spec("b", event="reserved_instance_deficit"),
+            spec("c", enabled=False),
+            spec("d", "globex"),
+        ],
+    )
+    store.pause("acme", "a", "HTTP 410", "dispatcher")
+    names = lambda q: [w.name for w in store.webhook_page(q)]  # noqa: E731
+    assert names(WebhookFilter(organizations=None)) == ["a", "b", "c", "d"]
+    assert names(WebhookFilter(organizations=["acme"], limit=2)) == ["a", "b"]
+    assert names(WebhookFilter(organizations=["acme"], after=("acme", "b"))) == ["c"]
+    assert names(WebhookFilter(organizations=None, event="reserved_instance_deficit")) == ["b"]
+    assert names(WebhookFilter(organizations=None, state="paused")) == ["a"]
+    assert names(WebhookFilter(organizations=None, state="disabled")) == ["c"]
+    assert names(WebhookFilter(organizations=None, state="enabled")) == ["b", "d"]
+
+
+def _finish(store: Any, outcomes: list[str], at: float) -> list[str]:
+    """Claim every due delivery and finish them with `outcomes`, in order, at `at`."""
+    claims = store.claim("w", 100, at, 60.0)
+    claims.sort(key=lambda c: c.delivery_id)
+    store.finish(
+        [
+            AttemptResult(
+                c.delivery_id, c.attempt, at, 100.0 * (n + 1), outcome,
+                200 if outcome == "delivered" else 400,
+            )
+            for n, (c, outcome) in enumerate(zip(claims, outcomes, strict=False))
+        ],
+        "w",
+        at,
+    )  # fmt: skip
+    return [c.delivery_id for c in claims]
+
+
+def test_webhook_outcomes_count_the_window_and_find_the_latest(each_store: Any) -> None:
+    store = each_store
+    put_specs(store, [spec("slack"), spec("quiet")])
+    _events(store, "acme", 3)
+    outcomes = ["delivered", "delivered", "failed", "failed", "delivered", "delivered"]
+    _finish(store, outcomes, NOW + 10)
+    found = store.webhook_outcomes([("acme", "slack"), ("acme", "quiet")], NOW)
+    total = found[("acme", "slack")].delivered + found[("acme", "quiet")].delivered
+    assert total == 4
+    failed = found[("acme", "slack")].failed + found[("acme", "quiet")].failed
+    assert failed == 2
+    assert found[("acme", "slack")].last_at == NOW + 10
+    assert store.webhook_outcomes([("acme", "slack")], NOW + 11)[("acme", "slack")].delivered == 0
+    assert store.webhook_outcomes([("acme", "slack")], NOW + 11)[("acme", "slack")].last_at == (
+        NOW + 10
+    )
+
+
+def test_attempt_points_are_of_the_organizations_asked(each_store: Any) -> None:
+    store = each_store
+    put_specs(store, [spec("slack"), spec("ops", "globex")])
+    _events(store, "acme", 2)
+    _events(store, "globex", 1)
+    _finish(store, ["delivered", "failed", "delivered"], NOW + 5)
+    acme = store.attempt_points(["acme"], NOW, NOW + 6)
+    assert len(acme) == 2 and {p.organization for p in acme} == {"acme"}
+    assert sorted(p.outcome for p in acme) in (["delivered", "failed"], ["delivered", "delivered"])
+    assert len(store.attempt_points(None, NOW, NOW + 6)) == 3
+    assert store.attempt_points(None, NOW + 6, NOW + 60) == []  # [start, end)
+
+
+def test_history_page_filters_and_pages_by_id(each_store: Any) -> None:
+    store = each_store
+    records = [
+        AuditRecord("create", "acme", "a", None, {"name": "a"}, "alice"),
+        AuditRecord("create", "globex", "b", None, {"name": "b"}, "bob"),
+        AuditRecord("update", "acme", "a", {"name": "a"}, {"name": "a", "x": 1}, "alice"),
+    ]
+    store.commit([Write("put", "acme", "a", spec("a").canonical_json())], records, 0)
+    everything = store.history_page(HistoryFilter(organizations=None))
+    assert [e.record.actor for e in everything] == ["alice", "bob", "alice"]
+    acme = store.history_page(HistoryFilter(organizations=["acme"], limit=1))
+    assert [e.record.action for e in acme] == ["update"]
+    older = store.history_page(HistoryFilter(organizations=["acme"], before=acme[0].id))
+    assert [e.record.action for e in older] == ["create"]
+    assert store.history_page(HistoryFilter(organizations=None, actor="bob"))[0].record.name == "b"
+    assert len(store.history_page(HistoryFilter(organizations=None, action="update"))) == 1
+    assert store.history_page(HistoryFilter(organizations=None, since="2999-01-01T00:00:00Z")) == []
