@@ -448,7 +448,7 @@ def pages(client: Any) -> list[tuple[str, str, str]]:
         (f"deliveries, {DEEP_PAGES} pages deep", "GET", deep),
         ("one delivery", "GET", delivery),
         ("history", "GET", "/ui/history"),
-        ("history ?webhook", "GET", f"/ui/history?webhook={org}/{name}"),
+        ("history ?webhook", "GET", f"/ui/history?webhook={name}"),
         ("history ?actor", "GET", "/ui/history?actor=ci%20(github%20actions)"),
         ("activity", "GET", "/ui/activity"),
         ("activity ?org", "GET", "/ui/activity?org=acme-000"),
@@ -456,14 +456,30 @@ def pages(client: Any) -> list[tuple[str, str, str]]:
     ]
 
 
-def time_pages(client: Any, measured: list[tuple[str, str, str]], n: int) -> dict[str, Any]:
-    """Each page n times, one after another, after two untimed requests."""
+PARTNER_PAGES = (
+    "webhooks",
+    "deliveries",
+    "deliveries ?status=failed",
+    "deliveries ?event",
+    "history",
+    "activity",
+)
+
+
+def time_pages(
+    client: Any, measured: list[tuple[str, str, str]], n: int, budget: float
+) -> dict[str, Any]:
+    """Each page n times, one after another, after two untimed requests (the first one
+    is reported apart: a cold cache); at least 5 and at most `budget` seconds a page."""
     out: dict[str, Any] = {}
     for name, method, path in measured:
-        for _ in range(2):
-            client.request(method, path)
-        times = []
-        for _ in range(n):
+        started = time.perf_counter()
+        client.request(method, path).raise_for_status()
+        first = (time.perf_counter() - started) * 1000
+        client.request(method, path)
+        times: list[float] = []
+        spent = time.perf_counter()
+        while len(times) < n and (len(times) < 5 or time.perf_counter() - spent < budget):
             started = time.perf_counter()
             answer = client.request(method, path)
             _ = answer.content
@@ -472,6 +488,8 @@ def time_pages(client: Any, measured: list[tuple[str, str, str]], n: int) -> dic
                 raise SystemExit(f"{name} ({path}) answered {answer.status_code}")
         out[name] = {
             "path": path,
+            "n": len(times),
+            "first": first,
             "p50": percentile(times, 50),
             "p95": percentile(times, 95),
             "max": max(times),
@@ -479,29 +497,51 @@ def time_pages(client: Any, measured: list[tuple[str, str, str]], n: int) -> dic
         }
         print(
             f"  {name:34} p50 {out[name]['p50']:7.1f} ms  p95 {out[name]['p95']:7.1f} ms  "
-            f"max {out[name]['max']:7.1f} ms  {out[name]['bytes'] / 1024:6.1f} KiB",
+            f"max {out[name]['max']:7.1f} ms  (n={len(times)}, first {first:,.0f} ms)  "
+            f"{out[name]['bytes'] / 1024:6.1f} KiB",
             flush=True,
         )
     return out
 
 
-def measure_pages(state: str, workdir: Path, backend: str, n: int) -> dict[str, Any]:
-    token = cli("tokens", "create", "--role", "admin", "--all-orgs", "--name", "bench-console",
+def measure_pages(state: str, workdir: Path, backend: str, n: int, budget: float) -> dict[str, Any]:
+    """Every page for an admin of every organization, then the main pages for a
+    partner's admin token of 10 named organizations (the IN-list queries)."""
+    every = cli("tokens", "create", "--role", "admin", "--all-orgs", "--name", "bench-console",
                 "--state", state).strip()  # fmt: skip
+    orgs = [f"--org={o}" for o in organizations(state)[:10]]
+    partner = cli("tokens", "create", "--role", "admin", *orgs, "--name", "bench-partner",
+                  "--state", state).strip()  # fmt: skip
     served = start_serve(state, workdir, f"pages-{backend}")
+    out: dict[str, Any] = {}
     try:
-        client = signed_in(served.url, token)
-        try:
-            busy0, _ = machine_busy()
-            wall0 = time.monotonic()
-            figures = time_pages(client, pages(client), n)
-            busy1, _ = machine_busy()
-            load = (busy1 - busy0) / (time.monotonic() - wall0)
-        finally:
-            client.close()
+        busy0, _ = machine_busy()
+        wall0 = time.monotonic()
+        for who, token in (("every organization", every), ("10 organizations", partner)):
+            print(f" admin of {who}:", flush=True)
+            client = signed_in(served.url, token)
+            try:
+                measured = pages(client)
+                if who != "every organization":
+                    measured = [page for page in measured if page[0] in PARTNER_PAGES]
+                out[who] = time_pages(client, measured, n, budget)
+            finally:
+                client.close()
+        busy1, _ = machine_busy()
+        load = (busy1 - busy0) / (time.monotonic() - wall0)
     finally:
         stop(served.proc)
-    return {"pages": figures, "machine_busy_cores": load}
+    return {"pages": out, "machine_busy_cores": load}
+
+
+def organizations(state: str) -> list[str]:
+    from reconciler.store import open_store
+
+    store = open_store(state)
+    try:
+        return sorted({w.organization for w in store.webhooks()})
+    finally:
+        store.close()
 
 
 # -- the dispatcher with and without the console --------------------------------------------
@@ -544,6 +584,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--webhooks", type=int, default=10_000)
     parser.add_argument("--deliveries", type=int, default=1_000_000)
     parser.add_argument("--requests", type=int, default=40, help="timed requests per page")
+    parser.add_argument(
+        "--budget", type=float, default=20.0, help="seconds a page at most (>= 5 requests)"
+    )
     parser.add_argument("--dispatch-rounds", type=int, default=3, help="0: skip")
     parser.add_argument("--dispatch-deliveries", type=int, default=5000)
     parser.add_argument("--fresh", action="store_true", help="seed the SQLite file again")
@@ -568,7 +611,7 @@ def main(argv: list[str] | None = None) -> int:
                 print(f"  seeded: {json.dumps(made)}", flush=True)
                 if args.seed_only:
                     continue
-                figures = measure_pages(url, work, backend, args.requests)
+                figures = measure_pages(url, work, backend, args.requests, args.budget)
                 results[backend] = {"seed": made, **figures}
         if args.dispatch_rounds and not args.seed_only:
             print("\ndispatcher, SQLite, K=1: console mounted against --no-console", flush=True)
@@ -576,16 +619,22 @@ def main(argv: list[str] | None = None) -> int:
             results["dispatch"] = rates
     if args.seed_only:
         return 0
-    print(f"\nPages, p95 over {args.requests} requests each (goal < {GOAL_P95_MS:.0f} ms):\n")
-    print("| page | " + " | ".join(f"{b} p50 | {b} p95" for b in backends) + " |")
-    print("|---|" + "---:|---:|" * len(backends))
-    for name in results[backends[0]]["pages"]:
-        cells = []
-        for backend in backends:
-            page = results[backend]["pages"][name]
-            met &= page["p95"] < GOAL_P95_MS
-            cells.append(f"{page['p50']:.1f} ms | {page['p95']:.1f} ms")
-        print(f"| {name} | " + " | ".join(cells) + " |")
+    print(f"\nPages, up to {args.requests} requests each after two (goal: p95 < "
+          f"{GOAL_P95_MS:.0f} ms):\n")  # fmt: skip
+    print(
+        "| token | page | " + " | ".join(f"{b} p50 | {b} p95 | {b} first" for b in backends) + " |"
+    )
+    print("|---|---|" + "---:|---:|---:|" * len(backends))
+    for who, measured in results[backends[0]]["pages"].items():
+        for name in measured:
+            cells = []
+            for backend in backends:
+                page = results[backend]["pages"][who][name]
+                met &= page["p95"] < GOAL_P95_MS
+                cells.append(
+                    f"{page['p50']:.1f} ms | {page['p95']:.1f} ms | {page['first']:,.0f} ms"
+                )
+            print(f"| {who} | {name} | " + " | ".join(cells) + " |")
     for backend in backends:
         print(f"{backend}: machine busy {results[backend]['machine_busy_cores']:.2f} of 2 cores "
               "while measured (this process and serve included)")  # fmt: skip
