@@ -18,6 +18,7 @@ from typing import Any, Protocol
 
 from reconciler.store.base import AUDIT_COLUMNS, AuditEntry, LiveWebhook
 from reconciler.store.queue import DELIVERY_COLUMNS, EVENT_OF_DELIVERY, DeliveryRecord
+from reconciler.store.retention import LAST_BUCKET, bucket_bound
 
 SESSION_COLUMNS = "id_hash, token_id, csrf_secret, created_at, idle_expires_at, expires_at"
 
@@ -42,7 +43,8 @@ class SessionRecord:
 @dataclass(frozen=True)
 class WebhookFilter:
     """The webhooks page's query: organizations (None: all), an event type, a state
-    (enabled, disabled, paused), and the key after which the page starts."""
+    (enabled, disabled, paused, breaker-open), and the key after which the page
+    starts."""
 
     organizations: Sequence[str] | None
     event: str | None = None
@@ -97,13 +99,14 @@ class WebhookOutcomes:
 
 
 @dataclass(frozen=True)
-class AttemptPoint:
-    """One attempt, as the activity chart counts it."""
+class MinuteCount:
+    """How many attempts of an outcome started in one minute (Unix time // 60)
+    with a duration in one of retention's buckets (retention.bucket_of)."""
 
-    organization: str
-    started_at: float
+    minute: int
     outcome: str
-    duration_ms: float
+    bucket: int
+    count: int
 
 
 class ConsoleStore(Protocol):
@@ -137,10 +140,11 @@ class ConsoleStore(Protocol):
         """Audit entries newest first, before `query.before`."""
         ...
 
-    def attempt_points(
+    def attempt_minutes(
         self, organizations: Sequence[str] | None, start: float, end: float
-    ) -> list[AttemptPoint]:
-        """The attempts started in [start, end) of `organizations` (None: all)."""
+    ) -> list[MinuteCount]:
+        """The attempts started in [start, end) of `organizations` (None: all),
+        counted by minute, outcome and duration bucket in the database."""
         ...
 
 
@@ -170,6 +174,11 @@ def webhook_page_query(
         sql += f" AND paused_reason IS NULL AND COALESCE({enabled_of_spec}, 'true') = 'false'"
     elif query.state == "enabled":
         sql += f" AND paused_reason IS NULL AND COALESCE({enabled_of_spec}, 'true') <> 'false'"
+    elif query.state == "breaker-open":  # open or half-open: held back, probing
+        sql += (
+            " AND EXISTS (SELECT 1 FROM webhook_breakers b WHERE b.organization = "
+            "webhooks.organization AND b.webhook = webhooks.name AND b.state <> 'closed')"
+        )
     if query.after is not None:
         sql += f" AND (organization > {p} OR (organization = {p} AND name > {p}))"
         args += [query.after[0], query.after[0], query.after[1]]
@@ -178,53 +187,99 @@ def webhook_page_query(
     return sql, args
 
 
-def outcomes_queries(p: str) -> tuple[str, str]:
-    """A webhook's counts by status since a moment, and its latest finished delivery:
-    both range scans of the partial indexes deliveries_delivered/_failed."""
-    counts = (
-        f"SELECT status, count(*) FROM deliveries WHERE organization = {p} AND webhook = {p} "
-        f"AND status IN ('delivered', 'failed') AND updated_at >= {p} GROUP BY status"
-    )
-    latest = (
-        "SELECT status, updated_at FROM ("
-        f"SELECT status, updated_at FROM deliveries WHERE organization = {p} AND webhook = {p} "
-        "AND status = 'delivered' ORDER BY updated_at DESC LIMIT 1) a UNION ALL "
-        "SELECT status, updated_at FROM ("
-        f"SELECT status, updated_at FROM deliveries WHERE organization = {p} AND webhook = {p} "
-        "AND status = 'failed' ORDER BY updated_at DESC LIMIT 1) b"
-    )
-    return counts, latest
+def outcomes_query(p: str, keys: Sequence[tuple[str, str]], since: float) -> tuple[str, list[Any]]:
+    """Each webhook's finished deliveries since a moment and its latest one, by
+    status, in one statement (one round trip for a page of webhooks): two rows a
+    webhook, each two lookups of a partial index (deliveries_delivered, _failed)."""
+    parts: list[str] = []
+    args: list[Any] = []
+    for index, (organization, webhook) in enumerate(keys):
+        for status in ("delivered", "failed"):
+            of = (
+                f"FROM deliveries WHERE organization = {p} AND webhook = {p} "
+                f"AND status = '{status}'"
+            )
+            parts.append(
+                f"SELECT {index} AS k, '{status}' AS status, "
+                f"(SELECT count(*) {of} AND updated_at >= {p}) AS n, "
+                f"(SELECT max(updated_at) {of}) AS latest"
+            )
+            args += [organization, webhook, since, organization, webhook]
+    return " UNION ALL ".join(parts), args
 
 
-def outcomes_of(counts: Sequence[Any], latest: Sequence[Any]) -> WebhookOutcomes:
-    by_status = {str(status): int(n) for status, n in counts}
-    last = max(latest, key=lambda row: float(row[1]), default=None)
-    return WebhookOutcomes(
-        by_status.get("delivered", 0),
-        by_status.get("failed", 0),
-        str(last[0]) if last else None,
-        float(last[1]) if last else None,
-    )
+def outcomes_of(
+    keys: Sequence[tuple[str, str]], rows: Sequence[Any]
+) -> dict[tuple[str, str], WebhookOutcomes]:
+    """outcomes_query's rows, by webhook."""
+    counts: dict[int, dict[str, tuple[int, float | None]]] = {}
+    for index, status, n, latest in rows:
+        counts.setdefault(int(index), {})[str(status)] = (
+            int(n),
+            None if latest is None else float(latest),
+        )
+    found = {}
+    for index, key in enumerate(keys):
+        mine = counts.get(index, {})
+        delivered, last_delivered = mine.get("delivered", (0, None))
+        failed, last_failed = mine.get("failed", (0, None))
+        latest = max(
+            ((at, status) for status, at in (("delivered", last_delivered), ("failed", last_failed))
+             if at is not None),
+            default=None,
+        )  # fmt: skip
+        found[key] = WebhookOutcomes(
+            delivered, failed, latest[1] if latest else None, latest[0] if latest else None
+        )
+    return found
+
+
+# A token's organizations up to this many are read as one short walk of
+# deliveries_newest_by_org each, merged; more walk deliveries_newest, filtered.
+UNION_LIMIT = 16
 
 
 def delivery_page_query(p: str, any_of: AnyOf, query: DeliveryFilter) -> tuple[str, list[Any]]:
-    """Newest first by (created_at, id): index deliveries_newest (or
-    deliveries_newest_by_org for one organization) walked from the cursor on."""
+    """Newest first by (created_at, id), from the cursor on: for one organization a
+    walk of deliveries_newest_by_org; for a few, one such walk each (UNION ALL, each
+    at most a page), merged; for many or all, a walk of deliveries_newest. Never a
+    sort of every delivery of an organization or a status."""
+    orgs = query.organizations
+    if orgs is not None and 1 < len(orgs) <= UNION_LIMIT:
+        parts: list[str] = []
+        args: list[Any] = []
+        for org in orgs:
+            part, more = _delivery_walk(p, any_of, query, [org])
+            parts.append(f"SELECT * FROM ({part}) w{len(parts)}")
+            args += more
+        sql = (
+            f"SELECT * FROM ({' UNION ALL '.join(parts)}) merged "
+            f"ORDER BY created_at DESC, id DESC LIMIT {p}"
+        )
+        return sql, [*args, query.limit]
+    return _delivery_walk(p, any_of, query, orgs)
+
+
+def _delivery_walk(
+    p: str, any_of: AnyOf, query: DeliveryFilter, orgs: Sequence[str] | None
+) -> tuple[str, list[Any]]:
     sql = (
         f"SELECT {DELIVERY_COLUMNS} FROM deliveries d JOIN events e ON {EVENT_OF_DELIVERY} "
         "WHERE 1 = 1"
     )
     args: list[Any] = []
-    if query.organizations is not None:
-        if len(query.organizations) == 1:
+    if orgs is not None:
+        if len(orgs) == 1:
             sql += f" AND d.organization = {p}"
-            args.append(query.organizations[0])
-        else:
-            test, more = any_of(query.organizations)
-            sql += f" AND d.organization {test}"
+            args.append(orgs[0])
+        else:  # many: a filter on the walk of deliveries_newest, not an index
+            test, more = any_of(orgs)
+            sql += f" AND d.organization || '' {test}"
             args += more
+    # `d.status || ''`: the status is a filter on the newest-first walk, never an
+    # index of its own (deliveries_due would find every row of a status, to sort).
     for column, value in (
-        ("d.status", query.status),
+        ("d.status || ''", query.status),
         ("d.webhook", query.webhook),
         ("e.type", query.event_type),
     ):
@@ -275,21 +330,56 @@ def history_page_query(p: str, any_of: AnyOf, query: HistoryFilter) -> tuple[str
     return sql, args
 
 
-def attempt_points_query(
-    p: str, any_of: AnyOf, organizations: Sequence[str] | None, start: float, end: float
+def _bucket_sql(column: str, lo: int, hi: int) -> str:
+    """retention.bucket_of(column) as SQL both databases run: a binary search over
+    the buckets' bounds, seven comparisons a row."""
+    if lo == hi:
+        return str(lo)
+    mid = (lo + hi) // 2
+    return (
+        f"CASE WHEN {column} <= {bucket_bound(mid)!r} THEN {_bucket_sql(column, lo, mid)} "
+        f"ELSE {_bucket_sql(column, mid + 1, hi)} END"
+    )
+
+
+BUCKET_SQL = _bucket_sql("a.duration_ms", 0, LAST_BUCKET)
+SHORT_RANGE = 3600.0  # seconds of attempts read by time whatever the organizations
+
+
+def attempt_minutes_query(
+    p: str,
+    any_of: AnyOf,
+    minute_of: str,
+    organizations: Sequence[str] | None,
+    start: float,
+    end: float,
 ) -> tuple[str, list[Any]]:
-    """A range of attempts_by_time, each joined to its delivery by its primary key."""
+    """A range of attempts_by_time, each joined to its delivery by its primary key
+    for its organization (unless every organization is asked), grouped in the
+    database; `minute_of`: the backend's
+    SQL for the whole minutes in `a.started_at`."""
+    joined = "" if organizations is None else " JOIN deliveries d ON d.id = a.delivery_id"
     sql = (
-        "SELECT d.organization, a.started_at, a.outcome, a.duration_ms FROM attempts a "
-        f"JOIN deliveries d ON d.id = a.delivery_id WHERE a.started_at >= {p} "
-        f"AND a.started_at < {p}"
+        f"SELECT {minute_of} AS minute, a.outcome, {BUCKET_SQL} AS bucket, count(*) "
+        f"FROM attempts a{joined} WHERE a.started_at >= {p} AND a.started_at < {p}"
     )
     args: list[Any] = [start, end]
     if organizations is not None:
         test, more = any_of(organizations)
-        sql += f" AND d.organization {test}"
+        # A short range is read by time (attempts_by_time), whatever the
+        # organizations; a long one for a few organizations by their deliveries
+        # (deliveries_by_webhook, then attempts_by_delivery): `|| ''` keeps the
+        # planner off the organization's index for the short one.
+        column = "d.organization || ''" if end - start <= SHORT_RANGE else "d.organization"
+        sql += f" AND {column} {test}"
         args += more
+    sql += " GROUP BY 1, 2, 3"
     return sql, args
+
+
+def minute_count(row: Sequence[Any]) -> MinuteCount:
+    minute, outcome, bucket, count = row
+    return MinuteCount(int(minute), str(outcome), int(bucket), int(count))
 
 
 def session_from_row(row: Sequence[Any]) -> SessionRecord:

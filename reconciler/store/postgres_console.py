@@ -10,17 +10,18 @@ from typing import Any
 from reconciler.store.base import AuditEntry, LiveWebhook, audit_entry_from_row
 from reconciler.store.console import (
     SESSION_COLUMNS,
-    AttemptPoint,
     DeliveryFilter,
     HistoryFilter,
+    MinuteCount,
     SessionRecord,
     WebhookFilter,
     WebhookOutcomes,
-    attempt_points_query,
+    attempt_minutes_query,
     delivery_page_query,
     history_page_query,
+    minute_count,
     outcomes_of,
-    outcomes_queries,
+    outcomes_query,
     session_from_row,
     webhook_page_query,
 )
@@ -87,15 +88,12 @@ class PostgresConsole:
     def webhook_outcomes(
         self, keys: Sequence[tuple[str, str]], since: float
     ) -> dict[tuple[str, str], WebhookOutcomes]:
-        counts, latest = outcomes_queries("%s")
-        found = {}
+        if not keys:
+            return {}
+        sql, args = outcomes_query("%s", keys, since)
         with self._tx() as cur:
-            for organization, webhook in keys:
-                cur.execute(counts, (organization, webhook, since))
-                counted = cur.fetchall()
-                cur.execute(latest, (organization, webhook, organization, webhook))
-                found[(organization, webhook)] = outcomes_of(counted, cur.fetchall())
-        return found
+            cur.execute(sql, args)
+            return outcomes_of(keys, cur.fetchall())
 
     def delivery_page(self, query: DeliveryFilter) -> list[DeliveryRecord]:
         sql, args = delivery_page_query("%s", _any_of, query)
@@ -109,10 +107,12 @@ class PostgresConsole:
             cur.execute(sql, args)
             return [audit_entry_from_row(row) for row in cur.fetchall()]
 
-    def attempt_points(
+    def attempt_minutes(
         self, organizations: Sequence[str] | None, start: float, end: float
-    ) -> list[AttemptPoint]:
-        sql, args = attempt_points_query("%s", _any_of, organizations, start, end)
+    ) -> list[MinuteCount]:
+        sql, args = attempt_minutes_query(
+            "%s", _any_of, "FLOOR(a.started_at / 60)::bigint", organizations, start, end
+        )
         with self._tx() as cur:
             cur.execute(sql, args)
-            return [AttemptPoint(*row) for row in cur.fetchall()]
+            return [minute_count(row) for row in cur.fetchall()]

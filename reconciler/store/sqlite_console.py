@@ -10,17 +10,18 @@ from typing import Any
 from reconciler.store.base import AuditEntry, LiveWebhook, audit_entry_from_row
 from reconciler.store.console import (
     SESSION_COLUMNS,
-    AttemptPoint,
     DeliveryFilter,
     HistoryFilter,
+    MinuteCount,
     SessionRecord,
     WebhookFilter,
     WebhookOutcomes,
-    attempt_points_query,
+    attempt_minutes_query,
     delivery_page_query,
     history_page_query,
+    minute_count,
     outcomes_of,
-    outcomes_queries,
+    outcomes_query,
     session_from_row,
     webhook_page_query,
 )
@@ -85,14 +86,10 @@ class SqliteConsole:
     def webhook_outcomes(
         self, keys: Sequence[tuple[str, str]], since: float
     ) -> dict[tuple[str, str], WebhookOutcomes]:
-        counts, latest = outcomes_queries("?")
-        found = {}
-        for organization, webhook in keys:
-            found[(organization, webhook)] = outcomes_of(
-                self._db.execute(counts, (organization, webhook, since)).fetchall(),
-                self._db.execute(latest, (organization, webhook, organization, webhook)).fetchall(),
-            )
-        return found
+        if not keys:
+            return {}
+        sql, args = outcomes_query("?", keys, since)
+        return outcomes_of(keys, self._db.execute(sql, args).fetchall())
 
     def delivery_page(self, query: DeliveryFilter) -> list[DeliveryRecord]:
         sql, args = delivery_page_query("?", _any_of, query)
@@ -102,8 +99,10 @@ class SqliteConsole:
         sql, args = history_page_query("?", _any_of, query)
         return [audit_entry_from_row(row) for row in self._db.execute(sql, args).fetchall()]
 
-    def attempt_points(
+    def attempt_minutes(
         self, organizations: Sequence[str] | None, start: float, end: float
-    ) -> list[AttemptPoint]:
-        sql, args = attempt_points_query("?", _any_of, organizations, start, end)
-        return [AttemptPoint(*row) for row in self._db.execute(sql, args)]
+    ) -> list[MinuteCount]:
+        sql, args = attempt_minutes_query(
+            "?", _any_of, "CAST(a.started_at / 60 AS INTEGER)", organizations, start, end
+        )
+        return [minute_count(row) for row in self._db.execute(sql, args)]

@@ -6,13 +6,17 @@ from __future__ import annotations
 from typing import Any
 
 from reconciler.store.base import AuditRecord, Write
+from reconciler.store.breakers import THRESHOLD
 from reconciler.store.console import (
+    BUCKET_SQL,
     DeliveryFilter,
     HistoryFilter,
     SessionRecord,
     WebhookFilter,
 )
 from reconciler.store.queue import AttemptResult, EventRecord
+from reconciler.store.retention import bucket_of
+from tests.contract.test_breaker_contract import down, report
 from tests.support.helpers_state import put_specs, spec
 
 NOW = 1_800_000_000.0
@@ -70,6 +74,13 @@ def test_deliveries_page_by_keyset_newest_first_within_organizations(each_store:
     both = store.delivery_page(DeliveryFilter(organizations=["acme", "globex"], limit=100))
     assert len(both) == 30
     assert len(store.delivery_page(DeliveryFilter(organizations=None, limit=100))) == 30
+    many = ["acme", "globex", *(f"org-{n}" for n in range(20))]  # past UNION_LIMIT
+    assert store.delivery_page(DeliveryFilter(organizations=many, limit=100)) == both
+    merged = store.delivery_page(DeliveryFilter(organizations=["acme", "globex"], limit=7))
+    assert merged == both[:7]
+    last = merged[-1]
+    after = DeliveryFilter(organizations=["acme", "globex"], before=(last.created_at, last.id))
+    assert store.delivery_page(after) == both[7:]
     window = DeliveryFilter(organizations=None, since=NOW + 2, until=NOW + 4, limit=100)
     assert {d.created_at for d in store.delivery_page(window)} == {NOW + 2, NOW + 3}
     typed = DeliveryFilter(organizations=None, event_type="reserved_instance_surplus")
@@ -97,6 +108,10 @@ def test_webhooks_page_by_keyset_with_event_and_state(each_store: Any) -> None:
     assert names(WebhookFilter(organizations=None, state="paused")) == ["a"]
     assert names(WebhookFilter(organizations=None, state="disabled")) == ["c"]
     assert names(WebhookFilter(organizations=None, state="enabled")) == ["b", "d"]
+    assert names(WebhookFilter(organizations=None, state="breaker-open")) == []
+    for _ in range(THRESHOLD):
+        report(store, down("b"), NOW)
+    assert names(WebhookFilter(organizations=None, state="breaker-open")) == ["b"]
 
 
 def _finish(store: Any, outcomes: list[str], at: float) -> list[str]:
@@ -135,17 +150,35 @@ def test_webhook_outcomes_count_the_window_and_find_the_latest(each_store: Any) 
     )
 
 
-def test_attempt_points_are_of_the_organizations_asked(each_store: Any) -> None:
+def test_attempt_minutes_count_the_organizations_asked(each_store: Any) -> None:
     store = each_store
     put_specs(store, [spec("slack"), spec("ops", "globex")])
     _events(store, "acme", 2)
     _events(store, "globex", 1)
-    _finish(store, ["delivered", "failed", "delivered"], NOW + 5)
-    acme = store.attempt_points(["acme"], NOW, NOW + 6)
-    assert len(acme) == 2 and {p.organization for p in acme} == {"acme"}
-    assert sorted(p.outcome for p in acme) in (["delivered", "failed"], ["delivered", "delivered"])
-    assert len(store.attempt_points(None, NOW, NOW + 6)) == 3
-    assert store.attempt_points(None, NOW + 6, NOW + 60) == []  # [start, end)
+    _finish(store, ["delivered", "failed", "delivered"], NOW + 125)
+    acme = store.attempt_minutes(["acme"], NOW, NOW + 126)
+    assert sum(r.count for r in acme) == 2
+    assert {r.minute for r in acme} == {int((NOW + 125) // 60)}
+    everyone = store.attempt_minutes(None, NOW, NOW + 126)
+    assert sum(r.count for r in everyone) == 3
+    # durations 100, 200, 300 ms (in claim order): retention's buckets, counted in SQL
+    assert sorted(r.bucket for r in everyone) == [
+        bucket_of(100.0),
+        bucket_of(200.0),
+        bucket_of(300.0),
+    ]
+    assert store.attempt_minutes(None, NOW + 126, NOW + 600) == []  # [start, end)
+
+
+def test_the_bucket_sql_is_retentions_bucket_of() -> None:
+    import sqlite3
+
+    with sqlite3.connect(":memory:") as db:
+        for duration in (0.2, 1.0, 1.01, 19.0, 120.0, 999.9, 60_000.0, 10.0**9):
+            (bucket,) = db.execute(
+                f"SELECT {BUCKET_SQL} FROM (SELECT ? AS duration_ms) a", (duration,)
+            ).fetchone()
+            assert bucket == bucket_of(duration), duration
 
 
 def test_history_page_filters_and_pages_by_id(each_store: Any) -> None:
@@ -164,4 +197,3 @@ def test_history_page_filters_and_pages_by_id(each_store: Any) -> None:
     assert [e.record.action for e in older] == ["create"]
     assert store.history_page(HistoryFilter(organizations=None, actor="bob"))[0].record.name == "b"
     assert len(store.history_page(HistoryFilter(organizations=None, action="update"))) == 1
-    assert store.history_page(HistoryFilter(organizations=None, since="2999-01-01T00:00:00Z")) == []

@@ -125,9 +125,11 @@ def test_replay_as_admin_sends_again_and_is_refused_to_an_auditor(
         f"/ui/deliveries/{record.id}/replay", data={"csrf_token": csrf_of(page.text)}
     )
     assert answer.status_code == 303
-    assert answer.headers["location"].startswith(f"/ui/deliveries/{record.id}?notice=")
+    assert answer.headers["location"] == f"/ui/deliveries/{record.id}?replayed=1"
     queued = admin.get(answer.headers["location"]).text
     assert "Queued again" in queued and "pending" in queued
+    again = admin.post(f"/ui/deliveries/{record.id}/replay", data={"csrf_token": csrf_of(queued)})
+    assert again.status_code == 409 and "not replayable yet" in again.text  # pending
     deliver(console)
     after = admin.get(f"/ui/deliveries/{record.id}").text
     assert re.search(r'id="delivery-status">delivered', after)
@@ -275,7 +277,8 @@ def test_a_broken_body_is_located_within_the_body(console: Console) -> None:
         },
     )
     (problem,) = result["problems"]  # type: ignore[misc]
-    assert (problem["field"], problem["line"]) == ("body", 4)
+    assert (problem["field"], problem["line"], problem["in"]) == ("body", 4, "field")
+    assert problem["text"].startswith("Body, line 4, column ")
     assert result["yaml"] is None
     page = client.get("/ui/new")
     no_js = client.post(
@@ -288,7 +291,8 @@ def test_a_broken_body_is_located_within_the_body(console: Console) -> None:
             "csrf_token": csrf_of(page.text),
         },
     )
-    assert 'role="alert"' in no_js.text and "body line 1, column" in no_js.text
+    assert 'role="alert"' in no_js.text and "Body, line 1, column 15: " in no_js.text
+    assert "of the body" not in no_js.text and 'id="path-line" hidden' in no_js.text
 
 
 def test_the_form_refuses_what_validate_refuses(console: Console) -> None:

@@ -1,12 +1,15 @@
 """The activity chart: attempts per minute by outcome over the last 24 hours, and
 their p95 duration, drawn on the server as SVG.
 
-A minute that has ended does not change (an attempt is recorded once, with the
-time it started), so each organization's closed minutes are counted once and kept
-in this process (`MinuteCache`); a request counts only the minutes that closed
-since, and the last SETTLE_MINUTES, from the attempts' time index. The day's p95 is
-read from the kept minutes' duration histograms (retention's logarithmic buckets:
-the upper bound of the bucket the nearest rank falls in, within 19%).
+A minute that has ended does not change once its attempts are recorded (an attempt
+is recorded when it ends, with the time it started, and lasts at most its 60 s
+timeout): each set of organizations a page is asked for keeps its minutes older
+than SETTLE_MINUTES, counted once, in this process (`MinuteCache`); a request counts
+only the minutes that settled since, and the newest ones, from the attempts' time
+index, grouped in the database. The first view of a set counts its whole day once.
+The day's p95 is read from the minutes' duration histograms (retention's
+logarithmic buckets: the upper bound of the bucket the nearest rank falls in,
+within 19% above the exact value).
 """
 
 from __future__ import annotations
@@ -18,15 +21,13 @@ from dataclasses import dataclass, field
 from html import escape
 
 from reconciler.store.backend import Backend
-from reconciler.store.console import AttemptPoint
-from reconciler.store.retention import bucket_of, percentile
+from reconciler.store.console import MinuteCount
+from reconciler.store.retention import percentile
 
 MINUTE = 60.0
-# An attempt is recorded when it ends, with the time it started: a minute is kept
-# once it ended longer ago than any attempt lasts (a webhook's timeout is at most
-# a few minutes); the newest minutes are counted afresh on every request.
-SETTLE_MINUTES = 5
 WINDOW_MINUTES = 24 * 60
+SETTLE_MINUTES = 5
+SETS_KEPT = 64  # sets of organizations with their minutes kept; beyond, the oldest go
 OUTCOMES = ("delivered", "retry", "failed")
 COLOURS = {"delivered": "#1a7f37", "retry": "#9a6700", "failed": "#cf222e"}
 
@@ -36,69 +37,54 @@ class Minute:
     counts: Counter[str] = field(default_factory=Counter)
     durations: Counter[int] = field(default_factory=Counter)
 
-    def add(self, point: AttemptPoint) -> None:
-        if point.outcome in OUTCOMES:
-            self.counts[point.outcome] += 1
-            self.durations[bucket_of(point.duration_ms)] += 1
+    def add(self, row: MinuteCount) -> None:
+        if row.outcome in OUTCOMES:
+            self.counts[row.outcome] += row.count
+            self.durations[row.bucket] += row.count
 
 
 @dataclass
-class _Org:
+class _Kept:
     minutes: dict[int, Minute] = field(default_factory=dict)
-    closed_until: int | None = None  # minutes before this one are all counted
+    settled_until: int | None = None  # every minute before this one is counted
 
 
 class MinuteCache:
-    """Closed minutes per organization, as counted once (this process's memory:
-    24 h of minutes is at most 1,440 small entries per organization)."""
+    """Settled minutes per set of organizations, counted once (at most 1,440
+    small entries a set)."""
 
     def __init__(self) -> None:
-        self._orgs: dict[str, _Org] = {}
+        self._sets: dict[tuple[str, ...] | None, _Kept] = {}
 
     def series(
-        self, store: Backend, organizations: Sequence[str], now: float
+        self, store: Backend, organizations: Sequence[str] | None, now: float
     ) -> tuple[list[int], dict[int, Minute]]:
+        """Every minute of the window, oldest first, and what each holds."""
         current = int(now // MINUTE)
         first = current - WINDOW_MINUTES + 1
-        settled = current - SETTLE_MINUTES  # minutes before this one are kept
-        behind = {
-            o: max(self._org(o).closed_until or first, first)
-            for o in organizations
-            if (self._org(o).closed_until or first) < settled
-        }
-        if behind:
-            start = min(behind.values())
-            points = store.attempt_points(list(behind), start * MINUTE, settled * MINUTE)
-            for o, origin in behind.items():
-                kept = self._org(o)
-                for m in range(origin, settled):
-                    kept.minutes[m] = Minute()
-                kept.closed_until = settled
-                for old in [m for m in kept.minutes if m < first]:
-                    del kept.minutes[old]
-            for point in points:
-                m = int(point.started_at // MINUTE)
-                if m >= behind[point.organization]:
-                    self._orgs[point.organization].minutes[m].add(point)
-        recent = {m: Minute() for m in range(settled, current + 1)}
-        for point in store.attempt_points(list(organizations), settled * MINUTE, now + 1):
-            m = int(point.started_at // MINUTE)
-            if m in recent:
-                recent[m].add(point)
-        merged: dict[int, Minute] = {}
-        for m in range(first, settled):
-            total = Minute()
-            for o in organizations:
-                got = self._orgs[o].minutes.get(m)
-                if got is not None:
-                    total.counts.update(got.counts)
-                    total.durations.update(got.durations)
-            merged[m] = total
+        settled = current - SETTLE_MINUTES
+        key = None if organizations is None else tuple(sorted(organizations))
+        kept = self._sets.pop(key, None) or _Kept()
+        self._sets[key] = kept  # the newest last
+        while len(self._sets) > SETS_KEPT:
+            del self._sets[next(iter(self._sets))]
+        origin = max(kept.settled_until or first, first)
+        if origin < settled:
+            for m in range(origin, settled):
+                kept.minutes[m] = Minute()
+            for row in store.attempt_minutes(organizations, origin * MINUTE, settled * MINUTE):
+                if row.minute in kept.minutes:
+                    kept.minutes[row.minute].add(row)
+            kept.settled_until = settled
+        for old in [m for m in kept.minutes if m < first]:
+            del kept.minutes[old]
+        recent = {m: Minute() for m in range(max(settled, first), current + 1)}
+        for row in store.attempt_minutes(organizations, settled * MINUTE, now + 1):
+            if row.minute in recent:
+                recent[row.minute].add(row)
+        merged = {m: kept.minutes.get(m) or Minute() for m in range(first, settled)}
         merged.update(recent)
         return list(range(first, current + 1)), merged
-
-    def _org(self, organization: str) -> _Org:
-        return self._orgs.setdefault(organization, _Org())
 
 
 @dataclass(frozen=True)
@@ -110,7 +96,7 @@ class Activity:
 
 
 def activity(
-    cache: MinuteCache, store: Backend, organizations: Sequence[str], now: float
+    cache: MinuteCache, store: Backend, organizations: Sequence[str] | None, now: float
 ) -> Activity:
     minutes, by_minute = cache.series(store, organizations, now)
     totals: Counter[str] = Counter()

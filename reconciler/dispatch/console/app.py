@@ -67,7 +67,7 @@ HEADERS = {
     "Permissions-Policy": "camera=(), microphone=(), geolocation=()",
 }
 PRE_CSRF = "rcn_console_signin"  # the sign-in form's CSRF cookie (no session yet)
-STATES = ("enabled", "disabled", "paused")
+STATES = ("enabled", "disabled", "paused", "breaker-open")
 ACTIONS = ("create", "update", "delete", "pause", "resume", "breaker-open", "breaker-close")
 
 
@@ -238,7 +238,14 @@ class Console:
         )
 
     async def delivery(self, request: Request, signed: Signed) -> Response:
-        delivery_id = request.path_params["delivery_id"]
+        notice = REPLAYED if request.query_params.get("replayed") else ""
+        return await self._delivery_page(
+            request, signed, request.path_params["delivery_id"], 200, notice
+        )
+
+    async def _delivery_page(
+        self, request: Request, signed: Signed, delivery_id: str, status: int, notice: str
+    ) -> Response:
         found = await self.dispatcher.read(reads.delivery, delivery_id)
         if found is None or not signed.access.sees(found[0].organization):
             return self.refused(request, signed, 404, f"no delivery {delivery_id}")
@@ -247,10 +254,11 @@ class Console:
             "delivery.html",
             request,
             signed,
+            status,
             d=record,
             attempts=attempts,
             may_replay=signed.access.may("replay"),
-            notice=request.query_params.get("notice", ""),
+            notice=notice,
         )
 
     async def replay(self, request: Request, signed: Signed) -> Response:
@@ -260,15 +268,12 @@ class Console:
             return self.refused(request, signed, 404, f"no delivery {delivery_id}")
         if not signed.access.may("replay"):
             return self.refused(request, signed, 403, signed.access.refusal("replay"))
-        replayed = await self.dispatcher.replay([delivery_id])
-        if replayed:
-            notice = "Queued again: it is sent with the same webhook-id."
-        else:
-            record = found[0]
-            live = await self.dispatcher.webhook_live(record.organization, record.webhook)
-            notice = replay_refusal(record, live)
-        return RedirectResponse(
-            f"{PREFIX}/deliveries/{delivery_id}?{urlencode({'notice': notice})}", 303
+        if await self.dispatcher.replay([delivery_id]):
+            return RedirectResponse(f"{PREFIX}/deliveries/{delivery_id}?replayed=1", 303)
+        record = found[0]
+        live = await self.dispatcher.webhook_live(record.organization, record.webhook)
+        return await self._delivery_page(
+            request, signed, delivery_id, 409, replay_refusal(record, live)
         )
 
     async def history(self, request: Request, signed: Signed) -> Response:
@@ -302,7 +307,7 @@ class Console:
             return self.refused(request, signed, 404, f"no organization {org}")
         visible = signed.access.visible(None)
         orgs = await self.dispatcher.read(reads.organizations_of, visible)
-        chosen = [org] if org else orgs
+        chosen = signed.access.visible(org)  # None: every organization
         shown = await self.dispatcher.read(
             lambda store: activity_chart.activity(
                 self.minutes, store, chosen, self.dispatcher.clock()
@@ -366,6 +371,7 @@ class Console:
         )
 
 
+REPLAYED = "Queued again: it is sent with the same webhook-id."
 CSRF_REFUSED = (
     "This form's security token is missing or out of date (CSRF check). "
     "Go back, reload the page and send it again."

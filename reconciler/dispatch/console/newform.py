@@ -34,19 +34,45 @@ DEFAULT_BODY = (
 FIELDS = ("organization", "name", "event", "method", "url", "headers", "body", "description")
 
 
+# The form's labels, for the problems it shows.
+LABELS = {
+    "organization": "Organization",
+    "name": "Name",
+    "event": "Event type",
+    "method": "Request method",
+    "url": "Endpoint",
+    "headers": "Headers",
+    "body": "Body",
+    "description": "Description",
+    "file": "The file",
+}
+_PLACE_IN_BODY = re.compile(r" \(line \d+, column \d+ of the body\)")
+
+
 @dataclass(frozen=True)
 class FormProblem:
     field: str  # the form's field it is about (body, url, ...), or "file"
-    line: int  # within that field's text (the body), else within the YAML file
+    line: int  # within the field's own text (`within_field`), else the YAML file's
     column: int
-    message: str
+    message: str  # without the field's name: the label says it
+    within_field: bool = False
+
+    @property
+    def text(self) -> str:
+        """As the page shows it: `Body, line 3, column 3: not valid JSON: ...`."""
+        label = LABELS.get(self.field, self.field)
+        if self.within_field:
+            return f"{label}, line {self.line}, column {self.column}: {self.message}"
+        return f"{label}: {self.message}"
 
     def as_json(self) -> dict[str, Any]:
         return {
             "field": self.field,
             "line": self.line,
             "column": self.column,
+            "in": "field" if self.within_field else "file",
             "message": self.message,
+            "text": self.text,
         }
 
 
@@ -88,9 +114,7 @@ def check(form: Mapping[str, str], may_use: Sequence[str] | None) -> FormResult:
     result = FormResult(values)
     organization = values["organization"].strip()
     if not re.fullmatch(NAME_PATTERN, organization):
-        result.problems.append(
-            FormProblem("organization", 1, 1, "organization: give the organization's name")
-        )
+        result.problems.append(FormProblem("organization", 1, 1, "give the organization's name"))
         return result
     if may_use is not None and organization not in may_use:
         result.problems.append(
@@ -113,9 +137,8 @@ def check(form: Mapping[str, str], may_use: Sequence[str] | None) -> FormResult:
         try:
             data["body"] = jsonbody.parse_json_text(body_text)
         except jsonbody.BodyError as exc:
-            result.problems.append(
-                FormProblem("body", exc.line or 1, exc.col or 1, f"body: {exc.message}")
-            )
+            message = _PLACE_IN_BODY.sub("", exc.message)
+            result.problems.append(FormProblem("body", exc.line or 1, exc.col or 1, message, True))
     if values["description"].strip():
         data["description"] = values["description"].strip()
     if result.problems:
@@ -125,10 +148,10 @@ def check(form: Mapping[str, str], may_use: Sequence[str] | None) -> FormResult:
     definition, problems = load_one(result.path, text.encode("utf-8"), organization)
     result.problems += [
         FormProblem(
-            (p.field or "file").split(".")[0],
+            _field_of(p.field),
             p.location.line,
             p.location.col,
-            f"{p.field + ': ' if p.field and not p.message.startswith(p.field) else ''}{p.message}",
+            _without_field(p.message, p.field),
         )
         for p in problems
         if p.severity == "error"
@@ -143,6 +166,26 @@ def check(form: Mapping[str, str], may_use: Sequence[str] | None) -> FormResult:
     return result
 
 
+def _field_of(dotted: str | None) -> str:
+    """The form's field a problem of the file is about (`headers.Authorization`:
+    headers), or "file"."""
+    name = (dotted or "").split(".")[0]
+    return name if name in LABELS else "file"
+
+
+def _without_field(message: str, dotted: str | None) -> str:
+    """The message without a leading `url: ` its label already says
+    (`headers.Authorization: ...` becomes `Authorization: ...`)."""
+    if not dotted:
+        return message
+    name, _, rest = dotted.partition(".")
+    for prefix in (dotted, name):
+        if message.startswith(prefix + ": "):
+            message = message[len(prefix) + 2 :]
+            return f"{rest}: {message}" if prefix == dotted and rest else message
+    return message
+
+
 def _headers(text: str, result: FormResult) -> dict[str, str]:
     """`Name: value` lines, as the product page's header rows."""
     headers: dict[str, str] = {}
@@ -152,7 +195,7 @@ def _headers(text: str, result: FormResult) -> dict[str, str]:
         name, sep, value = line.partition(":")
         if not sep or not name.strip():
             result.problems.append(
-                FormProblem("headers", number, 1, "headers: write each header as Name: value")
+                FormProblem("headers", number, 1, "write each header as Name: value", True)
             )
             continue
         headers[name.strip()] = value.strip()

@@ -10,6 +10,7 @@
   var problems = document.getElementById("problems");
   var yaml = document.getElementById("yaml");
   var path = document.getElementById("path");
+  var pathLine = document.getElementById("path-line");
   var preview = document.getElementById("preview");
   var download = document.getElementById("download");
   var copy = document.getElementById("copy");
@@ -21,13 +22,14 @@
       var list = document.createElement("ul");
       result.problems.forEach(function (p) {
         var item = document.createElement("li");
-        item.textContent = p.field + " line " + p.line + ", column " + p.column + ": " + p.message;
+        item.textContent = p.text;
         list.appendChild(item);
       });
       problems.appendChild(list);
     }
     yaml.value = result.yaml || "";
     path.textContent = result.path || "";
+    pathLine.hidden = !result.yaml;
     preview.value = result.request || "";
     if (result.download) {
       download.href = result.download;
