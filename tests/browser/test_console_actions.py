@@ -148,3 +148,24 @@ def test_the_webhooks_page_fits_a_phone(phone: Session) -> None:
     width = page.evaluate("document.documentElement.scrollWidth")
     assert width <= page.viewport_size["width"], width
     phone.shoot("webhooks-phone")
+
+
+def test_without_javascript_the_check_button_gives_the_same_file(
+    browser: Any, console: Console, screenshots: Path
+) -> None:
+    """The form is usable with scripts off: Check posts it, and the answer is the page
+    with the file, as the script would have shown it."""
+    session = Session(browser, console, screenshots, java_script_enabled=False)
+    try:
+        page = session.sign_in("acme-admin")
+        fill_new_webhook(page, "slack-violations", RELAXED_BODY)
+        page.get_by_role("button", name="Check").click()
+        output = page.get_by_label("YAML file")
+        expect(output).to_have_value(re.compile(r"^name: slack-violations$", re.MULTILINE))
+        expect(page.get_by_role("link", name="Download")).to_be_visible()
+        fill_new_webhook(page, "slack-broken", "{ text: 'a' more: 'b' }")
+        page.get_by_role("button", name="Check").click()
+        expect(page.get_by_role("alert")).to_contain_text("line 1, column 13")
+        expect(output).to_have_value("")
+    finally:
+        session.close()
