@@ -547,11 +547,12 @@ def organizations(state: str) -> list[str]:
 # -- the dispatcher with and without the console --------------------------------------------
 
 
-def measure_dispatch(workdir: Path, rounds: int, deliveries: int) -> dict[str, list[float]]:
+def measure_dispatch(workdir: Path, rounds: int, deliveries: int) -> dict[str, Any]:
     """bench_dispatch's durable run, console mounted and --no-console, alternating."""
     concurrency = 50
     sink = Sink(workdir)
     rates: dict[str, list[float]] = {"console": [], "no-console": []}
+    cpu_us: dict[str, list[float]] = {"console": [], "no-console": []}
     base = bench_dispatch.serve_flags()
     try:
         template = bench_dispatch.make_state(workdir, sink.port, 1, concurrency)
@@ -565,6 +566,7 @@ def measure_dispatch(workdir: Path, rounds: int, deliveries: int) -> dict[str, l
                 )
                 run = bench_dispatch.durable(sink, template, workdir, 1, concurrency, deliveries)
                 rates[layout].append(run.rate)
+                cpu_us[layout].append(run.cpu_us)
                 print(
                     f"  [{round_ + 1}] {layout:10} {run.rate:8,.0f} deliveries/s "
                     f"({run.cpu_us:,.0f} µs CPU per delivery; other load {run.others:.2f} cores)",
@@ -572,7 +574,7 @@ def measure_dispatch(workdir: Path, rounds: int, deliveries: int) -> dict[str, l
                 )
     finally:
         sink.close()
-    return rates
+    return {"rates": rates, "cpu_us": cpu_us}
 
 
 # -- report -------------------------------------------------------------------------------
@@ -639,7 +641,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"{backend}: machine busy {results[backend]['machine_busy_cores']:.2f} of 2 cores "
               "while measured (this process and serve included)")  # fmt: skip
     if "dispatch" in results:
-        rates = results["dispatch"]
+        rates, cpu = results["dispatch"]["rates"], results["dispatch"]["cpu_us"]
         with_console = statistics.median(rates["console"])
         without = statistics.median(rates["no-console"])
         spread = max(rates["no-console"]) / min(rates["no-console"]) - 1
@@ -648,6 +650,11 @@ def main(argv: list[str] | None = None) -> int:
             f"({', '.join(f'{r:,.0f}' for r in rates['console'])}), --no-console "
             f"{without:,.0f}/s ({', '.join(f'{r:,.0f}' for r in rates['no-console'])}): "
             f"ratio {with_console / without:.2f}; --no-console's own spread {spread:.0%}"
+        )
+        cpu_with, cpu_without = (statistics.median(cpu[k]) for k in ("console", "no-console"))
+        print(
+            f"dispatcher CPU per delivery (medians): console mounted {cpu_with:,.0f} µs, "
+            f"--no-console {cpu_without:,.0f} µs: ratio {cpu_with / cpu_without:.2f}"
         )
     print(f"verdict: {'goal met' if met else 'goal MISSED'}")
     print(f"code at the end of the run: {code_version()}")
