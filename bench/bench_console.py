@@ -1,6 +1,6 @@
 """The console's pages over a big state, and the dispatcher with and without the console.
 
-    .venv/bin/python bench/bench_console.py [--backends sqlite,postgres]
+    .venv/bin/python bench/bench_console.py [--backends sqlite,postgres|none]
         [--webhooks 10000] [--deliveries 1000000] [--requests 40]
         [--dispatch-rounds 3] [--dispatch-deliveries 5000] [--fresh]
 
