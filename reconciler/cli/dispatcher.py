@@ -247,6 +247,9 @@ def serve_command(
                     stock=stock,
                     intake_deadline=intake_deadline,
                     console=not no_console,
+                    # Its own connection too: a page that reads for a while never
+                    # holds up intake or the workers.
+                    console_store=lambda: open_store(state),
                     **more,
                 )
             )

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import functools
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Annotated, Any, Literal
 
 from fastapi import FastAPI, Query, Request
@@ -47,6 +47,7 @@ from reconciler.events import (
     EventIn,
     validation_message,
 )
+from reconciler.store.backend import Backend
 from reconciler.store.queue import EventKey, Status
 from reconciler.tokens import Access
 
@@ -144,6 +145,15 @@ class DispatcherAPI(FastAPI):
 
     intake: fast_intake.FastIntake | None = None
 
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.closers: list[Callable[[], None]] = []  # what close() ends
+
+    def close(self) -> None:
+        """End what the app holds beside the dispatcher (the console's connection)."""
+        for close in self.closers:
+            close()
+
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if self.intake is None:
             await super().__call__(scope, receive, send)
@@ -151,8 +161,15 @@ class DispatcherAPI(FastAPI):
             await self.intake(scope, receive, send)
 
 
-def create_app(dispatcher: Dispatcher, *, console: bool = True) -> DispatcherAPI:
-    """The API; with `console`, the web console under /ui/ (dispatch/console/)."""
+def create_app(
+    dispatcher: Dispatcher,
+    *,
+    console: bool = True,
+    console_store: Callable[[], Backend] | None = None,
+) -> DispatcherAPI:
+    """The API; with `console`, the web console under /ui/ (dispatch/console/), whose
+    reads run on a connection of its own opened by `console_store` (else on the
+    dispatcher's database thread); `app.close()` closes it."""
     app = DispatcherAPI(
         title="reconciler dispatcher",
         version=__version__,
@@ -415,8 +432,11 @@ def create_app(dispatcher: Dispatcher, *, console: bool = True) -> DispatcherAPI
 
     if console:
         from reconciler.dispatch.console.app import create_console
+        from reconciler.dispatch.console.reader import Reader
 
-        app.mount("/ui", create_console(dispatcher, guard))
+        reader = Reader(dispatcher, console_store)
+        app.closers.append(reader.close)
+        app.mount("/ui", create_console(dispatcher, guard, reader))
 
     @app.get("/openapi.json", include_in_schema=False, dependencies=[any_token])
     async def openapi() -> JSONResponse:

@@ -89,11 +89,13 @@ async def serve(
     retention: Retention | None = None,
     intake_deadline: float = INTAKE_DEADLINE,
     console: bool = True,
+    console_store: Callable[[], Backend] | None = None,
 ) -> None:
     """Serve on `sock`, a listening socket bound by the caller, until SIGTERM or
     SIGINT, then shut down gracefully.
 
-    With `console` (the default), the web console is served under /ui/.
+    With `console` (the default), the web console is served under /ui/, reading
+    through a connection of its own opened by `console_store`.
 
     With `stock`, uvicorn's own httptools protocol serves every request (see
     `tuned_protocol_fits` for the tuned one, intake_protocol.py).
@@ -112,7 +114,7 @@ async def serve(
         retention=retention,
         intake_deadline=intake_deadline,
     )
-    app = create_app(dispatcher, console=console)
+    app = create_app(dispatcher, console=console, console_store=console_store)
     assert app.intake is not None
     http: Any = "httptools"  # uvicorn's own protocol
     if stock:
@@ -161,7 +163,10 @@ async def serve(
                     ready(sock.getsockname()[1])
             await serving
         finally:
-            await dispatcher.stop(grace)
+            try:
+                await dispatcher.stop(grace)
+            finally:
+                await asyncio.get_running_loop().run_in_executor(None, app.close)
 
 
 async def _serve_http(server: uvicorn.Server, sock: socket.socket) -> None:

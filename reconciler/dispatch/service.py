@@ -213,16 +213,10 @@ class Dispatcher:
         """The API token whose secret hashes to `digest`, usable or not."""
         return await self.db.run(find_by_hash, self.db.store, digest)
 
-    async def token_by_id(self, token_id: str) -> TokenRecord | None:
-        """The API token with this id, usable or not (a console session names its
-        token by id)."""
-        found = await self.db.run(self.db.store.tokens)
-        return next((t for t in found if t.id == token_id), None)
-
     async def read(self, call: Callable[..., T], *args: Any) -> T:
         """`call(store, *args)` on the database thread, where every call of the
-        dispatcher's runs: the console's reads (reconciler/dispatch/console/reads.py)
-        and its sessions."""
+        dispatcher's runs: the console's reads and sessions, when it has no
+        connection of its own (reconciler/dispatch/console/reader.py)."""
         return await self.db.run(call, self.db.store, *args)
 
     async def _flush_intake(self) -> None:

@@ -132,7 +132,7 @@ class ConsoleStore(Protocol):
         self, keys: Sequence[tuple[str, str]], since: float
     ) -> dict[tuple[str, str], WebhookOutcomes]: ...
 
-    def delivery_page(self, query: DeliveryFilter) -> list[DeliveryRecord]:
+    def delivery_page(self, query: DeliveryFilter) -> DeliveryPage:
         """Deliveries newest first by (created_at, id), before `query.before`."""
         ...
 
@@ -189,47 +189,42 @@ def webhook_page_query(
 
 def outcomes_query(p: str, keys: Sequence[tuple[str, str]], since: float) -> tuple[str, list[Any]]:
     """Each webhook's finished deliveries since a moment and its latest one, by
-    status, in one statement (one round trip for a page of webhooks): two rows a
-    webhook, each two lookups of a partial index (deliveries_delivered, _failed)."""
-    parts: list[str] = []
-    args: list[Any] = []
-    for index, (organization, webhook) in enumerate(keys):
-        for status in ("delivered", "failed"):
-            of = (
-                f"FROM deliveries WHERE organization = {p} AND webhook = {p} "
-                f"AND status = '{status}'"
-            )
-            parts.append(
-                f"SELECT {index} AS k, '{status}' AS status, "
-                f"(SELECT count(*) {of} AND updated_at >= {p}) AS n, "
-                f"(SELECT max(updated_at) {of}) AS latest"
-            )
-            args += [organization, webhook, since, organization, webhook]
-    return " UNION ALL ".join(parts), args
+    status, in one statement (one round trip, one small plan for a page of
+    webhooks): a row a webhook, each column a lookup of a partial index
+    (deliveries_delivered, deliveries_failed)."""
+    values = ", ".join(f"({index}, {p}, {p})" for index in range(len(keys)))
+    columns = []
+    for status in ("delivered", "failed"):
+        of = (
+            f"FROM deliveries d WHERE d.organization = k.o AND d.webhook = k.w "
+            f"AND d.status = '{status}'"
+        )
+        columns += [
+            f"(SELECT count(*) {of} AND d.updated_at >= {p})",
+            f"(SELECT max(d.updated_at) {of})",
+        ]
+    sql = f"WITH k (i, o, w) AS (VALUES {values}) SELECT k.i, {', '.join(columns)} FROM k"
+    args: list[Any] = [part for key in keys for part in key]
+    return sql, [*args, since, since]
 
 
 def outcomes_of(
     keys: Sequence[tuple[str, str]], rows: Sequence[Any]
 ) -> dict[tuple[str, str], WebhookOutcomes]:
     """outcomes_query's rows, by webhook."""
-    counts: dict[int, dict[str, tuple[int, float | None]]] = {}
-    for index, status, n, latest in rows:
-        counts.setdefault(int(index), {})[str(status)] = (
-            int(n),
-            None if latest is None else float(latest),
-        )
     found = {}
-    for index, key in enumerate(keys):
-        mine = counts.get(index, {})
-        delivered, last_delivered = mine.get("delivered", (0, None))
-        failed, last_failed = mine.get("failed", (0, None))
-        latest = max(
-            ((at, status) for status, at in (("delivered", last_delivered), ("failed", last_failed))
-             if at is not None),
-            default=None,
-        )  # fmt: skip
-        found[key] = WebhookOutcomes(
-            delivered, failed, latest[1] if latest else None, latest[0] if latest else None
+    for index, delivered, last_delivered, failed, last_failed in rows:
+        candidates = [
+            (float(at), status)
+            for status, at in (("delivered", last_delivered), ("failed", last_failed))
+            if at is not None
+        ]
+        latest = max(candidates, default=None)
+        found[keys[int(index)]] = WebhookOutcomes(
+            int(delivered),
+            int(failed),
+            latest[1] if latest else None,
+            latest[0] if latest else None,
         )
     return found
 
@@ -237,76 +232,135 @@ def outcomes_of(
 # A token's organizations up to this many are read as one short walk of
 # deliveries_newest_by_org each, merged; more walk deliveries_newest, filtered.
 UNION_LIMIT = 16
+# A page filtered by what no index orders (a status, an event type, many
+# organizations) looks through at most this many of the newest deliveries from its
+# cursor; short of a full page, it says where it stopped, and the next page goes on
+# from there. However rare the match, a page reads a bounded number of rows.
+SEARCH_ROWS = 2_000
 
 
-def delivery_page_query(p: str, any_of: AnyOf, query: DeliveryFilter) -> tuple[str, list[Any]]:
-    """Newest first by (created_at, id), from the cursor on: for one organization a
-    walk of deliveries_newest_by_org; for a few, one such walk each (UNION ALL, each
-    at most a page), merged; for many or all, a walk of deliveries_newest. Never a
-    sort of every delivery of an organization or a status."""
+@dataclass(frozen=True)
+class DeliveryPage:
+    records: list[DeliveryRecord]
+    # Set when the search of SEARCH_ROWS rows ended before the page was full: the
+    # key to go on from (the next page's `before`); the rows past it are not read yet.
+    searched_to: tuple[float, str] | None = None
+    searched: int = 0  # the rows a search looks through (SEARCH_ROWS), when it stopped
+
+
+@dataclass(frozen=True)
+class _Walk:
+    """One walk of an index, newest first. With filters no index of the walk orders,
+    `bound` finds the oldest key of the SEARCH_ROWS newest rows of the walk (an
+    OFFSET within that bounded window, read from the index alone), and `matches`
+    walks no further than it."""
+
+    bound: tuple[str, list[Any]] | None
+    matches: Callable[[Sequence[Any] | None], tuple[str, list[Any]]]
+
+
+def delivery_walks(p: str, any_of: AnyOf, query: DeliveryFilter) -> list[_Walk]:
+    """Newest first by (created_at, id), from the cursor on, as index walks whose
+    results merge_delivery_walks puts together: for one organization a walk of
+    deliveries_newest_by_org (deliveries_by_webhook with a webhook); for a few, one
+    such walk each; for many or all, a walk of deliveries_newest. Never a sort of
+    every delivery of an organization or a status."""
     orgs = query.organizations
     if orgs is not None and 1 < len(orgs) <= UNION_LIMIT:
-        parts: list[str] = []
-        args: list[Any] = []
-        for org in orgs:
-            part, more = _delivery_walk(p, any_of, query, [org])
-            parts.append(f"SELECT * FROM ({part}) w{len(parts)}")
-            args += more
-        sql = (
-            f"SELECT * FROM ({' UNION ALL '.join(parts)}) merged "
-            f"ORDER BY created_at DESC, id DESC LIMIT {p}"
-        )
-        return sql, [*args, query.limit]
-    return _delivery_walk(p, any_of, query, orgs)
+        return [_delivery_walk(p, any_of, query, [org]) for org in orgs]
+    return [_delivery_walk(p, any_of, query, orgs)]
+
+
+def merge_delivery_walks(
+    query: DeliveryFilter,
+    results: Sequence[tuple[list[DeliveryRecord], Sequence[Any] | None]],
+) -> DeliveryPage:
+    """The walks' matches, each with the bound it searched to (None: it was not
+    bounded, or fewer than SEARCH_ROWS rows were left), as one page."""
+    stopped = [
+        (float(bound[0]), str(bound[1]))
+        for records, bound in results
+        if bound is not None and len(records) < query.limit
+    ]
+    resume = max(stopped) if stopped else None
+    merged = sorted(
+        (r for records, _ in results for r in records),
+        key=lambda r: (r.created_at, r.id),
+        reverse=True,
+    )
+    if resume is not None:  # what is older comes on the next page, once
+        merged = [r for r in merged if (r.created_at, r.id) >= resume]
+    if len(merged) >= query.limit:
+        return DeliveryPage(merged[: query.limit])
+    return DeliveryPage(merged, resume, SEARCH_ROWS if resume is not None else 0)
 
 
 def _delivery_walk(
     p: str, any_of: AnyOf, query: DeliveryFilter, orgs: Sequence[str] | None
-) -> tuple[str, list[Any]]:
-    sql = (
-        f"SELECT {DELIVERY_COLUMNS} FROM deliveries d JOIN events e ON {EVENT_OF_DELIVERY} "
-        "WHERE 1 = 1"
-    )
+) -> _Walk:
+    where = ""
     args: list[Any] = []
-    if orgs is not None:
-        if len(orgs) == 1:
-            sql += f" AND d.organization = {p}"
-            args.append(orgs[0])
-        else:  # many: a filter on the walk of deliveries_newest, not an index
-            test, more = any_of(orgs)
-            sql += f" AND d.organization || '' {test}"
-            args += more
-    # `d.status || ''`: the status is a filter on the newest-first walk, never an
-    # index of its own (deliveries_due would find every row of a status, to sort).
+    if orgs is not None and len(orgs) == 1:
+        where += f" AND d.organization = {p}"
+        args.append(orgs[0])
+        if query.webhook is not None:  # deliveries_by_webhook, in order
+            where += f" AND d.webhook = {p}"
+            args.append(query.webhook)
+    if query.since is not None:
+        where += f" AND d.created_at >= {p}"
+        args.append(query.since)
+    if query.until is not None:
+        where += f" AND d.created_at < {p}"
+        args.append(query.until)
+    if query.before is not None:  # a row value: one range of the index
+        where += f" AND (d.created_at, d.id) < ({p}, {p})"
+        args += [query.before[0], query.before[1]]
+    order = "ORDER BY d.created_at DESC, d.id DESC"
+    # What no index of the walk orders, tested on each row it passes; `|| ''` keeps
+    # each a filter, so that no index of a status or a webhook drives the query.
+    rest = ""
+    more: list[Any] = []
+    if orgs is not None and len(orgs) > 1:
+        test, listed = any_of(orgs)
+        rest += f" AND d.organization || '' {test}"
+        more += listed
     for column, value in (
         ("d.status || ''", query.status),
-        ("d.webhook", query.webhook),
+        ("d.webhook || ''", None if orgs is not None and len(orgs) == 1 else query.webhook),
         ("e.type", query.event_type),
     ):
         if value is not None:
-            sql += f" AND {column} = {p}"
-            args.append(value)
-    if query.since is not None:
-        sql += f" AND d.created_at >= {p}"
-        args.append(query.since)
-    if query.until is not None:
-        sql += f" AND d.created_at < {p}"
-        args.append(query.until)
-    if query.before is not None:
-        sql += f" AND (d.created_at < {p} OR (d.created_at = {p} AND d.id < {p}))"
-        args += [query.before[0], query.before[0], query.before[1]]
-    sql += f" ORDER BY d.created_at DESC, d.id DESC LIMIT {p}"
-    args.append(query.limit)
-    return sql, args
+            rest += f" AND {column} = {p}"
+            more.append(value)
+    select = f"SELECT {DELIVERY_COLUMNS} FROM deliveries d JOIN events e ON {EVENT_OF_DELIVERY}"
+
+    def matches(bound: Sequence[Any] | None) -> tuple[str, list[Any]]:
+        sql = f"{select} WHERE 1 = 1{where}{rest}"
+        extra: list[Any] = []
+        if bound is not None:
+            sql += f" AND (d.created_at, d.id) >= ({p}, {p})"
+            extra = [bound[0], bound[1]]
+        return f"{sql} {order} LIMIT {p}", [*args, *more, *extra, query.limit]
+
+    if not rest:
+        return _Walk(None, matches)
+    bound = (
+        f"SELECT d.created_at, d.id FROM deliveries d WHERE 1 = 1{where} {order} "
+        f"LIMIT 1 OFFSET {SEARCH_ROWS - 1}"
+    )
+    return _Walk((bound, list(args)), matches)
 
 
 def history_page_query(p: str, any_of: AnyOf, query: HistoryFilter) -> tuple[str, list[Any]]:
     """Newest first by id (the primary key), from the cursor on."""
     sql = f"SELECT {AUDIT_COLUMNS} FROM audit_log WHERE 1 = 1"
     args: list[Any] = []
-    if query.organizations is not None:
+    if query.organizations is not None and len(query.organizations) == 1:
+        sql += f" AND organization = {p}"  # audit_log_by_webhook: its entries, sorted
+        args.append(query.organizations[0])
+    elif query.organizations is not None:  # a filter on the walk of the primary key
         test, more = any_of(query.organizations)
-        sql += f" AND organization {test}"
+        sql += f" AND organization || '' {test}"
         args += more
     for column, value in (
         ("actor", query.actor),

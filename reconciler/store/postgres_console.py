@@ -11,14 +11,16 @@ from reconciler.store.base import AuditEntry, LiveWebhook, audit_entry_from_row
 from reconciler.store.console import (
     SESSION_COLUMNS,
     DeliveryFilter,
+    DeliveryPage,
     HistoryFilter,
     MinuteCount,
     SessionRecord,
     WebhookFilter,
     WebhookOutcomes,
     attempt_minutes_query,
-    delivery_page_query,
+    delivery_walks,
     history_page_query,
+    merge_delivery_walks,
     minute_count,
     outcomes_of,
     outcomes_query,
@@ -95,11 +97,17 @@ class PostgresConsole:
             cur.execute(sql, args)
             return outcomes_of(keys, cur.fetchall())
 
-    def delivery_page(self, query: DeliveryFilter) -> list[DeliveryRecord]:
-        sql, args = delivery_page_query("%s", _any_of, query)
+    def delivery_page(self, query: DeliveryFilter) -> DeliveryPage:
+        results = []
         with self._tx() as cur:
-            cur.execute(sql, args)
-            return [DeliveryRecord(*row) for row in cur.fetchall()]
+            for walk in delivery_walks("%s", _any_of, query):
+                bound = None
+                if walk.bound is not None:
+                    cur.execute(*walk.bound)
+                    bound = cur.fetchone()
+                cur.execute(*walk.matches(bound))
+                results.append(([DeliveryRecord(*row) for row in cur.fetchall()], bound))
+        return merge_delivery_walks(query, results)
 
     def history_page(self, query: HistoryFilter) -> list[AuditEntry]:
         sql, args = history_page_query("%s", _any_of, query)

@@ -273,6 +273,11 @@ MIGRATIONS.append(
             "CREATE INDEX console_sessions_by_expiry ON console_sessions (idle_expires_at)",
             "CREATE INDEX deliveries_newest ON deliveries (created_at, id)",
             "CREATE INDEX deliveries_newest_by_org ON deliveries (organization, created_at, id)",
+            # One webhook's deliveries, newest first: the same lookups as before
+            # (organization, webhook), now in order.
+            "DROP INDEX deliveries_by_webhook",
+            "CREATE INDEX deliveries_by_webhook ON deliveries "
+            "(organization, webhook, created_at, id)",
         ],
     )
 )

@@ -11,14 +11,16 @@ from reconciler.store.base import AuditEntry, LiveWebhook, audit_entry_from_row
 from reconciler.store.console import (
     SESSION_COLUMNS,
     DeliveryFilter,
+    DeliveryPage,
     HistoryFilter,
     MinuteCount,
     SessionRecord,
     WebhookFilter,
     WebhookOutcomes,
     attempt_minutes_query,
-    delivery_page_query,
+    delivery_walks,
     history_page_query,
+    merge_delivery_walks,
     minute_count,
     outcomes_of,
     outcomes_query,
@@ -91,9 +93,13 @@ class SqliteConsole:
         sql, args = outcomes_query("?", keys, since)
         return outcomes_of(keys, self._db.execute(sql, args).fetchall())
 
-    def delivery_page(self, query: DeliveryFilter) -> list[DeliveryRecord]:
-        sql, args = delivery_page_query("?", _any_of, query)
-        return [DeliveryRecord(*row) for row in self._db.execute(sql, args)]
+    def delivery_page(self, query: DeliveryFilter) -> DeliveryPage:
+        results = []
+        for walk in delivery_walks("?", _any_of, query):
+            bound = None if walk.bound is None else self._db.execute(*walk.bound).fetchone()
+            found = [DeliveryRecord(*row) for row in self._db.execute(*walk.matches(bound))]
+            results.append((found, bound))
+        return merge_delivery_walks(query, results)
 
     def history_page(self, query: HistoryFilter) -> list[AuditEntry]:
         sql, args = history_page_query("?", _any_of, query)

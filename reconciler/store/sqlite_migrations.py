@@ -349,7 +349,9 @@ MIGRATIONS.append(
 # every `serve` sharing it knows them; a row holds the SHA-256 of the session id and
 # the id of the token it was opened with, never either secret. The deliveries page
 # walks deliveries newest first from a cursor (keyset paging): by (created_at, id)
-# across organizations, by (organization, created_at, id) within one.
+# across organizations, by (organization, created_at, id) within one, and by
+# (organization, webhook, created_at, id) for one webhook, which replaces the index
+# of (organization, webhook) it extends.
 MIGRATIONS.append(
     (
         "0012_console_sessions",
@@ -365,6 +367,11 @@ MIGRATIONS.append(
             "CREATE INDEX console_sessions_by_expiry ON console_sessions (idle_expires_at)",
             "CREATE INDEX deliveries_newest ON deliveries (created_at, id)",
             "CREATE INDEX deliveries_newest_by_org ON deliveries (organization, created_at, id)",
+            # One webhook's deliveries, newest first: the same lookups as before
+            # (organization, webhook), now in order.
+            "DROP INDEX deliveries_by_webhook",
+            "CREATE INDEX deliveries_by_webhook ON deliveries "
+            "(organization, webhook, created_at, id)",
         ],
     )
 )

@@ -53,39 +53,71 @@ def _events(store: Any, organization: str, count: int, start: float = NOW) -> No
         )  # fmt: skip
 
 
+def _page(store: Any, **filters: Any) -> list[Any]:
+    found = store.delivery_page(DeliveryFilter(**{"organizations": None, **filters}))
+    assert found.searched_to is None
+    return list(found.records)
+
+
 def test_deliveries_page_by_keyset_newest_first_within_organizations(each_store: Any) -> None:
     store = each_store
     put_specs(store, [spec("slack"), spec("ops", "globex")])
     _events(store, "acme", 25)
     _events(store, "globex", 5)
     seen: list[Any] = []
-    query = DeliveryFilter(organizations=["acme"], limit=10)
+    before = None
     while True:
-        page = store.delivery_page(query)
+        page = _page(store, organizations=["acme"], limit=10, before=before)
         seen += page
         if len(page) < 10:
             break
-        last = page[-1]
-        query = DeliveryFilter(organizations=["acme"], limit=10, before=(last.created_at, last.id))
+        before = (page[-1].created_at, page[-1].id)
     assert len(seen) == len({d.id for d in seen}) == 25
     assert all(d.organization == "acme" for d in seen)
     keys = [(d.created_at, d.id) for d in seen]
     assert keys == sorted(keys, reverse=True)
-    both = store.delivery_page(DeliveryFilter(organizations=["acme", "globex"], limit=100))
+    both = _page(store, organizations=["acme", "globex"], limit=100)
     assert len(both) == 30
-    assert len(store.delivery_page(DeliveryFilter(organizations=None, limit=100))) == 30
+    assert _page(store, limit=100) == both
     many = ["acme", "globex", *(f"org-{n}" for n in range(20))]  # past UNION_LIMIT
-    assert store.delivery_page(DeliveryFilter(organizations=many, limit=100)) == both
-    merged = store.delivery_page(DeliveryFilter(organizations=["acme", "globex"], limit=7))
+    assert _page(store, organizations=many, limit=100) == both
+    merged = _page(store, organizations=["acme", "globex"], limit=7)
     assert merged == both[:7]
     last = merged[-1]
-    after = DeliveryFilter(organizations=["acme", "globex"], before=(last.created_at, last.id))
-    assert store.delivery_page(after) == both[7:]
-    window = DeliveryFilter(organizations=None, since=NOW + 2, until=NOW + 4, limit=100)
-    assert {d.created_at for d in store.delivery_page(window)} == {NOW + 2, NOW + 3}
-    typed = DeliveryFilter(organizations=None, event_type="reserved_instance_surplus")
-    assert store.delivery_page(typed) == []
-    assert len(store.delivery_page(DeliveryFilter(organizations=None, webhook="ops"))) == 5
+    after = _page(store, organizations=["acme", "globex"], before=(last.created_at, last.id))
+    assert after == both[7:]
+    window = _page(store, since=NOW + 2, until=NOW + 4, limit=100)
+    assert {d.created_at for d in window} == {NOW + 2, NOW + 3}
+    assert _page(store, event_type="reserved_instance_surplus") == []
+    assert len(_page(store, webhook="ops")) == 5
+    assert len(_page(store, organizations=["globex"], webhook="ops")) == 5
+    assert _page(store, organizations=["acme"], webhook="ops") == []
+    assert [d.id for d in _page(store, status="pending", limit=100)] == [d.id for d in both]
+
+
+def test_a_rare_filter_searches_a_bounded_window_and_says_where_it_stopped(
+    each_store: Any, monkeypatch: Any
+) -> None:
+    from reconciler.store import console
+
+    monkeypatch.setattr(console, "SEARCH_ROWS", 6)
+    store = each_store
+    put_specs(store, [spec("slack"), spec("ops", "globex")])
+    _events(store, "acme", 10)
+    _events(store, "globex", 3, start=NOW - 100)  # older than every acme delivery
+    pages = []
+    before = None
+    while True:
+        found = store.delivery_page(
+            DeliveryFilter(organizations=None, webhook="ops", limit=5, before=before)
+        )
+        pages.append(([d.webhook for d in found.records], found.searched_to is not None))
+        if found.searched_to is None and len(found.records) < 5:
+            break
+        last = found.records[-1] if len(found.records) == 5 else None
+        before = (last.created_at, last.id) if last else found.searched_to
+    # 6 rows a search: acme's newest 6, acme's other 4 and globex's first 2, globex's last
+    assert pages == [([], True), (["ops", "ops"], True), (["ops"], False)]
 
 
 def test_webhooks_page_by_keyset_with_event_and_state(each_store: Any) -> None:
@@ -197,3 +229,49 @@ def test_history_page_filters_and_pages_by_id(each_store: Any) -> None:
     assert [e.record.action for e in older] == ["create"]
     assert store.history_page(HistoryFilter(organizations=None, actor="bob"))[0].record.name == "b"
     assert len(store.history_page(HistoryFilter(organizations=None, action="update"))) == 1
+
+
+def test_paging_through_bounded_searches_finds_every_match_once(
+    each_store: Any, monkeypatch: Any
+) -> None:
+    from reconciler.store import console
+
+    store = each_store
+    put_specs(store, [spec("slack"), spec("pager"), spec("ops", "globex")])
+    _events(store, "acme", 9)
+    _events(store, "globex", 7, start=NOW + 1)
+    claims = sorted(store.claim("w", 100, NOW + 10, 60.0), key=lambda c: c.delivery_id)
+    done = [
+        AttemptResult(c.delivery_id, c.attempt, NOW + 10, 5.0, "delivered", 200)
+        for c in claims[::3]
+    ]
+    store.finish(done, "w", NOW + 10)  # a third delivered, the rest in flight
+    everything = _page(store, limit=1000)
+    assert {d.status for d in everything} == {"delivered", "in_flight"}
+    monkeypatch.setattr(console, "SEARCH_ROWS", 4)
+    for filters in (
+        {"organizations": ["acme", "globex"], "webhook": "ops"},
+        {"organizations": ["acme", "globex"], "status": "in_flight"},
+        {"organizations": None, "webhook": "pager"},
+        {"organizations": ["acme"], "status": "in_flight"},
+        {"organizations": None, "status": "delivered"},
+    ):
+        wanted = [
+            d.id
+            for d in everything
+            if (filters.get("webhook") in (None, d.webhook))
+            and (filters.get("status") in (None, d.status))
+            and (filters["organizations"] is None or d.organization in filters["organizations"])
+        ]
+        seen: list[str] = []
+        before = None
+        for _turn in range(100):
+            found = store.delivery_page(DeliveryFilter(limit=3, before=before, **filters))
+            seen += [d.id for d in found.records]
+            if len(found.records) == 3:
+                before = (found.records[-1].created_at, found.records[-1].id)
+            elif found.searched_to is not None:
+                before = found.searched_to
+            else:
+                break
+        assert seen == wanted, filters

@@ -75,6 +75,16 @@ def test_sign_in_keeps_a_random_session_id_in_a_strict_cookie_never_the_token(
         assert secret not in shown.text
 
 
+def test_over_https_the_cookie_is_secure(console: Console) -> None:
+    client = console.client("https://console.example")
+    form = client.get("/ui/sign-in")
+    answer = client.post(
+        "/ui/sign-in", data={"token": console.token("acme"), "csrf_token": csrf_of(form.text)}
+    )
+    cookie = next(h for h in answer.headers.get_list("set-cookie") if h.startswith(COOKIE))
+    assert "secure" in [part.strip().lower() for part in cookie.split(";")]
+
+
 def test_a_bad_token_is_refused_on_the_form(console: Console) -> None:
     client = console.client()
     form = client.get("/ui/sign-in")
@@ -216,3 +226,59 @@ def test_a_secret_never_appears_on_a_page(console: Console) -> None:
 def test_without_the_console_ui_is_not_mounted(tmp_path: Path) -> None:
     with console_over(tmp_path / "state.db", console=False) as bare:
         assert bare.client().get("/ui/sign-in").status_code == 404
+
+
+def test_a_session_made_by_one_serve_is_good_on_another_sharing_the_state(
+    console: Console, tmp_path: Path
+) -> None:
+    client = console.signed_in("acme")
+    cookie = client.cookies.get(COOKIE)
+    # the other reads on a connection of its own, as under serve
+    with console_over(tmp_path / "state.db", own_connection=True) as other:
+        other.clock.now = console.clock.now
+        elsewhere = other.client()
+        elsewhere.cookies.set(COOKIE, cookie or "", path="/ui/")
+        for page in PAGES:
+            assert elsewhere.get(page).status_code == 200, page
+        out = elsewhere.post(
+            "/ui/sign-out", data={"csrf_token": csrf_of(elsewhere.get("/ui/new").text)}
+        )
+        assert out.status_code == 303
+    assert client.get("/ui/webhooks").headers["location"] == "/ui/sign-in"  # ended there
+
+
+def test_errors_and_excerpts_are_masked_on_the_delivery_page(console: Console) -> None:
+    import sqlite3
+
+    (delivery,) = console.store.deliveries(organizations=["acme"], webhook="slack")
+    leaked = "https://hooks.example.com/x?token=s3cr3t-literal-value-0123456789"
+    with sqlite3.connect(console.store.url.removeprefix("sqlite:///")) as db:
+        db.execute(
+            "UPDATE deliveries SET status = 'failed', last_error = ? WHERE id = ?",
+            (f"connect failed for {leaked}", delivery.id),
+        )
+        db.execute(
+            "INSERT INTO attempts (delivery_id, number, started_at, duration_ms, status, "
+            "response_excerpt, error, outcome) VALUES (?, 1, ?, 5, 401, ?, ?, 'failed')",
+            (delivery.id, console.clock(), f"bad {SECRET_HEADER}", f"refused {leaked}"),
+        )
+    client = console.signed_in("acme", role="auditor")
+    for page in (f"/ui/deliveries/{delivery.id}", "/ui/deliveries", "/ui/webhooks/acme/slack"):
+        text = client.get(page).text
+        assert "s3cr3t-literal-value" not in text, page
+
+
+def test_one_organizations_activity_is_not_counted_for_another(console: Console) -> None:
+    import sqlite3
+
+    (delivery,) = console.store.deliveries(organizations=["acme"], webhook="slack")
+    with sqlite3.connect(console.store.url.removeprefix("sqlite:///")) as db:
+        db.execute(
+            "INSERT INTO attempts (delivery_id, number, started_at, duration_ms, status, "
+            "outcome) VALUES (?, 1, ?, 5, 200, 'delivered')",
+            (delivery.id, console.clock() - 3600),
+        )
+    partner = console.signed_in("acme", "globex")
+    assert "delivered 1" in partner.get("/ui/activity").text
+    assert "delivered 0" in partner.get("/ui/activity?org=globex").text
+    assert "delivered 0" in console.signed_in("globex").get("/ui/activity").text

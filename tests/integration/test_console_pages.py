@@ -313,3 +313,23 @@ def test_the_form_refuses_what_validate_refuses(console: Console) -> None:
         client, {"organization": "globex", "name": "x", "url": "https://a.example.com/"}
     )
     assert "out of this token's scope" in str(elsewhere["problems"])
+
+
+def test_a_rare_filter_searches_on_page_by_page(
+    console: Console, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from reconciler.store import console as store_console
+
+    monkeypatch.setattr(store_console, "SEARCH_ROWS", 40)
+    for n in range(100):
+        console.clock.now += 1
+        add_event(console, "acme", f"e{n:03}")
+    client = console.signed_in("acme")
+    url: str | None = "/ui/deliveries?status=delivered"
+    notes = []
+    while url:
+        page = client.get(url)
+        assert page.status_code == 200 and _ids(page.text) == []
+        notes.append("Searched 40 deliveries back" in page.text)
+        url = _older(page.text)
+    assert notes == [True, True, False]  # 100 deliveries, 40 a search: the last ends them

@@ -1,5 +1,5 @@
 """The web console under test: the real app (the API with /ui/ mounted) over a
-SQLite state, a fake clock, and a signed-in starlette TestClient per token."""
+SQLite state, a fake clock, and a signed-in httpx client per token (over ASGI)."""
 
 from __future__ import annotations
 
@@ -35,10 +35,12 @@ class Client:
     """An httpx client over the app's ASGI interface, called synchronously: its
     coroutines run on one event loop in a thread, cookies kept between calls."""
 
-    def __init__(self, app: Any, loop: asyncio.AbstractEventLoop) -> None:
+    def __init__(
+        self, app: Any, loop: asyncio.AbstractEventLoop, base_url: str = "http://testserver"
+    ) -> None:
         self.loop = loop
         transport = httpx.ASGITransport(app=app, raise_app_exceptions=False)
-        self.http = httpx.AsyncClient(transport=transport, base_url="http://testserver")
+        self.http = httpx.AsyncClient(transport=transport, base_url=base_url)
         self.cookies = self.http.cookies
 
     def _run(self, call: Any) -> httpx.Response:
@@ -49,9 +51,6 @@ class Client:
 
     def post(self, url: str, **kwargs: Any) -> httpx.Response:
         return self._run(self.http.post(url, **kwargs))
-
-
-TestClient = Client
 
 
 @dataclass
@@ -76,10 +75,10 @@ class Console:
         )
         return secret
 
-    def client(self) -> TestClient:
-        return Client(self.app, self.loop)
+    def client(self, base_url: str = "http://testserver") -> Client:
+        return Client(self.app, self.loop, base_url)
 
-    def sign_in(self, secret: str, client: TestClient | None = None) -> TestClient:
+    def sign_in(self, secret: str, client: Client | None = None) -> Client:
         client = client or self.client()
         form = client.get("/ui/sign-in")
         answer = client.post(
@@ -89,24 +88,33 @@ class Console:
         assert answer.headers["location"] == "/ui/webhooks"
         return client
 
-    def signed_in(self, *organizations: str, role: str = "admin") -> TestClient:
+    def signed_in(self, *organizations: str, role: str = "admin") -> Client:
         return self.sign_in(
             self.token(*organizations, role=role, all_organizations=not organizations)
         )
 
 
 @contextmanager
-def console_over(path: Path, *, console: bool = True) -> Iterator[Console]:
+def console_over(
+    path: Path, *, console: bool = True, own_connection: bool = False
+) -> Iterator[Console]:
+    """With `own_connection`, the console reads on a thread and a SQLite connection of
+    its own, as under `serve`; else on the dispatcher's database thread."""
     store = SqliteStore(path)
     clock = FakeClock(START)
     sender = Sender(httpx.AsyncHTTPTransport())
     dispatcher = Dispatcher(store, sender, clock=clock, env={})
+    app = None
     loop = asyncio.new_event_loop()
     thread = threading.Thread(target=loop.run_forever, daemon=True)
     thread.start()
     try:
-        yield Console(store, clock, dispatcher, create_app(dispatcher, console=console), loop)
+        opener = (lambda: SqliteStore(path)) if own_connection else None
+        app = create_app(dispatcher, console=console, console_store=opener)
+        yield Console(store, clock, dispatcher, app, loop)
     finally:
+        if app is not None:
+            app.close()
         asyncio.run_coroutine_threadsafe(sender.aclose(), loop).result(10)
         loop.call_soon_threadsafe(loop.stop)
         thread.join(10)

@@ -27,7 +27,7 @@ from reconciler.store.retention import percentile
 MINUTE = 60.0
 WINDOW_MINUTES = 24 * 60
 SETTLE_MINUTES = 5
-SETS_KEPT = 64  # sets of organizations with their minutes kept; beyond, the oldest go
+SETS_KEPT = 16  # sets of organizations kept (about 2 MB each at most); beyond, the oldest go
 OUTCOMES = ("delivered", "retry", "failed")
 COLOURS = {"delivered": "#1a7f37", "retry": "#9a6700", "failed": "#cf222e"}
 

@@ -32,6 +32,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from reconciler.dispatch.auth import Guard
 from reconciler.dispatch.console import activity as activity_chart
 from reconciler.dispatch.console import newform, reads
+from reconciler.dispatch.console.reader import Reader
 from reconciler.dispatch.console.sessions import (
     ABSOLUTE_SECONDS,
     COOKIE,
@@ -42,9 +43,10 @@ from reconciler.dispatch.console.sessions import (
 )
 from reconciler.dispatch.service import Dispatcher
 from reconciler.dispatch.views import replay_refusal
+from reconciler.errors import ReconcilerError
 from reconciler.model import Event
 from reconciler.render import utc
-from reconciler.secrets import mask_header, mask_text
+from reconciler.secrets import mask_header
 from reconciler.store.console import DeliveryFilter, HistoryFilter, WebhookFilter
 from reconciler.store.queue import Status
 
@@ -79,16 +81,17 @@ def _environment() -> Environment:
         lstrip_blocks=True,
     )
     env.filters["utc"] = lambda t: utc(t) if t is not None else "-"
-    env.filters["masked"] = lambda text: mask_text(text) if text else ""
+    env.filters["masked"] = reads.shown_text
     env.globals["mask_header"] = mask_header
     env.globals["ms"] = activity_chart.ms
     return env
 
 
 class Console:
-    def __init__(self, dispatcher: Dispatcher, guard: Guard) -> None:
+    def __init__(self, dispatcher: Dispatcher, guard: Guard, read: Reader) -> None:
         self.dispatcher = dispatcher
-        self.sessions = Sessions(dispatcher, guard)
+        self.read = read
+        self.sessions = Sessions(dispatcher, guard, read)
         self.templates = _environment()
         self.minutes = activity_chart.MinuteCache()
 
@@ -169,13 +172,13 @@ class Console:
             after=(str(after[0]), str(after[1])) if after else None,
             limit=PAGE + 1,
         )
-        rows = await self.dispatcher.read(reads.webhook_rows, query, self.dispatcher.clock())
+        rows = await self.read(reads.webhook_rows, query, self.dispatcher.clock())
         more = len(rows) > PAGE
         rows = rows[:PAGE]
         older = (
             _link(request, after=_encode([rows[-1].organization, rows[-1].name])) if more else None
         )
-        orgs = await self.dispatcher.read(reads.organizations_of, signed.access.visible(None))
+        orgs = await self.read(reads.organizations_of, signed.access.visible(None))
         return self.page(
             "webhooks.html",
             request,
@@ -192,14 +195,13 @@ class Console:
         org, name = request.path_params["org"], request.path_params["name"]
         if not signed.access.sees(org):
             return self.refused(request, signed, 404, f"no webhook {org}/{name}")
-        detail = await self.dispatcher.read(reads.webhook_detail, org, name)
+        detail = await self.read(reads.webhook_detail, org, name)
         if detail is None:
             return self.refused(request, signed, 404, f"no webhook {org}/{name}")
-        request_text = None
         try:
             request_text = newform.preview_live(detail.live)
-        except Exception as exc:  # a live definition that no longer renders
-            request_text = f"cannot render: {mask_text(str(exc))}"
+        except (ReconcilerError, ValueError) as exc:  # a live definition that no longer renders
+            request_text = f"cannot render: {reads.shown_text(str(exc))}"
         return self.page("webhook.html", request, signed, d=detail, request_text=request_text)
 
     async def deliveries(self, request: Request, signed: Signed) -> Response:
@@ -219,11 +221,15 @@ class Console:
             before=(float(before[0]), str(before[1])) if before else None,
             limit=PAGE + 1,
         )
-        rows = await self.dispatcher.read(reads.delivery_rows, query)
-        more = len(rows) > PAGE
-        rows = rows[:PAGE]
-        older = _link(request, after=_encode([rows[-1].created_at, rows[-1].id])) if more else None
-        orgs = await self.dispatcher.read(reads.organizations_of, signed.access.visible(None))
+        found = await self.read(reads.delivery_rows, query)
+        rows = found.records[:PAGE]
+        older = searched = None
+        if len(found.records) > PAGE:
+            older = _link(request, after=_encode([rows[-1].created_at, rows[-1].id]))
+        elif found.searched_to is not None:
+            older = _link(request, after=_encode(list(found.searched_to)))
+            searched = found.searched
+        orgs = await self.read(reads.organizations_of, signed.access.visible(None))
         filters = {k: q.get(k, "") for k in ("status", "org", "webhook", "event", "since", "until")}
         return self.page(
             "deliveries.html",
@@ -231,6 +237,7 @@ class Console:
             signed,
             rows=rows,
             more=older,
+            searched=searched,
             orgs=orgs,
             statuses=STATUSES,
             events=[e.value for e in Event],
@@ -246,7 +253,7 @@ class Console:
     async def _delivery_page(
         self, request: Request, signed: Signed, delivery_id: str, status: int, notice: str
     ) -> Response:
-        found = await self.dispatcher.read(reads.delivery, delivery_id)
+        found = await self.read(reads.delivery, delivery_id)
         if found is None or not signed.access.sees(found[0].organization):
             return self.refused(request, signed, 404, f"no delivery {delivery_id}")
         record, attempts = found
@@ -263,7 +270,7 @@ class Console:
 
     async def replay(self, request: Request, signed: Signed) -> Response:
         delivery_id = request.path_params["delivery_id"]
-        found = await self.dispatcher.read(reads.delivery, delivery_id)
+        found = await self.read(reads.delivery, delivery_id)
         if found is None or not signed.access.sees(found[0].organization):
             return self.refused(request, signed, 404, f"no delivery {delivery_id}")
         if not signed.access.may("replay"):
@@ -292,7 +299,7 @@ class Console:
             before=int(before[0]) if before else None,
             limit=PAGE + 1,
         )
-        rows = await self.dispatcher.read(reads.history_rows, query)
+        rows = await self.read(reads.history_rows, query)
         more = len(rows) > PAGE
         rows = rows[:PAGE]
         older = _link(request, after=_encode([rows[-1].entry.id])) if more else None
@@ -306,9 +313,9 @@ class Console:
         if org is not None and not signed.access.sees(org):
             return self.refused(request, signed, 404, f"no organization {org}")
         visible = signed.access.visible(None)
-        orgs = await self.dispatcher.read(reads.organizations_of, visible)
+        orgs = await self.read(reads.organizations_of, visible)
         chosen = signed.access.visible(org)  # None: every organization
-        shown = await self.dispatcher.read(
+        shown = await self.read(
             lambda store: activity_chart.activity(
                 self.minutes, store, chosen, self.dispatcher.clock()
             )
@@ -317,21 +324,12 @@ class Console:
 
     # -- new webhook ----------------------------------------------------------------
 
-    async def _may_use(self, signed: Signed) -> list[str] | None:
-        visible = signed.access.visible(None)
-        if visible is None:
-            return None
-        return visible
-
     async def new_form(self, request: Request, signed: Signed) -> Response:
         values = newform.form_values(
             {"body": newform.DEFAULT_BODY, "headers": "Content-Type: application/json"},
-            await self._orgs_for_form(signed),
+            await self.read(reads.organizations_of, signed.access.visible(None)),
         )
         return self._new_page(request, signed, newform.FormResult(values))
-
-    async def _orgs_for_form(self, signed: Signed) -> list[str]:
-        return await self.dispatcher.read(reads.organizations_of, signed.access.visible(None))
 
     def _new_page(self, request: Request, signed: Signed, result: newform.FormResult) -> Response:
         download = None
@@ -346,22 +344,21 @@ class Console:
             methods=newform.METHODS,
             placeholders=newform.PLACEHOLDERS,
             download=download,
-            status=200,
         )
 
     async def new_post(self, request: Request, signed: Signed, form: dict[str, str]) -> Response:
-        result = newform.check(form, await self._may_use(signed))
+        result = newform.check(form, signed.access.visible(None))
         return self._new_page(request, signed, result)
 
     async def new_check(self, request: Request, signed: Signed, form: dict[str, str]) -> Response:
-        result = newform.check(form, await self._may_use(signed))
+        result = newform.check(form, signed.access.visible(None))
         answer = result.as_json()
         if result.yaml is not None:
             answer["download"] = f"{PREFIX}/new/download?" + urlencode(result.values)
         return JSONResponse(answer)
 
     async def new_download(self, request: Request, signed: Signed) -> Response:
-        result = newform.check(dict(request.query_params), await self._may_use(signed))
+        result = newform.check(dict(request.query_params), signed.access.visible(None))
         if result.yaml is None:
             return self.refused(request, signed, 422, "the form has problems: check it first")
         return Response(
@@ -425,8 +422,9 @@ def _iso(text: str | None) -> str | None:
     return moment.astimezone(UTC).isoformat(timespec="microseconds").replace("+00:00", "Z")
 
 
-def create_console(dispatcher: Dispatcher, guard: Guard) -> ASGIApp:
-    console = Console(dispatcher, guard)
+def create_console(dispatcher: Dispatcher, guard: Guard, read: Reader) -> ASGIApp:
+    """The console's ASGI app, to mount at /ui; its reads go through `read`."""
+    console = Console(dispatcher, guard, read)
 
     def signed_in(handler: Handler) -> Callable[[Request], Awaitable[Response]]:
         async def route(request: Request) -> Response:

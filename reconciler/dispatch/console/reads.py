@@ -9,6 +9,7 @@ literal credential is `****`, a `${env:NAME}` reference is shown as written.
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -17,11 +18,12 @@ from reconciler.diff import MISSING, field_changes
 from reconciler.export import definition_yaml
 from reconciler.health import breaker_states
 from reconciler.history_report import shown
-from reconciler.secrets import mask_at, mask_spec
+from reconciler.secrets import MASK, mask_at, mask_spec, mask_text
 from reconciler.store.backend import Backend
 from reconciler.store.base import AuditEntry, LiveWebhook
 from reconciler.store.console import (
     DeliveryFilter,
+    DeliveryPage,
     HistoryFilter,
     WebhookFilter,
     WebhookOutcomes,
@@ -29,6 +31,22 @@ from reconciler.store.console import (
 from reconciler.store.queue import AttemptRecord, DeliveryRecord
 
 DAY = 86_400.0
+# What a receiver may echo back (an echo service returns the request it got): the
+# value after an auth scheme or a credential's name, whatever it looks like.
+_CREDENTIAL_AFTER = re.compile(
+    r"(?i)\b(authorization|bearer|basic|token|api[-_]?key|secret|password)"
+    r"(\b[\"']?\s*[:=]?\s*[\"']?\s*)(?!(?:bearer|basic|digest|token)\b)"
+    r"([^\s\"',;<>&=:*][^\s\"',;<>&]{3,})"
+)
+
+
+def shown_text(text: str | None) -> str:
+    """Free text from outside (an attempt's error, a response excerpt) as a page
+    shows it: masked as the log masks it, and every value that follows an auth
+    scheme or a credential's name masked too."""
+    if not text:
+        return ""
+    return _CREDENTIAL_AFTER.sub(lambda m: f"{m.group(1)}{m.group(2)}{MASK}", mask_text(text))
 
 
 @dataclass(frozen=True)
@@ -143,7 +161,7 @@ def webhook_detail(store: Backend, organization: str, name: str) -> WebhookDetai
     commit = next((e.record.git_commit for e in entries if e.record.git_commit), None)
     deliveries = store.delivery_page(
         DeliveryFilter(organizations=[organization], webhook=name, limit=20)
-    )
+    ).records
     return WebhookDetail(
         live,
         definition_yaml(spec),
@@ -156,7 +174,7 @@ def webhook_detail(store: Backend, organization: str, name: str) -> WebhookDetai
     )
 
 
-def delivery_rows(store: Backend, query: DeliveryFilter) -> list[DeliveryRecord]:
+def delivery_rows(store: Backend, query: DeliveryFilter) -> DeliveryPage:
     return store.delivery_page(query)
 
 

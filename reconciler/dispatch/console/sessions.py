@@ -20,9 +20,11 @@ from starlette.responses import Response
 
 from reconciler import tokens
 from reconciler.dispatch.auth import AuthError, Guard
+from reconciler.dispatch.console.reader import Reader
 from reconciler.dispatch.service import Dispatcher
 from reconciler.store.backend import Backend
 from reconciler.store.console import SessionRecord
+from reconciler.store.tokens import TokenRecord
 from reconciler.tokens import Access
 
 COOKIE = "rcn_console"
@@ -48,9 +50,10 @@ class Signed:
 
 
 class Sessions:
-    def __init__(self, dispatcher: Dispatcher, guard: Guard) -> None:
+    def __init__(self, dispatcher: Dispatcher, guard: Guard, read: Reader) -> None:
         self.dispatcher = dispatcher
         self.guard = guard
+        self.read = read
 
     async def sign_in(self, presented: str) -> tuple[str, SessionRecord] | None:
         """A new session for a usable token (its secret as pasted), or None."""
@@ -71,7 +74,7 @@ class Sessions:
             idle_expires_at=min(now + IDLE_SECONDS, now + ABSOLUTE_SECONDS),
             expires_at=now + ABSOLUTE_SECONDS,
         )
-        await self.dispatcher.read(_add, record, now)
+        await self.read(_add, record, now)
         return session_id, record
 
     async def current(self, request: Request) -> Signed | None:
@@ -80,21 +83,21 @@ class Sessions:
         if not session_id:
             return None
         digest = _digest(session_id)
-        record = await self.dispatcher.read(_session, digest)
+        record = await self.read(_session, digest)
         now = self.dispatcher.clock()
         if record is None or not record.usable(now):
             return None
-        token = await self.dispatcher.token_by_id(record.token_id)
+        token = await self.read(_token, record.token_id)
         try:
             access = self.guard.verified(token, now)
         except AuthError:
             return None
         if now + IDLE_SECONDS - record.idle_expires_at >= TOUCH_EVERY:
-            await self.dispatcher.read(_touch, digest, now + IDLE_SECONDS)
+            await self.read(_touch, digest, now + IDLE_SECONDS)
         return Signed(access, record.csrf_secret, digest)
 
     async def sign_out(self, signed: Signed) -> None:
-        await self.dispatcher.read(_delete, signed.id_hash)
+        await self.read(_delete, signed.id_hash)
 
 
 def csrf_ok(expected: str, presented: str | None) -> bool:
@@ -121,6 +124,10 @@ def _add(store: Backend, record: SessionRecord, now: float) -> None:
 
 def _session(store: Backend, digest: str) -> SessionRecord | None:
     return store.session(digest)
+
+
+def _token(store: Backend, token_id: str) -> TokenRecord | None:
+    return next((t for t in store.tokens() if t.id == token_id), None)
 
 
 def _touch(store: Backend, digest: str, until: float) -> None:
