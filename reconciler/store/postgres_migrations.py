@@ -278,6 +278,10 @@ MIGRATIONS.append(
             "DROP INDEX deliveries_by_webhook",
             "CREATE INDEX deliveries_by_webhook ON deliveries "
             "(organization, webhook, created_at, id)",
+            # The history page by webhook or by actor, newest first, across
+            # organizations (the audit log is written only by apply and resume).
+            "CREATE INDEX audit_log_by_name ON audit_log (name, id)",
+            "CREATE INDEX audit_log_by_actor ON audit_log (actor, id)",
         ],
     )
 )

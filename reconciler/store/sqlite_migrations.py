@@ -351,7 +351,8 @@ MIGRATIONS.append(
 # walks deliveries newest first from a cursor (keyset paging): by (created_at, id)
 # across organizations, by (organization, created_at, id) within one, and by
 # (organization, webhook, created_at, id) for one webhook, which replaces the index
-# of (organization, webhook) it extends.
+# of (organization, webhook) it extends. The history page finds a webhook's or an
+# actor's entries by (name, id) and (actor, id).
 MIGRATIONS.append(
     (
         "0012_console_sessions",
@@ -372,6 +373,10 @@ MIGRATIONS.append(
             "DROP INDEX deliveries_by_webhook",
             "CREATE INDEX deliveries_by_webhook ON deliveries "
             "(organization, webhook, created_at, id)",
+            # The history page by webhook or by actor, newest first, across
+            # organizations (the audit log is written only by apply and resume).
+            "CREATE INDEX audit_log_by_name ON audit_log (name, id)",
+            "CREATE INDEX audit_log_by_actor ON audit_log (actor, id)",
         ],
     )
 )

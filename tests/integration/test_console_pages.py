@@ -178,6 +178,7 @@ def test_history_shows_each_change_field_by_field_masked_and_filtered(
     assert "by alice" in alice and "by bob" not in alice
     created = client.get("/ui/history?action=create").text
     assert "by bob" in created and "by alice" not in created
+    assert '<th scope="row">url</th><td><code>(not set)</code></td>' in created  # by field
     assert "by alice" in client.get("/ui/history?webhook=slack").text
     assert "No entries match" in client.get("/ui/history?since=2999-01-01T00:00:00Z").text
     detail = client.get("/ui/webhooks/acme/slack").text

@@ -46,7 +46,6 @@ from reconciler.dispatch.views import replay_refusal
 from reconciler.errors import ReconcilerError
 from reconciler.model import Event
 from reconciler.render import utc
-from reconciler.secrets import mask_header
 from reconciler.store.console import DeliveryFilter, HistoryFilter, WebhookFilter
 from reconciler.store.queue import Status
 
@@ -82,7 +81,6 @@ def _environment() -> Environment:
     )
     env.filters["utc"] = lambda t: utc(t) if t is not None else "-"
     env.filters["masked"] = reads.shown_text
-    env.globals["mask_header"] = mask_header
     env.globals["ms"] = activity_chart.ms
     return env
 

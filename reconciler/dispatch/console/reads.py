@@ -111,25 +111,34 @@ def _json(value: Any) -> str:
 
 
 def history_row(entry: AuditEntry) -> HistoryRow:
-    """The entry, masked, with its field-level changes: before -> after, each
-    value masked as the plan masks it."""
+    """The entry, masked, with its field-level changes: before -> after, each value
+    masked as the plan masks it; a create or a delete field by field (top level)."""
     entry = shown(entry)
     r = entry.record
-    before, after = r.before or {}, r.after or {}
-    if r.action in ("create", "update", "delete") and (r.before or r.after):
+    if r.action not in ("create", "update", "delete") or not (r.before or r.after):
+        return HistoryRow(entry, [])
+    if r.before is None or r.after is None:  # created or deleted: every field it had
+        fields = (r.after if r.before is None else r.before) or {}
         changes = [
-            Change(c.dotted, _json(mask_at(c.path, c.old)), _json(mask_at(c.path, c.new)))
-            if c.old is not MISSING and c.new is not MISSING
-            else Change(
+            Change(
+                key,
+                "" if r.before is None else _json(mask_at((key,), value)),
+                "" if r.after is None else _json(mask_at((key,), value)),
+            )
+            for key, value in fields.items()
+        ]
+        return HistoryRow(entry, changes)
+    return HistoryRow(
+        entry,
+        [
+            Change(
                 c.dotted,
                 "" if c.old is MISSING else _json(mask_at(c.path, c.old)),
                 "" if c.new is MISSING else _json(mask_at(c.path, c.new)),
             )
-            for c in field_changes(before, after)
-        ]
-    else:
-        changes = []
-    return HistoryRow(entry, changes)
+            for c in field_changes(r.before, r.after)
+        ],
+    )
 
 
 def history_rows(store: Backend, query: HistoryFilter) -> list[HistoryRow]:
