@@ -20,8 +20,8 @@ and in time. One run:
             at once, or three 503s), 2% cancelled, 2% pending (a retry due in 30
             days, so nothing is sent). Ids are time-ordered as the dispatcher's
             (reconciler/ids.py). The SQLite file is kept in bench/.data/ and reused
-            (`reconciler migrate` brings it to the checkout's schema; --fresh
-            seeds it again);
+            (`reconciler migrate` brings it to the checkout's schema; a
+            migration changed since, or --fresh, seeds it again);
             PostgreSQL's is a scratch database, reconciler_bench_console, made and
             dropped by each run.
   pages     `reconciler serve` on the state (as deployed: retention and every
@@ -51,6 +51,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import hashlib
 import html
 import json
 import re
@@ -261,9 +262,20 @@ def definitions(webhooks: int) -> Path:
 
 
 def migrations_key() -> str:
+    """Each SQLite migration's name and a hash of its statements, a line each."""
     from reconciler.store.sqlite_migrations import MIGRATIONS
 
-    return ",".join(name for name, _ in MIGRATIONS)
+    return "".join(
+        f"{name} {hashlib.sha256(repr(statements).encode()).hexdigest()[:16]}\n"
+        for name, statements in MIGRATIONS
+    )
+
+
+def migrated_only(kept: str) -> bool:
+    """Whether the kept file's migrations are the checkout's first ones, unchanged (then
+    `reconciler migrate` brings it up to date); a migration changed before it was
+    released means seeding again."""
+    return migrations_key().startswith(kept)
 
 
 def seed(backend: str, url: str, webhooks: int, deliveries: int) -> dict[str, float]:
@@ -323,7 +335,7 @@ def seeded_state(
         key = DATA / f"{db.name}.migrations"
         url = f"sqlite:///{db}"
         made: dict[str, Any] = {"reused": True}
-        if fresh or not db.exists() or not key.exists():
+        if fresh or not db.exists() or not key.exists() or not migrated_only(key.read_text()):
             for suffix in ("", "-wal", "-shm"):
                 Path(f"{db}{suffix}").unlink(missing_ok=True)
             key.unlink(missing_ok=True)
