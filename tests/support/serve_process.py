@@ -14,7 +14,7 @@ import sqlite3
 import subprocess
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import IO, Any, TypeVar
 
@@ -30,7 +30,14 @@ T = TypeVar("T")
 class Server:
     """One `reconciler serve` child process on a free port."""
 
-    def __init__(self, root: Path, state: str, number: int, args: Sequence[str] = ()) -> None:
+    def __init__(
+        self,
+        root: Path,
+        state: str,
+        number: int,
+        args: Sequence[str] = (),
+        env: Mapping[str, str] | None = None,
+    ) -> None:
         self.number = number
         self.state = state
         self.log_path = root / f"serve-{number}.log"
@@ -49,7 +56,7 @@ class Server:
                 *args,
             ],
             cwd=root,
-            env=cli_env(),
+            env=cli_env(**(env or {})),
             stdin=subprocess.DEVNULL,
             stdout=subprocess.PIPE,
             stderr=self._log,
