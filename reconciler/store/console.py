@@ -85,12 +85,14 @@ class HistoryFilter:
 
 @dataclass(frozen=True)
 class WebhookOutcomes:
-    """A webhook's finished deliveries since a moment, and its latest one ever."""
+    """A webhook's finished deliveries since a moment, its latest one ever, and
+    the deliveries held for it now (while it is paused)."""
 
     delivered: int
     failed: int
     last_status: str | None  # delivered | failed
     last_at: float | None
+    held: int = 0
 
     @property
     def success_rate(self) -> float | None:
@@ -189,9 +191,10 @@ def webhook_page_query(
 
 def outcomes_query(p: str, keys: Sequence[tuple[str, str]], since: float) -> tuple[str, list[Any]]:
     """Each webhook's finished deliveries since a moment and its latest one, by
-    status, in one statement (one round trip, one small plan for a page of
-    webhooks): a row a webhook, each column a lookup of a partial index
-    (deliveries_delivered, deliveries_failed)."""
+    status, and its held deliveries, in one statement (one round trip, one small
+    plan for a page of webhooks): a row a webhook, each column a lookup of an
+    index (deliveries_delivered, deliveries_failed; deliveries_fair, led by
+    status, for the held)."""
     values = ", ".join(f"({index}, {p}, {p})" for index in range(len(keys)))
     columns = []
     for status in ("delivered", "failed"):
@@ -203,6 +206,10 @@ def outcomes_query(p: str, keys: Sequence[tuple[str, str]], since: float) -> tup
             f"(SELECT count(*) {of} AND d.updated_at >= {p})",
             f"(SELECT max(d.updated_at) {of})",
         ]
+    columns.append(
+        "(SELECT count(*) FROM deliveries d WHERE d.status = 'held' "
+        "AND d.organization = k.o AND d.webhook = k.w)"
+    )
     sql = f"WITH k (i, o, w) AS (VALUES {values}) SELECT k.i, {', '.join(columns)} FROM k"
     args: list[Any] = [part for key in keys for part in key]
     return sql, [*args, since, since]
@@ -213,7 +220,7 @@ def outcomes_of(
 ) -> dict[tuple[str, str], WebhookOutcomes]:
     """outcomes_query's rows, by webhook."""
     found = {}
-    for index, delivered, last_delivered, failed, last_failed in rows:
+    for index, delivered, last_delivered, failed, last_failed, held in rows:
         candidates = [
             (float(at), status)
             for status, at in (("delivered", last_delivered), ("failed", last_failed))
@@ -225,6 +232,7 @@ def outcomes_of(
             int(failed),
             latest[1] if latest else None,
             latest[0] if latest else None,
+            int(held),
         )
     return found
 

@@ -1,7 +1,8 @@
 """What a person does in the console, in a real browser: replay a failed delivery,
-write a new webhook with the form and take its YAML to `reconciler validate`, use the
-sign-in form from the keyboard, read the webhooks on a phone. And what a forged
-request cannot do: a POST without the form's CSRF token is refused.
+retry a pending one now, write a new webhook with the form and take its YAML to
+`reconciler validate`, use the sign-in form from the keyboard, read the webhooks on
+a phone. And what a forged request cannot do: a POST without the form's CSRF token
+is refused.
 """
 
 from __future__ import annotations
@@ -13,8 +14,9 @@ from typing import Any
 import yaml
 from playwright.sync_api import expect
 
-from tests.browser.conftest import Console, Session
+from tests.browser.conftest import SLACK_PATH, Console, Session
 from tests.support.helpers_state import run_cli
+from tests.support.receiver import ok, status
 from tests.support.serve_process import eventually
 
 # The product page's example body, in its relaxed JSON form.
@@ -50,6 +52,43 @@ def test_an_admin_replays_a_failed_delivery_and_sees_the_new_attempt(
     expect(attempts.nth(1)).to_contain_text("200")
     session.shoot("delivery-replayed")
     assert [a["status"] for a in attempts_of(console, failed_delivery)] == [400, 200]
+
+
+def test_an_admin_retries_a_backing_off_delivery_now(session: Session, console: Console) -> None:
+    """The receiver answers 503 twice: after its second attempt the delivery waits
+    out the schedule's 5 minutes, pending. Retry now makes it due at once."""
+    console.receiver.script(SLACK_PATH, status(503), status(503))
+    try:
+        event_id = console.fire("reserved_instance_surplus", "rule-retry-now")
+        delivery = eventually(
+            lambda: next(
+                (
+                    d
+                    for d in console.api("GET", f"/v1/deliveries?org=acme&event_id={event_id}")[
+                        "deliveries"
+                    ]
+                    if d["attempts"] == 2 and d["status"] == "pending"
+                ),
+                None,
+            ),
+            "the delivery backing off after two 503s",
+            console.server,
+        )
+    finally:
+        console.receiver.script(SLACK_PATH, ok())
+    delivery_id = delivery["id"]
+    page = session.sign_in("acme-admin")
+    page.goto(f"/ui/deliveries/{delivery_id}")
+    expect(page.locator("#delivery-status")).to_contain_text("pending, due")
+    expect(page.get_by_role("button", name="Replay")).to_have_count(0)
+    page.get_by_role("button", name="Retry now").click()
+    expect(page.get_by_role("status")).to_contain_text("Due now")
+    eventually(
+        lambda: console.api("GET", f"/v1/deliveries/{delivery_id}")["status"] == "delivered",
+        "the retried delivery sent at once",
+        console.server,
+    )
+    assert [a["status"] for a in attempts_of(console, delivery_id)] == [503, 503, 200]
 
 
 def test_a_post_without_the_csrf_token_is_refused(

@@ -182,6 +182,20 @@ def test_webhook_outcomes_count_the_window_and_find_the_latest(each_store: Any) 
     )
 
 
+def test_webhook_outcomes_count_what_a_pause_holds_per_webhook(each_store: Any) -> None:
+    store = each_store
+    put_specs(store, [spec("slack"), spec("quiet"), spec("slack", "globex")])
+    _events(store, "acme", 2)
+    _events(store, "globex", 3)
+    store.pause("acme", "slack", "HTTP 410 from the receiver", "dispatcher")
+    store.pause("globex", "slack", "HTTP 410 from the receiver", "dispatcher")
+    keys = [("acme", "slack"), ("acme", "quiet"), ("globex", "slack")]
+    found = store.webhook_outcomes(keys, NOW)
+    assert [found[k].held for k in keys] == [2, 0, 3]  # each its own, never another org's
+    store.resume("acme", "slack", "tester")
+    assert store.webhook_outcomes(keys, NOW)[("acme", "slack")].held == 0
+
+
 def test_attempt_minutes_count_the_organizations_asked(each_store: Any) -> None:
     store = each_store
     put_specs(store, [spec("slack"), spec("ops", "globex")])

@@ -155,6 +155,7 @@ POSTS = [
     "/ui/new",
     "/ui/new/check",
     "/ui/deliveries/{delivery}/replay",
+    "/ui/deliveries/{delivery}/retry",
 ]
 
 

@@ -42,7 +42,7 @@ from reconciler.dispatch.console.sessions import (
     set_cookie,
 )
 from reconciler.dispatch.service import Dispatcher
-from reconciler.dispatch.views import replay_refusal
+from reconciler.dispatch.views import replay_refusal, retry_refusal
 from reconciler.errors import ReconcilerError
 from reconciler.model import Event
 from reconciler.render import utc
@@ -243,7 +243,8 @@ class Console:
         )
 
     async def delivery(self, request: Request, signed: Signed) -> Response:
-        notice = REPLAYED if request.query_params.get("replayed") else ""
+        q = request.query_params
+        notice = REPLAYED if q.get("replayed") else RETRIED if q.get("retried") else ""
         return await self._delivery_page(
             request, signed, request.path_params["delivery_id"], 200, notice
         )
@@ -279,6 +280,23 @@ class Console:
         live = await self.dispatcher.webhook_live(record.organization, record.webhook)
         return await self._delivery_page(
             request, signed, delivery_id, 409, replay_refusal(record, live)
+        )
+
+    async def retry(self, request: Request, signed: Signed) -> Response:
+        """As POST /v1/deliveries/{id}/retry: the same dispatcher call, the same
+        refusals; 404 before 403, as the API answers."""
+        delivery_id = request.path_params["delivery_id"]
+        found = await self.read(reads.delivery, delivery_id)
+        if found is None or not signed.access.sees(found[0].organization):
+            return self.refused(request, signed, 404, f"no delivery {delivery_id}")
+        if not signed.access.may("replay"):
+            return self.refused(request, signed, 403, signed.access.refusal("replay"))
+        actor = f"console token {signed.access.token_id}"
+        if await self.dispatcher.retry_now([delivery_id], actor):
+            return RedirectResponse(f"{PREFIX}/deliveries/{delivery_id}?retried=1", 303)
+        refreshed = await self.read(reads.delivery, delivery_id)
+        return await self._delivery_page(
+            request, signed, delivery_id, 409, retry_refusal((refreshed or found)[0])
         )
 
     async def history(self, request: Request, signed: Signed) -> Response:
@@ -367,6 +385,7 @@ class Console:
 
 
 REPLAYED = "Queued again: it is sent with the same webhook-id."
+RETRIED = "Due now: the next worker turn sends it, with its attempts and webhook-id kept."
 CSRF_REFUSED = (
     "This form's security token is missing or out of date (CSRF check). "
     "Go back, reload the page and send it again."
@@ -454,6 +473,9 @@ def create_console(dispatcher: Dispatcher, guard: Guard, read: Reader) -> ASGIAp
     async def replay(request: Request, signed: Signed, _form: dict[str, str]) -> Response:
         return await console.replay(request, signed)
 
+    async def retry(request: Request, signed: Signed, _form: dict[str, str]) -> Response:
+        return await console.retry(request, signed)
+
     routes = [
         Route("/", console.root),
         Route("/sign-in", console.sign_in_form, methods=["GET"]),
@@ -464,6 +486,7 @@ def create_console(dispatcher: Dispatcher, guard: Guard, read: Reader) -> ASGIAp
         Route("/deliveries", signed_in(console.deliveries)),
         Route("/deliveries/{delivery_id}", signed_in(console.delivery), methods=["GET"]),
         Route("/deliveries/{delivery_id}/replay", posted(replay), methods=["POST"]),
+        Route("/deliveries/{delivery_id}/retry", posted(retry), methods=["POST"]),
         Route("/history", signed_in(console.history)),
         Route("/activity", signed_in(console.activity)),
         Route("/new", signed_in(console.new_form), methods=["GET"]),
