@@ -55,7 +55,11 @@ def _playwright() -> Any:
     return sync_playwright
 
 
-@pytest.fixture(scope="session")
+# Module-scoped, not session-scoped: Playwright's sync API runs an event loop on this
+# thread while it is open, and every test after it that calls asyncio.run (most of
+# the suite) would find one running. A module of browser tests opens it and closes
+# it; the rest of the run never sees it.
+@pytest.fixture(scope="module")
 def browser() -> Iterator[Any]:
     """Headless Chromium, the system's build."""
     if not (Path(CHROMIUM).is_file() and os.access(CHROMIUM, os.X_OK)):
