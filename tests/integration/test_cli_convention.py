@@ -227,8 +227,10 @@ def test_render_and_fire_spell_the_events_options_alike(project: Path) -> None:
 
 
 def test_renders_old_event_id_option_still_works_and_says_it_is_deprecated(project: Path) -> None:
-    new = invoke("render", "slack-new-rule-violation", "--id", "e-42", "--format", "json")
-    old = invoke("render", "slack-new-rule-violation", "--event-id", "e-42", "--format", "json")
+    # The same moment for both, so that {{time}} cannot differ between them.
+    at = ("--time", "2026-11-29T21:22:42Z", "--format", "json")
+    new = invoke("render", "slack-new-rule-violation", "--id", "e-42", *at)
+    old = invoke("render", "slack-new-rule-violation", "--event-id", "e-42", *at)
     assert old.exit_code == 0, old.output
     assert "--event-id" in old.stderr and "deprecated" in old.stderr
     assert "--id" in old.stderr
