@@ -175,6 +175,7 @@ def changes_to_writes(plan: Plan, options: ApplyOptions) -> tuple[list[Write], l
                 git_commit=options.git_commit,
                 plan_checksum=checksum,
                 note=_note(change, plan, options),
+                source=change.source,
             )
         )
     audit += _shared_env_audit(plan, options, checksum)

@@ -17,7 +17,7 @@ import hashlib
 import json
 from collections import Counter
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from functools import cached_property
 from typing import Any, Literal
@@ -49,6 +49,9 @@ class Change:
     fields: tuple[FieldChange, ...] = ()
     resumes: str | None = None  # the pause reason an update lifts
     after_json: str | None = field(default=None, compare=False, repr=False)  # canonical text
+    # The file the desired definition was read from (webhooks.d/acme/slack.yaml), when
+    # the plan was made from files: recorded in the audit log by apply.
+    source: str | None = None
 
     @property
     def key(self) -> tuple[str, str]:
@@ -417,6 +420,7 @@ def _change_from_json(data: dict[str, Any]) -> Change:
         after,
         fields,
         resumes=data.get("resumes"),
+        source=data.get("source") if isinstance(data.get("source"), str) else None,
     )
 
 
@@ -460,7 +464,19 @@ def _change_json(change: Change, show: Any, full: bool) -> dict[str, Any]:
     if change.action == "delete":
         out["unrecoverable"] = True
         out["protected"] = change.protected
+    if full and change.source is not None:
+        out["source"] = change.source
     return out
+
+
+def with_sources(plan: Plan, sources: Mapping[tuple[str, str], str]) -> Plan:
+    """`plan` with each create and update naming the file its definition was read
+    from (`sources`: (organization, name) -> path), which apply records in the
+    audit log."""
+    plan.changes = [
+        replace(c, source=sources.get(c.key)) if c.after is not None else c for c in plan.changes
+    ]
+    return plan
 
 
 def make_plan(

@@ -28,7 +28,7 @@ from reconciler.errors import NoState, PlanFileError, ReconcilerError
 from reconciler.export import export_tree
 from reconciler.loader import LoadResult, definitions_root, load_definitions
 from reconciler.moments import parse_moment
-from reconciler.plan import DEFAULT_DELETE_SHARE, Plan, make_plan
+from reconciler.plan import DEFAULT_DELETE_SHARE, Plan, make_plan, with_sources
 from reconciler.provenance import CommitCheck, check_commit, detect_actor, git_commit
 from reconciler.store import Store, open_store
 from reconciler.store.base import AUDIT_ACTIONS
@@ -102,7 +102,7 @@ def state_exists(url: str) -> bool:
 
 
 def _plan_from_files(result: LoadResult, store: Store, organization: str | None) -> Plan:
-    return make_plan(
+    plan = make_plan(
         (d.spec for d in result.definitions),
         store.webhooks(organization),
         store.state(),
@@ -110,6 +110,7 @@ def _plan_from_files(result: LoadResult, store: Store, organization: str | None)
         shared_env=result.shared_env if organization is None else None,
         live_shared_env=store.shared_env() if organization is None else None,
     )
+    return with_sources(plan, {d.spec.key: d.path for d in result.definitions})
 
 
 @click.command()

@@ -76,6 +76,9 @@ class AuditRecord:
     git_commit: str | None = None
     plan_checksum: str | None = None
     note: str | None = None
+    # The file the definition was applied from (`webhooks.d/acme/slack.yaml`), as the
+    # apply read it; None when no file wrote the entry.
+    source: str | None = None
 
 
 @dataclass(frozen=True)
@@ -118,6 +121,7 @@ def audit_rows(audit: Sequence[AuditRecord], serial: int, now: str) -> list[tupl
             r.git_commit,
             r.plan_checksum,
             r.note,
+            r.source,
         )
         for r in audit
     ]
@@ -125,7 +129,7 @@ def audit_rows(audit: Sequence[AuditRecord], serial: int, now: str) -> list[tupl
 
 AUDIT_COLUMNS = (
     "id, at, serial, action, organization, name, before, after, actor, git_commit, "
-    "plan_checksum, note"
+    "plan_checksum, note, source"
 )
 
 
@@ -157,7 +161,7 @@ def history_query(
 
 def audit_entry_from_row(row: Sequence[Any]) -> AuditEntry:
     """A row of AUDIT_COLUMNS, from SQLite or PostgreSQL."""
-    id_, at, serial, action, org, nm, before, after, actor, commit, checksum, note = row
+    id_, at, serial, action, org, nm, before, after, actor, commit, checksum, note, source = row
     record = AuditRecord(
         action,
         org,
@@ -168,6 +172,7 @@ def audit_entry_from_row(row: Sequence[Any]) -> AuditEntry:
         commit,
         checksum,
         note,
+        source,
     )
     return AuditEntry(id_, at, serial, record)
 

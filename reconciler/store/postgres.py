@@ -369,8 +369,8 @@ class PostgresStore(PostgresQueue, PostgresRetention, PostgresConsole):
             return
         cur.executemany(
             "INSERT INTO audit_log (at, serial, action, organization, name, before, after, "
-            "actor, git_commit, plan_checksum, note) "
-            "VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s)",
+            "actor, git_commit, plan_checksum, note, source) "
+            "VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s)",
             audit_rows(audit, serial, now),
         )
 

@@ -296,3 +296,7 @@ MIGRATIONS.append(
         ],
     )
 )
+
+
+# The file each applied definition came from (sqlite_migrations.py says why).
+MIGRATIONS.append(("0014_audit_source", ["ALTER TABLE audit_log ADD COLUMN source TEXT"]))

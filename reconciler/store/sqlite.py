@@ -395,9 +395,12 @@ class SqliteStore(SqliteQueue, SqliteRetention, SqliteConsole):
     def _append_audit(
         self, db: sqlite3.Connection, audit: Sequence[AuditRecord], serial: int, now: str
     ) -> None:
+        if not audit:
+            return
         db.executemany(
             "INSERT INTO audit_log (at, serial, action, organization, name, before, after, "
-            "actor, git_commit, plan_checksum, note) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            "actor, git_commit, plan_checksum, note, source) "
+            "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
             audit_rows(audit, serial, now),
         )
 

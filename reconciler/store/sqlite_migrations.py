@@ -394,3 +394,10 @@ MIGRATIONS.append(
         ],
     )
 )
+
+
+# The file each applied definition came from (`webhooks.d/acme/slack.yaml`), as the
+# definitions' folder was read by the apply that wrote the entry: the console shows
+# where a webhook lives in git. NULL for entries written before, and for those no
+# file wrote (pause, resume, breakers, deletes).
+MIGRATIONS.append(("0014_audit_source", ["ALTER TABLE audit_log ADD COLUMN source TEXT"]))

@@ -97,6 +97,7 @@ def test_open_store_selects_postgres_and_hides_the_password(postgres_url: str) -
             "0011_space_given_back",
             "0012_attempt_request_as_sent",
             "0013_console_sessions",
+            "0014_audit_source",
         ]
     finally:
         store.close()

@@ -150,6 +150,7 @@ class WebhookDetail:
     live: LiveWebhook
     yaml: str  # masked
     path: str
+    path_recorded: bool  # the file an apply read it from; else the conventional path
     commit: str | None
     state: str
     breaker: str
@@ -168,13 +169,17 @@ def webhook_detail(store: Backend, organization: str, name: str) -> WebhookDetai
     spec = mask_spec(live.spec_dict())
     entries = list(store.history(organization, name, limit=50))
     commit = next((e.record.git_commit for e in entries if e.record.git_commit), None)
+    # The newest entry an apply wrote from a file; fifty entries back is far enough,
+    # and past them the conventional path is shown.
+    source = next((e.record.source for e in entries if e.record.source), None)
     deliveries = store.delivery_page(
         DeliveryFilter(organizations=[organization], webhook=name, limit=20)
     ).records
     return WebhookDetail(
         live,
         definition_yaml(spec),
-        definition_path(organization, name),
+        source or definition_path(organization, name),
+        source is not None,
         commit,
         state_of(live),
         breaker_states(store, [live.key])[live.key],
